@@ -1,0 +1,1 @@
+"""The model cache: folders holding an `inference_model.json` beside an ONNX model."""

