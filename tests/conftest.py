@@ -51,3 +51,13 @@ def smollm2_gguf_path() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     return smollm2_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def smollm2_int4(tmp_path_factory, smollm2_gguf) -> Path:
+    """The embedded SmolLM2 converted to INT4 once per session (a model folder, not cached)."""
+    from slmops.convert import convert
+
+    output = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct-int4"
+    convert(smollm2_gguf, output, precision="int4")
+    return output
