@@ -1,0 +1,126 @@
+"""Prompt templates for the chat formats small models are trained on.
+
+`slmops cache add` writes one of these into a new `inference_model.json` when
+the folder has none, picked from the special tokens the tokenizer knows. A
+model whose format is not recognised gets no PromptTemplate, and the runtime
+then uses the tokenizer's own chat template.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from slmops.cache.inference_model import Defaults, Template
+
+# The generation prompt ends with the newline the models were trained on, so the
+# answer starts with its first word rather than with a newline.
+KNOWN_TEMPLATES: dict[str, Template] = {
+    "chatml": Template(
+        system="<|im_start|>system\n{Content}<|im_end|>",
+        user="<|im_start|>user\n{Content}<|im_end|>",
+        assistant="<|im_start|>assistant\n{Content}<|im_end|>",
+        tool="<|im_start|>tool\n{Content}<|im_end|>",
+        prompt="<|im_start|>user\n{Content}<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    "llama3": Template(
+        system="<|start_header_id|>system<|end_header_id|>\n\n{Content}<|eot_id|>",
+        user="<|start_header_id|>user<|end_header_id|>\n\n{Content}<|eot_id|>",
+        assistant="<|start_header_id|>assistant<|end_header_id|>\n\n{Content}<|eot_id|>",
+        tool="<|start_header_id|>ipython<|end_header_id|>\n\n{Content}<|eot_id|>",
+        prompt="<|start_header_id|>user<|end_header_id|>\n\n{Content}<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    ),
+    "gemma": Template(
+        user="<start_of_turn>user\n{Content}<end_of_turn>\n",
+        assistant="<start_of_turn>model\n{Content}<end_of_turn>\n",
+        prompt="<start_of_turn>user\n{Content}<end_of_turn>\n<start_of_turn>model\n",
+    ),
+    "phi3": Template(
+        system="<|system|>\n{Content}<|end|>\n",
+        user="<|user|>\n{Content}<|end|>\n",
+        assistant="<|assistant|>\n{Content}<|end|>\n",
+        prompt="<|user|>\n{Content}<|end|>\n<|assistant|>\n",
+    ),
+}
+
+# Checked in order: the first family whose tokens all appear wins.
+MARKERS = [
+    ("chatml", ("<|im_start|>", "<|im_end|>")),
+    ("llama3", ("<|start_header_id|>", "<|eot_id|>")),
+    ("gemma", ("<start_of_turn>", "<end_of_turn>")),
+    ("phi3", ("<|user|>", "<|assistant|>", "<|end|>")),
+]
+
+# The ModelConfig of the documented inference_model.json example.
+DEFAULT_CONFIG = {"max_length": 2048, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1}
+
+
+def template_for(folder: Path) -> Template | None:
+    """The PromptTemplate for a model folder, or None to use the tokenizer's chat template."""
+    derived = _from_converter(folder)
+    if derived is not None:
+        return derived
+    family = detect_family(folder)
+    return KNOWN_TEMPLATES[family].model_copy() if family else None
+
+
+def detect_family(folder: Path) -> str | None:
+    """chatml, llama3, gemma or phi3, from the chat template or the tokenizer's special tokens."""
+    for text in (_chat_template_text(folder), _special_tokens_text(folder)):
+        for family, tokens in MARKERS:
+            if text and all(token in text for token in tokens):
+                return family
+    return None
+
+
+def default_config(context_length: int | None) -> Defaults:
+    config = dict(DEFAULT_CONFIG)
+    if context_length:
+        config["max_length"] = min(config["max_length"], context_length)
+    return Defaults(**config)
+
+
+def _from_converter(folder: Path) -> Template | None:
+    # The converter knows more formats; it is optional (its extras may be absent).
+    try:
+        module = importlib.import_module("slmops.convert.prompt_template")
+    except ImportError:
+        return None
+    derive = getattr(module, "prompt_template", None) or getattr(module, "derive", None)
+    if derive is None:
+        return None
+    try:
+        result = derive(Path(folder))
+    except Exception:  # a converter bug must not stop `cache add`; the built-in guess still runs
+        return None
+    if isinstance(result, Template):
+        return result
+    return Template.model_validate(result) if isinstance(result, dict) else None
+
+
+def _chat_template_text(folder: Path) -> str:
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8", errors="replace")
+    config = _read_json(folder / "tokenizer_config.json")
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
+        template = " ".join(str(item.get("template", "")) for item in template if isinstance(item, dict))
+    return template if isinstance(template, str) else ""
+
+
+def _special_tokens_text(folder: Path) -> str:
+    tokens = [item.get("content", "") for item in _read_json(folder / "tokenizer.json").get("added_tokens", [])]
+    config = _read_json(folder / "tokenizer_config.json")
+    tokens += [str(item.get("content", "")) for item in config.get("added_tokens_decoder", {}).values()]
+    return " ".join(token for token in tokens if isinstance(token, str))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
