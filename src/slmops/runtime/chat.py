@@ -1,0 +1,142 @@
+"""The interactive chat of `slmops model run` and its one-shot mode."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, TextIO
+
+from slmops.errors import SlmopsError
+from slmops.runtime.generate import Response
+from slmops.runtime.model import Model
+
+HELP = """Commands:
+  /clear          forget the conversation (the system message stays)
+  /system TEXT    set the system message; /system alone removes it
+  /exit           leave (Ctrl-D too)
+  /help           this help
+Ctrl-C stops the answer being written and keeps the conversation."""
+
+
+class ChatSession:
+    """A conversation with a model: history, commands, and answers streamed to ``out``.
+
+    Args:
+        model: a loaded :class:`Model`.
+        options: generation options for every answer (None keeps the model's default).
+        truncate: drop the oldest turns when the chat outgrows the context.
+        system: the system message, if any.
+        out, err: where answers and notes go.
+        stats: after each answer, print time to first token and tokens/s to ``err``.
+    """
+
+    def __init__(self, model: Model, options: dict | None = None, truncate: bool = False,
+                 system: str | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+                 stats: bool = False) -> None:
+        self.model = model
+        self.options = options or {}
+        self.truncate = truncate
+        self.system = system
+        self.history: list[dict] = []
+        self.out, self.err = out, err
+        self.stats = stats
+
+    @property
+    def messages(self) -> list[dict]:
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + self.history
+
+    def handle(self, line: str) -> bool:
+        """Act on one line the user typed; False means the session is over."""
+        text = line.strip()
+        if not text.startswith("/"):
+            if text:
+                self.answer(line.strip("\n"))
+            return True
+        command, _, argument = text.partition(" ")
+        if command in ("/exit", "/quit", "/bye"):
+            return False
+        if command == "/clear":
+            self.history.clear()
+            self._note("Conversation cleared.")
+        elif command == "/system":
+            self.system = argument.strip() or None
+            self._note("System message set." if self.system else "System message removed.")
+        elif command in ("/help", "/?"):
+            self._note(HELP)
+        else:
+            self._note(f"Unknown command {command}; /help lists the commands.")
+        return True
+
+    def answer(self, text: str) -> str:
+        """Stream the answer to ``text`` to the output and add the turn to the history.
+
+        Ctrl-C while it is written stops it; what was written so far stays in the history.
+        """
+        self.history.append({"role": "user", "content": text})
+        pieces: list[str] = []
+        last: Response | None = None
+        try:
+            for last in self.model.stream_chat(self.messages, truncate=self.truncate, **self.options):
+                if last.text:
+                    pieces.append(last.text)
+                    self.out.write(last.text)
+                    self.out.flush()
+        except KeyboardInterrupt:
+            self._note("\n[stopped]")
+        except SlmopsError as exc:
+            self.history.pop()
+            self._note(f"Error: {exc}" + ("" if self.truncate else " (/clear starts over)"))
+            return ""
+        self.out.write("\n")
+        self.out.flush()
+        answer = "".join(pieces)
+        self.history.append({"role": "assistant", "content": answer})
+        if self.stats and last is not None:
+            self._note(_stats(last))
+        return answer
+
+    def _note(self, text: str) -> None:
+        self.err.write(text + "\n")
+        self.err.flush()
+
+
+def _stats(response: Response) -> str:
+    return (f"[{response.prompt_tokens} prompt tokens, {response.completion_tokens} generated, "
+            f"first token {response.ttft_s * 1000:.0f} ms, {response.decode_tokens_per_s:.1f} tokens/s]")
+
+
+def interactive(session: ChatSession, read: Callable[[str], str] = input) -> None:
+    """Read lines until /exit or Ctrl-D; Ctrl-C at the prompt only says how to leave."""
+    _enable_line_editing()
+    session._note(f"Chatting with {session.model.name}. /help for commands, /exit or Ctrl-D to leave.")
+    while True:
+        try:
+            line = read(">>> ")
+        except EOFError:
+            session.out.write("\n")
+            return
+        except KeyboardInterrupt:
+            session._note("\n(/exit or Ctrl-D leaves)")
+            continue
+        if not session.handle(line):
+            return
+
+
+def one_shot(session: ChatSession, text: str) -> None:
+    """Answer once, printing only the answer (so it composes in pipelines); errors propagate."""
+    session.history.append({"role": "user", "content": text})
+    last = None
+    for last in session.model.stream_chat(session.messages, truncate=session.truncate, **session.options):
+        session.out.write(last.text)
+        session.out.flush()
+    session.out.write("\n")
+    session.out.flush()
+    if session.stats and last is not None:
+        session._note(_stats(last))
+
+
+def _enable_line_editing() -> None:
+    try:
+        import readline  # noqa: F401  (importing it gives input() history and editing)
+    except ImportError:
+        pass

@@ -1,0 +1,237 @@
+"""A loaded model: `slmops.load(name_or_path)` and what it can do."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import onnxruntime_genai as og
+
+from slmops.cache.inference_model import FILENAME as INFERENCE_MODEL, InferenceModel
+from slmops.errors import ContextTooLong, ModelNotFound, SlmopsError
+from slmops.runtime import prompt as prompts
+from slmops.runtime.generate import Response, Result, collect, stream_tokens
+from slmops.runtime.options import GenerationOptions, model_defaults
+from slmops.runtime.threads import default_threads
+
+GENAI_CONFIG = "genai_config.json"
+
+
+def load(name_or_path: str | Path, threads: int | None = None) -> "Model":
+    """Load a cached model by name, or a model folder by path.
+
+    Args:
+        name_or_path: a name listed by `slmops cache ls`, or a folder holding
+            ``genai_config.json`` (and optionally ``inference_model.json``).
+        threads: intra-op threads; None counts the CPUs this process may use.
+
+    Returns:
+        A :class:`Model`.
+
+    Raises:
+        ModelNotFound: no such cached model or model folder.
+    """
+    folder, info = _locate(name_or_path)
+    return Model.from_folder(folder, info, threads)
+
+
+def _locate(name_or_path: str | Path) -> tuple[Path, InferenceModel | None]:
+    path = Path(name_or_path).expanduser()
+    text = str(name_or_path)
+    looks_like_path = isinstance(name_or_path, Path) or "/" in text or text.startswith((".", "~"))
+    if looks_like_path or (path / GENAI_CONFIG).is_file():
+        if not (path / GENAI_CONFIG).is_file():
+            raise ModelNotFound(f"{path} is not a model folder (no {GENAI_CONFIG}); give a converted model folder.")
+        info = InferenceModel.read(path) if (path / INFERENCE_MODEL).is_file() else None
+        return path, info
+    try:
+        from slmops.cache import store
+    except ImportError as exc:
+        raise ModelNotFound(f"No model folder named {text!r}; give the path of a converted model folder.") from exc
+    cached = store.resolve(text)
+    return Path(cached.path), cached.inference_model
+
+
+class Model:
+    """A model loaded on onnxruntime-genai, ready to chat and generate.
+
+    Attributes:
+        name: the ``Name`` of its inference_model.json, else the folder name.
+        path: its folder.
+        og_model, tokenizer: the onnxruntime-genai ``Model`` and ``Tokenizer``.
+        inference_model: its parsed inference_model.json, or None.
+        context_length: tokens of prompt plus answer it can hold.
+        defaults: its default :class:`GenerationOptions`.
+        stop_token_ids: tokens that end an answer (EOS and the template's end marker).
+        threads: intra-op threads its session runs on.
+        load_s: seconds the load took.
+    """
+
+    def __init__(self, path: Path, og_model, tokenizer, inference_model: InferenceModel | None,
+                 genai_config: dict, threads: int, load_s: float) -> None:
+        self.path = Path(path)
+        self.og_model = og_model
+        self.tokenizer = tokenizer
+        self.inference_model = inference_model
+        self.genai_config = genai_config
+        self.threads = threads
+        self.load_s = load_s
+        self.name = inference_model.Name if inference_model else self.path.name
+        model_config = inference_model.ModelConfig.model_dump() if inference_model and inference_model.ModelConfig else None
+        self.context_length = _context_length(genai_config, model_config)
+        self.defaults = model_defaults(genai_config.get("search", {}), model_config)
+        self.stop_token_ids = self._stop_ids()
+
+    @classmethod
+    def from_folder(cls, folder: Path, inference_model: InferenceModel | None = None,
+                    threads: int | None = None) -> "Model":
+        """Load the onnxruntime-genai model in ``folder`` with ``threads`` intra-op threads."""
+        threads = threads or default_threads()
+        if threads < 1:
+            raise SlmopsError(f"threads must be 1 or more, got {threads}.")
+        genai_config = _read_json(folder / GENAI_CONFIG)
+        start = time.perf_counter()
+        try:
+            config = og.Config(str(folder))
+            # Set at load time, never written into the folder: the machine that serves
+            # a model is not always the one that converted it.
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+            og_model = og.Model(config)
+            tokenizer = og.Tokenizer(og_model)
+        except Exception as exc:  # onnxruntime-genai raises plain RuntimeErrors
+            raise SlmopsError(f"Could not load the model in {folder}: {exc}") from exc
+        return cls(folder, og_model, tokenizer, inference_model, genai_config, threads, time.perf_counter() - start)
+
+    def __repr__(self) -> str:
+        return f"<slmops Model {self.name!r} from {self.path}, {self.threads} threads>"
+
+    def options(self, **overrides) -> GenerationOptions:
+        """The model's default options with ``overrides`` applied (None keeps a default)."""
+        return self.defaults.replace(**overrides)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; NUL characters are dropped (they would cut C strings short)."""
+        return [int(token) for token in self.tokenizer.encode(text.replace("\x00", ""))]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def render(self, messages: Iterable[Any]) -> str:
+        """The prompt text for a chat: the PromptTemplate if the model has one, else its chat template."""
+        return prompts.render(prompts.normalize(messages), self.inference_model, self.tokenizer)
+
+    def prompt_ids(self, messages: Iterable[Any], truncate: bool = False) -> list[int]:
+        """Token ids of a chat's prompt.
+
+        Raises:
+            ContextTooLong: the prompt does not fit, and ``truncate`` is off or even
+                the last message alone (with the system message) does not fit.
+        """
+        messages = prompts.normalize(messages)
+        while True:
+            ids = self.encode(self.render(messages))
+            if len(ids) < self.context_length:
+                return ids
+            older = [index for index, message in enumerate(messages[:-1]) if message["role"] != "system"]
+            if not truncate or not older:
+                raise self._too_long(len(ids), truncate)
+            # Drop the oldest turn: recent turns matter most to the next answer.
+            del messages[older[0]]
+
+    def stream_generate(self, prompt: str | list[int], start: float | None = None, **options) -> Iterator[Response]:
+        """The layered generation path: prompt text or token ids -> one :class:`Response` per token."""
+        start = time.perf_counter() if start is None else start
+        chosen = self.options(**options)
+        ids = self.encode(prompt) if isinstance(prompt, str) else [int(token) for token in prompt]
+        if not ids:
+            # An empty prompt still gets an answer: start from the beginning-of-text token.
+            ids = [self._start_token()]
+        if len(ids) >= self.context_length:
+            raise self._too_long(len(ids), False)
+        return stream_tokens(self.og_model, self.tokenizer, ids, chosen, self.context_length,
+                             self.stop_token_ids, start)
+
+    def generate(self, prompt: str | list[int], **options) -> Result:
+        """A raw completion of ``prompt`` (no chat template applied).
+
+        Args:
+            prompt: text or token ids.
+            **options: :class:`GenerationOptions` fields, e.g. ``max_tokens=64, seed=1``.
+        """
+        return collect(self.stream_generate(prompt, **options))
+
+    def stream_chat(self, messages: Iterable[Any], truncate: bool = False, **options) -> Iterator[Response]:
+        """A chat answer as :class:`Response` objects, one per token (text pieces and metrics)."""
+        start = time.perf_counter()
+        ids = self.prompt_ids(messages, truncate)
+        return self._strip_leading(self.stream_generate(ids, start=start, **options))
+
+    def chat(self, messages: Iterable[Any], truncate: bool = False, **options) -> Result:
+        """The answer to a chat.
+
+        Args:
+            messages: ``[{"role": "user", "content": "..."}, ...]``; system, user,
+                assistant and tool turns.
+            truncate: when the chat is longer than the context, drop the oldest turns
+                instead of raising :class:`ContextTooLong`.
+            **options: :class:`GenerationOptions` fields.
+        """
+        return collect(self.stream_chat(messages, truncate, **options))
+
+    def stream(self, messages: Iterable[Any], truncate: bool = False, **options) -> Iterator[str]:
+        """The answer to a chat as text pieces, as they are generated."""
+        for response in self.stream_chat(messages, truncate, **options):
+            if response.text:
+                yield response.text
+
+    @staticmethod
+    def _strip_leading(responses: Iterator[Response]) -> Iterator[Response]:
+        # Templates ending in "assistant" (no newline) make models open with a line break.
+        started = False
+        for response in responses:
+            if not started:
+                response.text = response.text.lstrip()
+                started = bool(response.text)
+            yield response
+
+    def _too_long(self, prompt_tokens: int, truncated: bool) -> ContextTooLong:
+        hint = "shorten it" if truncated else "shorten it, or use --truncate / truncate=True to drop the oldest turns"
+        return ContextTooLong(
+            f"The prompt is {prompt_tokens} tokens but {self.name} holds {self.context_length} "
+            f"(prompt plus answer); {hint}."
+        )
+
+    def _start_token(self) -> int:
+        bos = self.genai_config.get("model", {}).get("bos_token_id")
+        if isinstance(bos, list):
+            bos = bos[0] if bos else None
+        return int(bos) if bos is not None else min(self.stop_token_ids or {0})
+
+    def _stop_ids(self) -> frozenset[int]:
+        eos = self.genai_config.get("model", {}).get("eos_token_id", [])
+        ids = set(eos if isinstance(eos, list) else [eos])
+        ids.update(int(token) for token in self.tokenizer.eos_token_ids)
+        marker = prompts.end_marker(self.inference_model)
+        if marker:
+            encoded = self.encode(marker)
+            if len(encoded) == 1:
+                ids.add(encoded[0])
+        return frozenset(ids)
+
+
+def _context_length(genai_config: dict, model_config: dict | None) -> int:
+    model = genai_config.get("model", {})
+    length = model.get("context_length") or genai_config.get("search", {}).get("max_length") or 2048
+    if model_config and model_config.get("max_length"):
+        # inference_model.json may ask for less than the model can hold, never more.
+        length = min(length, model_config["max_length"])
+    return int(length)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SlmopsError(f"{path} could not be read ({exc}); is the model folder complete?") from exc
