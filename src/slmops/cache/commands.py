@@ -74,6 +74,7 @@ def remove(name: str, yes: bool) -> None:
 
 def _print_table(models: list[store.CachedModel]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -84,12 +85,13 @@ def _print_table(models: list[store.CachedModel]) -> None:
     for column in ("Name", "Version", "Precision", "Size", "Path"):
         table.add_column(column, overflow="fold")
     for model in models:
-        name = model.name if model.valid else f"[red]{model.name} (invalid)[/red]"
+        name = escape(model.name) if model.valid else f"[red]{escape(model.name)} (invalid)[/red]"
         table.add_row(name, model.version or "", model.precision or "", _size(model.size_bytes), str(model.path))
     console.print(table)
     for model in models:
         if not model.valid:
-            console.print(f"[red]{model.name}[/red] ({model.path}): {model.reason}", highlight=False, markup=True)
+            console.print(f"[red]{escape(model.name)}[/red] ({escape(str(model.path))}): {escape(model.reason or '')}",
+                          highlight=False)
 
 
 def _size(size: int) -> str:

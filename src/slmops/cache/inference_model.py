@@ -146,6 +146,8 @@ class InferenceModel(BaseModel):
             return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError as exc:
             raise CacheError(f"{path} does not exist.") from exc
+        except json.JSONDecodeError as exc:
+            raise CacheError(f"{path} is not valid JSON ({exc}).") from exc
         except UnicodeDecodeError as exc:
             raise CacheError(f"{path} is invalid: not UTF-8 text.") from exc
         except ValueError as exc:  # JSONDecodeError and ValidationError are both ValueErrors

@@ -415,14 +415,14 @@ def model_root(folder: str | os.PathLike) -> Path:
 def _inference_model_for(source: Path, name: str | None) -> InferenceModel:
     if (source / FILENAME).is_file():
         model = InferenceModel.read(source)
-        return model.model_copy(update={"Name": name}) if name else model
+        return model.model_copy(update={"Name": name}) if name is not None else model
     from slmops.cache.templates import default_config, template_for
 
     genai = _read_json_file(source / GENAI_CONFIG, []) or {}
     conversion = _read_json_file(source / CONVERSION, []) or {}
     default_name = source.parent.name if source.name in ("onnx", "model", "output") else source.name
     return InferenceModel(
-        Name=name or default_name,
+        Name=name if name is not None else default_name,
         Description=f"Added from {source}" + (f", converted from {_source(conversion)}" if _source(conversion) else ""),
         Version="1.0",
         PromptTemplate=template_for(source),
@@ -441,6 +441,14 @@ def _replaced_entries(name: str, target: Path, force: bool) -> list[Path]:
 
 
 def _fill(source: Path, staging: Path, link: bool) -> None:
+    try:
+        _copy_or_link(source, staging, link)
+    except OSError as exc:  # shutil.Error (a list of failed files) is an OSError too
+        detail = exc.args[0][0][2] if isinstance(exc, shutil.Error) and exc.args and exc.args[0] else exc
+        raise CacheError(f"Cannot {'link' if link else 'copy'} {source} into the cache: {detail}") from exc
+
+
+def _copy_or_link(source: Path, staging: Path, link: bool) -> None:
     skip = {FILENAME, MARKER}
     if link:
         for child in sorted(source.iterdir()):
