@@ -1,0 +1,226 @@
+"""`convert`: a fine-tuned model (HF folder, GGUF file or LoRA adapter) to an ONNX model folder.
+
+All writes go to a hidden staging folder beside the destination that is renamed
+into place at the very end, so a failed, killed or interrupted conversion leaves
+no partial output and an existing output survives unless ``force`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from slmops.cache.inference_model import Defaults, InferenceModel
+from slmops.convert import prompt_template
+from slmops.convert.options import PRECISIONS, QuantizationOptions
+from slmops.convert.progress import Stages
+from slmops.convert.report import ConversionReport, library_versions, peak_rss_mb
+from slmops.convert.sources import Source, inspect_source, size_of, source_hash
+from slmops.errors import UsageError
+
+# The generation defaults of MISSION.md's inference_model.json, used where the model has none.
+DEFAULT_MODEL_CONFIG = {"max_length": 2048, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1}
+_STAGING = ".{name}.partial-{pid}"
+
+
+def convert(
+    source: Path | None,
+    output: Path,
+    *,
+    precision: str = "int4",
+    name: str | None = None,
+    base: Path | None = None,
+    quantization: QuantizationOptions | None = None,
+    force: bool = False,
+    log_level: int = 1,
+) -> ConversionReport:
+    """Convert a model to an onnxruntime-genai folder ready for the cache.
+
+    Args:
+        source: a Hugging Face folder, a .gguf file, a LoRA adapter folder, or None
+            for the embedded SmolLM2-135M-Instruct GGUF.
+        output: the folder to create (model.onnx, genai_config.json, tokenizer,
+            inference_model.json, conversion.json).
+        precision: int4, int8, fp16, bf16 or fp32.
+        name: the model's name in inference_model.json (default: the output folder's name).
+        base: the base model folder of a LoRA adapter (default: the adapter's own base path).
+        quantization: block size, symmetry, accuracy level and algorithm for int4/int8.
+        force: replace an existing output folder.
+        log_level: 0 silent, 1 progress bars, 2 also stage timings, 3-4 the builder's own output.
+
+    Returns:
+        The ConversionReport, also saved as conversion.json.
+
+    Raises:
+        ConversionError: the source is missing, malformed or unsupported, or the build failed.
+        UsageError: the precision or the output path is invalid.
+    """
+    started = time.perf_counter()
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision '{precision}' is not supported; choose one of {', '.join(PRECISIONS)}.")
+    quantization = quantization or QuantizationOptions()
+    output = Path(output).expanduser().absolute()
+    src = inspect_source(source, base)
+    _check_output(output, force)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(output)
+    staging = output.parent / _STAGING.format(name=output.name, pid=os.getpid())
+    with _interrupts_as_keyboard_interrupt(), Stages(log_level) as stages:
+        try:
+            staging.mkdir()
+            report = _convert_in(src, staging, output, precision, name, quantization, stages, log_level)
+            report.wall_seconds = round(time.perf_counter() - started, 2)
+            report.peak_rss_mb = round(peak_rss_mb(), 1)
+            report.stages = stages.durations()
+            report.write(staging / "model")
+            _move_into_place(staging / "model", output)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def _convert_in(src: Source, staging: Path, output: Path, precision, name, quantization, stages, log_level) -> ConversionReport:
+    model_dir = staging / "model"
+    with stages.stage("load"):
+        hf_dir, config = _hf_folder(src, staging)
+    tied = bool(config.get("tie_word_embeddings", True))  # transformers' default when unset
+    options = quantization.builder_options(precision, tied)
+    report = ConversionReport(
+        source=str(src.path),
+        source_kind=src.kind,
+        source_sha256=source_hash(src),
+        output=str(output),
+        name=name or output.name,
+        precision=precision,
+        quantization=quantization.model_dump() if precision in ("int4", "int8") else {},
+        builder_options=options,
+        source_bytes=size_of(src.path) + (size_of(src.base) if src.base else 0),
+        versions=library_versions(),
+    )
+    if options.get("shared_embeddings") == "false":
+        report.notes.append("tied embeddings with asymmetric quantization: the embedding is kept unshared and unquantized")
+    from slmops.convert.build import run_builder
+
+    stages.expect_layers(int(config.get("num_hidden_layers", 0)))
+    run_builder(hf_dir, model_dir, precision, options, staging / "builder-cache", staging / "build.log", stages.on_builder_line, log_level)
+    with stages.stage("write metadata"):
+        _write_inference_model(hf_dir, model_dir, report.name, src, precision, report.notes)
+    report.output_bytes = size_of(model_dir)
+    return report
+
+
+def _hf_folder(src: Source, staging: Path) -> tuple[Path, dict]:
+    """A Hugging Face folder holding the model to build (the source itself when it is one)."""
+    if src.kind == "gguf":
+        from slmops.convert.gguf_source import gguf_to_hf
+
+        folder = staging / "hf"
+        return folder, gguf_to_hf(src.path, folder)
+    if src.kind == "adapter":
+        from slmops.convert.adapter import merge_adapter
+
+        folder = staging / "merged"
+        merge_adapter(src.base, src.path, folder)
+        return folder, src.config
+    return src.path, src.config
+
+
+def _write_inference_model(hf_dir: Path, model_dir: Path, name: str, src: Source, precision: str, notes: list) -> None:
+    template = None
+    chat_template = prompt_template.chat_template_of(model_dir) or prompt_template.chat_template_of(hf_dir)
+    if chat_template:
+        try:
+            template = prompt_template.derive(chat_template, **prompt_template.special_tokens_of(model_dir))
+        except prompt_template.TemplateError as exc:
+            notes.append(f"no PromptTemplate: {exc}; the runtime uses the tokenizer's chat template")
+    else:
+        notes.append("the model has no chat template: inference_model.json has no PromptTemplate")
+    InferenceModel(
+        Name=name,
+        Description=f"{src.path.name} converted to {precision.upper()} ONNX by slmops",
+        Version="1.0",
+        PromptTemplate=template,
+        ModelConfig=Defaults(**_model_config(hf_dir, model_dir)),
+    ).write(model_dir)
+
+
+def _model_config(hf_dir: Path, model_dir: Path) -> dict:
+    """Generation defaults: generation_config.json's sampling values over MISSION.md's defaults."""
+    values = dict(DEFAULT_MODEL_CONFIG)
+    path = hf_dir / "generation_config.json"
+    generation = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if generation.get("do_sample"):
+        for key in ("temperature", "top_p", "top_k", "repetition_penalty"):
+            if generation.get(key) is not None:
+                values[key] = generation[key]
+    elif generation.get("repetition_penalty"):
+        values["repetition_penalty"] = generation["repetition_penalty"]
+    genai = json.loads((model_dir / "genai_config.json").read_text(encoding="utf-8"))
+    context = genai.get("model", {}).get("context_length")
+    if context:
+        values["max_length"] = min(values["max_length"], int(context))
+    return values
+
+
+def _check_output(output: Path, force: bool) -> None:
+    if output.is_file():
+        raise UsageError(f"{output} is a file; pass a folder path for the converted model.")
+    if output.is_dir() and any(output.iterdir()) and not force:
+        raise UsageError(f"{output} already exists; pass --force to replace it, or choose another output folder.")
+
+
+def _move_into_place(built: Path, output: Path) -> None:
+    """Swap the built folder in with renames, so the output is never half there."""
+    old = None
+    if output.exists():
+        old = output.parent / _STAGING.format(name=output.name, pid=f"{os.getpid()}-old")
+        os.replace(output, old)
+    try:
+        os.replace(built, output)
+    except OSError:
+        if old is not None:
+            os.replace(old, output)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale_staging(output: Path) -> None:
+    """Staging folders of conversions that were killed (their process is gone)."""
+    for folder in output.parent.glob(_STAGING.format(name=output.name, pid="*")):
+        pid = folder.name.rsplit(".partial-", 1)[-1].removesuffix("-old")
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def _interrupts_as_keyboard_interrupt():
+    """SIGTERM unwinds like Ctrl-C, so the staging folder is removed on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,134 @@
+"""A Foundry-style PromptTemplate derived from a tokenizer's Jinja chat template.
+
+The chat template is rendered for a growing conversation whose message texts are
+markers; what each new message adds to the rendered string is that role's piece,
+with the marker replaced by ``{Content}``. The newline templates put between turns
+becomes the ``separator``; the generation prompt keeps its trailing newline, so the
+answer starts with its first word. A leading BOS token is left to the tokenizer,
+which adds it itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from slmops.cache.inference_model import PLACEHOLDER, Template
+
+_MARK = {"system": "SLMOPSSYSTEMMARK", "user": "SLMOPSUSERMARK", "assistant": "SLMOPSASSISTANTMARK"}
+
+
+class TemplateError(Exception):
+    """The chat template cannot be rendered into per-role pieces."""
+
+
+def chat_template_of(folder: Path) -> str | None:
+    """The chat template a Hugging Face folder ships (chat_template.jinja or tokenizer_config.json)."""
+    folder = Path(folder)
+    jinja = folder / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text(encoding="utf-8")
+    config = folder / "tokenizer_config.json"
+    if config.exists():
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(template, list):  # named templates: take the default one
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        return template if isinstance(template, str) else None
+    return None
+
+
+def special_tokens_of(folder: Path) -> dict[str, str]:
+    """bos_token / eos_token strings from tokenizer_config.json (they may be dicts there)."""
+    path = Path(folder) / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    tokens = {}
+    for key in ("bos_token", "eos_token"):
+        value = config.get(key)
+        tokens[key] = value.get("content", "") if isinstance(value, dict) else (value or "")
+    return tokens
+
+
+def derive(chat_template: str, bos_token: str = "", eos_token: str = "") -> Template:
+    """The PromptTemplate equivalent to `chat_template` for plain text conversations."""
+    render = _renderer(chat_template, bos_token, eos_token)
+    user, assistant = _message("user"), _message("assistant")
+    system_text = _try(render, [_message("system")], False)
+    history = [_message("system")] if system_text is not None else []
+    start = system_text or ""
+    after_user = render(history + [user], False)
+    after_assistant = render(history + [user, assistant], False)
+    with_prompt = render(history + [user, assistant, user], True)
+    without_prompt = render(history + [user, assistant, user], False)
+    if not (after_user.startswith(start) and after_assistant.startswith(after_user) and with_prompt.startswith(without_prompt)):
+        raise TemplateError("the chat template does not render turns one after another")
+    pieces = {
+        "system": system_text,
+        "user": after_user[len(start) :],
+        "assistant": after_assistant[len(after_user) :],
+    }
+    generation = with_prompt[len(without_prompt) :]
+    # Only a BOS the template writes itself is dropped; some vocabularies reuse a turn marker as BOS.
+    return _assemble(pieces, generation, bos_token if "bos_token" in chat_template else "")
+
+
+def _assemble(pieces: dict[str, str | None], generation: str, bos_token: str) -> Template:
+    turns = {role: _strip_bos(text, bos_token) for role, text in pieces.items() if text}
+    separator = _common_trailing_newlines(list(turns.values()))
+    fields = {role: _placeholder(text[: len(text) - len(separator)], role) for role, text in turns.items()}
+    if PLACEHOLDER not in fields.get("user", ""):
+        raise TemplateError("the chat template drops the user's message")
+    fields["prompt"] = fields["user"] + separator + generation
+    return Template(**fields, separator=separator)
+
+
+def _placeholder(text: str, role: str) -> str:
+    return text.replace(_MARK[role], PLACEHOLDER)
+
+
+def _strip_bos(text: str, bos_token: str) -> str:
+    return text[len(bos_token) :] if bos_token and text.startswith(bos_token) else text
+
+
+def _common_trailing_newlines(texts: list[str]) -> str:
+    suffixes = [text[len(text.rstrip("\n")) :] for text in texts]
+    return min(suffixes, key=len) if suffixes else ""
+
+
+def _message(role: str) -> dict:
+    return {"role": role, "content": _MARK[role]}
+
+
+def _try(render, messages: list[dict], add_generation_prompt: bool) -> str | None:
+    try:
+        text = render(messages, add_generation_prompt)
+    except TemplateError:
+        return None  # e.g. Gemma: its template rejects a system role
+    return text if _MARK["system"] in text else None
+
+
+def _renderer(chat_template: str, bos_token: str, eos_token: str):
+    from datetime import datetime
+
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, indent=indent, ensure_ascii=False)
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    try:
+        compiled = env.from_string(chat_template)
+    except jinja2.TemplateError as exc:
+        raise TemplateError(f"the chat template is not valid Jinja: {exc}") from exc
+
+    def render(messages: list[dict], add_generation_prompt: bool) -> str:
+        try:
+            return compiled.render(
+                messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token
+            )
+        except jinja2.TemplateError as exc:
+            raise TemplateError(str(exc)) from exc
+
+    return render

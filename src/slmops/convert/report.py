@@ -1,0 +1,69 @@
+"""`conversion.json`: what was converted, how, and what it cost."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+FILENAME = "conversion.json"
+_LIBRARIES = ("slmops", "onnxruntime-genai", "onnxruntime", "onnx", "torch", "transformers", "gguf", "peft")
+
+
+@dataclass
+class ConversionReport:
+    """The result of a conversion, also written to ``conversion.json`` in the output folder."""
+
+    source: str
+    source_kind: str
+    source_sha256: str
+    output: str
+    name: str
+    precision: str
+    quantization: dict
+    builder_options: dict
+    source_bytes: int
+    output_bytes: int = 0
+    wall_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    stages: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    reused: bool = False
+
+    @property
+    def size_ratio(self) -> float:
+        return self.output_bytes / self.source_bytes if self.source_bytes else 0.0
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data.pop("reused")
+        return data
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / FILENAME
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> "ConversionReport":
+        data = json.loads((Path(folder) / FILENAME).read_text(encoding="utf-8"))
+        return cls(**{key: value for key, value in data.items() if key in cls.__dataclass_fields__})
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0]}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
