@@ -10,7 +10,8 @@ How :meth:`InferenceModel.render` builds a prompt from ``PromptTemplate``:
 - the system message (``system``), then every turn of the history (``user``,
   ``assistant``, ``tool``), then ``prompt`` for the last user turn, which ends
   where the answer starts;
-- turns are joined by ``separator``; when the file does not say, it is what
+- turns are joined by ``separator`` (without a generation prompt, every turn
+  ends with it); when the file does not say, it is what
   ``prompt`` puts between a user turn and the assistant's header (``"\\n"`` for
   the ChatML example of the docs, nothing for Llama-3 or Gemma templates);
 - without a ``system`` template, system text opens the first user turn (as
@@ -76,9 +77,12 @@ class Template(BaseModel):
                 pieces.append(_fill(self._prompt(), text))
             else:
                 pieces.append(_fill(self._turn(role), text))
-        if add_generation_prompt and not ends_with_user:
+        separator = self.inferred_separator()
+        if not add_generation_prompt:  # every turn ends with the separator, as chat templates write it
+            return "".join(piece + separator for piece in pieces)
+        if not ends_with_user:
             pieces.append(self.assistant_header())
-        return self.inferred_separator().join(pieces)
+        return separator.join(pieces)
 
     def assistant_header(self) -> str:
         """What opens an assistant turn: the `assistant` template before its {Content}."""

@@ -83,21 +83,16 @@ def default_config(context_length: int | None) -> Defaults:
 
 
 def _from_converter(folder: Path) -> Template | None:
-    # The converter knows more formats; it is optional (its extras may be absent).
+    # The converter derives a template from any Jinja chat template; it needs jinja2,
+    # which only the convert extra installs, so it is optional here.
     try:
         module = importlib.import_module("slmops.convert.prompt_template")
-    except ImportError:
+        chat_template = module.chat_template_of(folder)
+        if not chat_template:
+            return None
+        return module.derive(chat_template, **module.special_tokens_of(folder))
+    except Exception:  # ImportError, or a template it cannot split: the built-in guess runs
         return None
-    derive = getattr(module, "prompt_template", None) or getattr(module, "derive", None)
-    if derive is None:
-        return None
-    try:
-        result = derive(Path(folder))
-    except Exception:  # a converter bug must not stop `cache add`; the built-in guess still runs
-        return None
-    if isinstance(result, Template):
-        return result
-    return Template.model_validate(result) if isinstance(result, dict) else None
 
 
 def _chat_template_text(folder: Path) -> str:
