@@ -129,6 +129,7 @@ def test_foundry_local_nesting_leaf_rule_and_download_marker():
     partial = make_model(cache / "Microsoft" / "downloading" / "v1", {"Name": "downloading"})
     (partial / "download.tmp").touch()
     make_model(cache / "custom" / ".hidden", {"Name": "hidden"})
+    os.symlink(cache, cache / "Microsoft" / "loop")  # a symlink loop must not hang or repeat models
     assert names(store.scan()) == ["outer", "phi-mini-cpu"]
 
 
