@@ -1,0 +1,135 @@
+"""`slmops bench MODEL`: the library function under the command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slmops.bench import report
+from slmops.bench.prompts import PromptSource, load_paragraphs
+from slmops.bench.runner import BenchResult, CaseResult, Sweep, run_benchmark
+from slmops.bench.system import memory_bandwidth, system_info
+from slmops.bench.targets import LlamaCppTarget, RawTarget, RuntimeTarget, Target, UrlTarget, model_folder
+from slmops.errors import UsageError
+
+
+@dataclass
+class TargetSpec:
+    """Which targets to put side by side (the first one is what the ratios are about).
+
+    Attributes:
+        model: a cached model name or model folder, run in-process by slmops.
+        url: an OpenAI-compatible server to stream from.
+        url_model: the model name to ask the server for (default: its first).
+        endpoint: "chat" or "completions".
+        pid: the server's process, for memory and CPU (default: found from a loopback port).
+        api_key: sent as a bearer token.
+        ignore_eos: ask the server to ignore end-of-text (vLLM and llama-server accept it).
+        raw: add a bare onnxruntime-genai Generator loop on the model's folder.
+        raw_threads: the thread counts of the raw targets (0 = onnxruntime's default).
+        llama_cpp: a GGUF file to run with llama-cpp-python, as a reference.
+        threads: threads of the slmops and llama.cpp targets (None: the runtime's choice).
+    """
+
+    model: str | None = None
+    url: str | None = None
+    url_model: str | None = None
+    endpoint: str = "chat"
+    pid: int | None = None
+    api_key: str | None = None
+    ignore_eos: bool = False
+    raw: bool = False
+    raw_threads: tuple[int, ...] = ()
+    llama_cpp: str | None = None
+    threads: int | None = None
+    extra: list[Target] = field(default_factory=list)
+
+    def build(self) -> list[Target]:
+        if not (self.model or self.url or self.extra):
+            raise UsageError("Give a MODEL (cached name or folder), --url, or both.")
+        if self.raw and not self.model:
+            raise UsageError("--raw runs on the MODEL's folder; give a MODEL too.")
+        threads = self.threads or _default_threads()
+        targets: list[Target] = []
+        if self.model:
+            targets.append(RuntimeTarget(self.model, threads))
+        if self.url:
+            targets.append(UrlTarget(self.url, self.url_model, self.endpoint, self.pid, self.api_key, self.ignore_eos))
+        if self.raw:
+            folder = model_folder(self.model)
+            targets += [RawTarget(folder, t) for t in (self.raw_threads or (threads,))]
+        if self.llama_cpp:
+            targets.append(LlamaCppTarget(self.llama_cpp, threads))
+        return targets + list(self.extra)
+
+
+def _default_threads() -> int:
+    from slmops.runtime.threads import default_threads
+
+    return default_threads()
+
+
+def benchmark(
+    spec: TargetSpec,
+    sweep: Sweep,
+    prompts: str | Path | None = None,
+    roofline: bool = True,
+    on_case=None,
+    refresh_bandwidth: bool = False,
+) -> BenchResult:
+    """Measure the targets of ``spec`` over the cases of ``sweep``.
+
+    Args:
+        spec: what to measure.
+        sweep: prompt lengths, output lengths, concurrency, repetitions.
+        prompts: a JSONL file of texts to cut prompts from (default: the shipped text).
+        roofline: measure (once, then cached) the memory bandwidth for the roofline.
+        on_case: called with each finished :class:`CaseResult`, its index and the case count.
+        refresh_bandwidth: measure the bandwidth again instead of using the cached value.
+
+    Returns:
+        A :class:`BenchResult`; ``.to_dict()`` is the JSON document.
+    """
+    targets = spec.build()
+    try:
+        bandwidth = memory_bandwidth(refresh_bandwidth) if roofline else None
+        source = _LazySource(load_paragraphs(prompts), targets)
+        return run_benchmark(targets, sweep, source, system_info(), bandwidth, on_case)
+    finally:
+        for target in targets:
+            target.close()
+
+
+class _LazySource(PromptSource):
+    """Cuts prompts with the first in-process target's tokenizer, once the targets are loaded."""
+
+    def __init__(self, paragraphs: list[str], targets: list[Target]):
+        super().__init__(paragraphs)
+        self.targets = targets
+
+    def prompt(self, tokens: int, variant: int = 0):
+        if self.encode is None:
+            for target in self.targets:
+                if target.kind != "url" and getattr(target, "decode", None):
+                    self.encode, self.decode = target.encode, target.decode
+                    break
+        return super().prompt(tokens, variant)
+
+
+def write_outputs(document: dict, json_path=None, markdown_path=None, plot_path=None, title: str | None = None) -> list[Path]:
+    """Write the JSON, Markdown and PNG files asked for; return their paths."""
+    import json
+
+    written = []
+    if json_path:
+        Path(json_path).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        written.append(Path(json_path))
+    if markdown_path:
+        Path(markdown_path).write_text(report.markdown(document, title or "slmops bench results"), encoding="utf-8")
+        written.append(Path(markdown_path))
+    if plot_path:
+        written.append(report.plot(document, plot_path))
+    return written
+
+
+__all__ = ["BenchResult", "CaseResult", "Sweep", "TargetSpec", "benchmark", "write_outputs"]

@@ -1,0 +1,174 @@
+"""The sweep, the JSON schema, the reports and `bench compare`, on fake targets with a fake clock."""
+
+import copy
+import json
+import struct
+import zlib
+
+import pytest
+from click.testing import CliRunner
+
+from slmops.bench import report, schema
+from slmops.bench.commands import bench
+from slmops.bench.compare import compare, load_result
+from slmops.bench.prompts import PromptSource, load_paragraphs, shipped_paragraphs
+from slmops.bench.runner import Sweep, run_benchmark
+from slmops.bench.stats import RequestRecord
+from slmops.bench.targets import Target
+from slmops.errors import ModelNotFound, UsageError
+
+SYSTEM = {"cpu": "Test CPU", "physical_cores": 2, "logical_cpus": 2, "usable_cpus": 2, "ram_gb": 8.0,
+          "os": "Linux", "python": "3.11", "libraries": {"slmops": "0.1.0"}}
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class FakeTarget(Target):
+    """Words are tokens; prefill costs ``prefill_s`` per token and decode ``decode_s`` per token."""
+
+    def __init__(self, label, clock, prefill_s=0.0005, decode_s=0.01, context_length=4096):
+        self.label, self.clock, self.kind = label, clock, "raw"
+        self.prefill_s, self.decode_s = prefill_s, decode_s
+        self.context_length = context_length
+        self.weight_bytes = 100 * 10**6
+        self.threads = 2
+        self.seen: list[int] = []
+
+    def encode(self, text):
+        return list(range(len(text.split())))
+
+    def decode(self, ids):
+        return " ".join("w" for _ in ids)
+
+    def request(self, prompt, max_tokens, clock):
+        ids = self.encode(prompt.text)[: prompt.tokens]
+        self.seen.append(len(ids))
+        r = RequestRecord(start=clock(), prompt_tokens=len(ids))
+        self.clock.now += self.prefill_s * len(ids)
+        for _ in range(max_tokens):
+            self.clock.now += self.decode_s
+            r.add_chunk(clock())
+        r.finish(clock())
+        return r
+
+
+def fake_run(decode_b=0.02, reps=3, prompt_lengths=(16, 64)):
+    clock = Clock()
+    a, b = FakeTarget("fast", clock), FakeTarget("slow", clock, decode_s=decode_b)
+    source = PromptSource(shipped_paragraphs(), a.encode, a.decode)
+    sweep = Sweep(prompt_lengths=prompt_lengths, output_lengths=(8,), reps=reps, warmup=1)
+    result = run_benchmark([a, b], sweep, source, SYSTEM, bandwidth_gb_s=10.0, clock=clock)
+    return result, a, b
+
+
+def test_sweep_measures_exact_prompts_and_ratios():
+    result, a, b = fake_run()
+    document = result.to_dict()  # validates against the schema
+    assert [c["target"] for c in document["cases"]] == ["fast", "slow", "fast", "slow"]
+    assert a.seen == [32, 16, 16, 16, 64, 64, 64]  # warm-up, then exactly the asked lengths
+    first = document["cases"][0]["stats"]
+    assert first["requests"] == 3 and first["prompt_tokens"] == 16
+    assert first["ttft_ms"]["median"] == pytest.approx(16 * 0.5 + 10)
+    assert first["tpot_ms"]["median"] == pytest.approx(10)
+    assert first["decode_tps"]["median"] == pytest.approx(100)
+    # roofline: 10 GB/s over 100 MB of weights = 100 tok/s, and "fast" decodes at 100 tok/s
+    assert document["targets"][0]["roofline_tps"] == pytest.approx(100)
+    assert document["cases"][0]["roofline_pct"] == pytest.approx(100)
+    ratio = document["ratios"][0]
+    assert (ratio["target"], ratio["reference"]) == ("fast", "slow")
+    assert ratio["decode_speedup"] == pytest.approx(2.0)
+    assert ratio["ttft_speedup"] == pytest.approx((16 * 0.5 + 20) / (16 * 0.5 + 10))
+
+
+def test_prompt_lengths_are_clipped_to_the_context():
+    clock = Clock()
+    target = FakeTarget("small", clock, context_length=100)
+    source = PromptSource(shipped_paragraphs(), target.encode, target.decode)
+    sweep = Sweep(prompt_lengths=(16, 64, 512), output_lengths=(8,), reps=1, warmup=0)
+    result = run_benchmark([target], sweep, source, SYSTEM, clock=clock)
+    assert result.settings["prompt_lengths"] == [16, 64]
+    with pytest.raises(UsageError):
+        run_benchmark([target], Sweep(prompt_lengths=(512,), reps=1), source, SYSTEM, clock=clock)
+
+
+def test_user_prompts_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "one two three"}\n\n{"text": "four five"}\n')
+    assert load_paragraphs(path) == ["one two three", "four five"]
+    path.write_text("not json\n")
+    with pytest.raises(UsageError, match="prompts.jsonl:1"):
+        load_paragraphs(path)
+
+
+def test_schema_rejects_a_broken_document():
+    document = fake_run(reps=1, prompt_lengths=(16,))[0].to_dict()
+    broken = copy.deepcopy(document)
+    del broken["cases"][0]["stats"]["ttft_ms"]
+    with pytest.raises(UsageError, match="cases/0/stats"):
+        schema.validate(broken)
+    broken = copy.deepcopy(document)
+    broken["schema_version"] = 99
+    with pytest.raises(UsageError):
+        schema.validate(broken)
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR"
+    crc = struct.unpack(">I", data[16 + length: 20 + length])[0]
+    assert crc == zlib.crc32(data[12: 16 + length])
+    assert data[-8:-4] == b"IEND"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_markdown_and_plot(tmp_path):
+    document = fake_run()[0].to_dict()
+    text = report.markdown(document, "Fake run")
+    assert text.startswith("# Fake run")
+    assert "| fast | 16 | 8 | 1 |" in text and "## Ratios" in text and "| fast | slow | 16 |" in text
+    width, height = _png_size(report.plot(document, tmp_path / "chart.png"))
+    assert width > 1000 and height > 400
+
+
+def test_compare_flags_regressions_and_exits_nonzero(tmp_path):
+    base = fake_run(reps=2)[0].to_dict()
+    worse = copy.deepcopy(base)
+    for case in worse["cases"]:
+        if case["target"] == "fast":
+            case["stats"]["decode_tps"]["median"] *= 0.8
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(base))
+    b.write_text(json.dumps(worse))
+    comparison = compare(load_result(a), load_result(b), threshold=0.10)
+    assert {(c.case.split()[0], c.figure) for c in comparison.regressions} == {("fast", "decode tok/s")}
+    assert all(c.ratio == pytest.approx(0.8) for c in comparison.regressions)
+
+    runner = CliRunner()
+    same = runner.invoke(bench, ["compare", str(a), str(a), "--fail-on-regression"])
+    assert same.exit_code == 0, same.output
+    flagged = runner.invoke(bench, ["compare", str(a), str(b), "--fail-on-regression"])
+    assert flagged.exit_code == 1 and "REGRESSION" in flagged.output
+    lenient = runner.invoke(bench, ["compare", str(a), str(b), "--threshold", "25", "--fail-on-regression"])
+    assert lenient.exit_code == 0
+    (tmp_path / "bad.json").write_text('{"schema": "other"}')
+    bad = runner.invoke(bench, ["compare", str(a), str(tmp_path / "bad.json")])
+    assert bad.exit_code != 0 and isinstance(bad.exception, UsageError)
+
+
+def test_bench_group_takes_a_model_or_a_subcommand():
+    runner = CliRunner()
+    top = runner.invoke(bench, ["--help"])
+    assert top.exit_code == 0 and "compare" in top.output and "slmops bench MODEL" in top.output
+    missing = runner.invoke(bench, ["/no/such/model", "--no-roofline", "--reps", "1"])
+    assert isinstance(missing.exception, ModelNotFound)
+    none = runner.invoke(bench, ["--prompt-lengths", "16"])
+    assert isinstance(none.exception, UsageError) and "MODEL" in str(none.exception)
+    bad = runner.invoke(bench, ["m", "--prompt-lengths", "16,x"])
+    assert isinstance(bad.exception, UsageError) and "--prompt-lengths" in str(bad.exception)
