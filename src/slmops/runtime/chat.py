@@ -30,14 +30,14 @@ class ChatSession:
     """
 
     def __init__(self, model: Model, options: dict | None = None, truncate: bool = False,
-                 system: str | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+                 system: str | None = None, out: TextIO | None = None, err: TextIO | None = None,
                  stats: bool = False) -> None:
         self.model = model
         self.options = options or {}
         self.truncate = truncate
         self.system = system
         self.history: list[dict] = []
-        self.out, self.err = out, err
+        self.out, self.err = out or sys.stdout, err or sys.stderr
         self.stats = stats
 
     @property

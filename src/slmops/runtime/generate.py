@@ -64,6 +64,7 @@ def stream_tokens(
     context_length: int,
     stop_ids: Iterable[int] = (),
     start: float | None = None,
+    guidance: tuple[str, str] | None = None,
 ) -> Iterator[Response]:
     """Generate from prompt token ids, one :class:`Response` per token.
 
@@ -75,10 +76,14 @@ def stream_tokens(
         stop_ids: tokens that end the answer besides the model's EOS.
         start: ``time.perf_counter()`` when the request began (default: now), so
             that tokenizing the prompt counts in the time to first token.
+        guidance: an onnxruntime-genai grammar, ``(type, data)`` with type
+            "json_schema", "regex" or "lark_grammar"; tokens that break it are masked.
     """
     start = time.perf_counter() if start is None else start
     params = og.GeneratorParams(og_model)
     params.set_search_options(**options.search_options(len(ids), context_length))
+    if guidance:
+        params.set_guidance(*guidance)
     generator = og.Generator(og_model, params)
     generator.append_tokens(ids)
     decoder = tokenizer.create_stream()

@@ -134,13 +134,11 @@ class Model:
             ids = self.encode(self.render(messages))
             if len(ids) < self.context_length:
                 return ids
-            older = [index for index, message in enumerate(messages[:-1]) if message["role"] != "system"]
-            if not truncate or not older:
+            if not truncate or not _drop_oldest_turn(messages):
                 raise self._too_long(len(ids), truncate)
-            # Drop the oldest turn: recent turns matter most to the next answer.
-            del messages[older[0]]
 
-    def stream_generate(self, prompt: str | list[int], start: float | None = None, **options) -> Iterator[Response]:
+    def stream_generate(self, prompt: str | list[int], start: float | None = None,
+                        guidance: tuple[str, str] | None = None, **options) -> Iterator[Response]:
         """The layered generation path: prompt text or token ids -> one :class:`Response` per token."""
         start = time.perf_counter() if start is None else start
         chosen = self.options(**options)
@@ -151,7 +149,7 @@ class Model:
         if len(ids) >= self.context_length:
             raise self._too_long(len(ids), False)
         return stream_tokens(self.og_model, self.tokenizer, ids, chosen, self.context_length,
-                             self.stop_token_ids, start)
+                             self.stop_token_ids, start, guidance)
 
     def generate(self, prompt: str | list[int], **options) -> Result:
         """A raw completion of ``prompt`` (no chat template applied).
@@ -219,6 +217,20 @@ class Model:
             if len(encoded) == 1:
                 ids.add(encoded[0])
         return frozenset(ids)
+
+
+def _drop_oldest_turn(messages: list[dict]) -> bool:
+    """Drop the oldest exchange (a user turn and the replies to it), never the system
+    message or the last message; recent turns matter most to the next answer.
+    Returns False when there is nothing left to drop."""
+    older = [index for index, message in enumerate(messages[:-1]) if message["role"] != "system"]
+    if not older:
+        return False
+    del messages[older[0]]
+    # Chat templates expect the history to open with a user turn.
+    while len(older) > 1 and messages[older[0]]["role"] not in ("user", "system") and older[0] < len(messages) - 1:
+        del messages[older[0]]
+    return True
 
 
 def _context_length(genai_config: dict, model_config: dict | None) -> int:
