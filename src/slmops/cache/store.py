@@ -394,6 +394,7 @@ def remove(name: str) -> CachedModel:
     cache = location()
     if not _inside(entry.path, cache, follow=False):
         raise CacheError(f"{entry.path} is outside the cache ({cache}); not removing it.")
+    _clean_stale(entry.path.parent)
     _discard(entry.path)
     return entry
 
@@ -496,9 +497,9 @@ def _delete(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _clean_stale(custom: Path) -> None:
+def _clean_stale(folder: Path) -> None:
     """Delete staging and trash folders left by killed processes."""
-    for child in custom.iterdir():
+    for child in folder.iterdir():
         match = re.match(rf"^(?:{re.escape(STAGING)}|{re.escape(TRASH)})(\d+)-", child.name)
         if match and not _alive(int(match.group(1))):
             _delete(child)
