@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from slmops.cache import store
 from slmops.cache.commands import cache
+from slmops.cli import main
 from tests.test_cache import MISSION_JSON, make_model
 
 
@@ -67,24 +68,38 @@ def test_add_and_remove(tmp_path):
     assert removed.exit_code == 0 and "Removed mine" in removed.output and store.scan() == []
 
 
-def test_errors_are_one_line_with_exit_codes_in_a_real_process(tmp_path):
-    make_model(tmp_path / "src")
+def run_main(capsys, *args: str) -> tuple[int, str]:
+    """The `slmops` entry point in-process: its exit code and stderr."""
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return exc.code, capsys.readouterr().err
+    raise AssertionError("main() always exits")
+
+
+def test_errors_are_one_line_with_exit_codes(tmp_path, capsys):
+    store.add(make_model(tmp_path / "src"), name="real")
     (tmp_path / "empty").mkdir()
-    assert run_slmops("cache", "add", str(tmp_path / "src"), "--name", "real").returncode == 0
-    listed = run_slmops("cache", "ls", "--json")
-    assert listed.returncode == 0 and json.loads(listed.stdout)[0]["name"] == "real"
     for args, code, message in [
-        (("cache", "remove", "../real", "--yes"), 2, "Error: '../real' is not a model name"),
         (("cache", "remove", "reall", "--yes"), 1, "Error: No model named 'reall' in the cache"),
         (("cache", "add", str(tmp_path / "src"), "--name", "real"), 1, "already holds a model named 'real'"),
         (("cache", "add", str(tmp_path / "empty"), "--name", "x"), 1, "holds no genai_config.json"),
+        (("cache", "add", str(tmp_path / "src"), "--name", "a/b"), 2, "'a/b' is not a model name"),
     ]:
-        result = run_slmops(*args)
-        assert result.returncode == code, (args, result.stderr)
-        assert message in result.stderr and "Traceback" not in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert run_slmops("cache", "remove", "REAL", "--yes").returncode == 0
-    assert run_slmops("cache", "ls", "--json").stdout.strip() == "[]"
+        exit_code, stderr = run_main(capsys, *args)
+        assert (exit_code, len(stderr.strip().splitlines())) == (code, 1), (args, stderr)
+        assert message in stderr and "Traceback" not in stderr
+    assert run_main(capsys, "--verbose", "cache", "remove", "reall", "--yes")[1].startswith("Traceback")
+    assert run_main(capsys, "cache", "remove", "REAL", "--yes") == (0, "")
+
+
+def test_a_real_process_prints_json_and_one_line_errors(tmp_path):
+    store.add(make_model(tmp_path / "src"), name="real")
+    listed = run_slmops("cache", "ls", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout)[0]["name"] == "real"
+    refused = run_slmops("cache", "remove", "../real", "--yes")
+    assert refused.returncode == 2 and refused.stderr == "Error: '../real' is not a model name: names cannot contain '/', '\\' or '..'.\n"
+    assert store.resolve("real").valid
 
 
 def test_cache_ls_imports_neither_torch_nor_onnx(tmp_path):
