@@ -1,0 +1,122 @@
+"""`slmops serve` and `slmops service start|stop|status|restart`."""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+from slmops.errors import UsageError
+from slmops.server.registry import ServerConfig
+from slmops.server.run import DEFAULT_HOST, DEFAULT_PORT
+
+SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
+
+
+def parse_size(text: str | None) -> int | None:
+    """'4GB', '512m', '1048576' -> bytes."""
+    if not text:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in SIZE_UNITS:
+        raise UsageError(f"--max-memory {text!r} is not a size; write e.g. 4GB or 512MB.")
+    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
+
+
+def serve_options(function):
+    """The flags `serve` and `service start` share."""
+    flags = [
+        click.argument("models", nargs=-1),
+        click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on."),
+        click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
+                     help="Port to listen on; 0 picks a free one."),
+        click.option("--parallel", type=click.IntRange(1, 256), default=8, show_default=True,
+                     help="Sequences generated at once per model."),
+        click.option("--max-queue", type=click.IntRange(0, 100000), default=64, show_default=True,
+                     help="Requests waiting per model beyond --parallel; more get 429."),
+        click.option("--keep-alive", type=click.FloatRange(min=0), default=600, show_default=True,
+                     help="Seconds a model stays loaded while idle."),
+        click.option("--max-memory", help="Memory budget for loaded models (e.g. 4GB); least recently used unload first."),
+        click.option("--threads", type=click.IntRange(min=1), help="CPU threads per model [default: usable CPUs]."),
+        click.option("--grace", type=click.FloatRange(min=0), default=10, show_default=True,
+                     help="Seconds to finish in-flight answers on SIGTERM."),
+    ]
+    for flag in reversed(flags):
+        function = flag(function)
+    return function
+
+
+def make_config(parallel, max_queue, keep_alive, max_memory, threads, grace, api_key=None) -> ServerConfig:
+    return ServerConfig(parallel=parallel, max_queue=max_queue, keep_alive=keep_alive,
+                        max_memory=parse_size(max_memory), threads=threads, api_key=api_key or None, grace=grace)
+
+
+@click.command()
+@serve_options
+@click.option("--api-key", envvar="SLMOPS_API_KEY", help="Require this key (Bearer) on every request [env: SLMOPS_API_KEY].")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True, help="How much the server logs.")
+def serve(models, host, port, api_key, log_level, **options) -> None:
+    """Serve MODELS (cached names or folders) through an OpenAI-compatible API, in the foreground.
+
+    Models not named here load on their first request.
+    """
+    from slmops.server.run import serve as run
+
+    run(list(models), host, port, make_config(api_key=api_key, **options), log_level)
+
+
+@click.group()
+def service() -> None:
+    """Run the service in the background: start, stop, status, restart."""
+
+
+@service.command("start")
+@serve_options
+def start_command(models, host, port, **options) -> None:
+    """Start the service in the background (the API key comes from SLMOPS_API_KEY)."""
+    from slmops.server import service as background
+
+    args = [*models, "--host", host, "--port", str(port)]
+    for key, value in options.items():
+        if value is not None:
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    current, started = background.start(args)
+    click.echo(f"{'Started' if started else 'Already running'}: {current.url} (pid {current.pid})")
+
+
+@service.command("stop")
+def stop_command() -> None:
+    """Stop the background service, letting answers in flight finish."""
+    from slmops.server import service as background
+
+    click.echo("Stopped." if background.stop() else "The service is not running.")
+
+
+@service.command("status")
+def status_command() -> None:
+    """Print the endpoint, pid, uptime and loaded models."""
+    from slmops.server import service as background
+
+    current = background.status()
+    if not current.running:
+        click.echo(f"The service is not running (log: {current.log}).")
+        return
+    loaded = ", ".join(current.loaded or []) or "none"
+    click.echo(f"Running: {current.url}\npid: {current.pid}\nuptime: {_duration(current.uptime_s)}\n"
+               f"loaded models: {loaded}\nlog: {current.log}")
+
+
+@service.command("restart")
+def restart_command() -> None:
+    """Stop the service and start it again with the flags of its last start."""
+    from slmops.server import service as background
+
+    current = background.restart()
+    click.echo(f"Restarted: {current.url} (pid {current.pid})")
+
+
+def _duration(seconds: float | None) -> str:
+    seconds = int(seconds or 0)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s" if hours else f"{rest // 60}m{rest % 60:02d}s"

@@ -1,0 +1,122 @@
+"""From a parsed request to a running sequence: options, prompt, guidance, and the job.
+
+The answer itself comes from the runtime's token stream
+(``Model.stream_generate``), the same one `slmops model run` and the benchmarks
+use; the server only schedules it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from slmops.errors import SlmopsError
+from slmops.runtime.generate import Response
+from slmops.server import tools
+from slmops.server.errors import APIError, from_slmops
+from slmops.server.protocol import DEFAULT_MAX_TOKENS, ChatRequest, Message, SamplingFields
+from slmops.server.registry import Loaded
+from slmops.server.scheduler import DONE, Closed, Job, QueueFull
+
+
+@dataclass
+class Plan:
+    """What to generate: prompt token ids, options, and an optional decode-time grammar."""
+
+    ids: list[int]
+    options: dict
+    guidance: tuple[str, str] | None = None
+    tool_mode: tools.ToolMode | None = None
+
+
+def options_for(request: SamplingFields, max_tokens: int | None = None) -> dict:
+    """GenerationOptions overrides for a request (None keeps the model's default)."""
+    stop = request.stop
+    penalty = request.repetition_penalty
+    if penalty is None:
+        # onnxruntime-genai has one repetition penalty: OpenAI's two map onto it.
+        strongest = max(request.presence_penalty or 0.0, request.frequency_penalty or 0.0)
+        penalty = 1.0 + strongest / 2 if strongest > 0 else None
+    seed = request.seed if request.seed is not None else request.random_seed
+    return {
+        "max_tokens": max_tokens or request.max_tokens or DEFAULT_MAX_TOKENS,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "top_k": request.top_k,
+        "seed": seed,
+        "stop": tuple([stop] if isinstance(stop, str) else stop or ()) or None,
+        "repetition_penalty": penalty,
+    }
+
+
+def chat_plan(loaded: Loaded, request: ChatRequest) -> Plan:
+    """The prompt and options of a chat request, with any JSON or tool constraint."""
+    mode = tools.mode_for(request)
+    messages = history(request.messages)
+    if mode is not None:
+        messages = tools.with_tool_prompt(messages, mode)
+    try:
+        ids = loaded.model.prompt_ids(messages)
+    except SlmopsError as exc:
+        raise from_slmops(exc) from exc
+    guidance = mode.guidance() if mode is not None else tools.response_guidance(request.response_format)
+    options = options_for(request, request.max_completion_tokens)
+    return Plan(ids, options, guidance, mode)
+
+
+def history(messages: list[Message]) -> list[dict]:
+    """Messages as the runtime renders them; an assistant's tool calls become their JSON text."""
+    result = []
+    for message in messages:
+        content = message.content
+        if message.role == "assistant" and message.tool_calls and not content:
+            content = "\n".join(tools.call_text(call.function.name, call.function.arguments)
+                                for call in message.tool_calls)
+        result.append({"role": message.role, "content": content})
+    return result
+
+
+def start(loaded: Loaded, plan: Plan) -> Job:
+    """Queue the sequence on the model's scheduler.
+
+    Raises:
+        APIError: 400 for invalid options, 429 when the queue is full, 503 while stopping.
+    """
+    try:
+        stream = loaded.model.stream_generate(plan.ids, guidance=plan.guidance, **plan.options)
+    except SlmopsError as exc:
+        raise from_slmops(exc) from exc
+    job = Job(stream, asyncio.get_running_loop())
+    try:
+        loaded.scheduler.submit(job)
+    except QueueFull:
+        wait = loaded.scheduler.retry_after()
+        raise APIError(429, f"{loaded.name} is busy: every slot and the queue are full; retry in {wait} s.",
+                       code="queue_full", headers={"Retry-After": str(wait)}) from None
+    except Closed:
+        raise APIError(503, "The service is shutting down.", code="shutting_down") from None
+    loaded.touch()
+    return job
+
+
+async def responses(job: Job) -> AsyncIterator[Response]:
+    """The job's responses as they come; cancels the sequence if the consumer stops early."""
+    try:
+        while True:
+            item = await job.queue.get()
+            if item is DONE:
+                break
+            yield item
+        if job.error is not None:
+            raise APIError(500, f"Generation failed: {job.error}", code="generation_failed")
+    finally:
+        job.cancel()  # a no-op after the last token; frees the slot when the client left
+
+
+def parse_json_answer(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

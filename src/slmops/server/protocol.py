@@ -1,0 +1,206 @@
+"""The request and response bodies of the HTTP API, as OpenAI's API defines them.
+
+Every request is parsed into one of these models, so validation errors, the
+OpenAPI document at /openapi.json and the code all come from one place. Fields
+OpenAI defines but slmops does not use are accepted and ignored, so clients that
+send them keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Answers are capped unless the client asks for more: an uncapped request would
+# reserve a KV cache for the whole context (hundreds of MB on an 8k model).
+DEFAULT_MAX_TOKENS = 512
+
+
+class Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class FunctionCall(Lenient):
+    name: str = Field(description="The function's name.")
+    arguments: str = Field("{}", description="The arguments, a JSON object as text.")
+
+
+class ToolCall(Lenient):
+    id: str = Field(description="The call's id; a tool message answers it with tool_call_id.")
+    type: Literal["function"] = Field("function", description="Always 'function'.")
+    function: FunctionCall = Field(description="The function called and its arguments.")
+
+
+class Message(Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"] = Field(description="Who wrote the message.")
+    content: str | list[dict[str, Any]] | None = Field(None, description="Text, or a list of text parts.")
+    name: str | None = Field(None, description="The author's name (ignored).")
+    tool_calls: list[ToolCall] | None = Field(None, description="Calls an assistant turn made.")
+    tool_call_id: str | None = Field(None, description="The call a tool message answers.")
+
+
+class StreamOptions(Lenient):
+    include_usage: bool = Field(False, description="Send a last chunk carrying the token usage.")
+
+
+class JsonSchemaFormat(Lenient):
+    name: str = Field("response", description="The schema's name.")
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema", description="A JSON Schema the answer must match.")
+    strict: bool | None = Field(None, description="Accepted; the schema is always enforced.")
+
+
+class ResponseFormat(Lenient):
+    type: Literal["text", "json_object", "json_schema"] = Field(description="text, any JSON object, or JSON matching a schema.")
+    json_schema: JsonSchemaFormat | None = Field(None, description="The schema, for type json_schema.")
+
+
+class FunctionDefinition(Lenient):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="The function's name.")
+    description: str | None = Field(None, description="What the function does, shown to the model.")
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}},
+                                       description="A JSON Schema for the arguments.")
+
+
+class Tool(Lenient):
+    type: Literal["function"] = Field("function", description="Always 'function'.")
+    function: FunctionDefinition = Field(description="The function the model may call.")
+
+
+class NamedFunction(Lenient):
+    name: str = Field(description="The function that must be called.")
+
+
+class NamedToolChoice(Lenient):
+    type: Literal["function"] = Field("function", description="Always 'function'.")
+    function: NamedFunction = Field(description="The function that must be called.")
+
+
+class SamplingFields(Lenient):
+    """What chat and text completions share."""
+
+    model: str = Field(min_length=1, description="A model name from /v1/models or the cache.")
+    stream: bool = Field(False, description="Send the answer as server-sent events, token by token.")
+    stream_options: StreamOptions | None = Field(None, description="Streaming options.")
+    max_tokens: int | None = Field(None, ge=1, description=f"Most tokens to generate (default {DEFAULT_MAX_TOKENS}).")
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; 0 is greedy.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int | None = Field(None, ge=0, description="Sample among the k most likely tokens.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Same seed and options, same answer.")
+    random_seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Foundry Local's name for seed.")
+    stop: str | list[str] | None = Field(None, description="Up to 4 strings that end the answer.")
+    presence_penalty: float | None = Field(None, ge=-2, le=2, description="Above 0 discourages repeats.")
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, description="Above 0 discourages repeats.")
+    repetition_penalty: float | None = Field(None, gt=0, le=10, description="Above 1 discourages repeats (wins over the penalties above).")
+    n: int = Field(1, ge=1, le=1, description="Number of answers; only 1 is supported.")
+    user: str | None = Field(None, description="An end-user id (ignored).")
+
+    @field_validator("stop")
+    @classmethod
+    def _four_stops(cls, value):
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop strings")
+        return value
+
+
+class ChatRequest(SamplingFields):
+    messages: list[Message] = Field(min_length=1, description="The conversation so far.")
+    max_completion_tokens: int | None = Field(None, ge=1, description="Newer name for max_tokens.")
+    response_format: ResponseFormat | None = Field(None, description="Constrain the answer to JSON.")
+    tools: list[Tool] | None = Field(None, max_length=64, description="Functions the model may call.")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="none, auto (default with tools), required, or a named function.")
+    parallel_tool_calls: bool | None = Field(None, description="Accepted; at most one call is made per answer.")
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] = Field(description="The text to continue (a list must hold one string).")
+    echo: bool = Field(False, description="Return the prompt before the completion.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value):
+        if isinstance(value, list) and len(value) != 1:
+            raise ValueError("give exactly one prompt")
+        return value
+
+
+class CountRequest(Lenient):
+    model: str = Field(min_length=1, description="The model whose tokenizer counts.")
+    messages: list[Message] | None = Field(None, description="A chat to count, as sent to chat completions.")
+    prompt: str | None = Field(None, description="Plain text to count.")
+
+
+# ---- responses --------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="Tokens in the prompt.")
+    completion_tokens: int = Field(description="Tokens generated.")
+    total_tokens: int = Field(description="Both together.")
+
+
+class AnswerMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = Field(description="The answer's text; null when it is a tool call.")
+    tool_calls: list[ToolCall] | None = Field(None, description="The calls the model made.")
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AnswerMessage
+    finish_reason: Literal["stop", "length", "tool_calls"]
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+
+
+class TextChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: Literal["stop", "length"] | None
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str = Field(description="The name requests use.")
+    object: Literal["model"] = "model"
+    created: int = Field(description="When the model folder was written (Unix seconds).")
+    owned_by: str = "slmops"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class TokenCount(BaseModel):
+    tokenCount: int = Field(description="Tokens the request's prompt takes.")  # noqa: N815 (Foundry's name)

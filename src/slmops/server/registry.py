@@ -1,0 +1,202 @@
+"""Which models the service has loaded: lazy loading, idle unloading, a memory budget.
+
+A request naming a cached model that is not loaded loads it, once, however many
+requests wait for it. A model idle for its keep-alive time is unloaded. Loading a
+model that would overrun ``--max-memory`` first unloads the least recently used
+idle models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slmops.errors import ModelNotFound
+from slmops.server.errors import APIError
+from slmops.server.scheduler import Scheduler
+
+log = logging.getLogger("slmops.server")
+
+
+@dataclass(eq=False)
+class Loaded:
+    """A loaded model, the scheduler that runs its requests, and when it was last used."""
+
+    name: str
+    model: object  # slmops.runtime.Model
+    scheduler: Scheduler
+    size_bytes: int
+    ttl: float
+    loaded_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.monotonic)
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+    def idle_for(self) -> float:
+        return 0.0 if self.scheduler.busy else time.monotonic() - self.last_used
+
+
+@dataclass
+class ServerConfig:
+    """How the service runs models (the `slmops serve` flags)."""
+
+    parallel: int = 8
+    max_queue: int = 64
+    keep_alive: float = 600.0
+    max_memory: int | None = None
+    threads: int | None = None
+    api_key: str | None = None
+    max_body: int = 4 * 1024 * 1024
+    grace: float = 10.0
+
+
+class Registry:
+    """The loaded models, by case-folded name."""
+
+    def __init__(self, config: ServerConfig, observer=None) -> None:
+        self.config = config
+        self.observer = observer
+        self.loaded: dict[str, Loaded] = {}
+        self.folders: dict[str, tuple[str, Path]] = {}  # models served from a folder path
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.loading: set[str] = set()
+        self.closing = False
+
+    # ---- finding ----------------------------------------------------------
+
+    def add_folder(self, folder: Path) -> str:
+        """Serve a model folder outside the cache under its own name; returns the name."""
+        from slmops.runtime.model import _locate
+
+        path, info = _locate(Path(folder))
+        name = info.Name if info else path.name
+        self.folders[name.casefold()] = (name, path)
+        return name
+
+    def catalog(self) -> list[tuple[str, Path]]:
+        """Every model the service can serve: the valid cached ones and the given folders."""
+        from slmops.cache import store
+
+        found = {model.name.casefold(): (model.name, Path(model.path)) for model in store.scan() if model.valid}
+        found.update(self.folders)
+        return sorted(found.values(), key=lambda item: item[0].casefold())
+
+    def _locate(self, name: str) -> tuple[str, Path]:
+        from slmops.cache import store
+
+        store.check_name(name)  # a name that looks like a path never reaches the file system
+        if name.casefold() in self.folders:
+            return self.folders[name.casefold()]
+        entry = store.resolve(name)
+        return entry.name, Path(entry.path)
+
+    # ---- loading ----------------------------------------------------------
+
+    async def get(self, name: str, ttl: float | None = None) -> Loaded:
+        """The loaded model called ``name``, loading it first if needed.
+
+        Raises:
+            APIError: 404 for an unknown or path-like name, 503 while shutting down.
+        """
+        if self.closing:
+            raise APIError(503, "The service is shutting down; retry on another instance.", code="shutting_down")
+        key = name.casefold()
+        if key in self.loaded:
+            return self._touch(self.loaded[key], ttl)
+        display, folder = await asyncio.to_thread(self._locate, name)
+        key = display.casefold()
+        async with self.locks.setdefault(key, asyncio.Lock()):
+            if key not in self.loaded:
+                self.loaded[key] = await self._load(display, folder, ttl)
+        return self._touch(self.loaded[key], ttl)
+
+    def _touch(self, entry: Loaded, ttl: float | None) -> Loaded:
+        entry.touch()
+        if ttl is not None:
+            entry.ttl = ttl
+        return entry
+
+    async def _load(self, name: str, folder: Path, ttl: float | None) -> Loaded:
+        from slmops.runtime.model import Model, _locate
+
+        size = _folder_size(folder)
+        self._make_room(size, name)
+        self.loading.add(name)
+        try:
+            path, info = _locate(folder)
+            model = await asyncio.to_thread(Model.from_folder, path, info, self.config.threads)
+        finally:
+            self.loading.discard(name)
+        scheduler = Scheduler(name, self.config.parallel, self.config.max_queue, self.observer)
+        log.info("loaded %s from %s in %.1f s", name, folder, model.load_s)
+        return Loaded(name, model, scheduler, size, self.config.keep_alive if ttl is None else ttl)
+
+    def _make_room(self, size: int, name: str) -> None:
+        budget = self.config.max_memory
+        if not budget:
+            return
+        if size > budget:
+            raise APIError(503, f"{name} needs {size >> 20} MB, more than --max-memory allows; raise it.",
+                           code="memory_budget")
+        for entry in sorted(self.loaded.values(), key=lambda item: item.last_used):
+            if sum(item.size_bytes for item in self.loaded.values()) + size <= budget:
+                return
+            if not entry.scheduler.busy:
+                self.unload(entry.name)
+        if sum(item.size_bytes for item in self.loaded.values()) + size > budget:
+            raise APIError(503, f"Not enough of --max-memory free for {name}: the loaded models are busy; retry later.",
+                           code="memory_budget", headers={"Retry-After": "5"})
+
+    # ---- unloading --------------------------------------------------------
+
+    def unload(self, name: str, force: bool = False) -> bool:
+        """Unload ``name``; False if it was not loaded.
+
+        Raises:
+            APIError: 409 if it is answering requests and ``force`` is off.
+        """
+        entry = self.loaded.get(name.casefold())
+        if entry is None:
+            return False
+        if entry.scheduler.busy and not force:
+            raise APIError(409, f"{entry.name} is answering requests; wait, or unload with force=true.",
+                           "name", "model_busy")
+        del self.loaded[name.casefold()]
+        entry.scheduler.close(cancel=True)
+        log.info("unloaded %s", entry.name)
+        return True
+
+    def unload_all(self, force: bool = True) -> list[str]:
+        names = [entry.name for entry in list(self.loaded.values())]
+        return [name for name in names if self.unload(name, force)]
+
+    def reap(self) -> list[str]:
+        """Unload the models idle longer than their keep-alive; returns their names."""
+        expired = [entry.name for entry in self.loaded.values() if entry.idle_for() > entry.ttl]
+        return [name for name in expired if self.unload(name)]
+
+    def shutdown(self, grace: float) -> None:
+        """Stop taking requests; let running answers finish for ``grace`` seconds, then cancel them."""
+        self.closing = True
+        deadline = time.monotonic() + grace
+        while any(entry.scheduler.busy for entry in self.loaded.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.unload_all(force=True)
+
+    # ---- state ------------------------------------------------------------
+
+    def totals(self) -> tuple[int, int]:
+        """Waiting and running sequences over every loaded model."""
+        entries = list(self.loaded.values())
+        return sum(e.scheduler.queued for e in entries), sum(e.scheduler.active for e in entries)
+
+
+def _folder_size(folder: Path) -> int:
+    try:
+        return sum(path.stat().st_size for path in Path(folder).iterdir() if path.is_file())
+    except OSError as exc:
+        raise ModelNotFound(f"{folder} cannot be read ({exc.strerror}); check the model folder.") from exc

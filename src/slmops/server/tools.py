@@ -1,0 +1,132 @@
+"""JSON answers and tool calls, constrained at decode time by onnxruntime-genai's guidance.
+
+``response_format`` json_object / json_schema and a forced tool call become a JSON
+Schema grammar that masks every token that would break it, so the answer parses
+and matches the schema without retries. With ``tool_choice`` "auto" the model is
+free: an answer that is a tool call in the prompt's format is returned as one.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+
+from slmops.server.errors import APIError
+from slmops.server.protocol import ChatRequest, NamedToolChoice, ResponseFormat, Tool, ToolCall
+
+TOOL_PROMPT = (
+    "You can call these functions. To call one, answer with only a JSON object "
+    '{{"name": <function name>, "arguments": <arguments object>}} and nothing else.\n{functions}'
+)
+
+
+@dataclass
+class ToolMode:
+    """The tools of a request and how the model must use them."""
+
+    tools: list[Tool]
+    choice: str  # "auto", "required", or the name of the function that must be called
+
+    @property
+    def forced(self) -> str | None:
+        """The function the answer must call, when there is exactly one choice."""
+        if self.choice not in ("auto", "required"):
+            return self.choice
+        if self.choice == "required" and len(self.tools) == 1:
+            return self.tools[0].function.name
+        return None
+
+    def guidance(self) -> tuple[str, str] | None:
+        if self.choice == "auto":
+            return None
+        if self.forced:
+            # The name is known: the model writes only the arguments, which stream as they come.
+            return grammar(self._function(self.forced).parameters)
+        calls = [{"type": "object", "properties": {"name": {"const": tool.function.name},
+                                                   "arguments": tool.function.parameters},
+                  "required": ["name", "arguments"], "additionalProperties": False} for tool in self.tools]
+        return grammar({"anyOf": calls})
+
+    def _function(self, name: str):
+        for tool in self.tools:
+            if tool.function.name == name:
+                return tool.function
+        raise APIError(400, f"tool_choice names {name!r}, which is not in tools.", "tool_choice", "invalid_parameter")
+
+    def calls(self, text: str) -> list[ToolCall] | None:
+        """The tool calls an answer makes, or None when it is a plain answer."""
+        if self.forced:
+            return [_call(self.forced, text.strip())]
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return None
+        names = {tool.function.name for tool in self.tools}
+        if isinstance(value, dict) and value.get("name") in names and isinstance(value.get("arguments"), dict):
+            return [_call(value["name"], json.dumps(value["arguments"]))]
+        return None
+
+
+def mode_for(request: ChatRequest) -> ToolMode | None:
+    """How the request uses tools; None when it has none or forbids them."""
+    choice = request.tool_choice
+    if not request.tools:
+        if choice not in (None, "none", "auto"):
+            raise APIError(400, "tool_choice needs tools; give tools or drop tool_choice.", "tool_choice",
+                           "invalid_parameter")
+        return None
+    if choice == "none":
+        return None
+    name = choice.function.name if isinstance(choice, NamedToolChoice) else (choice or "auto")
+    mode = ToolMode(request.tools, name)
+    if mode.forced:
+        mode._function(mode.forced)  # an unknown name is a 400, before anything runs
+    return mode
+
+
+def with_tool_prompt(messages: list[dict], mode: ToolMode) -> list[dict]:
+    """The messages with the functions described in the system message."""
+    functions = "\n".join(json.dumps(tool.function.model_dump(exclude_none=True)) for tool in mode.tools)
+    text = TOOL_PROMPT.format(functions=functions)
+    if mode.forced:
+        text += f"\nCall {mode.forced} now: answer with its arguments object only."
+    if messages and messages[0]["role"] in ("system", "developer"):
+        first = messages[0]
+        return [{"role": "system", "content": f"{first['content'] or ''}\n\n{text}".strip()}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
+
+
+def response_guidance(response_format: ResponseFormat | None) -> tuple[str, str] | None:
+    """The grammar for ``response_format``: any JSON object, or JSON matching the schema."""
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return grammar({"type": "object"})
+    if response_format.json_schema is None or not response_format.json_schema.schema_:
+        raise APIError(400, "response_format json_schema needs json_schema.schema.", "response_format.json_schema",
+                       "invalid_parameter")
+    return grammar(response_format.json_schema.schema_)
+
+
+def grammar(schema: dict) -> tuple[str, str]:
+    """The guidance for a JSON Schema, written compactly.
+
+    With free whitespace, small models tend to emit newlines until max_tokens; one
+    space after ':' and ',' keeps the JSON readable and the answer short.
+    """
+    layout = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+    return "json_schema", json.dumps({"x-guidance": layout, **schema})
+
+
+def call_text(name: str, arguments: str) -> str:
+    """How a past call is written back into the history (the format the prompt asks for)."""
+    try:
+        parsed = json.loads(arguments or "{}")
+    except ValueError:
+        parsed = arguments
+    return json.dumps({"name": name, "arguments": parsed})
+
+
+def _call(name: str, arguments: str) -> ToolCall:
+    return ToolCall(id=f"call_{secrets.token_hex(12)}", function={"name": name, "arguments": arguments or "{}"})
