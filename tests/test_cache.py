@@ -176,6 +176,31 @@ def test_broken_folders_are_listed_invalid_with_their_reason():
         store.resolve("no model.onnx")
 
 
+ODD_FILES = {
+    "inference_model.json": ["[]", '"text"', '{"Name": 5}', '{"Name": "x", "PromptTemplate": "text"}',
+                             '{"Name": "x", "ModelConfig": {"temperature": -1}}', '{"Name": "  "}', b"\xff\xfe{}"],
+    "genai_config.json": ["[]", '{"model": []}', '{"model": {"decoder": {"filename": 5}}}',
+                          '{"model": {"decoder": {"filename": "../outside.onnx"}}}', ""],
+}
+
+
+def test_odd_file_contents_never_break_the_listing(tmp_path):
+    cache = store.location()
+    (cache / "outside.onnx").parent.mkdir(parents=True)
+    write_onnx(cache / "outside.onnx")
+    count = 0
+    for filename, contents in ODD_FILES.items():
+        for content in contents:
+            folder = make_model(cache / "custom" / f"odd-{count}", {"Name": f"odd-{count}"})
+            (folder / filename).write_bytes(content if isinstance(content, bytes) else content.encode())
+            count += 1
+    as_folder = make_model(cache / "custom" / f"odd-{count}")
+    (as_folder / "inference_model.json").mkdir()
+    found = store.scan()
+    assert len(found) == count + 1 and not any(model.valid for model in found)
+    assert all(model.reason for model in found)
+
+
 def test_extra_keys_survive_a_rewrite(tmp_path):
     original = {
         **MISSION_JSON,

@@ -150,6 +150,8 @@ class InferenceModel(BaseModel):
             return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError as exc:
             raise CacheError(f"{path} does not exist.") from exc
+        except OSError as exc:  # a folder of that name, no permission, ...
+            raise CacheError(f"{path} cannot be read ({exc.strerror or exc}).") from exc
         except json.JSONDecodeError as exc:
             raise CacheError(f"{path} is not valid JSON ({exc}).") from exc
         except UnicodeDecodeError as exc:

@@ -220,6 +220,9 @@ def _check_model_files(folder: Path, genai: dict, reasons: list[str]) -> str | N
     precision = None
     for name in graphs:
         path = folder / name
+        if not _inside(path, folder):
+            reasons.append(f"{GENAI_CONFIG} names {name}, outside the model folder")
+            continue
         if not path.is_file():
             reasons.append(f"missing ONNX file {name}")
             continue
