@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,14 +281,22 @@ class UrlTarget(Target):
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.label = f"url {self.base}"
         self.pid = pid or local_server_pid(self.base)
-        self._local = threading.local()
+        self._http = None
 
     def _client(self):
-        import httpx
+        # One pooled client shared by every thread: a client per request would put
+        # its setup (an SSL context) inside the measured time.
+        if self._http is None:
+            import httpx
 
-        if getattr(self._local, "client", None) is None:
-            self._local.client = httpx.Client(timeout=self.timeout, headers=self.headers)
-        return self._local.client
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+            self._http = httpx.Client(timeout=self.timeout, headers=self.headers, limits=limits)
+        return self._http
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     def load(self) -> float:
         start = time.perf_counter()
