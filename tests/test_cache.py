@@ -143,6 +143,8 @@ def test_precision_from_graph_conversion_json_and_folder_name(tmp_path):
     assert {name: found[name].precision for name in found} == {
         "m-int4": "int4", "m-int8": "int8", "m-fp16": "fp16", "m-fp32": "fp32", "recorded": "bf16"}
     assert found["recorded"].source == "/models/base"
+    write_onnx(cache / "int4" / "model.onnx", "fp16")  # a graph replaced in place is read again
+    assert store.resolve("m-int4").precision == "fp16"
     assert store._precision(Path("/x/qwen-cpu-int4-rtn-block-32"), None, None) == "int4"
 
 

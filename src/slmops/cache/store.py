@@ -26,7 +26,7 @@ from pathlib import Path
 
 from slmops import settings
 from slmops.cache.inference_model import FILENAME, InferenceModel
-from slmops.cache.onnx_info import read_onnx_info
+from slmops.cache.onnx_info import OnnxInfo, read_onnx_info
 from slmops.errors import CacheError, ModelNotFound, UsageError
 
 GENAI_CONFIG = "genai_config.json"
@@ -220,14 +220,14 @@ def _check_model_files(folder: Path, genai: dict, reasons: list[str]) -> str | N
     precision = None
     for name in graphs:
         path = folder / name
-        if not _inside(path, folder):
+        if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == "..":
             reasons.append(f"{GENAI_CONFIG} names {name}, outside the model folder")
             continue
         if not path.is_file():
             reasons.append(f"missing ONNX file {name}")
             continue
         try:
-            info = read_onnx_info(path)
+            info = _onnx_info(path)
         except (OSError, ValueError) as exc:
             reasons.append(f"{name} is not a readable ONNX file ({exc})")
             continue
@@ -236,6 +236,18 @@ def _check_model_files(folder: Path, genai: dict, reasons: list[str]) -> str | N
             reasons.append(f"missing ONNX weights file {', '.join(missing)}")
         precision = precision or info.precision
     return precision
+
+
+_ONNX_INFO: dict[tuple, OnnxInfo] = {}
+
+
+def _onnx_info(path: Path) -> OnnxInfo:
+    # A server resolves a name per request; an unchanged graph is parsed once per process.
+    stat = path.stat()
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _ONNX_INFO:
+        _ONNX_INFO[key] = read_onnx_info(path)
+    return _ONNX_INFO[key]
 
 
 def _precision(folder: Path, conversion: dict | None, onnx_precision: str | None) -> str | None:
