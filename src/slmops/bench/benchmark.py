@@ -19,19 +19,21 @@ class TargetSpec:
 
     Attributes:
         model: a cached model name or model folder, run in-process by slmops.
+        more_models: further models (e.g. other precisions) run in the same way.
         url: an OpenAI-compatible server to stream from.
         url_model: the model name to ask the server for (default: its first).
         endpoint: "chat" or "completions".
         pid: the server's process, for memory and CPU (default: found from a loopback port).
         api_key: sent as a bearer token.
         ignore_eos: ask the server to ignore end-of-text (vLLM and llama-server accept it).
-        raw: add a bare onnxruntime-genai Generator loop on the model's folder.
+        raw: add a bare onnxruntime-genai Generator loop on the (first) model's folder.
         raw_threads: the thread counts of the raw targets (0 = onnxruntime's default).
         llama_cpp: a GGUF file to run with llama-cpp-python, as a reference.
         threads: threads of the slmops and llama.cpp targets (None: the runtime's choice).
     """
 
     model: str | None = None
+    more_models: tuple[str, ...] = ()
     url: str | None = None
     url_model: str | None = None
     endpoint: str = "chat"
@@ -52,7 +54,8 @@ class TargetSpec:
         threads = self.threads or _default_threads()
         targets: list[Target] = []
         if self.model:
-            targets.append(RuntimeTarget(self.model, threads))
+            named = bool(self.more_models)
+            targets += [RuntimeTarget(m, threads, named) for m in (self.model, *self.more_models)]
         if self.url:
             targets.append(UrlTarget(self.url, self.url_model, self.endpoint, self.pid, self.api_key, self.ignore_eos))
         if self.raw:

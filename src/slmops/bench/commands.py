@@ -38,7 +38,7 @@ def bench() -> None:
     """Benchmark a model: TTFT, TPOT, ITL, E2EL, tokens/s, RAM, CPU, roofline.
 
     \b
-      slmops bench MODEL [OPTIONS]           measure a cached model or a model folder
+      slmops bench MODEL... [OPTIONS]        measure cached models or model folders
       slmops bench --url URL [OPTIONS]       measure any OpenAI-compatible server
       slmops bench compare A.json B.json     compare two saved results
 
@@ -47,7 +47,7 @@ def bench() -> None:
 
 
 @bench.command("run")
-@click.argument("model", required=False)
+@click.argument("models", nargs=-1)
 @click.option("--url", help="An OpenAI-compatible server to measure (slmops serve, llama-server, vLLM, Ollama).")
 @click.option("--model-name", help="Model to ask the --url server for (default: the first it lists).")
 @click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="chat", show_default=True,
@@ -72,10 +72,11 @@ def bench() -> None:
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), help="Write a Markdown report.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG chart.")
 @click.option("--title", help="Title of the Markdown report.")
-def run_command(model, url, model_name, endpoint, pid, api_key, ignore_eos, raw, raw_threads, llama_cpp, threads,
+def run_command(models, url, model_name, endpoint, pid, api_key, ignore_eos, raw, raw_threads, llama_cpp, threads,
                 prompt_lengths, output_lengths, concurrency, reps, warmup, prompts, goodput, no_roofline,
                 refresh_bandwidth, json_path, markdown_path, plot_path, title) -> None:
-    """Measure MODEL (a cached name or a model folder) and/or a --url server."""
+    """Measure MODELS (cached names or model folders; several, e.g. precisions, side by side)
+    and/or a --url server."""
     from slmops.bench.benchmark import TargetSpec, benchmark, write_outputs
     from slmops.bench.runner import Sweep
     from slmops.bench.stats import Goodput
@@ -86,7 +87,7 @@ def run_command(model, url, model_name, endpoint, pid, api_key, ignore_eos, raw,
         objectives = Goodput.parse(goodput)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    spec = TargetSpec(model=model, url=url, url_model=model_name, endpoint=endpoint, pid=pid, api_key=api_key,
+    spec = TargetSpec(model=models[0] if models else None, more_models=tuple(models[1:]), url=url, url_model=model_name, endpoint=endpoint, pid=pid, api_key=api_key,
                       ignore_eos=ignore_eos, raw=raw, raw_threads=_ints(raw_threads, "--raw-threads", 0) if raw_threads else (),
                       llama_cpp=llama_cpp, threads=threads)
     sweep = Sweep(prompt_lengths=_ints(prompt_lengths, "--prompt-lengths"),

@@ -215,9 +215,10 @@ class RuntimeTarget(Target):
 
     kind = "slmops"
 
-    def __init__(self, name_or_path: str, threads: int | None):
+    def __init__(self, name_or_path: str, threads: int | None, named: bool = False):
         self.name = name_or_path
         self.threads = threads
+        self.named = named  # several models in one run: their labels carry their names
         self.label = f"slmops t={threads or 'auto'}"
         self.pid = os.getpid()
 
@@ -228,7 +229,7 @@ class RuntimeTarget(Target):
         self.model = runtime.load(self.name, threads=self.threads)
         seconds = time.perf_counter() - start
         self.threads = self.model.threads
-        self.label = f"slmops t={self.threads}"
+        self.label = f"slmops {self.model.name} t={self.threads}" if self.named else f"slmops t={self.threads}"
         self.context_length = self.model.context_length
         self.weight_bytes = onnx_weight_bytes(self.model.path)
         return seconds
