@@ -136,3 +136,40 @@ def test_distribution_and_stable_median():
 def test_prompt_holds_text_and_exact_cut():
     p = Prompt(text="a b c d", tokens=2, cut="a b")
     assert p.tokens == 2 and p.cut == "a b"
+
+
+def test_llama_cpp_target_loop_on_a_stand_in_module(tmp_path, monkeypatch):
+    """The llama.cpp loop (reset, exact prompt, stop at max_tokens) without llama-cpp-python itself."""
+    import sys
+    import types
+
+    from slmops.bench.targets import LlamaCppTarget
+
+    calls = []
+
+    class Llama:
+        def __init__(self, **kwargs):
+            calls.append(("init", kwargs["n_threads"], kwargs["n_ctx"]))
+
+        def tokenize(self, data, add_bos, special):
+            return list(range(len(data.split())))
+
+        def reset(self):
+            calls.append(("reset",))
+
+        def generate(self, ids, **kwargs):
+            calls.append(("generate", len(ids), kwargs["top_k"]))
+            while True:  # like llama.cpp: never stops by itself
+                yield 7
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=Llama, __version__="0.0-test"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 1000)
+    target = LlamaCppTarget(gguf, threads=2)
+    target.load()
+    clock = FakeClock(0.0)
+    ticking = lambda: clock.advance(0.01)  # noqa: E731
+    r = target.request(Prompt(text="a b c d e f", tokens=4, cut=""), 5, ticking)
+    assert calls == [("init", 2, 4096), ("reset",), ("generate", 4, 1)]
+    assert r.prompt_tokens == 4 and r.output_tokens == 5 and r.ok
+    assert target.weight_bytes == 1004 and target.describe()["library"] == "llama-cpp-python 0.0-test"
