@@ -116,9 +116,10 @@ def _run_live(run, case_count: int) -> dict:
         table.add_row(*report.case_row(_case_dict(case), report.TERMINAL))
         progress.update(task, completed=index + (1 if case is not None else 0))
 
-    with Live(Group(progress, table), console=console, refresh_per_second=4, transient=False):
+    # transient: a failed run leaves its error, not an empty table, on the screen
+    with Live(Group(progress, table), console=console, refresh_per_second=4, transient=True):
         result = run(on_case)
-        progress.update(task, completed=case_count)
+    console.print(table)
     document = result.to_dict()
     for warning in document["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}")
