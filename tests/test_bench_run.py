@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from slmops.bench import report, schema
+from slmops.cli import main
 from slmops.bench.commands import bench
 from slmops.bench.compare import compare, load_result
 from slmops.bench.prompts import PromptSource, load_paragraphs, shipped_paragraphs
@@ -155,8 +156,12 @@ def test_compare_flags_regressions_and_exits_nonzero(tmp_path):
     assert same.exit_code == 0, same.output
     flagged = runner.invoke(bench, ["compare", str(a), str(b), "--fail-on-regression"])
     assert flagged.exit_code == 1 and "REGRESSION" in flagged.output
+    assert "regressed beyond 10%" in str(flagged.exception)
     lenient = runner.invoke(bench, ["compare", str(a), str(b), "--threshold", "25", "--fail-on-regression"])
     assert lenient.exit_code == 0
+    with pytest.raises(SystemExit) as exited:  # through the real entry point too
+        main(["bench", "compare", str(a), str(b), "--fail-on-regression"])
+    assert exited.value.code == 1
     (tmp_path / "bad.json").write_text('{"schema": "other"}')
     bad = runner.invoke(bench, ["compare", str(a), str(tmp_path / "bad.json")])
     assert bad.exit_code != 0 and isinstance(bad.exception, UsageError)

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from slmops.errors import UsageError
+from slmops.errors import SlmopsError, UsageError
 
 
 def _ints(value: str, name: str, minimum: int = 1) -> tuple[int, ...]:
@@ -158,4 +158,4 @@ def compare_command(a, b, threshold, fail_on_regression) -> None:
     regressions = comparison.regressions
     console.print(f"{len(regressions)} regression(s) beyond {threshold:g}% in {len(comparison.changes)} figures.")
     if regressions and fail_on_regression:
-        raise click.exceptions.Exit(1)
+        raise SlmopsError(f"{len(regressions)} figure(s) of {b} regressed beyond {threshold:g}% against {a}.")
