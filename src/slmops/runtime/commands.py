@@ -89,3 +89,25 @@ def info_command(name: str, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2, ensure_ascii=False))
     else:
         print_info(info)
+
+
+@model.command("load")
+@click.argument("name")
+@click.option("--ttl", type=click.FloatRange(min=0), help="Seconds it stays loaded while idle [default: the service's --keep-alive].")
+def load_command(name: str, ttl: float | None) -> None:
+    """Load model NAME in the running service (`slmops service start`)."""
+    from slmops.server.client import load_model
+
+    answer = load_model(name, ttl)
+    click.echo(f"Loaded {answer['name']} (unloads after {answer['ttl']:g} s idle).")
+
+
+@model.command("unload")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Unload even while it answers requests (they are cancelled).")
+def unload_command(name: str, force: bool) -> None:
+    """Unload model NAME from the running service."""
+    from slmops.server.client import unload_model
+
+    answer = unload_model(name, force)
+    click.echo(f"Unloaded {answer['name']}." if answer["unloaded"] else f"{answer['name']} was not loaded.")

@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import socket
 import time
 
@@ -47,9 +48,13 @@ def serve(models: list[str] = (), host: str = DEFAULT_HOST, port: int = DEFAULT_
                                        timeout_keep_alive=5))
     _write_state(host, actual)
     print(f"slmops serving on http://{shown}:{actual}/v1 (pid {os.getpid()})", flush=True)
+    # uvicorn re-raises SIGTERM once it has shut down gracefully; with this handler
+    # in place that ends the process with 0, as a clean stop should.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         uv.run(sockets=[sock])
     finally:
+        signal.signal(signal.SIGTERM, previous)
         _clear_state()
 
 
