@@ -89,8 +89,7 @@ def _convert_in(src: Source, staging: Path, output: Path, precision, name, quant
     model_dir = staging / "model"
     with stages.stage("load"):
         hf_dir, config = _hf_folder(src, staging)
-    tied = bool(config.get("tie_word_embeddings", True))  # transformers' default when unset
-    options = quantization.builder_options(precision, tied)
+    options = quantization.builder_options(precision, config)
     report = ConversionReport(
         source=str(src.path),
         source_kind=src.kind,
@@ -104,11 +103,20 @@ def _convert_in(src: Source, staging: Path, output: Path, precision, name, quant
         versions=library_versions(),
     )
     if options.get("shared_embeddings") == "false":
-        report.notes.append("tied embeddings with asymmetric quantization: the embedding is kept unshared and unquantized")
+        report.notes.append("tied embeddings: the input embedding is kept unshared and unquantized for these settings")
     from slmops.convert.build import run_builder
 
     stages.expect_layers(int(config.get("num_hidden_layers", 0)))
-    run_builder(hf_dir, model_dir, precision, options, staging / "builder-cache", staging / "build.log", stages.on_builder_line, log_level)
+    # The builder's fp16/bf16 graphs do not run on the CPU provider: build fp32, then halve the weights.
+    graph_precision = "fp32" if precision in ("fp16", "bf16") else precision
+    run_builder(hf_dir, model_dir, graph_precision, options, staging / "builder-cache", staging / "build.log",
+                stages.on_builder_line, log_level)
+    if graph_precision != precision:
+        from slmops.convert.float_storage import store_weights_as
+
+        with stages.stage(f"store {precision}"):
+            store_weights_as(model_dir, precision)
+        report.notes.append(f"{precision} weights with fp32 compute: onnxruntime's CPU provider has no {precision} kernels")
     with stages.stage("write metadata"):
         _write_inference_model(hf_dir, model_dir, report.name, src, precision, report.notes)
     report.output_bytes = size_of(model_dir)

@@ -49,8 +49,22 @@ class QuantizationOptions(BaseModel):
                 )
         return value
 
-    def builder_options(self, precision: str, tied_embeddings: bool) -> dict[str, str]:
-        """The builder's extra_options for these settings."""
+    def builder_options(self, precision: str, config: dict) -> dict[str, str]:
+        """The builder's extra_options for these settings and this model's config.json."""
+        options = self._quantization_options(precision)
+        tied = bool(config.get("tie_word_embeddings", True))  # transformers' default when unset
+        if tied and "is_symmetric" in options and (not self.is_symmetric or self._lm_head_differs()):
+            # A shared embedding is only built right when it has the body's symmetric int type:
+            # asymmetric gives a uint Gather onnxruntime refuses to load, another LM head width a
+            # Gather pointing at missing weights. Unshared and unquantized, it loads at full quality.
+            options["shared_embeddings"] = "false"
+        if config.get("sliding_window") and config.get("model_type", "").startswith("gemma"):
+            # A windowed KV cache must hold the whole window, so generating with a max_length under
+            # it fails; a full cache with the window applied as a mask works at any length.
+            options["windowed_kv_cache"] = "false"
+        return options
+
+    def _quantization_options(self, precision: str) -> dict[str, str]:
         if precision not in ("int4", "int8"):
             return {}
         options = {"block_size": str(self.block_size), "is_symmetric": str(self.is_symmetric).lower()}
@@ -60,8 +74,7 @@ class QuantizationOptions(BaseModel):
             options["algo_config"] = self.algo
         if self.matmul_mixed_precision:
             options["matmul_mixed_precision"] = self.matmul_mixed_precision
-        if tied_embeddings and not self.is_symmetric:
-            # A tied embedding quantized asymmetrically is shared as a uint Gather that onnxruntime
-            # refuses to load; an unshared, unquantized embedding loads and keeps full quality.
-            options["shared_embeddings"] = "false"
         return options
+
+    def _lm_head_differs(self) -> bool:
+        return self.algo.endswith(("_last", "_mixed")) or "last_matmul" in (self.matmul_mixed_precision or "")
