@@ -129,7 +129,7 @@ def _hf_folder(src: Source, staging: Path) -> tuple[Path, dict]:
         from slmops.convert.gguf_source import gguf_to_hf
 
         folder = staging / "hf"
-        return folder, gguf_to_hf(src.path, folder)
+        return folder, gguf_to_hf(src.path, folder, src.gguf)
     if src.kind == "adapter":
         from slmops.convert.adapter import merge_adapter
 

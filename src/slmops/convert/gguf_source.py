@@ -261,9 +261,9 @@ def _set_add_bos(folder: Path, add_bos: bool) -> None:
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def gguf_to_hf(path: Path, folder: Path) -> dict:
+def gguf_to_hf(path: Path, folder: Path, gguf_file: GGUFFile | None = None) -> dict:
     """Write a Hugging Face folder for the GGUF at `path` into `folder`; returns its config."""
-    gguf_file = read_gguf(path)
+    gguf_file = gguf_file or read_gguf(path)
     config = hf_config(gguf_file)
     folder.mkdir(parents=True, exist_ok=True)
     write_weights(gguf_file, config, folder)

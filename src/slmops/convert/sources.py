@@ -43,7 +43,8 @@ class Source:
     kind: str  # "hf", "gguf" or "adapter"
     path: Path
     base: Path | None = None  # the base model folder of an adapter
-    config: dict | None = None  # config.json of the model that gets built (None for GGUF until read)
+    config: dict | None = None  # config.json of the model that gets built
+    gguf: object | None = None  # the parsed GGUF header of a GGUF source
 
 
 def embedded_model() -> Path:
@@ -78,10 +79,13 @@ def inspect_source(path: Path | None, base: Path | None = None) -> Source:
 
 
 def _gguf_file(path: Path) -> Source:
+    from slmops.convert.gguf_source import hf_config, read_gguf
+
     with open(path, "rb") as handle:
         if handle.read(4) != b"GGUF":
             raise ConversionError(f"{path} is not a GGUF file; pass a .gguf file or a Hugging Face model folder.")
-    return Source("gguf", path)
+    gguf_file = read_gguf(path)  # reads the header only: catches truncation and unknown architectures now
+    return Source("gguf", path, config=hf_config(gguf_file), gguf=gguf_file)
 
 
 def _adapter(path: Path, base: Path | None) -> Source:
