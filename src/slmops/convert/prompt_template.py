@@ -49,26 +49,40 @@ def special_tokens_of(folder: Path) -> dict[str, str]:
 
 
 def derive(chat_template: str, bos_token: str = "", eos_token: str = "") -> Template:
-    """The PromptTemplate equivalent to `chat_template` for plain text conversations."""
+    """The PromptTemplate equivalent to `chat_template` for plain text conversations.
+
+    Raises:
+        TemplateError: the template cannot be expressed per role; the result is checked by
+            rendering a conversation both ways.
+    """
     render = _renderer(chat_template, bos_token, eos_token)
-    user, assistant = _message("user"), _message("assistant")
     system_text = _try(render, [_message("system")], False)
     history = [_message("system")] if system_text is not None else []
-    start = system_text or ""
-    after_user = render(history + [user], False)
-    after_assistant = render(history + [user, assistant], False)
-    with_prompt = render(history + [user, assistant, user], True)
-    without_prompt = render(history + [user, assistant, user], False)
+    turns = [history + [_message("user")], history + [_message("user"), _message("assistant")]]
+    last = turns[1] + [_message("user")]
+    closed = [render(messages, False) for messages in (*turns, last)]
+    # Some templates (Phi-3) end every render that has no generation prompt with EOS.
+    writes_eos = bool(eos_token) and "eos_token" in chat_template
+    tail = eos_token if writes_eos and all(text.endswith(eos_token) for text in closed) else ""
+    after_user, after_assistant, without_prompt = (text[: len(text) - len(tail)] for text in closed)
+    with_prompt = render(last, True)
+    start = (system_text or "")[: len(system_text or "") - len(tail)] if system_text else ""
     if not (after_user.startswith(start) and after_assistant.startswith(after_user) and with_prompt.startswith(without_prompt)):
         raise TemplateError("the chat template does not render turns one after another")
-    pieces = {
-        "system": system_text,
-        "user": after_user[len(start) :],
-        "assistant": after_assistant[len(after_user) :],
-    }
-    generation = with_prompt[len(without_prompt) :]
+    pieces = {"system": start or None, "user": after_user[len(start) :], "assistant": after_assistant[len(after_user) :]}
     # Only a BOS the template writes itself is dropped; some vocabularies reuse a turn marker as BOS.
-    return _assemble(pieces, generation, bos_token if "bos_token" in chat_template else "")
+    template = _assemble(pieces, with_prompt[len(without_prompt) :], bos_token if "bos_token" in chat_template else "")
+    _check_round_trip(template, with_prompt, last, bos_token if "bos_token" in chat_template else "")
+    return template
+
+
+def _check_round_trip(template: Template, expected: str, messages: list[dict], bos_token: str) -> None:
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    rendered = template.render(plain, add_generation_prompt=True)
+    if bos_token and expected.startswith(bos_token):
+        expected = expected[len(bos_token) :]
+    if rendered != expected:
+        raise TemplateError("the derived PromptTemplate renders conversations differently from the chat template")
 
 
 def _assemble(pieces: dict[str, str | None], generation: str, bos_token: str) -> Template:
