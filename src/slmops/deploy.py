@@ -1,0 +1,312 @@
+"""`slmops deploy`: the whole last mile in one command.
+
+convert (INT4 with the best setting measured by `slmops sweep`, or another precision)
+-> eval against the FP32 export -> validate -> register in the cache -> how to chat and
+serve. Everything is built in a private work folder; the cache changes only in the
+last step, atomically, so a failed, interrupted or killed deploy leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import click
+
+from slmops import settings
+from slmops.errors import SlmopsError, UsageError
+
+# Best INT4 measured by `slmops sweep` on SmolLM2-135M-Instruct (see docs/quality.md):
+# k-quant with the lm_head and the most sensitive layers in int8, blocks of 16.
+BEST_INT4 = {"algo": "k_quant_mixed", "block_size": 16}
+DEPLOY_WINDOWS = 4
+DEPLOY_SOAK = 40
+DEPLOY_LENGTHS = (32, 256)
+DEFAULT_MAX_PPL_INCREASE = 25.0
+
+
+class DeployFailed(SlmopsError):
+    """A step of the deploy failed; the cache was left unchanged."""
+
+
+@dataclass
+class DeployResult:
+    name: str
+    precision: str
+    quantization: dict
+    steps: list[dict] = field(default_factory=list)
+    quality: dict | None = None
+    validation: dict | None = None
+    cached_path: str | None = None
+    report_path: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def deploy(
+    source: Path | None = None,
+    *,
+    name: str,
+    precision: str = "int4",
+    quantization: dict | None = None,
+    windows: int = DEPLOY_WINDOWS,
+    max_ppl_increase: float | None = DEFAULT_MAX_PPL_INCREASE,
+    suite: str | Path | None = None,
+    min_pass: float = 0.9,
+    soak: int = DEPLOY_SOAK,
+    skip_eval: bool = False,
+    force: bool = False,
+    echo=click.echo,
+) -> DeployResult:
+    """Convert, evaluate, validate and register ``source`` as ``name``.
+
+    Args:
+        source: a Hugging Face folder, a .gguf file or a LoRA adapter folder; None for the
+            embedded SmolLM2-135M-Instruct.
+        name: the model's name in the cache.
+        precision: int4, int8, fp16, bf16, fp32, or ``auto`` (run a sweep and take its pick).
+        quantization: int4/int8 settings (QuantizationOptions fields); None for :data:`BEST_INT4`.
+        windows: 512-token windows of the shipped text for the eval against FP32.
+        max_ppl_increase: the eval fails above this ΔPPL in percent (None: report only).
+        suite, min_pass, soak: passed to `slmops validate`.
+        skip_eval: skip the comparison with the FP32 export (no FP32 conversion).
+        force: replace a cached model of the same name.
+
+    Raises:
+        DeployFailed: a step failed; its report is saved and the cache is unchanged.
+    """
+    from slmops.cache import store
+
+    store.check_name(name)
+    _refuse_existing(name, force)
+    work = _work_folder()
+    try:
+        return _deploy_in(work, source, name, precision, quantization, windows, max_ppl_increase,
+                          suite, min_pass, soak, skip_eval, force, echo)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _deploy_in(work, source, name, precision, quantization, windows, max_ppl_increase, suite, min_pass, soak,
+               skip_eval, force, echo) -> DeployResult:
+    if precision == "auto":
+        precision, quantization = _auto_precision(work, source, windows, suite, max_ppl_increase, min_pass, echo)
+    if quantization is None and precision == "int4":
+        quantization = dict(BEST_INT4)
+    result = DeployResult(name, precision, quantization or {})
+    model_dir = work / name
+    with _step(result, f"convert to {precision}" + _settings(quantization), echo):
+        _convert(source, model_dir, precision, name, quantization)
+    if not skip_eval and precision != "fp32":
+        with _step(result, f"eval against FP32 ({windows} windows of 512 tokens)", echo) as step:
+            step["summary"] = _evaluate(result, work, source, model_dir, windows, max_ppl_increase)
+    with _step(result, f"validate (soak {soak})", echo) as step:
+        step["summary"] = _validate(result, model_dir, suite, min_pass, soak)
+    _write_report(result, model_dir)
+    with _step(result, "register in the cache", echo):
+        from slmops.cache import store
+
+        entry = store.add(model_dir, name=name, force=force)
+    result.cached_path = str(entry.path)
+    result.report_path = str(Path(entry.path) / "deploy-report.json")
+    return result
+
+
+def _convert(source, folder: Path, precision: str, name: str, quantization: dict | None) -> None:
+    from slmops.convert import QuantizationOptions, convert
+
+    options = QuantizationOptions(**quantization) if quantization and precision in ("int4", "int8") else None
+    convert(source, folder, precision=precision, name=name, quantization=options, log_level=0)
+
+
+def _evaluate(result: DeployResult, work: Path, source, model_dir: Path, windows: int, max_ppl_increase) -> str:
+    from slmops.evaluate.quality import evaluate_quality
+
+    reference = work / "reference-fp32"
+    _convert(source, reference, "fp32", "reference-fp32", None)
+    quality = evaluate_quality(model_dir, reference=reference, windows=windows)
+    shutil.rmtree(reference, ignore_errors=True)
+    result.quality = quality.to_json()
+    figures = quality.figures
+    summary = (f"PPL {figures.ppl:.2f} vs {figures.ref_ppl:.2f} (ΔPPL {figures.delta_ppl_pct:+.1f}%), "
+               f"KLD {figures.kld_mean:.3f}, same top token {figures.same_top_pct:.1f}%")
+    if max_ppl_increase is not None and figures.delta_ppl_pct > max_ppl_increase:
+        raise DeployFailed(f"{summary}: ΔPPL is above the {max_ppl_increase:g}% limit; try --precision int8 "
+                           "or --max-ppl-increase.")
+    return summary
+
+
+def _validate(result: DeployResult, model_dir: Path, suite, min_pass: float, soak: int) -> str:
+    from slmops.evaluate.validate import validate
+
+    report = validate(model_dir, suite=suite, min_pass=min_pass, soak=soak, lengths=DEPLOY_LENGTHS)
+    result.validation = report.to_json()
+    summary = ", ".join(f"{check.item} {check.status}" for check in report.checks)
+    if not report.passed:
+        failed = "; ".join(f"item {c.item} {c.name}: {c.summary}" for c in report.checks if c.status == "FAIL")
+        raise DeployFailed(f"validation failed: {failed}")
+    return summary
+
+
+def _auto_precision(work, source, windows, suite, max_ppl_increase, min_pass, echo) -> tuple[str, dict | None]:
+    from slmops.evaluate.sweep import sweep
+    from slmops.evaluate.variants import INT4_VARIANTS
+
+    echo("Sweeping precisions to pick one (this converts the model several times)...")
+    found = sweep(source, work / "sweep", precisions=["int4", "int8", "fp16", "fp32"],
+                  int4_variants=tuple(INT4_VARIANTS), windows=windows, suite=suite,
+                  max_ppl_increase=max_ppl_increase or 5.0, min_pass=min_pass, keep_models=False)
+    echo(found.pick_reason)
+    if found.pick is None:
+        raise DeployFailed(found.pick_reason)
+    variant = INT4_VARIANTS.get(found.pick)
+    if variant and variant.post:
+        raise DeployFailed(f"The pick {found.pick} is made after conversion; deploy its folder with "
+                           f"`slmops cache add {work / 'sweep' / 'models' / found.pick}`.")
+    return (variant.precision, dict(variant.quantization)) if variant else (found.pick, None)
+
+
+class _step:
+    """Times and reports one step; on failure, saves the report and stops the deploy."""
+
+    def __init__(self, result: DeployResult, title: str, echo):
+        self.result, self.title, self.echo = result, title, echo
+        self.record = {"step": title, "status": "running"}
+
+    def __enter__(self) -> dict:
+        self.started = time.perf_counter()
+        self.echo(f"[{len(self.result.steps) + 1}] {self.title} ...")
+        self.result.steps.append(self.record)
+        return self.record
+
+    def __exit__(self, kind, error, tb) -> bool:
+        self.record["seconds"] = round(time.perf_counter() - self.started, 1)
+        if error is None:
+            self.record["status"] = "done"
+            self.echo(f"    done in {self.record['seconds']:.0f} s" + (f": {self.record['summary']}" if "summary" in self.record else ""))
+            return False
+        self.record.update(status="failed", error=str(error))
+        if isinstance(error, (KeyboardInterrupt, SystemExit)) or not isinstance(error, Exception):
+            return False
+        path = _save_failure(self.result)
+        message = f"Deploy of {self.result.name} stopped at '{self.title}': {error} Report: {path}. The cache is unchanged."
+        raise DeployFailed(message) from error
+
+
+def _settings(quantization: dict | None) -> str:
+    return f" ({', '.join(f'{k}={v}' for k, v in quantization.items())})" if quantization else ""
+
+
+def _write_report(result: DeployResult, folder: Path) -> None:
+    """The report travels inside the model folder, so the cache entry carries its evidence."""
+    (folder / "deploy-report.json").write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n", encoding="utf-8")
+    from slmops.evaluate.report import validation_markdown  # noqa: F401 (kept light: JSON is the record)
+
+
+def _save_failure(result: DeployResult) -> Path:
+    folder = settings.home() / "reports"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"deploy-{result.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def _refuse_existing(name: str, force: bool) -> None:
+    from slmops.cache import store
+    from slmops.errors import ModelNotFound
+
+    try:
+        existing = store.resolve(name, include_invalid=True)
+    except ModelNotFound:
+        return
+    if not force:
+        raise UsageError(f"A model named {existing.name!r} is already in the cache ({existing.path}); "
+                         "pass --force to replace it, or pick another --name.")
+
+
+def _work_folder() -> Path:
+    """A private folder under SLMOPS_HOME/tmp; folders of deploys that died are removed first."""
+    root = settings.home() / "tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob("deploy-*"):
+        pid = stale.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"deploy-{os.getpid()}-", dir=root))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def usage_lines(name: str) -> list[str]:
+    try:
+        from slmops.server.run import DEFAULT_PORT
+    except ImportError:
+        DEFAULT_PORT = 5273
+    body = json.dumps({"model": name, "messages": [{"role": "user", "content": "Hello!"}]})
+    return [
+        f"Chat:   slmops model run {name}",
+        f"Once:   slmops model run {name} --prompt \"Hello!\"",
+        f"Serve:  slmops serve {name}",
+        f"Call:   curl http://127.0.0.1:{DEFAULT_PORT}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'",
+    ]
+
+
+@click.command("deploy")
+@click.argument("source", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--name", required=True, help="The model's name in the cache.")
+@click.option("--precision", type=click.Choice(["int4", "int8", "fp16", "bf16", "fp32", "auto"]), default="int4",
+              show_default=True, help="auto runs `slmops sweep` and takes its pick (slow: several conversions).")
+@click.option("--quantization", "quantization_spec", default="best", show_default=True,
+              help="INT4/INT8 settings: 'best' (the best INT4 measured), 'builder' (the builder's defaults) or KEY=VALUE,... "
+                   "with QuantizationOptions fields, e.g. 'algo=k_quant_mixed,block_size=16'.")
+@click.option("--windows", type=click.IntRange(1), default=DEPLOY_WINDOWS, show_default=True, help="Eval windows of 512 tokens.")
+@click.option("--max-ppl-increase", type=float, default=DEFAULT_MAX_PPL_INCREASE, show_default=True, help="Fail above this ΔPPL vs FP32 (percent).")
+@click.option("--suite", type=click.Path(exists=True, dir_okay=False), help="Domain suite for validation (default: the shipped example).")
+@click.option("--min-pass", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="Suite pass rate needed.")
+@click.option("--soak", type=click.IntRange(10), default=DEPLOY_SOAK, show_default=True, help="Generations for the memory check.")
+@click.option("--skip-eval", is_flag=True, help="Do not compare with the FP32 export (saves one conversion).")
+@click.option("--force", is_flag=True, help="Replace a cached model of the same name.")
+def deploy_command(source, name, precision, quantization_spec, windows, max_ppl_increase, suite, min_pass, soak, skip_eval, force):
+    """Convert SOURCE (default: the embedded SmolLM2), evaluate, validate and register it as NAME."""
+    started = time.perf_counter()
+    result = deploy(source, name=name, precision=precision, quantization=parse_quantization(quantization_spec, precision),
+                    windows=windows, max_ppl_increase=max_ppl_increase, suite=suite, min_pass=min_pass, soak=soak,
+                    skip_eval=skip_eval, force=force)
+    click.echo(f"Deployed {name} ({result.precision}{_settings(result.quantization)}) in {time.perf_counter() - started:.0f} s "
+               f"to {result.cached_path}.")
+    for line in usage_lines(name):
+        click.echo(line)
+
+
+def parse_quantization(spec: str, precision: str) -> dict | None:
+    if spec == "best":
+        return dict(BEST_INT4) if precision == "int4" else None
+    if spec == "builder":
+        return {}
+    settings_ = {}
+    for pair in spec.split(","):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--quantization {spec!r}: write KEY=VALUE pairs separated by commas, or 'best' / 'builder'.")
+        settings_[key.strip()] = _value(value.strip())
+    return settings_
+
+
+def _value(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return int(text) if text.isdigit() else text

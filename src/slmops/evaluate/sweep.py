@@ -1,0 +1,253 @@
+"""`slmops sweep`: the precision table of MODEL.md, measured for the user's own model.
+
+Each precision (and INT4 variant) is converted, then measured: size, load time,
+decode speed, TTFT and peak RSS in a fresh process; perplexity, KL divergence and top-1
+agreement against the FP32 export on the same windows; the suite's pass rate. The
+FP32 reference's log-probs are computed once and reused for every row.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from slmops.errors import UsageError
+from slmops.evaluate import report as reports
+from slmops.evaluate.variants import INT4_VARIANTS, Variant, build, parse_variants  # noqa: F401 (re-exported)
+
+FLOAT_PRECISIONS = ("int8", "fp16", "bf16", "fp32")
+
+
+@dataclass
+class Row:
+    """One converted model and its measured figures."""
+
+    name: str
+    precision: str
+    settings: str
+    size_mb: float
+    size_ratio: float = 0.0
+    load_s: float | None = None
+    decode_tokens_per_s: float | None = None
+    ttft_s: float | None = None
+    peak_rss_mb: float | None = None
+    ppl: float | None = None
+    delta_ppl_pct: float | None = None
+    kld_mean: float | None = None
+    same_top_pct: float | None = None
+    pass_rate: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class SweepResult:
+    source: str
+    rows: list[Row]
+    windows: int
+    pick: str | None = None
+    pick_reason: str = ""
+    best_int4: str | None = None
+    json_path: Path | None = None
+    markdown_path: Path | None = None
+    plot_path: Path | None = None
+    seconds: float = 0.0
+    limits: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        for key in ("json_path", "markdown_path", "plot_path"):
+            data[key] = str(data[key]) if data[key] else None
+        return data
+
+
+def sweep(
+    source: Path | None,
+    output: Path,
+    *,
+    precisions: list[str] = ("int4", "int8", "fp16", "fp32"),
+    int4_variants: tuple[str, ...] = ("int4",),
+    windows: int = 12,
+    suite: str | Path | None = None,
+    max_ppl_increase: float = 5.0,
+    min_pass: float = 0.9,
+    keep_models: bool = True,
+) -> SweepResult:
+    """Convert ``source`` at each precision and measure it against the FP32 export.
+
+    Args:
+        source: what `slmops convert` accepts; None for the embedded SmolLM2.
+        output: folder for the models (``models/``), the reference logits and the reports.
+        precisions: any of int4, int8, fp16, bf16, fp32 (fp32 is always built: it is the reference).
+        int4_variants: names from :data:`INT4_VARIANTS` tried when int4 is asked for.
+        windows: 512-token windows of the shipped text scored per model.
+        suite: the domain suite for the pass rate (default: the shipped example).
+        max_ppl_increase, min_pass: the quality limits of the pick.
+        keep_models: keep every converted model; otherwise only the picked one stays.
+
+    Returns:
+        A :class:`SweepResult`; its reports are written into ``output``.
+    """
+    started = time.perf_counter()
+    variants = _variants(precisions, int4_variants)
+    output = Path(output).expanduser().absolute()
+    models = output / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    fp32 = build(Variant("fp32", "fp32"), source, models / "fp32")
+    reference = output / "reference-logits"
+    shutil.rmtree(reference, ignore_errors=True)
+    fp32_size = _size_mb(fp32)
+    rows = []
+    # fp32 first: its own eval writes the reference log-probs every other row reuses.
+    for variant in sorted(variants, key=lambda item: item.precision != "fp32"):
+        rows.append(_measure_variant(variant, source, models, fp32, fp32_size, reference, windows, suite))
+    result = SweepResult(str(source or "embedded SmolLM2-135M-Instruct"), rows, windows,
+                         limits={"max_ppl_increase_pct": max_ppl_increase, "min_pass": min_pass})
+    result.pick, result.pick_reason = pick(rows, max_ppl_increase, min_pass)
+    result.best_int4 = best_int4(rows)
+    if not keep_models:
+        for row in rows:
+            if row.name != result.pick:
+                shutil.rmtree(models / row.name, ignore_errors=True)
+    result.seconds = time.perf_counter() - started
+    _write_reports(result, output)
+    return result
+
+
+def _variants(precisions, int4_variants) -> list[Variant]:
+    variants = []
+    for precision in precisions:
+        if precision == "int4":
+            variants += [INT4_VARIANTS[name] for name in int4_variants]
+        elif precision in FLOAT_PRECISIONS:
+            variants.append(Variant(precision, precision))
+        else:
+            raise UsageError(f"Unknown precision {precision!r}; choose from int4, int8, fp16, bf16, fp32.")
+    if not any(variant.precision == "fp32" for variant in variants):
+        variants.append(Variant("fp32", "fp32"))
+    return variants
+
+
+def _measure_variant(variant, source, models, fp32, fp32_size, reference, windows, suite) -> Row:
+    from slmops.evaluate.quality import evaluate_quality
+    from slmops.evaluate.speed import measure
+    from slmops.evaluate.suite import load_suite, run_suite
+    from slmops.evaluate.validate import default_suite
+
+    folder = fp32 if variant.name == "fp32" else models / variant.name
+    row = Row(variant.name, variant.precision, variant.describe(), 0.0)
+    try:
+        if variant.name != "fp32":
+            build(variant, source, folder, fp32)
+        row.size_mb = _size_mb(folder)
+        row.size_ratio = row.size_mb / fp32_size
+        speed = measure(folder)
+        row.load_s, row.ttft_s = speed.load_s, speed.ttft_s
+        row.decode_tokens_per_s, row.peak_rss_mb = speed.decode_tokens_per_s, speed.peak_rss_mb
+        first = not (reference / "meta.json").exists()
+        quality = evaluate_quality(folder, reference=None if first else reference, windows=windows,
+                                   save_logits=reference if first else None)
+        figures = quality.figures
+        row.ppl = figures.ppl
+        row.delta_ppl_pct, row.kld_mean, row.same_top_pct = (0.0, 0.0, 100.0) if first else (
+            figures.delta_ppl_pct, figures.kld_mean, figures.same_top_pct)
+        from slmops.runtime import load
+
+        row.pass_rate = run_suite(load(folder), load_suite(suite or default_suite()), show_progress=False).pass_rate
+    except Exception as exc:  # one failed variant must not lose the others' figures
+        row.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return row
+
+
+def pick(rows: list[Row], max_ppl_increase: float, min_pass: float) -> tuple[str | None, str]:
+    """The smallest (then fastest) row within the quality limits, and why."""
+    ok = [row for row in rows if row.error is None and row.delta_ppl_pct is not None
+          and row.delta_ppl_pct <= max_ppl_increase and (row.pass_rate or 0) >= min_pass]
+    if not ok:
+        return None, f"No precision keeps ΔPPL within {max_ppl_increase:g}% and a pass rate of {min_pass:.0%}."
+    chosen = min(ok, key=lambda row: (row.size_mb, -(row.decode_tokens_per_s or 0)))
+    rejected = [f"{row.name} ({_why_not(row, max_ppl_increase, min_pass)})" for row in rows
+                if row not in ok and row.size_mb < chosen.size_mb]
+    reason = (f"Picked {chosen.name}: the smallest ({chosen.size_mb:.0f} MB, {chosen.decode_tokens_per_s or 0:.0f} tokens/s) "
+              f"with ΔPPL {chosen.delta_ppl_pct:+.1f}% ≤ {max_ppl_increase:g}% and pass rate {chosen.pass_rate:.0%} ≥ {min_pass:.0%}.")
+    if rejected:
+        reason += " Smaller but rejected: " + ", ".join(rejected) + "."
+    return chosen.name, reason
+
+
+def best_int4(rows: list[Row]) -> str | None:
+    """The INT4 row closest to the reference (lowest mean KLD)."""
+    int4 = [row for row in rows if row.precision == "int4" and row.error is None and row.kld_mean is not None]
+    return min(int4, key=lambda row: row.kld_mean).name if int4 else None
+
+
+def _why_not(row: Row, max_ppl_increase: float, min_pass: float) -> str:
+    if row.error:
+        return row.error
+    if row.delta_ppl_pct is not None and row.delta_ppl_pct > max_ppl_increase:
+        return f"ΔPPL {row.delta_ppl_pct:+.1f}%"
+    return f"pass rate {(row.pass_rate or 0):.0%}"
+
+
+def _size_mb(folder: Path) -> float:
+    return sum(item.stat().st_size for item in Path(folder).rglob("*") if item.is_file()) / 1e6
+
+
+COLUMNS = ("name", "size MB", "× FP32", "load s", "decode tok/s", "TTFT ms", "peak RSS MB", "PPL", "ΔPPL %", "KLD", "same top %", "suite")
+
+
+def table_rows(result: SweepResult) -> list[list[str]]:
+    f = reports.fmt
+    return [[row.name + (" (error)" if row.error else ""), f(row.size_mb, ".0f"), f(row.size_ratio, ".3f"), f(row.load_s, ".2f"),
+             f(row.decode_tokens_per_s, ".0f"), f(row.ttft_s and row.ttft_s * 1000, ".0f"), f(row.peak_rss_mb, ".0f"),
+             f(row.ppl, ".2f"), f(row.delta_ppl_pct, "+.1f"), f(row.kld_mean, ".3f"), f(row.same_top_pct, ".1f"),
+             f(row.pass_rate and row.pass_rate * 100, ".0f", "%")] for row in result.rows]
+
+
+def print_sweep(result: SweepResult) -> None:
+    reports.print_table(f"Precision table of {result.source} ({result.windows} windows x 512 tokens vs FP32)",
+                        list(COLUMNS), table_rows(result))
+    if result.best_int4:
+        print(f"Best INT4: {result.best_int4}")
+
+
+def markdown(result: SweepResult) -> str:
+    lines = [f"# Precision sweep of {result.source}", "",
+             f"Quality against the FP32 export on {result.windows} windows of 512 tokens; speed: greedy 64-token answers, best of 3.", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(result)]
+    lines += ["", "| name | settings |", "|---|---|"] + [f"| {row.name} | {row.settings} |" for row in result.rows]
+    errors = [f"- {row.name}: {row.error}" for row in result.rows if row.error]
+    lines += (["", "Errors:"] + errors if errors else []) + ["", f"Best INT4: {result.best_int4}", "", result.pick_reason]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: SweepResult, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in result.rows if row.error is None and row.kld_mean is not None]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    for axis, x_of, label in ((left, lambda r: r.size_mb, "size (MB)"), (right, lambda r: r.decode_tokens_per_s or 0, "decode tokens/s")):
+        for row in rows:
+            axis.scatter(x_of(row), row.delta_ppl_pct, color="tab:blue" if row.precision == "int4" else "tab:orange")
+            axis.annotate(row.name, (x_of(row), row.delta_ppl_pct), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        axis.set_xlabel(label)
+        axis.set_ylabel("ΔPPL vs FP32 (%)")
+        axis.axhline(result.limits.get("max_ppl_increase_pct", 5.0), color="grey", linestyle="--", linewidth=0.8)
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"Quality vs size and speed: {result.source}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _write_reports(result: SweepResult, output: Path) -> None:
+    result.json_path, result.markdown_path, result.plot_path = output / "sweep.json", output / "sweep.md", output / "sweep.png"
+    plot(result, result.plot_path)
+    reports.write_text(markdown(result), result.markdown_path)
+    reports.write_json(result.to_json(), result.json_path)

@@ -1,0 +1,112 @@
+"""`slmops deploy`: convert -> eval -> validate -> register, and the cache untouched on failure."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from slmops import deploy as deploys
+from slmops.cache import store
+from slmops.errors import UsageError
+
+PASSING_SUITE = '{"name": "answers", "prompt": "hello", "not_contains": "zzzz-never-said"}\n'
+FAILING_SUITE = '{"name": "impossible", "prompt": "hello", "exact": "this exact sentence will not come out"}\n'
+
+
+def _suite(tmp_path, text):
+    path = tmp_path / "suite.jsonl"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _cache_files():
+    root = store.location()
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*")) if root.exists() else []
+
+
+def test_deploy_tiny_model_registers_it_with_its_report(tiny_llama, tmp_path):
+    lines = []
+    result = deploys.deploy(tiny_llama, name="tiny-int4", quantization={}, windows=1, soak=10, max_ppl_increase=None,
+                            suite=_suite(tmp_path, PASSING_SUITE), echo=lines.append)
+    entry = store.resolve("tiny-int4")
+    assert entry.valid and str(entry.path) == result.cached_path
+    report = json.loads((entry.path / "deploy-report.json").read_text())
+    assert [step["status"] for step in report["steps"]][:3] == ["done", "done", "done"]
+    assert report["quality"]["figures"]["kld_mean"] > 0
+    assert [check["item"] for check in report["validation"]["checks"]] == [1, 2, 3, 4, 5]
+    assert any(line.startswith("[4] register") for line in lines)
+    assert not list((deploys.settings.home() / "tmp").iterdir()), "the work folder is removed"
+    assert "slmops model run tiny-int4" in "\n".join(deploys.usage_lines("tiny-int4"))
+
+
+def test_failed_validation_stops_and_leaves_the_cache_unchanged(tiny_llama, tmp_path):
+    before = _cache_files()
+    with pytest.raises(deploys.DeployFailed, match=r"stopped at 'validate.*item 1 domain answers.*cache is unchanged"):
+        deploys.deploy(tiny_llama, name="tiny-bad", quantization={}, skip_eval=True, soak=10,
+                       suite=_suite(tmp_path, FAILING_SUITE), echo=lambda line: None)
+    assert _cache_files() == before
+    saved = list((deploys.settings.home() / "reports").glob("deploy-tiny-bad-*.json"))
+    assert len(saved) == 1 and json.loads(saved[0].read_text())["steps"][-1]["status"] == "failed"
+
+
+def test_existing_name_is_refused_before_any_work(tiny_llama, tmp_path, monkeypatch):
+    deploys.deploy(tiny_llama, name="tiny-twice", quantization={}, skip_eval=True, soak=10,
+                   suite=_suite(tmp_path, PASSING_SUITE), echo=lambda line: None)
+    monkeypatch.setattr(deploys, "_convert", lambda *args: pytest.fail("converted although the name is taken"))
+    with pytest.raises(UsageError, match="already in the cache.*--force"):
+        deploys.deploy(tiny_llama, name="TINY-twice", echo=lambda line: None)
+
+
+def test_parse_quantization():
+    assert deploys.parse_quantization("best", "int4") == deploys.BEST_INT4
+    assert deploys.parse_quantization("builder", "int4") == {}
+    assert deploys.parse_quantization("algo=rtn,block_size=16,is_symmetric=false", "int4") == {
+        "algo": "rtn", "block_size": 16, "is_symmetric": False}
+    with pytest.raises(UsageError, match="KEY=VALUE"):
+        deploys.parse_quantization("k_quant", "int4")
+
+
+def test_deploy_killed_mid_way_leaves_the_cache_unchanged(tiny_llama, tmp_path):
+    before = _cache_files()
+    command = [sys.executable, "-m", "slmops", "deploy", str(tiny_llama), "--name", "tiny-killed", "--quantization", "builder",
+               "--skip-eval", "--soak", "2000", "--suite", str(_suite(tmp_path, PASSING_SUITE))]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        deadline = time.monotonic() + 180
+        for line in process.stdout:  # kill it while it validates: after conversion, before registering
+            if line.startswith("[2] validate") or time.monotonic() > deadline:
+                break
+        time.sleep(1.0)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait(30)
+    assert line.startswith("[2] validate"), line
+    assert _cache_files() == before
+    work = deploys.settings.home() / "tmp"
+    assert len(list(work.iterdir())) == 1, "the killed deploy's work folder is left behind"
+    fresh = deploys._work_folder()  # the next deploy clears folders of dead deploys
+    assert list(work.iterdir()) == [fresh]
+
+
+@pytest.mark.slow
+def test_deploy_smollm2_end_to_end(capsys):
+    from click.testing import CliRunner
+
+    import slmops
+    from slmops.cli import cli
+
+    result = CliRunner().invoke(cli, ["deploy", "--name", "smollm2-135m-instruct", "--windows", "1", "--soak", "10"])
+    assert result.exit_code == 0, result.output
+    assert "slmops serve smollm2-135m-instruct" in result.output and "curl http://127.0.0.1:" in result.output
+    entry = store.resolve("smollm2-135m-instruct")
+    report = json.loads((entry.path / "deploy-report.json").read_text())
+    assert report["quantization"] == deploys.BEST_INT4 and report["quality"]["figures"]["same_top_pct"] > 50
+    answer = slmops.load("smollm2-135m-instruct").chat([{"role": "user", "content": "What is the capital of France?"}],
+                                                        max_tokens=24)
+    assert "Paris" in answer.text

@@ -1,0 +1,148 @@
+"""`slmops validate`: the checklist on test-only model doubles built to pass or fail, and on SmolLM2."""
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from slmops.errors import UsageError
+from slmops.evaluate.validate import FAIL, PASS, check_edge_cases, check_lengths, check_memory, validate
+
+
+@dataclass
+class _Result:
+    text: str
+    completion_tokens: int = 4
+    finish_reason: str = "stop"
+    ttft_s: float = 0.01
+    decode_tokens_per_s: float = 100.0
+
+
+class GoodDouble:
+    """Answers every suite question right, in constant memory, at steady speed."""
+
+    name = "good-double"
+    context_length = 2048
+    answers = {"France": "Paris", "Japan": "Tokyo", "Germany": "Berlin", "planet": "Jupiter", "water": "H2O",
+               "spider": "8", "Romeo": "Shakespeare", "fruits": "- apple\n- pear\n- plum"}
+
+    def encode(self, text):
+        return list(range(len(text.split())))
+
+    def _answer(self, messages):
+        if not isinstance(messages, list) or any(not isinstance(m, dict) or "content" not in m for m in messages):
+            raise UsageError("messages must be a list of role/content objects")
+        last = messages[-1]["content"]
+        if last.startswith("Country: "):
+            country = last.removeprefix("Country: ")
+            return json.dumps({"country": country, "capital": "Paris" if country == "France" else "Tokyo"})
+        return next((answer for key, answer in self.answers.items() if key in last), "ok")
+
+    def chat(self, messages, **options):
+        if options.get("temperature", 0) < 0:
+            raise UsageError("temperature must be 0 or more")
+        return _Result(self._answer(messages))
+
+    def stream(self, messages, **options):
+        yield self.chat(messages, **options).text
+
+    def generate(self, ids, **options):
+        return _Result("x", completion_tokens=options["max_tokens"], ttft_s=0.001 * len(ids))
+
+
+class LeakyDouble(GoodDouble):
+    """Keeps 2 MB per call, the way a cache that never evicts would."""
+
+    name = "leaky-double"
+
+    def __init__(self):
+        self.kept = []
+
+    def chat(self, messages, **options):
+        self.kept.append(bytes(range(256)) * 8192)
+        return super().chat(messages, **options)
+
+
+class CrashyDouble(GoodDouble):
+    """Crashes on NUL bytes, as a C string boundary would."""
+
+    name = "crashy-double"
+
+    def stream(self, messages, **options):
+        if any("\x00" in str(message.get("content", "")) for message in messages if isinstance(message, dict)):
+            raise RuntimeError("embedded null byte")
+        yield from super().stream(messages, **options)
+
+
+def test_a_good_model_passes_all_five_items():
+    report = validate(GoodDouble(), soak=20, show_progress=False)
+    assert [check.item for check in report.checks] == [1, 2, 3, 4, 5]
+    assert [check.status for check in report.checks] == [PASS] * 5, [c.summary for c in report.checks]
+    assert report.passed and report.suite.pass_rate == 1.0
+
+
+def test_a_leaking_model_fails_item_3():
+    check = check_memory(LeakyDouble(), soak=20, show_progress=False)
+    assert check.status == FAIL
+    assert check.evidence["slope_bytes_per_generation"] > 1.5 * 2**20
+
+
+def test_a_model_that_crashes_on_nul_fails_item_5():
+    check = check_edge_cases(CrashyDouble())
+    assert check.status == FAIL
+    assert "control characters and NUL: crash: RuntimeError" in check.summary
+
+
+def test_a_hanging_edge_case_is_reported_not_waited_for():
+    class Hangs(GoodDouble):
+        def stream(self, messages, **options):
+            if options.get("max_tokens") == 10**9:
+                import time
+
+                time.sleep(5)
+            yield "ok"
+
+    check = check_edge_cases(Hangs(), timeout_s=0.5)
+    assert check.status == FAIL and "huge max_tokens: hang" in check.summary
+
+
+def test_validate_fails_items_1_and_2_when_the_suite_fails(tmp_path):
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text('{"prompt": "France?", "regex": "^Lyon$"}\n{"prompt": "Japan?", "contains": "Tokyo"}\n')
+    report = validate(GoodDouble(), suite=suite, soak=10, show_progress=False)
+    statuses = {check.item: check.status for check in report.checks}
+    assert statuses[1] == FAIL and statuses[2] == FAIL and not report.passed
+
+
+def test_slow_ttft_growth_fails_item_4():
+    class Quadratic(GoodDouble):
+        def generate(self, ids, **options):
+            return _Result("x", completion_tokens=options["max_tokens"], ttft_s=1e-5 * len(ids) ** 2)
+
+    check = check_lengths(Quadratic(), (32, 512))
+    assert check.status == FAIL and "worse than linear" in check.summary
+
+
+def test_validate_cli_writes_reports_and_exits_1_on_failure(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from slmops.cli import cli
+
+    monkeypatch.setattr("slmops.runtime.load", lambda name: LeakyDouble())
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(cli, ["validate", "anything", "--soak", "20", "--json", str(out), "--markdown", str(tmp_path / "r.md")])
+    assert result.exit_code == 1, result.output
+    data = json.loads(out.read_text())
+    assert data["passed"] is False and data["checks"][2]["status"] == "FAIL"
+    assert "| 3 | memory | FAIL |" in (tmp_path / "r.md").read_text()
+
+
+@pytest.mark.slow
+def test_validate_smollm2_int4_end_to_end(smollm2_int4, tmp_path):
+    report = validate(smollm2_int4, soak=12, lengths=(16, 128), show_progress=False)
+    assert [check.item for check in report.checks] == [1, 2, 3, 4, 5]
+    by_item = {check.item: check for check in report.checks}
+    assert by_item[1].status == PASS, report.suite.failures()
+    assert by_item[5].status == PASS, by_item[5].summary
+    assert by_item[3].status != FAIL and by_item[4].evidence["lengths"][0]["decode_ms_per_token"] > 0
+    assert "prompt over the context length" in json.dumps(by_item[5].evidence)
