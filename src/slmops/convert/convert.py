@@ -13,6 +13,7 @@ import shutil
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -87,13 +88,27 @@ def convert(
 
 def _convert_in(src: Source, staging: Path, output: Path, precision, name, quantization, stages, log_level) -> ConversionReport:
     model_dir = staging / "model"
+    # Hashing a multi-GB checkpoint takes seconds; hashlib releases the GIL, so it overlaps the build.
+    hashing = ThreadPoolExecutor(max_workers=1)
+    digest = hashing.submit(source_hash, src)
+    hashing.shutdown(wait=False)
     with stages.stage("load"):
         hf_dir, config = _hf_folder(src, staging)
-    options = quantization.builder_options(precision, config)
+    report = _new_report(src, output, name, precision, quantization, quantization.builder_options(precision, config))
+    stages.expect_layers(int(config.get("num_hidden_layers", 0)))
+    _build(hf_dir, staging, precision, report, stages, log_level)
+    with stages.stage("write metadata"):
+        _write_inference_model(hf_dir, model_dir, report.name, src, precision, report.notes)
+    report.output_bytes = size_of(model_dir)
+    report.source_sha256 = digest.result()
+    return report
+
+
+def _new_report(src: Source, output: Path, name, precision: str, quantization, options: dict) -> ConversionReport:
     report = ConversionReport(
         source=str(src.path),
         source_kind=src.kind,
-        source_sha256=source_hash(src),
+        source_sha256="",
         output=str(output),
         name=name or output.name,
         precision=precision,
@@ -104,23 +119,25 @@ def _convert_in(src: Source, staging: Path, output: Path, precision, name, quant
     )
     if options.get("shared_embeddings") == "false":
         report.notes.append("tied embeddings: the input embedding is kept unshared and unquantized for these settings")
+    if options.get("windowed_kv_cache") == "false":
+        report.notes.append("sliding-window layers keep a full-length KV cache, so any max_length works")
+    return report
+
+
+def _build(hf_dir: Path, staging: Path, precision: str, report: ConversionReport, stages, log_level: int) -> None:
     from slmops.convert.build import run_builder
 
-    stages.expect_layers(int(config.get("num_hidden_layers", 0)))
+    model_dir = staging / "model"
     # The builder's fp16/bf16 graphs do not run on the CPU provider: build fp32, then halve the weights.
     graph_precision = "fp32" if precision in ("fp16", "bf16") else precision
-    run_builder(hf_dir, model_dir, graph_precision, options, staging / "builder-cache", staging / "build.log",
-                stages.on_builder_line, log_level)
+    run_builder(hf_dir, model_dir, graph_precision, report.builder_options, staging / "builder-cache",
+                staging / "build.log", stages.on_builder_line, log_level)
     if graph_precision != precision:
         from slmops.convert.float_storage import store_weights_as
 
         with stages.stage(f"store {precision}"):
             store_weights_as(model_dir, precision)
         report.notes.append(f"{precision} weights with fp32 compute: onnxruntime's CPU provider has no {precision} kernels")
-    with stages.stage("write metadata"):
-        _write_inference_model(hf_dir, model_dir, report.name, src, precision, report.notes)
-    report.output_bytes = size_of(model_dir)
-    return report
 
 
 def _hf_folder(src: Source, staging: Path) -> tuple[Path, dict]:
