@@ -75,6 +75,7 @@ class ChatSession:
         self.history.append({"role": "user", "content": text})
         pieces: list[str] = []
         last: Response | None = None
+        stopped = False
         try:
             for last in self.model.stream_chat(self.messages, truncate=self.truncate, **self.options):
                 if last.text:
@@ -82,13 +83,15 @@ class ChatSession:
                     self.out.write(last.text)
                     self.out.flush()
         except KeyboardInterrupt:
-            self._note("\n[stopped]")
+            stopped = True
         except SlmopsError as exc:
             self.history.pop()
             self._note(f"Error: {exc}" + ("" if self.truncate else " (/clear starts over)"))
             return ""
         self.out.write("\n")
         self.out.flush()
+        if stopped:
+            self._note("[stopped]")
         answer = "".join(pieces)
         self.history.append({"role": "assistant", "content": answer})
         if self.stats and last is not None:

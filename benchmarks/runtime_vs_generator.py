@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""slmops runtime vs a bare onnxruntime-genai Generator loop, on the same prompt and options.
+
+    python benchmarks/runtime_vs_generator.py MODEL [--rounds 5] [--max-tokens 128] [--json out.json]
+
+MODEL is a cached model name or a model folder. Configurations measured:
+
+- ``bare-default``: the loop with the folder's session options as they are;
+- ``bare-tN``: the loop with N intra-op threads (N from --threads, default 1,2,3);
+- ``slmops``: ``slmops.load(MODEL)`` (thread count detected) through
+  ``Model.stream_generate``, the path every slmops command uses.
+
+Every round runs every configuration once, in a rotated order, so that load from
+other processes hits all of them alike. All get the same prompt token ids (the chat
+prompt slmops renders) and greedy search, so all generate the same tokens. The bare
+loop decodes text through a tokenizer stream, as any application must.
+Reported: median decode tokens/s (after the first token), time to first token and
+load time, and the ratios of slmops to the best bare configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import onnxruntime_genai as og
+
+import slmops
+
+PROMPT = "Write a long story about a dragon who learns to bake bread."
+
+
+def load_bare(path: str, threads: int | None):
+    start = time.perf_counter()
+    config = og.Config(path)
+    if threads:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    model = og.Model(config)
+    tokenizer = og.Tokenizer(model)
+    return (model, tokenizer), time.perf_counter() - start
+
+
+def run_bare(loaded, ids: list[int], max_tokens: int) -> tuple[float, float, int]:
+    model, tokenizer = loaded
+    start = time.perf_counter()
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + max_tokens, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    stream = tokenizer.create_stream()
+    count, first, pieces = 0, 0.0, []
+    while not generator.is_done():
+        generator.generate_next_token()
+        pieces.append(stream.decode(generator.get_next_tokens()[0]))
+        count += 1
+        if count == 1:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    return first - start, (count - 1) / (end - first), count
+
+
+def run_slmops(model, ids: list[int], max_tokens: int) -> tuple[float, float, int]:
+    last = None
+    for last in model.stream_generate(ids, max_tokens=max_tokens, temperature=0, repetition_penalty=1.0):
+        pass
+    return last.ttft_s, last.decode_tokens_per_s, last.completion_tokens
+
+
+def measure(args) -> dict:
+    start = time.perf_counter()
+    model = slmops.load(args.model, threads=args.slmops_threads)
+    slmops_load = time.perf_counter() - start
+    path = str(model.path)
+    ids = model.prompt_ids([{"role": "user", "content": args.prompt}])
+    configs = {"bare-default": None, **{f"bare-t{n}": n for n in args.threads}}
+    loaded, loads = {}, {"slmops": [slmops_load]}
+    for name, threads in configs.items():
+        loaded[name], seconds = load_bare(path, threads)
+        loads[name] = [seconds]
+    runners = {name: (lambda item=item: run_bare(item, ids, args.max_tokens)) for name, item in loaded.items()}
+    runners["slmops"] = lambda: run_slmops(model, ids, args.max_tokens)
+    names = list(runners)
+    for name in names:  # warm-up: first allocations, first kernels
+        runners[name]()
+    samples = {name: [] for name in names}
+    for round_index in range(args.rounds):
+        order = names[round_index % len(names):] + names[: round_index % len(names)]
+        for name in order:
+            samples[name].append(runners[name]())
+            print(f"round {round_index + 1} {name:13} ttft {samples[name][-1][0] * 1000:7.1f} ms  "
+                  f"decode {samples[name][-1][1]:7.1f} tok/s  ({samples[name][-1][2]} tokens)", file=sys.stderr)
+    return summarize(samples, loads, model, len(ids), args)
+
+
+def summarize(samples: dict, loads: dict, model, prompt_tokens: int, args) -> dict:
+    rows = {}
+    for name, runs in samples.items():
+        rows[name] = {
+            "ttft_ms": statistics.median(run[0] for run in runs) * 1000,
+            "decode_tokens_per_s": statistics.median(run[1] for run in runs),
+            "tokens": runs[0][2],
+            "load_s": statistics.median(loads[name]),
+        }
+    bare = {name: row for name, row in rows.items() if name.startswith("bare")}
+    best = max(bare, key=lambda name: bare[name]["decode_tokens_per_s"])
+    ours = rows["slmops"]
+    return {
+        "model": model.name, "path": str(model.path), "prompt_tokens": prompt_tokens,
+        "max_tokens": args.max_tokens, "rounds": args.rounds, "slmops_threads": model.threads,
+        "results": rows, "best_bare": best,
+        "decode_ratio": ours["decode_tokens_per_s"] / bare[best]["decode_tokens_per_s"],
+        "ttft_ratio": ours["ttft_ms"] / bare[best]["ttft_ms"],
+        "vs_default_decode_ratio": ours["decode_tokens_per_s"] / rows["bare-default"]["decode_tokens_per_s"],
+    }
+
+
+def report(summary: dict) -> None:
+    print(f"{summary['model']}: prompt {summary['prompt_tokens']} tokens, {summary['max_tokens']} generated, "
+          f"{summary['rounds']} interleaved rounds, medians; slmops ran {summary['slmops_threads']} threads")
+    print(f"{'configuration':15} {'decode tok/s':>12} {'TTFT ms':>9} {'load s':>7}")
+    for name, row in summary["results"].items():
+        print(f"{name:15} {row['decode_tokens_per_s']:12.1f} {row['ttft_ms']:9.1f} {row['load_s']:7.2f}")
+    print(f"slmops / {summary['best_bare']} (best bare loop): decode {summary['decode_ratio']:.3f}x "
+          f"(target >= 0.95), TTFT {summary['ttft_ratio']:.3f}x (target <= 1.05)")
+    print(f"slmops / bare-default: decode {summary['vs_default_decode_ratio']:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="a cached model name or a model folder")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=lambda text: [int(n) for n in text.split(",")], default=[1, 2, 3],
+                        help="thread counts for the bare loop, e.g. 1,2,3")
+    parser.add_argument("--slmops-threads", type=int, default=None, help="default: detected")
+    parser.add_argument("--prompt", default=PROMPT)
+    parser.add_argument("--json", help="also write the summary to this file")
+    args = parser.parse_args()
+    summary = measure(args)
+    report(summary)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The interactive chat: its commands and history with a fake model, then driven as a person would."""
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+
+from slmops.errors import ContextTooLong
+from slmops.runtime.chat import ChatSession, interactive
+from slmops.runtime.generate import Response
+
+
+class FakeModel:
+    """Answers "echo: <last message>" one word per token; records what it was asked."""
+
+    name = "fake"
+
+    def __init__(self, interrupt_after: int | None = None, too_long: bool = False):
+        self.calls = []
+        self.interrupt_after = interrupt_after
+        self.too_long = too_long
+
+    def stream_chat(self, messages, truncate=False, **options):
+        self.calls.append(([dict(message) for message in messages], truncate, options))
+        if self.too_long:
+            raise ContextTooLong("The prompt is 900 tokens but fake holds 512.")
+        return self._tokens(messages[-1]["content"])
+
+    def _tokens(self, text):
+        words = ["echo:", *text.split()]
+        for index, word in enumerate(words):
+            if self.interrupt_after is not None and index == self.interrupt_after:
+                raise KeyboardInterrupt
+            last = index == len(words) - 1
+            yield Response((" " if index else "") + word, index, 3, index + 1, 0.01, 50.0, 0.1,
+                           "stop" if last else None)
+
+
+def session_with(model, **kwargs):
+    out, err = io.StringIO(), io.StringIO()
+    return ChatSession(model, out=out, err=err, **kwargs), out, err
+
+
+def test_history_grows_turn_by_turn_and_options_pass_through():
+    model = FakeModel()
+    session, out, _ = session_with(model, options={"max_tokens": 5, "seed": 1}, truncate=True, system="Be kind.")
+    session.handle("hello there")
+    session.handle("second")
+    assert out.getvalue() == "echo: hello there\necho: second\n"
+    messages, truncate, options = model.calls[-1]
+    assert messages == [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "hello there"},
+        {"role": "assistant", "content": "echo: hello there"},
+        {"role": "user", "content": "second"},
+    ]
+    assert truncate is True and options == {"max_tokens": 5, "seed": 1}
+
+
+def test_clear_system_help_and_unknown_commands():
+    model = FakeModel()
+    session, _, err = session_with(model)
+    session.handle("one")
+    session.handle("/system You are terse.")
+    session.handle("/clear")
+    session.handle("two")
+    assert model.calls[-1][0] == [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "two"}]
+    session.handle("/system")
+    assert session.messages[0]["role"] == "user"
+    session.handle("/help")
+    session.handle("/frobnicate")
+    assert "/clear" in err.getvalue() and "Unknown command /frobnicate" in err.getvalue()
+    assert session.handle("   ") is True and len(model.calls) == 2  # blank lines ask nothing
+    assert session.handle("/exit") is False
+
+
+def test_ctrl_c_stops_the_answer_and_keeps_the_session():
+    model = FakeModel(interrupt_after=3)
+    session, out, err = session_with(model)
+    session.handle("a b c d e f")
+    assert out.getvalue() == "echo: a b\n" and "[stopped]" in err.getvalue()
+    assert session.history[-1] == {"role": "assistant", "content": "echo: a b"}
+    model.interrupt_after = None
+    assert session.handle("next") is True
+    assert out.getvalue().endswith("echo: next\n")
+
+
+def test_a_chat_outgrowing_the_context_says_so_and_goes_on():
+    session, out, err = session_with(FakeModel(too_long=True))
+    assert session.handle("a long question") is True
+    assert "Error: The prompt is 900 tokens" in err.getvalue() and "/clear" in err.getvalue()
+    assert session.history == [] and out.getvalue() == ""
+
+
+def test_interactive_loop_reads_until_ctrl_d_and_survives_ctrl_c_at_the_prompt():
+    lines = iter(["hi", KeyboardInterrupt, "/clear", "bye now", EOFError])
+
+    def read(prompt):
+        item = next(lines)
+        if isinstance(item, type) and issubclass(item, BaseException):
+            raise item
+        return item
+
+    session, out, err = session_with(FakeModel())
+    interactive(session, read=read)
+    assert out.getvalue() == "echo: hi\necho: bye now\n\n"
+    assert "Ctrl-D" in err.getvalue()
+
+
+# ---- a person at a terminal -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_interactive_chat_in_a_terminal(smollm2_int4):
+    pexpect = pytest.importorskip("pexpect")
+    slmops = str(Path(sys.executable).with_name("slmops"))
+    child = pexpect.spawn(slmops, ["model", "run", str(smollm2_int4), "--max-tokens", "300", "--temperature", "0"],
+                          encoding="utf-8", timeout=120, dimensions=(40, 200))
+    try:
+        child.expect("Chatting with")
+        child.expect(">>> ")
+        child.sendline("What is the capital of France? Answer in one sentence.")
+        child.expect("Paris")
+        child.expect(">>> ")
+        # A long answer, stopped with Ctrl-C once its first words are out.
+        child.sendline("Write a long story about a dragon who learns to bake bread.")
+        child.expect("bake bread.\r\n")
+        child.expect(r"\w+ \w+ \w+")
+        child.sendintr()
+        child.expect(r"\[stopped\]")
+        stopped_after = child.before
+        child.expect(">>> ")
+        assert len(stopped_after.split()) < 250  # far short of the 300 tokens asked for
+        child.sendline("/help")
+        child.expect("/system TEXT")
+        child.expect(">>> ")
+        # The session goes on: the next question is answered.
+        child.sendline("What is the capital of Italy? Answer in one sentence.")
+        child.expect("Rom")
+        child.expect(">>> ")
+        child.sendeof()  # Ctrl-D leaves
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
