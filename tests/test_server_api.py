@@ -79,6 +79,15 @@ def test_raw_stream_ends_with_done(server):
     assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
 
 
+def test_batched_answer_equals_the_in_process_runtime(oai, smollm2_int4):
+    from slmops.runtime import load
+
+    local = load(smollm2_int4).generate("The three primary colors are", max_tokens=24, temperature=0)
+    served = oai.completions.create(model=MODEL, prompt="The three primary colors are", max_tokens=24, temperature=0)
+    assert served.choices[0].text == local.text
+    assert served.usage.completion_tokens == local.completion_tokens
+
+
 def test_completions_and_stop_strings(oai):
     free = oai.completions.create(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=12, temperature=0)
     assert "5" in free.choices[0].text

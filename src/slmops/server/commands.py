@@ -40,15 +40,18 @@ def serve_options(function):
         click.option("--threads", type=click.IntRange(min=1), help="CPU threads per model [default: usable CPUs]."),
         click.option("--grace", type=click.FloatRange(min=0), default=10, show_default=True,
                      help="Seconds to finish in-flight answers on SIGTERM."),
+        click.option("--batching/--no-batching", default=True, show_default=True,
+                     help="Decode concurrent requests in one batch (off: one generator per request)."),
     ]
     for flag in reversed(flags):
         function = flag(function)
     return function
 
 
-def make_config(parallel, max_queue, keep_alive, max_memory, threads, grace, api_key=None) -> ServerConfig:
-    return ServerConfig(parallel=parallel, max_queue=max_queue, keep_alive=keep_alive,
-                        max_memory=parse_size(max_memory), threads=threads, api_key=api_key or None, grace=grace)
+def make_config(parallel, max_queue, keep_alive, max_memory, threads, grace, batching=True,
+                api_key=None) -> ServerConfig:
+    return ServerConfig(parallel=parallel, max_queue=max_queue, keep_alive=keep_alive, max_memory=parse_size(max_memory),
+                        threads=threads, api_key=api_key or None, grace=grace, batching=batching)
 
 
 @click.command()
@@ -79,7 +82,9 @@ def start_command(models, host, port, **options) -> None:
 
     args = [*models, "--host", host, "--port", str(port)]
     for key, value in options.items():
-        if value is not None:
+        if isinstance(value, bool):
+            args.append(f"--{'' if value else 'no-'}{key.replace('_', '-')}")
+        elif value is not None:
             args += [f"--{key.replace('_', '-')}", str(value)]
     current, started = background.start(args)
     click.echo(f"{'Started' if started else 'Already running'}: {current.url} (pid {current.pid})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -17,6 +18,7 @@ from slmops.runtime.generate import Response
 from slmops.server import tools
 from slmops.server.errors import APIError, from_slmops
 from slmops.server.protocol import DEFAULT_MAX_TOKENS, ChatRequest, Message, SamplingFields
+from slmops.server.batched import Sequence
 from slmops.server.registry import Loaded
 from slmops.server.scheduler import DONE, Closed, Job, QueueFull
 
@@ -79,16 +81,15 @@ def history(messages: list[Message]) -> list[dict]:
 
 
 def start(loaded: Loaded, plan: Plan) -> Job:
-    """Queue the sequence on the model's scheduler.
+    """Queue the sequence on the model's scheduler: a batch row, or a generator when it needs a grammar.
 
     Raises:
         APIError: 400 for invalid options, 429 when the queue is full, 503 while stopping.
     """
     try:
-        stream = loaded.model.stream_generate(plan.ids, guidance=plan.guidance, **plan.options)
+        job = _job(loaded, plan)
     except SlmopsError as exc:
         raise from_slmops(exc) from exc
-    job = Job(stream, asyncio.get_running_loop())
     try:
         loaded.scheduler.submit(job)
     except QueueFull:
@@ -99,6 +100,20 @@ def start(loaded: Loaded, plan: Plan) -> Job:
         raise APIError(503, "The service is shutting down.", code="shutting_down") from None
     loaded.touch()
     return job
+
+
+def _job(loaded: Loaded, plan: Plan) -> Job:
+    model, decoder = loaded.model, loaded.scheduler.decoder
+    loop = asyncio.get_running_loop()
+    if len(plan.ids) >= model.context_length:
+        raise APIError(400, f"The prompt is {len(plan.ids)} tokens but {loaded.name} holds {model.context_length}; "
+                       "shorten it.", "prompt", "context_length_exceeded")
+    options = model.options(**plan.options)
+    max_new = min(options.max_tokens or DEFAULT_MAX_TOKENS, model.context_length - len(plan.ids))
+    if plan.guidance is None and decoder is not None and plan.ids and decoder.fits(len(plan.ids), max_new):
+        return Job(None, loop, sequence=Sequence(list(plan.ids), options, max_new, time.perf_counter()))
+    stream = model.stream_generate(plan.ids, guidance=plan.guidance, **plan.options)
+    return Job(stream, loop)
 
 
 async def responses(job: Job) -> AsyncIterator[Response]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from slmops.errors import ModelNotFound
 from slmops.server.errors import APIError
+from slmops.server.batched import BatchedDecoder
 from slmops.server.scheduler import Scheduler
 
 log = logging.getLogger("slmops.server")
@@ -52,6 +53,8 @@ class ServerConfig:
     api_key: str | None = None
     max_body: int = 4 * 1024 * 1024
     grace: float = 10.0
+    batching: bool = True
+    max_seq_len: int = 2048
 
 
 class Registry:
@@ -131,9 +134,20 @@ class Registry:
             model = await asyncio.to_thread(Model.from_folder, path, info, self.config.threads)
         finally:
             self.loading.discard(name)
-        scheduler = Scheduler(name, self.config.parallel, self.config.max_queue, self.observer)
+        decoder = await asyncio.to_thread(self._decoder, model)
+        scheduler = Scheduler(name, self.config.parallel, self.config.max_queue, self.observer, decoder)
         log.info("loaded %s from %s in %.1f s", name, folder, model.load_s)
         return Loaded(name, model, scheduler, size, self.config.keep_alive if ttl is None else ttl)
+
+    def _decoder(self, model) -> BatchedDecoder | None:
+        """A batched decoder for ``model``, or None when batching is off or cannot run it."""
+        if not self.config.batching or not BatchedDecoder.supports(model):
+            return None
+        try:
+            return BatchedDecoder(model, self.config.parallel, min(model.context_length, self.config.max_seq_len))
+        except Exception as exc:  # an unusual graph: its requests run one generator each instead
+            log.warning("%s runs without batching: %s", model.name, exc)
+            return None
 
     def _make_room(self, size: int, name: str) -> None:
         budget = self.config.max_memory

@@ -1,10 +1,12 @@
 """Many requests, one loaded model: the continuous-batching scheduler.
 
-One thread per loaded model owns every onnxruntime-genai call. Each running
-sequence is the runtime's own token stream (one ``og.Generator``); the thread
-advances every running sequence by one token per round and admits waiting
-requests between rounds, so a new request is prefilled after at most one round
-of decode steps, never after the running answers finish.
+One thread per loaded model owns every inference call. Plain requests become rows
+of a :class:`~slmops.server.batched.BatchedDecoder`, where one step advances them
+all; a new request is prefilled into a free row between two steps, so its first
+token never waits for the running answers to finish. Requests with a grammar
+(JSON, tools) run on the runtime's own token stream (an onnxruntime-genai
+generator, which applies the grammar) and are stepped once per round beside the
+batch.
 
 Why not ``og.Engine``: on CPU models (no paged attention) onnxruntime-genai 0.18
 only offers its static Engine, which makes a new request wait until the running
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from slmops.runtime.generate import Response
+from slmops.server.batched import BatchedDecoder, Sequence
 
 DONE = object()  # put on a job's queue after its last response
 
@@ -36,10 +39,15 @@ class Closed(Exception):
 
 @dataclass(eq=False)
 class Job:
-    """One request's sequence: the scheduler fills ``queue`` with responses, then :data:`DONE`."""
+    """One request: the scheduler fills ``queue`` with responses, then :data:`DONE`.
 
-    stream: Iterator[Response]
+    Exactly one of ``stream`` (a runtime token stream) and ``sequence`` (a row for
+    the batched decoder) is set.
+    """
+
+    stream: Iterator[Response] | None
     loop: asyncio.AbstractEventLoop
+    sequence: Sequence | None = None
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
@@ -60,8 +68,10 @@ class Job:
 class Scheduler:
     """Runs jobs on one model, at most ``parallel`` at a time, ``max_queue`` more waiting."""
 
-    def __init__(self, name: str, parallel: int = 8, max_queue: int = 64, observer=None) -> None:
+    def __init__(self, name: str, parallel: int = 8, max_queue: int = 64, observer=None,
+                 decoder: BatchedDecoder | None = None) -> None:
         self.name = name
+        self.decoder = decoder
         self.parallel = parallel
         self.max_queue = max_queue
         self.observer = observer  # called as observer(job, response) for metrics
@@ -74,7 +84,7 @@ class Scheduler:
 
     @property
     def active(self) -> int:
-        return len(self.running)
+        return len(self.running) + (len(self.decoder.running) if self.decoder else 0)
 
     @property
     def queued(self) -> int:
@@ -82,7 +92,7 @@ class Scheduler:
 
     @property
     def busy(self) -> bool:
-        return bool(self.running or self.waiting)
+        return bool(self.active or self.waiting)
 
     def submit(self, job: Job) -> Job:
         """Queue a job.
@@ -94,7 +104,7 @@ class Scheduler:
         with self.wake:
             if self.closed:
                 raise Closed(self.name)
-            if len(self.running) + len(self.waiting) >= self.parallel + self.max_queue:
+            if self.active + len(self.waiting) >= self.parallel + self.max_queue:
                 raise QueueFull(self.name)
             self.waiting.append(job)
             self.wake.notify()
@@ -108,7 +118,8 @@ class Scheduler:
         """Stop taking jobs; cancel (or finish) those in flight, then end the thread."""
         with self.wake:
             self.closed = True
-            for job in [*self.running, *self.waiting] if cancel else []:
+            rows = [row.owner for row in self.decoder.running] if self.decoder else []
+            for job in [*self.running, *rows, *self.waiting] if cancel else []:
                 job.cancel()
             self.wake.notify()
         self.thread.join(timeout)
@@ -116,17 +127,61 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self.wake:
-                while not self.running and not self.waiting and not self.closed:
+                while not self.active and not self.waiting and not self.closed:
                     self.wake.wait()
-                if self.closed and not self.running and not self.waiting:
+                if self.closed and not self.active and not self.waiting:
                     return
-                while self.waiting and len(self.running) < self.parallel:
-                    self.running.append(self.waiting.popleft())
-                batch = list(self.running)
-            for job in batch:
+                joining = self._admit()
+                streams = list(self.running)
+            self._run_batch(joining)
+            for job in streams:
                 if not self._step(job):
                     with self.wake:
                         self.running.remove(job)
+
+    def _admit(self) -> list[Job]:
+        """Move waiting jobs in while there is room; returns the new rows to prefill."""
+        joining = []
+        while self.waiting and self.active + len(joining) < self.parallel:
+            job = self.waiting[0]
+            if job.sequence is not None:
+                if self.decoder.free - len(joining) <= 0:
+                    break
+                joining.append(job)
+            else:
+                self.running.append(job)
+            self.waiting.popleft()
+        return joining
+
+    def _run_batch(self, joining: list[Job]) -> None:
+        """Prefill the new rows, then advance every row by one token."""
+        if self.decoder is None:
+            return
+        try:
+            for sequence in [row for row in self.decoder.running if row.owner.cancelled]:
+                self.decoder.remove(sequence)
+                sequence.owner._put(DONE)
+            for job in joining:
+                job.sequence.owner = job
+                if job.cancelled:
+                    job._put(DONE)
+                    continue
+                self._deliver(job, self.decoder.add(job.sequence))
+            for sequence, response in self.decoder.step():
+                self._deliver(sequence.owner, response)
+        except Exception as exc:  # the batch is broken: fail its requests, keep serving the others
+            failed = [row.owner for row in self.decoder.running] + [job for job in joining if job.sequence.row < 0]
+            self.decoder.running.clear()
+            for job in failed:
+                job.error = exc
+                job._put(DONE)
+
+    def _deliver(self, job: Job, response: Response) -> None:
+        if self.observer is not None:
+            self.observer(job, response)
+        job._put(response)
+        if response.finish_reason:
+            job._put(DONE)
 
     def _step(self, job: Job) -> bool:
         """Advance ``job`` by one token; False when it is over."""
