@@ -69,17 +69,31 @@ def run_slmops(model, ids: list[int], max_tokens: int) -> tuple[float, float, in
     return last.ttft_s, last.decode_tokens_per_s, last.completion_tokens
 
 
-def measure(args) -> dict:
+def load_slmops(name: str, threads: int | None):
     start = time.perf_counter()
-    model = slmops.load(args.model, threads=args.slmops_threads)
-    slmops_load = time.perf_counter() - start
+    model = slmops.load(name, threads=threads)
+    return model, time.perf_counter() - start
+
+
+def measure_loads(args, path: str, configs: dict) -> dict:
+    """Load times, interleaved like the runs; each model is dropped before the next load."""
+    loaders = {name: (lambda threads=threads: load_bare(path, threads)[1]) for name, threads in configs.items()}
+    loaders["slmops"] = lambda: load_slmops(args.model, args.slmops_threads)[1]
+    names = list(loaders)
+    loads = {name: [] for name in names}
+    for round_index in range(args.rounds):
+        for name in names[round_index % len(names):] + names[: round_index % len(names)]:
+            loads[name].append(loaders[name]())
+    return loads
+
+
+def measure(args) -> dict:
+    model, _ = load_slmops(args.model, args.slmops_threads)
     path = str(model.path)
     ids = model.prompt_ids([{"role": "user", "content": args.prompt}])
     configs = {"bare-default": None, **{f"bare-t{n}": n for n in args.threads}}
-    loaded, loads = {}, {"slmops": [slmops_load]}
-    for name, threads in configs.items():
-        loaded[name], seconds = load_bare(path, threads)
-        loads[name] = [seconds]
+    loads = measure_loads(args, path, configs)
+    loaded = {name: load_bare(path, threads)[0] for name, threads in configs.items()}
     runners = {name: (lambda item=item: run_bare(item, ids, args.max_tokens)) for name, item in loaded.items()}
     runners["slmops"] = lambda: run_slmops(model, ids, args.max_tokens)
     names = list(runners)

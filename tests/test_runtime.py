@@ -311,3 +311,9 @@ def test_model_run_never_imports_torch_or_transformers(tiny_onnx):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() != "" or done.stdout == "\n"
     assert "HEAVY=\n" in done.stderr, done.stderr
+
+
+def test_guidance_constrains_the_answer(tiny):
+    result = tiny.generate("Hello", max_tokens=10, guidance=("regex", "[ab]{3}"))
+    assert result.text == result.text.strip() and len(result.text) == 3 and set(result.text) <= {"a", "b"}
+    assert result.finish_reason == "stop"
