@@ -43,37 +43,37 @@ tokenizer.save_pretrained(out)
 QUESTION = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
 
 
-def timed(command: list[str], log: Path) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one child process."""
+def timed(command: list[str], log: Path) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS in MB, CPU seconds) of one child process."""
     started = time.perf_counter()
     with open(log, "a") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"failed: {' '.join(command)} (see {log})")
-    return time.perf_counter() - started, usage.ru_maxrss / 1024
+    return time.perf_counter() - started, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def size_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
-def bare_builder(hf: Path, out: Path, work: Path) -> tuple[float, float]:
+def bare_builder(hf: Path, out: Path, work: Path) -> tuple[float, float, float]:
     return timed([PYTHON, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out), "-p", "int4",
                   "-e", "cpu", "-c", str(work / "builder-cache")], work / "log.txt")
 
 
-def slmops(source: Path, out: Path, work: Path) -> tuple[float, float]:
+def slmops(source: Path, out: Path, work: Path) -> tuple[float, float, float]:
     return timed([PYTHON, "-m", "slmops", "convert", str(source), "-o", str(out), "--precision", "int4",
                   "--force", "--log-level", "0"], work / "log.txt")
 
 
-def transformers_path(gguf: Path, out: Path, work: Path) -> tuple[float, float]:
+def transformers_path(gguf: Path, out: Path, work: Path) -> tuple[float, float, float]:
     hf = work / "transformers-hf"
     shutil.rmtree(hf, ignore_errors=True)
-    load_time, load_rss = timed([PYTHON, "-c", TRANSFORMERS_GGUF, str(gguf), str(hf)], work / "log.txt")
-    build_time, build_rss = bare_builder(hf, out, work)
-    return load_time + build_time, max(load_rss, build_rss)
+    load = timed([PYTHON, "-c", TRANSFORMERS_GGUF, str(gguf), str(hf)], work / "log.txt")
+    build = bare_builder(hf, out, work)
+    return load[0] + build[0], max(load[1], build[1]), load[2] + build[2]
 
 
 def greedy(folder: Path) -> list[int]:
@@ -96,6 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--only", choices=["all", "hf", "gguf"], default="all", help="Which comparison to run.")
     args = parser.parse_args()
     from slmops.convert import embedded_model
     from slmops.convert.gguf_source import gguf_to_hf
@@ -109,16 +110,17 @@ def main() -> None:
     runs = {"builder (HF)": bare_builder, "slmops (HF)": slmops,
             "transformers GGUF + builder": transformers_path, "slmops (GGUF)": slmops}
     sources = {"builder (HF)": hf, "slmops (HF)": hf, "transformers GGUF + builder": gguf, "slmops (GGUF)": gguf}
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     names = list(runs)
+    pairs = {"all": [names[0:2], names[2:4]], "hf": [names[0:2]], "gguf": [names[2:4]]}[args.only]
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for pair in pairs for name in pair}
     for round_index in range(args.rounds):
-        pairs = [names[0:2], names[2:4]]
         order = [name for pair in pairs for name in (pair if round_index % 2 == 0 else reversed(pair))]
         for name in order:
             out = work / name.replace(" ", "_").replace("(", "").replace(")", "")
             shutil.rmtree(out, ignore_errors=True)
             results[name].append(runs[name](sources[name], out, work))
-            print(f"round {round_index + 1}: {name}: {results[name][-1][0]:.1f} s, {results[name][-1][1]:.0f} MB", flush=True)
+            wall, rss, cpu = results[name][-1]
+            print(f"round {round_index + 1}: {name}: {wall:.1f} s wall, {cpu:.1f} s CPU, {rss:.0f} MB", flush=True)
     report(results, work)
 
 
@@ -126,22 +128,28 @@ def report(results: dict, work: Path) -> None:
     folder = {name: work / name.replace(" ", "_").replace("(", "").replace(")", "") for name in results}
     summary = {}
     for name, runs in results.items():
-        wall = sorted(r[0] for r in runs)[len(runs) // 2]
-        rss = max(r[1] for r in runs)
-        summary[name] = {"wall_s": round(wall, 1), "peak_rss_mb": round(rss), "size_mb": round(size_mb(folder[name]), 1)}
-    print(f"\n{'':30} {'wall s':>8} {'peak RSS MB':>12} {'size MB':>9}")
+        summary[name] = {
+            "wall_s": round(sum(r[0] for r in runs) / len(runs), 1),
+            "cpu_s": round(sum(r[2] for r in runs) / len(runs), 1),
+            "peak_rss_mb": round(max(r[1] for r in runs)),
+            "size_mb": round(size_mb(folder[name]), 1),
+            "runs": [[round(value, 1) for value in r] for r in runs],
+        }
+    print(f"\n{'mean of ' + str(len(next(iter(results.values())))) + ' runs':30} {'wall s':>8} {'CPU s':>7} {'peak RSS MB':>12} {'size MB':>9}")
     for name, row in summary.items():
-        print(f"{name:30} {row['wall_s']:8.1f} {row['peak_rss_mb']:12.0f} {row['size_mb']:9.1f}")
-    ratios = {
-        "HF: slmops / builder wall": summary["slmops (HF)"]["wall_s"] / summary["builder (HF)"]["wall_s"],
-        "HF: slmops / builder RSS": summary["slmops (HF)"]["peak_rss_mb"] / summary["builder (HF)"]["peak_rss_mb"],
-        "GGUF: slmops / transformers path wall": summary["slmops (GGUF)"]["wall_s"] / summary["transformers GGUF + builder"]["wall_s"],
-        "GGUF: slmops / transformers path RSS": summary["slmops (GGUF)"]["peak_rss_mb"] / summary["transformers GGUF + builder"]["peak_rss_mb"],
-    }
+        print(f"{name:30} {row['wall_s']:8.1f} {row['cpu_s']:7.1f} {row['peak_rss_mb']:12.0f} {row['size_mb']:9.1f}")
+    ratios = {}
+    for ours, theirs, label in (("slmops (HF)", "builder (HF)", "HF: slmops / bare builder"),
+                                ("slmops (GGUF)", "transformers GGUF + builder", "GGUF: slmops / transformers path")):
+        if ours in summary and theirs in summary:
+            for key in ("wall_s", "cpu_s", "peak_rss_mb"):
+                ratios[f"{label} {key}"] = round(summary[ours][key] / summary[theirs][key], 2)
     for name, ratio in ratios.items():
-        print(f"{name:40} x{ratio:.2f}")
-    same = greedy(folder["slmops (GGUF)"]) == greedy(folder["transformers GGUF + builder"])
-    print(f"GGUF outputs give the same greedy tokens: {same}")
+        print(f"{name:45} x{ratio:.2f}")
+    same = None
+    if "slmops (GGUF)" in summary and "transformers GGUF + builder" in summary:
+        same = greedy(folder["slmops (GGUF)"]) == greedy(folder["transformers GGUF + builder"])
+        print(f"GGUF outputs give the same greedy tokens: {same}")
     (work / "results.json").write_text(json.dumps({"summary": summary, "ratios": ratios, "same_tokens": same}, indent=2))
     print(f"results: {work / 'results.json'}")
 
