@@ -57,14 +57,14 @@ class ChatSession:
             return False
         if command == "/clear":
             self.history.clear()
-            self._note("Conversation cleared.")
+            self.note("Conversation cleared.")
         elif command == "/system":
             self.system = argument.strip() or None
-            self._note("System message set." if self.system else "System message removed.")
+            self.note("System message set." if self.system else "System message removed.")
         elif command in ("/help", "/?"):
-            self._note(HELP)
+            self.note(HELP)
         else:
-            self._note(f"Unknown command {command}; /help lists the commands.")
+            self.note(f"Unknown command {command}; /help lists the commands.")
         return True
 
     def answer(self, text: str) -> str:
@@ -86,19 +86,19 @@ class ChatSession:
             stopped = True
         except SlmopsError as exc:
             self.history.pop()
-            self._note(f"Error: {exc}" + ("" if self.truncate else " (/clear starts over)"))
+            self.note(f"Error: {exc}" + ("" if self.truncate else " (/clear starts over)"))
             return ""
         self.out.write("\n")
         self.out.flush()
         if stopped:
-            self._note("[stopped]")
+            self.note("[stopped]")
         answer = "".join(pieces)
         self.history.append({"role": "assistant", "content": answer})
         if self.stats and last is not None:
-            self._note(_stats(last))
+            self.note(_stats(last))
         return answer
 
-    def _note(self, text: str) -> None:
+    def note(self, text: str) -> None:
         self.err.write(text + "\n")
         self.err.flush()
 
@@ -111,7 +111,7 @@ def _stats(response: Response) -> str:
 def interactive(session: ChatSession, read: Callable[[str], str] = input) -> None:
     """Read lines until /exit or Ctrl-D; Ctrl-C at the prompt only says how to leave."""
     _enable_line_editing()
-    session._note(f"Chatting with {session.model.name}. /help for commands, /exit or Ctrl-D to leave.")
+    session.note(f"Chatting with {session.model.name}. /help for commands, /exit or Ctrl-D to leave.")
     while True:
         try:
             line = read(">>> ")
@@ -119,7 +119,7 @@ def interactive(session: ChatSession, read: Callable[[str], str] = input) -> Non
             session.out.write("\n")
             return
         except KeyboardInterrupt:
-            session._note("\n(/exit or Ctrl-D leaves)")
+            session.note("\n(/exit or Ctrl-D leaves)")
             continue
         if not session.handle(line):
             return
@@ -135,7 +135,7 @@ def one_shot(session: ChatSession, text: str) -> None:
     session.out.write("\n")
     session.out.flush()
     if session.stats and last is not None:
-        session._note(_stats(last))
+        session.note(_stats(last))
 
 
 def _enable_line_editing() -> None:
