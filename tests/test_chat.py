@@ -144,3 +144,19 @@ def test_interactive_chat_in_a_terminal(smollm2_int4):
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_triple_quotes_send_several_lines_as_one_message():
+    lines = iter(['"""first line', "second line", 'last"""', '"""one"""', EOFError])
+
+    def read(prompt):
+        item = next(lines)
+        if item is EOFError:
+            raise EOFError
+        return item
+
+    model = FakeModel()
+    session, out, _ = session_with(model)
+    interactive(session, read=read)
+    assert model.calls[0][0][-1]["content"] == "first line\nsecond line\nlast"
+    assert model.calls[1][0][-1]["content"] == "one"

@@ -9,11 +9,13 @@ from slmops.errors import SlmopsError
 from slmops.runtime.generate import Response
 from slmops.runtime.model import Model
 
+MULTILINE = '"""'
 HELP = """Commands:
   /clear          forget the conversation (the system message stays)
   /system TEXT    set the system message; /system alone removes it
   /exit           leave (Ctrl-D too)
   /help           this help
+  \"\"\"             starts and ends a message of several lines
 Ctrl-C stops the answer being written and keeps the conversation."""
 
 
@@ -114,7 +116,7 @@ def interactive(session: ChatSession, read: Callable[[str], str] = input) -> Non
     session.note(f"Chatting with {session.model.name}. /help for commands, /exit or Ctrl-D to leave.")
     while True:
         try:
-            line = read(">>> ")
+            line = _read_message(read)
         except EOFError:
             session.out.write("\n")
             return
@@ -123,6 +125,18 @@ def interactive(session: ChatSession, read: Callable[[str], str] = input) -> Non
             continue
         if not session.handle(line):
             return
+
+
+def _read_message(read: Callable[[str], str]) -> str:
+    """One line, or several between a line starting with MULTILINE and one ending with it."""
+    line = read(">>> ")
+    if not line.lstrip().startswith(MULTILINE):
+        return line
+    lines = [line.lstrip()[len(MULTILINE):]]
+    while not lines[-1].rstrip().endswith(MULTILINE) or len(lines) == 1 and lines[0].strip() == "":
+        lines.append(read("... "))
+    lines[-1] = lines[-1].rstrip()[: -len(MULTILINE)]
+    return "\n".join(lines).strip("\n")
 
 
 def one_shot(session: ChatSession, text: str) -> None:
