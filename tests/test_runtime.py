@@ -317,3 +317,16 @@ def test_guidance_constrains_the_answer(tiny):
     result = tiny.generate("Hello", max_tokens=10, guidance=("regex", "[ab]{3}"))
     assert result.text == result.text.strip() and len(result.text) == 3 and set(result.text) <= {"a", "b"}
     assert result.finish_reason == "stop"
+
+
+def test_broken_folders_give_one_line_errors(tiny_onnx, tmp_path):
+    bad_json = linked_model(tiny_onnx, tmp_path / "bad-json")
+    (bad_json / "inference_model.json").write_text('{"Name": ', encoding="utf-8")
+    with pytest.raises(SlmopsError, match="inference_model.json"):
+        slmops.load(bad_json)
+    no_onnx = tmp_path / "no-onnx"
+    no_onnx.mkdir()
+    for name in ("genai_config.json", "tokenizer.json", "tokenizer_config.json"):
+        (no_onnx / name).symlink_to(tiny_onnx / name)
+    with pytest.raises(SlmopsError, match="Could not load the model in .*no-onnx"):
+        slmops.load(no_onnx)
