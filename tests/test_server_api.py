@@ -113,11 +113,13 @@ def test_seed_reproduces_a_sampled_answer(oai, server):
 
 def test_json_schema_answer_validates(oai):
     answer = oai.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Describe a person as JSON."}], max_tokens=60,
+        model=MODEL, messages=[{"role": "user", "content": "Describe a person as JSON."}], max_tokens=60, temperature=0,
         response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}})
     jsonschema.validate(json.loads(answer.choices[0].message.content), PERSON)
-    loose = oai.chat.completions.create(model=MODEL, messages=HI, max_tokens=60,
+    ask = [{"role": "user", "content": "Reply with a JSON object holding the key ok set to true."}]
+    loose = oai.chat.completions.create(model=MODEL, messages=ask, max_tokens=100, temperature=0,
                                         response_format={"type": "json_object"})
+    assert loose.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(loose.choices[0].message.content), dict)
 
 

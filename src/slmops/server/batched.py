@@ -25,6 +25,7 @@ from slmops.runtime.generate import Response, StopText
 from slmops.runtime.options import GenerationOptions
 
 KV_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+PREFILL_BLOCK = 1024  # most padded prompt tokens prefilled in one call (rows x longest prompt)
 
 
 @dataclass(eq=False)
@@ -95,22 +96,43 @@ class BatchedDecoder:
 
     # ---- admitting and leaving ------------------------------------------
 
-    def add(self, sequence: Sequence) -> Response:
-        """Prefill ``sequence`` into a free row; returns its first token."""
-        sequence.row = len(self.running)
-        self.running.append(sequence)
-        sequence.rng = np.random.default_rng(sequence.options.seed)
-        sequence.decoder = self.model.tokenizer.create_stream()
-        sequence.stop_text = StopText(sequence.options.stop)
-        ids = np.array([sequence.prompt], np.int64)
+    def add(self, sequences: list[Sequence]) -> list[Response]:
+        """Prefill ``sequences`` into free rows; returns their first tokens, in order.
+
+        Prompts are prefilled together (right-padded) while the padded block stays
+        small: the logits of every prompt position are materialised.
+        """
+        responses, group = [], []
+        for sequence in sequences:
+            longest = max([len(sequence.prompt), *(len(item.prompt) for item in group)])
+            if group and longest * (len(group) + 1) > PREFILL_BLOCK:
+                responses += self._prefill(group)
+                group = []
+            group.append(sequence)
+        return responses + (self._prefill(group) if group else [])
+
+    def _prefill(self, group: list[Sequence]) -> list[Response]:
+        first = len(self.running)
+        longest = max(len(sequence.prompt) for sequence in group)
+        ids = np.zeros((len(group), longest), np.int64)
+        mask = np.zeros_like(ids)
+        for offset, sequence in enumerate(group):
+            sequence.row = first + offset
+            self.running.append(sequence)
+            sequence.rng = np.random.default_rng(sequence.options.seed)
+            sequence.decoder = self.model.tokenizer.create_stream()
+            sequence.stop_text = StopText(sequence.options.stop)
+            ids[offset, : len(sequence.prompt)] = sequence.prompt
+            mask[offset, : len(sequence.prompt)] = 1
         io = self.session.io_binding()
         io.bind_cpu_input(self.names["input_ids"], ids)
-        io.bind_cpu_input(self.names["mask"], np.ones_like(ids))
+        io.bind_cpu_input(self.names["mask"], mask)
         io.bind_output(self.names["logits"], "cpu")
-        self._bind_cache(io, sequence.row, 1)
+        self._bind_cache(io, first, len(group))
         self.session.run_with_iobinding(io)
-        logits = io.get_outputs()[0].numpy()[0, -1]
-        return self._emit(sequence, logits)
+        logits = io.get_outputs()[0].numpy()
+        rows = [logits[offset, len(sequence.prompt) - 1] for offset, sequence in enumerate(group)]
+        return [self._emit(sequence, row) for sequence, row in zip(group, rows)]
 
     def remove(self, sequence: Sequence) -> None:
         """Free ``sequence``'s row: the last row moves into it so rows stay packed."""

@@ -165,8 +165,9 @@ class Scheduler:
                 job.sequence.owner = job
                 if job.cancelled:
                     job._put(DONE)
-                    continue
-                self._deliver(job, self.decoder.add(job.sequence))
+            live = [job.sequence for job in joining if not job.cancelled]
+            for sequence, response in zip(live, self.decoder.add(live) if live else []):
+                self._deliver(sequence.owner, response)
             for sequence, response in self.decoder.step():
                 self._deliver(sequence.owner, response)
         except Exception as exc:  # the batch is broken: fail its requests, keep serving the others
