@@ -33,11 +33,19 @@ def load(name_or_path: str | Path, threads: int | None = None) -> "Model":
     Raises:
         ModelNotFound: no such cached model or model folder.
     """
-    folder, info = _locate(name_or_path)
+    folder, info = locate(name_or_path)
     return Model.from_folder(folder, info, threads)
 
 
-def _locate(name_or_path: str | Path) -> tuple[Path, InferenceModel | None]:
+def locate(name_or_path: str | Path) -> tuple[Path, InferenceModel | None]:
+    """The folder of a model and its inference_model.json (None if it has none), without loading it.
+
+    A Path, a string with a slash or starting with "." or "~", or an existing folder
+    holding genai_config.json is a folder; anything else is a cache name.
+
+    Raises:
+        ModelNotFound: no such cached model or model folder.
+    """
     path = Path(name_or_path).expanduser()
     text = str(name_or_path)
     looks_like_path = isinstance(name_or_path, Path) or "/" in text or text.startswith((".", "~"))
@@ -52,6 +60,9 @@ def _locate(name_or_path: str | Path) -> tuple[Path, InferenceModel | None]:
         raise ModelNotFound(f"No model folder named {text!r}; give the path of a converted model folder.") from exc
     cached = store.resolve(text)
     return Path(cached.path), cached.inference_model
+
+
+_locate = locate  # the name the service imports
 
 
 class Model:
@@ -139,7 +150,15 @@ class Model:
 
     def stream_generate(self, prompt: str | list[int], start: float | None = None,
                         guidance: tuple[str, str] | None = None, **options) -> Iterator[Response]:
-        """The layered generation path: prompt text or token ids -> one :class:`Response` per token."""
+        """The layered generation path: prompt text or token ids -> one :class:`Response` per token.
+
+        Args:
+            prompt: text (encoded as it is, no template) or token ids.
+            start: ``time.perf_counter()`` when the request began, if before this call.
+            guidance: a decode-time grammar, ``("json_schema", schema_json)``,
+                ``("regex", pattern)`` or ``("lark_grammar", grammar)``.
+            **options: :class:`GenerationOptions` fields.
+        """
         start = time.perf_counter() if start is None else start
         chosen = self.options(**options)
         ids = self.encode(prompt) if isinstance(prompt, str) else [int(token) for token in prompt]
