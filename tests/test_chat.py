@@ -21,6 +21,9 @@ class FakeModel:
         self.interrupt_after = interrupt_after
         self.too_long = too_long
 
+    def conversation(self, **options):
+        return FakeConversation(self, options)
+
     def stream_chat(self, messages, truncate=False, **options):
         self.calls.append(([dict(message) for message in messages], truncate, options))
         if self.too_long:
@@ -35,6 +38,14 @@ class FakeModel:
             last = index == len(words) - 1
             yield Response((" " if index else "") + word, index, 3, index + 1, 0.01, 50.0, 0.1,
                            "stop" if last else None)
+
+
+class FakeConversation:
+    def __init__(self, model, options):
+        self.model, self.options = model, options
+
+    def stream(self, messages, truncate=False):
+        return self.model.stream_chat(messages, truncate, **self.options)
 
 
 def session_with(model, **kwargs):

@@ -330,3 +330,30 @@ def test_broken_folders_give_one_line_errors(tiny_onnx, tmp_path):
         (no_onnx / name).symlink_to(tiny_onnx / name)
     with pytest.raises(SlmopsError, match="Could not load the model in .*no-onnx"):
         slmops.load(no_onnx)
+
+
+def test_conversation_keeps_its_kv_cache_between_turns(tiny):
+    conversation = tiny.conversation(max_tokens=6)
+    messages = [{"role": "user", "content": "Hello world"}]
+    first = slmops.runtime.collect(conversation.stream(messages))
+    assert first.text == tiny.chat(messages, max_tokens=6).text  # the first turn is an ordinary answer
+    assert first.completion_tokens <= 6
+    generator = conversation.generator
+    messages += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "the quick brown fox"}]
+    second = slmops.runtime.collect(conversation.stream(messages))
+    assert conversation.generator is generator  # rewound and extended, not rebuilt
+    assert second.prompt_tokens == len(tiny.prompt_ids(messages)) and second.completion_tokens >= 1
+    held = list(generator.get_sequence(0))
+    assert held[: second.prompt_tokens] == tiny.prompt_ids(messages)
+
+
+def test_conversation_survives_an_abandoned_answer_and_a_new_start(tiny):
+    conversation = tiny.conversation(max_tokens=20)
+    messages = [{"role": "user", "content": "Hello world"}]
+    stream = conversation.stream(messages)
+    next(stream)
+    stream.close()  # what Ctrl-C does to an answer
+    again = slmops.runtime.collect(conversation.stream(messages))
+    assert again.text == tiny.chat(messages, max_tokens=20).text
+    other = [{"role": "system", "content": "fox"}, {"role": "user", "content": "dog"}]
+    assert slmops.runtime.collect(conversation.stream(other)).text == tiny.chat(other, max_tokens=20).text

@@ -39,6 +39,7 @@ class ChatSession:
         self.truncate = truncate
         self.system = system
         self.history: list[dict] = []
+        self.conversation = None  # created with the first answer; keeps the KV cache between turns
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.stats = stats
 
@@ -79,7 +80,9 @@ class ChatSession:
         last: Response | None = None
         stopped = False
         try:
-            for last in self.model.stream_chat(self.messages, truncate=self.truncate, **self.options):
+            if self.conversation is None:
+                self.conversation = self.model.conversation(**self.options)
+            for last in self.conversation.stream(self.messages, truncate=self.truncate):
                 if last.text:
                     pieces.append(last.text)
                     self.out.write(last.text)

@@ -57,6 +57,7 @@ def run(name: str, prompt: str | None = None, system: str | None = None, threads
         prompt = sys.stdin.read()
     options["stop"] = tuple(options.get("stop") or ()) or None
     loaded = load(name, threads=threads)
+    loaded.options(**options)  # refuse bad options before the first question, not after it
     session = ChatSession(loaded, options, truncate=truncate, system=system, stats=stats)
     if prompt is not None:
         one_shot(session, prompt)

@@ -86,9 +86,15 @@ def stream_tokens(
         params.set_guidance(*guidance)
     generator = og.Generator(og_model, params)
     generator.append_tokens(ids)
+    yield from decode_loop(generator, tokenizer, len(ids), options.stop, stop_ids, start)
+
+
+def decode_loop(generator, tokenizer, prompt_tokens: int, stop: Iterable[str], stop_ids: Iterable[int],
+                start: float, limit: int | None = None) -> Iterator[Response]:
+    """Generate from an ``og.Generator`` whose prompt is appended, until a stop or ``limit`` tokens."""
     decoder = tokenizer.create_stream()
     stops = frozenset(stop_ids)
-    stop_text = StopText(options.stop)
+    stop_text = StopText(stop)
     count, first = 0, 0.0
     while True:
         generator.generate_next_token()
@@ -102,11 +108,11 @@ def stream_tokens(
         finish = None
         if stopped or stopped_by_text:
             finish = "stop"
-        elif generator.is_done():
+        elif generator.is_done() or count == limit:
             finish = "length"
             text += stop_text.flush()
         rate = (count - 1) / (now - first) if count > 1 and now > first else 0.0
-        yield Response(text, token, len(ids), count, first - start, rate, now - start, finish)
+        yield Response(text, token, prompt_tokens, count, first - start, rate, now - start, finish)
         if finish:
             return
 

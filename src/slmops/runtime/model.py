@@ -197,6 +197,16 @@ class Model:
         """
         return collect(self.stream_chat(messages, truncate, **options))
 
+    def conversation(self, **options) -> "Conversation":
+        """A chat that keeps its KV cache between turns (each turn reads only its new tokens).
+
+        ``conversation.stream(messages, truncate=False)`` yields :class:`Response` objects
+        like :meth:`stream_chat`; the options are fixed for the whole conversation.
+        """
+        from slmops.runtime.conversation import Conversation
+
+        return Conversation(self, **options)
+
     def stream(self, messages: Iterable[Any], truncate: bool = False, **options) -> Iterator[str]:
         """The answer to a chat as text pieces, as they are generated."""
         for response in self.stream_chat(messages, truncate, **options):
