@@ -8,7 +8,9 @@ MODEL is a cached model name or a model folder. Configurations measured:
 - ``bare-default``: the loop with the folder's session options as they are;
 - ``bare-tN``: the loop with N intra-op threads (N from --threads, default 1,2,3);
 - ``slmops``: ``slmops.load(MODEL)`` (thread count detected) through
-  ``Model.stream_generate``, the path every slmops command uses.
+  ``Model.stream_generate``, the path every slmops command uses;
+- ``slmops-tN``: the same with N threads, to separate the runtime's own cost from
+  its choice of thread count.
 
 Every round runs every configuration once, in a rotated order, so that load from
 other processes hits all of them alike. All get the same prompt token ids (the chat
@@ -29,6 +31,7 @@ import time
 import onnxruntime_genai as og
 
 import slmops
+from slmops.runtime import collect
 
 PROMPT = "Write a long story about a dragon who learns to bake bread."
 
@@ -96,6 +99,9 @@ def measure(args) -> dict:
     loaded = {name: load_bare(path, threads)[0] for name, threads in configs.items()}
     runners = {name: (lambda item=item: run_bare(item, ids, args.max_tokens)) for name, item in loaded.items()}
     runners["slmops"] = lambda: run_slmops(model, ids, args.max_tokens)
+    for threads in args.threads:  # the same thread counts as the bare loop: the runtime's own overhead
+        pinned = load_slmops(args.model, threads)[0]
+        runners[f"slmops-t{threads}"] = lambda pinned=pinned: run_slmops(pinned, ids, args.max_tokens)
     names = list(runners)
     for name in names:  # warm-up: first allocations, first kernels
         runners[name]()
@@ -106,7 +112,33 @@ def measure(args) -> dict:
             samples[name].append(runners[name]())
             print(f"round {round_index + 1} {name:13} ttft {samples[name][-1][0] * 1000:7.1f} ms  "
                   f"decode {samples[name][-1][1]:7.1f} tok/s  ({samples[name][-1][2]} tokens)", file=sys.stderr)
-    return summarize(samples, loads, model, len(ids), args)
+    summary = summarize(samples, loads, model, len(ids), args)
+    summary["chat_third_turn"] = chat_turns(model, args)
+    return summary
+
+
+CHAT = ["What is the capital of France? Answer in one sentence.",
+        "Name three famous museums there.", "Which one is the oldest?"]
+
+
+def chat_turns(model, args) -> dict:
+    """TTFT of the third turn of a chat: a fresh generator (chat) vs a kept KV cache (conversation)."""
+    history = []
+    for question in CHAT[:-1]:
+        history.append({"role": "user", "content": question})
+        history.append({"role": "assistant", "content": model.chat(history, max_tokens=48, temperature=0).text})
+    last = history + [{"role": "user", "content": CHAT[-1]}]
+    fresh, kept = [], []
+    for round_index in range(args.rounds):
+        conversation = model.conversation(max_tokens=48, temperature=0)
+        for turn in range(len(CHAT) - 1):  # earlier turns fill the conversation's cache
+            collect(conversation.stream(history[: 2 * turn + 1]))
+        pair = [("fresh", lambda: model.chat(last, max_tokens=16, temperature=0).ttft_s),
+                ("kept", lambda: collect(conversation.stream(last)).ttft_s)]
+        for name, run in pair if round_index % 2 == 0 else pair[::-1]:
+            (fresh if name == "fresh" else kept).append(run())
+    return {"history_tokens": len(model.prompt_ids(last)),
+            "fresh_ttft_ms": statistics.median(fresh) * 1000, "kept_ttft_ms": statistics.median(kept) * 1000}
 
 
 def summarize(samples: dict, loads: dict, model, prompt_tokens: int, args) -> dict:
@@ -116,11 +148,12 @@ def summarize(samples: dict, loads: dict, model, prompt_tokens: int, args) -> di
             "ttft_ms": statistics.median(run[0] for run in runs) * 1000,
             "decode_tokens_per_s": statistics.median(run[1] for run in runs),
             "tokens": runs[0][2],
-            "load_s": statistics.median(loads[name]),
+            "load_s": statistics.median(loads[name]) if name in loads else None,
         }
     bare = {name: row for name, row in rows.items() if name.startswith("bare")}
     best = max(bare, key=lambda name: bare[name]["decode_tokens_per_s"])
     ours = rows["slmops"]
+    same = rows.get(best.replace("bare", "slmops")) if best != "bare-default" else None
     return {
         "model": model.name, "path": str(model.path), "prompt_tokens": prompt_tokens,
         "max_tokens": args.max_tokens, "rounds": args.rounds, "slmops_threads": model.threads,
@@ -128,6 +161,8 @@ def summarize(samples: dict, loads: dict, model, prompt_tokens: int, args) -> di
         "decode_ratio": ours["decode_tokens_per_s"] / bare[best]["decode_tokens_per_s"],
         "ttft_ratio": ours["ttft_ms"] / bare[best]["ttft_ms"],
         "vs_default_decode_ratio": ours["decode_tokens_per_s"] / rows["bare-default"]["decode_tokens_per_s"],
+        "same_threads_decode_ratio": same["decode_tokens_per_s"] / bare[best]["decode_tokens_per_s"] if same else None,
+        "same_threads_ttft_ratio": same["ttft_ms"] / bare[best]["ttft_ms"] if same else None,
     }
 
 
@@ -136,10 +171,17 @@ def report(summary: dict) -> None:
           f"{summary['rounds']} interleaved rounds, medians; slmops ran {summary['slmops_threads']} threads")
     print(f"{'configuration':15} {'decode tok/s':>12} {'TTFT ms':>9} {'load s':>7}")
     for name, row in summary["results"].items():
-        print(f"{name:15} {row['decode_tokens_per_s']:12.1f} {row['ttft_ms']:9.1f} {row['load_s']:7.2f}")
+        load = f"{row['load_s']:7.2f}" if row["load_s"] is not None else "      -"
+        print(f"{name:15} {row['decode_tokens_per_s']:12.1f} {row['ttft_ms']:9.1f} {load}")
     print(f"slmops / {summary['best_bare']} (best bare loop): decode {summary['decode_ratio']:.3f}x "
           f"(target >= 0.95), TTFT {summary['ttft_ratio']:.3f}x (target <= 1.05)")
+    if summary["same_threads_decode_ratio"] is not None:
+        print(f"slmops at the same thread count / {summary['best_bare']}: decode "
+              f"{summary['same_threads_decode_ratio']:.3f}x, TTFT {summary['same_threads_ttft_ratio']:.3f}x")
     print(f"slmops / bare-default: decode {summary['vs_default_decode_ratio']:.2f}x")
+    chat = summary["chat_third_turn"]
+    print(f"third chat turn ({chat['history_tokens']} prompt tokens): TTFT {chat['fresh_ttft_ms']:.1f} ms with a "
+          f"fresh generator, {chat['kept_ttft_ms']:.1f} ms with the conversation's kept KV cache")
 
 
 def main() -> None:
