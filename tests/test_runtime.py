@@ -292,7 +292,14 @@ def test_model_list_shows_what_a_service_has_loaded(tiny_onnx, monkeypatch):
 
 
 NO_TORCH = """
-import atexit, sys
+import atexit, importlib.abc, sys
+EXTRAS = ("torch", "transformers", "onnx", "onnxscript", "onnx_ir", "safetensors", "gguf", "peft", "jinja2")
+class NotInstalled(importlib.abc.MetaPathFinder):
+    # As if the [convert] extras were not installed at all.
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in EXTRAS:
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, NotInstalled())
 def check():
     heavy = sorted(name for name in ("torch", "transformers", "onnx", "jinja2") if name in sys.modules)
     sys.stderr.write("HEAVY=" + ",".join(heavy) + "\\n")
