@@ -63,6 +63,7 @@ def test_existing_name_is_refused_before_any_work(tiny_llama, tmp_path, monkeypa
 
 def test_parse_quantization():
     assert deploys.parse_quantization("best", "int4") == deploys.BEST_INT4
+    assert deploys.parse_quantization("int4-hqq-b32", "int4") == "int4-hqq-b32"
     assert deploys.parse_quantization("builder", "int4") == {}
     assert deploys.parse_quantization("algo=rtn,block_size=16,is_symmetric=false", "int4") == {
         "algo": "rtn", "block_size": 16, "is_symmetric": False}
@@ -106,7 +107,7 @@ def test_deploy_smollm2_end_to_end(capsys):
     assert "slmops serve smollm2-135m-instruct" in result.output and "curl http://127.0.0.1:" in result.output
     entry = store.resolve("smollm2-135m-instruct")
     report = json.loads((entry.path / "deploy-report.json").read_text())
-    assert report["quantization"] == deploys.BEST_INT4 and report["quality"]["figures"]["same_top_pct"] > 50
+    assert report["variant"] == deploys.BEST_INT4 and report["quality"]["figures"]["same_top_pct"] > 50
     answer = slmops.load("smollm2-135m-instruct").chat([{"role": "user", "content": "What is the capital of France?"}],
                                                         max_tokens=24)
     assert "Paris" in answer.text

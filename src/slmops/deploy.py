@@ -21,9 +21,11 @@ import click
 from slmops import settings
 from slmops.errors import SlmopsError, UsageError
 
-# Best INT4 measured by `slmops sweep` on SmolLM2-135M-Instruct (see docs/quality.md):
-# k-quant with the lm_head and the most sensitive layers in int8, blocks of 16.
-BEST_INT4 = {"algo": "k_quant_mixed", "block_size": 16}
+# The INT4 variant (see slmops.evaluate.variants) closest to FP32 in `slmops sweep` on
+# SmolLM2-135M-Instruct (docs/quality.md): k-quant with the lm_head and the most
+# sensitive layers in int8, blocks of 16.
+BEST_INT4 = "int4-k_quant_mixed-b16"
+REFERENCE = "reference-fp32"
 DEPLOY_WINDOWS = 4
 DEPLOY_SOAK = 40
 DEPLOY_LENGTHS = (32, 256)
@@ -39,6 +41,7 @@ class DeployResult:
     name: str
     precision: str
     quantization: dict
+    variant: str | None = None
     steps: list[dict] = field(default_factory=list)
     quality: dict | None = None
     validation: dict | None = None
@@ -54,7 +57,7 @@ def deploy(
     *,
     name: str,
     precision: str = "int4",
-    quantization: dict | None = None,
+    quantization: dict | str | None = None,
     windows: int = DEPLOY_WINDOWS,
     max_ppl_increase: float | None = DEFAULT_MAX_PPL_INCREASE,
     suite: str | Path | None = None,
@@ -71,7 +74,8 @@ def deploy(
             embedded SmolLM2-135M-Instruct.
         name: the model's name in the cache.
         precision: int4, int8, fp16, bf16, fp32, or ``auto`` (run a sweep and take its pick).
-        quantization: int4/int8 settings (QuantizationOptions fields); None for :data:`BEST_INT4`.
+        quantization: an INT4 variant name (None: :data:`BEST_INT4`), or int4/int8 settings
+            as a dict of QuantizationOptions fields (empty: the builder's defaults).
         windows: 512-token windows of the shipped text for the eval against FP32.
         max_ppl_increase: the eval fails above this ΔPPL in percent (None: report only).
         suite, min_pass, soak: passed to `slmops validate`.
@@ -97,12 +101,13 @@ def _deploy_in(work, source, name, precision, quantization, windows, max_ppl_inc
                skip_eval, force, echo) -> DeployResult:
     if precision == "auto":
         precision, quantization = _auto_precision(work, source, windows, suite, max_ppl_increase, min_pass, echo)
-    if quantization is None and precision == "int4":
-        quantization = dict(BEST_INT4)
-    result = DeployResult(name, precision, quantization or {})
+    variant = _variant(precision, quantization)
+    result = DeployResult(name, precision, dict(variant.quantization), variant=variant.name)
     model_dir = work / name
-    with _step(result, f"convert to {precision}" + _settings(quantization), echo):
-        _convert(source, model_dir, precision, name, quantization)
+    with _step(result, f"convert to {variant.describe()}", echo):
+        if variant.post:
+            _convert(source, work / REFERENCE, "fp32", REFERENCE, None)
+        build(variant, source, model_dir, work / REFERENCE)
     if not skip_eval and precision != "fp32":
         with _step(result, f"eval against FP32 ({windows} windows of 512 tokens)", echo) as step:
             step["summary"] = _evaluate(result, work, source, model_dir, windows, max_ppl_increase)
@@ -118,6 +123,21 @@ def _deploy_in(work, source, name, precision, quantization, windows, max_ppl_inc
     return result
 
 
+def _variant(precision: str, quantization: dict | str | None):
+    """What to build: a named sweep variant, or a precision with QuantizationOptions fields."""
+    from slmops.evaluate.variants import INT4_VARIANTS, Variant
+
+    if precision == "int4" and (quantization is None or isinstance(quantization, str)):
+        name = quantization or BEST_INT4
+        if name not in INT4_VARIANTS:
+            raise UsageError(f"Unknown INT4 variant {name!r}; `slmops sweep --list-variants` lists them.")
+        return INT4_VARIANTS[name]
+    if isinstance(quantization, str):
+        raise UsageError(f"--quantization {quantization} names an INT4 variant, but the precision is {precision}.")
+    settings_ = quantization if precision in ("int4", "int8") and quantization else {}
+    return Variant(precision if not settings_ else f"{precision}-custom", precision, dict(settings_))
+
+
 def _convert(source, folder: Path, precision: str, name: str, quantization: dict | None) -> None:
     from slmops.convert import QuantizationOptions, convert
 
@@ -125,11 +145,18 @@ def _convert(source, folder: Path, precision: str, name: str, quantization: dict
     convert(source, folder, precision=precision, name=name, quantization=options, log_level=0)
 
 
+def build(variant, source, folder: Path, fp32_folder: Path) -> None:
+    from slmops.evaluate.variants import build as build_variant
+
+    build_variant(variant, source, folder, fp32_folder, name=folder.name)
+
+
 def _evaluate(result: DeployResult, work: Path, source, model_dir: Path, windows: int, max_ppl_increase) -> str:
     from slmops.evaluate.quality import evaluate_quality
 
-    reference = work / "reference-fp32"
-    _convert(source, reference, "fp32", "reference-fp32", None)
+    reference = work / REFERENCE
+    if not reference.exists():
+        _convert(source, reference, "fp32", REFERENCE, None)
     quality = evaluate_quality(model_dir, reference=reference, windows=windows)
     shutil.rmtree(reference, ignore_errors=True)
     result.quality = quality.to_json()
@@ -161,15 +188,12 @@ def _auto_precision(work, source, windows, suite, max_ppl_increase, min_pass, ec
     echo("Sweeping precisions to pick one (this converts the model several times)...")
     found = sweep(source, work / "sweep", precisions=["int4", "int8", "fp16", "fp32"],
                   int4_variants=tuple(INT4_VARIANTS), windows=windows, suite=suite,
-                  max_ppl_increase=max_ppl_increase or 5.0, min_pass=min_pass, keep_models=False)
+                  max_ppl_increase=max_ppl_increase or 5.0, min_pass=min_pass, keep_models=False, echo=echo)
     echo(found.pick_reason)
     if found.pick is None:
         raise DeployFailed(found.pick_reason)
     variant = INT4_VARIANTS.get(found.pick)
-    if variant and variant.post:
-        raise DeployFailed(f"The pick {found.pick} is made after conversion; deploy its folder with "
-                           f"`slmops cache add {work / 'sweep' / 'models' / found.pick}`.")
-    return (variant.precision, dict(variant.quantization)) if variant else (found.pick, None)
+    return (variant.precision, variant.name) if variant else (found.pick, None)
 
 
 class _step:
@@ -271,8 +295,8 @@ def usage_lines(name: str) -> list[str]:
 @click.option("--precision", type=click.Choice(["int4", "int8", "fp16", "bf16", "fp32", "auto"]), default="int4",
               show_default=True, help="auto runs `slmops sweep` and takes its pick (slow: several conversions).")
 @click.option("--quantization", "quantization_spec", default="best", show_default=True,
-              help="INT4/INT8 settings: 'best' (the best INT4 measured), 'builder' (the builder's defaults) or KEY=VALUE,... "
-                   "with QuantizationOptions fields, e.g. 'algo=k_quant_mixed,block_size=16'.")
+              help="INT4/INT8 settings: 'best' (the best INT4 measured), 'builder' (the builder's defaults), an INT4 variant "
+                   "of `slmops sweep --list-variants`, or KEY=VALUE,... QuantizationOptions fields, e.g. 'algo=rtn,block_size=16'.")
 @click.option("--windows", type=click.IntRange(1), default=DEPLOY_WINDOWS, show_default=True, help="Eval windows of 512 tokens.")
 @click.option("--max-ppl-increase", type=float, default=DEFAULT_MAX_PPL_INCREASE, show_default=True, help="Fail above this ΔPPL vs FP32 (percent).")
 @click.option("--suite", type=click.Path(exists=True, dir_okay=False), help="Domain suite for validation (default: the shipped example).")
@@ -286,17 +310,19 @@ def deploy_command(source, name, precision, quantization_spec, windows, max_ppl_
     result = deploy(source, name=name, precision=precision, quantization=parse_quantization(quantization_spec, precision),
                     windows=windows, max_ppl_increase=max_ppl_increase, suite=suite, min_pass=min_pass, soak=soak,
                     skip_eval=skip_eval, force=force)
-    click.echo(f"Deployed {name} ({result.precision}{_settings(result.quantization)}) in {time.perf_counter() - started:.0f} s "
+    click.echo(f"Deployed {name} ({result.variant}{_settings(result.quantization)}) in {time.perf_counter() - started:.0f} s "
                f"to {result.cached_path}.")
     for line in usage_lines(name):
         click.echo(line)
 
 
-def parse_quantization(spec: str, precision: str) -> dict | None:
+def parse_quantization(spec: str, precision: str) -> dict | str | None:
     if spec == "best":
-        return dict(BEST_INT4) if precision == "int4" else None
+        return BEST_INT4 if precision == "int4" else None
     if spec == "builder":
         return {}
+    if "=" not in spec and spec.startswith("int4"):
+        return spec
     settings_ = {}
     for pair in spec.split(","):
         key, sep, value = pair.partition("=")

@@ -99,6 +99,7 @@ def sweep(source, precisions, int4_variants, list_variants, windows, suite, pick
         max_ppl_increase=max_ppl_increase,
         min_pass=min_pass,
         keep_models=keep_models or not pick,
+        echo=click.echo,
     )
     sweeps.print_sweep(result)
     click.echo(f"Reports: {result.json_path}, {result.markdown_path}, {result.plot_path}")

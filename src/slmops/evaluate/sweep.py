@@ -73,6 +73,7 @@ def sweep(
     max_ppl_increase: float = 5.0,
     min_pass: float = 0.9,
     keep_models: bool = True,
+    echo=lambda line: None,
 ) -> SweepResult:
     """Convert ``source`` at each precision and measure it against the FP32 export.
 
@@ -85,6 +86,7 @@ def sweep(
         suite: the domain suite for the pass rate (default: the shipped example).
         max_ppl_increase, min_pass: the quality limits of the pick.
         keep_models: keep every converted model; otherwise only the picked one stays.
+        echo: called with a line as each model starts and ends.
 
     Returns:
         A :class:`SweepResult`; its reports are written into ``output``.
@@ -94,6 +96,7 @@ def sweep(
     output = Path(output).expanduser().absolute()
     models = output / "models"
     models.mkdir(parents=True, exist_ok=True)
+    echo("converting fp32 (the reference)")
     fp32 = build(Variant("fp32", "fp32"), source, models / "fp32")
     reference = output / "reference-logits"
     shutil.rmtree(reference, ignore_errors=True)
@@ -101,7 +104,11 @@ def sweep(
     rows = []
     # fp32 first: its own eval writes the reference log-probs every other row reuses.
     for variant in sorted(variants, key=lambda item: item.precision != "fp32"):
+        echo(f"{variant.name}: {variant.describe()}")
         rows.append(_measure_variant(variant, source, models, fp32, fp32_size, reference, windows, suite))
+        row = rows[-1]
+        echo(f"    {row.error}" if row.error else f"    {row.size_mb:.0f} MB, ΔPPL {row.delta_ppl_pct:+.1f}%, KLD {row.kld_mean:.3f}, "
+             f"{row.decode_tokens_per_s:.0f} tokens/s, suite {row.pass_rate:.0%}")
     result = SweepResult(str(source or "embedded SmolLM2-135M-Instruct"), rows, windows,
                          limits={"max_ppl_increase_pct": max_ppl_increase, "min_pass": min_pass})
     result.pick, result.pick_reason = pick(rows, max_ppl_increase, min_pass)
