@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate benchmarks/RESULTS.md with slmops bench (nothing in it is typed by hand).
 
-    .venv/bin/python benchmarks/bench_results.py            # ~10 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_results.py            # 3 to 15 minutes on 2 cores
     .venv/bin/python benchmarks/bench_results.py --quick    # a smoke run, ~2 minutes
 
 1. The embedded SmolLM2-135M-Instruct GGUF is converted to INT4 ONNX by slmops.
@@ -50,7 +50,7 @@ def side_by_side(model: Path, gguf: Path, quick: bool) -> dict:
     spec = TargetSpec(model=str(model), raw=True, raw_threads=(THREADS, 0), threads=THREADS,
                       llama_cpp=str(gguf) if have_llama else None)
     sweep = Sweep(prompt_lengths=(32, 128) if quick else (32, 128, 512, 1024, 2048),
-                  output_lengths=(32,) if quick else (128,), reps=2 if quick else 3, warmup=1)
+                  output_lengths=(32,) if quick else (64,), reps=2, warmup=1)
     return benchmark(spec, sweep, refresh_bandwidth=True, on_case=_progress).to_dict()
 
 
@@ -64,8 +64,8 @@ def through_serve(model: Path, quick: bool) -> dict:
     try:
         _wait_ready(port, process)
         spec = TargetSpec(url=f"http://127.0.0.1:{port}", endpoint="completions", pid=process.pid)
-        sweep = Sweep(prompt_lengths=(128,), output_lengths=(32,) if quick else (64,),
-                      concurrency=(1, 2, 4) if quick else (1, 2, 4, 8, 16), reps=1 if quick else 2, warmup=1)
+        sweep = Sweep(prompt_lengths=(128,), output_lengths=(32,),
+                      concurrency=(1, 2, 4) if quick else (1, 2, 4, 8, 16), reps=1, warmup=1)
         document = benchmark(spec, sweep, on_case=_progress).to_dict()
     finally:
         process.terminate()
