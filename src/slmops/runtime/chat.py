@@ -116,7 +116,9 @@ def _stats(response: Response) -> str:
 def interactive(session: ChatSession, read: Callable[[str], str] = input) -> None:
     """Read lines until /exit or Ctrl-D; Ctrl-C at the prompt only says how to leave."""
     _enable_line_editing()
-    session.note(f"Chatting with {session.model.name}. /help for commands, /exit or Ctrl-D to leave.")
+    model = session.model
+    loaded = f" ({model.threads} threads, loaded in {model.load_s:.1f} s)" if hasattr(model, "load_s") else ""
+    session.note(f"Chatting with {model.name}{loaded}. /help for commands, /exit or Ctrl-D to leave.")
     while True:
         try:
             line = _read_message(read)
