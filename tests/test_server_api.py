@@ -184,6 +184,11 @@ def test_management_endpoints(server):
     assert get("/openai/loadedmodels").json() == []
     assert get(f"/openai/load/{MODEL}").status_code == 200
     assert get("/openai/unloadall").json()["unloaded"] == [MODEL]
+    assert get(f"/openai/load/{MODEL}?ttl=1").status_code == 200
+    deadline = time.monotonic() + 8
+    while get("/openai/loadedmodels").json():  # idle past its ttl: unloaded by the reaper
+        assert time.monotonic() < deadline, "the model outlived its ttl"
+        time.sleep(0.3)
     assert get("/health").json()["status"] == "ok"
     assert server.metric("slmops_loaded_models") == 0
 
@@ -203,13 +208,17 @@ def test_disconnect_frees_the_slot_within_a_second(server):
 
 
 def test_32_concurrent_streams_complete_or_get_429_without_mixing(server):
-    prompts = ["Name a fruit.", "Count to five.", "Say hello in French.", "What is 2+2?"]
+    # Continuations the model is sure of: batching changes float sums in the last bits
+    # (onnxruntime computes 1 row and several rows along different paths, in its own
+    # static batches too), which may flip an uncertain word, never these.
+    groups = [("1, 2, 3, 4, 5,", " 6, 7, 8"), ("a, b, c, d, e,", " f, g, h"),
+              ("Monday, Tuesday, Wednesday,", " Thursday, Friday"), ("10, 20, 30, 40,", " 50")]
     lengths = [8, 16, 24, 32]
 
     async def one(http, index):
-        body = {"model": MODEL, "messages": [{"role": "user", "content": prompts[index % 4]}],
-                "max_tokens": lengths[index % 4], "temperature": 0, "stream": True}
-        async with http.stream("POST", "/v1/chat/completions", json=body) as answer:
+        body = {"model": MODEL, "prompt": groups[index % 4][0], "max_tokens": lengths[index // 8],
+                "temperature": 0, "stream": True}
+        async with http.stream("POST", "/v1/completions", json=body) as answer:
             if answer.status_code == 429:
                 assert int(answer.headers["retry-after"]) >= 1
                 return index, None
@@ -218,7 +227,7 @@ def test_32_concurrent_streams_complete_or_get_429_without_mixing(server):
         assert lines[-1] == "data: [DONE]"
         events = [json.loads(line[6:]) for line in lines[:-1]]
         assert events[-1]["choices"][0]["finish_reason"] in ("stop", "length")
-        return index, "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+        return index, "".join(e["choices"][0]["text"] for e in events)
 
     async def run():
         limits = httpx.Limits(max_connections=64)
@@ -229,12 +238,11 @@ def test_32_concurrent_streams_complete_or_get_429_without_mixing(server):
     results = asyncio.run(run())
     answered = [(index, text) for index, text in results if text is not None]
     assert len(answered) >= 24  # 8 running + 16 queued always fit; the rest may be 429
-    by_prompt: dict = {}
     for index, text in answered:
-        by_prompt.setdefault(index % 4, set()).add(text)
-    # Greedy answers to the same prompt are identical unless tokens leaked between streams.
-    assert all(len(texts) == 1 for texts in by_prompt.values()), by_prompt
-    assert len({next(iter(texts)) for texts in by_prompt.values()}) == len(by_prompt)
+        expected = groups[index % 4][1]
+        assert text.startswith(expected), (index, text)
+        foreign = [other for _, other in groups if other != expected and other.strip() in text]
+        assert not foreign, (index, text)
     assert server.metric("slmops_active_sequences") == 0 and server.metric("slmops_queue_depth") == 0
     rss_after = server.metric("slmops_process_resident_memory_bytes")
     assert rss_after < rss_before + 200 * 2**20, (rss_before, rss_after)

@@ -203,3 +203,39 @@ def test_metrics_text():
     assert "slmops_prompt_tokens_total 10" in text and "slmops_completion_tokens_total 2" in text
     assert 'slmops_time_to_first_token_seconds_bucket{le="0.5"} 1' in text
     assert "slmops_queue_depth 2" in text and "slmops_active_sequences 1" in text
+
+
+def _registry_with(*entries, budget=None):
+    from slmops.server.registry import Loaded, Registry, ServerConfig
+
+    registry = Registry(ServerConfig(max_memory=budget))
+    for name, size, ttl, age in entries:
+        entry = Loaded(name, object(), Scheduler(name), size, ttl)
+        entry.last_used -= age
+        registry.loaded[name.casefold()] = entry
+    return registry
+
+
+def test_idle_models_unload_after_their_ttl_and_busy_ones_stay():
+    registry = _registry_with(("old", 10, 5.0, 60.0), ("fresh", 10, 600.0, 60.0), ("busy", 10, 5.0, 60.0))
+    registry.loaded["busy"].scheduler.waiting.append(object())  # a request waits for it
+    assert registry.reap() == ["old"]
+    assert sorted(registry.loaded) == ["busy", "fresh"]
+    with pytest.raises(Exception, match="force=true"):
+        registry.unload("busy")
+    registry.loaded["busy"].scheduler.waiting.clear()
+    assert registry.unload("busy", force=True) and registry.unload("fresh")
+    assert not registry.unload("never-loaded")
+
+
+def test_memory_budget_unloads_the_least_recently_used_first():
+    registry = _registry_with(("a", 40, 600, 30.0), ("b", 40, 600, 10.0), budget=100)
+    registry._make_room(50, "c")
+    assert list(registry.loaded) == ["b"]
+    with pytest.raises(Exception, match="more than --max-memory"):
+        registry._make_room(101, "huge")
+    registry.loaded["b"].scheduler.waiting.append(object())
+    with pytest.raises(Exception, match="busy"):
+        registry._make_room(70, "d")
+    registry.loaded["b"].scheduler.waiting.clear()
+    registry.unload_all()

@@ -25,7 +25,7 @@ from slmops.server.registry import Registry, ServerConfig
 
 log = logging.getLogger("slmops.server")
 OPEN_PATHS = ("/health", "/metrics")  # probes and scrapers need no key
-REAP_EVERY_S = 5.0
+REAP_EVERY_S = 1.0
 KNOWN_PATHS = {"/health", "/metrics", "/v1/chat/completions", "/v1/completions", "/v1/models", "/openai/models",
                "/openai/loadedmodels", "/openai/unloadall", "/openai/status", "/openapi.json", "/docs",
                "/v1/chat/completions/tokenizer/encode/count"}
@@ -65,6 +65,7 @@ def _observer(metrics: Metrics):
 def _lifespan(registry: Registry, models: list[str]):
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        registry.closing = False  # an app can be started again after a shutdown (test clients do)
         for item in models:
             name = registry.add_folder(Path(item)) if _is_folder(item) else item
             await registry.get(name)

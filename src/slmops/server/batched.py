@@ -65,19 +65,34 @@ class BatchedDecoder:
         decoder = model.genai_config["model"]["decoder"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = model.threads
+        # Without the arena, buffers of a large prefill go back to the system after it.
+        options.enable_cpu_mem_arena = False
         self.session = ort.InferenceSession(str(Path(model.path) / decoder["filename"]), options,
                                             providers=["CPUExecutionProvider"])
         self.layers, self.names = decoder["num_hidden_layers"], _names(decoder)
         inputs = {item.name: item for item in self.session.get_inputs()}
         kv_type = KV_TYPES[inputs[self.names["past"][0]].type]
         shape = (rows, decoder["num_key_value_heads"], max_length, decoder["head_size"])
-        # np.zeros maps untouched pages lazily: memory grows with the tokens really cached.
-        self.cache = [np.zeros(shape, kv_type) for _ in range(2 * self.layers)]
+        # Touched now, not lazily: attention reads whole rows, so the cache becomes resident on
+        # first use anyway, and memory measured after loading should be memory in use.
+        self.cache = [np.empty(shape, kv_type) for _ in range(2 * self.layers)]
+        for buffer in self.cache:
+            buffer.fill(0)
         self.vocab = model.genai_config["model"]["vocab_size"]
         self.logits = np.zeros((rows, 1, self.vocab), np.float32)
         self.model, self.rows, self.max_length = model, rows, max_length
         self.running: list[Sequence] = []
         self.bindings: dict[int, object] = {}
+
+    @staticmethod
+    def token_bytes(model) -> int:
+        """Bytes of KV cache one token takes in one row."""
+        decoder = model.genai_config["model"]["decoder"]
+        return 2 * decoder["num_hidden_layers"] * decoder["num_key_value_heads"] * decoder["head_size"] * 4
+
+    @property
+    def nbytes(self) -> int:
+        return sum(buffer.nbytes for buffer in self.cache)
 
     @staticmethod
     def supports(model) -> bool:

@@ -8,9 +8,9 @@ send them keep working.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 # Answers are capped unless the client asks for more: an uncapped request would
 # reserve a KV cache for the whole context (hundreds of MB on an 8k model).
@@ -86,21 +86,14 @@ class SamplingFields(Lenient):
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature; 0 is greedy.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
     top_k: int | None = Field(None, ge=0, description="Sample among the k most likely tokens.")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Same seed and options, same answer.")
-    random_seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Foundry Local's name for seed.")
-    stop: str | list[str] | None = Field(None, description="Up to 4 strings that end the answer.")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Same seed and options, same answer.")
+    random_seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Foundry Local's name for seed.")
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(None, description="Up to 4 strings that end the answer.")
     presence_penalty: float | None = Field(None, ge=-2, le=2, description="Above 0 discourages repeats.")
     frequency_penalty: float | None = Field(None, ge=-2, le=2, description="Above 0 discourages repeats.")
     repetition_penalty: float | None = Field(None, gt=0, le=10, description="Above 1 discourages repeats (wins over the penalties above).")
     n: int = Field(1, ge=1, le=1, description="Number of answers; only 1 is supported.")
     user: str | None = Field(None, description="An end-user id (ignored).")
-
-    @field_validator("stop")
-    @classmethod
-    def _four_stops(cls, value):
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop strings")
-        return value
 
 
 class ChatRequest(SamplingFields):
@@ -114,15 +107,9 @@ class ChatRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] = Field(description="The text to continue (a list must hold one string).")
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+        description="The text to continue (a list must hold exactly one string).")
     echo: bool = Field(False, description="Return the prompt before the completion.")
-
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, value):
-        if isinstance(value, list) and len(value) != 1:
-            raise ValueError("give exactly one prompt")
-        return value
 
 
 class CountRequest(Lenient):

@@ -20,6 +20,7 @@ from slmops.server.batched import BatchedDecoder
 from slmops.server.scheduler import Scheduler
 
 log = logging.getLogger("slmops.server")
+MIN_BATCHED_LENGTH = 256  # below this, most requests would not fit a row: not worth the memory
 
 
 @dataclass(eq=False)
@@ -55,6 +56,7 @@ class ServerConfig:
     grace: float = 10.0
     batching: bool = True
     max_seq_len: int = 2048
+    kv_budget: int = 1 << 30  # bytes of batched KV cache per model; fewer tokens per row when larger
 
 
 class Registry:
@@ -137,14 +139,21 @@ class Registry:
         decoder = await asyncio.to_thread(self._decoder, model)
         scheduler = Scheduler(name, self.config.parallel, self.config.max_queue, self.observer, decoder)
         log.info("loaded %s from %s in %.1f s", name, folder, model.load_s)
+        size += decoder.nbytes if decoder else 0
         return Loaded(name, model, scheduler, size, self.config.keep_alive if ttl is None else ttl)
 
     def _decoder(self, model) -> BatchedDecoder | None:
         """A batched decoder for ``model``, or None when batching is off or cannot run it."""
         if not self.config.batching or not BatchedDecoder.supports(model):
             return None
+        per_row = self.config.kv_budget // (self.config.parallel * BatchedDecoder.token_bytes(model))
+        length = min(model.context_length, self.config.max_seq_len, per_row)
+        if length < MIN_BATCHED_LENGTH:
+            log.warning("%s runs without batching: its KV cache is too large for %d rows", model.name,
+                        self.config.parallel)
+            return None
         try:
-            return BatchedDecoder(model, self.config.parallel, min(model.context_length, self.config.max_seq_len))
+            return BatchedDecoder(model, self.config.parallel, length)
         except Exception as exc:  # an unusual graph: its requests run one generator each instead
             log.warning("%s runs without batching: %s", model.name, exc)
             return None
