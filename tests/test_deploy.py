@@ -37,6 +37,7 @@ def test_deploy_tiny_model_registers_it_with_its_report(tiny_llama, tmp_path):
     report = json.loads((entry.path / "deploy-report.json").read_text())
     assert [step["status"] for step in report["steps"]][:3] == ["done", "done", "done"]
     assert report["quality"]["figures"]["kld_mean"] > 0
+    assert "| 5 | edge cases and invalid input | PASS |" in (entry.path / "deploy-report.md").read_text()
     assert [check["item"] for check in report["validation"]["checks"]] == [1, 2, 3, 4, 5]
     assert any(line.startswith("[4] register") for line in lines)
     assert not list((deploys.settings.home() / "tmp").iterdir()), "the work folder is removed"

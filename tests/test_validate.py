@@ -23,8 +23,9 @@ class GoodDouble:
 
     name = "good-double"
     context_length = 2048
-    answers = {"France": "Paris", "Japan": "Tokyo", "Germany": "Berlin", "planet": "Jupiter", "water": "H2O",
-               "spider": "8", "Romeo": "Shakespeare", "fruits": "- apple\n- pear\n- plum"}
+    answers = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Kingdom": "London", "water": "H2O",
+               "spider": "8", "week": "7", "Romeo": "Shakespeare", "hot": "cold", "Red Planet": "Mars",
+               "Brazil": "Portuguese", "fruits": "- apple\n- pear\n- plum"}
 
     def encode(self, text):
         return list(range(len(text.split())))
@@ -148,3 +149,11 @@ def test_validate_smollm2_int4_end_to_end(smollm2_int4, tmp_path):
     assert by_item[5].status == PASS, by_item[5].summary
     assert by_item[3].status != FAIL and by_item[4].evidence["lengths"][0]["decode_ms_per_token"] > 0
     assert "prompt over the context length" in json.dumps(by_item[5].evidence)
+
+
+def test_an_advisory_suite_warns_instead_of_failing(tmp_path):
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text('{"prompt": "France?", "regex": "^Lyon$"}\n')
+    report = validate(GoodDouble(), suite=suite, soak=10, advisory_suite=True, show_progress=False)
+    assert [check.status for check in report.checks[:2]] == ["WARN", "WARN"] and report.passed
+    assert "not your domain" in report.checks[0].summary

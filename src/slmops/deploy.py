@@ -78,7 +78,8 @@ def deploy(
             as a dict of QuantizationOptions fields (empty: the builder's defaults).
         windows: 512-token windows of the shipped text for the eval against FP32.
         max_ppl_increase: the eval fails above this ΔPPL in percent (None: report only).
-        suite, min_pass, soak: passed to `slmops validate`.
+        suite, min_pass, soak: passed to `slmops validate`; without a suite, the shipped
+            example suite is run and reported, but only warns (it is not the user's domain).
         skip_eval: skip the comparison with the FP32 export (no FP32 conversion).
         force: replace a cached model of the same name.
 
@@ -172,7 +173,8 @@ def _evaluate(result: DeployResult, work: Path, source, model_dir: Path, windows
 def _validate(result: DeployResult, model_dir: Path, suite, min_pass: float, soak: int) -> str:
     from slmops.evaluate.validate import validate
 
-    report = validate(model_dir, suite=suite, min_pass=min_pass, soak=soak, lengths=DEPLOY_LENGTHS)
+    report = validate(model_dir, suite=suite, min_pass=min_pass, soak=soak, lengths=DEPLOY_LENGTHS,
+                      advisory_suite=suite is None)
     result.validation = report.to_json()
     summary = ", ".join(f"{check.item} {check.status}" for check in report.checks)
     if not report.passed:
@@ -230,7 +232,18 @@ def _settings(quantization: dict | None) -> str:
 def _write_report(result: DeployResult, folder: Path) -> None:
     """The report travels inside the model folder, so the cache entry carries its evidence."""
     (folder / "deploy-report.json").write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n", encoding="utf-8")
-    from slmops.evaluate.report import validation_markdown  # noqa: F401 (kept light: JSON is the record)
+    (folder / "deploy-report.md").write_text(report_markdown(result), encoding="utf-8")
+
+
+def report_markdown(result: DeployResult) -> str:
+    lines = [f"# Deploy of {result.name}", "", f"{result.variant}{_settings(result.quantization)}", "",
+             "| step | status | seconds | result |", "|---|---|---|---|"]
+    lines += [f"| {s['step']} | {s['status']} | {s.get('seconds', '-')} | {s.get('summary', s.get('error', ''))} |"
+              for s in result.steps]
+    if result.validation:
+        lines += ["", "| # | check | result | evidence |", "|---|---|---|---|"]
+        lines += [f"| {c['item']} | {c['name']} | {c['status']} | {c['summary']} |" for c in result.validation["checks"]]
+    return "\n".join(lines) + "\n"
 
 
 def _save_failure(result: DeployResult) -> Path:
