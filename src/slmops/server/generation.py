@@ -8,7 +8,6 @@ use; the server only schedules it.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -128,10 +127,3 @@ async def responses(job: Job) -> AsyncIterator[Response]:
             raise APIError(500, f"Generation failed: {job.error}", code="generation_failed")
     finally:
         job.cancel()  # a no-op after the last token; frees the slot when the client left
-
-
-def parse_json_answer(text: str) -> object:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None

@@ -63,7 +63,7 @@ async def unload(request: Request, name: str,
     """Unload a model; without ``force``, a model answering requests is a 409."""
     reg = registry(request)
     try:
-        display, _ = await asyncio.to_thread(reg._locate, name)
+        display, _ = await asyncio.to_thread(reg.locate, name)
     except SlmopsError as exc:
         raise from_slmops(exc) from exc
     return {"name": display, "unloaded": reg.unload(display, force)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -69,8 +70,6 @@ async def completions(body: CompletionRequest, request: Request):
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request):
     """The models this service can answer with: loaded or not, they load on first use."""
-    import asyncio
-
     found = await asyncio.to_thread(registry(request).catalog)
     return ModelList(data=[_card(name, folder) for name, folder in found])
 
@@ -78,10 +77,8 @@ async def list_models(request: Request):
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard)
 async def get_model(model_id: str, request: Request):
     """One model, by name (a name that tries to leave the cache is a 404)."""
-    import asyncio
-
     try:
-        name, folder = await asyncio.to_thread(registry(request)._locate, model_id)
+        name, folder = await asyncio.to_thread(registry(request).locate, model_id)
     except SlmopsError as exc:
         raise from_slmops(exc) from exc
     return _card(name, folder)

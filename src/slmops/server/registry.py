@@ -90,7 +90,8 @@ class Registry:
         found.update(self.folders)
         return sorted(found.values(), key=lambda item: item[0].casefold())
 
-    def _locate(self, name: str) -> tuple[str, Path]:
+    def locate(self, name: str) -> tuple[str, Path]:
+        """The display name and folder of a servable model (404 for unknown or path-like names)."""
         from slmops.cache import store
 
         store.check_name(name)  # a name that looks like a path never reaches the file system
@@ -112,7 +113,7 @@ class Registry:
         key = name.casefold()
         if key in self.loaded:
             return self._touch(self.loaded[key], ttl)
-        display, folder = await asyncio.to_thread(self._locate, name)
+        display, folder = await asyncio.to_thread(self.locate, name)
         key = display.casefold()
         async with self.locks.setdefault(key, asyncio.Lock()):
             if key not in self.loaded:
