@@ -115,13 +115,20 @@ def _job(loaded: Loaded, plan: Plan) -> Job:
     return Job(stream, loop)
 
 
-async def responses(job: Job) -> AsyncIterator[Response]:
-    """The job's responses as they come; cancels the sequence if the consumer stops early."""
+async def responses(job: Job, strip_leading: bool = False) -> AsyncIterator[Response]:
+    """The job's responses as they come; cancels the sequence if the consumer stops early.
+
+    ``strip_leading`` drops the whitespace an answer opens with (templates ending in
+    "assistant" without a line break make models start with one), as the runtime's chat does.
+    """
     try:
         while True:
             item = await job.queue.get()
             if item is DONE:
                 break
+            if strip_leading:
+                item.text = item.text.lstrip()
+                strip_leading = not item.text
             yield item
         if job.error is not None:
             raise APIError(500, f"Generation failed: {job.error}", code="generation_failed")

@@ -39,7 +39,7 @@ async def chat_completions(body: ChatRequest, request: Request):
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return _sse(_chat_chunks(job, plan, meta, usage))
-    text, last = await _collect(job)
+    text, last = await _collect(job, strip_leading=True)
     calls = plan.tool_mode.calls(text) if plan.tool_mode else None
     finish = "tool_calls" if calls else last.finish_reason or "stop"
     message = AnswerMessage(content=None if calls else text, tool_calls=calls)
@@ -101,9 +101,9 @@ def _usage(last) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-async def _collect(job) -> tuple[str, object]:
+async def _collect(job, strip_leading: bool = False) -> tuple[str, object]:
     pieces, last = [], None
-    async for last in generation.responses(job):
+    async for last in generation.responses(job, strip_leading):
         pieces.append(last.text)
     if last is None:
         raise APIError(503, "The answer was cancelled: the service is shutting down.", code="cancelled")
@@ -137,7 +137,7 @@ async def _chat_chunks(job, plan, meta: dict, include_usage: bool) -> AsyncItera
         call_id = f"call_{uuid.uuid4().hex[:24]}"
         yield chunk({"tool_calls": [{"index": 0, "id": call_id, "type": "function",
                                      "function": {"name": mode.forced, "arguments": ""}}]})
-    async for last in generation.responses(job):
+    async for last in generation.responses(job, strip_leading=True):
         if not last.text:
             continue
         if stream_args:
