@@ -162,6 +162,9 @@ def plot(document: dict, path: str | Path) -> Path:
         axis.grid(alpha=0.3)
         if axis.lines:
             axis.legend(fontsize="small")
+    if not axes[2].lines:
+        axes[2].text(0.5, 0.5, "no concurrency sweep in this run\n(--concurrency 1,2,4,...)", ha="center",
+                     va="center", transform=axes[2].transAxes, color="gray")
     axes[0].set_xscale("log", base=2)
     axes[1].set_xscale("log", base=2)
     fig.suptitle(f"slmops bench — {document['system']['cpu']}, {document['created']}")
