@@ -33,3 +33,20 @@ def test_main_exits_zero_on_version(capsys):
     except SystemExit as exc:
         assert exc.code == 0
     assert "slmops, version" in capsys.readouterr().out
+
+
+def test_a_commands_exit_code_reaches_the_shell(monkeypatch):
+    import click
+
+    @click.command()
+    def fails():
+        click.get_current_context().exit(3)
+
+    monkeypatch.setitem(COMMANDS, "fails-for-test", "tests.test_cli:_unused")
+    monkeypatch.setattr("slmops.cli.LazyGroup.get_command", lambda self, ctx, name: fails)
+    try:
+        main(["fails-for-test"])
+    except SystemExit as exc:
+        assert exc.code == 3
+    else:
+        raise AssertionError("main() did not exit")

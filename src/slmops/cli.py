@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     verbose = "--verbose" in argv
     argv = [arg for arg in argv if arg != "--verbose"]
     try:
-        cli.main(args=(["--verbose"] if verbose else []) + argv, prog_name="slmops", standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of ctx.exit(code).
+        code = cli.main(args=(["--verbose"] if verbose else []) + argv, prog_name="slmops", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
@@ -83,7 +85,6 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(exc), exc.exit_code, verbose)
     except Exception as exc:  # a bug: still one line unless asked for more
         _fail(f"{type(exc).__name__}: {exc} (run with --verbose for the traceback)", 1, verbose)
-    sys.exit(0)
 
 
 def _fail(message: str, code: int, verbose: bool) -> None:
