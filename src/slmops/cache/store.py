@@ -24,6 +24,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from slmops import settings
 from slmops.cache.inference_model import FILENAME, InferenceModel
 from slmops.cache.onnx_info import OnnxInfo, read_onnx_info
@@ -516,20 +518,9 @@ def _clean_stale(folder: Path) -> None:
     """Delete staging and trash folders left by killed processes."""
     for child in folder.iterdir():
         match = re.match(rf"^(?:{re.escape(STAGING)}|{re.escape(TRASH)})(\d+)-", child.name)
-        if match and not _alive(int(match.group(1))):
+        if match and not psutil.pid_exists(int(match.group(1))):
             _delete(child)
 
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _inside(path: Path, root: Path, follow: bool = True) -> bool:

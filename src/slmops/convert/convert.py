@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+
 from slmops.cache.inference_model import Defaults, InferenceModel
 from slmops.convert import prompt_template
 from slmops.convert.options import PRECISIONS, QuantizationOptions
@@ -220,18 +222,9 @@ def _remove_stale_staging(output: Path) -> None:
     """Staging folders of conversions that were killed (their process is gone)."""
     for folder in output.parent.glob(_STAGING.format(name=output.name, pid="*")):
         pid = folder.name.rsplit(".partial-", 1)[-1].removesuffix("-old")
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextmanager

@@ -1,8 +1,8 @@
 """Talking to the running service from other commands (`slmops model load|unload|list`).
 
 The service writes where it listens to ``$SLMOPS_HOME/service/service.json`` while
-it runs; these functions read it, so they need no flags. Only the standard
-library is used: `slmops model list` must stay fast.
+it runs; these functions read it, so they need no flags. They use only the
+standard library and psutil: `slmops model list` must stay fast.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+
+import psutil
 
 from slmops import settings
 from slmops.errors import ServiceError
@@ -98,12 +100,5 @@ def _message(exc: urllib.error.HTTPError) -> str:
 
 
 def _alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    # pid 0 and negative pids name process groups, not a service
+    return isinstance(pid, int) and pid > 0 and psutil.pid_exists(pid)
