@@ -87,7 +87,7 @@ def sweep(source, precisions, int4_variants, list_variants, windows, suite, pick
 
     if list_variants:
         for variant in sweeps.INT4_VARIANTS.values():
-            click.echo(f"{variant.name:24} {variant.describe()}")
+            click.echo(f"{variant.name:28} {variant.describe()}")
         return
     result = sweeps.sweep(
         Path(source) if source else None,
