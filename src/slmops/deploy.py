@@ -270,23 +270,15 @@ def _refuse_existing(name: str, force: bool) -> None:
 
 def _work_folder() -> Path:
     """A private folder under SLMOPS_HOME/tmp; folders of deploys that died are removed first."""
+    import psutil
+
     root = settings.home() / "tmp"
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob("deploy-*"):
         pid = stale.name.split("-")[1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"deploy-{os.getpid()}-", dir=root))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def usage_lines(name: str) -> list[str]:
