@@ -74,7 +74,7 @@ def convert(
     output.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(output)
     staging = output.parent / _STAGING.format(name=output.name, pid=os.getpid())
-    with _interrupts_as_keyboard_interrupt(), Stages(log_level) as stages:
+    with _interrupts_as_keyboard_interrupt() as interrupts, Stages(log_level) as stages:
         try:
             staging.mkdir()
             report = _convert_in(src, staging, output, precision, name, quantization, stages, log_level)
@@ -82,6 +82,8 @@ def convert(
             report.peak_rss_mb = round(peak_rss_mb(), 1)
             report.stages = stages.durations()
             report.write(staging / "model")
+            if interrupts:
+                raise KeyboardInterrupt
             _move_into_place(staging / "model", output)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -229,16 +231,23 @@ def _remove_stale_staging(output: Path) -> None:
 
 @contextmanager
 def _interrupts_as_keyboard_interrupt():
-    """SIGTERM unwinds like Ctrl-C, so the staging folder is removed on the way out."""
+    """SIGTERM and SIGINT unwind like Ctrl-C, so the staging folder is removed on the way out.
+
+    Yields a list that records the signals received: library code that swallows the
+    KeyboardInterrupt cannot make an interrupted conversion look finished.
+    """
+    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
 
     def handler(signum, frame):
+        received.append(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old_handler in previous.items():
+            signal.signal(sig, old_handler)
