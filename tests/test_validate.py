@@ -1,6 +1,7 @@
 """`slmops validate`: the checklist on test-only model doubles built to pass or fail, and on SmolLM2."""
 
 import json
+import mmap
 from dataclasses import dataclass
 
 import pytest
@@ -52,7 +53,11 @@ class GoodDouble:
 
 
 class LeakyDouble(GoodDouble):
-    """Keeps 2 MB per call, the way a cache that never evicts would."""
+    """Keeps 2 MB per call, the way a cache that never evicts would.
+
+    The pages are mapped afresh, not taken from the heap: earlier tests in the same
+    process leave freed heap memory that would hide a small leak from RSS.
+    """
 
     name = "leaky-double"
 
@@ -60,7 +65,9 @@ class LeakyDouble(GoodDouble):
         self.kept = []
 
     def chat(self, messages, **options):
-        self.kept.append(bytes(range(256)) * 8192)
+        block = mmap.mmap(-1, 2 << 20)
+        block.write(bytes(range(256)) * 8192)
+        self.kept.append(block)
         return super().chat(messages, **options)
 
 
