@@ -62,9 +62,6 @@ def locate(name_or_path: str | Path) -> tuple[Path, InferenceModel | None]:
     return Path(cached.path), cached.inference_model
 
 
-_locate = locate  # the name the service imports
-
-
 class Model:
     """A model loaded on onnxruntime-genai, ready to chat and generate.
 

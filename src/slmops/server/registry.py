@@ -75,9 +75,9 @@ class Registry:
 
     def add_folder(self, folder: Path) -> str:
         """Serve a model folder outside the cache under its own name; returns the name."""
-        from slmops.runtime.model import _locate
+        from slmops.runtime.model import locate
 
-        path, info = _locate(Path(folder))
+        path, info = locate(Path(folder))
         name = info.Name if info else path.name
         self.folders[name.casefold()] = (name, path)
         return name
@@ -127,13 +127,13 @@ class Registry:
         return entry
 
     async def _load(self, name: str, folder: Path, ttl: float | None) -> Loaded:
-        from slmops.runtime.model import Model, _locate
+        from slmops.runtime.model import Model, locate
 
         size = _folder_size(folder)
         self._make_room(size, name)
         self.loading.add(name)
         try:
-            path, info = _locate(folder)
+            path, info = locate(folder)
             model = await asyncio.to_thread(Model.from_folder, path, info, self.config.threads)
         finally:
             self.loading.discard(name)
