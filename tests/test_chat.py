@@ -2,6 +2,7 @@
 
 import io
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,9 @@ def test_interactive_chat_in_a_terminal(smollm2_int4):
         child.sendline("Write a long story about a dragon who learns to bake bread.")
         child.expect("bake bread.\r\n")
         child.expect(r"\w+ \w+ \w+")
+        # The line can be echoed twice (by the terminal, then by readline), so the words above
+        # may still be the question: wait until the answer is surely streaming.
+        time.sleep(1.5)
         child.sendintr()
         child.expect(r"\[stopped\]")
         stopped_after = child.before
