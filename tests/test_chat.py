@@ -122,41 +122,6 @@ def test_interactive_loop_reads_until_ctrl_d_and_survives_ctrl_c_at_the_prompt()
 # ---- a person at a terminal -------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_interactive_chat_in_a_terminal(smollm2_int4):
-    pexpect = pytest.importorskip("pexpect")
-    slmops = str(Path(sys.executable).with_name("slmops"))
-    child = pexpect.spawn(slmops, ["model", "run", str(smollm2_int4), "--max-tokens", "300", "--temperature", "0"],
-                          encoding="utf-8", timeout=120, dimensions=(40, 200))
-    try:
-        child.expect("Chatting with")
-        child.expect(">>> ")
-        child.sendline("What is the capital of France? Answer in one sentence.")
-        child.expect("Paris")
-        child.expect(">>> ")
-        # A long answer, stopped with Ctrl-C once its first words are out.
-        child.sendline("Write a long story about a dragon who learns to bake bread.")
-        child.expect("bake bread.\r\n")
-        child.expect(r"\w+ \w+ \w+")
-        child.sendintr()
-        child.expect(r"\[stopped\]")
-        stopped_after = child.before
-        child.expect(">>> ")
-        assert len(stopped_after.split()) < 250  # far short of the 300 tokens asked for
-        child.sendline("/help")
-        child.expect("/system TEXT")
-        child.expect(">>> ")
-        # The session goes on: the next question is answered.
-        child.sendline("What is the capital of Italy? Answer in one sentence.")
-        child.expect("Rom")
-        child.expect(">>> ")
-        child.sendeof()  # Ctrl-D leaves
-        child.expect(pexpect.EOF)
-    finally:
-        child.close(force=True)
-    assert child.exitstatus == 0
-
-
 def test_triple_quotes_send_several_lines_as_one_message():
     lines = iter(['"""first line', "second line", 'last"""', '"""one"""', EOFError])
 
