@@ -1,10 +1,7 @@
 """The interactive chat: its commands and history with a fake model, then driven as a person would."""
 
 import io
-import sys
-from pathlib import Path
 
-import pytest
 
 from slmops.errors import ContextTooLong
 from slmops.runtime.chat import ChatSession, interactive
