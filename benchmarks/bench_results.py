@@ -50,7 +50,7 @@ def side_by_side(model: Path, gguf: Path, quick: bool) -> dict:
     spec = TargetSpec(model=str(model), raw=True, raw_threads=(THREADS, 0), threads=THREADS,
                       llama_cpp=str(gguf) if have_llama else None)
     sweep = Sweep(prompt_lengths=(32, 128) if quick else (32, 128, 512, 1024, 2048),
-                  output_lengths=(32,) if quick else (64,), reps=2, warmup=1)
+                  output_lengths=(32,) if quick else (64,), reps=2 if quick else None, warmup=1)
     return benchmark(spec, sweep, refresh_bandwidth=True, on_case=_progress).to_dict()
 
 
@@ -65,7 +65,7 @@ def through_serve(model: Path, quick: bool) -> dict:
         _wait_ready(port, process)
         spec = TargetSpec(url=f"http://127.0.0.1:{port}", endpoint="completions", pid=process.pid)
         sweep = Sweep(prompt_lengths=(128,), output_lengths=(32,),
-                      concurrency=(1, 2, 4) if quick else (1, 2, 4, 8, 16), reps=1, warmup=1)
+                      concurrency=(1, 2, 4) if quick else (1, 2, 4, 8, 16), reps=1 if quick else 3, warmup=1)
         document = benchmark(spec, sweep, on_case=_progress).to_dict()
     finally:
         process.terminate()

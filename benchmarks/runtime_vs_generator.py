@@ -12,7 +12,7 @@ MODEL is a cached model name or a model folder. Configurations measured:
 - ``slmops-tN``: the same with N threads, to separate the runtime's own cost from
   its choice of thread count.
 
-Every round runs every configuration once, in a rotated order, so that load from
+Every round runs every configuration once, in a shuffled order, so that load from
 other processes hits all of them alike. All get the same prompt token ids (the chat
 prompt slmops renders) and greedy search, so all generate the same tokens. The bare
 loop decodes text through a tokenizer stream, as any application must.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -107,7 +108,9 @@ def measure(args) -> dict:
         runners[name]()
     samples = {name: [] for name in names}
     for round_index in range(args.rounds):
-        order = names[round_index % len(names):] + names[: round_index % len(names)]
+        # A fresh random order each round: no configuration always runs right after the same
+        # other one, whose thread pool may still be spinning down.
+        order = random.Random(round_index).sample(names, len(names))
         for name in order:
             samples[name].append(runners[name]())
             print(f"round {round_index + 1} {name:13} ttft {samples[name][-1][0] * 1000:7.1f} ms  "

@@ -139,14 +139,19 @@ def _load(target: Target, bandwidth_gb_s: float | None) -> dict:
 
 
 def _clip(sweep: Sweep, targets: list[Target]) -> Sweep:
-    """Drop prompt lengths that do not fit in the smallest context with the longest output."""
+    """Clip prompt lengths to what the smallest context holds beside the longest output.
+
+    A length beyond it is measured at the longest prompt that fits, so the longest
+    case a model can serve is always part of the sweep.
+    """
     contexts = [t.context_length for t in targets if t.context_length]
     if not contexts:
         return sweep
     room = min(contexts) - max(sweep.output_lengths)
-    kept = tuple(n for n in sweep.prompt_lengths if n <= room)
-    if not kept:
-        raise UsageError(f"No prompt length fits in a context of {min(contexts)} tokens; use shorter --prompt-lengths.")
+    if room < 1:
+        raise UsageError(f"An output of {max(sweep.output_lengths)} tokens leaves no room for a prompt in a context of "
+                         f"{min(contexts)} tokens; use shorter --output-lengths.")
+    kept = tuple(dict.fromkeys(min(n, room) for n in sweep.prompt_lengths))
     return dataclasses.replace(sweep, prompt_lengths=kept)
 
 
