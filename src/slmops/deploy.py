@@ -22,9 +22,9 @@ from slmops import settings
 from slmops.errors import SlmopsError, UsageError
 
 # The INT4 variant (see slmops.evaluate.variants) closest to FP32 in `slmops sweep` on
-# SmolLM2-135M-Instruct (docs/quality.md): onnxruntime's HQQ on the FP32 export, blocks
-# of 32, lm_head left on the embedding's fp32 weights (ΔPPL -0.1%, mean KLD < 0.001;
-# the builder's best, k_quant_mixed block 16: +7.1%, 0.158).
+# SmolLM2-135M-Instruct (docs/quality.md): `slmops convert --algo hqq --lm-head-precision fp32`,
+# onnxruntime's HQQ on the FP32 graph, blocks of 32, lm_head left on the embedding's fp32
+# weights (ΔPPL -0.1%, mean KLD < 0.001; the builder's best, k_quant_mixed block 16: +7.1%, 0.158).
 BEST_INT4 = "int4-hqq-b32-lm_head-fp32"
 REFERENCE = "reference-fp32"
 DEPLOY_WINDOWS = 4
@@ -107,7 +107,7 @@ def _deploy_in(work, source, name, precision, quantization, windows, max_ppl_inc
     result = DeployResult(name, precision, dict(variant.quantization), variant=variant.name)
     model_dir = work / name
     with _step(result, f"convert to {variant.describe()}", echo):
-        if variant.post:
+        if variant.post_build:  # its FP32 graph is the eval's reference too: built once
             _convert(source, work / REFERENCE, "fp32", REFERENCE, None)
         build(variant, source, model_dir, work / REFERENCE)
     if not skip_eval and precision != "fp32":
@@ -186,11 +186,11 @@ def _validate(result: DeployResult, model_dir: Path, suite, min_pass: float, soa
 
 def _auto_precision(work, source, windows, suite, max_ppl_increase, min_pass, echo) -> tuple[str, dict | None]:
     from slmops.evaluate.sweep import sweep
-    from slmops.evaluate.variants import INT4_VARIANTS
+    from slmops.evaluate.variants import DEFAULT_INT4_SET, INT4_VARIANTS
 
     echo("Sweeping precisions to pick one (this converts the model several times)...")
     found = sweep(source, work / "sweep", precisions=["int4", "int8", "fp16", "fp32"],
-                  int4_variants=tuple(INT4_VARIANTS), windows=windows, suite=suite,
+                  int4_variants=DEFAULT_INT4_SET, windows=windows, suite=suite,
                   max_ppl_increase=max_ppl_increase or 5.0, min_pass=min_pass, keep_models=False, echo=echo)
     echo(found.pick_reason)
     if found.pick is None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from slmops.convert.options import ALGOS, BLOCK_SIZES, PRECISIONS
+from slmops.convert.options import ALGOS, BLOCK_SIZES, LM_HEAD, PRECISIONS
 
 _LOG_LEVEL_HELP = "0 silent, 1 progress bars, 2 also stage timings, 3-4 the model builder's own output."
 
@@ -21,8 +21,12 @@ _LOG_LEVEL_HELP = "0 silent, 1 progress bars, 2 also stage timings, 3-4 the mode
               help="Weights per int4/int8 quantization block.")
 @click.option("--symmetric/--asymmetric", default=True, show_default=True, help="Signed symmetric or unsigned asymmetric int4/int8.")
 @click.option("--accuracy-level", type=click.IntRange(0, 4), help="Activation precision in quantized MatMuls: 1 fp32, 2 fp16, 3 bf16, 4 int8.")
-@click.option("--algo", type=click.Choice(ALGOS), default="default", show_default=True, help="Quantization algorithm.")
-@click.option("--lm-head-precision", type=click.Choice(["int4", "int8"]), help="Quantize the LM head (last MatMul) to this instead.")
+@click.option("--algo", type=click.Choice(ALGOS), default="default", show_default=True,
+              help="Quantization algorithm: the builder's (default, rtn, k_quant...) or, int4 only, onnxruntime's hqq "
+                   "(no calibration) or gptq (calibrated on shipped text) applied to the FP32 graph.")
+@click.option("--lm-head-precision", type=click.Choice(["int4", "int8", "fp32"]),
+              help="Quantize the LM head (last MatMul) to this instead; fp32 leaves it unquantized (free when it is "
+                   "the tied embedding).")
 @click.option("--mixed-precision", help="Builder matmul_mixed_precision, e.g. 'last_matmul:int8,mixed_layers:int8'.")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--log-level", "--log_level", "log_level", type=click.IntRange(0, 4), default=1, show_default=True, help=_LOG_LEVEL_HELP)
@@ -33,9 +37,11 @@ def convert(source, output, precision, name, base, block_size, symmetric, accura
     from slmops.convert import QuantizationOptions
     from slmops.convert import convert as convert_model
 
-    mixed = ",".join(part for part in (f"last_matmul:{lm_head_precision}" if lm_head_precision else "", mixed_precision or "") if part)
+    lm_head = f"last_matmul:{lm_head_precision}" if lm_head_precision in ("int4", "int8") else ""
+    mixed = ",".join(part for part in (lm_head, mixed_precision or "") if part)
     quantization = _quantization(QuantizationOptions, block_size=int(block_size), is_symmetric=symmetric,
-                                 accuracy_level=accuracy_level, algo=algo, matmul_mixed_precision=mixed or None)
+                                 accuracy_level=accuracy_level, algo=algo, matmul_mixed_precision=mixed or None,
+                                 nodes_to_exclude=[LM_HEAD] if lm_head_precision == "fp32" else [])
     report = convert_model(source, output, precision=precision, name=name, base=base, quantization=quantization,
                            force=force, log_level=log_level)
     _summary(report)

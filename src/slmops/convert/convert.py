@@ -21,7 +21,7 @@ import psutil
 
 from slmops.cache.inference_model import Defaults, InferenceModel
 from slmops.convert import prompt_template
-from slmops.convert.options import PRECISIONS, QuantizationOptions
+from slmops.convert.options import POST_BUILD_ALGOS, PRECISIONS, QuantizationOptions
 from slmops.convert.progress import Stages
 from slmops.convert.report import ConversionReport, library_versions, peak_rss_mb
 from slmops.convert.sources import Source, inspect_source, size_of, source_hash
@@ -68,6 +68,7 @@ def convert(
     if precision not in PRECISIONS:
         raise UsageError(f"precision '{precision}' is not supported; choose one of {', '.join(PRECISIONS)}.")
     quantization = quantization or QuantizationOptions()
+    _check_quantization(quantization, precision)
     output = Path(output).expanduser().absolute()
     src = inspect_source(source, base)
     _check_output(output, force)
@@ -100,7 +101,7 @@ def _convert_in(src: Source, staging: Path, output: Path, precision, name, quant
         hf_dir, config = _hf_folder(src, staging)
     report = _new_report(src, output, name, precision, quantization, quantization.builder_options(precision, config))
     stages.expect_layers(int(config.get("num_hidden_layers", 0)))
-    _build(hf_dir, staging, precision, report, stages, log_level)
+    _build(hf_dir, staging, precision, report, stages, log_level, quantization)
     with stages.stage("write metadata"):
         _write_inference_model(hf_dir, model_dir, report.name, src, precision, report.notes)
     report.output_bytes = size_of(model_dir)
@@ -128,20 +129,37 @@ def _new_report(src: Source, output: Path, name, precision: str, quantization, o
     return report
 
 
-def _build(hf_dir: Path, staging: Path, precision: str, report: ConversionReport, stages, log_level: int) -> None:
+def _build(hf_dir: Path, staging: Path, precision: str, report: ConversionReport, stages, log_level: int,
+           quantization: QuantizationOptions) -> None:
     from slmops.convert.build import run_builder
 
     model_dir = staging / "model"
-    # The builder's fp16/bf16 graphs do not run on the CPU provider: build fp32, then halve the weights.
-    graph_precision = "fp32" if precision in ("fp16", "bf16") else precision
+    # The builder's fp16/bf16 graphs do not run on the CPU provider, and it has no HQQ or GPTQ:
+    # build fp32, then halve the weights or quantize the MatMuls.
+    post_build = quantization.post_build(precision)
+    graph_precision = "fp32" if precision in ("fp16", "bf16") or post_build else precision
     run_builder(hf_dir, model_dir, graph_precision, report.builder_options, staging / "builder-cache",
                 staging / "build.log", stages.on_builder_line, log_level)
-    if graph_precision != precision:
+    if post_build:
+        from slmops.convert.weight_only import note, quantize_graph
+
+        with stages.stage(f"quantize ({quantization.algo})"):
+            quantize_graph(model_dir, quantization)
+        report.notes.append(note(quantization))
+    elif graph_precision != precision:
         from slmops.convert.float_storage import store_weights_as
 
         with stages.stage(f"store {precision}"):
             store_weights_as(model_dir, precision)
         report.notes.append(f"{precision} weights with fp32 compute: onnxruntime's CPU provider has no {precision} kernels")
+
+
+def _check_quantization(quantization: QuantizationOptions, precision: str) -> None:
+    if quantization.algo in POST_BUILD_ALGOS and precision == "int8":
+        raise UsageError(f"--algo {quantization.algo} quantizes to int4 only; use --precision int4, or another --algo for int8.")
+    if quantization.post_build(precision) and quantization.matmul_mixed_precision:
+        raise UsageError(f"--algo {quantization.algo} has no mixed precision; leave the LM head unquantized with "
+                         "--lm-head-precision fp32 instead.")
 
 
 def _hf_folder(src: Source, staging: Path) -> tuple[Path, dict]:

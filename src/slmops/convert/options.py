@@ -8,7 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PRECISIONS = ("int4", "int8", "fp16", "bf16", "fp32")
 Precision = Literal["int4", "int8", "fp16", "bf16", "fp32"]
-ALGOS = ("default", "rtn", "k_quant", "k_quant_mixed", "k_quant_last", "rtn_last")
+ALGOS = ("default", "rtn", "k_quant", "k_quant_mixed", "k_quant_last", "rtn_last", "hqq", "gptq")
+POST_BUILD_ALGOS = ("hqq", "gptq")  # onnxruntime quantizers run on the FP32 graph (convert/weight_only.py)
+LM_HEAD = "/lm_head/MatMul"  # the builder's name for the last MatMul
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 
@@ -22,8 +24,12 @@ class QuantizationOptions(BaseModel):
     accuracy_level: int | None = Field(
         None, ge=0, le=4, description="Minimum precision of the activations in quantized MatMuls: 1 fp32, 2 fp16, 3 bf16, 4 int8."
     )
-    algo: Literal["default", "rtn", "k_quant", "k_quant_mixed", "k_quant_last", "rtn_last"] = Field(
-        "default", description="Quantization algorithm: rtn (round to nearest) or k_quant, optionally mixed."
+    algo: Literal["default", "rtn", "k_quant", "k_quant_mixed", "k_quant_last", "rtn_last", "hqq", "gptq"] = Field(
+        "default", description="Quantization algorithm: the builder's rtn (round to nearest) or k_quant, optionally mixed; "
+        "or, int4 only, onnxruntime's hqq (no calibration) or gptq (calibrated on shipped text) on the FP32 graph."
+    )
+    nodes_to_exclude: list[str] = Field(
+        default_factory=list, description=f"MatMul nodes left unquantized, e.g. {LM_HEAD} (the LM head)."
     )
     matmul_mixed_precision: str | None = Field(
         None, description="Groups kept at another bit width, e.g. 'last_matmul:int8,mixed_layers:int8'."
@@ -49,9 +55,13 @@ class QuantizationOptions(BaseModel):
                 )
         return value
 
+    def post_build(self, precision: str) -> bool:
+        """Whether the builder makes an FP32 graph that slmops then quantizes (hqq, gptq)."""
+        return precision == "int4" and self.algo in POST_BUILD_ALGOS
+
     def builder_options(self, precision: str, config: dict) -> dict[str, str]:
         """The builder's extra_options for these settings and this model's config.json."""
-        options = self._quantization_options(precision)
+        options = {} if self.post_build(precision) else self._quantization_options(precision)
         tied = bool(config.get("tie_word_embeddings", True))  # transformers' default when unset
         if tied and "is_symmetric" in options and (not self.is_symmetric or self._lm_head_differs()):
             # A shared embedding is only built right when it has the body's symmetric int type:
@@ -74,7 +84,10 @@ class QuantizationOptions(BaseModel):
             options["algo_config"] = self.algo
         if self.matmul_mixed_precision:
             options["matmul_mixed_precision"] = self.matmul_mixed_precision
+        if self.nodes_to_exclude:
+            options["nodes_to_exclude"] = ",".join(self.nodes_to_exclude)
         return options
 
     def _lm_head_differs(self) -> bool:
-        return self.algo.endswith(("_last", "_mixed")) or "last_matmul" in (self.matmul_mixed_precision or "")
+        return (self.algo.endswith(("_last", "_mixed")) or "last_matmul" in (self.matmul_mixed_precision or "")
+                or LM_HEAD in self.nodes_to_exclude)

@@ -1,16 +1,17 @@
 """The conversions a sweep tries: precisions, and for INT4 a set of quantization settings.
 
-Most INT4 variants are builder settings (``QuantizationOptions``). ``hqq`` instead
-quantizes the FP32 export afterwards with onnxruntime's HQQ weight-only quantizer,
-which needs no calibration data and runs on a CPU.
+Every variant is a set of ``QuantizationOptions``, the settings of `slmops convert`.
+The ``hqq`` and ``gptq`` ones quantize the FP32 graph after the build; the sweep and
+deploy already have the FP32 export (their reference), so they quantize it directly
+instead of building it again (:func:`slmops.convert.weight_only.quantize_export`).
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slmops.convert.options import LM_HEAD
 from slmops.errors import UsageError
 
 
@@ -21,12 +22,22 @@ class Variant:
     name: str
     precision: str
     quantization: dict = field(default_factory=dict)
-    post: str | None = None  # "hqq": quantize the fp32 export afterwards
+
+    @property
+    def post_build(self) -> bool:
+        """Quantized from the FP32 export (hqq, gptq) rather than by the builder."""
+        return self.precision == "int4" and self.quantization.get("algo") in ("hqq", "gptq")
+
+    def options(self):
+        from slmops.convert import QuantizationOptions
+
+        return QuantizationOptions(**self.quantization) if self.quantization else None
 
     def describe(self) -> str:
-        settings = ", ".join(f"{key}={value}" for key, value in self.quantization.items())
-        if self.post:
-            settings = f"onnxruntime {self.post.upper()} on the FP32 export" + (f", {settings}" if settings else "")
+        settings = ", ".join(f"{key}={','.join(value) if isinstance(value, list) else value}"
+                             for key, value in self.quantization.items())
+        if self.post_build:
+            settings = f"onnxruntime {self.quantization['algo'].upper()} on the FP32 graph, {settings}"
         return f"{self.precision}" + (f" ({settings})" if settings else " (builder defaults)")
 
 
@@ -40,12 +51,16 @@ INT4_VARIANTS = {
         Variant("int4-rtn-mixed-b16", "int4", {"algo": "rtn", "block_size": 16,
                                                "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"}),
         Variant("int4-k_quant_mixed-b16-acc1", "int4", {"algo": "k_quant_mixed", "block_size": 16, "accuracy_level": 1}),
-        Variant("int4-hqq-b32", "int4", {"block_size": 32}, post="hqq"),
-        # The FP32 export's lm_head reads the embedding's weights: kept, it costs no bytes.
-        Variant("int4-hqq-b32-lm_head-fp32", "int4", {"block_size": 32, "exclude": "/lm_head/MatMul"}, post="hqq"),
+        Variant("int4-hqq-b32", "int4", {"algo": "hqq", "block_size": 32}),
+        # With tied embeddings the FP32 graph's lm_head reads the embedding's weights: kept, it costs no bytes.
+        Variant("int4-hqq-b32-lm_head-fp32", "int4", {"algo": "hqq", "block_size": 32, "nodes_to_exclude": [LM_HEAD]}),
+        Variant("int4-gptq-b32-lm_head-fp32", "int4", {"algo": "gptq", "block_size": 32, "is_symmetric": False,
+                                                       "nodes_to_exclude": [LM_HEAD]}),
     )
 }
-DEFAULT_INT4_SET = tuple(INT4_VARIANTS)
+# GPTQ runs the whole FP32 graph once per distinct MatMul input and calibration window
+# (~120 x 4 passes on SmolLM2): tried only when named.
+DEFAULT_INT4_SET = tuple(name for name in INT4_VARIANTS if "gptq" not in name)
 
 
 def parse_variants(spec: str) -> tuple[str, ...]:
@@ -62,52 +77,12 @@ def parse_variants(spec: str) -> tuple[str, ...]:
 
 
 def build(variant: Variant, source: Path | None, output: Path, fp32_folder: Path | None = None, name: str | None = None) -> Path:
-    """Convert ``source`` as ``variant`` into ``output``; HQQ variants start from ``fp32_folder``."""
-    from slmops.convert import QuantizationOptions, convert
+    """Convert ``source`` as ``variant`` into ``output``; HQQ and GPTQ start from ``fp32_folder`` when given."""
+    from slmops.convert import convert
+    from slmops.convert.weight_only import quantize_export
 
-    if variant.post == "hqq":
-        if fp32_folder is None:
-            raise UsageError("The HQQ variant needs the FP32 export; include fp32 in --precisions.")
-        exclude = [name for name in variant.quantization.get("exclude", "").split(",") if name]
-        return quantize_hqq(fp32_folder, output, int(variant.quantization.get("block_size", 32)), exclude, name)
-    options = QuantizationOptions(**variant.quantization) if variant.quantization else None
-    convert(source, output, precision=variant.precision, name=name or output.name, quantization=options, force=True, log_level=0)
+    if variant.post_build and fp32_folder is not None:
+        return quantize_export(fp32_folder, output, variant.options(), name)
+    convert(source, output, precision=variant.precision, name=name or output.name, quantization=variant.options(),
+            force=True, log_level=0)
     return output
-
-
-def quantize_hqq(fp32_folder: Path, output: Path, block_size: int, exclude: list[str] = (), name: str | None = None) -> Path:
-    """INT4 MatMuls by HQQ (half-quadratic quantization), but ``exclude``; embeddings stay as they are."""
-    import json
-    import logging
-
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-    staging = output.with_name(f".{output.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for item in fp32_folder.iterdir():
-        if item.is_file() and not item.name.startswith("model.onnx"):
-            shutil.copy2(item, staging / item.name)
-    # Its INFO log names every node of the graph.
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_folder / "model.onnx")), nodes_to_exclude=list(exclude),
-                                     algo_config=HQQWeightOnlyQuantConfig(block_size=block_size, bits=4))
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(staging / "model.onnx"), use_external_data_format=True)
-    report = staging / "conversion.json"
-    if report.exists():
-        data = json.loads(report.read_text(encoding="utf-8"))
-        data.update(precision="int4", quantization={"algo": "hqq", "block_size": block_size, "excluded": list(exclude)})
-        report.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    _rename_model(staging, name or output.name)
-    shutil.rmtree(output, ignore_errors=True)
-    staging.rename(output)
-    return output
-
-
-def _rename_model(folder: Path, name: str) -> None:
-    from slmops.cache.inference_model import FILENAME, InferenceModel
-
-    if (folder / FILENAME).exists():
-        InferenceModel.read(folder).model_copy(update={"Name": name}).write(folder)

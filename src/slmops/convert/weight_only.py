@@ -1,0 +1,158 @@
+"""INT4 quantizers the model builder does not have, applied to the FP32 graph it built.
+
+``hqq`` (half-quadratic quantization) fits each block's scale and zero point to the
+weights alone: no calibration data, minutes at most on a CPU. ``gptq`` corrects the
+rounding of each weight column with the activations of calibration text; slmops takes
+that text from the tail of its shipped eval text, so `slmops eval` (which scores the
+head) never measures a model on the tokens it was calibrated on.
+
+Both are onnxruntime's own quantizers; they load the whole FP32 graph in memory
+(4 bytes a parameter).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from slmops.convert.options import QuantizationOptions
+
+POST_ALGOS = ("hqq", "gptq")
+CALIBRATION_WINDOWS = 4
+CALIBRATION_TOKENS = 128
+GPTQ_BLOCK = 128  # columns updated per step of GPTQ's error correction (not the quantization block)
+
+
+def quantize_graph(model_dir: Path, options: QuantizationOptions) -> None:
+    """Replace model.onnx(+data) in ``model_dir`` (an FP32 export) by its INT4 version."""
+    import onnx
+
+    path = Path(model_dir) / "model.onnx"
+    # The quantizer logs a line per node at INFO.
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+    quantizer = _quantizer_class()(
+        onnx.load(str(path)), block_size=options.block_size, is_symmetric=options.is_symmetric,
+        accuracy_level=options.accuracy_level, nodes_to_exclude=list(options.nodes_to_exclude),
+        algo_config=_algo_config(options, model_dir),
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # GPTQ draws a progress bar of its own
+        quantizer.process()
+    for stale in Path(model_dir).glob("model.onnx*"):
+        stale.unlink()
+    quantizer.model.save_model_to_file(str(path), use_external_data_format=True)
+
+
+def _quantizer_class():
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    class Quantizer(MatMulNBitsQuantizer):
+        """onnxruntime's quantizer, with nodes_to_exclude honoured by GPTQ too (it reads only its node config)."""
+
+        def _generate_q4_node_config(self):
+            config = super()._generate_q4_node_config()
+            config.update({name: "fp32" for name in self.nodes_to_exclude if name in config})
+            return config
+
+    return Quantizer
+
+
+def _algo_config(options: QuantizationOptions, model_dir: Path):
+    from onnxruntime.quantization.matmul_nbits_quantizer import GPTQWeightOnlyQuantConfig, HQQWeightOnlyQuantConfig
+
+    if options.algo == "hqq":
+        return HQQWeightOnlyQuantConfig(block_size=options.block_size, bits=4)
+    if options.algo == "gptq":
+        return GPTQWeightOnlyQuantConfig(calibration_data_reader=CalibrationWindows(model_dir), block_size=GPTQ_BLOCK)
+    raise ValueError(f"{options.algo} is a builder algorithm, not a post-build quantizer")
+
+
+class CalibrationWindows:
+    """Prompts of the shipped eval text's last tokens, as inputs of the FP32 graph (no KV cache yet).
+
+    onnxruntime copies the reader and iterates over it, so it is a plain re-iterable list.
+    """
+
+    def __init__(self, model_dir: Path, windows: int = CALIBRATION_WINDOWS, tokens: int = CALIBRATION_TOKENS):
+        self.items = [self._inputs(model_dir, window) for window in calibration_windows(model_dir, windows, tokens)]
+
+    @staticmethod
+    def _inputs(model_dir: Path, ids: np.ndarray) -> dict:
+        import onnx
+
+        graph = onnx.load(str(Path(model_dir) / "model.onnx"), load_external_data=False).graph
+        decoder = json.loads((Path(model_dir) / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"]
+        empty_cache = np.zeros((1, decoder["num_key_value_heads"], 0, decoder["head_size"]), dtype=np.float32)
+        batch = ids[None, :].astype(np.int64)
+        feeds = {"input_ids": batch, "attention_mask": np.ones_like(batch)}
+        for item in graph.input:
+            if item.name.startswith("past_key_values"):
+                feeds[item.name] = empty_cache
+            elif item.name == "position_ids":
+                feeds[item.name] = np.arange(batch.shape[1], dtype=np.int64)[None, :]
+        return feeds
+
+    def get_next(self):
+        return None  # onnxruntime iterates with __iter__; get_next is its reader interface
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+def calibration_windows(model_dir: Path, windows: int, tokens: int) -> list[np.ndarray]:
+    """``windows`` runs of ``tokens`` token ids from the end of the shipped eval text."""
+    from importlib import resources
+
+    import onnxruntime_genai as og
+
+    text = (resources.files("slmops") / "data" / "eval-text.txt").read_text(encoding="utf-8")
+    ids = np.asarray(og.Tokenizer(og.Model(str(model_dir))).encode(text), dtype=np.int64)
+    return [ids[len(ids) - (k + 1) * tokens : len(ids) - k * tokens] for k in range(windows)]
+
+
+def quantize_export(fp32_folder: Path, output: Path, options: QuantizationOptions, name: str | None = None) -> Path:
+    """An INT4 model folder at ``output`` from an FP32 slmops export, without building again.
+
+    ``slmops convert --algo hqq|gptq`` builds the FP32 graph and quantizes it the same way;
+    this starts from an export that already exists (the reference of a sweep or a deploy).
+    """
+    staging = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(fp32_folder, staging)
+    try:
+        quantize_graph(staging, options)
+        _record(staging, options, name or output.name)
+        shutil.rmtree(output, ignore_errors=True)
+        staging.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output
+
+
+def _record(folder: Path, options: QuantizationOptions, name: str) -> None:
+    from slmops.cache.inference_model import FILENAME, InferenceModel
+    from slmops.convert.report import FILENAME as REPORT
+
+    if (folder / FILENAME).exists():
+        InferenceModel.read(folder).model_copy(update={"Name": name}).write(folder)
+    report = folder / REPORT
+    if report.exists():
+        data = json.loads(report.read_text(encoding="utf-8"))
+        data.update(name=name, precision="int4", quantization=options.model_dump(),
+                    output_bytes=sum(item.stat().st_size for item in folder.rglob("*") if item.is_file()))
+        data.setdefault("notes", []).append(note(options))
+        report.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def note(options: QuantizationOptions) -> str:
+    """What conversion.json says about a post-build quantization."""
+    how = {"hqq": "onnxruntime's HQQ (a zero point per block, whatever --symmetric says)",
+           "gptq": f"onnxruntime's GPTQ, calibrated on the last {CALIBRATION_WINDOWS} x {CALIBRATION_TOKENS} "
+                   "tokens of the shipped eval text"}[options.algo]
+    kept = f"; left unquantized: {', '.join(options.nodes_to_exclude)}" if options.nodes_to_exclude else ""
+    return f"int4 MatMuls quantized from the fp32 graph by {how}{kept}"
