@@ -150,7 +150,8 @@ def test_tool_modes_and_their_grammars():
         return tools.mode_for(ChatRequest(model="m", messages=[{"role": "user", "content": "x"}], **fields))
 
     assert mode(tools=[WEATHER], tool_choice="none") is None
-    assert mode(tools=[WEATHER]).guidance() is None  # auto: unconstrained
+    auto = mode(tools=[WEATHER]).guidance()  # auto: free text or a call, as a Lark grammar
+    assert auto[0] == "lark_grammar" and "%json" in auto[1] and '"city"' in auto[1]
     forced = mode(tools=[WEATHER, TIME], tool_choice={"type": "function", "function": {"name": "weather"}})
     assert forced.forced == "weather" and '"city"' in forced.guidance()[1]
     assert forced.calls('{"city": "Oslo"}')[0].function.arguments == '{"city": "Oslo"}'

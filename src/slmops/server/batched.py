@@ -5,17 +5,26 @@ needs paged attention, which its CPU models lack. The decoders it builds use
 GroupQueryAttention, which reads each row's own length from the attention mask,
 so rows of different lengths can share one step: each sequence owns a row of a
 KV cache shared between past and present (written in place through IO binding),
-a new request is prefilled into a free row between two steps, and a finished
-one gives its row back at once. Rows stay packed at the top so each step runs
-on exactly the live rows.
+and a finished one gives its row back at once. Rows stay packed at the top so
+each step runs on exactly the live rows.
 
-Requests that need a grammar (JSON, tools) run on onnxruntime-genai's own
-generator instead (see :mod:`slmops.server.scheduler`).
+A new request's prompt is prefilled between two decode steps, at most
+:data:`PREFILL_CHUNK` tokens at a time, first come first served: its first token
+waits for the prompts ahead of it, never for the running answers to finish, and
+the running answers keep getting a token after every chunk. Short prompts are
+prefilled together; a long one in chunks appended to its row.
+
+A sequence with a grammar (JSON, tools) carries an llguidance matcher
+(:mod:`slmops.server.guided`): its logits are masked before sampling, and it
+ends when the grammar is complete.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +33,12 @@ import numpy as np
 from slmops.runtime.generate import Response, StopText
 from slmops.runtime.options import GenerationOptions
 
+log = logging.getLogger("slmops.server")
 KV_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-PREFILL_BLOCK = 1024  # most padded prompt tokens prefilled in one call (rows x longest prompt)
+# Prompt tokens prefilled between two decode steps (rows x longest prompt when prompts go
+# together). Prefill runs at roughly a tenth of the speed of a decode step per token on a
+# CPU, so this bounds how long running answers pause for a newcomer.
+PREFILL_CHUNK = 256
 
 
 @dataclass(eq=False)
@@ -38,11 +51,14 @@ class Sequence:
     start: float
     tokens: list[int] = field(default_factory=list)
     row: int = -1
+    filled: int = 0  # prompt tokens already in the row's KV cache
     first: float = 0.0
     rng: np.random.Generator | None = None
     decoder: object = None  # the tokenizer's incremental decoder
     stop_text: StopText | None = None
     owner: object = None  # the scheduler's job this sequence answers
+    matcher: object = None  # an llguidance matcher when the answer follows a grammar
+    error: str | None = None  # why the sequence failed (its grammar broke)
 
     @property
     def length(self) -> int:
@@ -81,8 +97,14 @@ class BatchedDecoder:
         self.vocab = model.genai_config["model"]["vocab_size"]
         self.logits = np.zeros((rows, 1, self.vocab), np.float32)
         self.model, self.rows, self.max_length = model, rows, max_length
-        self.running: list[Sequence] = []
+        self.running: list[Sequence] = []  # decoding, in rows 0..len-1
+        self.pending: collections.deque[Sequence] = collections.deque()  # admitted, prompt not yet in
         self.bindings: dict[int, object] = {}
+        self.steps = 0  # decode steps run, for tests and metrics
+        self.masks: np.ndarray | None = None
+        # One thread fills grammar masks while onnxruntime computes logits (both leave the GIL).
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="slmops-grammar")
+        self._grammars = self.pool.submit(_grammars, model)
 
     @staticmethod
     def token_bytes(model) -> int:
@@ -103,64 +125,121 @@ class BatchedDecoder:
         return plain and decoder.get("filename", "").endswith(".onnx") and "sessions" not in decoder
 
     @property
+    def grammars(self):
+        """The model's :class:`~slmops.server.guided.Grammars`, or None when its tokenizer cannot guide."""
+        return self._grammars.result()
+
+    @property
     def free(self) -> int:
-        return self.rows - len(self.running)
+        return self.rows - len(self.running) - len(self.pending)
+
+    @property
+    def busy(self) -> int:
+        """Sequences holding a row: decoding or waiting for their prompt."""
+        return len(self.running) + len(self.pending)
 
     def fits(self, prompt_tokens: int, max_new: int) -> bool:
         return prompt_tokens + max_new <= self.max_length
 
+    def close(self) -> None:
+        """Let the grammar thread go (the model is unloaded)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
     # ---- admitting and leaving ------------------------------------------
 
-    def add(self, sequences: list[Sequence]) -> list[Response]:
-        """Prefill ``sequences`` into free rows; returns their first tokens, in order.
-
-        Prompts are prefilled together (right-padded) while the padded block stays
-        small: the logits of every prompt position are materialised.
-        """
-        responses, group = [], []
+    def add(self, sequences: list[Sequence]) -> None:
+        """Queue ``sequences`` for prefill, in order; :meth:`advance` brings them in."""
         for sequence in sequences:
-            longest = max([len(sequence.prompt), *(len(item.prompt) for item in group)])
-            if group and longest * (len(group) + 1) > PREFILL_BLOCK:
-                responses += self._prefill(group)
-                group = []
-            group.append(sequence)
-        return responses + (self._prefill(group) if group else [])
+            sequence.rng = np.random.default_rng(sequence.options.seed)
+            sequence.decoder = self.model.tokenizer.create_stream()
+            sequence.stop_text = StopText(sequence.options.stop)
+            self.pending.append(sequence)
 
-    def _prefill(self, group: list[Sequence]) -> list[Response]:
+    def cancel(self, sequence: Sequence) -> None:
+        """Drop ``sequence``, waiting or decoding."""
+        if sequence in self.pending:
+            self.pending.remove(sequence)  # a half-filled row above the running ones is simply reused
+        elif sequence in self.running:
+            self.remove(sequence)
+
+    def remove(self, sequence: Sequence) -> None:
+        """Free a running ``sequence``'s row: the last row moves into it so rows stay packed."""
+        last = self.running[-1]
+        if last is not sequence:
+            self._move(last, sequence.row, last.length)
+            self.running[sequence.row] = last
+        self.running.pop()
+
+    def _move(self, sequence: Sequence, row: int, length: int) -> None:
+        for buffer in self.cache:
+            buffer[row, :, :length] = buffer[sequence.row, :, :length]
+        sequence.row = row
+
+    # ---- one round ----------------------------------------------------------
+
+    def advance(self) -> list[tuple[Sequence, Response]]:
+        """Prefill up to :data:`PREFILL_CHUNK` waiting prompt tokens, then one decode step."""
+        return self.prefill() + self.step()
+
+    def prefill(self) -> list[tuple[Sequence, Response]]:
+        """The next piece of prefill work: whole short prompts together, or a chunk of a long one."""
+        if not self.pending:
+            return []
+        head = self.pending[0]
+        if head.filled or len(head.prompt) > PREFILL_CHUNK:
+            return self._prefill_chunk(head)
+        group = [head]
+        for sequence in list(self.pending)[1:]:
+            longest = max(len(sequence.prompt), *(len(item.prompt) for item in group))
+            if longest * (len(group) + 1) > PREFILL_CHUNK:
+                break
+            group.append(sequence)
+        for _ in group:
+            self.pending.popleft()
+        return self._prefill_group(group)
+
+    def _prefill_group(self, group: list[Sequence]) -> list[tuple[Sequence, Response]]:
         first = len(self.running)
         longest = max(len(sequence.prompt) for sequence in group)
         ids = np.zeros((len(group), longest), np.int64)
         mask = np.zeros_like(ids)
         for offset, sequence in enumerate(group):
-            sequence.row = first + offset
-            self.running.append(sequence)
-            sequence.rng = np.random.default_rng(sequence.options.seed)
-            sequence.decoder = self.model.tokenizer.create_stream()
-            sequence.stop_text = StopText(sequence.options.stop)
+            sequence.row, sequence.filled = first + offset, len(sequence.prompt)
             ids[offset, : len(sequence.prompt)] = sequence.prompt
             mask[offset, : len(sequence.prompt)] = 1
+        logits = self._run_prompt(ids, mask, first, group)
+        rows = [self._mask(sequence, logits[offset, len(sequence.prompt) - 1], sequence.row)
+                for offset, sequence in enumerate(group)]
+        self.running.extend(group)
+        return [(sequence, self._emit(sequence, row)) for sequence, row in zip(group, rows)]
+
+    def _prefill_chunk(self, sequence: Sequence) -> list[tuple[Sequence, Response]]:
+        # A long prompt fills a row above the running ones, a chunk per round; the decode
+        # steps in between never reach that row.
+        if not sequence.filled:
+            sequence.row = len(self.running)
+        end = min(len(sequence.prompt), sequence.filled + PREFILL_CHUNK)
+        ids = np.array([sequence.prompt[sequence.filled:end]], np.int64)
+        last = end == len(sequence.prompt)
+        logits = self._run_prompt(ids, np.ones((1, end), np.int64), sequence.row, [sequence] if last else [])
+        sequence.filled = end
+        if not last:
+            return []
+        row = self._mask(sequence, logits[0, -1], sequence.row)
+        self.pending.popleft()
+        if sequence.row != len(self.running):  # rows below it were freed meanwhile: keep rows packed
+            self._move(sequence, len(self.running), end)
+        self.running.append(sequence)
+        return [(sequence, self._emit(sequence, row))]
+
+    def _run_prompt(self, ids: np.ndarray, mask: np.ndarray, first: int, guided: list[Sequence]) -> np.ndarray:
         io = self.session.io_binding()
         io.bind_cpu_input(self.names["input_ids"], ids)
         io.bind_cpu_input(self.names["mask"], mask)
         io.bind_output(self.names["logits"], "cpu")
-        self._bind_cache(io, first, len(group))
-        self.session.run_with_iobinding(io)
-        logits = io.get_outputs()[0].numpy()
-        rows = [logits[offset, len(sequence.prompt) - 1] for offset, sequence in enumerate(group)]
-        return [self._emit(sequence, row) for sequence, row in zip(group, rows)]
-
-    def remove(self, sequence: Sequence) -> None:
-        """Free ``sequence``'s row: the last row moves into it so rows stay packed."""
-        last = self.running[-1]
-        if last is not sequence:
-            length = last.length
-            for buffer in self.cache:
-                buffer[sequence.row, :, :length] = buffer[last.row, :, :length]
-            self.running[sequence.row] = last
-            last.row = sequence.row
-        self.running.pop()
-
-    # ---- decoding ---------------------------------------------------------
+        self._bind_cache(io, first, len(ids))
+        self._run(io, guided)
+        return io.get_outputs()[0].numpy()
 
     def step(self) -> list[tuple[Sequence, Response]]:
         """One token for every running sequence (finished ones leave the batch)."""
@@ -173,11 +252,29 @@ class BatchedDecoder:
         io = self._binding(count)
         io.bind_cpu_input(self.names["input_ids"], tokens)
         io.bind_cpu_input(self.names["mask"], mask)
+        self._run(io, self.running)
+        self.steps += 1
+        # Rows move as sequences finish: pair each with its logits and mask by its row at this step.
+        rows = [self._mask(sequence, logits, index)
+                for index, (sequence, logits) in enumerate(zip(self.running, self.logits[:count, 0]))]
+        return [(sequence, self._emit(sequence, row)) for sequence, row in zip(list(self.running), rows)]
+
+    def _run(self, io, sequences: list[Sequence]) -> None:
+        """Run the model; the masks of the guided ``sequences`` are filled meanwhile."""
+        guided = [(sequence.matcher, sequence.row) for sequence in sequences if sequence.matcher is not None]
+        filling = None
+        if guided:
+            if self.masks is None:
+                self.masks = self.grammars.masks(self.rows)
+            filling = self.pool.submit(self.grammars.fill, guided, self.masks)
         self.session.run_with_iobinding(io)
-        results = []
-        for sequence, logits in zip(list(self.running), self.logits[:count, 0]):
-            results.append((sequence, self._emit(sequence, logits)))
-        return results
+        if filling is not None:
+            filling.result()
+
+    def _mask(self, sequence: Sequence, logits: np.ndarray, row: int) -> np.ndarray:
+        if sequence.matcher is None:
+            return logits
+        return self.grammars.apply(logits, self.masks[row])
 
     def _emit(self, sequence: Sequence, logits: np.ndarray) -> Response:
         token = _sample(logits, sequence)
@@ -194,11 +291,17 @@ class BatchedDecoder:
                         now - sequence.start, finish)
 
     def _finish(self, sequence: Sequence, token: int) -> tuple[str | None, str]:
-        if token in self.model.stop_token_ids:
+        if token in self.model.stop_token_ids:  # a grammar's mask lets it through only once complete
+            return "stop", ""
+        matcher = sequence.matcher
+        if matcher is not None and not matcher.consume_token(token):
+            sequence.error = f"the grammar broke: {matcher.get_error() or 'no token was allowed'}"
             return "stop", ""
         text, stopped = sequence.stop_text.feed(sequence.decoder.decode(token))
         if stopped:
             return "stop", text
+        if matcher is not None and matcher.is_stopped():  # complete, and nothing may follow
+            return "stop", text + sequence.stop_text.flush()
         if len(sequence.tokens) >= sequence.max_new or sequence.length >= self.max_length:
             return "length", text + sequence.stop_text.flush()
         return None, text
@@ -220,6 +323,17 @@ class BatchedDecoder:
             # The same memory as input and output: attention appends in place, nothing is copied.
             io.bind_input(past, "cpu", 0, view.dtype, list(view.shape), view.ctypes.data)
             io.bind_output(present, "cpu", 0, view.dtype, list(view.shape), view.ctypes.data)
+
+
+def _grammars(model):
+    """Grammars for ``model``, or None: its guided requests then run on onnxruntime-genai's guidance."""
+    from slmops.server.guided import Grammars
+
+    try:
+        return Grammars(model)
+    except Exception as exc:  # no tokenizer.json, a tokenizer llguidance does not read, no llguidance
+        log.warning("%s: grammars run outside the batch: %s", getattr(model, "name", "model"), exc)
+        return None
 
 
 def _names(decoder: dict) -> dict:

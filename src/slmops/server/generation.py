@@ -18,6 +18,7 @@ from slmops.server import tools
 from slmops.server.errors import APIError, from_slmops
 from slmops.server.protocol import DEFAULT_MAX_TOKENS, ChatRequest, Message, SamplingFields
 from slmops.server.batched import Sequence
+from slmops.server.guided import GrammarError
 from slmops.server.registry import Loaded
 from slmops.server.scheduler import DONE, Closed, Job, QueueFull
 
@@ -80,7 +81,7 @@ def history(messages: list[Message]) -> list[dict]:
 
 
 def start(loaded: Loaded, plan: Plan) -> Job:
-    """Queue the sequence on the model's scheduler: a batch row, or a generator when it needs a grammar.
+    """Queue the sequence on the model's scheduler: a batch row, or a generator when no row can hold it.
 
     Raises:
         APIError: 400 for invalid options, 429 when the queue is full, 503 while stopping.
@@ -109,10 +110,23 @@ def _job(loaded: Loaded, plan: Plan) -> Job:
                        "shorten it.", "prompt", "context_length_exceeded")
     options = model.options(**plan.options)
     max_new = min(options.max_tokens or DEFAULT_MAX_TOKENS, model.context_length - len(plan.ids))
-    if plan.guidance is None and decoder is not None and plan.ids and decoder.fits(len(plan.ids), max_new):
-        return Job(None, loop, sequence=Sequence(list(plan.ids), options, max_new, time.perf_counter()))
+    if decoder is not None and plan.ids and decoder.fits(len(plan.ids), max_new):
+        grammars = decoder.grammars if plan.guidance else None
+        if plan.guidance is None or grammars is not None:
+            matcher = _matcher(grammars, plan) if plan.guidance else None
+            sequence = Sequence(list(plan.ids), options, max_new, time.perf_counter(), matcher=matcher)
+            return Job(None, loop, sequence=sequence)
+    # What a row cannot hold runs alone, on the runtime's generator and its own guidance.
     stream = model.stream_generate(plan.ids, guidance=plan.guidance, **plan.options)
     return Job(stream, loop)
+
+
+def _matcher(grammars, plan: Plan):
+    try:
+        return grammars.matcher(plan.guidance)
+    except GrammarError as exc:
+        field = "tools" if plan.tool_mode is not None else "response_format"
+        raise APIError(400, f"{exc} Simplify the schema.", field, "invalid_parameter") from None
 
 
 async def responses(job: Job, strip_leading: bool = False) -> AsyncIterator[Response]:

@@ -1,12 +1,15 @@
 """Many requests, one loaded model: the continuous-batching scheduler.
 
-One thread per loaded model owns every inference call. Plain requests become rows
-of a :class:`~slmops.server.batched.BatchedDecoder`, where one step advances them
-all; a new request is prefilled into a free row between two steps, so its first
-token never waits for the running answers to finish. Requests with a grammar
-(JSON, tools) run on the runtime's own token stream (an onnxruntime-genai
-generator, which applies the grammar) and are stepped once per round beside the
-batch.
+One thread per loaded model owns every inference call. Requests become rows of a
+:class:`~slmops.server.batched.BatchedDecoder`, where one step advances them all;
+each round prefills the next piece of waiting prompts (first come, first served)
+and then runs one decode step, so a new request's first token waits for the
+prompts ahead of it, never for the running answers to finish. Requests with a
+grammar (JSON, tools) are rows too, with their tokens masked by llguidance.
+Only what the batch cannot hold (a prompt plus max_tokens beyond a row, or a
+model the batch cannot run) goes to the runtime's own token stream (an
+onnxruntime-genai generator, with its guidance), stepped once per round beside
+the batch.
 
 Why not ``og.Engine``: on CPU models (no paged attention) onnxruntime-genai 0.18
 only offers its static Engine, which makes a new request wait until the running
@@ -84,7 +87,7 @@ class Scheduler:
 
     @property
     def active(self) -> int:
-        return len(self.running) + (len(self.decoder.running) if self.decoder else 0)
+        return len(self.running) + (self.decoder.busy if self.decoder else 0)
 
     @property
     def queued(self) -> int:
@@ -118,11 +121,16 @@ class Scheduler:
         """Stop taking jobs; cancel (or finish) those in flight, then end the thread."""
         with self.wake:
             self.closed = True
-            rows = [row.owner for row in self.decoder.running] if self.decoder else []
+            rows = [row.owner for row in self._rows()]
             for job in [*self.running, *rows, *self.waiting] if cancel else []:
                 job.cancel()
             self.wake.notify()
         self.thread.join(timeout)
+        if self.decoder is not None:
+            self.decoder.close()
+
+    def _rows(self) -> list:
+        return [*self.decoder.running, *self.decoder.pending] if self.decoder else []
 
     def _loop(self) -> None:
         while True:
@@ -154,30 +162,31 @@ class Scheduler:
         return joining
 
     def _run_batch(self, joining: list[Job]) -> None:
-        """Prefill the new rows, then advance every row by one token."""
+        """Queue the new rows, then one round: the next piece of prefill and one decode step."""
         if self.decoder is None:
             return
         try:
-            for sequence in [row for row in self.decoder.running if row.owner.cancelled]:
-                self.decoder.remove(sequence)
+            for sequence in [row for row in self._rows() if row.owner.cancelled]:
+                self.decoder.cancel(sequence)
                 sequence.owner._put(DONE)
             for job in joining:
                 job.sequence.owner = job
                 if job.cancelled:
                     job._put(DONE)
-            live = [job.sequence for job in joining if not job.cancelled]
-            for sequence, response in zip(live, self.decoder.add(live) if live else []):
-                self._deliver(sequence.owner, response)
-            for sequence, response in self.decoder.step():
+            self.decoder.add([job.sequence for job in joining if not job.cancelled])
+            for sequence, response in self.decoder.advance():
                 self._deliver(sequence.owner, response)
         except Exception as exc:  # the batch is broken: fail its requests, keep serving the others
-            failed = [row.owner for row in self.decoder.running] + [job for job in joining if job.sequence.row < 0]
+            failed = [row.owner for row in self._rows()]
             self.decoder.running.clear()
+            self.decoder.pending.clear()
             for job in failed:
                 job.error = exc
                 job._put(DONE)
 
     def _deliver(self, job: Job, response: Response) -> None:
+        if job.sequence is not None and job.sequence.error:
+            job.error = RuntimeError(job.sequence.error)
         if self.observer is not None:
             self.observer(job, response)
         job._put(response)

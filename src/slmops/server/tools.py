@@ -1,9 +1,11 @@
-"""JSON answers and tool calls, constrained at decode time by onnxruntime-genai's guidance.
+"""JSON answers and tool calls, constrained at decode time by llguidance grammars.
 
 ``response_format`` json_object / json_schema and a forced tool call become a JSON
 Schema grammar that masks every token that would break it, so the answer parses
-and matches the schema without retries. With ``tool_choice`` "auto" the model is
-free: an answer that is a tool call in the prompt's format is returned as one.
+and matches the schema without retries. With ``tool_choice`` "auto" the grammar
+has two branches: free text that does not open with ``{``, or a call in the
+prompt's format whose name and arguments follow the tools' schemas; the model
+picks the branch with its first token.
 """
 
 from __future__ import annotations
@@ -37,15 +39,15 @@ class ToolMode:
             return self.tools[0].function.name
         return None
 
-    def guidance(self) -> tuple[str, str] | None:
-        if self.choice == "auto":
-            return None
+    def guidance(self) -> tuple[str, str]:
         if self.forced:
             # The name is known: the model writes only the arguments, which stream as they come.
             return grammar(self._function(self.forced).parameters)
         calls = [{"type": "object", "properties": {"name": {"const": tool.function.name},
                                                    "arguments": tool.function.parameters},
                   "required": ["name", "arguments"], "additionalProperties": False} for tool in self.tools]
+        if self.choice == "auto":
+            return "lark_grammar", text_or(grammar({"anyOf": calls})[1])
         return grammar({"anyOf": calls})
 
     def _function(self, name: str):
@@ -117,6 +119,17 @@ def grammar(schema: dict) -> tuple[str, str]:
     """
     layout = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
     return "json_schema", json.dumps({"x-guidance": layout, **schema})
+
+
+def text_or(schema: str) -> str:
+    """A Lark grammar: an answer in plain words, or (after optional blanks) JSON matching ``schema``.
+
+    The plain answer cannot open with ``{``, so whatever starts like a call is one,
+    and is complete and valid by the time the grammar lets the answer end.
+    """
+    return (f"start: call | text\ncall: BLANK? %json {schema}\n"
+            "text: /[ \\t\\r\\n]*[^{ \\t\\r\\n][\\s\\S]*/\n"
+            "BLANK: /[ \\t\\r\\n]+/\n")
 
 
 def call_text(name: str, arguments: str) -> str:
