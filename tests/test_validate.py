@@ -2,11 +2,15 @@
 
 import json
 import mmap
+import os
+import signal
+import time
 from dataclasses import dataclass
 
 import pytest
 
 from slmops.errors import UsageError
+from slmops.evaluate import edge_cases
 from slmops.evaluate.validate import FAIL, PASS, check_edge_cases, check_lengths, check_memory, validate
 
 
@@ -82,6 +86,33 @@ class CrashyDouble(GoodDouble):
         yield from super().stream(messages, **options)
 
 
+class SegfaultDouble(GoodDouble):
+    """Dies of SIGSEGV on NUL bytes, as a native library reading past a C string would."""
+
+    def stream(self, messages, **options):
+        if any("\x00" in str(message.get("content", "")) for message in messages if isinstance(message, dict)):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        yield from super().stream(messages, **options)
+
+
+class AbortDouble(GoodDouble):
+    """Aborts (SIGABRT) on emoji, as a failed native assertion would."""
+
+    def stream(self, messages, **options):
+        if any("😀" in str(message.get("content", "")) for message in messages if isinstance(message, dict)):
+            os.abort()
+        yield from super().stream(messages, **options)
+
+
+class HangingDouble(GoodDouble):
+    """Never finishes a huge max_tokens request."""
+
+    def stream(self, messages, **options):
+        if options.get("max_tokens") == 10**9:
+            time.sleep(120)
+        yield from super().stream(messages, **options)
+
+
 def test_a_good_model_passes_all_five_items():
     report = validate(GoodDouble(), soak=20, show_progress=False)
     assert [check.item for check in report.checks] == [1, 2, 3, 4, 5]
@@ -102,16 +133,35 @@ def test_a_model_that_crashes_on_nul_fails_item_5():
 
 
 def test_a_hanging_edge_case_is_reported_not_waited_for():
-    class Hangs(GoodDouble):
-        def stream(self, messages, **options):
-            if options.get("max_tokens") == 10**9:
-                import time
+    started = time.monotonic()
+    check = check_edge_cases(HangingDouble(), timeout_s=3)
+    assert check.status == FAIL and "huge max_tokens: hang: no result after 3 s" in check.summary
+    outcomes = {outcome["case"]: outcome for outcome in check.evidence["cases"]}
+    assert outcomes["negative temperature"]["ok"]  # the cases after the hang still ran, in a new child
+    assert outcomes["negative temperature"]["process"] != outcomes["huge max_tokens"]["process"]
+    assert time.monotonic() - started < 60
 
-                time.sleep(5)
-            yield "ok"
 
-    check = check_edge_cases(Hangs(), timeout_s=0.5)
-    assert check.status == FAIL and "huge max_tokens: hang" in check.summary
+@pytest.mark.parametrize("double, case, signal_name", [
+    (SegfaultDouble, "control characters and NUL", "SIGSEGV"),
+    (AbortDouble, "emoji, CJK and RTL text", "SIGABRT"),
+])
+def test_a_model_that_kills_its_process_fails_item_5_naming_the_case(double, case, signal_name):
+    check = check_edge_cases(double(), timeout_s=30)
+    assert check.status == FAIL
+    assert f"{case}: crash: the process killed by {signal_name}" in check.summary
+    outcomes = check.evidence["cases"]
+    assert [outcome["case"] for outcome in outcomes] == [case.name for case in edge_cases.cases(double())]
+    assert [outcome["case"] for outcome in outcomes if not outcome["ok"]] == [case]
+    assert all(isinstance(outcome["process"], int) for outcome in outcomes)
+
+
+def test_a_model_only_this_process_can_make_runs_its_cases_in_process():
+    class Local(GoodDouble):
+        pass
+
+    check = check_edge_cases(Local())
+    assert check.status == PASS and {o["process"] for o in check.evidence["cases"]} == {"in-process"}
 
 
 def test_validate_fails_items_1_and_2_when_the_suite_fails(tmp_path):
