@@ -1,8 +1,12 @@
 """`slmops sweep` on a tiny random model: the table, the reports and the pick."""
 
 import json
+import statistics
 
-from slmops.evaluate.sweep import Row, pick, sweep
+import pytest
+
+from slmops.errors import UsageError
+from slmops.evaluate.sweep import Row, pick, speed_only, sweep
 
 
 def _row(name, precision, size, dppl, rate=1.0, speed=100.0):
@@ -22,10 +26,10 @@ def test_pick_takes_the_smallest_within_limits_and_says_why():
 def test_sweep_tiny_model_writes_table_json_markdown_and_plot(tiny_llama, tmp_path):
     suite = tmp_path / "suite.jsonl"
     suite.write_text('{"prompt": "hello", "not_contains": "zzzz-never"}\n')
-    result = sweep(tiny_llama, tmp_path / "out", precisions=["int4", "fp32"], int4_variants=("int4", "int4-block16"),
-                   windows=1, suite=suite, max_ppl_increase=1000.0)
+    result = sweep(tiny_llama, tmp_path / "out", precisions=["int4", "fp32"], int4_variants=("int4", "int4-hqq-b32"),
+                   windows=1, suite=suite, max_ppl_increase=1000.0, speed_rounds=2)
     names = [row.name for row in result.rows]
-    assert names == ["fp32", "int4", "int4-block16"], [row.error for row in result.rows]
+    assert names == ["fp32", "int4", "int4-hqq-b32"], [row.error for row in result.rows]
     assert all(row.error is None for row in result.rows), [row.error for row in result.rows]
     fp32, int4 = result.rows[0], result.rows[1]
     assert fp32.delta_ppl_pct == 0.0 and int4.kld_mean > 0 and int4.size_mb < fp32.size_mb
@@ -33,5 +37,19 @@ def test_sweep_tiny_model_writes_table_json_markdown_and_plot(tiny_llama, tmp_pa
     assert result.pick == min(result.rows, key=lambda row: row.size_mb).name and result.best_int4 in names
     data = json.loads(result.json_path.read_text())
     assert data["rows"][1]["name"] == "int4"
-    assert "| int4-block16 |" in result.markdown_path.read_text()
+    assert "| int4-hqq-b32 |" in result.markdown_path.read_text()
     assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Speed: every model once per round, each figure the median of its rounds.
+    assert result.speed_rounds == 2 and all(len(row.speed_samples) == 2 for row in result.rows)
+    assert int4.decode_tokens_per_s == statistics.median(s["decode_tokens_per_s"] for s in int4.speed_samples)
+    assert len(result.load_average) == 3 and "median of 2 interleaved rounds" in result.markdown_path.read_text()
+
+    again = speed_only(tmp_path / "out", rounds=1)
+    assert [row.name for row in again.rows] == names and all(len(row.speed_samples) == 1 for row in again.rows)
+    assert [row.kld_mean for row in again.rows] == [row.kld_mean for row in result.rows]  # quality kept as measured
+    assert json.loads(result.json_path.read_text())["speed_rounds"] == 1
+
+
+def test_speed_only_needs_an_earlier_sweep(tmp_path):
+    with pytest.raises(UsageError, match="run `slmops sweep"):
+        speed_only(tmp_path / "nothing")

@@ -80,16 +80,34 @@ def validate(ctx, model, suite, min_pass, soak, json_path, markdown_path):
 @click.option("--max-ppl-increase", type=float, default=5.0, show_default=True, help="Largest ΔPPL (percent) --pick accepts.")
 @click.option("--min-pass", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="Suite pass rate --pick needs.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="sweep", show_default=True, help="Folder for the converted models and the reports.")
-@click.option("--keep-models", is_flag=True, help="Keep every converted model (default: only the picked one).")
-def sweep(source, precisions, int4_variants, list_variants, windows, suite, pick, max_ppl_increase, min_pass, output, keep_models):
+@click.option("--keep-models", is_flag=True, help="With --pick, keep every converted model (default: only the picked one).")
+@click.option("--speed-rounds", type=click.IntRange(0), default=3, show_default=True,
+              help="Rounds of speed measurements, every model once per round in a fresh process; figures are medians.")
+@click.option("--speed-only", is_flag=True, help="Only re-measure the speed columns of the sweep saved in --output (no conversion).")
+def sweep(source, precisions, int4_variants, list_variants, windows, suite, pick, max_ppl_increase, min_pass, output, keep_models,
+          speed_rounds, speed_only):
     """Convert SOURCE at each precision and measure the precision table for this model."""
     from slmops.evaluate import sweep as sweeps
 
     if list_variants:
         for variant in sweeps.INT4_VARIANTS.values():
-            click.echo(f"{variant.name:28} {variant.describe()}")
+            default = "" if variant.name in sweeps.DEFAULT_INT4_SET else " [only when named]"
+            click.echo(f"{variant.name:28} {variant.describe()}{default}")
         return
-    result = sweeps.sweep(
+    if speed_only:
+        result = sweeps.speed_only(Path(output), rounds=speed_rounds or 3, echo=click.echo)
+    else:
+        result = _full_sweep(sweeps, source, precisions, int4_variants, windows, suite, pick, max_ppl_increase, min_pass,
+                             output, keep_models, speed_rounds)
+    sweeps.print_sweep(result)
+    click.echo(f"Reports: {result.json_path}, {result.markdown_path}, {result.plot_path}")
+    if pick:
+        click.echo(result.pick_reason)
+
+
+def _full_sweep(sweeps, source, precisions, int4_variants, windows, suite, pick, max_ppl_increase, min_pass, output,
+                keep_models, speed_rounds):
+    return sweeps.sweep(
         Path(source) if source else None,
         Path(output),
         precisions=[item.strip() for item in precisions.split(",") if item.strip()],
@@ -99,12 +117,9 @@ def sweep(source, precisions, int4_variants, list_variants, windows, suite, pick
         max_ppl_increase=max_ppl_increase,
         min_pass=min_pass,
         keep_models=keep_models or not pick,
+        speed_rounds=speed_rounds,
         echo=click.echo,
     )
-    sweeps.print_sweep(result)
-    click.echo(f"Reports: {result.json_path}, {result.markdown_path}, {result.plot_path}")
-    if pick:
-        click.echo(result.pick_reason)
 
 
 def print_validation(result) -> None:

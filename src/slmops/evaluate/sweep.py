@@ -1,23 +1,31 @@
 """`slmops sweep`: the precision table of MODEL.md, measured for the user's own model.
 
-Each precision (and INT4 variant) is converted, then measured: size, load time,
-decode speed, TTFT and peak RSS in a fresh process; perplexity, KL divergence and top-1
-agreement against the FP32 export on the same windows; the suite's pass rate. The
-FP32 reference's log-probs are computed once and reused for every row.
+Each precision (and INT4 variant) is converted, then measured: perplexity, KL divergence
+and top-1 agreement against the FP32 export on the same windows, and the suite's pass
+rate. The FP32 reference's log-probs are computed once and reused for every row.
+
+Speed (load time, decode tokens/s, TTFT, peak RSS) is measured last, once every model
+is built, in rounds: each round measures every model once, each in a fresh process, in
+a rotating order. Load from other processes on the host then hits all precisions alike,
+and each figure is the median of its rounds. ``speed_only`` re-measures the speed of an
+earlier sweep's models without converting anything.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slmops.errors import UsageError
 from slmops.evaluate import report as reports
-from slmops.evaluate.variants import INT4_VARIANTS, Variant, build, parse_variants  # noqa: F401 (re-exported)
+from slmops.evaluate.variants import DEFAULT_INT4_SET, INT4_VARIANTS, Variant, build, parse_variants  # noqa: F401 (re-exported)
 
 FLOAT_PRECISIONS = ("int8", "fp16", "bf16", "fp32")
+SPEED_ROUNDS = 3
 
 
 @dataclass
@@ -39,6 +47,7 @@ class Row:
     same_top_pct: float | None = None
     pass_rate: float | None = None
     error: str | None = None
+    speed_samples: list = field(default_factory=list)  # one dict of figures per round
 
 
 @dataclass
@@ -54,6 +63,9 @@ class SweepResult:
     plot_path: Path | None = None
     seconds: float = 0.0
     limits: dict = field(default_factory=dict)
+    speed_rounds: int = 0
+    speed_seconds: float = 0.0
+    load_average: list = field(default_factory=list)  # of the host while speed was measured (1, 5, 15 min)
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -73,6 +85,7 @@ def sweep(
     max_ppl_increase: float = 5.0,
     min_pass: float = 0.9,
     keep_models: bool = True,
+    speed_rounds: int = SPEED_ROUNDS,
     echo=lambda line: None,
 ) -> SweepResult:
     """Convert ``source`` at each precision and measure it against the FP32 export.
@@ -86,6 +99,7 @@ def sweep(
         suite: the domain suite for the pass rate (default: the shipped example).
         max_ppl_increase, min_pass: the quality limits of the pick.
         keep_models: keep every converted model; otherwise only the picked one stays.
+        speed_rounds: rounds of speed measurements (0: no speed columns).
         echo: called with a line as each model starts and ends.
 
     Returns:
@@ -108,9 +122,10 @@ def sweep(
         rows.append(_measure_variant(variant, source, models, fp32, fp32_size, reference, windows, suite))
         row = rows[-1]
         echo(f"    {row.error}" if row.error else f"    {row.size_mb:.0f} MB, ΔPPL {row.delta_ppl_pct:+.1f}%, KLD {row.kld_mean:.3f}, "
-             f"{row.decode_tokens_per_s:.0f} tokens/s, suite {row.pass_rate:.0%}")
+             f"suite {row.pass_rate:.0%}")
     result = SweepResult(str(source or "embedded SmolLM2-135M-Instruct"), rows, windows,
                          limits={"max_ppl_increase_pct": max_ppl_increase, "min_pass": min_pass})
+    measure_speed(result, models, speed_rounds, echo)
     result.pick, result.pick_reason = pick(rows, max_ppl_increase, min_pass)
     result.best_int4 = best_int4(rows)
     if not keep_models:
@@ -138,7 +153,6 @@ def _variants(precisions, int4_variants) -> list[Variant]:
 
 def _measure_variant(variant, source, models, fp32, fp32_size, reference, windows, suite) -> Row:
     from slmops.evaluate.quality import evaluate_quality
-    from slmops.evaluate.speed import measure
     from slmops.evaluate.suite import load_suite, run_suite
     from slmops.evaluate.validate import default_suite
 
@@ -149,9 +163,6 @@ def _measure_variant(variant, source, models, fp32, fp32_size, reference, window
             build(variant, source, folder, fp32)
         row.size_mb = _size_mb(folder)
         row.size_ratio = row.size_mb / fp32_size
-        speed = measure(folder)
-        row.load_s, row.ttft_s = speed.load_s, speed.ttft_s
-        row.decode_tokens_per_s, row.peak_rss_mb = speed.decode_tokens_per_s, speed.peak_rss_mb
         first = not (reference / "meta.json").exists()
         quality = evaluate_quality(folder, reference=None if first else reference, windows=windows,
                                    save_logits=reference if first else None)
@@ -165,6 +176,64 @@ def _measure_variant(variant, source, models, fp32, fp32_size, reference, window
     except Exception as exc:  # one failed variant must not lose the others' figures
         row.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
     return row
+
+
+def measure_speed(result: SweepResult, models: Path, rounds: int, echo=lambda line: None) -> None:
+    """Speed columns of every built row: ``rounds`` rounds, each model once per round, in rotating order."""
+    import os
+
+    from slmops.evaluate.speed import measure
+
+    rows = [row for row in result.rows if row.error is None and (models / row.name).is_dir()]
+    started = time.perf_counter()
+    loads = []
+    for row in rows:
+        row.speed_samples = []
+    for index in range(rounds):
+        echo(f"speed round {index + 1}/{rounds} over {len(rows)} models")
+        shift = index % max(1, len(rows))
+        for row in rows[shift:] + rows[:shift]:
+            loads.append(os.getloadavg())
+            try:
+                row.speed_samples.append(measure(models / row.name, repeats=2).to_json())
+            except Exception as exc:  # noqa: BLE001 (one model failing must not lose the others' figures)
+                row.speed_samples.append({"error": f"{type(exc).__name__}: {exc}".splitlines()[0]})
+    for row in rows:
+        _median_speed(row)
+    result.speed_rounds, result.speed_seconds = rounds, time.perf_counter() - started
+    result.load_average = [round(statistics.mean(values), 2) for values in zip(*loads)] if loads else []
+
+
+def _median_speed(row: Row) -> None:
+    good = [sample for sample in row.speed_samples if "error" not in sample]
+    if not good:
+        row.load_s = row.ttft_s = row.decode_tokens_per_s = row.peak_rss_mb = None
+        return
+    median = lambda key: statistics.median(sample[key] for sample in good)  # noqa: E731
+    row.load_s, row.ttft_s = median("load_s"), median("ttft_s")
+    row.decode_tokens_per_s, row.peak_rss_mb = median("decode_tokens_per_s"), median("peak_rss_mb")
+
+
+def speed_only(output: Path, rounds: int = SPEED_ROUNDS, echo=lambda line: None) -> SweepResult:
+    """Re-measure the speed columns of the sweep saved in ``output``, converting nothing."""
+    output = Path(output).expanduser().absolute()
+    path = output / "sweep.json"
+    if not path.exists():
+        raise UsageError(f"{path} does not exist; run `slmops sweep -o {output}` first (it keeps the models).")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = [Row(**{key: value for key, value in row.items() if key in Row.__dataclass_fields__}) for row in data["rows"]]
+    missing = [row.name for row in rows if row.error is None and not (output / "models" / row.name).is_dir()]
+    if missing:
+        raise UsageError(f"The models of {', '.join(missing)} are gone from {output / 'models'}; run the sweep again "
+                         "(without --pick, which keeps only the picked model).")
+    result = SweepResult(data["source"], rows, data["windows"], limits=data.get("limits", {}))
+    measure_speed(result, output / "models", rounds, echo)
+    limits = result.limits
+    result.pick, result.pick_reason = pick(rows, limits.get("max_ppl_increase_pct", 5.0), limits.get("min_pass", 0.9))
+    result.best_int4 = best_int4(rows)
+    result.seconds = data.get("seconds", 0.0)
+    _write_reports(result, output)
+    return result
 
 
 def pick(rows: list[Row], max_ppl_increase: float, min_pass: float) -> tuple[str | None, str]:
@@ -220,8 +289,11 @@ def print_sweep(result: SweepResult) -> None:
 
 
 def markdown(result: SweepResult) -> str:
+    load = "/".join(f"{value:.1f}" for value in result.load_average) or "n/a"
     lines = [f"# Precision sweep of {result.source}", "",
-             f"Quality against the FP32 export on {result.windows} windows of 512 tokens; speed: greedy 64-token answers, best of 3.", "",
+             f"Quality against the FP32 export on {result.windows} windows of 512 tokens. Speed: a greedy 64-token answer "
+             f"in a fresh process per model, median of {result.speed_rounds} interleaved rounds (host load average "
+             f"during them {load}).", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(result)]
     lines += ["", "| name | settings |", "|---|---|"] + [f"| {row.name} | {row.settings} |" for row in result.rows]
