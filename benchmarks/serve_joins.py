@@ -1,0 +1,134 @@
+"""Time to first token under concurrency: this tree's `slmops serve` against an earlier commit's.
+
+    .venv/bin/python benchmarks/serve_joins.py MODEL_FOLDER --before COMMIT [--rounds 2]
+        [--concurrency 8,16] [--prompt-tokens 128] [--tokens 32]
+
+Both servers run at once (``--parallel 16``), the earlier one from ``git archive
+COMMIT src``; each round sends every concurrency level to each server in turn
+(alternating which goes first), so machine load hits both alike. Every request
+has its own prompt of about ``--prompt-tokens`` tokens. Reported: TTFT p50/p95,
+the longest pause a running stream saw, and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def source_of(commit: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="slmops-before-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "src"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder / "src"
+
+
+def start(folder: Path, port: int, src: Path) -> subprocess.Popen:
+    env = dict(os.environ, SLMOPS_HOME=tempfile.mkdtemp(prefix="slmops-bench-"), PYTHONPATH=str(src))
+    process = subprocess.Popen([sys.executable, "-m", "slmops", "serve", str(folder), "--port", str(port),
+                                "--log-level", "warning", "--parallel", "16", "--max-queue", "64"], env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    process.kill()
+    raise SystemExit(f"the server on port {port} did not start")
+
+
+def prompt(index: int, tokens: int) -> str:
+    # Numbers written out are about two tokens each; each request starts elsewhere.
+    start = 1000 * (index + 1)
+    return "Continue: " + ", ".join(str(start + step) for step in range(tokens // 2 - 4))
+
+
+async def one(http: httpx.AsyncClient, model: str, text: str, tokens: int) -> dict:
+    body = {"model": model, "prompt": text, "max_tokens": tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    start, times, usage = time.perf_counter(), [], None
+    async with http.stream("POST", "/v1/completions", json=body) as answer:
+        async for line in answer.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            if event.get("usage"):
+                usage = event["usage"]
+            elif event["choices"] and event["choices"][0]["text"]:
+                times.append(time.perf_counter())
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    return {"ttft": times[0] - start, "gap": max(gaps, default=0.0), "prompt_tokens": usage["prompt_tokens"]}
+
+
+async def burst(url: str, model: str, count: int, prompt_tokens: int, tokens: int) -> list[dict]:
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        return await asyncio.gather(*(one(http, model, prompt(index, prompt_tokens), tokens) for index in range(count)))
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--before", required=True, help="git commit of the reference server")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", default="8,16")
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--tokens", type=int, default=32)
+    args = parser.parse_args()
+    levels = [int(level) for level in args.concurrency.split(",")]
+    servers = {"before": (5291, source_of(args.before)), "after": (5292, ROOT / "src")}
+    processes = [start(Path(args.model), port, src) for port, src in servers.values()]
+    model = httpx.get(f"http://127.0.0.1:{servers['after'][0]}/v1/models").json()["data"][0]["id"]
+    results: dict = {(name, level): [] for name in servers for level in levels}
+    loads = []
+    try:
+        for name, (port, _) in servers.items():  # warm-up: load the model, one answer each
+            asyncio.run(burst(f"http://127.0.0.1:{port}", model, 1, 16, 4))
+        for round_ in range(args.rounds):
+            order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
+            for level in levels:
+                for name in order:
+                    url = f"http://127.0.0.1:{servers[name][0]}"
+                    results[name, level] += asyncio.run(burst(url, model, level, args.prompt_tokens, args.tokens))
+                    loads.append(os.getloadavg()[0])
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(30)
+    report(results, levels, loads)
+
+
+def report(results: dict, levels: list[int], loads: list[float]) -> None:
+    rows = []
+    for level in levels:
+        for name in ("before", "after"):
+            items = results[name, level]
+            ttft = [item["ttft"] for item in items]
+            rows.append({"server": name, "concurrency": level, "requests": len(items),
+                         "prompt_tokens": statistics.median(item["prompt_tokens"] for item in items),
+                         "ttft_p50_s": round(percentile(ttft, 0.5), 2), "ttft_p95_s": round(percentile(ttft, 0.95), 2),
+                         "longest_pause_s": round(max(item["gap"] for item in items), 2)})
+    for row in rows:
+        print(json.dumps(row))
+    print(json.dumps({"load_average_min": min(loads), "load_average_max": max(loads)}))
+
+
+if __name__ == "__main__":
+    main()
