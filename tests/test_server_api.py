@@ -35,7 +35,8 @@ def server(tmp_path_factory, smollm2_int4):
         from slmops.cache import store
 
         store.add(smollm2_int4, name=MODEL, link=True)
-    process = ServerProcess(home, "--parallel", "8", "--max-queue", "16").wait_ready()
+    # The first request loads the model; a busy machine may take longer than the default --load-wait.
+    process = ServerProcess(home, "--parallel", "8", "--max-queue", "16", "--load-wait", "120").wait_ready()
     yield process
     assert process.stop() == 0
 

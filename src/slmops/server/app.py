@@ -13,7 +13,6 @@ import hmac
 import json
 import logging
 import time
-from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -67,8 +66,9 @@ def _lifespan(registry: Registry, models: list[str]):
     async def lifespan(app: FastAPI):
         registry.closing = False  # an app can be started again after a shutdown (test clients do)
         for item in models:
-            name = registry.add_folder(Path(item)) if _is_folder(item) else item
-            await registry.get(name)
+            # An unknown name fails the start here; the loads themselves go on while the
+            # service already answers, /health saying "loading" until they are done.
+            registry.preload(item)
         reaper = asyncio.create_task(_reap(registry))
         try:
             yield
@@ -77,10 +77,6 @@ def _lifespan(registry: Registry, models: list[str]):
             await asyncio.to_thread(registry.shutdown, 0.0)
 
     return lifespan
-
-
-def _is_folder(item: str) -> bool:
-    return "/" in item or item.startswith((".", "~")) or (Path(item) / "genai_config.json").is_file()
 
 
 async def _reap(registry: Registry) -> None:

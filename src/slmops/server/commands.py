@@ -42,6 +42,8 @@ def serve_options(function):
                      help="Seconds to finish in-flight answers on SIGTERM."),
         click.option("--batching/--no-batching", default=True, show_default=True,
                      help="Decode concurrent requests in one batch (off: one generator per request)."),
+        click.option("--load-wait", type=click.FloatRange(min=0), default=10, show_default=True,
+                     help="Seconds a request waits for its model to load; then 503 with Retry-After."),
     ]
     for flag in reversed(flags):
         function = flag(function)
@@ -49,9 +51,9 @@ def serve_options(function):
 
 
 def make_config(parallel, max_queue, keep_alive, max_memory, threads, grace, batching=True,
-                api_key=None) -> ServerConfig:
+                api_key=None, load_wait=10.0) -> ServerConfig:
     return ServerConfig(parallel=parallel, max_queue=max_queue, keep_alive=keep_alive, max_memory=parse_size(max_memory),
-                        threads=threads, api_key=api_key or None, grace=grace, batching=batching)
+                        threads=threads, api_key=api_key or None, grace=grace, batching=batching, load_wait=load_wait)
 
 
 @click.command()

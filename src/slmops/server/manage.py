@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 
@@ -20,12 +21,14 @@ router = APIRouter(responses=ERRORS)
 
 @router.get("/health")
 async def health(request: Request):
-    """Liveness and readiness: 200 while serving, 503 while shutting down."""
+    """Liveness and readiness: 200 once the models named at start-up are loaded; 503 with status
+    ``loading`` before, ``failed`` if one of them could not load, ``shutting_down`` after SIGTERM."""
     reg = registry(request)
     queued, active = reg.totals()
-    body = {"status": "shutting_down" if reg.closing else "ok", "loaded": [e.name for e in reg.loaded.values()],
-            "loading": sorted(reg.loading), "queued": queued, "active": active}
-    return JSONResponse(body, status_code=503 if reg.closing else 200)
+    status, failed = reg.readiness()
+    body = {"status": status, "loaded": [e.name for e in reg.loaded.values()], "loading": reg.loading,
+            "queued": queued, "active": active} | ({"failed": failed} if failed else {})
+    return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
@@ -33,7 +36,7 @@ async def metrics(request: Request):
     """Counters and gauges in Prometheus' text format."""
     reg = registry(request)
     queued, active = reg.totals()
-    text = request.app.state.metrics.render(queued, active, len(reg.loaded))
+    text = request.app.state.metrics.render(queued, active, len(reg.loaded), len(reg.pending))
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
@@ -52,8 +55,10 @@ async def loaded_models(request: Request) -> list[str]:
 @router.get("/openai/load/{name:path}")
 async def load(request: Request, name: str, ttl: float | None = Query(None, ge=0, le=10**7,
                                                                          description="Seconds idle before unloading.")):
-    """Load a model now (it stays loaded ``ttl`` seconds idle, default --keep-alive)."""
-    entry = await registry(request).get(name, ttl)
+    """Load a model now (it stays loaded ``ttl`` seconds idle, default --keep-alive).
+
+    Unlike a completion, this waits for the whole load: loading is what it was asked for."""
+    entry = await registry(request).get(name, ttl, wait=math.inf)
     return {"name": entry.name, "loaded": True, "ttl": entry.ttl}
 
 

@@ -64,7 +64,7 @@ class Metrics:
             else:
                 self.per_token.observe(max(0.0, response.elapsed_s - previous_elapsed))
 
-    def render(self, queued: int, active: int, loaded: int) -> str:
+    def render(self, queued: int, active: int, loaded: int, loading: int = 0) -> str:
         """The Prometheus text exposition of the counters and the current gauges."""
         with self.lock:
             lines = ["# TYPE slmops_requests_total counter"]
@@ -80,6 +80,7 @@ class Metrics:
         lines += ["# TYPE slmops_queue_depth gauge", f"slmops_queue_depth {queued}",
                   "# TYPE slmops_active_sequences gauge", f"slmops_active_sequences {active}",
                   "# TYPE slmops_loaded_models gauge", f"slmops_loaded_models {loaded}",
+                  "# TYPE slmops_loading_models gauge", f"slmops_loading_models {loading}",
                   "# TYPE slmops_process_resident_memory_bytes gauge",
                   f"slmops_process_resident_memory_bytes {psutil.Process().memory_info().rss}"]
         return "\n".join(lines) + "\n"

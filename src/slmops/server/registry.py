@@ -1,15 +1,17 @@
 """Which models the service has loaded: lazy loading, idle unloading, a memory budget.
 
-A request naming a cached model that is not loaded loads it, once, however many
-requests wait for it. A model idle for its keep-alive time is unloaded. Loading a
-model that would overrun ``--max-memory`` first unloads the least recently used
-idle models.
+A request naming a cached model that is not loaded starts loading it, once, however
+many requests ask for it; each waits at most ``--load-wait`` seconds for the load,
+then gets a 503 ``model_loading`` with ``Retry-After`` while the load goes on. A
+model idle for its keep-alive time is unloaded. Loading a model that would overrun
+``--max-memory`` first unloads the least recently used idle models.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from slmops.server.scheduler import Scheduler
 
 log = logging.getLogger("slmops.server")
 MIN_BATCHED_LENGTH = 256  # below this, most requests would not fit a row: not worth the memory
+RETRY_AFTER_S = 2  # a retried request waits up to --load-wait again, so a short pause is enough
 
 
 @dataclass(eq=False)
@@ -57,6 +60,7 @@ class ServerConfig:
     batching: bool = True
     max_seq_len: int = 2048
     kv_budget: int = 1 << 30  # bytes of batched KV cache per model; fewer tokens per row when larger
+    load_wait: float = 10.0  # seconds a request waits for its model to load before a 503
 
 
 class Registry:
@@ -67,8 +71,9 @@ class Registry:
         self.observer = observer
         self.loaded: dict[str, Loaded] = {}
         self.folders: dict[str, tuple[str, Path]] = {}  # models served from a folder path
-        self.locks: dict[str, asyncio.Lock] = {}
-        self.loading: set[str] = set()
+        self.pending: dict[str, tuple[str, asyncio.Task]] = {}  # loads under way: key -> (name, task)
+        self.startup: set[str] = set()  # models named at start-up and not loaded yet: not ready
+        self.failed: dict[str, str] = {}  # the last load error of each model that failed to load
         self.closing = False
 
     # ---- finding ----------------------------------------------------------
@@ -102,23 +107,76 @@ class Registry:
 
     # ---- loading ----------------------------------------------------------
 
-    async def get(self, name: str, ttl: float | None = None) -> Loaded:
+    async def get(self, name: str, ttl: float | None = None, wait: float | None = None) -> Loaded:
         """The loaded model called ``name``, loading it first if needed.
 
+        Args:
+            ttl: seconds it stays loaded while idle (default: as it is, or --keep-alive).
+            wait: longest wait for a load under way (default --load-wait; ``math.inf``: until done).
+
         Raises:
-            APIError: 404 for an unknown or path-like name, 503 while shutting down.
+            APIError: 404 for an unknown or path-like name; 503 while it loads past ``wait``
+                (``model_loading``, with Retry-After) or while shutting down.
         """
-        if self.closing:
-            raise APIError(503, "The service is shutting down; retry on another instance.", code="shutting_down")
+        self._check_open()
         key = name.casefold()
         if key in self.loaded:
             return self._touch(self.loaded[key], ttl)
         display, folder = await asyncio.to_thread(self.locate, name)
-        key = display.casefold()
-        async with self.locks.setdefault(key, asyncio.Lock()):
-            if key not in self.loaded:
-                self.loaded[key] = await self._load(display, folder, ttl)
-        return self._touch(self.loaded[key], ttl)
+        entry = self.loaded.get(display.casefold())
+        if entry is None:
+            entry = await self._wait(self.start_load(display, folder), display, wait)
+        return self._touch(entry, ttl)
+
+    def start_load(self, name: str, folder: Path) -> asyncio.Task:
+        """The load of ``name`` under way, started if none is; every caller shares it."""
+        key = name.casefold()
+        if key not in self.pending:
+            task = asyncio.create_task(self._load(name, folder))
+            task.add_done_callback(lambda done: self._finish_load(key, name, done))
+            self.pending[key] = (name, task)
+        return self.pending[key][1]
+
+    def preload(self, item: str) -> None:
+        """Start loading a model named at start-up; the service is not ready until it is loaded.
+
+        Raises:
+            SlmopsError: ``item`` is neither a cached name nor a model folder (the start fails).
+        """
+        name = self.add_folder(Path(item)) if _is_folder(item) else item
+        display, folder = self.locate(name)
+        self.startup.add(display.casefold())
+        self.start_load(display, folder)
+
+    async def _wait(self, task: asyncio.Task, name: str, wait: float | None) -> Loaded:
+        limit = self.config.load_wait if wait is None else wait
+        try:
+            # shield: a request that gives up (or disconnects) never cancels the load others share
+            return await asyncio.wait_for(asyncio.shield(task), None if math.isinf(limit) else limit)
+        except asyncio.TimeoutError:
+            raise APIError(503, f"{name} is loading; retry in a few seconds.", "model", "model_loading",
+                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+
+    def _finish_load(self, key: str, name: str, task: asyncio.Task) -> None:
+        self.pending.pop(key, None)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self.failed[key] = str(error) or type(error).__name__
+            log.error("loading %s failed: %s", name, self.failed[key])
+            return
+        entry = task.result()
+        if self.closing:  # the service stopped while this model loaded: nobody will use it
+            entry.scheduler.close(cancel=True)
+            return
+        self.loaded[key] = entry
+        self.startup.discard(key)
+        self.failed.pop(key, None)
+
+    def _check_open(self) -> None:
+        if self.closing:
+            raise APIError(503, "The service is shutting down; retry on another instance.", code="shutting_down")
 
     def _touch(self, entry: Loaded, ttl: float | None) -> Loaded:
         entry.touch()
@@ -126,22 +184,18 @@ class Registry:
             entry.ttl = ttl
         return entry
 
-    async def _load(self, name: str, folder: Path, ttl: float | None) -> Loaded:
+    async def _load(self, name: str, folder: Path) -> Loaded:
         from slmops.runtime.model import Model, locate
 
         size = _folder_size(folder)
         self._make_room(size, name)
-        self.loading.add(name)
-        try:
-            path, info = locate(folder)
-            model = await asyncio.to_thread(Model.from_folder, path, info, self.config.threads)
-        finally:
-            self.loading.discard(name)
+        path, info = locate(folder)
+        model = await asyncio.to_thread(Model.from_folder, path, info, self.config.threads)
         decoder = await asyncio.to_thread(self._decoder, model)
         scheduler = Scheduler(name, self.config.parallel, self.config.max_queue, self.observer, decoder)
         log.info("loaded %s from %s in %.1f s", name, folder, model.load_s)
         size += decoder.nbytes if decoder else 0
-        return Loaded(name, model, scheduler, size, self.config.keep_alive if ttl is None else ttl)
+        return Loaded(name, model, scheduler, size, self.config.keep_alive)
 
     def _decoder(self, model) -> BatchedDecoder | None:
         """A batched decoder for ``model``, or None when batching is off or cannot run it."""
@@ -204,7 +258,10 @@ class Registry:
         return [name for name in expired if self.unload(name)]
 
     def shutdown(self, grace: float) -> None:
-        """Stop taking requests; let running answers finish for ``grace`` seconds, then cancel them."""
+        """Stop taking requests; let running answers finish for ``grace`` seconds, then cancel them.
+
+        A load still under way is dropped when it ends (see ``_finish_load``).
+        """
         self.closing = True
         deadline = time.monotonic() + grace
         while any(entry.scheduler.busy for entry in self.loaded.values()) and time.monotonic() < deadline:
@@ -212,6 +269,22 @@ class Registry:
         self.unload_all(force=True)
 
     # ---- state ------------------------------------------------------------
+
+    @property
+    def loading(self) -> list[str]:
+        """Names of the models loading now."""
+        return sorted(name for name, _ in self.pending.values())
+
+    def readiness(self) -> tuple[str, dict]:
+        """``ok``, ``loading`` (models named at start-up still load), ``failed`` or ``shutting_down``,
+        and the failed start-up models' errors."""
+        if self.closing:
+            return "shutting_down", {}
+        if not self.startup:
+            return "ok", {}
+        if self.startup & self.pending.keys():
+            return "loading", {}
+        return "failed", {key: self.failed.get(key, "not loaded") for key in sorted(self.startup)}
 
     def totals(self) -> tuple[int, int]:
         """Waiting and running sequences over every loaded model."""
@@ -224,3 +297,7 @@ def _folder_size(folder: Path) -> int:
         return sum(path.stat().st_size for path in Path(folder).iterdir() if path.is_file())
     except OSError as exc:
         raise ModelNotFound(f"{folder} cannot be read ({exc.strerror}); check the model folder.") from exc
+
+
+def _is_folder(item: str) -> bool:
+    return "/" in item or item.startswith((".", "~")) or (Path(item) / "genai_config.json").is_file()
