@@ -1,7 +1,12 @@
 """The interactive chat: its commands and history with a fake model, then driven as a person would."""
 
 import io
+import os
+import re
+import sys
+from pathlib import Path
 
+import pytest
 
 from slmops.errors import ContextTooLong
 from slmops.runtime.chat import ChatSession, interactive
@@ -116,7 +121,27 @@ def test_interactive_loop_reads_until_ctrl_d_and_survives_ctrl_c_at_the_prompt()
     assert "Ctrl-D" in err.getvalue()
 
 
-# ---- a person at a terminal -------------------------------------------------------
+def test_ctrl_c_between_enter_and_the_answer_stops_only_that_answer():
+    lines = iter(["first", "second", EOFError])
+
+    def read(prompt):
+        item = next(lines)
+        if item is EOFError:
+            raise EOFError
+        return item
+
+    session, out, err = session_with(FakeModel())
+    answer = session.answer
+
+    def interrupted_before_the_stream(text):  # the turn is recorded, the answer not begun
+        session.history.append({"role": "user", "content": text})
+        session.answer = answer
+        raise KeyboardInterrupt
+
+    session.answer = interrupted_before_the_stream
+    interactive(session, read=read)
+    assert "[stopped]" in err.getvalue() and out.getvalue() == "echo: second\n\n"
+    assert [m["role"] for m in session.history] == ["user", "assistant", "user", "assistant"]
 
 
 def test_triple_quotes_send_several_lines_as_one_message():
@@ -133,3 +158,78 @@ def test_triple_quotes_send_several_lines_as_one_message():
     interactive(session, read=read)
     assert model.calls[0][0][-1]["content"] == "first line\nsecond line\nlast"
     assert model.calls[1][0][-1]["content"] == "one"
+
+
+# ---- a person at a terminal -------------------------------------------------------
+
+ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+PROMPT = ">>> "
+
+
+class Terminal:
+    """`slmops model run` in a pseudo-terminal, typed into and read as a person would.
+
+    Every wait has its own timeout, so a chat that stops answering fails the test quickly.
+    """
+
+    def __init__(self, pexpect, model: Path, *flags: str) -> None:
+        slmops = str(Path(sys.executable).with_name("slmops"))
+        self.pexpect = pexpect
+        self.child = pexpect.spawn(slmops, ["model", "run", str(model), *flags], encoding="utf-8",
+                                   timeout=60, dimensions=(40, 200), env=dict(os.environ, TERM="xterm-256color"))
+        self.child.expect("Chatting with")
+        self.child.expect_exact(PROMPT)
+
+    def type(self, line: str) -> None:
+        """Type a line and Enter; returns once the line is echoed back."""
+        self.child.sendline(line)
+        self.child.expect_exact(line)
+
+    def ask(self, line: str) -> str:
+        """The answer to ``line``: what the chat prints before its prompt comes back."""
+        self.type(line)
+        self.child.expect_exact(PROMPT)
+        return ESCAPES.sub("", self.child.before).strip()
+
+    def wait_for_answer_words(self, line: str, count: int) -> None:
+        """Wait until ``count`` words of an answer are out (a second echo of ``line`` is not one)."""
+        while True:
+            self.child.expect(r"\S+" + r"\s+\S+" * (count - 1))
+            if ESCAPES.sub("", self.child.after) not in line:
+                return
+
+    def expect_one(self, *patterns: str) -> int:
+        return self.child.expect(list(patterns))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_interactive_chat_in_a_terminal(smollm2_int4):
+    """Two questions, Ctrl-C mid-answer and at the prompt, /help, then Ctrl-D, in a real terminal.
+
+    What the model says depends on where Ctrl-C cut the story (the cut answer stays in the
+    history), so only the shape of the chat is checked, never a word of an answer.
+    """
+    pexpect = pytest.importorskip("pexpect")
+    terminal = Terminal(pexpect, smollm2_int4, "--max-tokens", "400", "--temperature", "0")
+    child = terminal.child
+    try:
+        assert terminal.ask("What is the capital of France? Answer in one sentence.")
+        story = "Write a long story about a dragon who learns to bake bread."
+        terminal.type(story)  # a story runs on to --max-tokens: Ctrl-C surely lands in it
+        terminal.wait_for_answer_words(story, 3)
+        child.sendintr()
+        stopped = terminal.expect_one(r"\[stopped\]", r"\(/exit or Ctrl-D leaves\)")
+        assert stopped == 0, f"Ctrl-C reached the prompt, not the answer: {child.before!r}"
+        assert len(child.before.split()) < 200  # far short of the 400 tokens asked for
+        child.expect_exact(PROMPT)
+        child.sendintr()  # at the prompt, Ctrl-C only says how to leave
+        child.expect_exact("(/exit or Ctrl-D leaves)")
+        child.expect_exact(PROMPT)
+        assert terminal.ask("What is the capital of Italy? Answer in one sentence.")
+        assert "/system TEXT" in terminal.ask("/help")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0

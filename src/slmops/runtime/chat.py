@@ -103,6 +103,12 @@ class ChatSession:
             self.note(_stats(last))
         return answer
 
+    def interrupted(self) -> None:
+        """After a Ctrl-C that no answer caught: the history stays in user/assistant pairs."""
+        if self.history and self.history[-1]["role"] == "user":
+            self.history.append({"role": "assistant", "content": ""})
+        self.note("\n[stopped]")
+
     def note(self, text: str) -> None:
         self.err.write(text + "\n")
         self.err.flush()
@@ -128,7 +134,14 @@ def interactive(session: ChatSession, read: Callable[[str], str] = input) -> Non
         except KeyboardInterrupt:
             session.note("\n(/exit or Ctrl-D leaves)")
             continue
-        if not session.handle(line):
+        try:
+            going_on = session.handle(line)
+        except KeyboardInterrupt:
+            # Ctrl-C just outside an answer's stream (pressed twice, or with Enter) ends that
+            # answer, never the chat.
+            session.interrupted()
+            continue
+        if not going_on:
             return
 
 
