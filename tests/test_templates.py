@@ -155,6 +155,42 @@ def test_message_forms_and_errors():
         model(CHATML).render([{"role": "user", "content": 42}])
 
 
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+AUDIO = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+
+
+@pytest.mark.parametrize("content, text", [
+    ("plain", "plain"),
+    (None, ""),
+    ([], ""),
+    ([{"type": "text", "text": "Hi "}, {"text": "there"}], "Hi there"),  # a part with no type is text
+])
+def test_one_content_rule_reads_text_the_same_on_both_paths(content, text):
+    from slmops.runtime.prompt import normalize
+
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": content}]
+    assert normalize(messages)[1] == {"role": "user", "content": text}
+    assert model(CHATML).render(messages) == model(CHATML).render([messages[0], {"role": "user", "content": text}])
+
+
+@pytest.mark.parametrize("content, error", [
+    ([{"type": "text", "text": "Look:"}, IMAGE], r"messages\[1\] content has a part of type 'image_url'; .*text only"),
+    ([AUDIO], r"messages\[1\] content has a part of type 'input_audio'"),
+    ([{"type": "text", "text": 7}], r"messages\[1\] content has a part with no text"),
+    (["bare string part"], r"messages\[1\] content has a part with no text"),
+    ({"text": "a dict, not a list"}, r"messages\[1\] content must be text .* got dict"),
+])
+def test_one_content_rule_refuses_what_is_not_text_naming_the_message(content, error):
+    """The HTTP API turns these UsageErrors into 400s: a request is never half read."""
+    from slmops.runtime.prompt import normalize
+
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": content}]
+    for path in (normalize, model(CHATML).render):
+        with pytest.raises(UsageError, match=error) as raised:
+            path(messages)
+        assert "\n" not in str(raised.value)
+
+
 def test_no_template_means_the_tokenizer_template_is_used():
     for template in (None, {"assistant": "{Content}"}, {"system": "<s>{Content}</s>"}):
         info = model(template)

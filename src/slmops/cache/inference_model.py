@@ -31,13 +31,12 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from slmops.errors import CacheError, UsageError
+from slmops.cache.messages import ROLES, normalize
+from slmops.errors import CacheError
 
 FILENAME = "inference_model.json"
 PLACEHOLDER = "{Content}"
 TOOL_PLACEHOLDER = "{Tool}"
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
-         "tool": "tool", "function": "tool", "ipython": "tool"}
 
 
 class Template(BaseModel):
@@ -68,7 +67,7 @@ class Template(BaseModel):
 
     def render(self, messages: Iterable[Any], add_generation_prompt: bool = True) -> str:
         """The prompt string for ``messages`` (dicts or objects with role and content)."""
-        turns = _merge_orphan_system(_normalize(messages), has_system=self.system is not None)
+        turns = _merge_orphan_system(_turns(messages), has_system=self.system is not None)
         ends_with_user = bool(turns) and turns[-1][0] == "user"
         pieces = []
         for index, (role, text) in enumerate(turns):
@@ -190,7 +189,8 @@ class InferenceModel(BaseModel):
             the caller then applies the tokenizer's chat template instead.
 
         Raises:
-            UsageError: a message has an unknown role or content that is not text.
+            UsageError: a message has an unknown role or content that is not text
+                (an image or audio part, say).
         """
         if not self.has_template:
             return None
@@ -211,29 +211,9 @@ def _fill(template: str, text: str) -> str:
     return template.replace(PLACEHOLDER, text)
 
 
-def _normalize(messages: Iterable[Any]) -> list[tuple[str, str]]:
-    turns = []
-    for message in messages:
-        role = _get(message, "role")
-        if role not in ROLES:
-            raise UsageError(f"Unknown message role {role!r}; use system, user, assistant or tool.")
-        turns.append((ROLES[role], _text(_get(message, "content"))))
-    return turns
-
-
-def _get(message: Any, key: str) -> Any:
-    return message.get(key) if isinstance(message, dict) else getattr(message, key, None)
-
-
-def _text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [_get(part, "text") for part in content if _get(part, "type") in ("text", None)]
-        return "".join(part for part in parts if isinstance(part, str))
-    raise UsageError(f"Message content must be text, got {type(content).__name__}.")
+def _turns(messages: Iterable[Any]) -> list[tuple[str, str]]:
+    """(template role, text) of each message, by the one rule of :mod:`slmops.cache.messages`."""
+    return [(ROLES[message["role"]], message["content"]) for message in normalize(messages, allow_empty=True)]
 
 
 def _merge_orphan_system(turns: list[tuple[str, str]], has_system: bool) -> list[tuple[str, str]]:

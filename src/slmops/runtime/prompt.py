@@ -8,42 +8,9 @@ onnxruntime-genai itself, so no Python template engine is needed on this path.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
 
-from slmops.errors import SlmopsError, UsageError
-
-ROLES = ("system", "developer", "user", "assistant", "tool", "function", "ipython")
-
-
-def normalize(messages: Iterable[Any]) -> list[dict]:
-    """Messages as plain ``{"role", "content"}`` dicts, whatever form they came in.
-
-    Accepts dicts or objects with ``role`` and ``content`` (pydantic request models),
-    and OpenAI-style content lists (their text parts are joined).
-    """
-    if isinstance(messages, (str, bytes)):
-        raise UsageError("messages must be a list of {'role': ..., 'content': ...}; use generate() for plain text.")
-    result = []
-    for message in messages:
-        role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
-        content = message.get("content") if isinstance(message, dict) else getattr(message, "content", None)
-        if role not in ROLES:
-            raise UsageError(f"Unknown message role {role!r}; use system, user, assistant or tool.")
-        result.append({"role": role, "content": _text(content)})
-    if not result:
-        raise UsageError("messages is empty; give at least one user message.")
-    return result
-
-
-def _text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [part.get("text", "") if isinstance(part, dict) else getattr(part, "text", "") for part in content]
-        return "".join(part or "" for part in parts)
-    return str(content)
+from slmops.cache.messages import normalize  # noqa: F401  (the one rule for messages, re-exported)
+from slmops.errors import SlmopsError
 
 
 def render(messages: list[dict], inference_model, tokenizer) -> str:
