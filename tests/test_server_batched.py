@@ -279,3 +279,25 @@ def test_auto_tool_choice_text_can_never_open_a_call(tiny):
 def test_grammars_need_the_tokenizer_file(tmp_path):
     model = SimpleNamespace(genai_config={"model": {"vocab_size": 8}}, path=Path(tmp_path), stop_token_ids={2})
     assert batched._grammars(model) is None  # such a model's guided requests use the generator instead
+
+
+@pytest.mark.parametrize("step", [1, 4, 100])
+def test_an_auto_answer_streams_as_words_or_as_one_call(step):
+    mode = auto_mode()
+
+    def stream(text):
+        answer, deltas = tools.AnswerStream(mode), []
+        for start in range(0, len(text), step):
+            deltas += answer.feed(text[start:start + step])
+        return answer, deltas + answer.close()
+
+    answer, deltas = stream('{"name": "get_weather", "arguments": {"city": "Oslo", "days": 3}}')
+    calls = [delta["tool_calls"][0] for delta in deltas]
+    assert answer.called and calls[0]["id"].startswith("call_") and calls[0]["function"]["name"] == "get_weather"
+    assert json.loads("".join(call["function"]["arguments"] for call in calls)) == {"city": "Oslo", "days": 3}
+    assert step > 50 or len(calls) > 2  # the arguments arrive as they are generated
+    answer, deltas = stream(" It is sunny {in} Oslo.")
+    assert not answer.called and "".join(delta["content"] for delta in deltas) == " It is sunny {in} Oslo."
+    assert step > 50 or len(deltas) > 2  # words are not held back
+    answer, deltas = stream('{"name": "get_weather", "arguments": {"city": "Os')  # cut by max_tokens
+    assert answer.called and "".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas) == '{"city": "Os'

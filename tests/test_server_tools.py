@@ -3,6 +3,7 @@
 import concurrent.futures
 import json
 
+import httpx
 import jsonschema
 import openai
 import pytest
@@ -43,6 +44,7 @@ def oai(tmp_path_factory, smollm2_int4):
 
         store.add(smollm2_int4, name=MODEL, link=True)
     process = ServerProcess(home, "--parallel", "8").wait_ready()
+    httpx.get(f"{process.url}/openai/load/{MODEL}", timeout=300).raise_for_status()  # loaded before any request
     yield openai.OpenAI(base_url=process.url + "/v1", api_key="unused", max_retries=0, timeout=300)
     assert process.stop() == 0
 
@@ -53,6 +55,12 @@ def test_auto_answers_in_words_when_no_tool_is_needed(oai):
     choice = answer.choices[0]
     assert choice.message.tool_calls is None and choice.finish_reason in ("stop", "length")
     assert choice.message.content.strip() and not choice.message.content.lstrip().startswith("{")
+    chunks = list(oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello"}],
+                                              tools=[WEATHER], tool_choice="auto", max_tokens=24, temperature=0,
+                                              stream=True))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == choice.message.content and len(pieces) > 3  # streamed as it came, not held
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == choice.finish_reason
 
 
 def test_auto_calls_are_valid_and_texts_are_never_broken_calls(oai):

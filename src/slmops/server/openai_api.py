@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from slmops.errors import SlmopsError
-from slmops.server import generation
+from slmops.server import generation, tools
 from slmops.server.errors import APIError, from_slmops
 from slmops.server.protocol import (
     AnswerMessage, ChatChoice, ChatCompletion, ChatRequest, Completion, CompletionRequest, ErrorResponse,
@@ -132,7 +132,8 @@ async def _chat_chunks(job, plan, meta: dict, include_usage: bool) -> AsyncItera
     yield chunk({"role": "assistant", "content": ""})
     mode = plan.tool_mode
     stream_args = mode is not None and mode.forced is not None
-    held, last = [], None
+    answer = tools.AnswerStream(mode) if mode is not None and not stream_args else None
+    last = None
     if stream_args:
         call_id = f"call_{uuid.uuid4().hex[:24]}"
         yield chunk({"tool_calls": [{"index": 0, "id": call_id, "type": "function",
@@ -142,30 +143,21 @@ async def _chat_chunks(job, plan, meta: dict, include_usage: bool) -> AsyncItera
             continue
         if stream_args:
             yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": last.text}}]})
-        elif mode is not None:
-            held.append(last.text)  # a call or an answer? only the whole text tells
+        elif answer is not None:  # words stream as content, a call as tool_calls deltas
+            for delta in answer.feed(last.text):
+                yield chunk(delta)
         else:
             yield chunk({"content": last.text})
     finish = (last.finish_reason if last else None) or "stop"
-    if mode is not None and not stream_args:
-        async for item in _held_answer(mode, "".join(held), chunk):
-            finish = "tool_calls" if item["choices"][0]["delta"].get("tool_calls") else finish
-            yield item
+    if answer is not None:
+        for delta in answer.close():
+            yield chunk(delta)
+        finish = "tool_calls" if answer.called else finish
     elif stream_args:
         finish = "tool_calls"
     yield chunk({}, finish)
     if include_usage:
         yield {**meta, "object": "chat.completion.chunk", "choices": [], "usage": _usage(last).model_dump()}
-
-
-async def _held_answer(mode, text: str, chunk) -> AsyncIterator[dict]:
-    calls = mode.calls(text)
-    if not calls:
-        yield chunk({"content": text})
-        return
-    for index, call in enumerate(calls):
-        yield chunk({"tool_calls": [{"index": index, "id": call.id, "type": "function",
-                                     "function": {"name": call.function.name, "arguments": call.function.arguments}}]})
 
 
 async def _text_chunks(job, meta: dict, include_usage: bool, echo: str) -> AsyncIterator[dict]:

@@ -11,6 +11,7 @@ picks the branch with its first token.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -68,6 +69,85 @@ class ToolMode:
         if isinstance(value, dict) and value.get("name") in names and isinstance(value.get("arguments"), dict):
             return [_call(value["name"], json.dumps(value["arguments"]))]
         return None
+
+
+CALL_HEAD = re.compile(r'\s*\{"name": "((?:[^"\\]|\\.)*)", "arguments": ')
+
+
+class AnswerStream:
+    """An answer that may be a call, turned into chat deltas as its text comes.
+
+    Words stream as content from their first token. A call (the grammar fixes its
+    layout: ``{"name": ..., "arguments": ...}``) streams as OpenAI streams one: a
+    delta with its id and name once the name is complete, then the arguments as
+    they are generated. Without a grammar that holds the layout (e.g. a call
+    written by an unconstrained model), the call is sent whole at the end.
+    """
+
+    def __init__(self, mode: ToolMode) -> None:
+        self.mode = mode
+        self.text = ""
+        self.kind: str | None = None  # "text" or "call", once the first visible character decides
+        self.sent = 0  # characters of the call's text already sent as arguments
+        self.head: re.Match | None = None
+        self.called = False
+
+    def feed(self, piece: str) -> list[dict]:
+        """The deltas ``piece`` completes."""
+        self.text += piece
+        if self.kind is None:
+            start = self.text.lstrip()
+            if not start:
+                return []
+            self.kind = "call" if start.startswith("{") else "text"
+            if self.kind == "text":
+                return [{"content": self.text}]
+        if self.kind == "text":
+            return [{"content": piece}]
+        return self._call_deltas()
+
+    def _call_deltas(self) -> list[dict]:
+        deltas = []
+        if self.head is None:
+            self.head = CALL_HEAD.match(self.text)
+            if self.head is None or self.head.group(1) not in {tool.function.name for tool in self.mode.tools}:
+                self.head = None
+                return []
+            self.called, self.sent = True, self.head.end()
+            call = _call(self.head.group(1), "")
+            deltas.append({"tool_calls": [{"index": 0, "id": call.id, "type": "function",
+                                           "function": {"name": call.function.name, "arguments": ""}}]})
+        end = len(self.text) - 1  # the last character may be the call's closing brace
+        if end > self.sent:
+            deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": self.text[self.sent:end]}}]})
+            self.sent = end
+        return deltas
+
+    def close(self) -> list[dict]:
+        """The deltas left when the answer ends."""
+        if self.kind != "call":
+            return []
+        if self.head is not None:
+            arguments = self.text[self.head.end():].rstrip()
+            if arguments.endswith("}") and _parses(arguments[:-1]):
+                arguments = arguments[:-1]  # the call's own closing brace
+            rest = arguments[self.sent - self.head.end():]
+            return [{"tool_calls": [{"index": 0, "function": {"arguments": rest}}]}] if rest else []
+        calls = self.mode.calls(self.text)
+        if not calls:
+            return [{"content": self.text}]
+        self.called = True
+        return [{"tool_calls": [{"index": index, "id": call.id, "type": "function",
+                                 "function": {"name": call.function.name, "arguments": call.function.arguments}}]}
+                for index, call in enumerate(calls)]
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def mode_for(request: ChatRequest) -> ToolMode | None:
