@@ -1,7 +1,7 @@
 """INT4 quantizers the model builder does not have, applied to the FP32 graph it built.
 
 ``hqq`` (half-quadratic quantization) fits each block's scale and zero point to the
-weights alone: no calibration data, minutes at most on a CPU. ``gptq`` corrects the
+weights alone: no calibration data. ``gptq`` corrects the
 rounding of each weight column with the activations of calibration text; slmops takes
 that text from the tail of its shipped eval text, so `slmops eval` (which scores the
 head) never measures a model on the tokens it was calibrated on.
@@ -23,7 +23,6 @@ import numpy as np
 
 from slmops.convert.options import QuantizationOptions
 
-POST_ALGOS = ("hqq", "gptq")
 CALIBRATION_WINDOWS = 4
 CALIBRATION_TOKENS = 128
 GPTQ_BLOCK = 128  # columns updated per step of GPTQ's error correction (not the quantization block)
@@ -78,7 +77,8 @@ class CalibrationWindows:
     onnxruntime copies the reader and iterates over it, so it is a plain re-iterable list.
     """
 
-    def __init__(self, model_dir: Path, windows: int = CALIBRATION_WINDOWS, tokens: int = CALIBRATION_TOKENS):
+    def __init__(self, model_dir: Path, windows: int | None = None, tokens: int | None = None):
+        windows, tokens = windows or CALIBRATION_WINDOWS, tokens or CALIBRATION_TOKENS  # read late: benchmarks vary them
         self.items = [self._inputs(model_dir, window) for window in calibration_windows(model_dir, windows, tokens)]
 
     @staticmethod
