@@ -6,6 +6,7 @@ import re
 import sys
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from slmops.errors import ContextTooLong
@@ -172,9 +173,8 @@ class Terminal:
     Every wait has its own timeout, so a chat that stops answering fails the test quickly.
     """
 
-    def __init__(self, pexpect, model: Path, *flags: str) -> None:
+    def __init__(self, model: Path, *flags: str) -> None:
         slmops = str(Path(sys.executable).with_name("slmops"))
-        self.pexpect = pexpect
         self.child = pexpect.spawn(slmops, ["model", "run", str(model), *flags], encoding="utf-8",
                                    timeout=60, dimensions=(40, 200), env=dict(os.environ, TERM="xterm-256color"))
         self.child.expect("Chatting with")
@@ -198,20 +198,16 @@ class Terminal:
             if ESCAPES.sub("", self.child.after) not in line:
                 return
 
-    def expect_one(self, *patterns: str) -> int:
-        return self.child.expect(list(patterns))
-
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(120, func_only=True)  # the test itself; converting the model is the fixture's
 def test_interactive_chat_in_a_terminal(smollm2_int4):
     """Two questions, Ctrl-C mid-answer and at the prompt, /help, then Ctrl-D, in a real terminal.
 
     What the model says depends on where Ctrl-C cut the story (the cut answer stays in the
     history), so only the shape of the chat is checked, never a word of an answer.
     """
-    pexpect = pytest.importorskip("pexpect")
-    terminal = Terminal(pexpect, smollm2_int4, "--max-tokens", "400", "--temperature", "0")
+    terminal = Terminal(smollm2_int4, "--max-tokens", "400", "--temperature", "0")
     child = terminal.child
     try:
         assert terminal.ask("What is the capital of France? Answer in one sentence.")
@@ -219,7 +215,7 @@ def test_interactive_chat_in_a_terminal(smollm2_int4):
         terminal.type(story)  # a story runs on to --max-tokens: Ctrl-C surely lands in it
         terminal.wait_for_answer_words(story, 3)
         child.sendintr()
-        stopped = terminal.expect_one(r"\[stopped\]", r"\(/exit or Ctrl-D leaves\)")
+        stopped = child.expect([r"\[stopped\]", r"\(/exit or Ctrl-D leaves\)"])
         assert stopped == 0, f"Ctrl-C reached the prompt, not the answer: {child.before!r}"
         assert len(child.before.split()) < 200  # far short of the 400 tokens asked for
         child.expect_exact(PROMPT)
