@@ -50,10 +50,23 @@ def start(folder: Path, port: int, src: Path) -> subprocess.Popen:
     raise SystemExit(f"the server on port {port} did not start")
 
 
-def prompt(index: int, tokens: int) -> str:
-    # Numbers written out are about two tokens each; each request starts elsewhere.
-    start = 1000 * (index + 1)
-    return "Continue: " + ", ".join(str(start + step) for step in range(tokens // 2 - 4))
+WORDS = ("river stone light garden winter market letter window silver forest number morning "
+         "harbor village mountain paper engine island summer candle").split()
+
+
+def prompts(folder: Path, count: int, tokens: int) -> list[str]:
+    """``count`` different prompts of ``tokens`` tokens each (counted with the model's tokenizer)."""
+    import llguidance
+
+    tokenizer = llguidance.LLTokenizer((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    texts = []
+    for index in range(count):
+        words, text = [f"Story {index}:"], ""
+        while len(tokenizer.tokenize_str(text)) < tokens:
+            text = " ".join(words)
+            words.append(WORDS[(index * 7 + len(words) * 3) % len(WORDS)])
+        texts.append(text)
+    return texts
 
 
 async def one(http: httpx.AsyncClient, model: str, text: str, tokens: int) -> dict:
@@ -73,9 +86,9 @@ async def one(http: httpx.AsyncClient, model: str, text: str, tokens: int) -> di
     return {"ttft": times[0] - start, "gap": max(gaps, default=0.0), "prompt_tokens": usage["prompt_tokens"]}
 
 
-async def burst(url: str, model: str, count: int, prompt_tokens: int, tokens: int) -> list[dict]:
-    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
-        return await asyncio.gather(*(one(http, model, prompt(index, prompt_tokens), tokens) for index in range(count)))
+async def burst(url: str, model: str, texts: list[str], tokens: int) -> list[dict]:
+    async with httpx.AsyncClient(base_url=url, timeout=900) as http:
+        return await asyncio.gather(*(one(http, model, text, tokens) for text in texts))
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -93,6 +106,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args()
     levels = [int(level) for level in args.concurrency.split(",")]
+    texts = prompts(Path(args.model), max(levels), args.prompt_tokens)
     servers = {"before": (5291, source_of(args.before)), "after": (5292, ROOT / "src")}
     processes = [start(Path(args.model), port, src) for port, src in servers.values()]
     model = httpx.get(f"http://127.0.0.1:{servers['after'][0]}/v1/models").json()["data"][0]["id"]
@@ -100,13 +114,13 @@ def main() -> None:
     loads = []
     try:
         for name, (port, _) in servers.items():  # warm-up: load the model, one answer each
-            asyncio.run(burst(f"http://127.0.0.1:{port}", model, 1, 16, 4))
+            asyncio.run(burst(f"http://127.0.0.1:{port}", model, ["Hello"], 4))
         for round_ in range(args.rounds):
             order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
             for level in levels:
                 for name in order:
                     url = f"http://127.0.0.1:{servers[name][0]}"
-                    results[name, level] += asyncio.run(burst(url, model, level, args.prompt_tokens, args.tokens))
+                    results[name, level] += asyncio.run(burst(url, model, texts[:level], args.tokens))
                     loads.append(os.getloadavg()[0])
     finally:
         for process in processes:
