@@ -6,7 +6,10 @@ Each round decodes ``rows`` sequences at once, first free, then each under a JSO
 schema grammar (the same prompts, greedy), and times the decode steps in which
 all rows are live. The difference per step, divided by the rows, is the cost of
 guidance per generated token; the time llguidance takes to fill the masks is
-reported too (it runs while onnxruntime computes the logits).
+reported too (it runs while onnxruntime computes the logits). Each round also
+answers the same guided requests the way slmops did before grammars joined the
+batch, one onnxruntime-genai generator each, stepped in turn, and compares the
+aggregate tokens/s.
 """
 
 from __future__ import annotations
@@ -62,6 +65,36 @@ def run(model, decoder: BatchedDecoder, rows: int, tokens: int, guided: bool) ->
     return steps, fills
 
 
+def requests(model, rows: int) -> list[list[int]]:
+    return [model.prompt_ids([{"role": "user", "content": f"Describe {TOPICS[index % len(TOPICS)]} as JSON with its cast."}])
+            for index in range(rows)]
+
+
+def batch_rate(model, decoder: BatchedDecoder, rows: int, tokens: int) -> float:
+    """Aggregate tokens/s of ``rows`` guided requests as rows of the batch."""
+    sequences = [Sequence(ids, model.options(temperature=0), tokens, time.perf_counter(),
+                          matcher=decoder.grammars.matcher(tools.grammar(SCHEMA))) for ids in requests(model, rows)]
+    start = time.perf_counter()
+    decoder.add(sequences)
+    while decoder.busy:
+        decoder.advance()
+    return sum(len(sequence.tokens) for sequence in sequences) / (time.perf_counter() - start)
+
+
+def generators_rate(model, rows: int, tokens: int) -> float:
+    """Aggregate tokens/s of the same requests on one guided generator each, stepped in turn."""
+    start, count = time.perf_counter(), 0
+    streams = [model.stream_generate(ids, guidance=tools.grammar(SCHEMA), temperature=0, max_tokens=tokens)
+               for ids in requests(model, rows)]
+    while streams:
+        for stream in list(streams):
+            response = next(stream, None)
+            count += response is not None
+            if response is None or response.finish_reason:
+                streams.remove(stream)
+    return count / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -71,12 +104,14 @@ def main() -> None:
     args = parser.parse_args()
     model = load(args.model)
     decoder = BatchedDecoder(model, args.rows, 1024)
-    results = {"free": [], "guided": [], "fill": []}
+    results = {"free": [], "guided": [], "fill": [], "batch": [], "generators": []}
     for _ in range(args.rounds):
         results["free"] += run(model, decoder, args.rows, args.tokens, False)[0]
         steps, fills = run(model, decoder, args.rows, args.tokens, True)
         results["guided"] += steps
         results["fill"] += fills
+        results["batch"].append(batch_rate(model, decoder, args.rows, args.tokens))
+        results["generators"].append(generators_rate(model, args.rows, args.tokens))
     free, guided = statistics.median(results["free"]), statistics.median(results["guided"])
     summary = {
         "rows": args.rows, "threads": model.threads, "load_average": os.getloadavg()[0],
@@ -84,6 +119,8 @@ def main() -> None:
         "guided_over_free": round(guided / free, 3),
         "cost_per_token_ms": round((guided - free) / args.rows * 1e3, 3),
         "mask_fill_ms_per_step": round(statistics.median(results["fill"]) * 1e3, 3) if results["fill"] else None,
+        "guided_tokens_per_s_batch": round(statistics.median(results["batch"]), 1),
+        "guided_tokens_per_s_one_generator_each": round(statistics.median(results["generators"]), 1),
         "steps_measured": {"free": len(results["free"]), "guided": len(results["guided"])},
     }
     print(json.dumps(summary, indent=2))
