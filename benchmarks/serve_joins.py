@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -126,6 +127,7 @@ def main() -> None:
         for process in processes:
             process.terminate()
             process.wait(30)
+        shutil.rmtree(servers["before"][1].parent, ignore_errors=True)
     report(results, levels, loads)
 
 
