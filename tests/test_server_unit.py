@@ -166,6 +166,15 @@ def test_tool_modes_and_their_grammars():
         mode(tool_choice="required")
 
 
+def test_the_tool_prompt_joins_a_system_message_given_as_text_parts():
+    mode = tools.mode_for(ChatRequest(model="m", messages=[{"role": "user", "content": "x"}], tools=[WEATHER]))
+    parts = [{"type": "text", "text": "Be brief."}, {"type": "text", "text": " Use metric units."}]
+    system = tools.with_tool_prompt([{"role": "system", "content": parts}, {"role": "user", "content": "x"}], mode)[0]
+    assert system["content"].startswith("Be brief. Use metric units.\n\n") and '"weather"' in system["content"]
+    with pytest.raises(UsageError, match="image_url"):
+        tools.with_tool_prompt([{"role": "system", "content": [{"type": "image_url", "image_url": {}}]}], mode)
+
+
 def test_sizes():
     assert parse_size("4GB") == 4 << 30 and parse_size("512m") == 512 << 20 and parse_size("100") == 100
     assert parse_size(None) is None

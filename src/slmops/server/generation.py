@@ -57,9 +57,9 @@ def chat_plan(loaded: Loaded, request: ChatRequest) -> Plan:
     """The prompt and options of a chat request, with any JSON or tool constraint."""
     mode = tools.mode_for(request)
     messages = history(request.messages)
-    if mode is not None:
-        messages = tools.with_tool_prompt(messages, mode)
     try:
+        if mode is not None:
+            messages = tools.with_tool_prompt(messages, mode)
         ids = loaded.model.prompt_ids(messages)
     except SlmopsError as exc:
         raise from_slmops(exc) from exc

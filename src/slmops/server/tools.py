@@ -15,6 +15,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from slmops.cache.messages import content_text
 from slmops.server.errors import APIError
 from slmops.server.protocol import ChatRequest, NamedToolChoice, ResponseFormat, Tool, ToolCall
 
@@ -174,8 +175,8 @@ def with_tool_prompt(messages: list[dict], mode: ToolMode) -> list[dict]:
     if mode.forced:
         text += f"\nCall {mode.forced} now: answer with its arguments object only."
     if messages and messages[0]["role"] in ("system", "developer"):
-        first = messages[0]
-        return [{"role": "system", "content": f"{first['content'] or ''}\n\n{text}".strip()}, *messages[1:]]
+        first = content_text(messages[0]["content"])
+        return [{"role": "system", "content": f"{first}\n\n{text}".strip()}, *messages[1:]]
     return [{"role": "system", "content": text}, *messages]
 
 
