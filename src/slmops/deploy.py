@@ -25,6 +25,8 @@ from slmops.errors import SlmopsError, UsageError
 # SmolLM2-135M-Instruct (docs/quality.md): `slmops convert --algo hqq --lm-head-precision fp32`,
 # onnxruntime's HQQ on the FP32 graph, blocks of 32, lm_head left on the embedding's fp32
 # weights (ΔPPL -0.1%, mean KLD < 0.001; the builder's best, k_quant_mixed block 16: +7.1%, 0.158).
+# Its float zero points have no fast CPU kernel: it decodes ~15x slower than the builder's
+# INT4 and ~4x slower than FP32 (docs/quality.md); `--quantization builder` is the fast one.
 BEST_INT4 = "int4-hqq-b32-lm_head-fp32"
 REFERENCE = "reference-fp32"
 DEPLOY_WINDOWS = 4
