@@ -2,7 +2,7 @@
 """The service against its references, measured side by side in one run.
 
     .venv/bin/python benchmarks/serve_throughput.py [MODEL_FOLDER] [--rounds 3] [--tokens 128]
-        [--llama-server PATH] [--gguf PATH]
+        [--llama-server PATH] [--gguf PATH] [--llama-threads 2]
 
 Without MODEL_FOLDER, the embedded SmolLM2-135M-Instruct GGUF is converted to INT4
 first. Per round, interleaved so machine load hits every contender alike:
@@ -97,8 +97,8 @@ def slmops_server(folder: Path, *flags: str) -> Server:
     return Server(" ".join(["slmops serve", *flags]), command, env)
 
 
-def llama_server(binary: str, gguf: Path) -> Server:
-    command = [binary, "-m", str(gguf), "--parallel", str(STREAMS), "-t", str(THREADS), "-tb", str(THREADS),
+def llama_server(binary: str, gguf: Path, threads: int) -> Server:
+    command = [binary, "-m", str(gguf), "--parallel", str(STREAMS), "-t", str(threads), "-tb", str(threads),
                "-c", str(STREAMS * CONTEXT_PER_SLOT)]
     return Server("llama-server", command)
 
@@ -231,6 +231,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--llama-server", help="llama-server binary [default: on PATH or /opt/llama-server/bin]")
     parser.add_argument("--gguf", type=Path, help="GGUF for llama-server [default: the embedded SmolLM2 Q4_1]")
+    # llama.cpp syncs its threads at every graph node: on a CPU shared with other work, a
+    # preempted thread stalls the rest, and -t 2 ran ~40x slower than -t 1 here under load.
+    parser.add_argument("--llama-threads", type=int, default=THREADS, help="llama-server -t [default: 2]")
     args = parser.parse_args()
 
     binary = find_llama_server(args.llama_server)
@@ -246,7 +249,7 @@ def main() -> None:
     prompt = Prompt(PROMPT, len(ids), PROMPT)
     servers = [slmops_server(folder), slmops_server(folder, "--no-batching")]
     if binary:
-        servers.append(llama_server(binary, gguf))
+        servers.append(llama_server(binary, gguf, args.llama_threads))
     run = Run()
     load_before = os.getloadavg()[0]
     try:
@@ -263,17 +266,19 @@ def main() -> None:
     finally:
         for server in servers:
             server.stop()
-    report(run, late, remaining, args.tokens, binary, (load_before, os.getloadavg()[0]))
+    report(run, late, remaining, args.tokens, binary and f"{binary} -t {args.llama_threads}",
+           (load_before, os.getloadavg()[0]))
 
 
 def report(run: Run, late: float, remaining: float, tokens: int, binary: str | None, load: tuple) -> None:
-    print(f"\n{tokens} new tokens per answer, {THREADS} threads everywhere, medians of "
+    print(f"\n{tokens} new tokens per answer, {THREADS} threads for slmops, medians of "
           f"{len(run.rows[OURS_8])} interleaved rounds; 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after")
     for label, values in run.rows.items():
         print(f"  {label:48s} {run.median(label):7.1f}   {' '.join(f'{v:.1f}' for v in values)}")
     print(f"  slmops serve 1 stream / in-process:         {run.median(OURS_1) / run.median(INPROC_1):.2f}x (target >= 0.9)")
     print(f"  slmops serve 8 streams / static batch of 8: {run.median(OURS_8) / run.median(STATIC_8):.2f}x (target >= 0.9)")
     if binary:
+        print(f"  llama-server: {binary}")
         print(f"  slmops serve 8 streams / llama-server --parallel 8: "
               f"{run.median(OURS_8) / run.median(LLAMA_8):.2f}x (target >= 1.5)")
         print(f"  slmops serve 1 stream / llama-server 1 stream: {run.median(OURS_1) / run.median(LLAMA_1):.2f}x")
