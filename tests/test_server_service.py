@@ -127,3 +127,18 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return not open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_service_start_reports_a_model_that_cannot_load(slmops_home, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "genai_config.json").write_text('{"model": {"type": "llama", "decoder": {"filename": "missing.onnx"}}}')
+    started = time.monotonic()
+    try:
+        result = slmops("service", "start", str(broken), "--port", str(free_port()))
+    finally:
+        slmops("service", "stop")
+    assert result.returncode != 0 and time.monotonic() - started < 60
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("Error: The service could not load its models (broken")
+    assert client.read_state() is None

@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 
 from slmops import settings
@@ -71,8 +73,13 @@ def start(serve_args: list[str] | None = None, timeout: float = START_TIMEOUT_S)
         if process.poll() is not None:
             raise ServiceError(f"The service exited at start: {_last_line()} (log: {log_path()}).")
         state = client.read_state()
-        if state and state.get("pid") == process.pid and _healthy():
+        readiness, failed = _readiness() if state and state.get("pid") == process.pid else ("down", {})
+        if readiness == "ok":
             return status(), True
+        if readiness == "failed":
+            process.terminate()
+            reasons = "; ".join(f"{name}: {why}" for name, why in failed.items())
+            raise ServiceError(f"The service could not load its models ({reasons}); fix them or start it without them.")
         time.sleep(0.2)
     process.terminate()
     raise ServiceError(f"The service did not answer within {timeout:.0f} s; see {log_path()}.")
@@ -116,12 +123,19 @@ def _remember(serve_args: list[str] | None) -> list[str]:
     return serve_args
 
 
-def _healthy() -> bool:
+def _readiness() -> tuple[str, dict]:
+    """/health's status ("ok", "loading", "failed", ...; "down" when it does not answer) and failures."""
     try:
-        client.request("/health", timeout=2.0)
-        return True
-    except ServiceError:
-        return False
+        with urllib.request.urlopen(client.base_url() + "/health", timeout=2.0):
+            return "ok", {}
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read() or b"{}")
+        except ValueError:
+            body = {}
+        return body.get("status", "down"), body.get("failed") or {}
+    except (urllib.error.URLError, OSError, TypeError):
+        return "down", {}
 
 
 def _zombie(pid: int) -> bool:
