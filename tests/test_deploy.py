@@ -114,10 +114,10 @@ def test_deploy_smollm2_end_to_end(capsys):
     assert "Paris" in answer.text
 
 
-def test_deploy_builds_the_default_hqq_variant_from_the_fp32_export(tiny_llama, tmp_path):
-    result = deploys.deploy(tiny_llama, name="tiny-hqq", windows=1, soak=10,
+def test_deploy_builds_the_hqq_variant_from_the_fp32_export(tiny_llama, tmp_path):
+    result = deploys.deploy(tiny_llama, name="tiny-hqq", windows=1, soak=10, quantization="int4-hqq-b32-lm_head-fp32",
                             max_ppl_increase=None, suite=_suite(tmp_path, PASSING_SUITE), echo=lambda line: None)
     entry = store.resolve("tiny-hqq")
-    assert result.variant == deploys.BEST_INT4 == "int4-hqq-b32-lm_head-fp32" and entry.inference_model.Name == "tiny-hqq"
+    assert result.variant == "int4-hqq-b32-lm_head-fp32" and entry.inference_model.Name == "tiny-hqq"
     assert json.loads((entry.path / "conversion.json").read_text())["quantization"]["algo"] == "hqq"
     assert 0 < result.quality["figures"]["kld_mean"] < 1

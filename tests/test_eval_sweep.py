@@ -21,6 +21,10 @@ def test_pick_takes_the_smallest_within_limits_and_says_why():
     assert "int4 (ΔPPL +35.0%)" in reason and "int4-good (pass rate 80%)" in reason
     assert pick(rows, max_ppl_increase=5.0, min_pass=0.7)[0] == "int4-good"
     assert pick([_row("int4", "int4", 86, 35.0)], 5.0, 0.9)[0] is None
+    # a small, accurate INT4 that decodes slower than FP32 is refused for it
+    slow = [*rows, _row("int4-slow", "int4", 190, 0.0, speed=8.0)]
+    name, reason = pick(slow, max_ppl_increase=5.0, min_pass=0.9)
+    assert name == "int8" and "int4-slow (8 tokens/s, slower than fp32's 100)" in reason
 
 
 def test_sweep_tiny_model_writes_table_json_markdown_and_plot(tiny_llama, tmp_path):
@@ -34,7 +38,9 @@ def test_sweep_tiny_model_writes_table_json_markdown_and_plot(tiny_llama, tmp_pa
     fp32, int4 = result.rows[0], result.rows[1]
     assert fp32.delta_ppl_pct == 0.0 and int4.kld_mean > 0 and int4.size_mb < fp32.size_mb
     assert int4.decode_tokens_per_s > 0 and int4.peak_rss_mb > 0 and int4.pass_rate == 1.0
-    assert result.pick == min(result.rows, key=lambda row: row.size_mb).name and result.best_int4 in names
+    # limits are wide open: the pick is the smallest row that decodes no slower than fp32
+    fast = [row for row in result.rows if row.decode_tokens_per_s >= fp32.decode_tokens_per_s]
+    assert result.pick == min(fast, key=lambda row: row.size_mb).name and result.best_int4 in names
     data = json.loads(result.json_path.read_text())
     assert data["rows"][1]["name"] == "int4"
     assert "| int4-hqq-b32 |" in result.markdown_path.read_text()

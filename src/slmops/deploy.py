@@ -21,13 +21,13 @@ import click
 from slmops import settings
 from slmops.errors import SlmopsError, UsageError
 
-# The INT4 variant (see slmops.evaluate.variants) closest to FP32 in `slmops sweep` on
-# SmolLM2-135M-Instruct (docs/quality.md): `slmops convert --algo hqq --lm-head-precision fp32`,
-# onnxruntime's HQQ on the FP32 graph, blocks of 32, lm_head left on the embedding's fp32
-# weights (ΔPPL -0.1%, mean KLD < 0.001; the builder's best, k_quant_mixed block 16: +7.1%, 0.158).
-# Its float zero points have no fast CPU kernel: it decodes ~15x slower than the builder's
-# INT4 and ~4x slower than FP32 (docs/quality.md); `--quantization builder` is the fast one.
-BEST_INT4 = "int4-hqq-b32-lm_head-fp32"
+# The INT4 variant (see slmops.evaluate.variants) closest to FP32 among those onnxruntime's
+# CPU kernels run fast, measured by `slmops sweep` on SmolLM2-135M-Instruct (docs/quality.md):
+# the builder's k_quant_mixed (sensitive layers and lm_head in int8), blocks of 16: ΔPPL +7.1%,
+# mean KLD 0.158, ~70 tokens/s idle on 2 cores. HQQ on the FP32 graph is closer still on this
+# model (ΔPPL -0.1%, it reproduces the GGUF's Q4_1 grid) but its float zero points run on a slow
+# path (8 tokens/s, a quarter of FP32's 33): `--quantization int4-hqq-b32-lm_head-fp32` asks for it.
+BEST_INT4 = "int4-k_quant_mixed-b16"
 REFERENCE = "reference-fp32"
 DEPLOY_WINDOWS = 4
 DEPLOY_SOAK = 40

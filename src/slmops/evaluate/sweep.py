@@ -237,13 +237,18 @@ def speed_only(output: Path, rounds: int = SPEED_ROUNDS, echo=lambda line: None)
 
 
 def pick(rows: list[Row], max_ppl_increase: float, min_pass: float) -> tuple[str | None, str]:
-    """The smallest (then fastest) row within the quality limits, and why."""
-    ok = [row for row in rows if row.error is None and row.delta_ppl_pct is not None
-          and row.delta_ppl_pct <= max_ppl_increase and (row.pass_rate or 0) >= min_pass]
+    """The smallest (then fastest) row within the quality limits that decodes no slower than FP32, and why.
+
+    A quantized model slower than the FP32 one (e.g. INT4 with float zero points, which
+    onnxruntime's CPU kernels run on a slow path) saves memory at the cost of the very speed
+    quantizing is for; it is refused, and named, rather than picked for its size.
+    """
+    floor = next((row.decode_tokens_per_s for row in rows if row.precision == "fp32" and row.error is None), None)
+    ok = [row for row in rows if _why_not(row, max_ppl_increase, min_pass, floor) is None]
     if not ok:
         return None, f"No precision keeps ΔPPL within {max_ppl_increase:g}% and a pass rate of {min_pass:.0%}."
     chosen = min(ok, key=lambda row: (row.size_mb, -(row.decode_tokens_per_s or 0)))
-    rejected = [f"{row.name} ({_why_not(row, max_ppl_increase, min_pass)})" for row in rows
+    rejected = [f"{row.name} ({_why_not(row, max_ppl_increase, min_pass, floor)})" for row in rows
                 if row not in ok and row.size_mb < chosen.size_mb]
     reason = (f"Picked {chosen.name}: the smallest ({chosen.size_mb:.0f} MB, {chosen.decode_tokens_per_s or 0:.0f} tokens/s) "
               f"with ΔPPL {chosen.delta_ppl_pct:+.1f}% ≤ {max_ppl_increase:g}% and pass rate {chosen.pass_rate:.0%} ≥ {min_pass:.0%}.")
@@ -258,12 +263,19 @@ def best_int4(rows: list[Row]) -> str | None:
     return min(int4, key=lambda row: row.kld_mean).name if int4 else None
 
 
-def _why_not(row: Row, max_ppl_increase: float, min_pass: float) -> str:
+def _why_not(row: Row, max_ppl_increase: float, min_pass: float, floor: float | None = None) -> str | None:
+    """Why ``row`` cannot be picked, or None when it can."""
     if row.error:
         return row.error
-    if row.delta_ppl_pct is not None and row.delta_ppl_pct > max_ppl_increase:
+    if row.delta_ppl_pct is None:
+        return "no perplexity"
+    if row.delta_ppl_pct > max_ppl_increase:
         return f"ΔPPL {row.delta_ppl_pct:+.1f}%"
-    return f"pass rate {(row.pass_rate or 0):.0%}"
+    if (row.pass_rate or 0) < min_pass:
+        return f"pass rate {(row.pass_rate or 0):.0%}"
+    if floor and row.decode_tokens_per_s is not None and row.decode_tokens_per_s < floor:
+        return f"{row.decode_tokens_per_s:.0f} tokens/s, slower than fp32's {floor:.0f}"
+    return None
 
 
 def _size_mb(folder: Path) -> float:
