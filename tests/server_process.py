@@ -11,12 +11,23 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def cached_server(home: Path, folder: Path, name: str, *args: str) -> "ServerProcess":
+    """A ready server whose cache under ``home`` holds ``folder`` (linked) as ``name``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLMOPS_HOME", str(home))
+        from slmops.cache import store
+
+        store.add(folder, name=name, link=True)
+    return ServerProcess(home, *args).wait_ready()
 
 
 class ServerProcess:

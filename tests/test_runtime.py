@@ -1,7 +1,5 @@
 """The runtime on a tiny random model built at test time: fast, offline, exact."""
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -25,19 +23,6 @@ CHATML = {
     "assistant": "<|im_start|>assistant\n{Content}<|im_end|>",
     "prompt": "<|im_start|>user\n{Content}<|im_end|>\n<|im_start|>assistant\n",
 }
-
-
-@pytest.fixture(scope="session")
-def tiny_onnx(tmp_path_factory, tiny_llama) -> Path:
-    """tiny_llama exported to an onnxruntime-genai fp32 folder (context 512, EOS <|im_end|>)."""
-    from onnxruntime_genai.models.builder import create_model, parse_extra_options
-
-    root = tmp_path_factory.mktemp("tiny-onnx")
-    out, cache = root / "model", root / "builder-cache"
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        options = parse_extra_options(None, str(tiny_llama), str(out), "fp32", "cpu", str(cache), [])
-        create_model(None, str(tiny_llama), str(out), "fp32", "cpu", str(cache), **options)
-    return out
 
 
 def linked_model(source: Path, folder: Path, inference_model: dict | None = None) -> Path:

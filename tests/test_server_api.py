@@ -13,7 +13,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.server_process import ServerProcess
+from tests.server_process import cached_server
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +29,9 @@ WEATHER = {"type": "function", "function": {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, smollm2_int4):
-    home = tmp_path_factory.mktemp("server-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SLMOPS_HOME", str(home))
-        from slmops.cache import store
-
-        store.add(smollm2_int4, name=MODEL, link=True)
     # The first request loads the model; a busy machine may take longer than the default --load-wait.
-    process = ServerProcess(home, "--parallel", "8", "--max-queue", "16", "--load-wait", "120").wait_ready()
+    process = cached_server(tmp_path_factory.mktemp("server-home"), smollm2_int4, MODEL,
+                            "--parallel", "8", "--max-queue", "16", "--load-wait", "120")
     yield process
     assert process.stop() == 0
 

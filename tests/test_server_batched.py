@@ -4,8 +4,6 @@ Deterministic: every figure is a count of rounds or decode steps, never a time.
 """
 
 import asyncio
-import contextlib
-import io
 import json
 import time
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 import slmops
 from slmops.server import batched, tools
 from slmops.server.batched import BatchedDecoder, Sequence
-from slmops.server.guided import GrammarError, Grammars
+from slmops.server.guided import GrammarError
 from slmops.server.scheduler import DONE, Job, Scheduler
 
 CITY = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Oslo", "Rome"]},
@@ -27,16 +25,9 @@ CITY = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Os
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, tiny_llama):
-    """tiny_llama as an onnxruntime-genai fp32 folder (context 512), loaded on one thread."""
-    from onnxruntime_genai.models.builder import create_model, parse_extra_options
-
-    root = tmp_path_factory.mktemp("tiny-batched")
-    out, cache = root / "model", root / "cache"
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        options = parse_extra_options(None, str(tiny_llama), str(out), "fp32", "cpu", str(cache), [])
-        create_model(None, str(tiny_llama), str(out), "fp32", "cpu", str(cache), **options)
-    return slmops.load(out, threads=1)
+def tiny(tiny_onnx):
+    """The tiny ONNX model (context 512), loaded on one thread."""
+    return slmops.load(tiny_onnx, threads=1)
 
 
 def sequence(model, ids, max_new=8, matcher=None, **options) -> Sequence:

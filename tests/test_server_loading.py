@@ -4,8 +4,6 @@ The load is held on an event (a patched ``Model.from_folder``), so every state i
 reached by the test itself, never by a sleep. The model is a tiny random llama.
 """
 
-import contextlib
-import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,19 +16,6 @@ from slmops.server import ServerConfig, create_app
 NAME = "tiny-loading"
 BODY = {"model": NAME, "prompt": "hello", "max_tokens": 3, "temperature": 0}
 WAIT_S = 30.0  # bound on every wait in here: a broken release must fail the test, not hang it
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, tiny_llama):
-    """tiny_llama as an onnxruntime-genai fp32 folder."""
-    from onnxruntime_genai.models.builder import create_model, parse_extra_options
-
-    root = tmp_path_factory.mktemp("tiny-loading")
-    out, cache = root / "model", root / "cache"
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        options = parse_extra_options(None, str(tiny_llama), str(out), "fp32", "cpu", str(cache), [])
-        create_model(None, str(tiny_llama), str(out), "fp32", "cpu", str(cache), **options)
-    return out
 
 
 class HeldLoad:
@@ -62,10 +47,10 @@ def held(monkeypatch):
 
 
 @pytest.fixture
-def cached(tiny_folder):
+def cached(tiny_onnx):
     from slmops.cache import store
 
-    store.add(tiny_folder, name=NAME, link=True)
+    store.add(tiny_onnx, name=NAME, link=True)
     return NAME
 
 
@@ -89,8 +74,8 @@ def metric(client: TestClient, name: str) -> float:
     raise KeyError(name)
 
 
-def test_health_says_loading_until_the_startup_model_is_loaded(tiny_folder, held):
-    with TestClient(app_with(0.2, str(tiny_folder))) as client:
+def test_health_says_loading_until_the_startup_model_is_loaded(tiny_onnx, held):
+    with TestClient(app_with(0.2, str(tiny_onnx))) as client:
         assert held.entered.wait(WAIT_S)
         health = client.get("/health")
         assert health.status_code == 503 and health.json()["status"] == "loading"
@@ -145,9 +130,9 @@ def test_the_management_load_waits_past_load_wait(cached, held):
         assert loaded.status_code == 200 and loaded.json() == {"name": NAME, "loaded": True, "ttl": 60}
 
 
-def test_a_failed_startup_load_is_reported_and_retried_on_request(tiny_folder, held):
+def test_a_failed_startup_load_is_reported_and_retried_on_request(tiny_onnx, held):
     held.error = MemoryError("no room for the weights")
-    with TestClient(app_with(WAIT_S, str(tiny_folder))) as client:
+    with TestClient(app_with(WAIT_S, str(tiny_onnx))) as client:
         held.release()
         for _ in range(int(WAIT_S / 0.05)):
             health = client.get("/health")

@@ -8,7 +8,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.server_process import ServerProcess
+from tests.server_process import cached_server
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +37,7 @@ EARLIER = [
 
 @pytest.fixture(scope="module")
 def oai(tmp_path_factory, smollm2_int4):
-    home = tmp_path_factory.mktemp("tools-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SLMOPS_HOME", str(home))
-        from slmops.cache import store
-
-        store.add(smollm2_int4, name=MODEL, link=True)
-    process = ServerProcess(home, "--parallel", "8").wait_ready()
+    process = cached_server(tmp_path_factory.mktemp("tools-home"), smollm2_int4, MODEL, "--parallel", "8")
     httpx.get(f"{process.url}/openai/load/{MODEL}", timeout=300).raise_for_status()  # loaded before any request
     yield openai.OpenAI(base_url=process.url + "/v1", api_key="unused", max_retries=0, timeout=300)
     assert process.stop() == 0
