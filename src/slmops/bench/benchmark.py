@@ -7,7 +7,7 @@ from pathlib import Path
 
 from slmops.bench import report
 from slmops.bench.prompts import PromptSource, load_paragraphs
-from slmops.bench.runner import BenchResult, CaseResult, Sweep, run_benchmark
+from slmops.bench.runner import BenchResult, CaseResult, Sweep, above_roofline, run_benchmark, set_bandwidth
 from slmops.bench.system import memory_bandwidth, system_info
 from slmops.bench.targets import LlamaCppTarget, RawTarget, RuntimeTarget, Target, UrlTarget, model_folder
 from slmops.errors import UsageError
@@ -97,10 +97,20 @@ def benchmark(
     try:
         bandwidth = memory_bandwidth(refresh_bandwidth) if roofline else None
         source = _LazySource(load_paragraphs(prompts), targets)
-        return run_benchmark(targets, sweep, source, system_info(), bandwidth, on_case)
+        result = run_benchmark(targets, sweep, source, system_info(), bandwidth, on_case)
     finally:
         for target in targets:
             target.close()
+    if above_roofline(result):
+        # A decode faster than the bandwidth allows means the bandwidth was measured on a busy machine.
+        set_bandwidth(result, memory_bandwidth(refresh=True))
+        for case in above_roofline(result):
+            result.warnings.append(
+                f"{case.target} prompt={case.prompt_tokens} out={case.output_tokens} c={case.concurrency}: "
+                f"decodes at {case.roofline_pct:.0f}% of the memory-bandwidth roofline: part of its weights stay "
+                f"in the CPU's cache, or the bandwidth ({result.memory_bandwidth_gb_s:.1f} GB/s) was measured on a "
+                f"busy machine (run with --refresh-bandwidth when it is idle)")
+    return result
 
 
 class _LazySource(PromptSource):

@@ -104,16 +104,18 @@ def run_benchmark(
         on_case: called with each finished case, its index and the number of cases.
         clock: the timestamp source (a fake one in tests).
     """
-    descriptions = [_load(target, bandwidth_gb_s) for target in targets]
+    descriptions = [_load(target) for target in targets]
     sweep = _clip(sweep, targets)
-    result = BenchResult(system=system, memory_bandwidth_gb_s=bandwidth_gb_s, settings=_settings(sweep), targets=descriptions)
+    result = BenchResult(system=system, memory_bandwidth_gb_s=None, settings=_settings(sweep), targets=descriptions)
+    set_bandwidth(result, bandwidth_gb_s)
     for target in targets:
         for i in range(sweep.warmup):
             target.request(source.prompt(32, 1000 + i), 8, clock)
     cases = sweep.cases()
     for index, (concurrency, output, prompt) in enumerate(cases):
         for case in _run_case(targets, sweep, source, prompt, output, concurrency, clock):
-            _finish(case, result, descriptions)
+            _set_roofline_pct(case, result)
+            _finish(case, result)
             result.cases.append(case)
             if on_case:
                 on_case(case, index, len(cases))
@@ -121,19 +123,36 @@ def run_benchmark(
     return result
 
 
-def _load(target: Target, bandwidth_gb_s: float | None) -> dict:
+def set_bandwidth(result: BenchResult, gb_s: float | None) -> None:
+    """Set the memory bandwidth and the roofline figures that follow from it."""
+    result.memory_bandwidth_gb_s = gb_s
+    for target in result.targets:
+        target["roofline_tps"] = gb_s * 1e9 / target["weight_bytes"] if gb_s and target["weight_bytes"] else None
+    for case in result.cases:
+        _set_roofline_pct(case, result)
+
+
+def _set_roofline_pct(case: CaseResult, result: BenchResult) -> None:
+    roofline = next(target["roofline_tps"] for target in result.targets if target["label"] == case.target)
+    decode = case.stats.decode_tps
+    case.roofline_pct = 100 * decode.median / roofline if roofline and decode else None
+
+
+def above_roofline(result: BenchResult) -> list[CaseResult]:
+    """Cases that decoded faster than the bandwidth allows: the bandwidth was measured too low."""
+    return [case for case in result.cases if case.roofline_pct and case.roofline_pct > 100]
+
+
+def _load(target: Target) -> dict:
     load_s = target.load()
     description = target.describe()
-    roofline = None
-    if bandwidth_gb_s and target.weight_bytes:
-        roofline = bandwidth_gb_s * 1e9 / target.weight_bytes
     return {
         **description,
         "model": description.get("model"),
         "library": description.get("library", ""),
         "load_s": load_s,
         "weight_bytes": target.weight_bytes,
-        "roofline_tps": roofline,
+        "roofline_tps": None,
         "pid": target.pid,
     }
 
@@ -227,12 +246,8 @@ def _case(target, prompt_len, output_len, concurrency, records, duration, usages
     )
 
 
-def _finish(case: CaseResult, result: BenchResult, descriptions: list[dict]) -> None:
-    """Fill the figures that need other cases or the target: roofline, queueing delay, warnings."""
-    target = next(d for d in descriptions if d["label"] == case.target)
-    decode = case.stats.decode_tps
-    if target["roofline_tps"] and decode:
-        case.roofline_pct = 100 * decode.median / target["roofline_tps"]
+def _finish(case: CaseResult, result: BenchResult) -> None:
+    """Fill the figures that need other cases: queueing delay, warnings."""
     single = next(
         (c for c in result.cases if (c.target, c.prompt_tokens, c.output_tokens, c.concurrency)
          == (case.target, case.prompt_tokens, case.output_tokens, 1)),
