@@ -2,6 +2,7 @@
 """slmops runtime vs a bare onnxruntime-genai Generator loop, on the same prompt and options.
 
     python benchmarks/runtime_vs_generator.py MODEL [--rounds 5] [--max-tokens 128] [--json out.json]
+        [--llama-bench PATH [--gguf FILE]]
 
 MODEL is a cached model name or a model folder. Configurations measured:
 
@@ -11,6 +12,11 @@ MODEL is a cached model name or a model folder. Configurations measured:
   ``Model.stream_generate``, the path every slmops command uses;
 - ``slmops-tN``: the same with N threads, to separate the runtime's own cost from
   its choice of thread count.
+
+With ``--llama-bench``, llama.cpp's own benchmark runs in every round too, on the GGUF the
+model was converted from (default: the embedded SmolLM2 GGUF): ``tg`` of --max-tokens tokens
+at a depth of the prompt's length, at slmops's thread count, with flash attention on and off;
+the faster of the two is llama.cpp's figure.
 
 Every round runs every configuration once, in a shuffled order, so that load from
 other processes hits all of them alike. All get the same prompt token ids (the chat
@@ -26,6 +32,7 @@ import argparse
 import json
 import random
 import statistics
+import subprocess
 import sys
 import time
 
@@ -79,6 +86,14 @@ def load_slmops(name: str, threads: int | None):
     return model, time.perf_counter() - start
 
 
+def run_llama_bench(args, prompt_tokens: int, threads: int, flash_attention: str) -> tuple[float, float, int]:
+    """llama.cpp's decode tokens/s from its own benchmark (which reports no TTFT for this test)."""
+    command = [args.llama_bench, "-m", args.gguf, "-t", str(threads), "-p", "0", "-n", str(args.max_tokens),
+               "-d", str(prompt_tokens), "-fa", flash_attention, "-r", "1", "-o", "jsonl"]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return float("nan"), json.loads(output.splitlines()[0])["avg_ts"], args.max_tokens
+
+
 def measure_loads(args, path: str, configs: dict) -> dict:
     """Load times, interleaved like the runs; each model is dropped before the next load."""
     loaders = {name: (lambda threads=threads: load_bare(path, threads)[1]) for name, threads in configs.items()}
@@ -103,6 +118,9 @@ def measure(args) -> dict:
     for threads in args.threads:  # the same thread counts as the bare loop: the runtime's own overhead
         pinned = load_slmops(args.model, threads)[0]
         runners[f"slmops-t{threads}"] = lambda pinned=pinned: run_slmops(pinned, ids, args.max_tokens)
+    if args.llama_bench:  # each setting of flash attention is a contender; the faster one is llama.cpp's figure
+        for setting in ("on", "off"):
+            runners[f"llama.cpp-fa-{setting}"] = lambda setting=setting: run_llama_bench(args, len(ids), model.threads, setting)
     names = list(runners)
     for name in names:  # warm-up: first allocations, first kernels
         runners[name]()
@@ -153,6 +171,9 @@ def summarize(samples: dict, loads: dict, model, prompt_tokens: int, args) -> di
             "tokens": runs[0][2],
             "load_s": statistics.median(loads[name]) if name in loads else None,
         }
+    llamas = {name: rows.pop(name) for name in list(rows) if name.startswith("llama.cpp")}
+    llama_name = max(llamas, key=lambda name: llamas[name]["decode_tokens_per_s"]) if llamas else None
+    llama = llamas.get(llama_name)
     bare = {name: row for name, row in rows.items() if name.startswith("bare")}
     best = max(bare, key=lambda name: bare[name]["decode_tokens_per_s"])
     ours = rows["slmops"]
@@ -166,6 +187,10 @@ def summarize(samples: dict, loads: dict, model, prompt_tokens: int, args) -> di
         "vs_default_decode_ratio": ours["decode_tokens_per_s"] / rows["bare-default"]["decode_tokens_per_s"],
         "same_threads_decode_ratio": same["decode_tokens_per_s"] / bare[best]["decode_tokens_per_s"] if same else None,
         "same_threads_ttft_ratio": same["ttft_ms"] / bare[best]["ttft_ms"] if same else None,
+        "llama_cpp": {name: row["decode_tokens_per_s"] for name, row in llamas.items()},
+        "llama_cpp_best": llama_name,
+        "llama_cpp_decode_tokens_per_s": llama["decode_tokens_per_s"] if llama else None,
+        "llama_cpp_decode_ratio": ours["decode_tokens_per_s"] / llama["decode_tokens_per_s"] if llama else None,
     }
 
 
@@ -182,6 +207,10 @@ def report(summary: dict) -> None:
         print(f"slmops at the same thread count / {summary['best_bare']}: decode "
               f"{summary['same_threads_decode_ratio']:.3f}x, TTFT {summary['same_threads_ttft_ratio']:.3f}x")
     print(f"slmops / bare-default: decode {summary['vs_default_decode_ratio']:.2f}x")
+    if summary["llama_cpp_decode_ratio"] is not None:
+        measured = ", ".join(f"{name} {rate:.1f}" for name, rate in summary["llama_cpp"].items())
+        print(f"llama-bench, {summary['slmops_threads']} threads, decode tok/s: {measured}")
+        print(f"slmops / {summary['llama_cpp_best']}: decode {summary['llama_cpp_decode_ratio']:.2f}x (target >= 1.5)")
     chat = summary["chat_third_turn"]
     print(f"third chat turn ({chat['history_tokens']} prompt tokens): TTFT {chat['fresh_ttft_ms']:.1f} ms with a "
           f"fresh generator, {chat['kept_ttft_ms']:.1f} ms with the conversation's kept KV cache")
@@ -197,7 +226,13 @@ def main() -> None:
     parser.add_argument("--slmops-threads", type=int, default=None, help="default: detected")
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--json", help="also write the summary to this file")
+    parser.add_argument("--llama-bench", help="llama.cpp's llama-bench binary, to measure llama.cpp in every round")
+    parser.add_argument("--gguf", help="the GGUF for llama-bench (default: the embedded SmolLM2 GGUF)")
     args = parser.parse_args()
+    if args.llama_bench and not args.gguf:
+        from slmops.convert import embedded_model
+
+        args.gguf = str(embedded_model())
     summary = measure(args)
     report(summary)
     if args.json:
