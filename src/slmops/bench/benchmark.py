@@ -102,7 +102,7 @@ def benchmark(
         for target in targets:
             target.close()
     if above_roofline(result):
-        # A decode faster than the bandwidth allows means the bandwidth was measured on a busy machine.
+        # Most often the bandwidth was probed on a busy machine; a fresh probe keeps the better figure.
         set_bandwidth(result, memory_bandwidth(refresh=True))
         for case in above_roofline(result):
             result.warnings.append(

@@ -139,7 +139,7 @@ def _set_roofline_pct(case: CaseResult, result: BenchResult) -> None:
 
 
 def above_roofline(result: BenchResult) -> list[CaseResult]:
-    """Cases that decoded faster than the bandwidth allows: the bandwidth was measured too low."""
+    """Cases that decoded faster than the measured bandwidth seems to allow."""
     return [case for case in result.cases if case.roofline_pct and case.roofline_pct > 100]
 
 
