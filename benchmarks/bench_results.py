@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import random
 import shutil
@@ -29,7 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serve_throughput import Server  # this folder's other script: it starts servers for the comparison
+from runtime_vs_generator import llama_bench_decode, run_slmops  # this folder's other scripts
+from serve_throughput import Server
 
 from slmops.bench import Sweep, TargetSpec, benchmark, report, write_outputs
 from slmops.convert import embedded_model
@@ -79,10 +79,11 @@ def against_llama_bench(model: Path, gguf: Path, binary: str, lengths, output: i
     for length in lengths:
         prompt = source.prompt(length)
         ids = ours.encode(prompt.text)[: prompt.tokens]
-        runners = {"slmops": lambda ids=ids: _slmops_decode(ours, ids, output)}
+        runners = {"slmops": lambda ids=ids: run_slmops(ours, ids, output)[1]}
         for setting in ("on", "off"):
-            runners[f"fa-{setting}"] = lambda setting=setting, depth=len(ids): _llama_bench_decode(
-                binary, gguf, depth, output, setting)
+            # warmup=False: the prefill of `depth` tokens before the measured generation warms it up.
+            runners[f"fa-{setting}"] = lambda setting=setting, depth=len(ids): llama_bench_decode(
+                binary, gguf, THREADS, depth, output, setting, warmup=False)
         samples = {name: [] for name in runners}
         for round_index in range(rounds):
             for name in random.Random(round_index).sample(list(runners), len(runners)):
@@ -92,21 +93,6 @@ def against_llama_bench(model: Path, gguf: Path, binary: str, lengths, output: i
               f"{row['fa-on']:.1f}, off {row['fa-off']:.1f} tok/s", flush=True)
         rows.append(row)
     return rows
-
-
-def _slmops_decode(model, ids: list[int], output: int) -> float:
-    last = None
-    for last in model.stream_generate(ids, max_tokens=output, temperature=0, repetition_penalty=1.0):
-        pass
-    return last.decode_tokens_per_s
-
-
-def _llama_bench_decode(binary: str, gguf: Path, depth: int, output: int, flash_attention: str) -> float:
-    # --no-warmup: the prefill of `depth` tokens before the measured generation warms it up.
-    command = [binary, "-m", str(gguf), "-t", str(THREADS), "-p", "0", "-n", str(output), "-d", str(depth),
-               "-fa", flash_attention, "-r", "1", "--no-warmup", "-o", "jsonl"]
-    output_text = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output_text.splitlines()[0])["avg_ts"]
 
 
 def llama_bench_table(rows: list[dict], rounds: int) -> list[str]:

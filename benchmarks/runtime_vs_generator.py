@@ -86,12 +86,19 @@ def load_slmops(name: str, threads: int | None):
     return model, time.perf_counter() - start
 
 
-def run_llama_bench(args, prompt_tokens: int, threads: int, flash_attention: str) -> tuple[float, float, int]:
-    """llama.cpp's decode tokens/s from its own benchmark (which reports no TTFT for this test)."""
-    command = [args.llama_bench, "-m", args.gguf, "-t", str(threads), "-p", "0", "-n", str(args.max_tokens),
-               "-d", str(prompt_tokens), "-fa", flash_attention, "-r", "1", "-o", "jsonl"]
+def llama_bench_decode(binary: str, gguf, threads: int, depth: int, tokens: int, flash_attention: str,
+                       warmup: bool = True) -> float:
+    """llama.cpp's decode tokens/s from its own benchmark: ``tokens`` generated after ``depth`` tokens."""
+    command = [binary, "-m", str(gguf), "-t", str(threads), "-p", "0", "-n", str(tokens), "-d", str(depth),
+               "-fa", flash_attention, "-r", "1", "-o", "jsonl", *([] if warmup else ["--no-warmup"])]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return float("nan"), json.loads(output.splitlines()[0])["avg_ts"], args.max_tokens
+    return json.loads(output.splitlines()[0])["avg_ts"]
+
+
+def run_llama_bench(args, prompt_tokens: int, threads: int, flash_attention: str) -> tuple[float, float, int]:
+    """As the other runners report, with no TTFT (llama-bench has none for this test)."""
+    rate = llama_bench_decode(args.llama_bench, args.gguf, threads, prompt_tokens, args.max_tokens, flash_attention)
+    return float("nan"), rate, args.max_tokens
 
 
 def measure_loads(args, path: str, configs: dict) -> dict:

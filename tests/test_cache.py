@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from slmops import settings
-from slmops.cache import store
+from slmops.cache import scan, store
 from slmops.cache.inference_model import InferenceModel
 from slmops.errors import CacheError, ModelNotFound, UsageError
 
@@ -145,7 +145,7 @@ def test_precision_from_graph_conversion_json_and_folder_name(tmp_path):
     assert found["recorded"].source == "/models/base"
     write_onnx(cache / "int4" / "model.onnx", "fp16")  # a graph replaced in place is read again
     assert store.resolve("m-int4").precision == "fp16"
-    assert store._precision(Path("/x/qwen-cpu-int4-rtn-block-32"), None, None) == "int4"
+    assert scan._precision(Path("/x/qwen-cpu-int4-rtn-block-32"), None, None) == "int4"
 
 
 BROKEN = {

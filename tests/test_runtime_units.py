@@ -8,7 +8,8 @@ from slmops.errors import UsageError
 from slmops.runtime import threads
 from slmops.runtime.generate import StopText
 from slmops.runtime.options import GenerationOptions, model_defaults
-from slmops.runtime.prompt import end_marker, normalize
+from slmops.cache.messages import normalize
+from slmops.runtime.prompt import end_marker
 from slmops.cache.inference_model import InferenceModel
 
 

@@ -166,7 +166,7 @@ AUDIO = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}
     ([{"type": "text", "text": "Hi "}, {"text": "there"}], "Hi there"),  # a part with no type is text
 ])
 def test_one_content_rule_reads_text_the_same_on_both_paths(content, text):
-    from slmops.runtime.prompt import normalize
+    from slmops.cache.messages import normalize
 
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": content}]
     assert normalize(messages)[1] == {"role": "user", "content": text}
@@ -182,7 +182,7 @@ def test_one_content_rule_reads_text_the_same_on_both_paths(content, text):
 ])
 def test_one_content_rule_refuses_what_is_not_text_naming_the_message(content, error):
     """The HTTP API turns these UsageErrors into 400s: a request is never half read."""
-    from slmops.runtime.prompt import normalize
+    from slmops.cache.messages import normalize
 
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": content}]
     for path in (normalize, model(CHATML).render):

@@ -24,7 +24,6 @@ from slmops.cache.location import location, set_location
 from slmops.cache.names import InvalidModelName, check_name, resolve
 from slmops.cache.scan import (CONVERSION, GENAI_CONFIG, MARKER, CachedModel, context_length, read_entry,
                                read_json_file, scan, source_of)
-from slmops.cache.scan import _precision  # noqa: F401  (the cache tests read it here)
 from slmops.errors import CacheError, UsageError
 
 __all__ = ["CachedModel", "InvalidModelName", "add", "check_name", "location", "model_root", "read_entry",
@@ -114,9 +113,10 @@ def _inference_model_for(source: Path, name: str | None) -> InferenceModel:
     genai = read_json_file(source / GENAI_CONFIG, []) or {}
     conversion = read_json_file(source / CONVERSION, []) or {}
     default_name = source.parent.name if source.name in ("onnx", "model", "output") else source.name
+    converted_from = source_of(conversion)
     return InferenceModel(
         Name=name if name is not None else default_name,
-        Description=f"Added from {source}" + (f", converted from {source_of(conversion)}" if source_of(conversion) else ""),
+        Description=f"Added from {source}" + (f", converted from {converted_from}" if converted_from else ""),
         Version="1.0",
         PromptTemplate=template_for(source),
         ModelConfig=default_config(context_length(genai)),

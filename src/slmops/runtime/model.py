@@ -10,6 +10,7 @@ from typing import Any, Iterable, Iterator
 import onnxruntime_genai as og
 
 from slmops.cache.inference_model import FILENAME as INFERENCE_MODEL, InferenceModel
+from slmops.cache.messages import normalize
 from slmops.errors import ContextTooLong, ModelNotFound, SlmopsError
 from slmops.runtime import prompt as prompts
 from slmops.runtime.generate import Response, Result, collect, stream_tokens
@@ -128,7 +129,7 @@ class Model:
 
     def render(self, messages: Iterable[Any]) -> str:
         """The prompt text for a chat: the PromptTemplate if the model has one, else its chat template."""
-        return prompts.render(prompts.normalize(messages), self.inference_model, self.tokenizer)
+        return prompts.render(normalize(messages), self.inference_model, self.tokenizer)
 
     def prompt_ids(self, messages: Iterable[Any], truncate: bool = False) -> list[int]:
         """Token ids of a chat's prompt.
@@ -137,7 +138,7 @@ class Model:
             ContextTooLong: the prompt does not fit, and ``truncate`` is off or even
                 the last message alone (with the system message) does not fit.
         """
-        messages = prompts.normalize(messages)
+        messages = normalize(messages)
         while True:
             ids = self.encode(self.render(messages))
             if len(ids) < self.context_length:

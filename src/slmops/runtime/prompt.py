@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-from slmops.cache.messages import normalize  # noqa: F401  (the one rule for messages, re-exported)
 from slmops.errors import SlmopsError
 
 
