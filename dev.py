@@ -42,8 +42,12 @@ def install() -> None:
 
 def demo() -> None:
     slmops = str(BIN / "slmops")
-    run(slmops, "deploy", "--name", "smollm2-135m-instruct")
-    run(slmops, "model", "run", "smollm2-135m-instruct", "--prompt", DEMO_PROMPT, "--max-tokens", "64")
+    # --force: a second demo replaces the first one's model instead of stopping at its name.
+    run(slmops, "deploy", "--name", "smollm2-135m-instruct", "--force")
+    # Greedy: the model's own defaults sample (temperature 0.7), and a 135M model sampled
+    # sometimes wanders off; the demo gives the same answer on every machine.
+    run(slmops, "model", "run", "smollm2-135m-instruct", "--prompt", DEMO_PROMPT, "--max-tokens", "64",
+        "--temperature", "0")
 
 
 def test(args: list[str]) -> None:
