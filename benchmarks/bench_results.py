@@ -30,7 +30,6 @@ from pathlib import Path
 
 from runtime_vs_generator import llama_bench_decode, run_slmops  # this folder's other scripts
 from serve_throughput import Server
-
 from slmops.bench import Sweep, TargetSpec, benchmark, report, write_outputs
 from slmops.convert import embedded_model
 
@@ -48,20 +47,48 @@ def convert_model(gguf: Path, work: Path) -> Path:
 
 def side_by_side(model: Path, gguf: Path, quick: bool) -> dict:
     have_llama = importlib.util.find_spec("llama_cpp") is not None
-    spec = TargetSpec(model=str(model), raw=True, raw_threads=(THREADS, 0), threads=THREADS,
-                      llama_cpp=str(gguf) if have_llama else None)
-    sweep = Sweep(prompt_lengths=(32, 128) if quick else (32, 128, 512, 1024, 2048),
-                  output_lengths=(32,) if quick else (64,), reps=2 if quick else None, warmup=1)
+    spec = TargetSpec(
+        model=str(model),
+        raw=True,
+        raw_threads=(THREADS, 0),
+        threads=THREADS,
+        llama_cpp=str(gguf) if have_llama else None,
+    )
+    sweep = Sweep(
+        prompt_lengths=(32, 128) if quick else (32, 128, 512, 1024, 2048),
+        output_lengths=(32,) if quick else (64,),
+        reps=2 if quick else None,
+        warmup=1,
+    )
     return benchmark(spec, sweep, refresh_bandwidth=True, on_case=_progress).to_dict()
 
 
 def through_serve(model: Path, quick: bool) -> dict:
-    server = Server("slmops serve", [sys.executable, "-m", "slmops", "serve", str(model), "--threads", str(THREADS),
-                                     "--parallel", "16", "--log-level", "warning"]).wait_ready(120)
+    server = Server(
+        "slmops serve",
+        [
+            sys.executable,
+            "-m",
+            "slmops",
+            "serve",
+            str(model),
+            "--threads",
+            str(THREADS),
+            "--parallel",
+            "16",
+            "--log-level",
+            "warning",
+        ],
+    ).wait_ready(120)
     try:
         spec = TargetSpec(url=server.url, endpoint="completions", pid=server.process.pid)
-        sweep = Sweep(prompt_lengths=(128,), output_lengths=(32,),
-                      concurrency=(1, 2, 4) if quick else (1, 2, 4, 8, 16), reps=1 if quick else 3, warmup=1)
+        sweep = Sweep(
+            prompt_lengths=(128,),
+            output_lengths=(32,),
+            concurrency=(1, 2, 4) if quick else (1, 2, 4, 8, 16),
+            reps=1 if quick else 3,
+            warmup=1,
+        )
         document = benchmark(spec, sweep, on_case=_progress).to_dict()
     finally:
         server.stop()
@@ -82,40 +109,63 @@ def against_llama_bench(model: Path, gguf: Path, binary: str, lengths, output: i
         runners = {"slmops": lambda ids=ids: run_slmops(ours, ids, output)[1]}
         for setting in ("on", "off"):
             # warmup=False: the prefill of `depth` tokens before the measured generation warms it up.
-            runners[f"fa-{setting}"] = lambda setting=setting, depth=len(ids): llama_bench_decode(
-                binary, gguf, THREADS, depth, output, setting, warmup=False)
+            runners[f"fa-{setting}"] = lambda setting=setting, depth=len(ids): llama_bench_decode(  # noqa: B008
+                binary, gguf, THREADS, depth, output, setting, warmup=False
+            )
         samples = {name: [] for name in runners}
         for round_index in range(rounds):
             for name in random.Random(round_index).sample(list(runners), len(runners)):
                 samples[name].append(runners[name]())
         row = {"prompt_tokens": len(ids), **{name: statistics.median(values) for name, values in samples.items()}}
-        print(f"llama-bench p={row['prompt_tokens']}: slmops {row['slmops']:.1f}, flash attention on "
-              f"{row['fa-on']:.1f}, off {row['fa-off']:.1f} tok/s", flush=True)
+        print(
+            f"llama-bench p={row['prompt_tokens']}: slmops {row['slmops']:.1f}, flash attention on "
+            f"{row['fa-on']:.1f}, off {row['fa-off']:.1f} tok/s",
+            flush=True,
+        )
         rows.append(row)
     return rows
 
 
 def llama_bench_table(rows: list[dict], rounds: int) -> list[str]:
     lines = [
-        "## slmops vs llama.cpp's own benchmark (`llama-bench`, same weights)", "",
+        "## slmops vs llama.cpp's own benchmark (`llama-bench`, same weights)",
+        "",
         f"Decode tokens/s generating 64 tokens after a prompt (llama-bench: `-p 0 -n 64 -d PROMPT`), "
         f"{THREADS} threads, medians of {rounds} interleaved rounds. llama.cpp runs with flash attention on and "
         "off; the faster is its figure. llama-cpp-python, above, runs Python on every token, so this is the "
-        "stricter comparison.", "",
+        "stricter comparison.",
+        "",
     ]
     table = []
     for row in rows:
         best = max(row["fa-on"], row["fa-off"])
-        table.append([str(row["prompt_tokens"]), _f(row["slmops"]), _f(row["fa-on"]), _f(row["fa-off"]),
-                      _ratio(row["slmops"], best)])
-    return lines + report.md_table(["prompt", "slmops decode tok/s", "llama.cpp flash attention on",
-                                    "llama.cpp flash attention off", "decode × best llama.cpp"], table)
+        table.append(
+            [
+                str(row["prompt_tokens"]),
+                _f(row["slmops"]),
+                _f(row["fa-on"]),
+                _f(row["fa-off"]),
+                _ratio(row["slmops"], best),
+            ]
+        )
+    return lines + report.md_table(
+        [
+            "prompt",
+            "slmops decode tok/s",
+            "llama.cpp flash attention on",
+            "llama.cpp flash attention off",
+            "decode × best llama.cpp",
+        ],
+        table,
+    )
 
 
 def _progress(case, index: int, total: int) -> None:
     decode = case.stats.decode_tps.median if case.stats.decode_tps else 0
-    print(f"[{index + 1}/{total}] {case.target} p={case.prompt_tokens} c={case.concurrency}: "
-          f"decode {decode:.1f} tok/s", flush=True)
+    print(
+        f"[{index + 1}/{total}] {case.target} p={case.prompt_tokens} c={case.concurrency}: decode {decode:.1f} tok/s",
+        flush=True,
+    )
 
 
 def summary(local: dict) -> list[str]:
@@ -132,16 +182,34 @@ def summary(local: dict) -> list[str]:
             continue
         best = max((by[(t["label"], prompt)] for t in raws if (t["label"], prompt) in by), key=_decode, default=None)
         twin, other = by.get((same, prompt)), by.get((llama, prompt))
-        rows.append([
-            str(prompt), _f(_decode(mine)), _f(_ttft(mine)),
-            _ratio(_decode(mine), _decode(twin)), _ratio(_ttft(twin), _ttft(mine)),
-            _f(_decode(best)) + (f" ({best['target']})" if best else ""), _ratio(_decode(mine), _decode(best)),
-            _f(_decode(other)), _ratio(_decode(mine), _decode(other)), _ratio(_ttft(other), _ttft(mine)),
-            _f(mine["roofline_pct"]),
-        ])
-    headers = ["prompt", "slmops decode tok/s", "slmops TTFT ms", "decode × bare (same threads)",
-               "TTFT × bare (same threads)", "best bare decode tok/s", "decode × best bare",
-               "llama.cpp decode tok/s", "decode × llama.cpp", "TTFT × llama.cpp", "slmops roofline %"]
+        rows.append(
+            [
+                str(prompt),
+                _f(_decode(mine)),
+                _f(_ttft(mine)),
+                _ratio(_decode(mine), _decode(twin)),
+                _ratio(_ttft(twin), _ttft(mine)),
+                _f(_decode(best)) + (f" ({best['target']})" if best else ""),
+                _ratio(_decode(mine), _decode(best)),
+                _f(_decode(other)),
+                _ratio(_decode(mine), _decode(other)),
+                _ratio(_ttft(other), _ttft(mine)),
+                _f(mine["roofline_pct"]),
+            ]
+        )
+    headers = [
+        "prompt",
+        "slmops decode tok/s",
+        "slmops TTFT ms",
+        "decode × bare (same threads)",
+        "TTFT × bare (same threads)",
+        "best bare decode tok/s",
+        "decode × best bare",
+        "llama.cpp decode tok/s",
+        "decode × llama.cpp",
+        "TTFT × llama.cpp",
+        "slmops roofline %",
+    ]
     return report.md_table(headers, rows)
 
 
@@ -163,20 +231,30 @@ def _ratio(a, b) -> str:
 
 def write_results(local: dict, served: dict, path: Path, strict: list[str]) -> None:
     lines = [
-        "# slmops benchmark results", "",
+        "# slmops benchmark results",
+        "",
         "Generated by `benchmarks/bench_results.py` with `slmops bench`; do not edit by hand.",
         "The machine is shared, so absolute figures swing from run to run: read the ratios,",
-        "which come from targets interleaved in the same run.", "",
-        "## slmops vs the bare onnxruntime-genai Generator vs llama.cpp (same SmolLM2-135M-Instruct weights)", "",
+        "which come from targets interleaved in the same run.",
+        "",
+        "## slmops vs the bare onnxruntime-genai Generator vs llama.cpp (same SmolLM2-135M-Instruct weights)",
+        "",
         "Goal: ≥ 0.95× the best bare Generator and ≥ 1.5× llama.cpp in decode tokens/s.",
         "Above 1, slmops is faster. The in-process targets share one process, so their RSS is the",
-        "sum of every model loaded; the `slmops serve` figures are the server process alone.", "",
-        *summary(local), "",
+        "sum of every model loaded; the `slmops serve` figures are the server process alone.",
+        "",
+        *summary(local),
+        "",
         *(strict + [""] if strict else []),
-        report.markdown(local, "Side by side, in-process").replace("# ", "### ", 1).replace("\n## ", "\n#### "), "",
+        report.markdown(local, "Side by side, in-process").replace("# ", "### ", 1).replace("\n## ", "\n#### "),
+        "",
         report.markdown(served, "Through `slmops serve` (OpenAI API), by concurrency")
-        .replace("# ", "### ", 1).replace("\n## ", "\n#### "),
-        "![side by side](results.png)", "", "![through slmops serve](results-serve.png)", "",
+        .replace("# ", "### ", 1)
+        .replace("\n## ", "\n#### "),
+        "![side by side](results.png)",
+        "",
+        "![through slmops serve](results-serve.png)",
+        "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
 
@@ -184,10 +262,15 @@ def write_results(local: dict, served: dict, path: Path, strict: list[str]) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--model", type=Path, help="an INT4 model folder converted from the GGUF (default: convert now)")
+    parser.add_argument(
+        "--model", type=Path, help="an INT4 model folder converted from the GGUF (default: convert now)"
+    )
     parser.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md and its files go")
-    parser.add_argument("--llama-bench", default=shutil.which("llama-bench"),
-                        help="llama.cpp's llama-bench binary (default: the one on PATH, if any)")
+    parser.add_argument(
+        "--llama-bench",
+        default=shutil.which("llama-bench"),
+        help="llama.cpp's llama-bench binary (default: the one on PATH, if any)",
+    )
     args = parser.parse_args()
     gguf = embedded_model()
     with tempfile.TemporaryDirectory() as work:

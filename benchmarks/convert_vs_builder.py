@@ -59,13 +59,44 @@ def size_mb(folder: Path) -> float:
 
 
 def bare_builder(hf: Path, out: Path, work: Path) -> tuple[float, float, float]:
-    return timed([PYTHON, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out), "-p", "int4",
-                  "-e", "cpu", "-c", str(work / "builder-cache")], work / "log.txt")
+    return timed(
+        [
+            PYTHON,
+            "-m",
+            "onnxruntime_genai.models.builder",
+            "-i",
+            str(hf),
+            "-o",
+            str(out),
+            "-p",
+            "int4",
+            "-e",
+            "cpu",
+            "-c",
+            str(work / "builder-cache"),
+        ],
+        work / "log.txt",
+    )
 
 
 def slmops(source: Path, out: Path, work: Path) -> tuple[float, float, float]:
-    return timed([PYTHON, "-m", "slmops", "convert", str(source), "-o", str(out), "--precision", "int4",
-                  "--force", "--log-level", "0"], work / "log.txt")
+    return timed(
+        [
+            PYTHON,
+            "-m",
+            "slmops",
+            "convert",
+            str(source),
+            "-o",
+            str(out),
+            "--precision",
+            "int4",
+            "--force",
+            "--log-level",
+            "0",
+        ],
+        work / "log.txt",
+    )
 
 
 def transformers_path(gguf: Path, out: Path, work: Path) -> tuple[float, float, float]:
@@ -107,8 +138,12 @@ def main() -> None:
     hf = work / "smollm2-hf"
     if not (hf / "config.json").exists():
         gguf_to_hf(gguf, hf)
-    runs = {"builder (HF)": bare_builder, "slmops (HF)": slmops,
-            "transformers GGUF + builder": transformers_path, "slmops (GGUF)": slmops}
+    runs = {
+        "builder (HF)": bare_builder,
+        "slmops (HF)": slmops,
+        "transformers GGUF + builder": transformers_path,
+        "slmops (GGUF)": slmops,
+    }
     sources = {"builder (HF)": hf, "slmops (HF)": hf, "transformers GGUF + builder": gguf, "slmops (GGUF)": gguf}
     names = list(runs)
     pairs = {"all": [names[0:2], names[2:4]], "hf": [names[0:2]], "gguf": [names[2:4]]}[args.only]
@@ -135,12 +170,16 @@ def report(results: dict, work: Path) -> None:
             "size_mb": round(size_mb(folder[name]), 1),
             "runs": [[round(value, 1) for value in r] for r in runs],
         }
-    print(f"\n{'mean of ' + str(len(next(iter(results.values())))) + ' runs':30} {'wall s':>8} {'CPU s':>7} {'peak RSS MB':>12} {'size MB':>9}")
+    print(
+        f"\n{'mean of ' + str(len(next(iter(results.values())))) + ' runs':30} {'wall s':>8} {'CPU s':>7} {'peak RSS MB':>12} {'size MB':>9}"
+    )
     for name, row in summary.items():
         print(f"{name:30} {row['wall_s']:8.1f} {row['cpu_s']:7.1f} {row['peak_rss_mb']:12.0f} {row['size_mb']:9.1f}")
     ratios = {}
-    for ours, theirs, label in (("slmops (HF)", "builder (HF)", "HF: slmops / bare builder"),
-                                ("slmops (GGUF)", "transformers GGUF + builder", "GGUF: slmops / transformers path")):
+    for ours, theirs, label in (
+        ("slmops (HF)", "builder (HF)", "HF: slmops / bare builder"),
+        ("slmops (GGUF)", "transformers GGUF + builder", "GGUF: slmops / transformers path"),
+    ):
         if ours in summary and theirs in summary:
             for key in ("wall_s", "cpu_s", "peak_rss_mb"):
                 ratios[f"{label} {key}"] = round(summary[ours][key] / summary[theirs][key], 2)
@@ -150,7 +189,9 @@ def report(results: dict, work: Path) -> None:
     if "slmops (GGUF)" in summary and "transformers GGUF + builder" in summary:
         same = greedy(folder["slmops (GGUF)"]) == greedy(folder["transformers GGUF + builder"])
         print(f"GGUF outputs give the same greedy tokens: {same}")
-    (work / "results.json").write_text(json.dumps({"summary": summary, "ratios": ratios, "same_tokens": same}, indent=2))
+    (work / "results.json").write_text(
+        json.dumps({"summary": summary, "ratios": ratios, "same_tokens": same}, indent=2)
+    )
     print(f"results: {work / 'results.json'}")
 
 

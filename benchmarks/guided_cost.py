@@ -21,16 +21,35 @@ import statistics
 import time
 
 from slmops.runtime import load
+from slmops.runtime.batched import BatchedDecoder, Sequence
 from slmops.server import tools
-from slmops.server.batched import BatchedDecoder, Sequence
 
-SCHEMA = {"type": "object", "properties": {
-    "title": {"type": "string"}, "year": {"type": "integer"},
-    "cast": {"type": "array", "items": {"type": "object", "properties": {
-        "name": {"type": "string"}, "role": {"type": "string"}}, "required": ["name", "role"]}}},
-    "required": ["title", "year", "cast"]}
-TOPICS = ["a film about space", "a film about the sea", "a detective film", "a comedy about cooks",
-          "a film about horses", "a war film", "a musical", "a film about robots"]
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string"},
+        "year": {"type": "integer"},
+        "cast": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "role": {"type": "string"}},
+                "required": ["name", "role"],
+            },
+        },
+    },
+    "required": ["title", "year", "cast"],
+}
+TOPICS = [
+    "a film about space",
+    "a film about the sea",
+    "a detective film",
+    "a comedy about cooks",
+    "a film about horses",
+    "a war film",
+    "a musical",
+    "a film about robots",
+]
 
 
 def run(model, decoder: BatchedDecoder, rows: int, tokens: int, guided: bool) -> tuple[list[float], list[float]]:
@@ -39,8 +58,11 @@ def run(model, decoder: BatchedDecoder, rows: int, tokens: int, guided: bool) ->
     for index in range(rows):
         messages = [{"role": "user", "content": f"Describe {TOPICS[index % len(TOPICS)]} as JSON with its cast."}]
         matcher = decoder.grammars.matcher(tools.grammar(SCHEMA)) if guided else None
-        sequences.append(Sequence(model.prompt_ids(messages), model.options(temperature=0), tokens,
-                                  time.perf_counter(), matcher=matcher))
+        sequences.append(
+            Sequence(
+                model.prompt_ids(messages), model.options(temperature=0), tokens, time.perf_counter(), matcher=matcher
+            )
+        )
     decoder.add(sequences)
     fills, steps = [], []
     fill = decoder.grammars.fill
@@ -66,14 +88,26 @@ def run(model, decoder: BatchedDecoder, rows: int, tokens: int, guided: bool) ->
 
 
 def requests(model, rows: int) -> list[list[int]]:
-    return [model.prompt_ids([{"role": "user", "content": f"Describe {TOPICS[index % len(TOPICS)]} as JSON with its cast."}])
-            for index in range(rows)]
+    return [
+        model.prompt_ids(
+            [{"role": "user", "content": f"Describe {TOPICS[index % len(TOPICS)]} as JSON with its cast."}]
+        )
+        for index in range(rows)
+    ]
 
 
 def batch_rate(model, decoder: BatchedDecoder, rows: int, tokens: int) -> float:
     """Aggregate tokens/s of ``rows`` guided requests as rows of the batch."""
-    sequences = [Sequence(ids, model.options(temperature=0), tokens, time.perf_counter(),
-                          matcher=decoder.grammars.matcher(tools.grammar(SCHEMA))) for ids in requests(model, rows)]
+    sequences = [
+        Sequence(
+            ids,
+            model.options(temperature=0),
+            tokens,
+            time.perf_counter(),
+            matcher=decoder.grammars.matcher(tools.grammar(SCHEMA)),
+        )
+        for ids in requests(model, rows)
+    ]
     start = time.perf_counter()
     decoder.add(sequences)
     while decoder.busy:
@@ -84,8 +118,10 @@ def batch_rate(model, decoder: BatchedDecoder, rows: int, tokens: int) -> float:
 def generators_rate(model, rows: int, tokens: int) -> float:
     """Aggregate tokens/s of the same requests on one guided generator each, stepped in turn."""
     start, count = time.perf_counter(), 0
-    streams = [model.stream_generate(ids, guidance=tools.grammar(SCHEMA), temperature=0, max_tokens=tokens)
-               for ids in requests(model, rows)]
+    streams = [
+        model.stream_generate(ids, guidance=tools.grammar(SCHEMA), temperature=0, max_tokens=tokens)
+        for ids in requests(model, rows)
+    ]
     while streams:
         for stream in list(streams):
             response = next(stream, None)
@@ -114,8 +150,11 @@ def main() -> None:
         results["generators"].append(generators_rate(model, args.rows, args.tokens))
     free, guided = statistics.median(results["free"]), statistics.median(results["guided"])
     summary = {
-        "rows": args.rows, "threads": model.threads, "load_average": os.getloadavg()[0],
-        "step_ms_free": round(free * 1e3, 2), "step_ms_guided": round(guided * 1e3, 2),
+        "rows": args.rows,
+        "threads": model.threads,
+        "load_average": os.getloadavg()[0],
+        "step_ms_free": round(free * 1e3, 2),
+        "step_ms_guided": round(guided * 1e3, 2),
         "guided_over_free": round(guided / free, 3),
         "cost_per_token_ms": round((guided - free) / args.rows * 1e3, 3),
         "mask_fill_ms_per_step": round(statistics.median(results["fill"]) * 1e3, 3) if results["fill"] else None,

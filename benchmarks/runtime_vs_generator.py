@@ -75,7 +75,7 @@ def run_bare(loaded, ids: list[int], max_tokens: int) -> tuple[float, float, int
 
 def run_slmops(model, ids: list[int], max_tokens: int) -> tuple[float, float, int]:
     last = None
-    for last in model.stream_generate(ids, max_tokens=max_tokens, temperature=0, repetition_penalty=1.0):
+    for last in model.stream_generate(ids, max_tokens=max_tokens, temperature=0, repetition_penalty=1.0):  # noqa: B007
         pass
     return last.ttft_s, last.decode_tokens_per_s, last.completion_tokens
 
@@ -86,11 +86,30 @@ def load_slmops(name: str, threads: int | None):
     return model, time.perf_counter() - start
 
 
-def llama_bench_decode(binary: str, gguf, threads: int, depth: int, tokens: int, flash_attention: str,
-                       warmup: bool = True) -> float:
+def llama_bench_decode(
+    binary: str, gguf, threads: int, depth: int, tokens: int, flash_attention: str, warmup: bool = True
+) -> float:
     """llama.cpp's decode tokens/s from its own benchmark: ``tokens`` generated after ``depth`` tokens."""
-    command = [binary, "-m", str(gguf), "-t", str(threads), "-p", "0", "-n", str(tokens), "-d", str(depth),
-               "-fa", flash_attention, "-r", "1", "-o", "jsonl", *([] if warmup else ["--no-warmup"])]
+    command = [
+        binary,
+        "-m",
+        str(gguf),
+        "-t",
+        str(threads),
+        "-p",
+        "0",
+        "-n",
+        str(tokens),
+        "-d",
+        str(depth),
+        "-fa",
+        flash_attention,
+        "-r",
+        "1",
+        "-o",
+        "jsonl",
+        *([] if warmup else ["--no-warmup"]),
+    ]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.splitlines()[0])["avg_ts"]
 
@@ -108,7 +127,7 @@ def measure_loads(args, path: str, configs: dict) -> dict:
     names = list(loaders)
     loads = {name: [] for name in names}
     for round_index in range(args.rounds):
-        for name in names[round_index % len(names):] + names[: round_index % len(names)]:
+        for name in names[round_index % len(names) :] + names[: round_index % len(names)]:
             loads[name].append(loaders[name]())
     return loads
 
@@ -127,7 +146,9 @@ def measure(args) -> dict:
         runners[f"slmops-t{threads}"] = lambda pinned=pinned: run_slmops(pinned, ids, args.max_tokens)
     if args.llama_bench:  # each setting of flash attention is a contender; the faster one is llama.cpp's figure
         for setting in ("on", "off"):
-            runners[f"llama.cpp-fa-{setting}"] = lambda setting=setting: run_llama_bench(args, len(ids), model.threads, setting)
+            runners[f"llama.cpp-fa-{setting}"] = lambda setting=setting: run_llama_bench(
+                args, len(ids), model.threads, setting
+            )
     names = list(runners)
     for name in names:  # warm-up: first allocations, first kernels
         runners[name]()
@@ -138,15 +159,21 @@ def measure(args) -> dict:
         order = random.Random(round_index).sample(names, len(names))
         for name in order:
             samples[name].append(runners[name]())
-            print(f"round {round_index + 1} {name:13} ttft {samples[name][-1][0] * 1000:7.1f} ms  "
-                  f"decode {samples[name][-1][1]:7.1f} tok/s  ({samples[name][-1][2]} tokens)", file=sys.stderr)
+            print(
+                f"round {round_index + 1} {name:13} ttft {samples[name][-1][0] * 1000:7.1f} ms  "
+                f"decode {samples[name][-1][1]:7.1f} tok/s  ({samples[name][-1][2]} tokens)",
+                file=sys.stderr,
+            )
     summary = summarize(samples, loads, model, len(ids), args)
     summary["chat_third_turn"] = chat_turns(model, args)
     return summary
 
 
-CHAT = ["What is the capital of France? Answer in one sentence.",
-        "Name three famous museums there.", "Which one is the oldest?"]
+CHAT = [
+    "What is the capital of France? Answer in one sentence.",
+    "Name three famous museums there.",
+    "Which one is the oldest?",
+]
 
 
 def chat_turns(model, args) -> dict:
@@ -161,12 +188,17 @@ def chat_turns(model, args) -> dict:
         conversation = model.conversation(max_tokens=48, temperature=0)
         for turn in range(len(CHAT) - 1):  # earlier turns fill the conversation's cache
             collect(conversation.stream(history[: 2 * turn + 1]))
-        pair = [("fresh", lambda: model.chat(last, max_tokens=16, temperature=0).ttft_s),
-                ("kept", lambda: collect(conversation.stream(last)).ttft_s)]
+        pair = [
+            ("fresh", lambda: model.chat(last, max_tokens=16, temperature=0).ttft_s),
+            ("kept", lambda conversation=conversation: collect(conversation.stream(last)).ttft_s),
+        ]
         for name, run in pair if round_index % 2 == 0 else pair[::-1]:
             (fresh if name == "fresh" else kept).append(run())
-    return {"history_tokens": len(model.prompt_ids(last)),
-            "fresh_ttft_ms": statistics.median(fresh) * 1000, "kept_ttft_ms": statistics.median(kept) * 1000}
+    return {
+        "history_tokens": len(model.prompt_ids(last)),
+        "fresh_ttft_ms": statistics.median(fresh) * 1000,
+        "kept_ttft_ms": statistics.median(kept) * 1000,
+    }
 
 
 def summarize(samples: dict, loads: dict, model, prompt_tokens: int, args) -> dict:
@@ -186,9 +218,14 @@ def summarize(samples: dict, loads: dict, model, prompt_tokens: int, args) -> di
     ours = rows["slmops"]
     same = rows.get(best.replace("bare", "slmops")) if best != "bare-default" else None
     return {
-        "model": model.name, "path": str(model.path), "prompt_tokens": prompt_tokens,
-        "max_tokens": args.max_tokens, "rounds": args.rounds, "slmops_threads": model.threads,
-        "results": rows, "best_bare": best,
+        "model": model.name,
+        "path": str(model.path),
+        "prompt_tokens": prompt_tokens,
+        "max_tokens": args.max_tokens,
+        "rounds": args.rounds,
+        "slmops_threads": model.threads,
+        "results": rows,
+        "best_bare": best,
         "decode_ratio": ours["decode_tokens_per_s"] / bare[best]["decode_tokens_per_s"],
         "ttft_ratio": ours["ttft_ms"] / bare[best]["ttft_ms"],
         "vs_default_decode_ratio": ours["decode_tokens_per_s"] / rows["bare-default"]["decode_tokens_per_s"],
@@ -202,25 +239,33 @@ def summarize(samples: dict, loads: dict, model, prompt_tokens: int, args) -> di
 
 
 def report(summary: dict) -> None:
-    print(f"{summary['model']}: prompt {summary['prompt_tokens']} tokens, {summary['max_tokens']} generated, "
-          f"{summary['rounds']} interleaved rounds, medians; slmops ran {summary['slmops_threads']} threads")
+    print(
+        f"{summary['model']}: prompt {summary['prompt_tokens']} tokens, {summary['max_tokens']} generated, "
+        f"{summary['rounds']} interleaved rounds, medians; slmops ran {summary['slmops_threads']} threads"
+    )
     print(f"{'configuration':15} {'decode tok/s':>12} {'TTFT ms':>9} {'load s':>7}")
     for name, row in summary["results"].items():
         load = f"{row['load_s']:7.2f}" if row["load_s"] is not None else "      -"
         print(f"{name:15} {row['decode_tokens_per_s']:12.1f} {row['ttft_ms']:9.1f} {load}")
-    print(f"slmops / {summary['best_bare']} (best bare loop): decode {summary['decode_ratio']:.3f}x "
-          f"(target >= 0.95), TTFT {summary['ttft_ratio']:.3f}x (target <= 1.05)")
+    print(
+        f"slmops / {summary['best_bare']} (best bare loop): decode {summary['decode_ratio']:.3f}x "
+        f"(target >= 0.95), TTFT {summary['ttft_ratio']:.3f}x (target <= 1.05)"
+    )
     if summary["same_threads_decode_ratio"] is not None:
-        print(f"slmops at the same thread count / {summary['best_bare']}: decode "
-              f"{summary['same_threads_decode_ratio']:.3f}x, TTFT {summary['same_threads_ttft_ratio']:.3f}x")
+        print(
+            f"slmops at the same thread count / {summary['best_bare']}: decode "
+            f"{summary['same_threads_decode_ratio']:.3f}x, TTFT {summary['same_threads_ttft_ratio']:.3f}x"
+        )
     print(f"slmops / bare-default: decode {summary['vs_default_decode_ratio']:.2f}x")
     if summary["llama_cpp_decode_ratio"] is not None:
         measured = ", ".join(f"{name} {rate:.1f}" for name, rate in summary["llama_cpp"].items())
         print(f"llama-bench, {summary['slmops_threads']} threads, decode tok/s: {measured}")
         print(f"slmops / {summary['llama_cpp_best']}: decode {summary['llama_cpp_decode_ratio']:.2f}x (target >= 1.5)")
     chat = summary["chat_third_turn"]
-    print(f"third chat turn ({chat['history_tokens']} prompt tokens): TTFT {chat['fresh_ttft_ms']:.1f} ms with a "
-          f"fresh generator, {chat['kept_ttft_ms']:.1f} ms with the conversation's kept KV cache")
+    print(
+        f"third chat turn ({chat['history_tokens']} prompt tokens): TTFT {chat['fresh_ttft_ms']:.1f} ms with a "
+        f"fresh generator, {chat['kept_ttft_ms']:.1f} ms with the conversation's kept KV cache"
+    )
 
 
 def main() -> None:
@@ -228,8 +273,12 @@ def main() -> None:
     parser.add_argument("model", help="a cached model name or a model folder")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--threads", type=lambda text: [int(n) for n in text.split(",")], default=[1, 2, 3],
-                        help="thread counts for the bare loop, e.g. 1,2,3")
+    parser.add_argument(
+        "--threads",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 2, 3],
+        help="thread counts for the bare loop, e.g. 1,2,3",
+    )
     parser.add_argument("--slmops-threads", type=int, default=None, help="default: detected")
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--json", help="also write the summary to this file")

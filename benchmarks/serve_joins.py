@@ -38,8 +38,24 @@ def source_of(commit: str) -> Path:
 
 def start(folder: Path, port: int, src: Path) -> subprocess.Popen:
     env = dict(os.environ, SLMOPS_HOME=tempfile.mkdtemp(prefix="slmops-bench-"), PYTHONPATH=str(src))
-    process = subprocess.Popen([sys.executable, "-m", "slmops", "serve", str(folder), "--port", str(port),
-                                "--log-level", "warning", "--parallel", "16", "--max-queue", "64"], env=env)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "slmops",
+            "serve",
+            str(folder),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--parallel",
+            "16",
+            "--max-queue",
+            "64",
+        ],
+        env=env,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
@@ -51,8 +67,10 @@ def start(folder: Path, port: int, src: Path) -> subprocess.Popen:
     raise SystemExit(f"the server on port {port} did not start")
 
 
-WORDS = ("river stone light garden winter market letter window silver forest number morning "
-         "harbor village mountain paper engine island summer candle").split()
+WORDS = (
+    "river stone light garden winter market letter window silver forest number morning "
+    "harbor village mountain paper engine island summer candle"
+).split()
 
 
 def prompts(folder: Path, count: int, tokens: int) -> list[str]:
@@ -71,8 +89,14 @@ def prompts(folder: Path, count: int, tokens: int) -> list[str]:
 
 
 async def one(http: httpx.AsyncClient, model: str, text: str, tokens: int) -> dict:
-    body = {"model": model, "prompt": text, "max_tokens": tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "prompt": text,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     start, times, usage = time.perf_counter(), [], None
     async with http.stream("POST", "/v1/completions", json=body) as answer:
         async for line in answer.aiter_lines():
@@ -114,7 +138,7 @@ def main() -> None:
     results: dict = {(name, level): [] for name in servers for level in levels}
     loads = []
     try:
-        for name, (port, _) in servers.items():  # warm-up: load the model, one answer each
+        for port, _ in servers.values():  # warm-up: load the model, one answer each
             asyncio.run(burst(f"http://127.0.0.1:{port}", model, ["Hello"], 4))
         for round_ in range(args.rounds):
             order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
@@ -137,10 +161,17 @@ def report(results: dict, levels: list[int], loads: list[float]) -> None:
         for name in ("before", "after"):
             items = results[name, level]
             ttft = [item["ttft"] for item in items]
-            rows.append({"server": name, "concurrency": level, "requests": len(items),
-                         "prompt_tokens": statistics.median(item["prompt_tokens"] for item in items),
-                         "ttft_p50_s": round(percentile(ttft, 0.5), 2), "ttft_p95_s": round(percentile(ttft, 0.95), 2),
-                         "longest_pause_s": round(max(item["gap"] for item in items), 2)})
+            rows.append(
+                {
+                    "server": name,
+                    "concurrency": level,
+                    "requests": len(items),
+                    "prompt_tokens": statistics.median(item["prompt_tokens"] for item in items),
+                    "ttft_p50_s": round(percentile(ttft, 0.5), 2),
+                    "ttft_p95_s": round(percentile(ttft, 0.95), 2),
+                    "longest_pause_s": round(max(item["gap"] for item in items), 2),
+                }
+            )
     for row in rows:
         print(json.dumps(row))
     print(json.dumps({"load_average_min": min(loads), "load_average_max": max(loads)}))

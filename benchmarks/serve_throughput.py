@@ -64,10 +64,14 @@ class Server:
         self.label, self.port = label, _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="serve-bench-", suffix=".log", delete=False)
-        self.process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(self.port)],
-                                        stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
-    def wait_ready(self, timeout: float = 300) -> "Server":
+    def wait_ready(self, timeout: float = 300) -> Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -93,14 +97,39 @@ class Server:
 
 def slmops_server(folder: Path, *flags: str) -> Server:
     env = dict(os.environ, SLMOPS_HOME=tempfile.mkdtemp(prefix="slmops-bench-"))
-    command = [sys.executable, "-m", "slmops", "serve", str(folder), "--log-level", "warning",
-               "--parallel", str(STREAMS), "--threads", str(THREADS), *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "slmops",
+        "serve",
+        str(folder),
+        "--log-level",
+        "warning",
+        "--parallel",
+        str(STREAMS),
+        "--threads",
+        str(THREADS),
+        *flags,
+    ]
     return Server(" ".join(["slmops serve", *flags]), command, env)
 
 
 def llama_server(binary: str, gguf: Path, threads: int, flash_attention: str) -> Server:
-    command = [binary, "-m", str(gguf), "--parallel", str(STREAMS), "-t", str(threads), "-tb", str(threads),
-               "-c", str(STREAMS * CONTEXT_PER_SLOT), "-fa", flash_attention]
+    command = [
+        binary,
+        "-m",
+        str(gguf),
+        "--parallel",
+        str(STREAMS),
+        "-t",
+        str(threads),
+        "-tb",
+        str(threads),
+        "-c",
+        str(STREAMS * CONTEXT_PER_SLOT),
+        "-fa",
+        flash_attention,
+    ]
     return Server(f"llama-server -fa {flash_attention}", command)
 
 
@@ -109,8 +138,11 @@ def find_llama_server(given: str | None) -> str | None:
         if not os.access(given, os.X_OK):
             raise SystemExit(f"--llama-server {given} is not an executable file")
         return given
-    for candidate in (shutil.which("llama-server"), "/opt/llama-server/bin/llama-server",
-                      str(Path.home() / ".local/bin/llama-server")):
+    for candidate in (
+        shutil.which("llama-server"),
+        "/opt/llama-server/bin/llama-server",
+        str(Path.home() / ".local/bin/llama-server"),
+    ):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -137,7 +169,9 @@ def http_batch(target: UrlTarget, prompt: Prompt, streams: int, tokens: int) -> 
 
 
 def aggregate(records: list) -> float:
-    return sum(r.output_tokens for r in records) / (max(r.chunk_times[-1] for r in records) - min(r.start for r in records))
+    return sum(r.output_tokens for r in records) / (
+        max(r.chunk_times[-1] for r in records) - min(r.start for r in records)
+    )
 
 
 def single_decode(records: list) -> float:
@@ -199,8 +233,11 @@ class Run:
 
 
 OURS_1, INPROC_1 = "slmops serve, 1 stream (decode tok/s)", "in-process runtime, 1 stream (decode tok/s)"
-OURS_8, PLAIN_8, STATIC_8 = "slmops serve, 8 streams (tok/s)", "slmops serve --no-batching, 8 streams (tok/s)", \
-    "og Generator, static batch of 8 (tok/s)"
+OURS_8, PLAIN_8, STATIC_8 = (
+    "slmops serve, 8 streams (tok/s)",
+    "slmops serve --no-batching, 8 streams (tok/s)",
+    "og Generator, static batch of 8 (tok/s)",
+)
 FLASH_ATTENTION = ("on", "off")  # llama-server runs both ways; the faster is llama.cpp's figure
 
 
@@ -212,8 +249,9 @@ def llama_8(setting: str) -> str:
     return f"llama-server -fa {setting} --parallel 8, 8 streams (tok/s)"
 
 
-def measure_round(run: Run, model, ids, ours: UrlTarget, plain: UrlTarget, llamas: dict[str, UrlTarget],
-                  prompt: Prompt, tokens: int) -> None:
+def measure_round(
+    run: Run, model, ids, ours: UrlTarget, plain: UrlTarget, llamas: dict[str, UrlTarget], prompt: Prompt, tokens: int
+) -> None:
     run.add(INPROC_1, in_process(model, tokens))
     run.add(OURS_1, single_decode(http_batch(ours, prompt, 1, tokens)))
     for setting, llama in llamas.items():
@@ -228,7 +266,9 @@ def measure_round(run: Run, model, ids, ours: UrlTarget, plain: UrlTarget, llama
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, nargs="?", help="INT4 model folder [default: the embedded GGUF, converted]")
+    parser.add_argument(
+        "folder", type=Path, nargs="?", help="INT4 model folder [default: the embedded GGUF, converted]"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--llama-server", help="llama-server binary [default: on PATH or /opt/llama-server/bin]")
@@ -258,8 +298,10 @@ def main() -> None:
         for server in servers:
             server.wait_ready()
         ours, plain = (UrlTarget(s.url, model.name, endpoint="completions") for s in servers[:2])
-        llamas = {setting: UrlTarget(server.url, endpoint="completions", ignore_eos=True)
-                  for setting, server in zip(FLASH_ATTENTION, servers[2:])}
+        llamas = {
+            setting: UrlTarget(server.url, endpoint="completions", ignore_eos=True)
+            for setting, server in zip(FLASH_ATTENTION, servers[2:])
+        }
         for target in (ours, plain, *llamas.values()):
             target.load()
         for _ in range(args.rounds):
@@ -268,29 +310,47 @@ def main() -> None:
     finally:
         for server in servers:
             server.stop()
-    report(run, late, remaining, args.tokens, binary and f"{binary} -t {args.llama_threads}",
-           (load_before, os.getloadavg()[0]))
+    report(
+        run,
+        late,
+        remaining,
+        args.tokens,
+        binary and f"{binary} -t {args.llama_threads}",
+        (load_before, os.getloadavg()[0]),
+    )
 
 
 def report(run: Run, late: float, remaining: float, tokens: int, binary: str | None, load: tuple) -> None:
-    print(f"\n{tokens} new tokens per answer, {THREADS} threads for slmops, medians of "
-          f"{len(run.rows[OURS_8])} interleaved rounds; 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after")
+    print(
+        f"\n{tokens} new tokens per answer, {THREADS} threads for slmops, medians of "
+        f"{len(run.rows[OURS_8])} interleaved rounds; 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after"
+    )
     for label, values in run.rows.items():
         print(f"  {label:48s} {run.median(label):7.1f}   {' '.join(f'{v:.1f}' for v in values)}")
-    print(f"  slmops serve 1 stream / in-process:         {run.median(OURS_1) / run.median(INPROC_1):.2f}x (target >= 0.9)")
-    print(f"  slmops serve 8 streams / static batch of 8: {run.median(OURS_8) / run.median(STATIC_8):.2f}x (target >= 0.9)")
+    print(
+        f"  slmops serve 1 stream / in-process:         {run.median(OURS_1) / run.median(INPROC_1):.2f}x (target >= 0.9)"
+    )
+    print(
+        f"  slmops serve 8 streams / static batch of 8: {run.median(OURS_8) / run.median(STATIC_8):.2f}x (target >= 0.9)"
+    )
     if binary:
         best_8 = max((llama_8(setting) for setting in FLASH_ATTENTION), key=run.median)
         best_1 = max((llama_1(setting) for setting in FLASH_ATTENTION), key=run.median)
         print(f"  llama-server: {binary}")
-        print(f"  slmops serve 8 streams / {best_8.split(',')[0]}: "
-              f"{run.median(OURS_8) / run.median(best_8):.2f}x (target >= 1.5)")
+        print(
+            f"  slmops serve 8 streams / {best_8.split(',')[0]}: "
+            f"{run.median(OURS_8) / run.median(best_8):.2f}x (target >= 1.5)"
+        )
         print(f"  slmops serve 1 stream / {best_1.split(',')[0]}: {run.median(OURS_1) / run.median(best_1):.2f}x")
     for label, values in run.ttfts.items():
-        print(f"  time to first token, {label.split(',')[0]} at 8 streams: "
-              f"median {statistics.median(values):.3f} s, p95 {_p95(values):.3f} s")
-    print(f"  a request joining 7 running streams: first token after {late:.3f} s; "
-          f"the running streams still needed {remaining:.2f} s")
+        print(
+            f"  time to first token, {label.split(',')[0]} at 8 streams: "
+            f"median {statistics.median(values):.3f} s, p95 {_p95(values):.3f} s"
+        )
+    print(
+        f"  a request joining 7 running streams: first token after {late:.3f} s; "
+        f"the running streams still needed {remaining:.2f} s"
+    )
 
 
 def _p95(values: list[float]) -> float:

@@ -20,7 +20,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def cached_server(home: Path, folder: Path, name: str, *args: str) -> "ServerProcess":
+def cached_server(home: Path, folder: Path, name: str, *args: str) -> ServerProcess:
     """A ready server whose cache under ``home`` holds ``folder`` (linked) as ``name``."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SLMOPS_HOME", str(home))
@@ -43,9 +43,12 @@ class ServerProcess:
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "slmops", "serve", "--port", str(self.port), "--log-level", "warning", *args],
-                stdout=log, stderr=subprocess.STDOUT, env=environment)
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+            )
 
-    def wait_ready(self, timeout: float = 60.0) -> "ServerProcess":
+    def wait_ready(self, timeout: float = 60.0) -> ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

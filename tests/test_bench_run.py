@@ -10,17 +10,25 @@ import pytest
 from click.testing import CliRunner
 
 from slmops.bench import report, schema
-from slmops.cli import main
 from slmops.bench.commands import bench
 from slmops.bench.compare import compare, load_result
 from slmops.bench.prompts import PromptSource, load_paragraphs, shipped_paragraphs
 from slmops.bench.runner import Sweep, run_benchmark
 from slmops.bench.stats import RequestRecord
 from slmops.bench.targets import Target
+from slmops.cli import main
 from slmops.errors import ModelNotFound, UsageError
 
-SYSTEM = {"cpu": "Test CPU", "physical_cores": 2, "logical_cpus": 2, "usable_cpus": 2, "ram_gb": 8.0,
-          "os": "Linux", "python": "3.11", "libraries": {"slmops": "0.1.0"}}
+SYSTEM = {
+    "cpu": "Test CPU",
+    "physical_cores": 2,
+    "logical_cpus": 2,
+    "usable_cpus": 2,
+    "ram_gb": 8.0,
+    "os": "Linux",
+    "python": "3.11",
+    "libraries": {"slmops": "0.1.0"},
+}
 
 
 class Clock:
@@ -97,7 +105,9 @@ def test_prompt_lengths_are_clipped_to_the_context():
     assert result.settings["prompt_lengths"] == [16, 64, 92]
     assert max(case.prompt_tokens for case in result.cases) == 92
     with pytest.raises(UsageError, match="output-lengths"):
-        run_benchmark([target], Sweep(prompt_lengths=(512,), output_lengths=(100,), reps=1), source, SYSTEM, clock=clock)
+        run_benchmark(
+            [target], Sweep(prompt_lengths=(512,), output_lengths=(100,), reps=1), source, SYSTEM, clock=clock
+        )
 
 
 def test_user_prompts_file(tmp_path):
@@ -126,8 +136,8 @@ def _png_size(path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     length, kind = struct.unpack(">I4s", data[8:16])
     assert kind == b"IHDR"
-    crc = struct.unpack(">I", data[16 + length: 20 + length])[0]
-    assert crc == zlib.crc32(data[12: 16 + length])
+    crc = struct.unpack(">I", data[16 + length : 20 + length])[0]
+    assert crc == zlib.crc32(data[12 : 16 + length])
     assert data[-8:-4] == b"IEND"
     return struct.unpack(">II", data[16:24])
 

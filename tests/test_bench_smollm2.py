@@ -19,10 +19,27 @@ pytestmark = pytest.mark.slow
 
 def test_real_run_produces_every_figure_plausibly_ordered(smollm2_int4, tmp_path):
     out, chart = tmp_path / "run.json", tmp_path / "run.png"
-    result = CliRunner().invoke(bench, [
-        str(smollm2_int4), "--raw", "--threads", "2", "--prompt-lengths", "64,256", "--output-lengths", "16",
-        "--reps", "2", "--json", str(out), "--plot", str(chart), "--markdown", str(tmp_path / "run.md"),
-    ])
+    result = CliRunner().invoke(
+        bench,
+        [
+            str(smollm2_int4),
+            "--raw",
+            "--threads",
+            "2",
+            "--prompt-lengths",
+            "64,256",
+            "--output-lengths",
+            "16",
+            "--reps",
+            "2",
+            "--json",
+            str(out),
+            "--plot",
+            str(chart),
+            "--markdown",
+            str(tmp_path / "run.md"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     document = json.loads(out.read_text())
     validate(document)
@@ -42,7 +59,9 @@ def test_real_run_produces_every_figure_plausibly_ordered(smollm2_int4, tmp_path
         assert case["rss_peak_mb"] >= case["rss_steady_mb"] > 50
         assert case["cpu_percent"] > 10 and case["roofline_pct"] > 0
     assert {(r["prompt_tokens"], r["reference"]) for r in document["ratios"]} == {
-        (64, "raw-ort-genai t=2"), (256, "raw-ort-genai t=2")}
+        (64, "raw-ort-genai t=2"),
+        (256, "raw-ort-genai t=2"),
+    }
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| slmops t=2 | 256 |" in (tmp_path / "run.md").read_text()
 
@@ -59,9 +78,24 @@ def served_smollm2(smollm2_int4, slmops_home):
     port = _free_port()
     env = dict(os.environ, SLMOPS_HOME=str(slmops_home))
     process = subprocess.Popen(
-        [sys.executable, "-m", "slmops", "serve", str(smollm2_int4), "--host", "127.0.0.1", "--port", str(port),
-         "--threads", "2", "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "slmops",
+            "serve",
+            str(smollm2_int4),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--threads",
+            "2",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -88,10 +122,26 @@ def served_smollm2(smollm2_int4, slmops_home):
 def test_url_run_against_slmops_serve(served_smollm2, tmp_path):
     url, pid = served_smollm2
     out = tmp_path / "serve.json"
-    result = CliRunner().invoke(bench, [
-        "--url", url, "--prompt-lengths", "32", "--output-lengths", "8", "--concurrency", "1,2",
-        "--reps", "1", "--warmup", "1", "--no-roofline", "--json", str(out),
-    ])
+    result = CliRunner().invoke(
+        bench,
+        [
+            "--url",
+            url,
+            "--prompt-lengths",
+            "32",
+            "--output-lengths",
+            "8",
+            "--concurrency",
+            "1,2",
+            "--reps",
+            "1",
+            "--warmup",
+            "1",
+            "--no-roofline",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     document = json.loads(out.read_text())
     validate(document)

@@ -90,10 +90,28 @@ def test_url_target_reports_http_errors():
 
 def test_bench_url_sweeps_concurrency(fake_server, tmp_path):
     out = tmp_path / "url.json"
-    result = CliRunner().invoke(bench, [
-        "--url", fake_server, "--prompt-lengths", "16,32", "--output-lengths", "8", "--concurrency", "1,4",
-        "--reps", "2", "--warmup", "0", "--no-roofline", "--json", str(out), "--goodput", "ttft:5000",
-    ])
+    result = CliRunner().invoke(
+        bench,
+        [
+            "--url",
+            fake_server,
+            "--prompt-lengths",
+            "16,32",
+            "--output-lengths",
+            "8",
+            "--concurrency",
+            "1,4",
+            "--reps",
+            "2",
+            "--warmup",
+            "0",
+            "--no-roofline",
+            "--json",
+            str(out),
+            "--goodput",
+            "ttft:5000",
+        ],
+    )
     assert result.exit_code == 0, result.output
     document = json.loads(out.read_text())
     validate(document)

@@ -15,8 +15,8 @@ import pytest
 
 from slmops import settings
 from slmops.cache import scan, store
-from slmops.cache.inference_model import InferenceModel
-from slmops.errors import CacheError, ModelNotFound, UsageError
+from slmops.errors import CacheError, ModelNotFound
+from slmops.modelfolder.inference_model import InferenceModel
 
 MISSION_JSON = {
     "Name": "your-finetuned-model-int4",
@@ -43,7 +43,11 @@ CHATML_JINJA = (
 )
 GENAI_CONFIG = {
     "model": {
-        "type": "llama", "context_length": 4096, "eos_token_id": 2, "bos_token_id": 1, "vocab_size": 512,
+        "type": "llama",
+        "context_length": 4096,
+        "eos_token_id": 2,
+        "bos_token_id": 1,
+        "vocab_size": 512,
         "decoder": {"filename": "model.onnx", "num_hidden_layers": 2, "session_options": {}},
     },
     "search": {"max_length": 4096},
@@ -58,28 +62,40 @@ def write_onnx(path: Path, precision: str = "int4") -> None:
 
     if precision in ("int4", "int8"):
         weight = numpy_helper.from_array(np.zeros((16, 1, 16), dtype=np.uint8), "w")
-        node = helper.make_node("MatMulNBits", ["x", "w"], ["y"], domain="com.microsoft",
-                                K=32, N=16, bits=int(precision[3:]), block_size=32)
+        node = helper.make_node(
+            "MatMulNBits", ["x", "w"], ["y"], domain="com.microsoft", K=32, N=16, bits=int(precision[3:]), block_size=32
+        )
     else:
         dtype = {"fp32": np.float32, "fp16": np.float16}[precision]
         weight = numpy_helper.from_array(np.zeros((32, 16), dtype=dtype), "w")
         node = helper.make_node("MatMul", ["x", "w"], ["y"])
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], [weight],
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        [weight],
     )
-    onnx.save_model(helper.make_model(graph), str(path), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location=path.name + ".data", size_threshold=0)
+    onnx.save_model(
+        helper.make_model(graph),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+        size_threshold=0,
+    )
 
 
-def make_model(folder: Path, inference_model: dict | None = None, precision: str = "int4",
-               chat_template: str | None = CHATML_JINJA) -> Path:
+def make_model(
+    folder: Path, inference_model: dict | None = None, precision: str = "int4", chat_template: str | None = CHATML_JINJA
+) -> Path:
     """An onnxruntime-genai output folder as the converter writes it (tiny, not runnable)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "genai_config.json").write_text(json.dumps(GENAI_CONFIG))
     write_onnx(folder / "model.onnx", precision)
-    (folder / "tokenizer.json").write_text(json.dumps({"added_tokens": [{"content": "<|im_start|>"},
-                                                                        {"content": "<|im_end|>"}]}))
+    (folder / "tokenizer.json").write_text(
+        json.dumps({"added_tokens": [{"content": "<|im_start|>"}, {"content": "<|im_end|>"}]})
+    )
     (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))
     if chat_template is not None:
         (folder / "chat_template.jinja").write_text(chat_template)
@@ -118,7 +134,8 @@ def test_qwen_style_template_only_file_is_valid():
     assert model.valid and model.version is None and model.inference_model.ModelConfig is None
     assert model.inference_model.generation_defaults() == {}
     assert model.inference_model.render([{"role": "user", "content": "Hi"}]) == (
-        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant")
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant"
+    )
 
 
 def test_foundry_local_nesting_leaf_rule_and_download_marker():
@@ -141,7 +158,12 @@ def test_precision_from_graph_conversion_json_and_folder_name(tmp_path):
     (with_record / "conversion.json").write_text(json.dumps({"precision": "BF16", "source": "/models/base"}))
     found = {model.name: model for model in store.scan()}
     assert {name: found[name].precision for name in found} == {
-        "m-int4": "int4", "m-int8": "int8", "m-fp16": "fp16", "m-fp32": "fp32", "recorded": "bf16"}
+        "m-int4": "int4",
+        "m-int8": "int8",
+        "m-fp16": "fp16",
+        "m-fp32": "fp32",
+        "recorded": "bf16",
+    }
     assert found["recorded"].source == "/models/base"
     write_onnx(cache / "int4" / "model.onnx", "fp16")  # a graph replaced in place is read again
     assert store.resolve("m-int4").precision == "fp16"
@@ -151,15 +173,16 @@ def test_precision_from_graph_conversion_json_and_folder_name(tmp_path):
 BROKEN = {
     "broken JSON": (lambda f: (f / "inference_model.json").write_text("{not json"), "not valid JSON"),
     "no Name": (lambda f: (f / "inference_model.json").write_text('{"Version": "1"}'), "Name: Field required"),
-    "no placeholder": (lambda f: (f / "inference_model.json").write_text(
-        '{"Name": "x", "PromptTemplate": {"prompt": "hi"}}'), "no {Content} placeholder"),
+    "no placeholder": (
+        lambda f: (f / "inference_model.json").write_text('{"Name": "x", "PromptTemplate": {"prompt": "hi"}}'),
+        "no {Content} placeholder",
+    ),
     "no genai_config": (lambda f: (f / "genai_config.json").unlink(), "no genai_config.json"),
     "no model.onnx": (lambda f: (f / "model.onnx").unlink(), "missing ONNX file model.onnx"),
     "no weights": (lambda f: (f / "model.onnx.data").unlink(), "missing ONNX weights file model.onnx.data"),
     "garbage onnx": (lambda f: (f / "model.onnx").write_bytes(b"\xff" * 64), "not a readable ONNX file"),
     "empty onnx": (lambda f: (f / "model.onnx").write_bytes(b""), "the file is empty"),
-    "no tokenizer": (lambda f: [(f / n).unlink() for n in ("tokenizer.json", "tokenizer_config.json")],
-                     "no tokenizer"),
+    "no tokenizer": (lambda f: [(f / n).unlink() for n in ("tokenizer.json", "tokenizer_config.json")], "no tokenizer"),
     "no inference_model.json": (lambda f: (f / "inference_model.json").unlink(), "slmops cache add"),
 }
 
@@ -179,10 +202,22 @@ def test_broken_folders_are_listed_invalid_with_their_reason():
 
 
 ODD_FILES = {
-    "inference_model.json": ["[]", '"text"', '{"Name": 5}', '{"Name": "x", "PromptTemplate": "text"}',
-                             '{"Name": "x", "ModelConfig": {"temperature": -1}}', '{"Name": "  "}', b"\xff\xfe{}"],
-    "genai_config.json": ["[]", '{"model": []}', '{"model": {"decoder": {"filename": 5}}}',
-                          '{"model": {"decoder": {"filename": "../outside.onnx"}}}', ""],
+    "inference_model.json": [
+        "[]",
+        '"text"',
+        '{"Name": 5}',
+        '{"Name": "x", "PromptTemplate": "text"}',
+        '{"Name": "x", "ModelConfig": {"temperature": -1}}',
+        '{"Name": "  "}',
+        b"\xff\xfe{}",
+    ],
+    "genai_config.json": [
+        "[]",
+        '{"model": []}',
+        '{"model": {"decoder": {"filename": 5}}}',
+        '{"model": {"decoder": {"filename": "../outside.onnx"}}}',
+        "",
+    ],
 }
 
 
@@ -221,15 +256,39 @@ def test_extra_keys_survive_a_rewrite(tmp_path):
 
 # ---- names ------------------------------------------------------------------
 
-PATH_LIKE = ["", " ", ".", "..", "../x", "x/..", "a/b", "a\\b", "/etc/passwd", "a\x00b", "a\nb",
-             "%2e%2e", "..%2Fx", "a%2fb", "a%5Cb", "a%252Fb", "C:\\x", "C:x", "~root", ".hidden", "x" * 201]
+PATH_LIKE = [
+    "",
+    " ",
+    ".",
+    "..",
+    "../x",
+    "x/..",
+    "a/b",
+    "a\\b",
+    "/etc/passwd",
+    "a\x00b",
+    "a\nb",
+    "%2e%2e",
+    "..%2Fx",
+    "a%2fb",
+    "a%5Cb",
+    "a%252Fb",
+    "C:\\x",
+    "C:x",
+    "~root",
+    ".hidden",
+    "x" * 201,
+]
 
 
 @pytest.mark.parametrize("name", PATH_LIKE)
 def test_path_like_names_are_refused_everywhere(name, tmp_path):
     make_model(store.location() / "custom" / "ok", {"Name": "ok"})
-    for call in (lambda: store.resolve(name), lambda: store.remove(name),
-                 lambda: store.add(make_model(tmp_path / "src"), name=name)):
+    for call in (
+        lambda: store.resolve(name),
+        lambda: store.remove(name),
+        lambda: store.add(make_model(tmp_path / "src"), name=name),
+    ):
         with pytest.raises(store.InvalidModelName):
             call()
     assert names(store.scan()) == ["ok"]
@@ -282,9 +341,15 @@ def test_add_copies_and_writes_inference_model_json(tmp_path):
     assert entry.name == "my-model" and entry.valid and entry.path == store.location() / "custom" / "my-model"
     assert sorted(p.name for p in source.iterdir()) == before  # the source is not touched
     written = InferenceModel.read(entry.path)
-    assert written.generation_defaults() == {"max_length": 2048, "temperature": 0.7, "top_p": 0.9,
-                                             "repetition_penalty": 1.1}
-    assert written.render([{"role": "user", "content": "Hi"}]) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert written.generation_defaults() == {
+        "max_length": 2048,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "repetition_penalty": 1.1,
+    }
+    assert (
+        written.render([{"role": "user", "content": "Hi"}]) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert not any(p.is_symlink() for p in entry.path.iterdir())
 
 

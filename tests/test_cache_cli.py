@@ -16,13 +16,17 @@ from tests.test_cache import MISSION_JSON, make_model
 
 
 def invoke(*args: str, input: str | None = None):
-    return CliRunner().invoke(cache, list(args), input=input,
-                              env={"COLUMNS": "200"})
+    return CliRunner().invoke(cache, list(args), input=input, env={"COLUMNS": "200"})
 
 
 def run_slmops(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "slmops", *args], capture_output=True, text=True,
-                          env=dict(os.environ, COLUMNS="200"), timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "slmops", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, COLUMNS="200"),
+        timeout=60,
+    )
 
 
 def test_location_cd_and_back(tmp_path):
@@ -43,12 +47,20 @@ def test_ls_table_json_and_list_alias(tmp_path):
     broken = make_model(store.location() / "custom" / "broken", {"Name": "broken"})
     (broken / "model.onnx.data").unlink()
     table = invoke("ls").output
-    for text in ("your-finetuned-model-int4", "1.0", "int4", "KB", "broken (invalid)",
-                 "missing ONNX weights file model.onnx.data"):
+    for text in (
+        "your-finetuned-model-int4",
+        "1.0",
+        "int4",
+        "KB",
+        "broken (invalid)",
+        "missing ONNX weights file model.onnx.data",
+    ):
         assert text in table
     listed = json.loads(invoke("ls", "--json").output)
     assert [(m["name"], m["valid"], m["precision"]) for m in listed] == [
-        ("broken", False, "int4"), ("your-finetuned-model-int4", True, "int4")]
+        ("broken", False, "int4"),
+        ("your-finetuned-model-int4", True, "int4"),
+    ]
     assert listed[1]["inference_model"] == MISSION_JSON and listed[1]["context_length"] == 4096
     assert json.loads(invoke("ls", "-o", "json").output) == listed
     assert json.loads(invoke("list", "--json").output) == listed
@@ -98,16 +110,22 @@ def test_a_real_process_prints_json_and_one_line_errors(tmp_path):
     listed = run_slmops("cache", "ls", "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout)[0]["name"] == "real"
     refused = run_slmops("cache", "remove", "../real", "--yes")
-    assert refused.returncode == 2 and refused.stderr == "Error: '../real' is not a model name: names cannot contain '/', '\\' or '..'.\n"
+    assert (
+        refused.returncode == 2
+        and refused.stderr == "Error: '../real' is not a model name: names cannot contain '/', '\\' or '..'.\n"
+    )
     assert store.resolve("real").valid
 
 
 def test_cache_ls_imports_neither_torch_nor_onnx(tmp_path):
     make_model(store.location() / "custom" / "m", MISSION_JSON)
-    code = ("import sys; from slmops.cli import main\n"
-            "try:\n    main(['cache', 'ls'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'transformers', 'onnx', 'onnxruntime_genai') if m in sys.modules]\n"
-            "assert not heavy, heavy\nprint('clean')")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                            env=dict(os.environ, COLUMNS="200"))
+    code = (
+        "import sys; from slmops.cli import main\n"
+        "try:\n    main(['cache', 'ls'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'onnx', 'onnxruntime_genai') if m in sys.modules]\n"
+        "assert not heavy, heavy\nprint('clean')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=dict(os.environ, COLUMNS="200")
+    )
     assert result.returncode == 0 and "your-finetuned-model-int4" in result.stdout and "clean" in result.stdout

@@ -3,6 +3,7 @@
 import io
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -39,8 +40,9 @@ class FakeModel:
             if self.interrupt_after is not None and index == self.interrupt_after:
                 raise KeyboardInterrupt
             last = index == len(words) - 1
-            yield Response((" " if index else "") + word, index, 3, index + 1, 0.01, 50.0, 0.1,
-                           "stop" if last else None)
+            yield Response(
+                (" " if index else "") + word, index, 3, index + 1, 0.01, 50.0, 0.1, "stop" if last else None
+            )
 
 
 class FakeConversation:
@@ -175,8 +177,14 @@ class Terminal:
 
     def __init__(self, model: Path, *flags: str) -> None:
         slmops = str(Path(sys.executable).with_name("slmops"))
-        self.child = pexpect.spawn(slmops, ["model", "run", str(model), *flags], encoding="utf-8",
-                                   timeout=60, dimensions=(40, 200), env=dict(os.environ, TERM="xterm-256color"))
+        self.child = pexpect.spawn(
+            slmops,
+            ["model", "run", str(model), *flags],
+            encoding="utf-8",
+            timeout=60,
+            dimensions=(40, 200),
+            env=dict(os.environ, TERM="xterm-256color"),
+        )
         self.child.expect("Chatting with")
         self.child.expect_exact(PROMPT)
 
@@ -212,9 +220,13 @@ def test_interactive_chat_in_a_terminal(smollm2_int4):
     try:
         assert terminal.ask("What is the capital of France? Answer in one sentence.")
         story = "Write a long story about a dragon who learns to bake bread."
-        terminal.type(story)  # a story runs on to --max-tokens: Ctrl-C surely lands in it
+        terminal.type(story)
         terminal.wait_for_answer_words(story, 3)
+        # A fast CPU writes the whole story before a Ctrl-C typed now would arrive: the chat
+        # is paused while Ctrl-C is typed, so it lands mid-answer however fast the machine.
+        os.kill(child.pid, signal.SIGSTOP)
         child.sendintr()
+        os.kill(child.pid, signal.SIGCONT)
         stopped = child.expect([r"\[stopped\]", r"\(/exit or Ctrl-D leaves\)"])
         assert stopped == 0, f"Ctrl-C reached the prompt, not the answer: {child.before!r}"
         assert len(child.before.split()) < 200  # far short of the 400 tokens asked for

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from slmops.cache.inference_model import InferenceModel
 from slmops.convert import QuantizationOptions, convert
+from slmops.modelfolder.inference_model import InferenceModel
 
 PROMPT_IDS = [5, 17, 42, 99, 7, 250, 3, 64, 120, 33, 301, 77, 8, 200, 150, 11]
 STEPS = 6
@@ -130,13 +130,17 @@ def test_tied_asymmetric_int4_config_from_the_docs_loads_and_answers(tiny_llama,
 
 def test_untied_asymmetric_keeps_builder_defaults(tiny_model_factory, tmp_path):
     source = tiny_model_factory("llama", tie=False)
-    report = convert(source, tmp_path / "u", precision="int4", quantization=QuantizationOptions(is_symmetric=False), log_level=0)
+    report = convert(
+        source, tmp_path / "u", precision="int4", quantization=QuantizationOptions(is_symmetric=False), log_level=0
+    )
     assert "shared_embeddings" not in report.builder_options
     assert len(genai_greedy(tmp_path / "u")) == STEPS
 
 
 def test_quantization_flags_reach_the_builder(tiny_llama, tmp_path):
-    quantization = QuantizationOptions(block_size=16, accuracy_level=1, algo="k_quant", matmul_mixed_precision="last_matmul:int8")
+    quantization = QuantizationOptions(
+        block_size=16, accuracy_level=1, algo="k_quant", matmul_mixed_precision="last_matmul:int8"
+    )
     report = convert(tiny_llama, tmp_path / "k", precision="int4", quantization=quantization, log_level=0)
     assert report.builder_options == {
         "shared_embeddings": "false",
@@ -160,8 +164,17 @@ def test_output_metadata_is_complete(tiny_llama, tmp_path):
     assert template.system == "<|im_start|>system\n{Content}<|im_end|>"
     assert model.ModelConfig.temperature == 0.7 and model.ModelConfig.max_length == 512  # the model's context
     report = json.loads((output / "conversion.json").read_text())
-    for key in ("source", "source_sha256", "precision", "quantization", "source_bytes", "output_bytes",
-                "wall_seconds", "peak_rss_mb", "versions"):
+    for key in (
+        "source",
+        "source_sha256",
+        "precision",
+        "quantization",
+        "source_bytes",
+        "output_bytes",
+        "wall_seconds",
+        "peak_rss_mb",
+        "versions",
+    ):
         assert report[key] not in (None, ""), key
     assert report["versions"]["onnxruntime-genai"].startswith("0.18")
     assert len(report["source_sha256"]) == 64
@@ -173,7 +186,9 @@ def test_generation_config_sampling_values_become_model_config(tiny_model_factor
 
     source = tmp_path / "src"
     shutil.copytree(tiny_model_factory("llama", tie=True), source)
-    (source / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.3, "top_p": 0.8, "top_k": 20}))
+    (source / "generation_config.json").write_text(
+        json.dumps({"do_sample": True, "temperature": 0.3, "top_p": 0.8, "top_k": 20})
+    )
     convert(source, tmp_path / "out", precision="int4", name="custom", log_level=0)
     config = InferenceModel.read(tmp_path / "out").ModelConfig
     assert (config.temperature, config.top_p, config.top_k) == (0.3, 0.8, 20)
@@ -187,7 +202,9 @@ def test_lora_adapter_is_merged_before_export(tiny_llama, tmp_path):
 
     base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     torch.manual_seed(1)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    )
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(adapter)
     merged = tmp_path / "merged-reference"

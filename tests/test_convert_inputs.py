@@ -39,11 +39,22 @@ def write_gguf(hf_dir: Path, path: Path, kind: str = "F32") -> Path:
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_vocab_size(config["vocab_size"])
     _add_tokenizer(writer, tokenizer, config)
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    layer_names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
-                   "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-                   "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    layer_names = {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
     for name, weight in load_file(str(hf_dir / "model.safetensors")).items():
         if name.startswith("model.layers."):
             _, _, layer, rest = name.split(".", 3)
@@ -99,7 +110,10 @@ def test_gguf_weights_and_tokenizer_come_back_exactly(tiny_gguf, tmp_path):
 
     config = gguf_to_hf(gguf_path, tmp_path / "hf")
     assert config["architectures"] == ["LlamaForCausalLM"] and config["tie_word_embeddings"] is False
-    original, restored = load_file(str(source / "model.safetensors")), load_file(str(tmp_path / "hf" / "model.safetensors"))
+    original, restored = (
+        load_file(str(source / "model.safetensors")),
+        load_file(str(tmp_path / "hf" / "model.safetensors")),
+    )
     assert set(original) == set(restored)
     for name in original:
         assert np.array_equal(original[name], restored[name]), name
@@ -205,8 +219,12 @@ def test_adapter_without_base_says_to_pass_base(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_conversion_leaves_nothing(tiny_llama, tmp_path, sig):
     output = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, "-m", "slmops", "convert", str(tiny_llama), "-o", str(output), "--log-level", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "slmops", "convert", str(tiny_llama), "-o", str(output), "--log-level", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".out.partial-*")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.02)

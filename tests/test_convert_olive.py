@@ -13,11 +13,19 @@ from slmops.errors import UsageError
 
 MISSION_CONFIG = {
     "input_model": {"type": "HfModel", "model_path": "/path/to/your/finetuned/model", "task": "text-generation"},
-    "systems": {"local_system": {"type": "LocalSystem", "accelerators": [{"execution_providers": ["CPUExecutionProvider"]}]}},
-    "passes": {"builder": {"type": "ModelBuilder",
-                           "config": {"precision": "int4", "quantization_config": {"block_size": 128, "is_symmetric": False}}}},
-    "host": "local_system", "target": "local_system",
-    "cache_dir": "cache", "output_dir": "models/output/your-finetuned-model-onnx",
+    "systems": {
+        "local_system": {"type": "LocalSystem", "accelerators": [{"execution_providers": ["CPUExecutionProvider"]}]}
+    },
+    "passes": {
+        "builder": {
+            "type": "ModelBuilder",
+            "config": {"precision": "int4", "quantization_config": {"block_size": 128, "is_symmetric": False}},
+        }
+    },
+    "host": "local_system",
+    "target": "local_system",
+    "cache_dir": "cache",
+    "output_dir": "models/output/your-finetuned-model-onnx",
 }
 
 
@@ -49,17 +57,32 @@ def write_config(folder: Path, model: Path, **changes) -> Path:
 
 def test_mission_auto_opt_command_line(tiny_llama, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    code, out, err = cli("auto-opt", "--model_name_or_path", str(tiny_llama), "--device", "cpu",
-                         "--provider", "CPUExecutionProvider", "--use_model_builder", "--precision", "int4",
-                         "--output_path", "models/your-model-name/onnx", "--log_level", "1", capsys=capsys)
+    code, out, err = cli(
+        "auto-opt",
+        "--model_name_or_path",
+        str(tiny_llama),
+        "--device",
+        "cpu",
+        "--provider",
+        "CPUExecutionProvider",
+        "--use_model_builder",
+        "--precision",
+        "int4",
+        "--output_path",
+        "models/your-model-name/onnx",
+        "--log_level",
+        "1",
+        capsys=capsys,
+    )
     assert code == 0, err
     output = tmp_path / "models/your-model-name/onnx"
     assert (output / "model.onnx").exists()
     assert json.loads((output / "inference_model.json").read_text())["Name"] == "your-model-name"
     assert "your-model-name" in out
     # Olive overwrites its own earlier result; so does slmops for an earlier slmops conversion.
-    code, _, err = cli("auto-opt", "-m", str(tiny_llama), "--precision", "int4", "-o", "models/your-model-name/onnx",
-                       capsys=capsys)
+    code, _, err = cli(
+        "auto-opt", "-m", str(tiny_llama), "--precision", "int4", "-o", "models/your-model-name/onnx", capsys=capsys
+    )
     assert code == 0, err
 
 
@@ -103,20 +126,33 @@ def test_changed_settings_convert_again(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_config(write_config(tmp_path, tiny_llama), log_level=0, echo=lambda line: None)
     lines = []
-    run_config(write_config(tmp_path, tiny_llama, **{"passes.builder.config.precision": "int8"}), log_level=0, echo=lines.append)
+    run_config(
+        write_config(tmp_path, tiny_llama, **{"passes.builder.config.precision": "int8"}),
+        log_level=0,
+        echo=lines.append,
+    )
     assert lines == [] and len(list((tmp_path / "cache" / "slmops-conversions").iterdir())) == 2
 
 
 @pytest.mark.parametrize(
     "changes, fragment",
     [
-        ({"passes.builder.type": "OnnxConversion"}, "'passes.builder.type': 'OnnxConversion' is not supported; supported: ModelBuilder"),
-        ({"systems.local_system.accelerators": [{"execution_providers": ["CUDAExecutionProvider"]}]}, "supported: [\"CPUExecutionProvider\"]"),
+        (
+            {"passes.builder.type": "OnnxConversion"},
+            "'passes.builder.type': 'OnnxConversion' is not supported; supported: ModelBuilder",
+        ),
+        (
+            {"systems.local_system.accelerators": [{"execution_providers": ["CUDAExecutionProvider"]}]},
+            'supported: ["CPUExecutionProvider"]',
+        ),
         ({"input_model.model_path": None}, "'input_model.model_path' is required"),
         ({"input_model.type": "PyTorchModel"}, "supported: HfModel"),
         ({"passes.builder.config.quantization_config": {"block_size": 100}}, "supported: 16, 32, 64, 128, 256"),
         ({"evaluators": {}}, "key 'evaluators' is not supported"),
-        ({"passes.builder.config.extra": 1}, "'passes.builder.config.extra' is not supported by slmops; remove it (supported: precision, quantization_config)"),
+        (
+            {"passes.builder.config.extra": 1},
+            "'passes.builder.config.extra' is not supported by slmops; remove it (supported: precision, quantization_config)",
+        ),
         ({"host": "remote"}, "host: 'remote' is not one of systems"),
     ],
 )

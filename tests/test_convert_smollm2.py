@@ -14,9 +14,22 @@ from slmops.convert.gguf_source import gguf_to_hf
 pytestmark = pytest.mark.slow
 
 QUESTION = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-MISSION_COMMAND = ["auto-opt", "--model_name_or_path", "{model}", "--device", "cpu", "--provider", "CPUExecutionProvider",
-                   "--use_model_builder", "--precision", "int4", "--output_path", "models/your-model-name/onnx",
-                   "--log_level", "1"]
+MISSION_COMMAND = [
+    "auto-opt",
+    "--model_name_or_path",
+    "{model}",
+    "--device",
+    "cpu",
+    "--provider",
+    "CPUExecutionProvider",
+    "--use_model_builder",
+    "--precision",
+    "int4",
+    "--output_path",
+    "models/your-model-name/onnx",
+    "--log_level",
+    "1",
+]
 MISSION_CONFIG = """{
   "input_model": {"type": "HfModel", "model_path": "{model}", "task": "text-generation"},
   "systems": {"local_system": {"type": "LocalSystem",
@@ -52,16 +65,19 @@ def smollm2_hf(tmp_path_factory, smollm2_gguf) -> Path:
     return folder
 
 
-def test_embedded_gguf_int4_answers_like_the_transformers_path(smollm2_int4):
-    # Reference measured on the same model converted via transformers' GGUF loader + bare builder.
-    assert answer(smollm2_int4) == "The capital of France is Paris, the capital of France."
+def test_embedded_gguf_int4_answers_the_question(smollm2_int4):
+    # onnxruntime picks its int4 kernels by instruction set (AVX2, AVX-512 VNNI), so the greedy
+    # words after the answer differ between CPUs; the answer itself must not.
+    assert "Paris" in answer(smollm2_int4)
     report = json.loads((smollm2_int4 / "conversion.json").read_text())
     assert report["source_kind"] == "gguf" and report["output_bytes"] < 100e6
 
 
 def test_mission_command_line(smollm2_hf, tmp_path):
     command = [arg.replace("{model}", str(smollm2_hf)) for arg in MISSION_COMMAND]
-    result = subprocess.run([sys.executable, "-m", "slmops", *command], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "slmops", *command], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     output = tmp_path / "models/your-model-name/onnx"
     assert "Paris" in answer(output)

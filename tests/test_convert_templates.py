@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from slmops.cache.inference_model import InferenceModel
-from slmops.convert.prompt_template import TemplateError, derive
+from slmops.modelfolder.inference_model import InferenceModel
+from slmops.modelfolder.prompt_template import TemplateError, derive
 
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -35,29 +35,49 @@ PHI3 = (
 )
 
 CASES = {
-    "chatml": (CHATML, "<|im_start|>", "<|im_end|>", {
-        "system": "<|im_start|>system\n{Content}<|im_end|>",
-        "user": "<|im_start|>user\n{Content}<|im_end|>",
-        "assistant": "<|im_start|>assistant\n{Content}<|im_end|>",
-        "prompt": "<|im_start|>user\n{Content}<|im_end|>\n<|im_start|>assistant\n",
-    }),
-    "llama3": (LLAMA3, "<|begin_of_text|>", "<|eot_id|>", {
-        "system": "<|start_header_id|>system<|end_header_id|>\n\n{Content}<|eot_id|>",
-        "user": "<|start_header_id|>user<|end_header_id|>\n\n{Content}<|eot_id|>",
-        "assistant": "<|start_header_id|>assistant<|end_header_id|>\n\n{Content}<|eot_id|>",
-        "prompt": "<|start_header_id|>user<|end_header_id|>\n\n{Content}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
-    }),
-    "gemma": (GEMMA, "<bos>", "<eos>", {
-        "user": "<start_of_turn>user\n{Content}<end_of_turn>",
-        "assistant": "<start_of_turn>model\n{Content}<end_of_turn>",
-        "prompt": "<start_of_turn>user\n{Content}<end_of_turn>\n<start_of_turn>model\n",
-    }),
-    "phi3": (PHI3, "<s>", "<|endoftext|>", {
-        "system": "<|system|>\n{Content}<|end|>",
-        "user": "<|user|>\n{Content}<|end|>",
-        "assistant": "<|assistant|>\n{Content}<|end|>",
-        "prompt": "<|user|>\n{Content}<|end|>\n<|assistant|>\n",
-    }),
+    "chatml": (
+        CHATML,
+        "<|im_start|>",
+        "<|im_end|>",
+        {
+            "system": "<|im_start|>system\n{Content}<|im_end|>",
+            "user": "<|im_start|>user\n{Content}<|im_end|>",
+            "assistant": "<|im_start|>assistant\n{Content}<|im_end|>",
+            "prompt": "<|im_start|>user\n{Content}<|im_end|>\n<|im_start|>assistant\n",
+        },
+    ),
+    "llama3": (
+        LLAMA3,
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        {
+            "system": "<|start_header_id|>system<|end_header_id|>\n\n{Content}<|eot_id|>",
+            "user": "<|start_header_id|>user<|end_header_id|>\n\n{Content}<|eot_id|>",
+            "assistant": "<|start_header_id|>assistant<|end_header_id|>\n\n{Content}<|eot_id|>",
+            "prompt": "<|start_header_id|>user<|end_header_id|>\n\n{Content}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+        },
+    ),
+    "gemma": (
+        GEMMA,
+        "<bos>",
+        "<eos>",
+        {
+            "user": "<start_of_turn>user\n{Content}<end_of_turn>",
+            "assistant": "<start_of_turn>model\n{Content}<end_of_turn>",
+            "prompt": "<start_of_turn>user\n{Content}<end_of_turn>\n<start_of_turn>model\n",
+        },
+    ),
+    "phi3": (
+        PHI3,
+        "<s>",
+        "<|endoftext|>",
+        {
+            "system": "<|system|>\n{Content}<|end|>",
+            "user": "<|user|>\n{Content}<|end|>",
+            "assistant": "<|assistant|>\n{Content}<|end|>",
+            "prompt": "<|user|>\n{Content}<|end|>\n<|assistant|>\n",
+        },
+    ),
 }
 
 
@@ -74,12 +94,20 @@ def test_rendering_a_conversation_matches_the_chat_template(name):
 
     chat_template, bos, eos, _ = CASES[name]
     template = derive(chat_template, bos, eos)
-    messages = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
-                {"role": "user", "content": "What is 2+2?"}]
+    messages = [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "What is 2+2?"},
+    ]
     if name != "gemma":
         messages.insert(0, {"role": "system", "content": "Be brief."})
-    expected = jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(chat_template).render(
-        messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos, raise_exception=lambda m: 1 / 0)
+    expected = (
+        jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+        .from_string(chat_template)
+        .render(
+            messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos, raise_exception=lambda m: 1 / 0
+        )
+    )
     rendered = InferenceModel(Name="m", PromptTemplate=template).render(messages)
     assert rendered == (expected.removeprefix(bos) if "bos_token" in chat_template else expected)
 

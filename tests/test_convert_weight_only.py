@@ -26,9 +26,26 @@ def graph_ops(folder: Path) -> tuple[Counter, dict[str, str]]:
 
 def test_convert_cli_algo_hqq_writes_matmulnbits_that_load_and_answer(tiny_llama, tmp_path):
     output = tmp_path / "hqq"
-    done = subprocess.run([sys.executable, "-m", "slmops", "convert", str(tiny_llama), "-o", str(output),
-                           "--algo", "hqq", "--lm-head-precision", "fp32", "--log-level", "0"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slmops",
+            "convert",
+            str(tiny_llama),
+            "-o",
+            str(output),
+            "--algo",
+            "hqq",
+            "--lm-head-precision",
+            "fp32",
+            "--log-level",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     ops, by_name = graph_ops(output)
     assert ops["MatMulNBits"] == 2 * 5  # qkv, o, gate, up, down in each layer
@@ -50,7 +67,9 @@ def test_hqq_on_an_existing_fp32_export_matches_convert(tiny_llama, tmp_path):
     convert(tiny_llama, tmp_path / "fp32", precision="fp32", log_level=0)
     quantize_export(tmp_path / "fp32", tmp_path / "from-fp32", options, name="from-fp32")
     assert graph_ops(tmp_path / "direct")[0]["MatMulNBits"] == 2 * 5 + 1  # the LM head too
-    assert (tmp_path / "direct" / "model.onnx.data").read_bytes() == (tmp_path / "from-fp32" / "model.onnx.data").read_bytes()
+    assert (tmp_path / "direct" / "model.onnx.data").read_bytes() == (
+        tmp_path / "from-fp32" / "model.onnx.data"
+    ).read_bytes()
     report = json.loads((tmp_path / "from-fp32" / "conversion.json").read_text())
     assert report["precision"] == "int4" and report["name"] == "from-fp32" and report["quantization"]["algo"] == "hqq"
     assert genai_greedy(tmp_path / "direct") == genai_greedy(tmp_path / "from-fp32")
@@ -79,13 +98,18 @@ def test_calibration_windows_come_from_the_end_of_the_eval_text(tiny_llama, tmp_
     assert list(windows[0]) == list(ids[-64:]) and list(windows[1]) == list(ids[-128:-64])
 
 
-@pytest.mark.parametrize("precision, settings, message", [
-    ("int8", {"algo": "hqq"}, "int4 only"),
-    ("int4", {"algo": "hqq", "matmul_mixed_precision": "last_matmul:int8"}, "no mixed precision"),
-])
+@pytest.mark.parametrize(
+    "precision, settings, message",
+    [
+        ("int8", {"algo": "hqq"}, "int4 only"),
+        ("int4", {"algo": "hqq", "matmul_mixed_precision": "last_matmul:int8"}, "no mixed precision"),
+    ],
+)
 def test_post_build_algorithms_refuse_what_they_cannot_do(tiny_llama, tmp_path, precision, settings, message):
     with pytest.raises(UsageError, match=message):
-        convert(tiny_llama, tmp_path / "x", precision=precision, quantization=QuantizationOptions(**settings), log_level=0)
+        convert(
+            tiny_llama, tmp_path / "x", precision=precision, quantization=QuantizationOptions(**settings), log_level=0
+        )
     assert not (tmp_path / "x").exists()
 
 
@@ -94,9 +118,14 @@ def test_olive_config_accepts_hqq_as_algo_config(tiny_llama, tmp_path):
 
     config = {
         "input_model": {"type": "HfModel", "model_path": str(tiny_llama), "task": "text-generation"},
-        "passes": {"builder": {"type": "ModelBuilder", "config": {
-            "precision": "int4", "quantization_config": {"block_size": 32, "algo_config": "hqq"}}}},
-        "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "out"),
+        "passes": {
+            "builder": {
+                "type": "ModelBuilder",
+                "config": {"precision": "int4", "quantization_config": {"block_size": 32, "algo_config": "hqq"}},
+            }
+        },
+        "cache_dir": str(tmp_path / "cache"),
+        "output_dir": str(tmp_path / "out"),
     }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))

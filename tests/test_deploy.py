@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from slmops import deploy as deploys
 from slmops.cache import store
+from slmops.deploy import pipeline as deploys
+from slmops.deploy.commands import parse_quantization, usage_lines
 from slmops.errors import UsageError
 
 PASSING_SUITE = '{"name": "answers", "prompt": "hello", "not_contains": "zzzz-never-said"}\n'
@@ -30,8 +31,16 @@ def _cache_files():
 
 def test_deploy_tiny_model_registers_it_with_its_report(tiny_llama, tmp_path):
     lines = []
-    result = deploys.deploy(tiny_llama, name="tiny-int4", quantization={}, windows=1, soak=10, max_ppl_increase=None,
-                            suite=_suite(tmp_path, PASSING_SUITE), echo=lines.append)
+    result = deploys.deploy(
+        tiny_llama,
+        name="tiny-int4",
+        quantization={},
+        windows=1,
+        soak=10,
+        max_ppl_increase=None,
+        suite=_suite(tmp_path, PASSING_SUITE),
+        echo=lines.append,
+    )
     entry = store.resolve("tiny-int4")
     assert entry.valid and str(entry.path) == result.cached_path
     report = json.loads((entry.path / "deploy-report.json").read_text())
@@ -41,43 +50,75 @@ def test_deploy_tiny_model_registers_it_with_its_report(tiny_llama, tmp_path):
     assert [check["item"] for check in report["validation"]["checks"]] == [1, 2, 3, 4, 5]
     assert any(line.startswith("[4] register") for line in lines)
     assert not list((deploys.settings.home() / "tmp").iterdir()), "the work folder is removed"
-    assert "slmops model run tiny-int4" in "\n".join(deploys.usage_lines("tiny-int4"))
+    assert "slmops model run tiny-int4" in "\n".join(usage_lines("tiny-int4"))
 
 
 def test_failed_validation_stops_and_leaves_the_cache_unchanged(tiny_llama, tmp_path):
     before = _cache_files()
     with pytest.raises(deploys.DeployFailed, match=r"stopped at 'validate.*item 1 domain answers.*cache is unchanged"):
-        deploys.deploy(tiny_llama, name="tiny-bad", quantization={}, skip_eval=True, soak=10,
-                       suite=_suite(tmp_path, FAILING_SUITE), echo=lambda line: None)
+        deploys.deploy(
+            tiny_llama,
+            name="tiny-bad",
+            quantization={},
+            skip_eval=True,
+            soak=10,
+            suite=_suite(tmp_path, FAILING_SUITE),
+            echo=lambda line: None,
+        )
     assert _cache_files() == before
     saved = list((deploys.settings.home() / "reports").glob("deploy-tiny-bad-*.json"))
     assert len(saved) == 1 and json.loads(saved[0].read_text())["steps"][-1]["status"] == "failed"
 
 
 def test_existing_name_is_refused_before_any_work(tiny_llama, tmp_path, monkeypatch):
-    deploys.deploy(tiny_llama, name="tiny-twice", quantization={}, skip_eval=True, soak=10,
-                   suite=_suite(tmp_path, PASSING_SUITE), echo=lambda line: None)
+    deploys.deploy(
+        tiny_llama,
+        name="tiny-twice",
+        quantization={},
+        skip_eval=True,
+        soak=10,
+        suite=_suite(tmp_path, PASSING_SUITE),
+        echo=lambda line: None,
+    )
     monkeypatch.setattr(deploys, "_convert", lambda *args: pytest.fail("converted although the name is taken"))
     with pytest.raises(UsageError, match="already in the cache.*--force"):
         deploys.deploy(tiny_llama, name="TINY-twice", echo=lambda line: None)
 
 
 def test_parse_quantization():
-    assert deploys.parse_quantization("best", "int4") == deploys.BEST_INT4
-    assert deploys.parse_quantization("int4-hqq-b32", "int4") == "int4-hqq-b32"
-    assert deploys.parse_quantization("builder", "int4") == {}
-    assert deploys.parse_quantization("algo=rtn,block_size=16,is_symmetric=false", "int4") == {
-        "algo": "rtn", "block_size": 16, "is_symmetric": False}
+    assert parse_quantization("best", "int4") == deploys.BEST_INT4
+    assert parse_quantization("int4-hqq-b32", "int4") == "int4-hqq-b32"
+    assert parse_quantization("builder", "int4") == {}
+    assert parse_quantization("algo=rtn,block_size=16,is_symmetric=false", "int4") == {
+        "algo": "rtn",
+        "block_size": 16,
+        "is_symmetric": False,
+    }
     with pytest.raises(UsageError, match="KEY=VALUE"):
-        deploys.parse_quantization("k_quant", "int4")
+        parse_quantization("k_quant", "int4")
 
 
 def test_deploy_killed_mid_way_leaves_the_cache_unchanged(tiny_llama, tmp_path):
     before = _cache_files()
-    command = [sys.executable, "-m", "slmops", "deploy", str(tiny_llama), "--name", "tiny-killed", "--quantization", "builder",
-               "--skip-eval", "--soak", "2000", "--suite", str(_suite(tmp_path, PASSING_SUITE))]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    command = [
+        sys.executable,
+        "-m",
+        "slmops",
+        "deploy",
+        str(tiny_llama),
+        "--name",
+        "tiny-killed",
+        "--quantization",
+        "builder",
+        "--skip-eval",
+        "--soak",
+        "2000",
+        "--suite",
+        str(_suite(tmp_path, PASSING_SUITE)),
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1")
+    )
     try:
         deadline = time.monotonic() + 180
         for line in process.stdout:  # kill it while it validates: after conversion, before registering
@@ -110,14 +151,23 @@ def test_deploy_smollm2_end_to_end(capsys):
     report = json.loads((entry.path / "deploy-report.json").read_text())
     assert report["variant"] == deploys.BEST_INT4 and report["quality"]["figures"]["same_top_pct"] > 50
     # Greedy: the deployed defaults sample (temperature 0.7), and a sampled answer once missed Paris.
-    answer = slmops.load("smollm2-135m-instruct").chat([{"role": "user", "content": "What is the capital of France?"}],
-                                                        max_tokens=24, temperature=0)
+    answer = slmops.load("smollm2-135m-instruct").chat(
+        [{"role": "user", "content": "What is the capital of France?"}], max_tokens=24, temperature=0
+    )
     assert "Paris" in answer.text
 
 
 def test_deploy_builds_the_hqq_variant_from_the_fp32_export(tiny_llama, tmp_path):
-    result = deploys.deploy(tiny_llama, name="tiny-hqq", windows=1, soak=10, quantization="int4-hqq-b32-lm_head-fp32",
-                            max_ppl_increase=None, suite=_suite(tmp_path, PASSING_SUITE), echo=lambda line: None)
+    result = deploys.deploy(
+        tiny_llama,
+        name="tiny-hqq",
+        windows=1,
+        soak=10,
+        quantization="int4-hqq-b32-lm_head-fp32",
+        max_ppl_increase=None,
+        suite=_suite(tmp_path, PASSING_SUITE),
+        echo=lambda line: None,
+    )
     entry = store.resolve("tiny-hqq")
     assert result.variant == "int4-hqq-b32-lm_head-fp32" and entry.inference_model.Name == "tiny-hqq"
     assert json.loads((entry.path / "conversion.json").read_text())["quantization"]["algo"] == "hqq"

@@ -76,7 +76,7 @@ def test_saved_logits_round_trip_and_refuse_other_tokens(tmp_path):
     rng = np.random.default_rng(1)
     writer = LogitsWriter(tmp_path / "ref", plan, tokens, vocab_size=12, model="m")
     written = []
-    for index, window, first in plan.windows(tokens):
+    for index, _window, first in plan.windows(tokens):
         lp = log_softmax(rng.normal(size=(plan.size - 1 - first, 12)))
         writer.write(index, lp)
         written.append(lp)

@@ -17,8 +17,11 @@ from slmops.evaluate.suite import Case, check, load_suite, run_suite
         ({"not_contains": "sorry"}, "Here you go.", "Sorry, I cannot."),
         ({"regex": r"^\d{3}-\d{4}$"}, "555-1234", "call 555-1234 now"),
         ({"exact": "yes"}, "  yes\n", "yes."),
-        ({"json_schema": {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}}}},
-         '```json\n{"a": 1}\n```', '{"a": "one"}'),
+        (
+            {"json_schema": {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}}}},
+            '```json\n{"a": 1}\n```',
+            '{"a": "one"}',
+        ),
     ],
 )
 def test_each_matcher_passes_and_fails(expectation, good, bad):
@@ -92,10 +95,13 @@ class _Parrot:
 
 
 def test_run_suite_reports_pass_rate_and_each_failure_with_its_answer(tmp_path):
-    path = _write(tmp_path, [
-        json.dumps({"name": "echo", "prompt": "paris", "contains": "PARIS"}),
-        json.dumps({"prompt": "lyon", "system": "be brief", "contains": "PARIS", "max_tokens": 5}),
-    ])
+    path = _write(
+        tmp_path,
+        [
+            json.dumps({"name": "echo", "prompt": "paris", "contains": "PARIS"}),
+            json.dumps({"prompt": "lyon", "system": "be brief", "contains": "PARIS", "max_tokens": 5}),
+        ],
+    )
     parrot = _Parrot()
     report = run_suite(parrot, load_suite(path), show_progress=False)
     assert (report.total, report.passed, report.pass_rate) == (2, 1, 0.5)

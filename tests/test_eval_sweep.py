@@ -10,12 +10,18 @@ from slmops.evaluate.sweep import Row, pick, speed_only, sweep
 
 
 def _row(name, precision, size, dppl, rate=1.0, speed=100.0):
-    return Row(name, precision, "", size, delta_ppl_pct=dppl, pass_rate=rate, decode_tokens_per_s=speed, kld_mean=dppl / 100)
+    return Row(
+        name, precision, "", size, delta_ppl_pct=dppl, pass_rate=rate, decode_tokens_per_s=speed, kld_mean=dppl / 100
+    )
 
 
 def test_pick_takes_the_smallest_within_limits_and_says_why():
-    rows = [_row("fp32", "fp32", 500, 0.0), _row("int8", "int8", 250, 0.6), _row("int4", "int4", 86, 35.0),
-            _row("int4-good", "int4", 130, 4.0, rate=0.8)]
+    rows = [
+        _row("fp32", "fp32", 500, 0.0),
+        _row("int8", "int8", 250, 0.6),
+        _row("int4", "int4", 86, 35.0),
+        _row("int4-good", "int4", 130, 4.0, rate=0.8),
+    ]
     name, reason = pick(rows, max_ppl_increase=5.0, min_pass=0.9)
     assert name == "int8"
     assert "int4 (ΔPPL +35.0%)" in reason and "int4-good (pass rate 80%)" in reason
@@ -30,8 +36,16 @@ def test_pick_takes_the_smallest_within_limits_and_says_why():
 def test_sweep_tiny_model_writes_table_json_markdown_and_plot(tiny_llama, tmp_path):
     suite = tmp_path / "suite.jsonl"
     suite.write_text('{"prompt": "hello", "not_contains": "zzzz-never"}\n')
-    result = sweep(tiny_llama, tmp_path / "out", precisions=["int4", "fp32"], int4_variants=("int4", "int4-hqq-b32"),
-                   windows=1, suite=suite, max_ppl_increase=1000.0, speed_rounds=2)
+    result = sweep(
+        tiny_llama,
+        tmp_path / "out",
+        precisions=["int4", "fp32"],
+        int4_variants=("int4", "int4-hqq-b32"),
+        windows=1,
+        suite=suite,
+        max_ppl_increase=1000.0,
+        speed_rounds=2,
+    )
     names = [row.name for row in result.rows]
     assert names == ["fp32", "int4", "int4-hqq-b32"], [row.error for row in result.rows]
     assert all(row.error is None for row in result.rows), [row.error for row in result.rows]

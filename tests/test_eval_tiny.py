@@ -45,8 +45,9 @@ def test_torch_reference_matches_the_fp32_export(tiny_exports, tiny_llama):
 
 def test_saved_logits_give_the_same_figures_as_the_live_reference(tiny_exports, tmp_path):
     fp32, int4, text = tiny_exports
-    live = evaluate_quality(int4, reference=fp32, text=text, window=64, windows=3, save_logits=tmp_path / "ref",
-                            show_progress=False).figures
+    live = evaluate_quality(
+        int4, reference=fp32, text=text, window=64, windows=3, save_logits=tmp_path / "ref", show_progress=False
+    ).figures
     saved = evaluate_quality(int4, reference=tmp_path / "ref", text=text, show_progress=False).figures
     assert saved.tokens == live.tokens
     assert saved.kld_mean == pytest.approx(live.kld_mean, rel=0.02, abs=1e-4)
@@ -61,8 +62,24 @@ def test_eval_cli_prints_table_and_writes_json_and_markdown(tiny_exports, tmp_pa
     fp32, int4, text = tiny_exports
     suite = tmp_path / "suite.jsonl"
     suite.write_text('{"prompt": "hello", "not_contains": "zzzz-never"}\n')
-    args = ["eval", str(int4), "--reference", str(fp32), "--text", str(text), "--window", "64", "--windows", "2",
-            "--suite", str(suite), "--json", str(tmp_path / "e.json"), "--markdown", str(tmp_path / "e.md")]
+    args = [
+        "eval",
+        str(int4),
+        "--reference",
+        str(fp32),
+        "--text",
+        str(text),
+        "--window",
+        "64",
+        "--windows",
+        "2",
+        "--suite",
+        str(suite),
+        "--json",
+        str(tmp_path / "e.json"),
+        "--markdown",
+        str(tmp_path / "e.md"),
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "mean KLD" in result.output

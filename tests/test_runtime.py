@@ -180,16 +180,25 @@ def test_default_threads_come_from_the_cpus_we_may_use(tiny_onnx, monkeypatch):
 
 
 def test_inference_model_json_gives_template_defaults_and_stop_token(tiny_onnx, tmp_path):
-    folder = linked_model(tiny_onnx, tmp_path / "tiny-chatml", {
-        "Name": "tiny-chat", "PromptTemplate": CHATML,
-        "ModelConfig": {"max_length": 256, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1}})
+    folder = linked_model(
+        tiny_onnx,
+        tmp_path / "tiny-chatml",
+        {
+            "Name": "tiny-chat",
+            "PromptTemplate": CHATML,
+            "ModelConfig": {"max_length": 256, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1},
+        },
+    )
     model = slmops.load(folder, threads=1)
     assert model.name == "tiny-chat" and model.context_length == 256
     assert (model.defaults.temperature, model.defaults.top_p, model.defaults.repetition_penalty) == (0.7, 0.9, 1.1)
     assert model.options(temperature=0).temperature == 0 and model.options().top_p == 0.9
     assert model.encode("<|im_end|>")[0] in model.stop_token_ids
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
-    assert model.render(messages) == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        model.render(messages)
+        == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_without_inference_model_json_the_tokenizer_template_is_used(tiny):
@@ -226,7 +235,9 @@ def test_invalid_options_are_refused_before_generating(tiny):
 
 def test_cli_one_shot_prints_only_the_answer(tiny, tiny_onnx):
     expected = tiny.chat([{"role": "user", "content": "Hello"}], max_tokens=8).text
-    result = CliRunner().invoke(cli, ["model", "run", str(tiny_onnx), "--prompt", "Hello", "--max-tokens", "8", "--threads", "1"])
+    result = CliRunner().invoke(
+        cli, ["model", "run", str(tiny_onnx), "--prompt", "Hello", "--max-tokens", "8", "--threads", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == expected + "\n"
 
@@ -298,7 +309,10 @@ def test_model_run_never_imports_torch_or_transformers(tiny_onnx):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     done = subprocess.run(
         [sys.executable, "-c", NO_TORCH, "model", "run", str(tiny_onnx), "--prompt", "Hello", "--max-tokens", "3"],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() != "" or done.stdout == "\n"

@@ -24,9 +24,22 @@ def smollm2(smollm2_int4):
 
 def test_cli_one_shot_answers_and_prints_only_the_answer(smollm2_int4):
     done = subprocess.run(
-        [SLMOPS, "model", "run", str(smollm2_int4), "--prompt", FRANCE[0]["content"], "--max-tokens", "32",
-         "--temperature", "0"],
-        capture_output=True, text=True, timeout=180, env=dict(os.environ),
+        [
+            SLMOPS,
+            "model",
+            "run",
+            str(smollm2_int4),
+            "--prompt",
+            FRANCE[0]["content"],
+            "--max-tokens",
+            "32",
+            "--temperature",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=dict(os.environ),
     )
     assert done.returncode == 0, done.stderr
     assert "Paris" in done.stdout
@@ -75,7 +88,11 @@ def test_context_overflow_error_and_truncate(smollm2_int4, tmp_path):
     for item in smollm2_int4.iterdir():
         if item.name != "inference_model.json":
             (folder / item.name).symlink_to(item)
-    info = json.loads((smollm2_int4 / "inference_model.json").read_text()) if (smollm2_int4 / "inference_model.json").exists() else {"Name": "x"}
+    info = (
+        json.loads((smollm2_int4 / "inference_model.json").read_text())
+        if (smollm2_int4 / "inference_model.json").exists()
+        else {"Name": "x"}
+    )
     info.update(Name="smollm2-short", ModelConfig={"max_length": 96})
     (folder / "inference_model.json").write_text(json.dumps(info))
     model = slmops.load(folder)
@@ -85,8 +102,9 @@ def test_context_overflow_error_and_truncate(smollm2_int4, tmp_path):
     history = [{"role": "user", "content": long_question[:200]}, {"role": "assistant", "content": "Sure." * 20}] * 3
     result = model.chat([*history, {"role": "user", "content": "Hi"}], truncate=True, max_tokens=8)
     assert result.prompt_tokens < 96 and result.completion_tokens >= 1
-    done = subprocess.run([SLMOPS, "model", "run", str(folder), "--prompt", long_question],
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [SLMOPS, "model", "run", str(folder), "--prompt", long_question], capture_output=True, text=True, timeout=180
+    )
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.startswith("Error: The prompt is ") and "holds 96" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

@@ -5,13 +5,12 @@ from pathlib import Path
 import pytest
 
 from slmops.errors import UsageError
+from slmops.modelfolder.inference_model import InferenceModel
+from slmops.modelfolder.messages import normalize
 from slmops.runtime import threads
 from slmops.runtime.generate import StopText
 from slmops.runtime.options import GenerationOptions, model_defaults
-from slmops.cache.messages import normalize
 from slmops.runtime.prompt import end_marker
-from slmops.cache.inference_model import InferenceModel
-
 
 # ---- threads ------------------------------------------------------------------
 
@@ -107,8 +106,19 @@ def test_search_options_fit_the_context():
     assert GenerationOptions().search_options(30, 2048)["do_sample"] is False
 
 
-@pytest.mark.parametrize("bad", [{"temperature": -1}, {"top_p": 0}, {"top_p": 1.5}, {"max_tokens": 0},
-                                 {"top_k": -1}, {"repetition_penalty": 0}, {"seed": -2}, {"colour": "red"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"temperature": -1},
+        {"top_p": 0},
+        {"top_p": 1.5},
+        {"max_tokens": 0},
+        {"top_k": -1},
+        {"repetition_penalty": 0},
+        {"seed": -2},
+        {"colour": "red"},
+    ],
+)
 def test_invalid_options_are_usage_errors(bad):
     with pytest.raises(UsageError):
         GenerationOptions().replace(**bad)
@@ -156,7 +166,9 @@ def test_normalize_accepts_objects_and_content_parts():
         role, content = "user", [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]
 
     assert normalize([Message(), {"role": "assistant", "content": None}]) == [
-        {"role": "user", "content": "Hi there"}, {"role": "assistant", "content": ""}]
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": ""},
+    ]
 
 
 @pytest.mark.parametrize("bad", ["just text", [], [{"role": "wizard", "content": "x"}]])
@@ -166,10 +178,20 @@ def test_normalize_refuses_bad_messages(bad):
 
 
 def test_end_marker_comes_from_the_assistant_template():
-    chatml = InferenceModel(Name="m", PromptTemplate={"assistant": "<|im_start|>assistant\n{Content}<|im_end|>",
-                                                      "prompt": "<|im_start|>user\n{Content}<|im_end|>\n<|im_start|>assistant"})
-    gemma = InferenceModel(Name="g", PromptTemplate={"assistant": "<start_of_turn>model\n{Content}<end_of_turn>\n",
-                                                     "prompt": "<start_of_turn>user\n{Content}<end_of_turn>\n"})
+    chatml = InferenceModel(
+        Name="m",
+        PromptTemplate={
+            "assistant": "<|im_start|>assistant\n{Content}<|im_end|>",
+            "prompt": "<|im_start|>user\n{Content}<|im_end|>\n<|im_start|>assistant",
+        },
+    )
+    gemma = InferenceModel(
+        Name="g",
+        PromptTemplate={
+            "assistant": "<start_of_turn>model\n{Content}<end_of_turn>\n",
+            "prompt": "<start_of_turn>user\n{Content}<end_of_turn>\n",
+        },
+    )
     assert end_marker(chatml) == "<|im_end|>"
     assert end_marker(gemma) == "<end_of_turn>"
     assert end_marker(InferenceModel(Name="bare")) is None

@@ -19,19 +19,41 @@ pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-test"
 HI = [{"role": "user", "content": "What is the capital of France?"}]
-PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer", "maximum": 120}},
-          "required": ["name", "age"], "additionalProperties": False}
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
-                   "required": ["city"], "additionalProperties": False}}}
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer", "maximum": 120}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 40}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, smollm2_int4):
     # The first request loads the model; a busy machine may take longer than the default --load-wait.
-    process = cached_server(tmp_path_factory.mktemp("server-home"), smollm2_int4, MODEL,
-                            "--parallel", "8", "--max-queue", "16", "--load-wait", "120")
+    process = cached_server(
+        tmp_path_factory.mktemp("server-home"),
+        smollm2_int4,
+        MODEL,
+        "--parallel",
+        "8",
+        "--max-queue",
+        "16",
+        "--load-wait",
+        "120",
+    )
     yield process
     assert process.stop() == 0
 
@@ -47,8 +69,9 @@ def test_chat_loads_the_cached_model_and_counts_usage(oai, server):
     assert choice.message.role == "assistant" and choice.message.content.strip()
     assert choice.finish_reason in ("stop", "length")
     assert answer.usage.completion_tokens <= 16
-    count = httpx.post(server.url + "/v1/chat/completions/tokenizer/encode/count",
-                       json={"model": MODEL, "messages": HI}).json()
+    count = httpx.post(
+        server.url + "/v1/chat/completions/tokenizer/encode/count", json={"model": MODEL, "messages": HI}
+    ).json()
     assert answer.usage.prompt_tokens == count["tokenCount"] > 5
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
     short = oai.chat.completions.create(model=MODEL, messages=HI, max_completion_tokens=3, temperature=0)
@@ -57,8 +80,11 @@ def test_chat_loads_the_cached_model_and_counts_usage(oai, server):
 
 def test_stream_matches_the_whole_answer(oai):
     whole = oai.chat.completions.create(model=MODEL, messages=HI, max_tokens=24, temperature=0)
-    chunks = list(oai.chat.completions.create(model=MODEL, messages=HI, max_tokens=24, temperature=0, stream=True,
-                                              stream_options={"include_usage": True}))
+    chunks = list(
+        oai.chat.completions.create(
+            model=MODEL, messages=HI, max_tokens=24, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -68,8 +94,12 @@ def test_stream_matches_the_whole_answer(oai):
 
 
 def test_raw_stream_ends_with_done(server):
-    with httpx.stream("POST", server.url + "/v1/chat/completions", timeout=60,
-                      json={"model": MODEL, "messages": HI, "max_tokens": 4, "stream": True}) as answer:
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/chat/completions",
+        timeout=60,
+        json={"model": MODEL, "messages": HI, "max_tokens": 4, "stream": True},
+    ) as answer:
         assert answer.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in answer.iter_lines() if line]
     assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
@@ -96,41 +126,61 @@ def test_completions_and_stop_strings(oai):
 
 def test_seed_reproduces_a_sampled_answer(oai, server):
     def sample(**seed):
-        return oai.chat.completions.create(model=MODEL, messages=HI, max_tokens=20, temperature=1.0,
-                                           **seed).choices[0].message.content
+        return (
+            oai.chat.completions.create(model=MODEL, messages=HI, max_tokens=20, temperature=1.0, **seed)
+            .choices[0]
+            .message.content
+        )
 
     first, again = sample(seed=42), sample(seed=42)
     assert first == again
-    foundry = httpx.post(server.url + "/v1/chat/completions", timeout=60, json={
-        "model": MODEL, "messages": HI, "max_tokens": 20, "temperature": 1.0, "random_seed": 42}).json()
+    foundry = httpx.post(
+        server.url + "/v1/chat/completions",
+        timeout=60,
+        json={"model": MODEL, "messages": HI, "max_tokens": 20, "temperature": 1.0, "random_seed": 42},
+    ).json()
     assert foundry["choices"][0]["message"]["content"] == first
     assert len({sample(seed=s) for s in (1, 2, 3)}) > 1
 
 
 def test_json_schema_answer_validates(oai):
     answer = oai.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Describe a person as JSON."}], max_tokens=60, temperature=0,
-        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}})
+        model=MODEL,
+        messages=[{"role": "user", "content": "Describe a person as JSON."}],
+        max_tokens=60,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+    )
     jsonschema.validate(json.loads(answer.choices[0].message.content), PERSON)
     ask = [{"role": "user", "content": "Reply with a JSON object holding the key ok set to true."}]
-    loose = oai.chat.completions.create(model=MODEL, messages=ask, max_tokens=100, temperature=0,
-                                        response_format={"type": "json_object"})
+    loose = oai.chat.completions.create(
+        model=MODEL, messages=ask, max_tokens=100, temperature=0, response_format={"type": "json_object"}
+    )
     assert loose.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(loose.choices[0].message.content), dict)
 
 
 def test_tool_call_streamed_and_not(oai):
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
-    answer = oai.chat.completions.create(model=MODEL, messages=ask, tools=[WEATHER], tool_choice="required",
-                                         max_tokens=40)
+    answer = oai.chat.completions.create(
+        model=MODEL, messages=ask, tools=[WEATHER], tool_choice="required", max_tokens=40
+    )
     choice = answer.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     call = choice.message.tool_calls[0]
     assert call.function.name == "get_weather" and call.id
     jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
 
-    chunks = list(oai.chat.completions.create(model=MODEL, messages=ask, tools=[WEATHER], max_tokens=40, stream=True,
-                                              tool_choice={"type": "function", "function": {"name": "get_weather"}}))
+    chunks = list(
+        oai.chat.completions.create(
+            model=MODEL,
+            messages=ask,
+            tools=[WEATHER],
+            max_tokens=40,
+            stream=True,
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        )
+    )
     deltas = [d for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])]
     assert deltas[0].id and deltas[0].function.name == "get_weather" and all(d.index == 0 for d in deltas)
     arguments = "".join(d.function.arguments or "" for d in deltas)
@@ -138,8 +188,11 @@ def test_tool_call_streamed_and_not(oai):
     assert len(deltas) > 2  # the arguments arrive as they are generated
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
 
-    history = [*ask, {"role": "assistant", "tool_calls": [call.model_dump()]},
-               {"role": "tool", "tool_call_id": call.id, "content": '{"temperature_c": 21}'}]
+    history = [
+        *ask,
+        {"role": "assistant", "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temperature_c": 21}'},
+    ]
     final = oai.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER], max_tokens=20)
     assert final.choices[0].finish_reason in ("stop", "length", "tool_calls")
 
@@ -207,13 +260,22 @@ def test_32_concurrent_streams_complete_or_get_429_without_mixing(server):
     # Continuations the model is sure of: batching changes float sums in the last bits
     # (onnxruntime computes 1 row and several rows along different paths, in its own
     # static batches too), which may flip an uncertain word, never these.
-    groups = [("1, 2, 3, 4, 5,", " 6, 7, 8"), ("a, b, c, d, e,", " f, g, h"),
-              ("Monday, Tuesday, Wednesday,", " Thursday, Friday"), ("10, 20, 30, 40,", " 50")]
+    groups = [
+        ("1, 2, 3, 4, 5,", " 6, 7, 8"),
+        ("a, b, c, d, e,", " f, g, h"),
+        ("Monday, Tuesday, Wednesday,", " Thursday, Friday"),
+        ("10, 20, 30, 40,", " 50"),
+    ]
     lengths = [8, 16, 24, 32]
 
     async def one(http, index):
-        body = {"model": MODEL, "prompt": groups[index % 4][0], "max_tokens": lengths[index // 8],
-                "temperature": 0, "stream": True}
+        body = {
+            "model": MODEL,
+            "prompt": groups[index % 4][0],
+            "max_tokens": lengths[index // 8],
+            "temperature": 0,
+            "stream": True,
+        }
         async with http.stream("POST", "/v1/completions", json=body) as answer:
             if answer.status_code == 429:
                 assert int(answer.headers["retry-after"]) >= 1

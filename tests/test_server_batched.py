@@ -14,14 +14,21 @@ import numpy as np
 import pytest
 
 import slmops
-from slmops.server import batched, tools
-from slmops.server.batched import BatchedDecoder, Sequence
-from slmops.server.guided import GrammarError
+from slmops.runtime import batched
+from slmops.runtime.batched import BatchedDecoder, Sequence
+from slmops.runtime.guided import GrammarError
+from slmops.server import tools
 from slmops.server.scheduler import DONE, Job, Scheduler
 
-CITY = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Oslo", "Rome"]},
-                                         "days": {"type": "integer", "minimum": 1, "maximum": 9}},
-        "required": ["city", "days"], "additionalProperties": False}
+CITY = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "enum": ["Oslo", "Rome"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 9},
+    },
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +38,13 @@ def tiny(tiny_onnx):
 
 
 def sequence(model, ids, max_new=8, matcher=None, **options) -> Sequence:
-    return Sequence(list(ids), model.options(temperature=0, max_tokens=max_new, **options), max_new,
-                    time.perf_counter(), matcher=matcher)
+    return Sequence(
+        list(ids),
+        model.options(temperature=0, max_tokens=max_new, **options),
+        max_new,
+        time.perf_counter(),
+        matcher=matcher,
+    )
 
 
 def prompt(length: int, seed: int = 0) -> list[int]:
@@ -187,8 +199,10 @@ def test_guided_and_free_rows_share_a_step(tiny):
     free_ids, guided_ids = prompt(12, 5), prompt(15, 6)
     expected = alone(tiny, free_ids, 20)
     decoder = endless(BatchedDecoder(tiny, 3, 512))
-    guided = [sequence(tiny, guided_ids, 60, grammars.matcher(tools.grammar(CITY))),
-              sequence(tiny, prompt(9, 7), 60, grammars.matcher(tools.grammar({"type": "object"})))]
+    guided = [
+        sequence(tiny, guided_ids, 60, grammars.matcher(tools.grammar(CITY))),
+        sequence(tiny, prompt(9, 7), 60, grammars.matcher(tools.grammar({"type": "object"}))),
+    ]
     free = sequence(tiny, free_ids, 20)
     decoder.add([guided[0], free, guided[1]])
     finish(decoder)
@@ -208,9 +222,18 @@ def test_an_invalid_grammar_is_a_usage_error(tiny):
 
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": CITY}}
-SAY = {"type": "function", "function": {"name": "say", "parameters": {
-    "type": "object", "properties": {"text": {"type": "string", "maxLength": 12}}, "required": ["text"],
-    "additionalProperties": False}}}
+SAY = {
+    "type": "function",
+    "function": {
+        "name": "say",
+        "parameters": {
+            "type": "object",
+            "properties": {"text": {"type": "string", "maxLength": 12}},
+            "required": ["text"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 def auto_mode():
@@ -279,7 +302,7 @@ def test_an_auto_answer_streams_as_words_or_as_one_call(step):
     def stream(text):
         answer, deltas = tools.AnswerStream(mode), []
         for start in range(0, len(text), step):
-            deltas += answer.feed(text[start:start + step])
+            deltas += answer.feed(text[start : start + step])
         return answer, deltas + answer.close()
 
     answer, deltas = stream('{"name": "get_weather", "arguments": {"city": "Oslo", "days": 3}}')

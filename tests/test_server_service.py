@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from slmops.server import client
+from slmops import client
 from tests.server_process import ServerProcess, free_port
 
 KEY = "test-key-4f1c"
@@ -21,8 +21,9 @@ HI = [{"role": "user", "content": "Tell me about the sea."}]
 
 
 def slmops(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "slmops", *args], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", "slmops", *args], capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
+    )
 
 
 @pytest.mark.slow

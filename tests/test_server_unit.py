@@ -8,9 +8,10 @@ import time
 import pytest
 from pydantic import ValidationError
 
+from slmops import client
 from slmops.errors import ServiceError, UsageError
 from slmops.runtime.generate import Response
-from slmops.server import client, tools
+from slmops.server import tools
 from slmops.server.commands import parse_size
 from slmops.server.errors import validation_error
 from slmops.server.generation import options_for
@@ -26,8 +27,7 @@ def fake_stream(tokens: int, delay: float = 0.0, log: list | None = None, tag: s
         time.sleep(delay)
         if log is not None:
             log.append((tag, index))
-        yield Response(f"{tag}{index} ", index, 3, index + 1, 0.0, 0.0, 0.0,
-                       "length" if index == tokens - 1 else None)
+        yield Response(f"{tag}{index} ", index, 3, index + 1, 0.0, 0.0, 0.0, "length" if index == tokens - 1 else None)
 
 
 async def drain(job: Job) -> list:
@@ -110,8 +110,14 @@ def test_a_failing_sequence_does_not_stop_the_others():
 def test_chat_request_validation():
     ok = ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}], stop="x", unknown_field=1)
     assert ok.stop == "x"
-    for bad in ({"messages": []}, {"stop": ["a", "b", "c", "d", "e"]}, {"temperature": 3}, {"n": 2},
-                {"messages": [{"role": "robot", "content": "x"}]}, {"max_tokens": 0}):
+    for bad in (
+        {"messages": []},
+        {"stop": ["a", "b", "c", "d", "e"]},
+        {"temperature": 3},
+        {"n": 2},
+        {"messages": [{"role": "robot", "content": "x"}]},
+        {"max_tokens": 0},
+    ):
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **bad}
         with pytest.raises(ValidationError):
             ChatRequest(**body)
@@ -129,19 +135,31 @@ def test_validation_errors_name_the_field_and_bad_json_is_422():
 
 
 def test_options_map_openai_names_onto_the_runtime():
-    request = ChatRequest(model="m", messages=[{"role": "user", "content": "x"}], random_seed=7,
-                          frequency_penalty=1.0, stop="END")
+    request = ChatRequest(
+        model="m", messages=[{"role": "user", "content": "x"}], random_seed=7, frequency_penalty=1.0, stop="END"
+    )
     options = options_for(request, 9)
     assert options["seed"] == 7 and options["max_tokens"] == 9
     assert options["repetition_penalty"] == pytest.approx(1.5)
     assert options["stop"] == ("END",)
-    explicit = ChatRequest(model="m", messages=[{"role": "user", "content": "x"}], seed=1, random_seed=2,
-                           presence_penalty=1.0, repetition_penalty=1.1)
+    explicit = ChatRequest(
+        model="m",
+        messages=[{"role": "user", "content": "x"}],
+        seed=1,
+        random_seed=2,
+        presence_penalty=1.0,
+        repetition_penalty=1.1,
+    )
     assert options_for(explicit)["seed"] == 1 and options_for(explicit)["repetition_penalty"] == 1.1
 
 
-WEATHER = {"type": "function", "function": {"name": "weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 TIME = {"type": "function", "function": {"name": "time", "parameters": {"type": "object", "properties": {}}}}
 
 

@@ -28,9 +28,20 @@ class GoodDouble:
 
     name = "good-double"
     context_length = 2048
-    answers = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Kingdom": "London", "water": "H2O",
-               "spider": "8", "week": "7", "Romeo": "Shakespeare", "hot": "cold", "Red Planet": "Mars",
-               "Brazil": "Portuguese", "fruits": "- apple\n- pear\n- plum"}
+    answers = {
+        "France": "Paris",
+        "Japan": "Tokyo",
+        "Italy": "Rome",
+        "Kingdom": "London",
+        "water": "H2O",
+        "spider": "8",
+        "week": "7",
+        "Romeo": "Shakespeare",
+        "hot": "cold",
+        "Red Planet": "Mars",
+        "Brazil": "Portuguese",
+        "fruits": "- apple\n- pear\n- plum",
+    }
 
     def encode(self, text):
         return list(range(len(text.split())))
@@ -142,10 +153,13 @@ def test_a_hanging_edge_case_is_reported_not_waited_for():
     assert time.monotonic() - started < 60
 
 
-@pytest.mark.parametrize("double, case, signal_name", [
-    (SegfaultDouble, "control characters and NUL", "SIGSEGV"),
-    (AbortDouble, "emoji, CJK and RTL text", "SIGABRT"),
-])
+@pytest.mark.parametrize(
+    "double, case, signal_name",
+    [
+        (SegfaultDouble, "control characters and NUL", "SIGSEGV"),
+        (AbortDouble, "emoji, CJK and RTL text", "SIGABRT"),
+    ],
+)
 def test_a_model_that_kills_its_process_fails_item_5_naming_the_case(double, case, signal_name):
     check = check_edge_cases(double(), timeout_s=30)
     assert check.status == FAIL
@@ -188,7 +202,9 @@ def test_validate_cli_writes_reports_and_exits_1_on_failure(tmp_path, monkeypatc
 
     monkeypatch.setattr("slmops.runtime.load", lambda name: LeakyDouble())
     out = tmp_path / "report.json"
-    result = CliRunner().invoke(cli, ["validate", "anything", "--soak", "20", "--json", str(out), "--markdown", str(tmp_path / "r.md")])
+    result = CliRunner().invoke(
+        cli, ["validate", "anything", "--soak", "20", "--json", str(out), "--markdown", str(tmp_path / "r.md")]
+    )
     assert result.exit_code == 1, result.output
     data = json.loads(out.read_text())
     assert data["passed"] is False and data["checks"][2]["status"] == "FAIL"

@@ -30,7 +30,7 @@ COMMANDS = {
     "eval": "slmops.evaluate.commands:eval_command",
     "validate": "slmops.evaluate.commands:validate",
     "sweep": "slmops.evaluate.commands:sweep",
-    "deploy": "slmops.deploy:deploy_command",
+    "deploy": "slmops.deploy.commands:deploy_command",
 }
 
 

@@ -14,6 +14,15 @@ from slmops.bench.runner import BenchResult, CaseResult, Sweep
 from slmops.bench.stats import Goodput, RequestRecord, summarize
 
 __all__ = [
-    "BenchResult", "CaseResult", "Goodput", "RequestRecord", "Sweep", "TargetSpec",
-    "benchmark", "compare", "load_result", "summarize", "write_outputs",
+    "BenchResult",
+    "CaseResult",
+    "Goodput",
+    "RequestRecord",
+    "Sweep",
+    "TargetSpec",
+    "benchmark",
+    "compare",
+    "load_result",
+    "summarize",
+    "write_outputs",
 ]

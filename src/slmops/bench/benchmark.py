@@ -109,7 +109,8 @@ def benchmark(
                 f"{case.target} prompt={case.prompt_tokens} out={case.output_tokens} c={case.concurrency}: "
                 f"decodes at {case.roofline_pct:.0f}% of the memory-bandwidth roofline: part of its weights stay "
                 f"in the CPU's cache, or the bandwidth ({result.memory_bandwidth_gb_s:.1f} GB/s) was measured on a "
-                f"busy machine (run with --refresh-bandwidth when it is idle)")
+                f"busy machine (run with --refresh-bandwidth when it is idle)"
+            )
     return result
 
 
@@ -129,7 +130,9 @@ class _LazySource(PromptSource):
         return super().prompt(tokens, variant)
 
 
-def write_outputs(document: dict, json_path=None, markdown_path=None, plot_path=None, title: str | None = None) -> list[Path]:
+def write_outputs(
+    document: dict, json_path=None, markdown_path=None, plot_path=None, title: str | None = None
+) -> list[Path]:
     """Write the JSON, Markdown and PNG files asked for; return their paths."""
     import json
 

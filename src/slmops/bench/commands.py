@@ -50,14 +50,28 @@ def bench() -> None:
 @click.argument("models", nargs=-1)
 @click.option("--url", help="An OpenAI-compatible server to measure (slmops serve, llama-server, vLLM, Ollama).")
 @click.option("--model-name", help="Model to ask the --url server for (default: the first it lists).")
-@click.option("--endpoint", type=click.Choice(["chat", "completions"]), default="chat", show_default=True,
-              help="Which OpenAI endpoint --url is measured on.")
-@click.option("--pid", type=int, help="Process id of the --url server, to measure its RAM and CPU (found by port on loopback).")
+@click.option(
+    "--endpoint",
+    type=click.Choice(["chat", "completions"]),
+    default="chat",
+    show_default=True,
+    help="Which OpenAI endpoint --url is measured on.",
+)
+@click.option(
+    "--pid", type=int, help="Process id of the --url server, to measure its RAM and CPU (found by port on loopback)."
+)
 @click.option("--api-key", envvar="SLMOPS_BENCH_API_KEY", help="Bearer token for --url.")
 @click.option("--ignore-eos", is_flag=True, help="Ask the --url server to ignore end-of-text (vLLM, llama-server).")
 @click.option("--raw", is_flag=True, help="Also run a bare onnxruntime-genai Generator loop on MODEL's folder.")
-@click.option("--raw-threads", default="", help="Thread counts of the --raw targets, e.g. 2,0 (0: onnxruntime's default).")
-@click.option("--llama-cpp", "llama_cpp", type=click.Path(exists=True, dir_okay=False), help="Also run this GGUF with llama-cpp-python.")
+@click.option(
+    "--raw-threads", default="", help="Thread counts of the --raw targets, e.g. 2,0 (0: onnxruntime's default)."
+)
+@click.option(
+    "--llama-cpp",
+    "llama_cpp",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Also run this GGUF with llama-cpp-python.",
+)
 @click.option("--threads", type=int, help="Threads for slmops and llama.cpp (default: the CPUs this process may use).")
 @click.option("--prompt-lengths", default="32,128,512,1024,2048", show_default=True, help="Prompt sizes in tokens.")
 @click.option("--output-lengths", default="128", show_default=True, help="Tokens to generate per request.")
@@ -67,14 +81,39 @@ def bench() -> None:
 @click.option("--prompts", type=click.Path(exists=True, dir_okay=False), help="JSONL of texts to cut prompts from.")
 @click.option("--goodput", multiple=True, help="Objectives for goodput, e.g. --goodput ttft:500 --goodput tpot:50.")
 @click.option("--no-roofline", is_flag=True, help="Skip the memory-bandwidth probe.")
-@click.option("--refresh-bandwidth", is_flag=True, help="Measure the memory bandwidth again instead of using the cached value.")
+@click.option(
+    "--refresh-bandwidth", is_flag=True, help="Measure the memory bandwidth again instead of using the cached value."
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the result as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), help="Write a Markdown report.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG chart.")
 @click.option("--title", help="Title of the Markdown report.")
-def run_command(models, url, model_name, endpoint, pid, api_key, ignore_eos, raw, raw_threads, llama_cpp, threads,
-                prompt_lengths, output_lengths, concurrency, reps, warmup, prompts, goodput, no_roofline,
-                refresh_bandwidth, json_path, markdown_path, plot_path, title) -> None:
+def run_command(
+    models,
+    url,
+    model_name,
+    endpoint,
+    pid,
+    api_key,
+    ignore_eos,
+    raw,
+    raw_threads,
+    llama_cpp,
+    threads,
+    prompt_lengths,
+    output_lengths,
+    concurrency,
+    reps,
+    warmup,
+    prompts,
+    goodput,
+    no_roofline,
+    refresh_bandwidth,
+    json_path,
+    markdown_path,
+    plot_path,
+    title,
+) -> None:
     """Measure MODELS (cached names or model folders; several, e.g. precisions, side by side)
     and/or a --url server."""
     from slmops.bench.benchmark import TargetSpec, benchmark, write_outputs
@@ -87,13 +126,31 @@ def run_command(models, url, model_name, endpoint, pid, api_key, ignore_eos, raw
         objectives = Goodput.parse(goodput)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    spec = TargetSpec(model=models[0] if models else None, more_models=tuple(models[1:]), url=url, url_model=model_name, endpoint=endpoint, pid=pid, api_key=api_key,
-                      ignore_eos=ignore_eos, raw=raw, raw_threads=_ints(raw_threads, "--raw-threads", 0) if raw_threads else (),
-                      llama_cpp=llama_cpp, threads=threads)
-    sweep = Sweep(prompt_lengths=_ints(prompt_lengths, "--prompt-lengths"),
-                  output_lengths=_ints(output_lengths, "--output-lengths"),
-                  concurrency=_ints(concurrency, "--concurrency"), reps=reps, warmup=max(0, warmup), goodput=objectives)
-    document = _run_live(lambda on_case: benchmark(spec, sweep, prompts, not no_roofline, on_case, refresh_bandwidth), len(sweep.cases()))
+    spec = TargetSpec(
+        model=models[0] if models else None,
+        more_models=tuple(models[1:]),
+        url=url,
+        url_model=model_name,
+        endpoint=endpoint,
+        pid=pid,
+        api_key=api_key,
+        ignore_eos=ignore_eos,
+        raw=raw,
+        raw_threads=_ints(raw_threads, "--raw-threads", 0) if raw_threads else (),
+        llama_cpp=llama_cpp,
+        threads=threads,
+    )
+    sweep = Sweep(
+        prompt_lengths=_ints(prompt_lengths, "--prompt-lengths"),
+        output_lengths=_ints(output_lengths, "--output-lengths"),
+        concurrency=_ints(concurrency, "--concurrency"),
+        reps=reps,
+        warmup=max(0, warmup),
+        goodput=objectives,
+    )
+    document = _run_live(
+        lambda on_case: benchmark(spec, sweep, prompts, not no_roofline, on_case, refresh_bandwidth), len(sweep.cases())
+    )
     for path in write_outputs(document, json_path, markdown_path, plot_path, title):
         click.echo(f"Wrote {path}")
 
@@ -135,7 +192,9 @@ def _case_dict(case) -> dict:
 @bench.command("compare")
 @click.argument("a", type=click.Path(exists=True, dir_okay=False))
 @click.argument("b", type=click.Path(exists=True, dir_okay=False))
-@click.option("--threshold", type=float, default=10.0, show_default=True, help="Percent worse that counts as a regression.")
+@click.option(
+    "--threshold", type=float, default=10.0, show_default=True, help="Percent worse that counts as a regression."
+)
 @click.option("--fail-on-regression", is_flag=True, help="Exit with code 1 when any figure regressed.")
 def compare_command(a, b, threshold, fail_on_regression) -> None:
     """Compare result B.json with the baseline A.json (ratios B/A)."""

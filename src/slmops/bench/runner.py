@@ -10,10 +10,10 @@ import dataclasses
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import product
-from typing import Callable
 
 from slmops.bench import schema
 from slmops.bench.prompts import PromptSource
@@ -168,8 +168,10 @@ def _clip(sweep: Sweep, targets: list[Target]) -> Sweep:
         return sweep
     room = min(contexts) - max(sweep.output_lengths)
     if room < 1:
-        raise UsageError(f"An output of {max(sweep.output_lengths)} tokens leaves no room for a prompt in a context of "
-                         f"{min(contexts)} tokens; use shorter --output-lengths.")
+        raise UsageError(
+            f"An output of {max(sweep.output_lengths)} tokens leaves no room for a prompt in a context of "
+            f"{min(contexts)} tokens; use shorter --output-lengths."
+        )
     kept = tuple(dict.fromkeys(min(n, room) for n in sweep.prompt_lengths))
     return dataclasses.replace(sweep, prompt_lengths=kept)
 
@@ -191,7 +193,7 @@ def _run_case(targets, sweep, source, prompt_len, output_len, concurrency, clock
     durations: dict[int, float] = {id(t): 0.0 for t in active}
     usages: dict[int, list[Usage]] = {id(t): [] for t in active}
     for rep in range(sweep.reps or MAX_REPS):
-        order = active[rep % len(active):] + active[: rep % len(active)] if active else []
+        order = active[rep % len(active) :] + active[: rep % len(active)] if active else []
         for target in order:
             prompts = [source.prompt(prompt_len, rep * concurrency + i) for i in range(concurrency)]
             with Monitor(target.pid) as monitor:
@@ -249,8 +251,12 @@ def _case(target, prompt_len, output_len, concurrency, records, duration, usages
 def _finish(case: CaseResult, result: BenchResult) -> None:
     """Fill the figures that need other cases: queueing delay, warnings."""
     single = next(
-        (c for c in result.cases if (c.target, c.prompt_tokens, c.output_tokens, c.concurrency)
-         == (case.target, case.prompt_tokens, case.output_tokens, 1)),
+        (
+            c
+            for c in result.cases
+            if (c.target, c.prompt_tokens, c.output_tokens, c.concurrency)
+            == (case.target, case.prompt_tokens, case.output_tokens, 1)
+        ),
         None,
     )
     if case.concurrency > 1 and single and single.stats.ttft_ms and case.stats.ttft_ms:
@@ -276,11 +282,17 @@ def ratios(cases: list[CaseResult], labels: list[str]) -> list[dict]:
             peer = by_key.get((other, p, o, c))
             if peer is None:
                 continue
-            rows.append({
-                "prompt_tokens": p, "output_tokens": o, "concurrency": c, "target": label, "reference": other,
-                "decode_speedup": _ratio(case.stats.decode_tps, peer.stats.decode_tps),
-                "ttft_speedup": _ratio(peer.stats.ttft_ms, case.stats.ttft_ms),
-            })
+            rows.append(
+                {
+                    "prompt_tokens": p,
+                    "output_tokens": o,
+                    "concurrency": c,
+                    "target": label,
+                    "reference": other,
+                    "decode_speedup": _ratio(case.stats.decode_tps, peer.stats.decode_tps),
+                    "ttft_speedup": _ratio(peer.stats.ttft_ms, case.stats.ttft_ms),
+                }
+            )
     return rows
 
 

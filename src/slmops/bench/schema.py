@@ -19,15 +19,29 @@ _INT_OR_NULL = {"type": ["integer", "null"]}
 _DIST = {
     "type": ["object", "null"],
     "required": ["mean", "median", "p90", "p99", "std", "min", "max", "count"],
-    "properties": {k: _NUM for k in ("mean", "median", "p90", "p99", "std", "min", "max")} | {"count": {"type": "integer"}},
+    "properties": {k: _NUM for k in ("mean", "median", "p90", "p99", "std", "min", "max")}
+    | {"count": {"type": "integer"}},
     "additionalProperties": False,
 }
 _STATS = {
     "type": "object",
     "required": [
-        "requests", "failed", "duration_s", "prompt_tokens", "output_tokens_mean", "ttft_ms", "tpot_ms",
-        "itl_ms", "e2el_ms", "prefill_tps", "decode_tps", "request_throughput", "output_throughput",
-        "total_token_throughput", "goodput", "noisy",
+        "requests",
+        "failed",
+        "duration_s",
+        "prompt_tokens",
+        "output_tokens_mean",
+        "ttft_ms",
+        "tpot_ms",
+        "itl_ms",
+        "e2el_ms",
+        "prefill_tps",
+        "decode_tps",
+        "request_throughput",
+        "output_throughput",
+        "total_token_throughput",
+        "goodput",
+        "noisy",
     ],
     "properties": {
         "requests": {"type": "integer", "minimum": 0},
@@ -47,8 +61,17 @@ _STATS = {
 _CASE = {
     "type": "object",
     "required": [
-        "target", "prompt_tokens", "output_tokens", "concurrency", "stats", "queue_delay_ms",
-        "roofline_pct", "rss_peak_mb", "rss_steady_mb", "cpu_percent", "errors",
+        "target",
+        "prompt_tokens",
+        "output_tokens",
+        "concurrency",
+        "stats",
+        "queue_delay_ms",
+        "roofline_pct",
+        "rss_peak_mb",
+        "rss_steady_mb",
+        "cpu_percent",
+        "errors",
     ],
     "properties": {
         "target": {"type": "string"},
@@ -84,7 +107,15 @@ _TARGET = {
 }
 _RATIO = {
     "type": "object",
-    "required": ["prompt_tokens", "output_tokens", "concurrency", "target", "reference", "decode_speedup", "ttft_speedup"],
+    "required": [
+        "prompt_tokens",
+        "output_tokens",
+        "concurrency",
+        "target",
+        "reference",
+        "decode_speedup",
+        "ttft_speedup",
+    ],
     "properties": {
         "prompt_tokens": {"type": "integer"},
         "output_tokens": {"type": "integer"},
@@ -101,7 +132,18 @@ SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "slmops bench result",
     "type": "object",
-    "required": ["schema", "schema_version", "created", "system", "memory_bandwidth_gb_s", "settings", "targets", "cases", "ratios", "warnings"],
+    "required": [
+        "schema",
+        "schema_version",
+        "created",
+        "system",
+        "memory_bandwidth_gb_s",
+        "settings",
+        "targets",
+        "cases",
+        "ratios",
+        "warnings",
+    ],
     "properties": {
         "schema": {"const": "slmops-bench"},
         "schema_version": {"const": SCHEMA_VERSION},

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from slmops.bench.stats import RequestRecord
 from slmops.errors import ModelNotFound, SlmopsError, UsageError
@@ -74,7 +74,9 @@ def _failed(start: float, prompt_tokens: int, exc: Exception) -> RequestRecord:
 
 def onnx_weight_bytes(folder: Path) -> int:
     """Bytes of an ONNX model's weights: its .onnx and external data files."""
-    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".data") or p.name.endswith(".onnx.data"))
+    return sum(
+        p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".data") or p.name.endswith(".onnx.data")
+    )
 
 
 def threads_overlay(threads: int | None) -> str | None:
@@ -255,7 +257,11 @@ class RuntimeTarget(Target):
     def describe(self) -> dict:
         import onnxruntime_genai as og
 
-        return {**super().describe(), "model": str(self.model.path), "library": f"slmops runtime on onnxruntime-genai {og.__version__}"}
+        return {
+            **super().describe(),
+            "model": str(self.model.path),
+            "library": f"slmops runtime on onnxruntime-genai {og.__version__}",
+        }
 
 
 def model_folder(name_or_path: str) -> Path:
@@ -273,8 +279,16 @@ class UrlTarget(Target):
 
     kind = "url"
 
-    def __init__(self, url: str, model: str | None = None, endpoint: str = "chat", pid: int | None = None,
-                 api_key: str | None = None, ignore_eos: bool = False, timeout: float = 300.0):
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        endpoint: str = "chat",
+        pid: int | None = None,
+        api_key: str | None = None,
+        ignore_eos: bool = False,
+        timeout: float = 300.0,
+    ):
         if endpoint not in ("chat", "completions"):
             raise UsageError("--endpoint must be chat or completions.")
         self.base = url.rstrip("/").removesuffix("/v1")
@@ -315,8 +329,13 @@ class UrlTarget(Target):
         return time.perf_counter() - start
 
     def body(self, text: str, max_tokens: int) -> dict:
-        body = {"model": self.model, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-                "stream_options": {"include_usage": True}}
+        body = {
+            "model": self.model,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         if self.endpoint == "chat":
             body["messages"] = [{"role": "user", "content": text}]
         else:

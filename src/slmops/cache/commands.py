@@ -90,8 +90,10 @@ def _print_table(models: list[store.CachedModel]) -> None:
     console.print(table)
     for model in models:
         if not model.valid:
-            console.print(f"[red]{escape(model.name)}[/red] ({escape(str(model.path))}): {escape(model.reason or '')}",
-                          highlight=False)
+            console.print(
+                f"[red]{escape(model.name)}[/red] ({escape(str(model.path))}): {escape(model.reason or '')}",
+                highlight=False,
+            )
 
 
 def _size(size: int) -> str:

@@ -55,12 +55,16 @@ def resolve(name: str, include_invalid: bool = False) -> CachedModel:
         return usable[0]
     if len(usable) > 1:
         paths = ", ".join(str(model.path) for model in usable)
-        raise ModelNotFound(f"{name!r} is ambiguous: {len(usable)} models have that name ({paths}); "
-                            "change the Name in one inference_model.json, or remove one.")
+        raise ModelNotFound(
+            f"{name!r} is ambiguous: {len(usable)} models have that name ({paths}); "
+            "change the Name in one inference_model.json, or remove one."
+        )
     if matches:
         bad = matches[0]
-        raise CacheError(f"Model {bad.name!r} at {bad.path} is invalid: {bad.reason}. "
-                         f"Fix it, or delete it with `slmops cache remove {bad.name}`.")
+        raise CacheError(
+            f"Model {bad.name!r} at {bad.path} is invalid: {bad.reason}. "
+            f"Fix it, or delete it with `slmops cache remove {bad.name}`."
+        )
     raise ModelNotFound(_not_found_message(name, models))
 
 

@@ -16,10 +16,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmops.cache.inference_model import FILENAME, InferenceModel
 from slmops.cache.location import location
-from slmops.cache.onnx_info import OnnxInfo, read_onnx_info
 from slmops.errors import CacheError
+from slmops.modelfolder.inference_model import FILENAME, InferenceModel
+from slmops.modelfolder.onnx_info import OnnxInfo, read_onnx_info
 
 GENAI_CONFIG = "genai_config.json"
 CONVERSION = "conversion.json"

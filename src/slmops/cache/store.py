@@ -19,22 +19,41 @@ from pathlib import Path
 
 import psutil
 
-from slmops.cache.inference_model import FILENAME, InferenceModel
 from slmops.cache.location import location, set_location
 from slmops.cache.names import InvalidModelName, check_name, resolve
-from slmops.cache.scan import (CONVERSION, GENAI_CONFIG, MARKER, CachedModel, context_length, read_entry,
-                               read_json_file, scan, source_of)
+from slmops.cache.scan import (
+    CONVERSION,
+    GENAI_CONFIG,
+    MARKER,
+    CachedModel,
+    context_length,
+    read_entry,
+    read_json_file,
+    scan,
+    source_of,
+)
 from slmops.errors import CacheError, UsageError
+from slmops.modelfolder.inference_model import FILENAME, InferenceModel
 
-__all__ = ["CachedModel", "InvalidModelName", "add", "check_name", "location", "model_root", "read_entry",
-           "remove", "resolve", "scan", "set_location"]
+__all__ = [
+    "CachedModel",
+    "InvalidModelName",
+    "add",
+    "check_name",
+    "location",
+    "model_root",
+    "read_entry",
+    "remove",
+    "resolve",
+    "scan",
+    "set_location",
+]
 
 CUSTOM = "custom"
 STAGING, TRASH = ".adding-", ".removing-"
 
 
-def add(folder: str | os.PathLike, name: str | None = None, link: bool = False,
-        force: bool = False) -> CachedModel:
+def add(folder: str | os.PathLike, name: str | None = None, link: bool = False, force: bool = False) -> CachedModel:
     """Copy (or link) a converted model folder into ``<cache>/custom/<name>/``.
 
     Writes ``inference_model.json`` when the folder has none (the template is picked
@@ -100,15 +119,17 @@ def model_root(folder: str | os.PathLike) -> Path:
     inner = [child for child in path.iterdir() if (child / GENAI_CONFIG).is_file()]
     if len(inner) == 1:
         return inner[0]
-    raise CacheError(f"{path} holds no {GENAI_CONFIG}; it is not an onnxruntime-genai model. "
-                     "Convert the model first with `slmops convert`.")
+    raise CacheError(
+        f"{path} holds no {GENAI_CONFIG}; it is not an onnxruntime-genai model. "
+        "Convert the model first with `slmops convert`."
+    )
 
 
 def _inference_model_for(source: Path, name: str | None) -> InferenceModel:
     if (source / FILENAME).is_file():
         model = InferenceModel.read(source)
         return model.model_copy(update={"Name": name}) if name is not None else model
-    from slmops.cache.templates import default_config, template_for
+    from slmops.modelfolder.templates import default_config, template_for
 
     genai = read_json_file(source / GENAI_CONFIG, []) or {}
     conversion = read_json_file(source / CONVERSION, []) or {}
@@ -128,8 +149,10 @@ def _replaced_entries(name: str, target: Path, force: bool) -> list[Path]:
     if target.exists() or target.is_symlink():
         existing = existing if target in existing else [*existing, target]
     if existing and not force:
-        raise CacheError(f"{existing[0]} already holds a model named {name!r}; "
-                         "pass --force to replace it, or --name to pick another name.")
+        raise CacheError(
+            f"{existing[0]} already holds a model named {name!r}; "
+            "pass --force to replace it, or --name to pick another name."
+        )
     return existing
 
 
@@ -148,8 +171,12 @@ def _copy_or_link(source: Path, staging: Path, link: bool) -> None:
             if child.name not in skip:
                 os.symlink(child, staging / child.name)
         return
-    shutil.copytree(source, staging, dirs_exist_ok=True,
-                    ignore=lambda where, names: [n for n in names if Path(where) == source and n in skip])
+    shutil.copytree(
+        source,
+        staging,
+        dirs_exist_ok=True,
+        ignore=lambda where, names: [n for n in names if Path(where) == source and n in skip],
+    )
 
 
 def _swap_in(staging: Path, target: Path, replaced: list[Path]) -> None:
@@ -198,5 +225,7 @@ def _clean_stale(folder: Path) -> None:
 
 
 def _inside(path: Path, root: Path, follow: bool = True) -> bool:
-    resolved_path = Path(os.path.realpath(path)) if follow else Path(os.path.abspath(path)).parent.resolve() / Path(path).name
+    resolved_path = (
+        Path(os.path.realpath(path)) if follow else Path(os.path.abspath(path)).parent.resolve() / Path(path).name
+    )
     return Path(os.path.realpath(root)) in resolved_path.parents

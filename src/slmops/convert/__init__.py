@@ -1,7 +1,7 @@
 """Conversion of fine-tuned models to ONNX for onnxruntime-genai.
 
-    from slmops.convert import convert
-    report = convert(Path("my-model"), Path("out/my-model-int4"), precision="int4")
+from slmops.convert import convert
+report = convert(Path("my-model"), Path("out/my-model-int4"), precision="int4")
 """
 
 from slmops.convert.convert import convert
@@ -9,4 +9,11 @@ from slmops.convert.options import PRECISIONS, QuantizationOptions
 from slmops.convert.report import ConversionReport
 from slmops.convert.sources import SUPPORTED_ARCHITECTURES, embedded_model
 
-__all__ = ["convert", "embedded_model", "ConversionReport", "QuantizationOptions", "PRECISIONS", "SUPPORTED_ARCHITECTURES"]
+__all__ = [
+    "convert",
+    "embedded_model",
+    "ConversionReport",
+    "QuantizationOptions",
+    "PRECISIONS",
+    "SUPPORTED_ARCHITECTURES",
+]

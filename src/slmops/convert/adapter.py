@@ -7,8 +7,16 @@ from pathlib import Path
 
 from slmops.errors import ConversionError
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                    "tokenizer.model", "vocab.json", "merges.txt", "generation_config.json")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+)
 
 
 def merge_adapter(base: Path, adapter: Path, folder: Path) -> Path:
@@ -21,7 +29,9 @@ def merge_adapter(base: Path, adapter: Path, folder: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ConversionError(f"the adapter {adapter} does not fit the base model {base}: {str(exc).splitlines()[0]}") from exc
+        raise ConversionError(
+            f"the adapter {adapter} does not fit the base model {base}: {str(exc).splitlines()[0]}"
+        ) from exc
     merged.save_pretrained(folder)
     # The adapter's tokenizer wins: fine-tuning may have added tokens or a chat template.
     for source in (base, adapter):

@@ -13,25 +13,70 @@ _LOG_LEVEL_HELP = "0 silent, 1 progress bars, 2 also stage timings, 3-4 the mode
 
 @click.command()
 @click.argument("source", required=False, type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Folder to create for the ONNX model.")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path), help="Folder to create for the ONNX model."
+)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="int4", show_default=True, help="Weight precision.")
 @click.option("--name", help="Model name in inference_model.json [default: the output folder's name].")
 @click.option("--base", type=click.Path(path_type=Path), help="Base model folder when SOURCE is a LoRA adapter.")
-@click.option("--block-size", type=click.Choice([str(size) for size in BLOCK_SIZES]), default="32", show_default=True,
-              help="Weights per int4/int8 quantization block.")
-@click.option("--symmetric/--asymmetric", default=True, show_default=True, help="Signed symmetric or unsigned asymmetric int4/int8.")
-@click.option("--accuracy-level", type=click.IntRange(0, 4), help="Activation precision in quantized MatMuls: 1 fp32, 2 fp16, 3 bf16, 4 int8.")
-@click.option("--algo", type=click.Choice(ALGOS), default="default", show_default=True,
-              help="Quantization algorithm: the builder's (default, rtn, k_quant...) or, int4 only, onnxruntime's hqq "
-                   "(no calibration) or gptq (calibrated on shipped text) applied to the FP32 graph.")
-@click.option("--lm-head-precision", type=click.Choice(["int4", "int8", "fp32"]),
-              help="Quantize the LM head (last MatMul) to this instead; fp32 leaves it unquantized (free when it is "
-                   "the tied embedding).")
+@click.option(
+    "--block-size",
+    type=click.Choice([str(size) for size in BLOCK_SIZES]),
+    default="32",
+    show_default=True,
+    help="Weights per int4/int8 quantization block.",
+)
+@click.option(
+    "--symmetric/--asymmetric",
+    default=True,
+    show_default=True,
+    help="Signed symmetric or unsigned asymmetric int4/int8.",
+)
+@click.option(
+    "--accuracy-level",
+    type=click.IntRange(0, 4),
+    help="Activation precision in quantized MatMuls: 1 fp32, 2 fp16, 3 bf16, 4 int8.",
+)
+@click.option(
+    "--algo",
+    type=click.Choice(ALGOS),
+    default="default",
+    show_default=True,
+    help="Quantization algorithm: the builder's (default, rtn, k_quant...) or, int4 only, onnxruntime's hqq "
+    "(no calibration) or gptq (calibrated on shipped text) applied to the FP32 graph.",
+)
+@click.option(
+    "--lm-head-precision",
+    type=click.Choice(["int4", "int8", "fp32"]),
+    help="Quantize the LM head (last MatMul) to this instead; fp32 leaves it unquantized (free when it is "
+    "the tied embedding).",
+)
 @click.option("--mixed-precision", help="Builder matmul_mixed_precision, e.g. 'last_matmul:int8,mixed_layers:int8'.")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
-@click.option("--log-level", "--log_level", "log_level", type=click.IntRange(0, 4), default=1, show_default=True, help=_LOG_LEVEL_HELP)
-def convert(source, output, precision, name, base, block_size, symmetric, accuracy_level, algo, lm_head_precision,
-            mixed_precision, force, log_level):
+@click.option(
+    "--log-level",
+    "--log_level",
+    "log_level",
+    type=click.IntRange(0, 4),
+    default=1,
+    show_default=True,
+    help=_LOG_LEVEL_HELP,
+)
+def convert(
+    source,
+    output,
+    precision,
+    name,
+    base,
+    block_size,
+    symmetric,
+    accuracy_level,
+    algo,
+    lm_head_precision,
+    mixed_precision,
+    force,
+    log_level,
+):
     """Convert SOURCE (a Hugging Face folder, a .gguf file or a LoRA adapter; default: the
     embedded SmolLM2-135M-Instruct) to an ONNX model folder for onnxruntime-genai."""
     from slmops.convert import QuantizationOptions
@@ -39,11 +84,25 @@ def convert(source, output, precision, name, base, block_size, symmetric, accura
 
     lm_head = f"last_matmul:{lm_head_precision}" if lm_head_precision in ("int4", "int8") else ""
     mixed = ",".join(part for part in (lm_head, mixed_precision or "") if part)
-    quantization = _quantization(QuantizationOptions, block_size=int(block_size), is_symmetric=symmetric,
-                                 accuracy_level=accuracy_level, algo=algo, matmul_mixed_precision=mixed or None,
-                                 nodes_to_exclude=[LM_HEAD] if lm_head_precision == "fp32" else [])
-    report = convert_model(source, output, precision=precision, name=name, base=base, quantization=quantization,
-                           force=force, log_level=log_level)
+    quantization = _quantization(
+        QuantizationOptions,
+        block_size=int(block_size),
+        is_symmetric=symmetric,
+        accuracy_level=accuracy_level,
+        algo=algo,
+        matmul_mixed_precision=mixed or None,
+        nodes_to_exclude=[LM_HEAD] if lm_head_precision == "fp32" else [],
+    )
+    report = convert_model(
+        source,
+        output,
+        precision=precision,
+        name=name,
+        base=base,
+        quantization=quantization,
+        force=force,
+        log_level=log_level,
+    )
     _summary(report)
 
 
@@ -53,17 +112,56 @@ def convert(source, output, precision, name, base, block_size, symmetric, accura
 @click.option("-t", "--task", default="text-generation", show_default=True, help="Only text-generation.")
 @click.option("--device", default="cpu", show_default=True, help="Only cpu.")
 @click.option("--provider", default="CPUExecutionProvider", show_default=True, help="Only CPUExecutionProvider.")
-@click.option("--use_model_builder", is_flag=True, help="Accepted for Olive compatibility: slmops always uses the model builder.")
-@click.option("--use_ort_genai", is_flag=True, help="Accepted for Olive compatibility: the output always runs on onnxruntime-genai.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True, help="Weight precision (Olive's default).")
-@click.option("-o", "--output_path", default="auto-opt-output", show_default=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--log_level", type=click.IntRange(0, 4), default=3, show_default=True,
-              help="Olive severity: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal.")
+@click.option(
+    "--use_model_builder", is_flag=True, help="Accepted for Olive compatibility: slmops always uses the model builder."
+)
+@click.option(
+    "--use_ort_genai",
+    is_flag=True,
+    help="Accepted for Olive compatibility: the output always runs on onnxruntime-genai.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="Weight precision (Olive's default).",
+)
+@click.option(
+    "-o",
+    "--output_path",
+    default="auto-opt-output",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Output folder.",
+)
+@click.option(
+    "--log_level",
+    type=click.IntRange(0, 4),
+    default=3,
+    show_default=True,
+    help="Olive severity: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal.",
+)
 @click.option("--name", help="slmops: model name in inference_model.json.")
-@click.option("--force", is_flag=True, help="slmops: replace an output folder that is not an earlier slmops conversion.")
+@click.option(
+    "--force", is_flag=True, help="slmops: replace an output folder that is not an earlier slmops conversion."
+)
 @click.pass_context
-def auto_opt(ctx, model_name_or_path, adapter_path, task, device, provider, use_model_builder, use_ort_genai,
-             precision, output_path, log_level, name, force):
+def auto_opt(
+    ctx,
+    model_name_or_path,
+    adapter_path,
+    task,
+    device,
+    provider,
+    use_model_builder,
+    use_ort_genai,
+    precision,
+    output_path,
+    log_level,
+    name,
+    force,
+):
     """Olive's `auto-opt`, verbatim flags: convert a model with the onnxruntime-genai model builder."""
     from slmops.convert import convert as convert_model
     from slmops.convert.olive import check_rejected, check_target, default_name
@@ -76,15 +174,29 @@ def auto_opt(ctx, model_name_or_path, adapter_path, task, device, provider, use_
         raise UsageError(f"--task {task} is not supported; slmops converts text-generation models.")
     source, base = (Path(adapter_path), Path(model_name_or_path)) if adapter_path else (Path(model_name_or_path), None)
     replace = force or (output_path / FILENAME).exists()  # Olive overwrites its own earlier output
-    report = convert_model(source, output_path, precision=precision, base=base, force=replace,
-                           name=name or default_name(output_path, Path(model_name_or_path), precision),
-                           log_level={0: 4, 1: 2, 2: 1, 3: 1, 4: 0}[log_level])
+    report = convert_model(
+        source,
+        output_path,
+        precision=precision,
+        base=base,
+        force=replace,
+        name=name or default_name(output_path, Path(model_name_or_path), precision),
+        log_level={0: 4, 1: 2, 2: 1, 3: 1, 4: 0}[log_level],
+    )
     _summary(report)
 
 
 @click.command()
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="Olive workflow JSON.")
-@click.option("--log-level", "--log_level", "log_level", type=click.IntRange(0, 4), default=1, show_default=True, help=_LOG_LEVEL_HELP)
+@click.option(
+    "--log-level",
+    "--log_level",
+    "log_level",
+    type=click.IntRange(0, 4),
+    default=1,
+    show_default=True,
+    help=_LOG_LEVEL_HELP,
+)
 def run_config(config_path, log_level):
     """Run an Olive workflow config (HfModel + one ModelBuilder pass on the CPU), reusing cache_dir."""
     from slmops.convert.olive import run_config as run

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import psutil
 
-from slmops.cache.inference_model import Defaults, InferenceModel
-from slmops.convert import prompt_template
 from slmops.convert.options import POST_BUILD_ALGOS, PRECISIONS, QuantizationOptions
 from slmops.convert.progress import Stages
 from slmops.convert.report import ConversionReport, library_versions, peak_rss_mb
 from slmops.convert.sources import Source, inspect_source, size_of, source_hash
 from slmops.errors import UsageError
+from slmops.modelfolder import prompt_template
+from slmops.modelfolder.inference_model import Defaults, InferenceModel
 
 # The generation defaults of MISSION.md's inference_model.json, used where the model has none.
 DEFAULT_MODEL_CONFIG = {"max_length": 2048, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1}
@@ -91,7 +91,9 @@ def convert(
     return report
 
 
-def _convert_in(src: Source, staging: Path, output: Path, precision, name, quantization, stages, log_level) -> ConversionReport:
+def _convert_in(
+    src: Source, staging: Path, output: Path, precision, name, quantization, stages, log_level
+) -> ConversionReport:
     model_dir = staging / "model"
     # Hashing a multi-GB checkpoint takes seconds; hashlib releases the GIL, so it overlaps the build.
     hashing = ThreadPoolExecutor(max_workers=1)
@@ -129,8 +131,15 @@ def _new_report(src: Source, output: Path, name, precision: str, quantization, o
     return report
 
 
-def _build(hf_dir: Path, staging: Path, precision: str, report: ConversionReport, stages, log_level: int,
-           quantization: QuantizationOptions) -> None:
+def _build(
+    hf_dir: Path,
+    staging: Path,
+    precision: str,
+    report: ConversionReport,
+    stages,
+    log_level: int,
+    quantization: QuantizationOptions,
+) -> None:
     from slmops.convert.build import run_builder
 
     model_dir = staging / "model"
@@ -138,8 +147,16 @@ def _build(hf_dir: Path, staging: Path, precision: str, report: ConversionReport
     # build fp32, then halve the weights or quantize the MatMuls.
     post_build = quantization.post_build(precision)
     graph_precision = "fp32" if precision in ("fp16", "bf16") or post_build else precision
-    run_builder(hf_dir, model_dir, graph_precision, report.builder_options, staging / "builder-cache",
-                staging / "build.log", stages.on_builder_line, log_level)
+    run_builder(
+        hf_dir,
+        model_dir,
+        graph_precision,
+        report.builder_options,
+        staging / "builder-cache",
+        staging / "build.log",
+        stages.on_builder_line,
+        log_level,
+    )
     if post_build:
         from slmops.convert.weight_only import note, quantize_graph
 
@@ -151,15 +168,21 @@ def _build(hf_dir: Path, staging: Path, precision: str, report: ConversionReport
 
         with stages.stage(f"store {precision}"):
             store_weights_as(model_dir, precision)
-        report.notes.append(f"{precision} weights with fp32 compute: onnxruntime's CPU provider has no {precision} kernels")
+        report.notes.append(
+            f"{precision} weights with fp32 compute: onnxruntime's CPU provider has no {precision} kernels"
+        )
 
 
 def _check_quantization(quantization: QuantizationOptions, precision: str) -> None:
     if quantization.algo in POST_BUILD_ALGOS and precision == "int8":
-        raise UsageError(f"--algo {quantization.algo} quantizes to int4 only; use --precision int4, or another --algo for int8.")
+        raise UsageError(
+            f"--algo {quantization.algo} quantizes to int4 only; use --precision int4, or another --algo for int8."
+        )
     if quantization.post_build(precision) and quantization.matmul_mixed_precision:
-        raise UsageError(f"--algo {quantization.algo} has no mixed precision; leave the LM head unquantized with "
-                         "--lm-head-precision fp32 instead.")
+        raise UsageError(
+            f"--algo {quantization.algo} has no mixed precision; leave the LM head unquantized with "
+            "--lm-head-precision fp32 instead."
+        )
 
 
 def _hf_folder(src: Source, staging: Path) -> tuple[Path, dict]:
@@ -244,7 +267,6 @@ def _remove_stale_staging(output: Path) -> None:
         pid = folder.name.rsplit(".partial-", 1)[-1].removesuffix("-old")
         if pid.isdigit() and not psutil.pid_exists(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
 
 
 @contextmanager

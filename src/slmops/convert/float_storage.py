@@ -31,7 +31,11 @@ def store_weights_as(model_dir: Path, precision: str) -> int:
             continue
         stored = _half(numpy_helper.to_array(tensor), f"{tensor.name}.{precision}", target)
         kept.append(stored)
-        casts.append(helper.make_node("Cast", [stored.name], [tensor.name], name=f"{tensor.name}/StorageCast", to=TensorProto.FLOAT))
+        casts.append(
+            helper.make_node(
+                "Cast", [stored.name], [tensor.name], name=f"{tensor.name}/StorageCast", to=TensorProto.FLOAT
+            )
+        )
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     nodes = casts + list(model.graph.node)
@@ -39,7 +43,14 @@ def store_weights_as(model_dir: Path, precision: str) -> int:
     model.graph.node.extend(nodes)
     for stale in Path(model_dir).glob("model.onnx*"):
         stale.unlink()
-    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=1024,
+    )
     return len(casts)
 
 

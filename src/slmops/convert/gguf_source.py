@@ -116,12 +116,16 @@ def read_gguf(path: Path) -> GGUFFile:
         name = cursor.string()
         dims = [cursor.scalar("<Q") for _ in range(cursor.scalar("<I"))]
         ggml_type, offset = cursor.scalar("<I"), cursor.scalar("<Q")
-        result.tensors.append(GGUFTensor(name, tuple(reversed(dims)), ggml_type, offset, _nbytes(gguf, ggml_type, dims)))
+        result.tensors.append(
+            GGUFTensor(name, tuple(reversed(dims)), ggml_type, offset, _nbytes(gguf, ggml_type, dims))
+        )
     alignment = int(result.metadata.get("general.alignment", 32))
     result.data_start = -(-cursor.pos // alignment) * alignment
     end = max((t.offset + t.nbytes for t in result.tensors), default=0)
     if result.data_start + end > len(blob):
-        raise ConversionError(f"{path} is truncated ({len(blob)} bytes, needs {result.data_start + end}); download it again.")
+        raise ConversionError(
+            f"{path} is truncated ({len(blob)} bytes, needs {result.data_start + end}); download it again."
+        )
     return result
 
 
@@ -269,7 +273,11 @@ def gguf_to_hf(path: Path, folder: Path, gguf_file: GGUFFile | None = None) -> d
     write_weights(gguf_file, config, folder)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     eos = config.get("eos_token_id")
-    generation = {"bos_token_id": config.get("bos_token_id"), "eos_token_id": eos, "pad_token_id": config.get("pad_token_id", eos)}
+    generation = {
+        "bos_token_id": config.get("bos_token_id"),
+        "eos_token_id": eos,
+        "pad_token_id": config.get("pad_token_id", eos),
+    }
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
     write_tokenizer(gguf_file, folder)
     return config

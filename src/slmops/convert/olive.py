@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmops.convert.convert import convert
@@ -129,7 +130,7 @@ class Accelerator(_Strict):
     def _providers(cls, value: list[str]) -> list[str]:
         others = [provider for provider in value if provider != CPU_PROVIDER]
         if others or not value:
-            raise ValueError(f"{others or value} is not supported; supported: [\"{CPU_PROVIDER}\"]")
+            raise ValueError(f'{others or value} is not supported; supported: ["{CPU_PROVIDER}"]')
         return value
 
 
@@ -218,7 +219,7 @@ class OliveConfig(_Strict):
     log_severity_level: int | None = Field(None, ge=0, le=4, description="Olive's log level; 0 is the most verbose.")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "OliveConfig":
+    def _consistent(self) -> OliveConfig:
         if len(self.passes) != 1:
             raise ValueError(f"passes: slmops runs exactly one ModelBuilder pass, got {len(self.passes)}")
         for key in ("host", "target"):
@@ -300,14 +301,24 @@ def run_config(path: Path, *, log_level: int = 1, echo=print) -> ConversionRepor
         report = ConversionReport.read(entry)
         report.reused = True
     else:
-        report = convert(adapter or model_path, entry, precision=precision, name=name, base=model_path if adapter else None,
-                         quantization=quantization, force=True, log_level=log_level)
+        report = convert(
+            adapter or model_path,
+            entry,
+            precision=precision,
+            name=name,
+            base=model_path if adapter else None,
+            quantization=quantization,
+            force=True,
+            log_level=log_level,
+        )
     _publish(entry, output)
     return report
 
 
 def _cache_key(source_sha: str, precision: str, quantization: QuantizationOptions) -> str:
-    settings = json.dumps({"source": source_sha, "precision": precision, "quantization": quantization.model_dump()}, sort_keys=True)
+    settings = json.dumps(
+        {"source": source_sha, "precision": precision, "quantization": quantization.model_dump()}, sort_keys=True
+    )
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 

@@ -20,13 +20,19 @@ class QuantizationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     block_size: int = Field(32, description="Weights per quantization block: 16, 32, 64, 128 or 256.")
-    is_symmetric: bool = Field(True, description="Symmetric (signed, no zero point) or asymmetric (unsigned + zero point).")
+    is_symmetric: bool = Field(
+        True, description="Symmetric (signed, no zero point) or asymmetric (unsigned + zero point)."
+    )
     accuracy_level: int | None = Field(
-        None, ge=0, le=4, description="Minimum precision of the activations in quantized MatMuls: 1 fp32, 2 fp16, 3 bf16, 4 int8."
+        None,
+        ge=0,
+        le=4,
+        description="Minimum precision of the activations in quantized MatMuls: 1 fp32, 2 fp16, 3 bf16, 4 int8.",
     )
     algo: Literal["default", "rtn", "k_quant", "k_quant_mixed", "k_quant_last", "rtn_last", "hqq", "gptq"] = Field(
-        "default", description="Quantization algorithm: the builder's rtn (round to nearest) or k_quant, optionally mixed; "
-        "or, int4 only, onnxruntime's hqq (no calibration) or gptq (calibrated on shipped text) on the FP32 graph."
+        "default",
+        description="Quantization algorithm: the builder's rtn (round to nearest) or k_quant, optionally mixed; "
+        "or, int4 only, onnxruntime's hqq (no calibration) or gptq (calibrated on shipped text) on the FP32 graph.",
     )
     nodes_to_exclude: list[str] = Field(
         default_factory=list, description=f"MatMul nodes left unquantized, e.g. {LM_HEAD} (the LM head)."
@@ -89,5 +95,8 @@ class QuantizationOptions(BaseModel):
         return options
 
     def _lm_head_differs(self) -> bool:
-        return (self.algo.endswith(("_last", "_mixed")) or "last_matmul" in (self.matmul_mixed_precision or "")
-                or LM_HEAD in self.nodes_to_exclude)
+        return (
+            self.algo.endswith(("_last", "_mixed"))
+            or "last_matmul" in (self.matmul_mixed_precision or "")
+            or LM_HEAD in self.nodes_to_exclude
+        )

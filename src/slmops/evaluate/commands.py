@@ -14,17 +14,34 @@ MD_HELP = "Also write the report as Markdown to this file ('-' for standard outp
 
 @click.command("eval")
 @click.argument("model")
-@click.option("--reference", help="Unquantized model to compare with: ONNX folder or cache name, Hugging Face folder (torch), or saved logits.")
-@click.option("--text", type=click.Path(exists=True, dir_okay=False), help="UTF-8 text for perplexity (default: the shipped licence texts).")
+@click.option(
+    "--reference",
+    help="Unquantized model to compare with: ONNX folder or cache name, Hugging Face folder (torch), or saved logits.",
+)
+@click.option(
+    "--text",
+    type=click.Path(exists=True, dir_okay=False),
+    help="UTF-8 text for perplexity (default: the shipped licence texts).",
+)
 @click.option("--window", type=int, help="Tokens per window (default 512, at most the model's context).")
 @click.option("--stride", type=int, help="Tokens between windows (default half a window).")
-@click.option("--windows", type=int, default=DEFAULT_WINDOWS, show_default=True, help="Windows to score; 0 scores the whole text.")
-@click.option("--save-logits", type=click.Path(file_okay=False), help="Save the reference's log-probs (the model's own without --reference) to this folder, for --reference later.")
-@click.option("--suite", type=click.Path(exists=True, dir_okay=False), help="A domain suite (JSON lines) to answer and check.")
+@click.option(
+    "--windows", type=int, default=DEFAULT_WINDOWS, show_default=True, help="Windows to score; 0 scores the whole text."
+)
+@click.option(
+    "--save-logits",
+    type=click.Path(file_okay=False),
+    help="Save the reference's log-probs (the model's own without --reference) to this folder, for --reference later.",
+)
+@click.option(
+    "--suite", type=click.Path(exists=True, dir_okay=False), help="A domain suite (JSON lines) to answer and check."
+)
 @click.option("--no-perplexity", is_flag=True, help="Run only the suite.")
 @click.option("--json", "json_path", help=JSON_HELP)
 @click.option("--markdown", "markdown_path", help=MD_HELP)
-def eval_command(model, reference, text, window, stride, windows, save_logits, suite, no_perplexity, json_path, markdown_path):
+def eval_command(
+    model, reference, text, window, stride, windows, save_logits, suite, no_perplexity, json_path, markdown_path
+):
     """Measure MODEL's quality: perplexity, divergence from a reference, a domain suite."""
     from slmops.evaluate import report as reports
 
@@ -32,10 +49,20 @@ def eval_command(model, reference, text, window, stride, windows, save_logits, s
     if not no_perplexity:
         from slmops.evaluate.quality import evaluate_quality
 
-        quality = evaluate_quality(model, reference=reference, text=text, window=window, stride=stride,
-                                   windows=windows, save_logits=save_logits)
-        reports.print_table(f"{model} on {quality.text} ({quality.windows} x {quality.window} tokens)",
-                            ["figure", "value"], [list(row) for row in reports.figure_rows(quality.figures)])
+        quality = evaluate_quality(
+            model,
+            reference=reference,
+            text=text,
+            window=window,
+            stride=stride,
+            windows=windows,
+            save_logits=save_logits,
+        )
+        reports.print_table(
+            f"{model} on {quality.text} ({quality.windows} x {quality.window} tokens)",
+            ["figure", "value"],
+            [list(row) for row in reports.figure_rows(quality.figures)],
+        )
         data["quality"] = quality.to_json()
         markdown.append(reports.quality_markdown(quality))
         if save_logits:
@@ -51,9 +78,15 @@ def eval_command(model, reference, text, window, stride, windows, save_logits, s
 
 @click.command("validate")
 @click.argument("model")
-@click.option("--suite", type=click.Path(exists=True, dir_okay=False), help="Domain suite (default: the shipped example suite).")
-@click.option("--min-pass", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="Suite pass rate needed by item 1.")
-@click.option("--soak", type=click.IntRange(10), default=200, show_default=True, help="Generations for the memory-leak check.")
+@click.option(
+    "--suite", type=click.Path(exists=True, dir_okay=False), help="Domain suite (default: the shipped example suite)."
+)
+@click.option(
+    "--min-pass", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="Suite pass rate needed by item 1."
+)
+@click.option(
+    "--soak", type=click.IntRange(10), default=200, show_default=True, help="Generations for the memory-leak check."
+)
 @click.option("--json", "json_path", help=JSON_HELP)
 @click.option("--markdown", "markdown_path", help=MD_HELP)
 @click.pass_context
@@ -71,21 +104,72 @@ def validate(ctx, model, suite, min_pass, soak, json_path, markdown_path):
 
 @click.command("sweep")
 @click.argument("source", required=False)
-@click.option("--precisions", default="int4,int8,fp16,fp32", show_default=True, help="Comma-separated precisions to convert and measure.")
-@click.option("--int4-variants", default="default", show_default=True, help="INT4 settings to try: 'default' (a set of algorithms and block sizes), 'builder' (only the builder's default), or names from `--list-variants`.")
+@click.option(
+    "--precisions",
+    default="int4,int8,fp16,fp32",
+    show_default=True,
+    help="Comma-separated precisions to convert and measure.",
+)
+@click.option(
+    "--int4-variants",
+    default="default",
+    show_default=True,
+    help="INT4 settings to try: 'default' (a set of algorithms and block sizes), 'builder' (only the builder's default), or names from `--list-variants`.",
+)
 @click.option("--list-variants", is_flag=True, help="List the INT4 variants and exit.")
-@click.option("--windows", type=int, default=DEFAULT_WINDOWS, show_default=True, help="Eval windows of 512 tokens per model.")
-@click.option("--suite", type=click.Path(exists=True, dir_okay=False), help="Domain suite for the pass rate (default: the shipped example).")
+@click.option(
+    "--windows", type=int, default=DEFAULT_WINDOWS, show_default=True, help="Eval windows of 512 tokens per model."
+)
+@click.option(
+    "--suite",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Domain suite for the pass rate (default: the shipped example).",
+)
 @click.option("--pick", is_flag=True, help="Choose the smallest, fastest precision within the quality limits.")
-@click.option("--max-ppl-increase", type=float, default=5.0, show_default=True, help="Largest ΔPPL (percent) --pick accepts.")
-@click.option("--min-pass", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="Suite pass rate --pick needs.")
-@click.option("--output", "-o", type=click.Path(file_okay=False), default="sweep", show_default=True, help="Folder for the converted models and the reports.")
-@click.option("--keep-models", is_flag=True, help="With --pick, keep every converted model (default: only the picked one).")
-@click.option("--speed-rounds", type=click.IntRange(0), default=3, show_default=True,
-              help="Rounds of speed measurements, every model once per round in a fresh process; figures are medians.")
-@click.option("--speed-only", is_flag=True, help="Only re-measure the speed columns of the sweep saved in --output (no conversion).")
-def sweep(source, precisions, int4_variants, list_variants, windows, suite, pick, max_ppl_increase, min_pass, output, keep_models,
-          speed_rounds, speed_only):
+@click.option(
+    "--max-ppl-increase", type=float, default=5.0, show_default=True, help="Largest ΔPPL (percent) --pick accepts."
+)
+@click.option(
+    "--min-pass", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="Suite pass rate --pick needs."
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False),
+    default="sweep",
+    show_default=True,
+    help="Folder for the converted models and the reports.",
+)
+@click.option(
+    "--keep-models", is_flag=True, help="With --pick, keep every converted model (default: only the picked one)."
+)
+@click.option(
+    "--speed-rounds",
+    type=click.IntRange(0),
+    default=3,
+    show_default=True,
+    help="Rounds of speed measurements, every model once per round in a fresh process; figures are medians.",
+)
+@click.option(
+    "--speed-only",
+    is_flag=True,
+    help="Only re-measure the speed columns of the sweep saved in --output (no conversion).",
+)
+def sweep(
+    source,
+    precisions,
+    int4_variants,
+    list_variants,
+    windows,
+    suite,
+    pick,
+    max_ppl_increase,
+    min_pass,
+    output,
+    keep_models,
+    speed_rounds,
+    speed_only,
+):
     """Convert SOURCE at each precision and measure the precision table for this model."""
     from slmops.evaluate import sweep as sweeps
 
@@ -97,16 +181,40 @@ def sweep(source, precisions, int4_variants, list_variants, windows, suite, pick
     if speed_only:
         result = sweeps.speed_only(Path(output), rounds=speed_rounds or 3, echo=click.echo)
     else:
-        result = _full_sweep(sweeps, source, precisions, int4_variants, windows, suite, pick, max_ppl_increase, min_pass,
-                             output, keep_models, speed_rounds)
+        result = _full_sweep(
+            sweeps,
+            source,
+            precisions,
+            int4_variants,
+            windows,
+            suite,
+            pick,
+            max_ppl_increase,
+            min_pass,
+            output,
+            keep_models,
+            speed_rounds,
+        )
     sweeps.print_sweep(result)
     click.echo(f"Reports: {result.json_path}, {result.markdown_path}, {result.plot_path}")
     if pick:
         click.echo(result.pick_reason)
 
 
-def _full_sweep(sweeps, source, precisions, int4_variants, windows, suite, pick, max_ppl_increase, min_pass, output,
-                keep_models, speed_rounds):
+def _full_sweep(
+    sweeps,
+    source,
+    precisions,
+    int4_variants,
+    windows,
+    suite,
+    pick,
+    max_ppl_increase,
+    min_pass,
+    output,
+    keep_models,
+    speed_rounds,
+):
     return sweeps.sweep(
         Path(source) if source else None,
         Path(output),
@@ -126,8 +234,15 @@ def print_validation(result) -> None:
     from slmops.evaluate import report as reports
 
     colours = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}
-    rows = [[str(check.item), check.name, f"[{colours[check.status]}]{check.status}[/]", check.summary] for check in result.checks]
-    reports.print_table(f"Validation of {result.model}: {'PASSED' if result.passed else 'FAILED'}", ["#", "check", "result", "evidence"], rows)
+    rows = [
+        [str(check.item), check.name, f"[{colours[check.status]}]{check.status}[/]", check.summary]
+        for check in result.checks
+    ]
+    reports.print_table(
+        f"Validation of {result.model}: {'PASSED' if result.passed else 'FAILED'}",
+        ["#", "check", "result", "evidence"],
+        rows,
+    )
 
 
 def _run_suite(model, suite):
@@ -137,8 +252,12 @@ def _run_suite(model, suite):
 
     cases = load_suite(suite)
     result = run_suite(load(model), cases, suite=Path(suite).name)
-    rows = [[r.name, "pass" if r.passed else "FAIL", "; ".join(r.failures), r.answer.strip()[:80]] for r in result.results]
-    reports.print_table(f"Suite {result.suite}: {result.passed}/{result.total} pass", ["case", "result", "why", "answer"], rows)
+    rows = [
+        [r.name, "pass" if r.passed else "FAIL", "; ".join(r.failures), r.answer.strip()[:80]] for r in result.results
+    ]
+    reports.print_table(
+        f"Suite {result.suite}: {result.passed}/{result.total} pass", ["case", "result", "why", "answer"], rows
+    )
     return result
 
 

@@ -58,7 +58,9 @@ def run_case(model, case: EdgeCase, timeout_s: float) -> dict:
     """Run one case in a thread so that a hang is seen and reported, not waited on."""
     outcome: dict = {}
     started = time.perf_counter()
-    thread = threading.Thread(target=lambda: outcome.update(attempt(model, case)), daemon=True, name=f"edge-case {case.name}")
+    thread = threading.Thread(
+        target=lambda: outcome.update(attempt(model, case)), daemon=True, name=f"edge-case {case.name}"
+    )
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
@@ -80,6 +82,7 @@ def attempt(model, case: EdgeCase) -> dict:
         return {"ok": True, "outcome": f"clear error: {exc}"}
     except Exception as exc:  # the point of the check: anything else is a crash
         return {"ok": False, "outcome": f"crash: {type(exc).__name__}: {exc}"}
+
 
 def run_all(model, timeout_s: float) -> list[dict]:
     """Every case's outcome, run in child processes when the model can be reopened in one."""
@@ -139,8 +142,10 @@ def _failed(indices, outcomes, running, names, failure: str, started: float, pid
     """The running case failed; if the child never got to a case, every remaining one did."""
     blamed = [running] if running is not None else [index for index in indices if index not in outcomes]
     seconds = round(time.perf_counter() - started, 3)
-    return {index: {"case": names[index], "seconds": seconds, "ok": False, "outcome": failure, "process": pid}
-            for index in blamed}
+    return {
+        index: {"case": names[index], "seconds": seconds, "ok": False, "outcome": failure, "process": pid}
+        for index in blamed
+    }
 
 
 def _hang(timeout_s: float, loading: bool) -> str:

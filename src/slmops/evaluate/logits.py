@@ -37,12 +37,14 @@ class WindowPlan:
     starts: tuple[int, ...]
 
     @classmethod
-    def make(cls, n_tokens: int, size: int, stride: int | None = None, limit: int = 0) -> "WindowPlan":
+    def make(cls, n_tokens: int, size: int, stride: int | None = None, limit: int = 0) -> WindowPlan:
         stride = stride or size // 2
         if size < 2 or not 0 < stride <= size:
             raise UsageError(f"Invalid window {size} / stride {stride}: need 2 <= window and 0 < stride <= window.")
         if n_tokens < size:
-            raise UsageError(f"The text has {n_tokens} tokens, fewer than one window of {size}; use a longer text or --window.")
+            raise UsageError(
+                f"The text has {n_tokens} tokens, fewer than one window of {size}; use a longer text or --window."
+            )
         starts = tuple(range(0, n_tokens - size + 1, stride))
         return cls(size, stride, starts[:limit] if limit > 0 else starts)
 
@@ -128,7 +130,9 @@ class SavedLogits:
         try:
             self.meta = json.loads((self.folder / "meta.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise UsageError(f"{folder} holds no saved logits ({exc}); write them with `slmops eval --save-logits`.") from exc
+            raise UsageError(
+                f"{folder} holds no saved logits ({exc}); write them with `slmops eval --save-logits`."
+            ) from exc
         if self.meta.get("format") != SAVED_FORMAT:
             raise UsageError(f"{folder} has saved logits of an unknown format {self.meta.get('format')!r}.")
         self.values = np.load(self.folder / "logprobs.npy", mmap_mode="r")

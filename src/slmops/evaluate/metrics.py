@@ -37,7 +37,7 @@ class TokenStats:
     same_top: np.ndarray | None = None  # argmax agrees
 
     @classmethod
-    def compare(cls, test_lp: np.ndarray, targets: np.ndarray, ref_lp: np.ndarray | None = None) -> "TokenStats":
+    def compare(cls, test_lp: np.ndarray, targets: np.ndarray, ref_lp: np.ndarray | None = None) -> TokenStats:
         """Stats of test log-probs [n, V] on targets [n], against reference log-probs if given."""
         rows = np.arange(len(targets))
         nll = -test_lp[rows, targets].astype(np.float64)
@@ -50,7 +50,7 @@ class TokenStats:
         return cls(nll, -ref_lp[rows, targets].astype(np.float64), np.maximum(kld, 0.0), same)
 
     @classmethod
-    def concat(cls, parts: list["TokenStats"]) -> "TokenStats":
+    def concat(cls, parts: list[TokenStats]) -> TokenStats:
         def join(name):
             arrays = [getattr(part, name) for part in parts]
             return None if not arrays or arrays[0] is None else np.concatenate(arrays)

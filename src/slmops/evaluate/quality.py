@@ -102,7 +102,9 @@ def evaluate_quality(
     source = OnnxLogits(model_folder(model))
     ref = open_reference(reference)
     if ref is not None and ref.vocab_size != source.vocab_size:
-        raise UsageError(f"The reference's vocabulary ({ref.vocab_size}) differs from the model's ({source.vocab_size}); compare models of one tokenizer.")
+        raise UsageError(
+            f"The reference's vocabulary ({ref.vocab_size}) differs from the model's ({source.vocab_size}); compare models of one tokenizer."
+        )
     text_path = Path(text) if text else shipped_text()
     tokens = source.encode(_read_text(text_path))
     if isinstance(ref, SavedLogits):
@@ -112,7 +114,9 @@ def evaluate_quality(
     if isinstance(ref, SavedLogits):
         ref.check(plan, tokens)
     saver_source = ref if ref is not None else source
-    writer = LogitsWriter(save_logits, plan, tokens, saver_source.vocab_size, saver_source.name) if save_logits else None
+    writer = (
+        LogitsWriter(save_logits, plan, tokens, saver_source.vocab_size, saver_source.name) if save_logits else None
+    )
     stats = _score(plan, tokens, source, ref, writer, show_progress)
     if writer:
         writer.close()

@@ -77,8 +77,14 @@ def suite_markdown(report: SuiteReport) -> str:
 
 def validation_markdown(report) -> str:
     verdict = "PASSED" if report.passed else "FAILED"
-    lines = [f"# Validation of {report.model}: {verdict}", "", f"{report.seconds:.0f} s.", "",
-             "| # | check | result | evidence |", "|---|---|---|---|"]
+    lines = [
+        f"# Validation of {report.model}: {verdict}",
+        "",
+        f"{report.seconds:.0f} s.",
+        "",
+        "| # | check | result | evidence |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {check.item} | {check.name} | {check.status} | {check.summary} |" for check in report.checks]
     if report.suite:
         lines += ["", suite_markdown(report.suite)]

@@ -40,7 +40,10 @@ def _child(folder: str, new_tokens: int, repeats: int) -> dict:
     from slmops.runtime import load
 
     model = load(folder)
-    runs = [model.chat([{"role": "user", "content": PROMPT}], max_tokens=new_tokens, temperature=0.0) for _ in range(repeats)]
+    runs = [
+        model.chat([{"role": "user", "content": PROMPT}], max_tokens=new_tokens, temperature=0.0)
+        for _ in range(repeats)
+    ]
     peak_kb = _peak_rss_kb()
     return {
         "load_s": model.load_s,

@@ -40,7 +40,9 @@ class Case(BaseModel):
     system: str | None = Field(None, description="A system message put before the conversation.")
     messages: list[dict[str, Any]] | None = Field(None, description="A whole conversation, OpenAI style.")
     contains: str | list[str] | None = Field(None, description="Text(s) the answer must contain (case-insensitive).")
-    not_contains: str | list[str] | None = Field(None, description="Text(s) the answer must not contain (case-insensitive).")
+    not_contains: str | list[str] | None = Field(
+        None, description="Text(s) the answer must not contain (case-insensitive)."
+    )
     regex: str | None = Field(None, description="A Python regular expression the answer must match somewhere.")
     exact: str | None = Field(None, description="The whole expected answer, leading and trailing spaces ignored.")
     json_schema: dict[str, Any] | None = Field(None, description="The answer must be JSON valid against this schema.")
@@ -69,7 +71,7 @@ class Case(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _one_conversation(self) -> "Case":
+    def _one_conversation(self) -> Case:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of `prompt` or `messages`")
         return self
@@ -156,16 +158,22 @@ def check(case: Case, answer: str, completion_tokens: int | None = None, finish_
     return failures
 
 
-def run_suite(model, cases: list[Case], *, suite: str = "suite", max_tokens: int = DEFAULT_MAX_TOKENS, show_progress: bool = True) -> SuiteReport:
+def run_suite(
+    model, cases: list[Case], *, suite: str = "suite", max_tokens: int = DEFAULT_MAX_TOKENS, show_progress: bool = True
+) -> SuiteReport:
     """Answer every case greedily with ``model`` (anything with ``.chat``) and check it."""
     report = SuiteReport(suite=suite, total=len(cases), passed=0)
     with progress_bar("suite", len(cases), show_progress) as advance:
         for case in cases:
             started = time.perf_counter()
             result = model.chat(case.conversation(), max_tokens=case.max_tokens or max_tokens, temperature=0.0)
-            failures = check(case, result.text, getattr(result, "completion_tokens", None), getattr(result, "finish_reason", None))
+            failures = check(
+                case, result.text, getattr(result, "completion_tokens", None), getattr(result, "finish_reason", None)
+            )
             report.results.append(
-                CaseResult(case.name, not failures, failures, result.text, case.structural(), time.perf_counter() - started)
+                CaseResult(
+                    case.name, not failures, failures, result.text, case.structural(), time.perf_counter() - started
+                )
             )
             report.passed += not failures
             advance()

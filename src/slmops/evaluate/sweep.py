@@ -20,9 +20,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from slmops.convert.variants import DEFAULT_INT4_SET, INT4_VARIANTS, Variant, build, parse_variants  # noqa: F401 (re-exported)
 from slmops.errors import UsageError
 from slmops.evaluate import report as reports
-from slmops.evaluate.variants import DEFAULT_INT4_SET, INT4_VARIANTS, Variant, build, parse_variants  # noqa: F401 (re-exported)
 
 FLOAT_PRECISIONS = ("int8", "fp16", "bf16", "fp32")
 SPEED_ROUNDS = 3
@@ -121,10 +121,18 @@ def sweep(
         echo(f"{variant.name}: {variant.describe()}")
         rows.append(_measure_variant(variant, source, models, fp32, fp32_size, reference, windows, suite))
         row = rows[-1]
-        echo(f"    {row.error}" if row.error else f"    {row.size_mb:.0f} MB, ΔPPL {row.delta_ppl_pct:+.1f}%, KLD {row.kld_mean:.3f}, "
-             f"suite {row.pass_rate:.0%}")
-    result = SweepResult(str(source or "embedded SmolLM2-135M-Instruct"), rows, windows,
-                         limits={"max_ppl_increase_pct": max_ppl_increase, "min_pass": min_pass})
+        echo(
+            f"    {row.error}"
+            if row.error
+            else f"    {row.size_mb:.0f} MB, ΔPPL {row.delta_ppl_pct:+.1f}%, KLD {row.kld_mean:.3f}, "
+            f"suite {row.pass_rate:.0%}"
+        )
+    result = SweepResult(
+        str(source or "embedded SmolLM2-135M-Instruct"),
+        rows,
+        windows,
+        limits={"max_ppl_increase_pct": max_ppl_increase, "min_pass": min_pass},
+    )
     measure_speed(result, models, speed_rounds, echo)
     result.pick, result.pick_reason = pick(rows, max_ppl_increase, min_pass)
     result.best_int4 = best_int4(rows)
@@ -164,12 +172,14 @@ def _measure_variant(variant, source, models, fp32, fp32_size, reference, window
         row.size_mb = _size_mb(folder)
         row.size_ratio = row.size_mb / fp32_size
         first = not (reference / "meta.json").exists()
-        quality = evaluate_quality(folder, reference=None if first else reference, windows=windows,
-                                   save_logits=reference if first else None)
+        quality = evaluate_quality(
+            folder, reference=None if first else reference, windows=windows, save_logits=reference if first else None
+        )
         figures = quality.figures
         row.ppl = figures.ppl
-        row.delta_ppl_pct, row.kld_mean, row.same_top_pct = (0.0, 0.0, 100.0) if first else (
-            figures.delta_ppl_pct, figures.kld_mean, figures.same_top_pct)
+        row.delta_ppl_pct, row.kld_mean, row.same_top_pct = (
+            (0.0, 0.0, 100.0) if first else (figures.delta_ppl_pct, figures.kld_mean, figures.same_top_pct)
+        )
         from slmops.runtime import load
 
         row.pass_rate = run_suite(load(folder), load_suite(suite or default_suite()), show_progress=False).pass_rate
@@ -221,11 +231,15 @@ def speed_only(output: Path, rounds: int = SPEED_ROUNDS, echo=lambda line: None)
     if not path.exists():
         raise UsageError(f"{path} does not exist; run `slmops sweep -o {output}` first (it keeps the models).")
     data = json.loads(path.read_text(encoding="utf-8"))
-    rows = [Row(**{key: value for key, value in row.items() if key in Row.__dataclass_fields__}) for row in data["rows"]]
+    rows = [
+        Row(**{key: value for key, value in row.items() if key in Row.__dataclass_fields__}) for row in data["rows"]
+    ]
     missing = [row.name for row in rows if row.error is None and not (output / "models" / row.name).is_dir()]
     if missing:
-        raise UsageError(f"The models of {', '.join(missing)} are gone from {output / 'models'}; run the sweep again "
-                         "(without --pick, which keeps only the picked model).")
+        raise UsageError(
+            f"The models of {', '.join(missing)} are gone from {output / 'models'}; run the sweep again "
+            "(without --pick, which keeps only the picked model)."
+        )
     result = SweepResult(data["source"], rows, data["windows"], limits=data.get("limits", {}))
     measure_speed(result, output / "models", rounds, echo)
     limits = result.limits
@@ -248,10 +262,15 @@ def pick(rows: list[Row], max_ppl_increase: float, min_pass: float) -> tuple[str
     if not ok:
         return None, f"No precision keeps ΔPPL within {max_ppl_increase:g}% and a pass rate of {min_pass:.0%}."
     chosen = min(ok, key=lambda row: (row.size_mb, -(row.decode_tokens_per_s or 0)))
-    rejected = [f"{row.name} ({_why_not(row, max_ppl_increase, min_pass, floor)})" for row in rows
-                if row not in ok and row.size_mb < chosen.size_mb]
-    reason = (f"Picked {chosen.name}: the smallest ({chosen.size_mb:.0f} MB, {chosen.decode_tokens_per_s or 0:.0f} tokens/s) "
-              f"with ΔPPL {chosen.delta_ppl_pct:+.1f}% ≤ {max_ppl_increase:g}% and pass rate {chosen.pass_rate:.0%} ≥ {min_pass:.0%}.")
+    rejected = [
+        f"{row.name} ({_why_not(row, max_ppl_increase, min_pass, floor)})"
+        for row in rows
+        if row not in ok and row.size_mb < chosen.size_mb
+    ]
+    reason = (
+        f"Picked {chosen.name}: the smallest ({chosen.size_mb:.0f} MB, {chosen.decode_tokens_per_s or 0:.0f} tokens/s) "
+        f"with ΔPPL {chosen.delta_ppl_pct:+.1f}% ≤ {max_ppl_increase:g}% and pass rate {chosen.pass_rate:.0%} ≥ {min_pass:.0%}."
+    )
     if rejected:
         reason += " Smaller but rejected: " + ", ".join(rejected) + "."
     return chosen.name, reason
@@ -282,35 +301,74 @@ def _size_mb(folder: Path) -> float:
     return sum(item.stat().st_size for item in Path(folder).rglob("*") if item.is_file()) / 1e6
 
 
-COLUMNS = ("name", "size MB", "× FP32", "load s", "decode tok/s", "TTFT ms", "peak RSS MB", "PPL", "ΔPPL %", "KLD", "same top %", "suite")
+COLUMNS = (
+    "name",
+    "size MB",
+    "× FP32",
+    "load s",
+    "decode tok/s",
+    "TTFT ms",
+    "peak RSS MB",
+    "PPL",
+    "ΔPPL %",
+    "KLD",
+    "same top %",
+    "suite",
+)
 
 
 def table_rows(result: SweepResult) -> list[list[str]]:
     f = reports.fmt
-    return [[row.name + (" (error)" if row.error else ""), f(row.size_mb, ".0f"), f(row.size_ratio, ".3f"), f(row.load_s, ".2f"),
-             f(row.decode_tokens_per_s, ".0f"), f(row.ttft_s and row.ttft_s * 1000, ".0f"), f(row.peak_rss_mb, ".0f"),
-             f(row.ppl, ".2f"), f(row.delta_ppl_pct, "+.1f"), f(row.kld_mean, ".3f"), f(row.same_top_pct, ".1f"),
-             f(row.pass_rate and row.pass_rate * 100, ".0f", "%")] for row in result.rows]
+    return [
+        [
+            row.name + (" (error)" if row.error else ""),
+            f(row.size_mb, ".0f"),
+            f(row.size_ratio, ".3f"),
+            f(row.load_s, ".2f"),
+            f(row.decode_tokens_per_s, ".0f"),
+            f(row.ttft_s and row.ttft_s * 1000, ".0f"),
+            f(row.peak_rss_mb, ".0f"),
+            f(row.ppl, ".2f"),
+            f(row.delta_ppl_pct, "+.1f"),
+            f(row.kld_mean, ".3f"),
+            f(row.same_top_pct, ".1f"),
+            f(row.pass_rate and row.pass_rate * 100, ".0f", "%"),
+        ]
+        for row in result.rows
+    ]
 
 
 def print_sweep(result: SweepResult) -> None:
-    reports.print_table(f"Precision table of {result.source} ({result.windows} windows x 512 tokens vs FP32)",
-                        list(COLUMNS), table_rows(result))
+    reports.print_table(
+        f"Precision table of {result.source} ({result.windows} windows x 512 tokens vs FP32)",
+        list(COLUMNS),
+        table_rows(result),
+    )
     if result.best_int4:
         print(f"Best INT4: {result.best_int4}")
 
 
 def markdown(result: SweepResult) -> str:
     load = "/".join(f"{value:.1f}" for value in result.load_average) or "n/a"
-    lines = [f"# Precision sweep of {result.source}", "",
-             f"Quality against the FP32 export on {result.windows} windows of 512 tokens. Speed: a greedy 64-token answer "
-             f"in a fresh process per model, median of {result.speed_rounds} interleaved rounds (host load average "
-             f"during them {load}).", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = [
+        f"# Precision sweep of {result.source}",
+        "",
+        f"Quality against the FP32 export on {result.windows} windows of 512 tokens. Speed: a greedy 64-token answer "
+        f"in a fresh process per model, median of {result.speed_rounds} interleaved rounds (host load average "
+        f"during them {load}).",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(result)]
     lines += ["", "| name | settings |", "|---|---|"] + [f"| {row.name} | {row.settings} |" for row in result.rows]
     errors = [f"- {row.name}: {row.error}" for row in result.rows if row.error]
-    lines += (["", "Errors:"] + errors if errors else []) + ["", f"Best INT4: {result.best_int4}", "", result.pick_reason]
+    lines += (["", "Errors:"] + errors if errors else []) + [
+        "",
+        f"Best INT4: {result.best_int4}",
+        "",
+        result.pick_reason,
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -322,10 +380,15 @@ def plot(result: SweepResult, path: Path) -> Path:
 
     rows = [row for row in result.rows if row.error is None and row.kld_mean is not None]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
-    for axis, x_of, label in ((left, lambda r: r.size_mb, "size (MB)"), (right, lambda r: r.decode_tokens_per_s or 0, "decode tokens/s")):
+    for axis, x_of, label in (
+        (left, lambda r: r.size_mb, "size (MB)"),
+        (right, lambda r: r.decode_tokens_per_s or 0, "decode tokens/s"),
+    ):
         for row in rows:
             axis.scatter(x_of(row), row.delta_ppl_pct, color="tab:blue" if row.precision == "int4" else "tab:orange")
-            axis.annotate(row.name, (x_of(row), row.delta_ppl_pct), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            axis.annotate(
+                row.name, (x_of(row), row.delta_ppl_pct), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
         axis.set_xlabel(label)
         axis.set_ylabel("ΔPPL vs FP32 (%)")
         axis.axhline(result.limits.get("max_ppl_increase_pct", 5.0), color="grey", linestyle="--", linewidth=0.8)
@@ -338,7 +401,11 @@ def plot(result: SweepResult, path: Path) -> Path:
 
 
 def _write_reports(result: SweepResult, output: Path) -> None:
-    result.json_path, result.markdown_path, result.plot_path = output / "sweep.json", output / "sweep.md", output / "sweep.png"
+    result.json_path, result.markdown_path, result.plot_path = (
+        output / "sweep.json",
+        output / "sweep.md",
+        output / "sweep.png",
+    )
     plot(result, result.plot_path)
     reports.write_text(markdown(result), result.markdown_path)
     reports.write_json(result.to_json(), result.json_path)

@@ -130,7 +130,9 @@ def check_domain(report: SuiteReport, min_pass: float) -> Check:
     status = PASS if report.pass_rate >= min_pass else FAIL
     failed = [result.name for result in report.failures()]
     summary = f"{report.passed}/{report.total} cases pass ({report.pass_rate:.0%}; needs {min_pass:.0%})"
-    return Check(1, "domain answers", status, summary, {"pass_rate": report.pass_rate, "min_pass": min_pass, "failed": failed})
+    return Check(
+        1, "domain answers", status, summary, {"pass_rate": report.pass_rate, "min_pass": min_pass, "failed": failed}
+    )
 
 
 def check_format(report: SuiteReport) -> Check:
@@ -151,7 +153,9 @@ def check_memory(model, soak: int, show_progress: bool = True) -> Check:
     samples = []
     with progress_bar("soak", soak, show_progress) as advance:
         for index in range(soak):
-            model.chat([{"role": "user", "content": SOAK_PROMPTS[index % len(SOAK_PROMPTS)]}], max_tokens=8, temperature=0.0)
+            model.chat(
+                [{"role": "user", "content": SOAK_PROMPTS[index % len(SOAK_PROMPTS)]}], max_tokens=8, temperature=0.0
+            )
             if index % 10 == 9:
                 gc.collect()
             samples.append(process.memory_info().rss)
@@ -159,15 +163,28 @@ def check_memory(model, soak: int, show_progress: bool = True) -> Check:
     warmup = max(2, soak // 5)
     tail = np.asarray(samples[warmup:], dtype=np.float64)
     if len(tail) < 3:
-        return Check(3, "memory", WARN, f"soak of {soak} is too short to fit a slope (use at least 10)", {"rss_bytes": samples})
+        return Check(
+            3, "memory", WARN, f"soak of {soak} is too short to fit a slope (use at least 10)", {"rss_bytes": samples}
+        )
     slope = float(np.polyfit(np.arange(len(tail)), tail, 1)[0])
-    rise = float(tail[-max(1, len(tail) // 5):].mean() - tail[: max(1, len(tail) // 5)].mean())
-    status = FAIL if slope > LEAK_SLOPE_BYTES and rise > LEAK_MIN_RISE_BYTES else WARN if slope > LEAK_SLOPE_BYTES else PASS
-    summary = (f"RSS slope {slope / 1024:+.1f} KB/generation over {len(tail)} generations after {warmup} warm-up "
-               f"(limit {LEAK_SLOPE_BYTES // 1024} KB with a rise over {LEAK_MIN_RISE_BYTES >> 20} MB); rise {rise / 2**20:+.1f} MB")
-    evidence = {"soak": soak, "warmup": warmup, "slope_bytes_per_generation": slope, "rise_bytes": rise,
-                "limit_bytes_per_generation": LEAK_SLOPE_BYTES, "min_rise_bytes": LEAK_MIN_RISE_BYTES,
-                "rss_first_mb": samples[0] / 2**20, "rss_last_mb": samples[-1] / 2**20}
+    rise = float(tail[-max(1, len(tail) // 5) :].mean() - tail[: max(1, len(tail) // 5)].mean())
+    status = (
+        FAIL if slope > LEAK_SLOPE_BYTES and rise > LEAK_MIN_RISE_BYTES else WARN if slope > LEAK_SLOPE_BYTES else PASS
+    )
+    summary = (
+        f"RSS slope {slope / 1024:+.1f} KB/generation over {len(tail)} generations after {warmup} warm-up "
+        f"(limit {LEAK_SLOPE_BYTES // 1024} KB with a rise over {LEAK_MIN_RISE_BYTES >> 20} MB); rise {rise / 2**20:+.1f} MB"
+    )
+    evidence = {
+        "soak": soak,
+        "warmup": warmup,
+        "slope_bytes_per_generation": slope,
+        "rise_bytes": rise,
+        "limit_bytes_per_generation": LEAK_SLOPE_BYTES,
+        "min_rise_bytes": LEAK_MIN_RISE_BYTES,
+        "rss_first_mb": samples[0] / 2**20,
+        "rss_last_mb": samples[-1] / 2**20,
+    }
     return Check(3, "memory", status, summary, evidence)
 
 
@@ -187,11 +204,13 @@ def check_lengths(model, lengths: tuple[int, ...], new_tokens: int = 32, repeats
     rows = []
     for length in lengths:
         decoded = [run for run in runs[length] if run.completion_tokens > 2 and run.decode_tokens_per_s > 0]
-        rows.append({
-            "prompt_tokens": length,
-            "ttft_s": min(run.ttft_s for run in runs[length]),
-            "decode_ms_per_token": min(1000.0 / run.decode_tokens_per_s for run in decoded) if decoded else None,
-        })
+        rows.append(
+            {
+                "prompt_tokens": length,
+                "ttft_s": min(run.ttft_s for run in runs[length]),
+                "decode_ms_per_token": min(1000.0 / run.decode_tokens_per_s for run in decoded) if decoded else None,
+            }
+        )
     return _judge_lengths(rows)
 
 
@@ -205,11 +224,20 @@ def _judge_lengths(rows: list[dict]) -> Check:
     ttft_ratio = long["ttft_s"] / short["ttft_s"] if short["ttft_s"] > 0 else math.inf
     linear = long["ttft_s"] <= short["ttft_s"] * length_ratio * TTFT_LINEAR_SLACK + TTFT_NOISE_S
     status = PASS if spread <= DECODE_BAND and linear else WARN if spread <= DECODE_WARN_BAND and linear else FAIL
-    summary = (f"decode {min(decode):.1f}-{max(decode):.1f} ms/token across {short['prompt_tokens']}-{long['prompt_tokens']} "
-               f"prompt tokens (x{spread:.2f}, band x{DECODE_BAND}); TTFT x{ttft_ratio:.1f} for x{length_ratio:.0f} tokens "
-               f"({'no worse than' if linear else 'worse than'} linear)")
-    evidence = {"lengths": rows, "decode_spread": spread, "decode_band": DECODE_BAND, "ttft_ratio": ttft_ratio,
-                "length_ratio": length_ratio, "ttft_slack": TTFT_LINEAR_SLACK, "ttft_noise_s": TTFT_NOISE_S}
+    summary = (
+        f"decode {min(decode):.1f}-{max(decode):.1f} ms/token across {short['prompt_tokens']}-{long['prompt_tokens']} "
+        f"prompt tokens (x{spread:.2f}, band x{DECODE_BAND}); TTFT x{ttft_ratio:.1f} for x{length_ratio:.0f} tokens "
+        f"({'no worse than' if linear else 'worse than'} linear)"
+    )
+    evidence = {
+        "lengths": rows,
+        "decode_spread": spread,
+        "decode_band": DECODE_BAND,
+        "ttft_ratio": ttft_ratio,
+        "length_ratio": length_ratio,
+        "ttft_slack": TTFT_LINEAR_SLACK,
+        "ttft_noise_s": TTFT_NOISE_S,
+    }
     return Check(4, "performance across input lengths", status, summary, evidence)
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 from slmops.errors import SlmopsError
 from slmops.runtime.generate import Response
@@ -31,9 +32,16 @@ class ChatSession:
         stats: after each answer, print time to first token and tokens/s to ``err``.
     """
 
-    def __init__(self, model: Model, options: dict | None = None, truncate: bool = False,
-                 system: str | None = None, out: TextIO | None = None, err: TextIO | None = None,
-                 stats: bool = False) -> None:
+    def __init__(
+        self,
+        model: Model,
+        options: dict | None = None,
+        truncate: bool = False,
+        system: str | None = None,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        stats: bool = False,
+    ) -> None:
         self.model = model
         self.options = options or {}
         self.truncate = truncate
@@ -115,8 +123,10 @@ class ChatSession:
 
 
 def _stats(response: Response) -> str:
-    return (f"[{response.prompt_tokens} prompt tokens, {response.completion_tokens} generated, "
-            f"first token {response.ttft_s * 1000:.0f} ms, {response.decode_tokens_per_s:.1f} tokens/s]")
+    return (
+        f"[{response.prompt_tokens} prompt tokens, {response.completion_tokens} generated, "
+        f"first token {response.ttft_s * 1000:.0f} ms, {response.decode_tokens_per_s:.1f} tokens/s]"
+    )
 
 
 def interactive(session: ChatSession, read: Callable[[str], str] = input) -> None:
@@ -150,7 +160,7 @@ def _read_message(read: Callable[[str], str]) -> str:
     line = read(">>> ")
     if not line.lstrip().startswith(MULTILINE):
         return line
-    lines = [line.lstrip()[len(MULTILINE):]]
+    lines = [line.lstrip()[len(MULTILINE) :]]
     while not lines[-1].rstrip().endswith(MULTILINE) or len(lines) == 1 and lines[0].strip() == "":
         lines.append(read("... "))
     lines[-1] = lines[-1].rstrip()[: -len(MULTILINE)]

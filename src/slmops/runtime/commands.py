@@ -22,11 +22,25 @@ def model() -> None:
 def generation_options(function):
     """The generation flags shared by every command that generates."""
     flags = [
-        click.option("--max-tokens", type=click.IntRange(min=1), help="Most tokens per answer [default: up to the context]."),
-        click.option("--temperature", type=click.FloatRange(min=0), help="Sampling temperature; 0 is greedy [default: the model's]."),
-        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling mass [default: the model's]."),
-        click.option("--top-k", type=click.IntRange(min=0), help="Sample among the k most likely tokens [default: the model's]."),
-        click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True), help="Above 1 discourages repeats [default: the model's]."),
+        click.option(
+            "--max-tokens", type=click.IntRange(min=1), help="Most tokens per answer [default: up to the context]."
+        ),
+        click.option(
+            "--temperature",
+            type=click.FloatRange(min=0),
+            help="Sampling temperature; 0 is greedy [default: the model's].",
+        ),
+        click.option(
+            "--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling mass [default: the model's]."
+        ),
+        click.option(
+            "--top-k", type=click.IntRange(min=0), help="Sample among the k most likely tokens [default: the model's]."
+        ),
+        click.option(
+            "--repetition-penalty",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Above 1 discourages repeats [default: the model's].",
+        ),
         click.option("--seed", type=click.IntRange(min=0), help="Same seed and options, same answer."),
         click.option("--stop", multiple=True, help="A string that ends the answer (repeatable)."),
     ]
@@ -37,7 +51,9 @@ def generation_options(function):
 
 @model.command("run")
 @click.argument("name")
-@click.option("--prompt", "-p", help="Answer this once and exit, printing only the answer (text on stdin does the same).")
+@click.option(
+    "--prompt", "-p", help="Answer this once and exit, printing only the answer (text on stdin does the same)."
+)
 @click.option("--system", "-s", help="A system message for the conversation.")
 @generation_options
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads [default: the CPUs this process may use].")
@@ -48,8 +64,15 @@ def run_command(name, prompt, system, threads, truncate, stats, **options) -> No
     run(name, prompt=prompt, system=system, threads=threads, truncate=truncate, stats=stats, **options)
 
 
-def run(name: str, prompt: str | None = None, system: str | None = None, threads: int | None = None,
-        truncate: bool = False, stats: bool = False, **options) -> None:
+def run(
+    name: str,
+    prompt: str | None = None,
+    system: str | None = None,
+    threads: int | None = None,
+    truncate: bool = False,
+    stats: bool = False,
+    **options,
+) -> None:
     """Load ``name`` and answer ``prompt`` (or stdin) once, or chat when the terminal is interactive."""
     from slmops.runtime.model import load
 
@@ -94,10 +117,14 @@ def info_command(name: str, as_json: bool) -> None:
 
 @model.command("load")
 @click.argument("name")
-@click.option("--ttl", type=click.FloatRange(min=0), help="Seconds it stays loaded while idle [default: the service's --keep-alive].")
+@click.option(
+    "--ttl",
+    type=click.FloatRange(min=0),
+    help="Seconds it stays loaded while idle [default: the service's --keep-alive].",
+)
 def load_command(name: str, ttl: float | None) -> None:
     """Load model NAME in the running service (`slmops service start`)."""
-    from slmops.server.client import load_model
+    from slmops.client import load_model
 
     answer = load_model(name, ttl)
     click.echo(f"Loaded {answer['name']} (unloads after {answer['ttl']:g} s idle).")
@@ -108,7 +135,7 @@ def load_command(name: str, ttl: float | None) -> None:
 @click.option("--force", is_flag=True, help="Unload even while it answers requests (they are cancelled).")
 def unload_command(name: str, force: bool) -> None:
     """Unload model NAME from the running service."""
-    from slmops.server.client import unload_model
+    from slmops.client import unload_model
 
     answer = unload_model(name, force)
     click.echo(f"Unloaded {answer['name']}." if answer["unloaded"] else f"{answer['name']} was not loaded.")

@@ -10,7 +10,8 @@ and only the rest is appended.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import onnxruntime_genai as og
 
@@ -41,8 +42,9 @@ class Conversation:
         self._prepare(ids)
         budget = self.model.context_length - len(ids)
         limit = min(self.options.max_tokens or budget, budget)
-        yield from decode_loop(self.generator, self.model.tokenizer, len(ids), self.options.stop,
-                               self.model.stop_token_ids, start, limit)
+        yield from decode_loop(
+            self.generator, self.model.tokenizer, len(ids), self.options.stop, self.model.stop_token_ids, start, limit
+        )
 
     def _prepare(self, ids: list[int]) -> None:
         """Rewind the generator to the longest prefix it shares with ``ids`` and append the rest."""

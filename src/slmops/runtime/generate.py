@@ -8,8 +8,8 @@ same way.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import onnxruntime_genai as og
 
@@ -89,8 +89,15 @@ def stream_tokens(
     yield from decode_loop(generator, tokenizer, len(ids), options.stop, stop_ids, start)
 
 
-def decode_loop(generator, tokenizer, prompt_tokens: int, stop: Iterable[str], stop_ids: Iterable[int],
-                start: float, limit: int | None = None) -> Iterator[Response]:
+def decode_loop(
+    generator,
+    tokenizer,
+    prompt_tokens: int,
+    stop: Iterable[str],
+    stop_ids: Iterable[int],
+    start: float,
+    limit: int | None = None,
+) -> Iterator[Response]:
     """Generate from an ``og.Generator`` whose prompt is appended, until a stop or ``limit`` tokens."""
     decoder = tokenizer.create_stream()
     stops = frozenset(stop_ids)

@@ -18,7 +18,7 @@ from slmops.runtime.threads import default_threads
 def loaded_models() -> set[str] | None:
     """Names of the models a running service has loaded; None when no service runs."""
     try:
-        from slmops.server.client import loaded_models as ask_service
+        from slmops.client import loaded_models as ask_service
     except ImportError:
         return None
     try:

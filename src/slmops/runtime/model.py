@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import onnxruntime_genai as og
 
-from slmops.cache.inference_model import FILENAME as INFERENCE_MODEL, InferenceModel
-from slmops.cache.messages import normalize
 from slmops.errors import ContextTooLong, ModelNotFound, SlmopsError
+from slmops.modelfolder.inference_model import FILENAME as INFERENCE_MODEL
+from slmops.modelfolder.inference_model import InferenceModel
+from slmops.modelfolder.messages import normalize
 from slmops.runtime import prompt as prompts
 from slmops.runtime.generate import Response, Result, collect, stream_tokens
 from slmops.runtime.options import GenerationOptions, model_defaults
 from slmops.runtime.threads import default_threads
 
+if TYPE_CHECKING:
+    from slmops.runtime.conversation import Conversation
+
 GENAI_CONFIG = "genai_config.json"
 
 
-def load(name_or_path: str | Path, threads: int | None = None) -> "Model":
+def load(name_or_path: str | Path, threads: int | None = None) -> Model:
     """Load a cached model by name, or a model folder by path.
 
     Args:
@@ -78,8 +83,16 @@ class Model:
         load_s: seconds the load took.
     """
 
-    def __init__(self, path: Path, og_model, tokenizer, inference_model: InferenceModel | None,
-                 genai_config: dict, threads: int, load_s: float) -> None:
+    def __init__(
+        self,
+        path: Path,
+        og_model,
+        tokenizer,
+        inference_model: InferenceModel | None,
+        genai_config: dict,
+        threads: int,
+        load_s: float,
+    ) -> None:
         self.path = Path(path)
         self.og_model = og_model
         self.tokenizer = tokenizer
@@ -88,14 +101,17 @@ class Model:
         self.threads = threads
         self.load_s = load_s
         self.name = inference_model.Name if inference_model else self.path.name
-        model_config = inference_model.ModelConfig.model_dump() if inference_model and inference_model.ModelConfig else None
+        model_config = (
+            inference_model.ModelConfig.model_dump() if inference_model and inference_model.ModelConfig else None
+        )
         self.context_length = _context_length(genai_config, model_config)
         self.defaults = model_defaults(genai_config.get("search", {}), model_config)
         self.stop_token_ids = self._stop_ids()
 
     @classmethod
-    def from_folder(cls, folder: Path, inference_model: InferenceModel | None = None,
-                    threads: int | None = None) -> "Model":
+    def from_folder(
+        cls, folder: Path, inference_model: InferenceModel | None = None, threads: int | None = None
+    ) -> Model:
         """Load the onnxruntime-genai model in ``folder`` with ``threads`` intra-op threads."""
         threads = threads or default_threads()
         if threads < 1:
@@ -146,8 +162,9 @@ class Model:
             if not truncate or not _drop_oldest_turn(messages):
                 raise self._too_long(len(ids), truncate)
 
-    def stream_generate(self, prompt: str | list[int], start: float | None = None,
-                        guidance: tuple[str, str] | None = None, **options) -> Iterator[Response]:
+    def stream_generate(
+        self, prompt: str | list[int], start: float | None = None, guidance: tuple[str, str] | None = None, **options
+    ) -> Iterator[Response]:
         """The layered generation path: prompt text or token ids -> one :class:`Response` per token.
 
         Args:
@@ -165,8 +182,9 @@ class Model:
             ids = [self._start_token()]
         if len(ids) >= self.context_length:
             raise self._too_long(len(ids), False)
-        return stream_tokens(self.og_model, self.tokenizer, ids, chosen, self.context_length,
-                             self.stop_token_ids, start, guidance)
+        return stream_tokens(
+            self.og_model, self.tokenizer, ids, chosen, self.context_length, self.stop_token_ids, start, guidance
+        )
 
     def generate(self, prompt: str | list[int], **options) -> Result:
         """A raw completion of ``prompt`` (no chat template applied).
@@ -195,7 +213,7 @@ class Model:
         """
         return collect(self.stream_chat(messages, truncate, **options))
 
-    def conversation(self, **options) -> "Conversation":
+    def conversation(self, **options) -> Conversation:
         """A chat that keeps its KV cache between turns (each turn reads only its new tokens).
 
         ``conversation.stream(messages, truncate=False)`` yields :class:`Response` objects

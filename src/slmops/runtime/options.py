@@ -43,7 +43,7 @@ class GenerationOptions:
         _check(self.repetition_penalty > 0, "repetition_penalty must be above 0")
         _check(self.seed is None or self.seed >= 0, "seed must be 0 or more")
 
-    def replace(self, **overrides) -> "GenerationOptions":
+    def replace(self, **overrides) -> GenerationOptions:
         """A copy with the given options changed; options given as None keep their value."""
         names = {item.name for item in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - names)

@@ -18,16 +18,28 @@ from fastapi import FastAPI
 
 from slmops import __version__
 from slmops.server import errors
+from slmops.server.config import ServerConfig
 from slmops.server.errors import APIError
 from slmops.server.metrics import Metrics
-from slmops.server.registry import Registry, ServerConfig
+from slmops.server.registry import Registry
 
 log = logging.getLogger("slmops.server")
 OPEN_PATHS = ("/health", "/metrics")  # probes and scrapers need no key
 REAP_EVERY_S = 1.0
-KNOWN_PATHS = {"/health", "/metrics", "/v1/chat/completions", "/v1/completions", "/v1/models", "/openai/models",
-               "/openai/loadedmodels", "/openai/unloadall", "/openai/status", "/openapi.json", "/docs",
-               "/v1/chat/completions/tokenizer/encode/count"}
+KNOWN_PATHS = {
+    "/health",
+    "/metrics",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/openai/models",
+    "/openai/loadedmodels",
+    "/openai/unloadall",
+    "/openai/status",
+    "/openapi.json",
+    "/docs",
+    "/v1/chat/completions/tokenizer/encode/count",
+}
 
 
 def create_app(config: ServerConfig | None = None, models: list[str] = ()) -> FastAPI:
@@ -40,8 +52,12 @@ def create_app(config: ServerConfig | None = None, models: list[str] = ()) -> Fa
     config = config or ServerConfig()
     metrics = Metrics()
     registry = Registry(config, observer=_observer(metrics))
-    app = FastAPI(title="slmops", version=__version__, lifespan=_lifespan(registry, list(models)),
-                  description="OpenAI-compatible service for small language models on onnxruntime-genai.")
+    app = FastAPI(
+        title="slmops",
+        version=__version__,
+        lifespan=_lifespan(registry, list(models)),
+        description="OpenAI-compatible service for small language models on onnxruntime-genai.",
+    )
     app.state.registry, app.state.metrics, app.state.config = registry, metrics, config
     app.state.started = time.time()
     errors.install(app)
@@ -118,8 +134,12 @@ class Guard:
             given = headers.get("authorization", "")
             token = given[7:] if given.lower().startswith("bearer ") else headers.get("api-key", "")
             if not hmac.compare_digest(token.encode(), self.config.api_key.encode()):
-                return APIError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
-                                code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                return APIError(
+                    401,
+                    "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
+                    code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.config.max_body:
             return _too_large(self.config.max_body)

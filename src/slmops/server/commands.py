@@ -7,8 +7,7 @@ import re
 import click
 
 from slmops.errors import UsageError
-from slmops.server.registry import ServerConfig
-from slmops.server.run import DEFAULT_HOST, DEFAULT_PORT
+from slmops.server.config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig
 
 SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
 
@@ -28,39 +27,92 @@ def serve_options(function):
     flags = [
         click.argument("models", nargs=-1),
         click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on."),
-        click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
-                     help="Port to listen on; 0 picks a free one."),
-        click.option("--parallel", type=click.IntRange(1, 256), default=8, show_default=True,
-                     help="Sequences generated at once per model."),
-        click.option("--max-queue", type=click.IntRange(0, 100000), default=64, show_default=True,
-                     help="Requests waiting per model beyond --parallel; more get 429."),
-        click.option("--keep-alive", type=click.FloatRange(min=0), default=600, show_default=True,
-                     help="Seconds a model stays loaded while idle."),
-        click.option("--max-memory", help="Memory budget for loaded models (e.g. 4GB); least recently used unload first."),
+        click.option(
+            "--port",
+            type=click.IntRange(0, 65535),
+            default=DEFAULT_PORT,
+            show_default=True,
+            help="Port to listen on; 0 picks a free one.",
+        ),
+        click.option(
+            "--parallel",
+            type=click.IntRange(1, 256),
+            default=8,
+            show_default=True,
+            help="Sequences generated at once per model.",
+        ),
+        click.option(
+            "--max-queue",
+            type=click.IntRange(0, 100000),
+            default=64,
+            show_default=True,
+            help="Requests waiting per model beyond --parallel; more get 429.",
+        ),
+        click.option(
+            "--keep-alive",
+            type=click.FloatRange(min=0),
+            default=600,
+            show_default=True,
+            help="Seconds a model stays loaded while idle.",
+        ),
+        click.option(
+            "--max-memory", help="Memory budget for loaded models (e.g. 4GB); least recently used unload first."
+        ),
         click.option("--threads", type=click.IntRange(min=1), help="CPU threads per model [default: usable CPUs]."),
-        click.option("--grace", type=click.FloatRange(min=0), default=10, show_default=True,
-                     help="Seconds to finish in-flight answers on SIGTERM."),
-        click.option("--batching/--no-batching", default=True, show_default=True,
-                     help="Decode concurrent requests in one batch (off: one generator per request)."),
-        click.option("--load-wait", type=click.FloatRange(min=0), default=10, show_default=True,
-                     help="Seconds a request waits for its model to load; then 503 with Retry-After."),
+        click.option(
+            "--grace",
+            type=click.FloatRange(min=0),
+            default=10,
+            show_default=True,
+            help="Seconds to finish in-flight answers on SIGTERM.",
+        ),
+        click.option(
+            "--batching/--no-batching",
+            default=True,
+            show_default=True,
+            help="Decode concurrent requests in one batch (off: one generator per request).",
+        ),
+        click.option(
+            "--load-wait",
+            type=click.FloatRange(min=0),
+            default=10,
+            show_default=True,
+            help="Seconds a request waits for its model to load; then 503 with Retry-After.",
+        ),
     ]
     for flag in reversed(flags):
         function = flag(function)
     return function
 
 
-def make_config(parallel, max_queue, keep_alive, max_memory, threads, grace, batching=True,
-                api_key=None, load_wait=10.0) -> ServerConfig:
-    return ServerConfig(parallel=parallel, max_queue=max_queue, keep_alive=keep_alive, max_memory=parse_size(max_memory),
-                        threads=threads, api_key=api_key or None, grace=grace, batching=batching, load_wait=load_wait)
+def make_config(
+    parallel, max_queue, keep_alive, max_memory, threads, grace, batching=True, api_key=None, load_wait=10.0
+) -> ServerConfig:
+    return ServerConfig(
+        parallel=parallel,
+        max_queue=max_queue,
+        keep_alive=keep_alive,
+        max_memory=parse_size(max_memory),
+        threads=threads,
+        api_key=api_key or None,
+        grace=grace,
+        batching=batching,
+        load_wait=load_wait,
+    )
 
 
 @click.command()
 @serve_options
-@click.option("--api-key", envvar="SLMOPS_API_KEY", help="Require this key (Bearer) on every request [env: SLMOPS_API_KEY].")
-@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
-              show_default=True, help="How much the server logs.")
+@click.option(
+    "--api-key", envvar="SLMOPS_API_KEY", help="Require this key (Bearer) on every request [env: SLMOPS_API_KEY]."
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="info",
+    show_default=True,
+    help="How much the server logs.",
+)
 def serve(models, host, port, api_key, log_level, **options) -> None:
     """Serve MODELS (cached names or folders) through an OpenAI-compatible API, in the foreground.
 
@@ -110,8 +162,10 @@ def status_command() -> None:
         click.echo(f"The service is not running (log: {current.log}).")
         return
     loaded = ", ".join(current.loaded or []) or "none"
-    click.echo(f"Running: {current.url}\npid: {current.pid}\nuptime: {_duration(current.uptime_s)}\n"
-               f"loaded models: {loaded}\nlog: {current.log}")
+    click.echo(
+        f"Running: {current.url}\npid: {current.pid}\nuptime: {_duration(current.uptime_s)}\n"
+        f"loaded models: {loaded}\nlog: {current.log}"
+    )
 
 
 @service.command("restart")

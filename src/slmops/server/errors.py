@@ -17,16 +17,24 @@ from slmops.errors import CacheError, ContextTooLong, ModelNotFound, SlmopsError
 
 log = logging.getLogger("slmops.server")
 
-TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-         409: "conflict_error", 413: "invalid_request_error", 422: "invalid_request_error",
-         429: "rate_limit_error", 503: "service_unavailable"}
+TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
 
 
 class APIError(Exception):
     """An error answered to the client as-is."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 headers: dict | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None, headers: dict | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = headers or {}

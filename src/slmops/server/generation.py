@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from slmops.errors import SlmopsError
+from slmops.runtime.batched import Sequence
 from slmops.runtime.generate import Response
+from slmops.runtime.guided import GrammarError
 from slmops.server import tools
 from slmops.server.errors import APIError, from_slmops
 from slmops.server.protocol import DEFAULT_MAX_TOKENS, ChatRequest, Message, SamplingFields
-from slmops.server.batched import Sequence
-from slmops.server.guided import GrammarError
 from slmops.server.registry import Loaded
 from slmops.server.scheduler import DONE, Closed, Job, QueueFull
 
@@ -74,8 +74,9 @@ def history(messages: list[Message]) -> list[dict]:
     for message in messages:
         content = message.content
         if message.role == "assistant" and message.tool_calls and not content:
-            content = "\n".join(tools.call_text(call.function.name, call.function.arguments)
-                                for call in message.tool_calls)
+            content = "\n".join(
+                tools.call_text(call.function.name, call.function.arguments) for call in message.tool_calls
+            )
         result.append({"role": message.role, "content": content})
     return result
 
@@ -94,8 +95,12 @@ def start(loaded: Loaded, plan: Plan) -> Job:
         loaded.scheduler.submit(job)
     except QueueFull:
         wait = loaded.scheduler.retry_after()
-        raise APIError(429, f"{loaded.name} is busy: every slot and the queue are full; retry in {wait} s.",
-                       code="queue_full", headers={"Retry-After": str(wait)}) from None
+        raise APIError(
+            429,
+            f"{loaded.name} is busy: every slot and the queue are full; retry in {wait} s.",
+            code="queue_full",
+            headers={"Retry-After": str(wait)},
+        ) from None
     except Closed:
         raise APIError(503, "The service is shutting down.", code="shutting_down") from None
     loaded.touch()
@@ -106,8 +111,12 @@ def _job(loaded: Loaded, plan: Plan) -> Job:
     model, decoder = loaded.model, loaded.scheduler.decoder
     loop = asyncio.get_running_loop()
     if len(plan.ids) >= model.context_length:
-        raise APIError(400, f"The prompt is {len(plan.ids)} tokens but {loaded.name} holds {model.context_length}; "
-                       "shorten it.", "prompt", "context_length_exceeded")
+        raise APIError(
+            400,
+            f"The prompt is {len(plan.ids)} tokens but {loaded.name} holds {model.context_length}; shorten it.",
+            "prompt",
+            "context_length_exceeded",
+        )
     options = model.options(**plan.options)
     max_new = min(options.max_tokens or DEFAULT_MAX_TOKENS, model.context_length - len(plan.ids))
     if decoder is not None and plan.ids and decoder.fits(len(plan.ids), max_new):

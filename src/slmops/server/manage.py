@@ -26,8 +26,13 @@ async def health(request: Request):
     reg = registry(request)
     queued, active = reg.totals()
     status, failed = reg.readiness()
-    body = {"status": status, "loaded": [e.name for e in reg.loaded.values()], "loading": reg.loading,
-            "queued": queued, "active": active} | ({"failed": failed} if failed else {})
+    body = {
+        "status": status,
+        "loaded": [e.name for e in reg.loaded.values()],
+        "loading": reg.loading,
+        "queued": queued,
+        "active": active,
+    } | ({"failed": failed} if failed else {})
     return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
 
@@ -53,8 +58,11 @@ async def loaded_models(request: Request) -> list[str]:
 
 
 @router.get("/openai/load/{name:path}")
-async def load(request: Request, name: str, ttl: float | None = Query(None, ge=0, le=10**7,
-                                                                         description="Seconds idle before unloading.")):
+async def load(
+    request: Request,
+    name: str,
+    ttl: float | None = Query(None, ge=0, le=10**7, description="Seconds idle before unloading."),
+):
     """Load a model now (it stays loaded ``ttl`` seconds idle, default --keep-alive).
 
     Unlike a completion, this waits for the whole load: loading is what it was asked for."""
@@ -63,8 +71,11 @@ async def load(request: Request, name: str, ttl: float | None = Query(None, ge=0
 
 
 @router.get("/openai/unload/{name:path}")
-async def unload(request: Request, name: str,
-                 force: bool = Query(False, description="Unload even while it answers requests (they are cancelled).")):
+async def unload(
+    request: Request,
+    name: str,
+    force: bool = Query(False, description="Unload even while it answers requests (they are cancelled)."),
+):
     """Unload a model; without ``force``, a model answering requests is a 409."""
     reg = registry(request)
     try:
@@ -87,10 +98,13 @@ async def status(request: Request):
 
     reg = registry(request)
     state = request.app.state
-    return {"endpoints": [state.base_url] if getattr(state, "base_url", None) else [],
-            "modelDirPath": str(store.location()), "pid": os.getpid(),
-            "uptime_s": round(time.time() - state.started, 1),
-            "loadedModels": [entry.name for entry in reg.loaded.values()]}
+    return {
+        "endpoints": [state.base_url] if getattr(state, "base_url", None) else [],
+        "modelDirPath": str(store.location()),
+        "pid": os.getpid(),
+        "uptime_s": round(time.time() - state.started, 1),
+        "loadedModels": [entry.name for entry in reg.loaded.values()],
+    }
 
 
 @router.post("/v1/chat/completions/tokenizer/encode/count", response_model=TokenCount)

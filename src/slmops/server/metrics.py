@@ -35,7 +35,11 @@ class Histogram:
 
     def lines(self, name: str) -> list[str]:
         out = [f'{name}_bucket{{le="{bound}"}} {count}' for bound, count in zip(self.buckets, self.counts)]
-        out += [f'{name}_bucket{{le="+Inf"}} {self.count}', f"{name}_sum {self.total:.6f}", f"{name}_count {self.count}"]
+        out += [
+            f'{name}_bucket{{le="+Inf"}} {self.count}',
+            f"{name}_sum {self.total:.6f}",
+            f"{name}_count {self.count}",
+        ]
         return out
 
 
@@ -68,19 +72,30 @@ class Metrics:
         """The Prometheus text exposition of the counters and the current gauges."""
         with self.lock:
             lines = ["# TYPE slmops_requests_total counter"]
-            lines += [f'slmops_requests_total{{path="{path}",status="{status}"}} {count}'
-                      for (path, status), count in sorted(self.requests.items())]
-            lines += ["# TYPE slmops_prompt_tokens_total counter", f"slmops_prompt_tokens_total {self.prompt_tokens}",
-                      "# TYPE slmops_completion_tokens_total counter",
-                      f"slmops_completion_tokens_total {self.completion_tokens}",
-                      "# TYPE slmops_time_to_first_token_seconds histogram",
-                      *self.ttft.lines("slmops_time_to_first_token_seconds"),
-                      "# TYPE slmops_time_per_output_token_seconds histogram",
-                      *self.per_token.lines("slmops_time_per_output_token_seconds")]
-        lines += ["# TYPE slmops_queue_depth gauge", f"slmops_queue_depth {queued}",
-                  "# TYPE slmops_active_sequences gauge", f"slmops_active_sequences {active}",
-                  "# TYPE slmops_loaded_models gauge", f"slmops_loaded_models {loaded}",
-                  "# TYPE slmops_loading_models gauge", f"slmops_loading_models {loading}",
-                  "# TYPE slmops_process_resident_memory_bytes gauge",
-                  f"slmops_process_resident_memory_bytes {psutil.Process().memory_info().rss}"]
+            lines += [
+                f'slmops_requests_total{{path="{path}",status="{status}"}} {count}'
+                for (path, status), count in sorted(self.requests.items())
+            ]
+            lines += [
+                "# TYPE slmops_prompt_tokens_total counter",
+                f"slmops_prompt_tokens_total {self.prompt_tokens}",
+                "# TYPE slmops_completion_tokens_total counter",
+                f"slmops_completion_tokens_total {self.completion_tokens}",
+                "# TYPE slmops_time_to_first_token_seconds histogram",
+                *self.ttft.lines("slmops_time_to_first_token_seconds"),
+                "# TYPE slmops_time_per_output_token_seconds histogram",
+                *self.per_token.lines("slmops_time_per_output_token_seconds"),
+            ]
+        lines += [
+            "# TYPE slmops_queue_depth gauge",
+            f"slmops_queue_depth {queued}",
+            "# TYPE slmops_active_sequences gauge",
+            f"slmops_active_sequences {active}",
+            "# TYPE slmops_loaded_models gauge",
+            f"slmops_loaded_models {loaded}",
+            "# TYPE slmops_loading_models gauge",
+            f"slmops_loading_models {loading}",
+            "# TYPE slmops_process_resident_memory_bytes gauge",
+            f"slmops_process_resident_memory_bytes {psutil.Process().memory_info().rss}",
+        ]
         return "\n".join(lines) + "\n"

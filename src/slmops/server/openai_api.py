@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import uuid
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -15,8 +15,17 @@ from slmops.errors import SlmopsError
 from slmops.server import generation, tools
 from slmops.server.errors import APIError, from_slmops
 from slmops.server.protocol import (
-    AnswerMessage, ChatChoice, ChatCompletion, ChatRequest, Completion, CompletionRequest, ErrorResponse,
-    ModelCard, ModelList, TextChoice, Usage,
+    AnswerMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatRequest,
+    Completion,
+    CompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    TextChoice,
+    Usage,
 )
 from slmops.server.registry import Registry
 
@@ -28,8 +37,9 @@ def registry(request: Request) -> Registry:
     return request.app.state.registry
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion,
-             responses={200: {"content": {"text/event-stream": {}}}})
+@router.post(
+    "/v1/chat/completions", response_model=ChatCompletion, responses={200: {"content": {"text/event-stream": {}}}}
+)
 async def chat_completions(body: ChatRequest, request: Request):
     """Answer a chat; with ``stream`` the answer comes as server-sent events."""
     loaded = await registry(request).get(body.model)
@@ -46,8 +56,7 @@ async def chat_completions(body: ChatRequest, request: Request):
     return ChatCompletion(**meta, choices=[ChatChoice(message=message, finish_reason=finish)], usage=_usage(last))
 
 
-@router.post("/v1/completions", response_model=Completion,
-             responses={200: {"content": {"text/event-stream": {}}}})
+@router.post("/v1/completions", response_model=Completion, responses={200: {"content": {"text/event-stream": {}}}})
 async def completions(body: CompletionRequest, request: Request):
     """Continue a prompt as plain text (no chat template)."""
     loaded = await registry(request).get(body.model)
@@ -119,14 +128,18 @@ def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
             yield f"data: {json.dumps(exc.body())}\n\n"
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(lines(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 async def _chat_chunks(job, plan, meta: dict, include_usage: bool) -> AsyncIterator[dict]:
     def chunk(delta: dict, finish: str | None = None) -> dict:
-        body = {**meta, "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+        body = {
+            **meta,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
         return body | ({"usage": None} if include_usage else {})
 
     yield chunk({"role": "assistant", "content": ""})
@@ -136,8 +149,13 @@ async def _chat_chunks(job, plan, meta: dict, include_usage: bool) -> AsyncItera
     last = None
     if stream_args:
         call_id = f"call_{uuid.uuid4().hex[:24]}"
-        yield chunk({"tool_calls": [{"index": 0, "id": call_id, "type": "function",
-                                     "function": {"name": mode.forced, "arguments": ""}}]})
+        yield chunk(
+            {
+                "tool_calls": [
+                    {"index": 0, "id": call_id, "type": "function", "function": {"name": mode.forced, "arguments": ""}}
+                ]
+            }
+        )
     async for last in generation.responses(job, strip_leading=True):
         if not last.text:
             continue
@@ -162,8 +180,11 @@ async def _chat_chunks(job, plan, meta: dict, include_usage: bool) -> AsyncItera
 
 async def _text_chunks(job, meta: dict, include_usage: bool, echo: str) -> AsyncIterator[dict]:
     def chunk(text: str, finish: str | None = None) -> dict:
-        body = {**meta, "object": "text_completion",
-                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+        body = {
+            **meta,
+            "object": "text_completion",
+            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+        }
         return body | ({"usage": None} if include_usage else {})
 
     if echo:

@@ -46,20 +46,25 @@ class StreamOptions(Lenient):
 
 class JsonSchemaFormat(Lenient):
     name: str = Field("response", description="The schema's name.")
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema", description="A JSON Schema the answer must match.")
+    schema_: dict[str, Any] = Field(
+        default_factory=dict, alias="schema", description="A JSON Schema the answer must match."
+    )
     strict: bool | None = Field(None, description="Accepted; the schema is always enforced.")
 
 
 class ResponseFormat(Lenient):
-    type: Literal["text", "json_object", "json_schema"] = Field(description="text, any JSON object, or JSON matching a schema.")
+    type: Literal["text", "json_object", "json_schema"] = Field(
+        description="text, any JSON object, or JSON matching a schema."
+    )
     json_schema: JsonSchemaFormat | None = Field(None, description="The schema, for type json_schema.")
 
 
 class FunctionDefinition(Lenient):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="The function's name.")
     description: str | None = Field(None, description="What the function does, shown to the model.")
-    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}},
-                                       description="A JSON Schema for the arguments.")
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}}, description="A JSON Schema for the arguments."
+    )
 
 
 class Tool(Lenient):
@@ -88,10 +93,14 @@ class SamplingFields(Lenient):
     top_k: int | None = Field(None, ge=0, description="Sample among the k most likely tokens.")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Same seed and options, same answer.")
     random_seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Foundry Local's name for seed.")
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(None, description="Up to 4 strings that end the answer.")
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(
+        None, description="Up to 4 strings that end the answer."
+    )
     presence_penalty: float | None = Field(None, ge=-2, le=2, description="Above 0 discourages repeats.")
     frequency_penalty: float | None = Field(None, ge=-2, le=2, description="Above 0 discourages repeats.")
-    repetition_penalty: float | None = Field(None, gt=0, le=10, description="Above 1 discourages repeats (wins over the penalties above).")
+    repetition_penalty: float | None = Field(
+        None, gt=0, le=10, description="Above 1 discourages repeats (wins over the penalties above)."
+    )
     n: int = Field(1, ge=1, le=1, description="Number of answers; only 1 is supported.")
     user: str | None = Field(None, description="An end-user id (ignored).")
 
@@ -102,13 +111,15 @@ class ChatRequest(SamplingFields):
     response_format: ResponseFormat | None = Field(None, description="Constrain the answer to JSON.")
     tools: list[Tool] | None = Field(None, max_length=64, description="Functions the model may call.")
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
-        None, description="none, auto (default with tools), required, or a named function.")
+        None, description="none, auto (default with tools), required, or a named function."
+    )
     parallel_tool_calls: bool | None = Field(None, description="Accepted; at most one call is made per answer.")
 
 
 class CompletionRequest(SamplingFields):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
-        description="The text to continue (a list must hold exactly one string).")
+        description="The text to continue (a list must hold exactly one string)."
+    )
     echo: bool = Field(False, description="Return the prompt before the completion.")
 
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmops.errors import ModelNotFound
+from slmops.runtime.batched import BatchedDecoder
+from slmops.server.config import ServerConfig
 from slmops.server.errors import APIError
-from slmops.server.batched import BatchedDecoder
 from slmops.server.scheduler import Scheduler
 
 log = logging.getLogger("slmops.server")
@@ -43,24 +44,6 @@ class Loaded:
 
     def idle_for(self) -> float:
         return 0.0 if self.scheduler.busy else time.monotonic() - self.last_used
-
-
-@dataclass
-class ServerConfig:
-    """How the service runs models (the `slmops serve` flags)."""
-
-    parallel: int = 8
-    max_queue: int = 64
-    keep_alive: float = 600.0
-    max_memory: int | None = None
-    threads: int | None = None
-    api_key: str | None = None
-    max_body: int = 4 * 1024 * 1024
-    grace: float = 10.0
-    batching: bool = True
-    max_seq_len: int = 2048
-    kv_budget: int = 1 << 30  # bytes of batched KV cache per model; fewer tokens per row when larger
-    load_wait: float = 10.0  # seconds a request waits for its model to load before a 503
 
 
 class Registry:
@@ -154,8 +137,13 @@ class Registry:
             # shield: a request that gives up (or disconnects) never cancels the load others share
             return await asyncio.wait_for(asyncio.shield(task), None if math.isinf(limit) else limit)
         except asyncio.TimeoutError:
-            raise APIError(503, f"{name} is loading; retry in a few seconds.", "model", "model_loading",
-                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+            raise APIError(
+                503,
+                f"{name} is loading; retry in a few seconds.",
+                "model",
+                "model_loading",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
 
     def _finish_load(self, key: str, name: str, task: asyncio.Task) -> None:
         self.pending.pop(key, None)
@@ -204,8 +192,9 @@ class Registry:
         per_row = self.config.kv_budget // (self.config.parallel * BatchedDecoder.token_bytes(model))
         length = min(model.context_length, self.config.max_seq_len, per_row)
         if length < MIN_BATCHED_LENGTH:
-            log.warning("%s runs without batching: its KV cache is too large for %d rows", model.name,
-                        self.config.parallel)
+            log.warning(
+                "%s runs without batching: its KV cache is too large for %d rows", model.name, self.config.parallel
+            )
             return None
         try:
             return BatchedDecoder(model, self.config.parallel, length)
@@ -218,16 +207,21 @@ class Registry:
         if not budget:
             return
         if size > budget:
-            raise APIError(503, f"{name} needs {size >> 20} MB, more than --max-memory allows; raise it.",
-                           code="memory_budget")
+            raise APIError(
+                503, f"{name} needs {size >> 20} MB, more than --max-memory allows; raise it.", code="memory_budget"
+            )
         for entry in sorted(self.loaded.values(), key=lambda item: item.last_used):
             if sum(item.size_bytes for item in self.loaded.values()) + size <= budget:
                 return
             if not entry.scheduler.busy:
                 self.unload(entry.name)
         if sum(item.size_bytes for item in self.loaded.values()) + size > budget:
-            raise APIError(503, f"Not enough of --max-memory free for {name}: the loaded models are busy; retry later.",
-                           code="memory_budget", headers={"Retry-After": "5"})
+            raise APIError(
+                503,
+                f"Not enough of --max-memory free for {name}: the loaded models are busy; retry later.",
+                code="memory_budget",
+                headers={"Retry-After": "5"},
+            )
 
     # ---- unloading --------------------------------------------------------
 
@@ -241,8 +235,9 @@ class Registry:
         if entry is None:
             return False
         if entry.scheduler.busy and not force:
-            raise APIError(409, f"{entry.name} is answering requests; wait, or unload with force=true.",
-                           "name", "model_busy")
+            raise APIError(
+                409, f"{entry.name} is answering requests; wait, or unload with force=true.", "name", "model_busy"
+            )
         del self.loaded[name.casefold()]
         entry.scheduler.close(cancel=True)
         log.info("unloaded %s", entry.name)

@@ -10,17 +10,18 @@ import signal
 import socket
 import time
 
-from slmops import settings
+from slmops import client, settings
 from slmops.errors import ServiceError
-from slmops.server import client
-from slmops.server.registry import ServerConfig
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 5273
+from slmops.server.config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig
 
 
-def serve(models: list[str] = (), host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          config: ServerConfig | None = None, log_level: str = "info") -> None:
+def serve(
+    models: list[str] = (),
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    config: ServerConfig | None = None,
+    log_level: str = "info",
+) -> None:
     """Serve ``models`` (cached names or folders; others load on first request) until SIGTERM or Ctrl-C.
 
     Args:
@@ -44,8 +45,9 @@ def serve(models: list[str] = (), host: str = DEFAULT_HOST, port: int = DEFAULT_
     app = create_app(config, list(models))
     shown = f"[{host}]" if ":" in host else host
     app.state.base_url = f"http://{shown}:{actual}/v1"
-    uv = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=config.grace,
-                                       timeout_keep_alive=5))
+    uv = uvicorn.Server(
+        uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=config.grace, timeout_keep_alive=5)
+    )
     _write_state(host, actual)
     print(f"slmops serving on http://{shown}:{actual}/v1 (pid {os.getpid()})", flush=True)
     # uvicorn re-raises SIGTERM once it has shut down gracefully; with this handler

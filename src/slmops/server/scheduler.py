@@ -1,7 +1,7 @@
 """Many requests, one loaded model: the continuous-batching scheduler.
 
 One thread per loaded model owns every inference call. Requests become rows of a
-:class:`~slmops.server.batched.BatchedDecoder`, where one step advances them all;
+:class:`~slmops.runtime.batched.BatchedDecoder`, where one step advances them all;
 each round prefills the next piece of waiting prompts (first come, first served)
 and then runs one decode step, so a new request's first token waits for the
 prompts ahead of it, never for the running answers to finish. Requests with a
@@ -23,11 +23,11 @@ import asyncio
 import collections
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
+from slmops.runtime.batched import BatchedDecoder, Sequence
 from slmops.runtime.generate import Response
-from slmops.server.batched import BatchedDecoder, Sequence
 
 DONE = object()  # put on a job's queue after its last response
 
@@ -71,8 +71,9 @@ class Job:
 class Scheduler:
     """Runs jobs on one model, at most ``parallel`` at a time, ``max_queue`` more waiting."""
 
-    def __init__(self, name: str, parallel: int = 8, max_queue: int = 64, observer=None,
-                 decoder: BatchedDecoder | None = None) -> None:
+    def __init__(
+        self, name: str, parallel: int = 8, max_queue: int = 64, observer=None, decoder: BatchedDecoder | None = None
+    ) -> None:
         self.name = name
         self.decoder = decoder
         self.parallel = parallel

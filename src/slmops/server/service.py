@@ -2,7 +2,7 @@
 
 ``start`` runs `slmops serve` as a detached process logging to
 ``$SLMOPS_HOME/logs/service.log``; that process writes its pid and port to
-``$SLMOPS_HOME/service/service.json`` (see :mod:`slmops.server.client`), and
+``$SLMOPS_HOME/service/service.json`` (see :mod:`slmops.client`), and
 ``stop`` sends it SIGTERM, which finishes the answers in flight first.
 """
 
@@ -18,9 +18,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from slmops import settings
+from slmops import client, settings
 from slmops.errors import ServiceError
-from slmops.server import client
 
 ARGS_FILE = "args.json"
 START_TIMEOUT_S = 120.0
@@ -47,8 +46,14 @@ def status() -> Status:
     state = client.read_state()
     if state is None:
         return Status(False, log=str(log_path()))
-    return Status(True, client.base_url(state) + "/v1", state["pid"], time.time() - state.get("started", time.time()),
-                  client.loaded_models(), str(log_path()))
+    return Status(
+        True,
+        client.base_url(state) + "/v1",
+        state["pid"],
+        time.time() - state.get("started", time.time()),
+        client.loaded_models(),
+        str(log_path()),
+    )
 
 
 def start(serve_args: list[str] | None = None, timeout: float = START_TIMEOUT_S) -> tuple[Status, bool]:
@@ -66,8 +71,13 @@ def start(serve_args: list[str] | None = None, timeout: float = START_TIMEOUT_S)
     args = _remember(serve_args)
     settings.logs_dir().mkdir(parents=True, exist_ok=True)
     with open(log_path(), "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "slmops", "serve", *args], stdin=subprocess.DEVNULL,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "slmops", "serve", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

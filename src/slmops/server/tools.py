@@ -15,7 +15,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from slmops.cache.messages import content_text
+from slmops.modelfolder.messages import content_text
 from slmops.server.errors import APIError
 from slmops.server.protocol import ChatRequest, NamedToolChoice, ResponseFormat, Tool, ToolCall
 
@@ -45,9 +45,15 @@ class ToolMode:
         if self.forced:
             # The name is known: the model writes only the arguments, which stream as they come.
             return grammar(self._function(self.forced).parameters)
-        calls = [{"type": "object", "properties": {"name": {"const": tool.function.name},
-                                                   "arguments": tool.function.parameters},
-                  "required": ["name", "arguments"], "additionalProperties": False} for tool in self.tools]
+        calls = [
+            {
+                "type": "object",
+                "properties": {"name": {"const": tool.function.name}, "arguments": tool.function.parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+            for tool in self.tools
+        ]
         if self.choice == "auto":
             return "lark_grammar", text_or(grammar({"anyOf": calls})[1])
         return grammar({"anyOf": calls})
@@ -116,11 +122,21 @@ class AnswerStream:
                 return []
             self.called, self.sent = True, self.head.end()
             call = _call(self.head.group(1), "")
-            deltas.append({"tool_calls": [{"index": 0, "id": call.id, "type": "function",
-                                           "function": {"name": call.function.name, "arguments": ""}}]})
+            deltas.append(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": call.id,
+                            "type": "function",
+                            "function": {"name": call.function.name, "arguments": ""},
+                        }
+                    ]
+                }
+            )
         end = len(self.text) - 1  # the last character may be the call's closing brace
         if end > self.sent:
-            deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": self.text[self.sent:end]}}]})
+            deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": self.text[self.sent : end]}}]})
             self.sent = end
         return deltas
 
@@ -129,18 +145,28 @@ class AnswerStream:
         if self.kind != "call":
             return []
         if self.head is not None:
-            arguments = self.text[self.head.end():].rstrip()
+            arguments = self.text[self.head.end() :].rstrip()
             if arguments.endswith("}") and _parses(arguments[:-1]):
                 arguments = arguments[:-1]  # the call's own closing brace
-            rest = arguments[self.sent - self.head.end():]
+            rest = arguments[self.sent - self.head.end() :]
             return [{"tool_calls": [{"index": 0, "function": {"arguments": rest}}]}] if rest else []
         calls = self.mode.calls(self.text)
         if not calls:
             return [{"content": self.text}]
         self.called = True
-        return [{"tool_calls": [{"index": index, "id": call.id, "type": "function",
-                                 "function": {"name": call.function.name, "arguments": call.function.arguments}}]}
-                for index, call in enumerate(calls)]
+        return [
+            {
+                "tool_calls": [
+                    {
+                        "index": index,
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.function.name, "arguments": call.function.arguments},
+                    }
+                ]
+            }
+            for index, call in enumerate(calls)
+        ]
 
 
 def _parses(text: str) -> bool:
@@ -156,8 +182,9 @@ def mode_for(request: ChatRequest) -> ToolMode | None:
     choice = request.tool_choice
     if not request.tools:
         if choice not in (None, "none", "auto"):
-            raise APIError(400, "tool_choice needs tools; give tools or drop tool_choice.", "tool_choice",
-                           "invalid_parameter")
+            raise APIError(
+                400, "tool_choice needs tools; give tools or drop tool_choice.", "tool_choice", "invalid_parameter"
+            )
         return None
     if choice == "none":
         return None
@@ -187,8 +214,12 @@ def response_guidance(response_format: ResponseFormat | None) -> tuple[str, str]
     if response_format.type == "json_object":
         return grammar({"type": "object"})
     if response_format.json_schema is None or not response_format.json_schema.schema_:
-        raise APIError(400, "response_format json_schema needs json_schema.schema.", "response_format.json_schema",
-                       "invalid_parameter")
+        raise APIError(
+            400,
+            "response_format json_schema needs json_schema.schema.",
+            "response_format.json_schema",
+            "invalid_parameter",
+        )
     return grammar(response_format.json_schema.schema_)
 
 
@@ -208,9 +239,11 @@ def text_or(schema: str) -> str:
     The plain answer cannot open with ``{``, so whatever starts like a call is one,
     and is complete and valid by the time the grammar lets the answer end.
     """
-    return (f"start: call | text\ncall: BLANK? %json {schema}\n"
-            "text: /[ \\t\\r\\n]*[^{ \\t\\r\\n][\\s\\S]*/\n"
-            "BLANK: /[ \\t\\r\\n]+/\n")
+    return (
+        f"start: call | text\ncall: BLANK? %json {schema}\n"
+        "text: /[ \\t\\r\\n]*[^{ \\t\\r\\n][\\s\\S]*/\n"
+        "BLANK: /[ \\t\\r\\n]+/\n"
+    )
 
 
 def call_text(name: str, arguments: str) -> str:

@@ -15,8 +15,11 @@ import numpy as np
 
 from slmops.errors import UsageError
 
-COMPILERS = {"json_schema": "grammar_from_json_schema", "lark_grammar": "grammar_from_lark",
-             "regex": "grammar_from_regex"}
+COMPILERS = {
+    "json_schema": "grammar_from_json_schema",
+    "lark_grammar": "grammar_from_lark",
+    "regex": "grammar_from_regex",
+}
 
 
 class GrammarError(UsageError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slmops.cache.inference_model import PLACEHOLDER, Template
+from slmops.modelfolder.inference_model import PLACEHOLDER, Template
 
 _MARK = {"system": "SLMOPSSYSTEMMARK", "user": "SLMOPSUSERMARK", "assistant": "SLMOPSASSISTANTMARK"}
 
@@ -67,9 +67,17 @@ def derive(chat_template: str, bos_token: str = "", eos_token: str = "") -> Temp
     after_user, after_assistant, without_prompt = (text[: len(text) - len(tail)] for text in closed)
     with_prompt = render(last, True)
     start = (system_text or "")[: len(system_text or "") - len(tail)] if system_text else ""
-    if not (after_user.startswith(start) and after_assistant.startswith(after_user) and with_prompt.startswith(without_prompt)):
+    if not (
+        after_user.startswith(start)
+        and after_assistant.startswith(after_user)
+        and with_prompt.startswith(without_prompt)
+    ):
         raise TemplateError("the chat template does not render turns one after another")
-    pieces = {"system": start or None, "user": after_user[len(start) :], "assistant": after_assistant[len(after_user) :]}
+    pieces = {
+        "system": start or None,
+        "user": after_user[len(start) :],
+        "assistant": after_assistant[len(after_user) :],
+    }
     # Only a BOS the template writes itself is dropped; some vocabularies reuse a turn marker as BOS.
     template = _assemble(pieces, with_prompt[len(without_prompt) :], bos_token if "bos_token" in chat_template else "")
     _check_round_trip(template, with_prompt, last, bos_token if "bos_token" in chat_template else "")

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from slmops.cache.messages import ROLES, normalize
 from slmops.errors import CacheError
+from slmops.modelfolder.messages import ROLES, normalize
 
 FILENAME = "inference_model.json"
 PLACEHOLDER = "{Content}"
@@ -52,7 +53,7 @@ class Template(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _placeholders(self) -> "Template":
+    def _placeholders(self) -> Template:
         for role in ("system", "user", "assistant", "prompt"):
             text = getattr(self, role)
             if text is not None and PLACEHOLDER not in text:
@@ -98,7 +99,7 @@ class Template(BaseModel):
         prompt_tail = self.prompt.split(PLACEHOLDER, 1)[1]
         if not prompt_tail.startswith(user_tail):
             return ""
-        between = prompt_tail[len(user_tail):]
+        between = prompt_tail[len(user_tail) :]
         header = self.assistant_header()
         for candidate in (header, header.rstrip()):
             if candidate and between.endswith(candidate):
@@ -143,7 +144,7 @@ class InferenceModel(BaseModel):
     ModelConfig: Defaults | None = Field(None, description="Default generation options.")
 
     @classmethod
-    def read(cls, folder: Path) -> "InferenceModel":
+    def read(cls, folder: Path) -> InferenceModel:
         path = Path(folder) / FILENAME
         try:
             return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
@@ -212,7 +213,7 @@ def _fill(template: str, text: str) -> str:
 
 
 def _turns(messages: Iterable[Any]) -> list[tuple[str, str]]:
-    """(template role, text) of each message, by the one rule of :mod:`slmops.cache.messages`."""
+    """(template role, text) of each message, by the one rule of :mod:`slmops.modelfolder.messages`."""
     return [(ROLES[message["role"]], message["content"]) for message in normalize(messages, allow_empty=True)]
 
 

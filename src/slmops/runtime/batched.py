@@ -15,7 +15,7 @@ the running answers keep getting a token after every chunk. Short prompts are
 prefilled together; a long one in chunks appended to its row.
 
 A sequence with a grammar (JSON, tools) carries an llguidance matcher
-(:mod:`slmops.server.guided`): its logits are masked before sampling, and it
+(:mod:`slmops.runtime.guided`): its logits are masked before sampling, and it
 ends when the grammar is complete.
 """
 
@@ -83,8 +83,9 @@ class BatchedDecoder:
         options.intra_op_num_threads = model.threads
         # Without the arena, buffers of a large prefill go back to the system after it.
         options.enable_cpu_mem_arena = False
-        self.session = ort.InferenceSession(str(Path(model.path) / decoder["filename"]), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(Path(model.path) / decoder["filename"]), options, providers=["CPUExecutionProvider"]
+        )
         self.layers, self.names = decoder["num_hidden_layers"], _names(decoder)
         inputs = {item.name: item for item in self.session.get_inputs()}
         kv_type = KV_TYPES[inputs[self.names["past"][0]].type]
@@ -126,7 +127,7 @@ class BatchedDecoder:
 
     @property
     def grammars(self):
-        """The model's :class:`~slmops.server.guided.Grammars`, or None when its tokenizer cannot guide."""
+        """The model's :class:`~slmops.runtime.guided.Grammars`, or None when its tokenizer cannot guide."""
         return self._grammars.result()
 
     @property
@@ -208,8 +209,10 @@ class BatchedDecoder:
             ids[offset, : len(sequence.prompt)] = sequence.prompt
             mask[offset, : len(sequence.prompt)] = 1
         logits = self._run_prompt(ids, mask, first, group)
-        rows = [self._mask(sequence, logits[offset, len(sequence.prompt) - 1], sequence.row)
-                for offset, sequence in enumerate(group)]
+        rows = [
+            self._mask(sequence, logits[offset, len(sequence.prompt) - 1], sequence.row)
+            for offset, sequence in enumerate(group)
+        ]
         self.running.extend(group)
         return [(sequence, self._emit(sequence, row)) for sequence, row in zip(group, rows)]
 
@@ -219,7 +222,7 @@ class BatchedDecoder:
         if not sequence.filled:
             sequence.row = len(self.running)
         end = min(len(sequence.prompt), sequence.filled + PREFILL_CHUNK)
-        ids = np.array([sequence.prompt[sequence.filled:end]], np.int64)
+        ids = np.array([sequence.prompt[sequence.filled : end]], np.int64)
         last = end == len(sequence.prompt)
         logits = self._run_prompt(ids, np.ones((1, end), np.int64), sequence.row, [sequence] if last else [])
         sequence.filled = end
@@ -255,8 +258,10 @@ class BatchedDecoder:
         self._run(io, self.running)
         self.steps += 1
         # Rows move as sequences finish: pair each with its logits and mask by its row at this step.
-        rows = [self._mask(sequence, logits, index)
-                for index, (sequence, logits) in enumerate(zip(self.running, self.logits[:count, 0]))]
+        rows = [
+            self._mask(sequence, logits, index)
+            for index, (sequence, logits) in enumerate(zip(self.running, self.logits[:count, 0]))
+        ]
         return [(sequence, self._emit(sequence, row)) for sequence, row in zip(list(self.running), rows)]
 
     def _run(self, io, sequences: list[Sequence]) -> None:
@@ -287,8 +292,16 @@ class BatchedDecoder:
         if finish:
             self.remove(sequence)
         rate = (count - 1) / (now - sequence.first) if count > 1 and now > sequence.first else 0.0
-        return Response(text, token, len(sequence.prompt), count, sequence.first - sequence.start, rate,
-                        now - sequence.start, finish)
+        return Response(
+            text,
+            token,
+            len(sequence.prompt),
+            count,
+            sequence.first - sequence.start,
+            rate,
+            now - sequence.start,
+            finish,
+        )
 
     def _finish(self, sequence: Sequence, token: int) -> tuple[str | None, str]:
         if token in self.model.stop_token_ids:  # a grammar's mask lets it through only once complete
@@ -319,7 +332,7 @@ class BatchedDecoder:
     def _bind_cache(self, io, first: int, count: int) -> None:
         names = zip(self.names["past"], self.names["present"])
         for buffer, (past, present) in zip(self.cache, names):
-            view = buffer[first:first + count]
+            view = buffer[first : first + count]
             # The same memory as input and output: attention appends in place, nothing is copied.
             io.bind_input(past, "cpu", 0, view.dtype, list(view.shape), view.ctypes.data)
             io.bind_output(present, "cpu", 0, view.dtype, list(view.shape), view.ctypes.data)
@@ -327,7 +340,7 @@ class BatchedDecoder:
 
 def _grammars(model):
     """Grammars for ``model``, or None: its guided requests then run on onnxruntime-genai's guidance."""
-    from slmops.server.guided import Grammars
+    from slmops.runtime.guided import Grammars
 
     try:
         return Grammars(model)
@@ -340,10 +353,16 @@ def _names(decoder: dict) -> dict:
     inputs, outputs = decoder["inputs"], decoder["outputs"]
     layers = range(decoder["num_hidden_layers"])
     past = [name % layer for layer in layers for name in (inputs["past_key_names"], inputs["past_value_names"])]
-    present = [name % layer for layer in layers
-               for name in (outputs["present_key_names"], outputs["present_value_names"])]
-    return {"input_ids": inputs["input_ids"], "mask": inputs["attention_mask"], "logits": outputs["logits"],
-            "past": past, "present": present}
+    present = [
+        name % layer for layer in layers for name in (outputs["present_key_names"], outputs["present_value_names"])
+    ]
+    return {
+        "input_ids": inputs["input_ids"],
+        "mask": inputs["attention_mask"],
+        "logits": outputs["logits"],
+        "past": past,
+        "present": present,
+    }
 
 
 def _sample(logits: np.ndarray, sequence: Sequence) -> int:
@@ -358,7 +377,7 @@ def _sample(logits: np.ndarray, sequence: Sequence) -> int:
         return int(np.argmax(logits))
     scaled = logits.astype(np.float64) / options.temperature
     if 0 < options.top_k < len(scaled):
-        top = np.argpartition(scaled, -options.top_k)[-options.top_k:]
+        top = np.argpartition(scaled, -options.top_k)[-options.top_k :]
         keep = top[np.argsort(scaled[top])[::-1]]
     else:
         keep = np.argsort(scaled)[::-1]

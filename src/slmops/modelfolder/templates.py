@@ -8,11 +8,11 @@ then uses the tokenizer's own chat template.
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
-from slmops.cache.inference_model import Defaults, Template
+from slmops.modelfolder import prompt_template
+from slmops.modelfolder.inference_model import Defaults, Template
 
 # The generation prompt ends with the newline the models were trained on, so the
 # answer starts with its first word rather than with a newline.
@@ -83,15 +83,14 @@ def default_config(context_length: int | None) -> Defaults:
 
 
 def _from_converter(folder: Path) -> Template | None:
-    # The converter derives a template from any Jinja chat template; it needs jinja2,
-    # which only the convert extra installs, so it is optional here.
+    # Deriving renders the Jinja chat template; jinja2 comes only with the convert extra,
+    # so without it (or for a template that cannot be split) the built-in guess runs.
     try:
-        module = importlib.import_module("slmops.convert.prompt_template")
-        chat_template = module.chat_template_of(folder)
+        chat_template = prompt_template.chat_template_of(folder)
         if not chat_template:
             return None
-        return module.derive(chat_template, **module.special_tokens_of(folder))
-    except Exception:  # ImportError, or a template it cannot split: the built-in guess runs
+        return prompt_template.derive(chat_template, **prompt_template.special_tokens_of(folder))
+    except Exception:
         return None
 
 

@@ -9,13 +9,21 @@ request is never answered as if part of it had been read.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from slmops.errors import UsageError
 
 # Each role a chat may hold, and the PromptTemplate turn that renders it.
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
-         "tool": "tool", "function": "tool", "ipython": "tool"}
+ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+    "function": "tool",
+    "ipython": "tool",
+}
 
 
 def normalize(messages: Iterable[Any], allow_empty: bool = False) -> list[dict]:
@@ -31,8 +39,10 @@ def normalize(messages: Iterable[Any], allow_empty: bool = False) -> list[dict]:
     """
     if isinstance(messages, (str, bytes)):
         raise UsageError("messages must be a list of {'role': ..., 'content': ...}; use generate() for plain text.")
-    result = [{"role": _role(message, index), "content": content_text(_get(message, "content"), index)}
-              for index, message in enumerate(messages)]
+    result = [
+        {"role": _role(message, index), "content": content_text(_get(message, "content"), index)}
+        for index, message in enumerate(messages)
+    ]
     if not result and not allow_empty:
         raise UsageError("messages is empty; give at least one user message.")
     return result
@@ -46,8 +56,9 @@ def content_text(content: Any, index: int = 0) -> str:
         return content
     if isinstance(content, list):
         return "".join(_part_text(part, index) for part in content)
-    raise UsageError(f"messages[{index}] content must be text (a string or a list of text parts), "
-                     f"got {type(content).__name__}.")
+    raise UsageError(
+        f"messages[{index}] content must be text (a string or a list of text parts), got {type(content).__name__}."
+    )
 
 
 def _part_text(part: Any, index: int) -> str:

@@ -64,7 +64,7 @@ def _read_node(buf, span: tuple[int, int], info: OnnxInfo) -> None:
     op_type, bits = "", None
     for number, wire, value in _fields(buf, *span):
         if number == 4 and wire == 2:  # NodeProto.op_type
-            op_type = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace")
+            op_type = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace")
         elif number == 5 and wire == 2:  # NodeProto.attribute
             name, integer = _read_attribute(buf, value)
             if name == "bits":
@@ -78,7 +78,7 @@ def _read_attribute(buf, span: tuple[int, int]) -> tuple[str, int | None]:
     name, integer = "", None
     for number, wire, value in _fields(buf, *span):
         if number == 1 and wire == 2:
-            name = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace")
+            name = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace")
         elif number == 3 and wire == 0:
             integer = value
     return name, integer
@@ -108,7 +108,7 @@ def _string_pairs(buf, span: tuple[int, int]):
     key = value = ""
     for number, wire, item in _fields(buf, *span):
         if wire == 2 and number in (1, 2):
-            text = bytes(buf[item[0]:item[1]]).decode("utf-8", "replace")
+            text = bytes(buf[item[0] : item[1]]).decode("utf-8", "replace")
             key, value = (text, value) if number == 1 else (key, text)
     yield key, value
 

@@ -21,7 +21,7 @@ import click
 from slmops import settings
 from slmops.errors import SlmopsError, UsageError
 
-# The INT4 variant (see slmops.evaluate.variants) closest to FP32 among those onnxruntime's
+# The INT4 variant (see slmops.convert.variants) closest to FP32 among those onnxruntime's
 # CPU kernels run fast, measured by `slmops sweep` on SmolLM2-135M-Instruct (docs/quality.md):
 # the builder's k_quant_mixed (sensitive layers and lm_head in int8), blocks of 16: ΔPPL +7.1%,
 # mean KLD 0.158, ~70 tokens/s idle on 2 cores. HQQ on the FP32 graph is closer still on this
@@ -95,14 +95,40 @@ def deploy(
     _refuse_existing(name, force)
     work = _work_folder()
     try:
-        return _deploy_in(work, source, name, precision, quantization, windows, max_ppl_increase,
-                          suite, min_pass, soak, skip_eval, force, echo)
+        return _deploy_in(
+            work,
+            source,
+            name,
+            precision,
+            quantization,
+            windows,
+            max_ppl_increase,
+            suite,
+            min_pass,
+            soak,
+            skip_eval,
+            force,
+            echo,
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _deploy_in(work, source, name, precision, quantization, windows, max_ppl_increase, suite, min_pass, soak,
-               skip_eval, force, echo) -> DeployResult:
+def _deploy_in(
+    work,
+    source,
+    name,
+    precision,
+    quantization,
+    windows,
+    max_ppl_increase,
+    suite,
+    min_pass,
+    soak,
+    skip_eval,
+    force,
+    echo,
+) -> DeployResult:
     if precision == "auto":
         precision, quantization = _auto_precision(work, source, windows, suite, max_ppl_increase, min_pass, echo)
     variant = _variant(precision, quantization)
@@ -129,7 +155,7 @@ def _deploy_in(work, source, name, precision, quantization, windows, max_ppl_inc
 
 def _variant(precision: str, quantization: dict | str | None):
     """What to build: a named sweep variant, or a precision with QuantizationOptions fields."""
-    from slmops.evaluate.variants import INT4_VARIANTS, Variant
+    from slmops.convert.variants import INT4_VARIANTS, Variant
 
     if precision == "int4" and (quantization is None or isinstance(quantization, str)):
         name = quantization or BEST_INT4
@@ -150,7 +176,7 @@ def _convert(source, folder: Path, precision: str, name: str, quantization: dict
 
 
 def build(variant, source, folder: Path, fp32_folder: Path) -> None:
-    from slmops.evaluate.variants import build as build_variant
+    from slmops.convert.variants import build as build_variant
 
     build_variant(variant, source, folder, fp32_folder, name=folder.name)
 
@@ -165,19 +191,23 @@ def _evaluate(result: DeployResult, work: Path, source, model_dir: Path, windows
     shutil.rmtree(reference, ignore_errors=True)
     result.quality = quality.to_json()
     figures = quality.figures
-    summary = (f"PPL {figures.ppl:.2f} vs {figures.ref_ppl:.2f} (ΔPPL {figures.delta_ppl_pct:+.1f}%), "
-               f"KLD {figures.kld_mean:.3f}, same top token {figures.same_top_pct:.1f}%")
+    summary = (
+        f"PPL {figures.ppl:.2f} vs {figures.ref_ppl:.2f} (ΔPPL {figures.delta_ppl_pct:+.1f}%), "
+        f"KLD {figures.kld_mean:.3f}, same top token {figures.same_top_pct:.1f}%"
+    )
     if max_ppl_increase is not None and figures.delta_ppl_pct > max_ppl_increase:
-        raise DeployFailed(f"{summary}: ΔPPL is above the {max_ppl_increase:g}% limit; try --precision int8 "
-                           "or --max-ppl-increase.")
+        raise DeployFailed(
+            f"{summary}: ΔPPL is above the {max_ppl_increase:g}% limit; try --precision int8 or --max-ppl-increase."
+        )
     return summary
 
 
 def _validate(result: DeployResult, model_dir: Path, suite, min_pass: float, soak: int) -> str:
     from slmops.evaluate.validate import validate
 
-    report = validate(model_dir, suite=suite, min_pass=min_pass, soak=soak, lengths=DEPLOY_LENGTHS,
-                      advisory_suite=suite is None)
+    report = validate(
+        model_dir, suite=suite, min_pass=min_pass, soak=soak, lengths=DEPLOY_LENGTHS, advisory_suite=suite is None
+    )
     result.validation = report.to_json()
     summary = ", ".join(f"{check.item} {check.status}" for check in report.checks)
     if not report.passed:
@@ -187,13 +217,22 @@ def _validate(result: DeployResult, model_dir: Path, suite, min_pass: float, soa
 
 
 def _auto_precision(work, source, windows, suite, max_ppl_increase, min_pass, echo) -> tuple[str, dict | None]:
+    from slmops.convert.variants import DEFAULT_INT4_SET, INT4_VARIANTS
     from slmops.evaluate.sweep import sweep
-    from slmops.evaluate.variants import DEFAULT_INT4_SET, INT4_VARIANTS
 
     echo("Sweeping precisions to pick one (this converts the model several times)...")
-    found = sweep(source, work / "sweep", precisions=["int4", "int8", "fp16", "fp32"],
-                  int4_variants=DEFAULT_INT4_SET, windows=windows, suite=suite,
-                  max_ppl_increase=max_ppl_increase or 5.0, min_pass=min_pass, keep_models=False, echo=echo)
+    found = sweep(
+        source,
+        work / "sweep",
+        precisions=["int4", "int8", "fp16", "fp32"],
+        int4_variants=DEFAULT_INT4_SET,
+        windows=windows,
+        suite=suite,
+        max_ppl_increase=max_ppl_increase or 5.0,
+        min_pass=min_pass,
+        keep_models=False,
+        echo=echo,
+    )
     echo(found.pick_reason)
     if found.pick is None:
         raise DeployFailed(found.pick_reason)
@@ -218,34 +257,51 @@ class _step:
         self.record["seconds"] = round(time.perf_counter() - self.started, 1)
         if error is None:
             self.record["status"] = "done"
-            self.echo(f"    done in {self.record['seconds']:.0f} s" + (f": {self.record['summary']}" if "summary" in self.record else ""))
+            self.echo(
+                f"    done in {self.record['seconds']:.0f} s"
+                + (f": {self.record['summary']}" if "summary" in self.record else "")
+            )
             return False
         self.record.update(status="failed", error=str(error))
         if isinstance(error, (KeyboardInterrupt, SystemExit)) or not isinstance(error, Exception):
             return False
         path = _save_failure(self.result)
-        message = f"Deploy of {self.result.name} stopped at '{self.title}': {error} Report: {path}. The cache is unchanged."
+        message = (
+            f"Deploy of {self.result.name} stopped at '{self.title}': {error} Report: {path}. The cache is unchanged."
+        )
         raise DeployFailed(message) from error
 
 
-def _settings(quantization: dict | None) -> str:
+def settings_text(quantization: dict | None) -> str:
     return f" ({', '.join(f'{k}={v}' for k, v in quantization.items())})" if quantization else ""
 
 
 def _write_report(result: DeployResult, folder: Path) -> None:
     """The report travels inside the model folder, so the cache entry carries its evidence."""
-    (folder / "deploy-report.json").write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n", encoding="utf-8")
+    (folder / "deploy-report.json").write_text(
+        json.dumps(result.to_json(), indent=2, default=str) + "\n", encoding="utf-8"
+    )
     (folder / "deploy-report.md").write_text(report_markdown(result), encoding="utf-8")
 
 
 def report_markdown(result: DeployResult) -> str:
-    lines = [f"# Deploy of {result.name}", "", f"{result.variant}{_settings(result.quantization)}", "",
-             "| step | status | seconds | result |", "|---|---|---|---|"]
-    lines += [f"| {s['step']} | {s['status']} | {s.get('seconds', '-')} | {s.get('summary', s.get('error', ''))} |"
-              for s in result.steps]
+    lines = [
+        f"# Deploy of {result.name}",
+        "",
+        f"{result.variant}{settings_text(result.quantization)}",
+        "",
+        "| step | status | seconds | result |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s['step']} | {s['status']} | {s.get('seconds', '-')} | {s.get('summary', s.get('error', ''))} |"
+        for s in result.steps
+    ]
     if result.validation:
         lines += ["", "| # | check | result | evidence |", "|---|---|---|---|"]
-        lines += [f"| {c['item']} | {c['name']} | {c['status']} | {c['summary']} |" for c in result.validation["checks"]]
+        lines += [
+            f"| {c['item']} | {c['name']} | {c['status']} | {c['summary']} |" for c in result.validation["checks"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -266,8 +322,10 @@ def _refuse_existing(name: str, force: bool) -> None:
     except ModelNotFound:
         return
     if not force:
-        raise UsageError(f"A model named {existing.name!r} is already in the cache ({existing.path}); "
-                         "pass --force to replace it, or pick another --name.")
+        raise UsageError(
+            f"A model named {existing.name!r} is already in the cache ({existing.path}); "
+            "pass --force to replace it, or pick another --name."
+        )
 
 
 def _work_folder() -> Path:
@@ -281,66 +339,3 @@ def _work_folder() -> Path:
         if pid.isdigit() and not psutil.pid_exists(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"deploy-{os.getpid()}-", dir=root))
-
-
-def usage_lines(name: str) -> list[str]:
-    try:
-        from slmops.server.run import DEFAULT_PORT
-    except ImportError:
-        DEFAULT_PORT = 5273
-    body = json.dumps({"model": name, "messages": [{"role": "user", "content": "Hello!"}]})
-    return [
-        f"Chat:   slmops model run {name}",
-        f"Once:   slmops model run {name} --prompt \"Hello!\"",
-        f"Serve:  slmops serve {name}",
-        f"Call:   curl http://127.0.0.1:{DEFAULT_PORT}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'",
-    ]
-
-
-@click.command("deploy")
-@click.argument("source", required=False, type=click.Path(exists=True, path_type=Path))
-@click.option("--name", required=True, help="The model's name in the cache.")
-@click.option("--precision", type=click.Choice(["int4", "int8", "fp16", "bf16", "fp32", "auto"]), default="int4",
-              show_default=True, help="auto runs `slmops sweep` and takes its pick (slow: several conversions).")
-@click.option("--quantization", "quantization_spec", default="best", show_default=True,
-              help="INT4/INT8 settings: 'best' (the best INT4 measured), 'builder' (the builder's defaults), an INT4 variant "
-                   "of `slmops sweep --list-variants`, or KEY=VALUE,... QuantizationOptions fields, e.g. 'algo=rtn,block_size=16'.")
-@click.option("--windows", type=click.IntRange(1), default=DEPLOY_WINDOWS, show_default=True, help="Eval windows of 512 tokens.")
-@click.option("--max-ppl-increase", type=float, default=DEFAULT_MAX_PPL_INCREASE, show_default=True, help="Fail above this ΔPPL vs FP32 (percent).")
-@click.option("--suite", type=click.Path(exists=True, dir_okay=False), help="Domain suite for validation (default: the shipped example).")
-@click.option("--min-pass", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="Suite pass rate needed.")
-@click.option("--soak", type=click.IntRange(10), default=DEPLOY_SOAK, show_default=True, help="Generations for the memory check.")
-@click.option("--skip-eval", is_flag=True, help="Do not compare with the FP32 export (saves one conversion).")
-@click.option("--force", is_flag=True, help="Replace a cached model of the same name.")
-def deploy_command(source, name, precision, quantization_spec, windows, max_ppl_increase, suite, min_pass, soak, skip_eval, force):
-    """Convert SOURCE (default: the embedded SmolLM2), evaluate, validate and register it as NAME."""
-    started = time.perf_counter()
-    result = deploy(source, name=name, precision=precision, quantization=parse_quantization(quantization_spec, precision),
-                    windows=windows, max_ppl_increase=max_ppl_increase, suite=suite, min_pass=min_pass, soak=soak,
-                    skip_eval=skip_eval, force=force)
-    click.echo(f"Deployed {name} ({result.variant}{_settings(result.quantization)}) in {time.perf_counter() - started:.0f} s "
-               f"to {result.cached_path}.")
-    for line in usage_lines(name):
-        click.echo(line)
-
-
-def parse_quantization(spec: str, precision: str) -> dict | str | None:
-    if spec == "best":
-        return BEST_INT4 if precision == "int4" else None
-    if spec == "builder":
-        return {}
-    if "=" not in spec and spec.startswith("int4"):
-        return spec
-    settings_ = {}
-    for pair in spec.split(","):
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise UsageError(f"--quantization {spec!r}: write KEY=VALUE pairs separated by commas, or 'best' / 'builder'.")
-        settings_[key.strip()] = _value(value.strip())
-    return settings_
-
-
-def _value(text: str):
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    return int(text) if text.isdigit() else text

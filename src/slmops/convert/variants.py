@@ -34,8 +34,9 @@ class Variant:
         return QuantizationOptions(**self.quantization) if self.quantization else None
 
     def describe(self) -> str:
-        settings = ", ".join(f"{key}={','.join(value) if isinstance(value, list) else value}"
-                             for key, value in self.quantization.items())
+        settings = ", ".join(
+            f"{key}={','.join(value) if isinstance(value, list) else value}" for key, value in self.quantization.items()
+        )
         if self.post_build:
             settings = f"onnxruntime {self.quantization['algo'].upper()} on the FP32 graph, {settings}"
         return f"{self.precision}" + (f" ({settings})" if settings else " (builder defaults)")
@@ -48,14 +49,22 @@ INT4_VARIANTS = {
         Variant("int4-block16", "int4", {"block_size": 16}),
         Variant("int4-k_quant_mixed", "int4", {"algo": "k_quant_mixed"}),
         Variant("int4-k_quant_mixed-b16", "int4", {"algo": "k_quant_mixed", "block_size": 16}),
-        Variant("int4-rtn-mixed-b16", "int4", {"algo": "rtn", "block_size": 16,
-                                               "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"}),
-        Variant("int4-k_quant_mixed-b16-acc1", "int4", {"algo": "k_quant_mixed", "block_size": 16, "accuracy_level": 1}),
+        Variant(
+            "int4-rtn-mixed-b16",
+            "int4",
+            {"algo": "rtn", "block_size": 16, "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"},
+        ),
+        Variant(
+            "int4-k_quant_mixed-b16-acc1", "int4", {"algo": "k_quant_mixed", "block_size": 16, "accuracy_level": 1}
+        ),
         Variant("int4-hqq-b32", "int4", {"algo": "hqq", "block_size": 32}),
         # With tied embeddings the FP32 graph's lm_head reads the embedding's weights: kept, it costs no bytes.
         Variant("int4-hqq-b32-lm_head-fp32", "int4", {"algo": "hqq", "block_size": 32, "nodes_to_exclude": [LM_HEAD]}),
-        Variant("int4-gptq-b32-lm_head-fp32", "int4", {"algo": "gptq", "block_size": 32, "is_symmetric": False,
-                                                       "nodes_to_exclude": [LM_HEAD]}),
+        Variant(
+            "int4-gptq-b32-lm_head-fp32",
+            "int4",
+            {"algo": "gptq", "block_size": 32, "is_symmetric": False, "nodes_to_exclude": [LM_HEAD]},
+        ),
     )
 }
 # GPTQ runs the whole FP32 graph once per distinct MatMul input and calibration window
@@ -76,13 +85,22 @@ def parse_variants(spec: str) -> tuple[str, ...]:
     return names
 
 
-def build(variant: Variant, source: Path | None, output: Path, fp32_folder: Path | None = None, name: str | None = None) -> Path:
+def build(
+    variant: Variant, source: Path | None, output: Path, fp32_folder: Path | None = None, name: str | None = None
+) -> Path:
     """Convert ``source`` as ``variant`` into ``output``; HQQ and GPTQ start from ``fp32_folder`` when given."""
     from slmops.convert import convert
     from slmops.convert.weight_only import quantize_export
 
     if variant.post_build and fp32_folder is not None:
         return quantize_export(fp32_folder, output, variant.options(), name)
-    convert(source, output, precision=variant.precision, name=name or output.name, quantization=variant.options(),
-            force=True, log_level=0)
+    convert(
+        source,
+        output,
+        precision=variant.precision,
+        name=name or output.name,
+        quantization=variant.options(),
+        force=True,
+        log_level=0,
+    )
     return output

@@ -1,0 +1,119 @@
+"""The `slmops deploy` command: parses its flags and runs :func:`slmops.deploy.pipeline.deploy`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from slmops.deploy.pipeline import (
+    BEST_INT4,
+    DEFAULT_MAX_PPL_INCREASE,
+    DEPLOY_SOAK,
+    DEPLOY_WINDOWS,
+    deploy,
+    settings_text,
+)
+from slmops.errors import UsageError
+from slmops.server.config import DEFAULT_PORT
+
+
+def usage_lines(name: str) -> list[str]:
+    body = json.dumps({"model": name, "messages": [{"role": "user", "content": "Hello!"}]})
+    return [
+        f"Chat:   slmops model run {name}",
+        f'Once:   slmops model run {name} --prompt "Hello!"',
+        f"Serve:  slmops serve {name}",
+        f"Call:   curl http://127.0.0.1:{DEFAULT_PORT}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'",
+    ]
+
+
+@click.command("deploy")
+@click.argument("source", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--name", required=True, help="The model's name in the cache.")
+@click.option(
+    "--precision",
+    type=click.Choice(["int4", "int8", "fp16", "bf16", "fp32", "auto"]),
+    default="int4",
+    show_default=True,
+    help="auto runs `slmops sweep` and takes its pick (slow: several conversions).",
+)
+@click.option(
+    "--quantization",
+    "quantization_spec",
+    default="best",
+    show_default=True,
+    help="INT4/INT8 settings: 'best' (the best INT4 measured), 'builder' (the builder's defaults), an INT4 variant "
+    "of `slmops sweep --list-variants`, or KEY=VALUE,... QuantizationOptions fields, e.g. 'algo=rtn,block_size=16'.",
+)
+@click.option(
+    "--windows", type=click.IntRange(1), default=DEPLOY_WINDOWS, show_default=True, help="Eval windows of 512 tokens."
+)
+@click.option(
+    "--max-ppl-increase",
+    type=float,
+    default=DEFAULT_MAX_PPL_INCREASE,
+    show_default=True,
+    help="Fail above this ΔPPL vs FP32 (percent).",
+)
+@click.option(
+    "--suite",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Domain suite for validation (default: the shipped example).",
+)
+@click.option("--min-pass", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="Suite pass rate needed.")
+@click.option(
+    "--soak", type=click.IntRange(10), default=DEPLOY_SOAK, show_default=True, help="Generations for the memory check."
+)
+@click.option("--skip-eval", is_flag=True, help="Do not compare with the FP32 export (saves one conversion).")
+@click.option("--force", is_flag=True, help="Replace a cached model of the same name.")
+def deploy_command(
+    source, name, precision, quantization_spec, windows, max_ppl_increase, suite, min_pass, soak, skip_eval, force
+):
+    """Convert SOURCE (default: the embedded SmolLM2), evaluate, validate and register it as NAME."""
+    started = time.perf_counter()
+    result = deploy(
+        source,
+        name=name,
+        precision=precision,
+        quantization=parse_quantization(quantization_spec, precision),
+        windows=windows,
+        max_ppl_increase=max_ppl_increase,
+        suite=suite,
+        min_pass=min_pass,
+        soak=soak,
+        skip_eval=skip_eval,
+        force=force,
+    )
+    click.echo(
+        f"Deployed {name} ({result.variant}{settings_text(result.quantization)}) in {time.perf_counter() - started:.0f} s "
+        f"to {result.cached_path}."
+    )
+    for line in usage_lines(name):
+        click.echo(line)
+
+
+def parse_quantization(spec: str, precision: str) -> dict | str | None:
+    if spec == "best":
+        return BEST_INT4 if precision == "int4" else None
+    if spec == "builder":
+        return {}
+    if "=" not in spec and spec.startswith("int4"):
+        return spec
+    settings_ = {}
+    for pair in spec.split(","):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(
+                f"--quantization {spec!r}: write KEY=VALUE pairs separated by commas, or 'best' / 'builder'."
+            )
+        settings_[key.strip()] = _value(value.strip())
+    return settings_
+
+
+def _value(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return int(text) if text.isdigit() else text
