@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from slmops.modelfolder import prompt_template
-from slmops.modelfolder.inference_model import PLACEHOLDER, Defaults, Template
+from slmops.modelfolder.inference_model import PLACEHOLDER, Template
 
 
 def _family(turn: str, separator: str = "", **roles: str) -> Template:
@@ -56,9 +56,6 @@ MARKERS = [
     ("phi3", ("<|user|>", "<|assistant|>", "<|end|>")),
 ]
 
-# The ModelConfig of the documented inference_model.json example.
-DEFAULT_CONFIG = {"max_length": 2048, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1}
-
 
 def template_for(folder: Path) -> Template | None:
     """The PromptTemplate for a model folder, or None to use the tokenizer's chat template."""
@@ -76,13 +73,6 @@ def detect_family(folder: Path) -> str | None:
             if text and all(token in text for token in tokens):
                 return family
     return None
-
-
-def default_config(context_length: int | None) -> Defaults:
-    config = dict(DEFAULT_CONFIG)
-    if context_length:
-        config["max_length"] = min(config["max_length"], context_length)
-    return Defaults(**config)
 
 
 def _from_converter(folder: Path) -> Template | None:
