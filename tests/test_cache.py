@@ -125,12 +125,12 @@ def test_mission_hand_made_layout_is_found(tmp_path):
     assert (model.version, model.precision, model.context_length) == ("1.0", "int4", 4096)
     assert model.size_bytes == sum(file.stat().st_size for file in entry.iterdir())
     assert model.inference_model.generation_defaults() == MISSION_JSON["ModelConfig"]
-    assert store.resolve("YOUR-FineTuned-model-INT4").path == entry
+    assert store.find("YOUR-FineTuned-model-INT4").path == entry
 
 
 def test_qwen_style_template_only_file_is_valid():
     make_model(store.location() / "custom" / "qwen", QWEN_JSON)
-    model = store.resolve("qwen-custom")
+    model = store.find("qwen-custom")
     assert model.valid and model.version is None and model.inference_model.ModelConfig is None
     assert model.inference_model.generation_defaults() == {}
     assert model.inference_model.render([{"role": "user", "content": "Hi"}]) == (
@@ -166,7 +166,7 @@ def test_precision_from_graph_conversion_json_and_folder_name(tmp_path):
     }
     assert found["recorded"].source == "/models/base"
     write_onnx(cache / "int4" / "model.onnx", "fp16")  # a graph replaced in place is read again
-    assert store.resolve("m-int4").precision == "fp16"
+    assert store.find("m-int4").precision == "fp16"
     assert scan._precision(Path("/x/qwen-cpu-int4-rtn-block-32"), None, None) == "int4"
 
 
@@ -198,7 +198,7 @@ def test_broken_folders_are_listed_invalid_with_their_reason():
         model = found[label.replace(" ", "-")]
         assert not model.valid and reason in model.reason, (label, model.reason)
     with pytest.raises(CacheError, match="is invalid: missing ONNX file"):
-        store.resolve("no model.onnx")
+        store.find("no model.onnx")
 
 
 ODD_FILES = {
@@ -285,7 +285,7 @@ PATH_LIKE = [
 def test_path_like_names_are_refused_everywhere(name, tmp_path):
     make_model(store.location() / "custom" / "ok", {"Name": "ok"})
     for call in (
-        lambda: store.resolve(name),
+        lambda: store.find(name),
         lambda: store.remove(name),
         lambda: store.add(make_model(tmp_path / "src"), name=name),
     ):
@@ -301,13 +301,13 @@ def test_unknown_and_ambiguous_names_list_the_close_matches():
     make_model(cache / "b" / "one", {"Name": "SmolLM2-INT4"})
     make_model(cache / "c" / "one", {"Name": "smollm2-fp16"})
     with pytest.raises(ModelNotFound, match="ambiguous: 2 models") as ambiguous:
-        store.resolve("smollm2-int4")
+        store.find("smollm2-int4")
     assert str(cache / "a" / "one") in str(ambiguous.value)
     with pytest.raises(ModelNotFound, match="Close matches: .*smollm2-fp16"):
-        store.resolve("smollm2-fp32")
+        store.find("smollm2-fp32")
     with pytest.raises(ModelNotFound, match="cache ls"):
-        store.resolve("nothing-like-it")
-    assert store.resolve("smollm2-FP16").path == cache / "c" / "one"
+        store.find("nothing-like-it")
+    assert store.find("smollm2-FP16").path == cache / "c" / "one"
 
 
 # ---- cache cd ---------------------------------------------------------------
@@ -364,7 +364,7 @@ def test_add_refuses_duplicates_unless_forced_and_links_on_request(tmp_path):
     first = store.add(make_model(tmp_path / "a", {"Name": "dup", "Version": "1"}))
     with pytest.raises(CacheError, match="--force"):
         store.add(make_model(tmp_path / "b", {"Name": "DUP", "Version": "2"}))
-    assert store.resolve("dup").version == "1"
+    assert store.find("dup").version == "1"
     linked = store.add(tmp_path / "b", force=True, link=True)
     assert (linked.name, linked.version, linked.valid) == ("DUP", "2", True)
     assert (linked.path / "model.onnx").is_symlink() and not (linked.path / "inference_model.json").is_symlink()
@@ -408,7 +408,7 @@ def test_remove_never_deletes_outside_the_cache(tmp_path):
     outside = make_model(tmp_path / "outside", {"Name": "outside"})
     (store.location() / "custom").mkdir(parents=True)
     os.symlink(outside, store.location() / "custom" / "linked")
-    assert store.resolve("outside").valid
+    assert store.find("outside").valid
     store.remove("outside")
     assert outside.is_dir() and (outside / "model.onnx").is_file()
     assert store.scan() == []
@@ -459,7 +459,7 @@ def test_add_killed_half_way_leaves_the_cache_as_before(tmp_path):
     process.wait(timeout=10)
     assert [model.to_dict() for model in store.scan()] == before
     with pytest.raises(ModelNotFound):
-        store.resolve("incoming")
+        store.find("incoming")
     store.add(make_model(tmp_path / "next"))  # the next add sweeps what the killed one left
     assert not staging[0].exists()
     assert names(store.scan()) == ["keep", "next"]

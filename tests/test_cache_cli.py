@@ -73,9 +73,9 @@ def test_add_and_remove(tmp_path):
     duplicate = invoke("add", str(source), "--name", "mine")
     assert duplicate.exit_code != 0 and "--force" in str(duplicate.exception)
     assert invoke("add", str(source), "--name", "mine", "--force", "--link").exit_code == 0
-    assert (store.resolve("mine").path / "model.onnx").is_symlink()
+    assert (store.find("mine").path / "model.onnx").is_symlink()
     kept = invoke("remove", "MINE", input="n\n")
-    assert kept.exit_code != 0 and store.resolve("mine")
+    assert kept.exit_code != 0 and store.find("mine")
     removed = invoke("remove", "MINE", input="y\n")
     assert removed.exit_code == 0 and "Removed mine" in removed.output and store.scan() == []
 
@@ -114,7 +114,7 @@ def test_a_real_process_prints_json_and_one_line_errors(tmp_path):
         refused.returncode == 2
         and refused.stderr == "Error: '../real' is not a model name: names cannot contain '/', '\\' or '..'.\n"
     )
-    assert store.resolve("real").valid
+    assert store.find("real").valid
 
 
 def test_cache_ls_imports_neither_torch_nor_onnx(tmp_path):

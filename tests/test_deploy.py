@@ -41,7 +41,7 @@ def test_deploy_tiny_model_registers_it_with_its_report(tiny_llama, tmp_path):
         suite=_suite(tmp_path, PASSING_SUITE),
         echo=lines.append,
     )
-    entry = store.resolve("tiny-int4")
+    entry = store.find("tiny-int4")
     assert entry.valid and str(entry.path) == result.cached_path
     report = json.loads((entry.path / "deploy-report.json").read_text())
     assert [step["status"] for step in report["steps"]][:3] == ["done", "done", "done"]
@@ -147,7 +147,7 @@ def test_deploy_smollm2_end_to_end(capsys):
     result = CliRunner().invoke(cli, ["deploy", "--name", "smollm2-135m-instruct", "--windows", "1", "--soak", "10"])
     assert result.exit_code == 0, result.output
     assert "slmops serve smollm2-135m-instruct" in result.output and "curl http://127.0.0.1:" in result.output
-    entry = store.resolve("smollm2-135m-instruct")
+    entry = store.find("smollm2-135m-instruct")
     report = json.loads((entry.path / "deploy-report.json").read_text())
     assert report["variant"] == deploys.BEST_INT4 and report["quality"]["figures"]["same_top_pct"] > 50
     # Greedy: the deployed defaults sample (temperature 0.7), and a sampled answer once missed Paris.
@@ -168,7 +168,7 @@ def test_deploy_builds_the_hqq_variant_from_the_fp32_export(tiny_llama, tmp_path
         suite=_suite(tmp_path, PASSING_SUITE),
         echo=lambda line: None,
     )
-    entry = store.resolve("tiny-hqq")
+    entry = store.find("tiny-hqq")
     assert result.variant == "int4-hqq-b32-lm_head-fp32" and entry.inference_model.Name == "tiny-hqq"
     assert json.loads((entry.path / "conversion.json").read_text())["quantization"]["algo"] == "hqq"
     assert 0 < result.quality["figures"]["kld_mean"] < 1

@@ -9,7 +9,8 @@ from slmops.bench import report
 from slmops.bench.prompts import PromptSource, load_paragraphs
 from slmops.bench.runner import BenchResult, CaseResult, Sweep, above_roofline, run_benchmark, set_bandwidth
 from slmops.bench.system import memory_bandwidth, system_info
-from slmops.bench.targets import LlamaCppTarget, RawTarget, RuntimeTarget, Target, UrlTarget, model_folder
+from slmops.bench.targets import LlamaCppTarget, RawTarget, RuntimeTarget, Target, UrlTarget
+from slmops.cache.resolver import resolve
 from slmops.errors import UsageError
 
 
@@ -58,8 +59,8 @@ class TargetSpec:
             targets += [RuntimeTarget(m, threads, named) for m in (self.model, *self.more_models)]
         if self.url:
             targets.append(UrlTarget(self.url, self.url_model, self.endpoint, self.pid, self.api_key, self.ignore_eos))
-        if self.raw:
-            folder = model_folder(self.model)
+        if self.raw and self.model:  # always both: --raw without a MODEL was refused above
+            folder = resolve(self.model)
             targets += [RawTarget(folder, t) for t in (self.raw_threads or (threads,))]
         if self.llama_cpp:
             targets.append(LlamaCppTarget(self.llama_cpp, threads))

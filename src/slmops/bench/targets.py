@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from slmops.bench.stats import RequestRecord
 from slmops.errors import ModelNotFound, SlmopsError, UsageError
+from slmops.modelfolder.folder import ModelFolder
 
 Clock = Callable[[], float]
 
@@ -72,6 +73,25 @@ def _failed(start: float, prompt_tokens: int, exc: Exception) -> RequestRecord:
     return record
 
 
+def _timed(
+    generate: Callable[[], Iterable[object]], prompt_tokens: int, clock: Clock, max_tokens: int | None = None
+) -> RequestRecord:
+    """Run ``generate()`` and timestamp each token it yields, stopping after ``max_tokens``.
+
+    ``generate`` is called after the start is taken, so its prefill is in the measured time.
+    """
+    record = RequestRecord(start=clock(), prompt_tokens=prompt_tokens)
+    try:
+        for _ in generate():
+            record.add_chunk(clock())
+            if max_tokens is not None and record.output_tokens >= max_tokens:
+                break
+    except Exception as exc:  # a failed request is a result, not a crash
+        return _failed(record.start, prompt_tokens, exc)
+    record.finish(clock())
+    return record
+
+
 def onnx_weight_bytes(folder: Path) -> int:
     """Bytes of an ONNX model's weights: its .onnx and external data files."""
     return sum(
@@ -94,22 +114,19 @@ class RawTarget(Target):
 
     kind = "raw"
 
-    def __init__(self, folder: str | Path, threads: int | None, label: str | None = None):
-        self.folder = Path(folder)
-        if not (self.folder / "genai_config.json").exists():
-            raise ModelNotFound(f"{self.folder} has no genai_config.json; give --raw a model folder.")
+    def __init__(self, folder: ModelFolder, threads: int | None, label: str | None = None) -> None:
+        self.folder = folder
         self.threads = threads or None
         self.label = label or f"raw-ort-genai t={threads or 'default'}"
-        self.weight_bytes = onnx_weight_bytes(self.folder)
-        config = json.loads((self.folder / "genai_config.json").read_text())
-        self.context_length = config["model"].get("context_length")
+        self.weight_bytes = onnx_weight_bytes(folder.path)
+        self.context_length = folder.context_length
         self.pid = os.getpid()
 
     def load(self) -> float:
         import onnxruntime_genai as og
 
         start = time.perf_counter()
-        config = og.Config(str(self.folder))
+        config = og.Config(str(self.folder.path))
         overlay = threads_overlay(self.threads)
         if overlay:
             config.overlay(overlay)
@@ -131,22 +148,20 @@ class RawTarget(Target):
         params = og.GeneratorParams(self.model)
         # min_length = max_length: the end-of-text token must not cut a case short.
         params.set_search_options(max_length=total, min_length=total, do_sample=False)
-        record = RequestRecord(start=clock(), prompt_tokens=len(ids))
-        try:
+
+        def generate() -> Iterable[None]:
             generator = og.Generator(self.model, params)
             generator.append_tokens(ids)
             while not generator.is_done():
                 generator.generate_next_token()
-                record.add_chunk(clock())
-        except Exception as exc:  # a failed request is a result, not a crash
-            return _failed(record.start, len(ids), exc)
-        record.finish(clock())
-        return record
+                yield None
+
+        return _timed(generate, len(ids), clock)
 
     def describe(self) -> dict:
         import onnxruntime_genai as og
 
-        return {**super().describe(), "model": str(self.folder), "library": f"onnxruntime-genai {og.__version__}"}
+        return {**super().describe(), "model": str(self.folder.path), "library": f"onnxruntime-genai {og.__version__}"}
 
 
 class LlamaCppTarget(Target):
@@ -190,17 +205,8 @@ class LlamaCppTarget(Target):
     def request(self, prompt: Prompt, max_tokens: int, clock: Clock = time.perf_counter) -> RequestRecord:
         ids = self.encode(prompt.text)[: prompt.tokens]
         self.llm.reset()  # no prompt cache between requests: every case pays its prefill
-        record = RequestRecord(start=clock(), prompt_tokens=len(ids))
-        try:
-            # Greedy, and the loop (not the end-of-text token) decides the length.
-            for _ in self.llm.generate(ids, top_k=1, temp=0.0, reset=True):
-                record.add_chunk(clock())
-                if record.output_tokens >= max_tokens:
-                    break
-        except Exception as exc:
-            return _failed(record.start, len(ids), exc)
-        record.finish(clock())
-        return record
+        # Greedy, and the loop (not the end-of-text token) decides the length.
+        return _timed(lambda: self.llm.generate(ids, top_k=1, temp=0.0, reset=True), len(ids), clock, max_tokens)
 
     def describe(self) -> dict:
         import llama_cpp
@@ -244,15 +250,8 @@ class RuntimeTarget(Target):
 
     def request(self, prompt: Prompt, max_tokens: int, clock: Clock = time.perf_counter) -> RequestRecord:
         ids = self.encode(prompt.text)[: prompt.tokens]
-        record = RequestRecord(start=clock(), prompt_tokens=len(ids))
-        try:
-            # Greedy; every response is one token, even when its text is still "".
-            for _ in self.model.stream_generate(ids, max_tokens=max_tokens, temperature=0.0):
-                record.add_chunk(clock())
-        except Exception as exc:
-            return _failed(record.start, len(ids), exc)
-        record.finish(clock())
-        return record
+        # Greedy; every response is one token, even when its text is still "".
+        return _timed(lambda: self.model.stream_generate(ids, max_tokens=max_tokens, temperature=0.0), len(ids), clock)
 
     def describe(self) -> dict:
         import onnxruntime_genai as og
@@ -262,16 +261,6 @@ class RuntimeTarget(Target):
             "model": str(self.model.path),
             "library": f"slmops runtime on onnxruntime-genai {og.__version__}",
         }
-
-
-def model_folder(name_or_path: str) -> Path:
-    """The folder of a model folder path or of a cached model name."""
-    path = Path(name_or_path).expanduser()
-    if (path / "genai_config.json").is_file():
-        return path
-    from slmops.cache import store
-
-    return Path(store.resolve(str(name_or_path)).path)
 
 
 class UrlTarget(Target):

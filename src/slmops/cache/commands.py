@@ -65,7 +65,7 @@ def add(folder: str, name: str | None, link: bool, force: bool) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def remove(name: str, yes: bool) -> None:
     """Remove the model NAME from the cache (deletes its folder)."""
-    entry = store.resolve(name, include_invalid=True)
+    entry = store.find(name, include_invalid=True)
     if not yes:
         click.confirm(f"Delete {entry.name} ({_size(entry.size_bytes)}) at {entry.path}?", abort=True)
     store.remove(entry.name)

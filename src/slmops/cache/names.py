@@ -39,8 +39,9 @@ def check_name(name: object) -> str:
     return name
 
 
-def resolve(name: str, include_invalid: bool = False) -> CachedModel:
-    """The cached model called ``name`` (case-insensitive).
+def find(name: str, include_invalid: bool = False) -> CachedModel:
+    """The cached model called ``name`` (case-insensitive); names only, never a path
+    (:func:`slmops.cache.resolver.resolve` takes either).
 
     Raises:
         InvalidModelName: the name looks like a path.

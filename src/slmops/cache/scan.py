@@ -18,10 +18,10 @@ from pathlib import Path
 
 from slmops.cache.location import location
 from slmops.errors import CacheError
+from slmops.modelfolder.folder import GENAI_CONFIG, ModelFolder, genai_context_length
 from slmops.modelfolder.inference_model import FILENAME, InferenceModel
 from slmops.modelfolder.onnx_info import OnnxInfo, read_onnx_info
 
-GENAI_CONFIG = "genai_config.json"
 CONVERSION = "conversion.json"
 MARKER = "download.tmp"
 MAX_DEPTH = 8  # Foundry Local nests three deep; a cache pointed at a big tree must still list fast
@@ -32,7 +32,11 @@ HINT_NAMES = {"q4": "int4", "q8": "int8", "f16": "fp16", "f32": "fp32"}
 
 @dataclass
 class CachedModel:
-    """One model folder of the cache, valid or not (then ``reason`` says why)."""
+    """One model folder of the cache, valid or not (then ``reason`` says why).
+
+    ``context_length`` is the context the ONNX model was built for (None when
+    genai_config.json gives none); a run may get less, see :meth:`model_folder`.
+    """
 
     name: str
     path: Path
@@ -47,6 +51,12 @@ class CachedModel:
     source: str | None = None
     conversion: dict | None = None
     genai_config: dict | None = field(default=None, repr=False)
+
+    def model_folder(self) -> ModelFolder | None:
+        """This entry as a :class:`ModelFolder`; None when its genai_config.json is missing, unreadable or empty."""
+        if not self.genai_config:
+            return None
+        return ModelFolder(self.path, self.genai_config, self.inference_model)
 
     def to_dict(self) -> dict:
         """A JSON-ready summary (what `slmops cache ls --json` prints)."""
@@ -128,7 +138,7 @@ def _read_entry(folder: Path, names: set[str]) -> CachedModel:
         size_bytes=_size(folder),
         inference_model=model,
         description=model.Description if model else None,
-        context_length=context_length(genai),
+        context_length=genai_context_length(genai),
         source=source_of(conversion),
         conversion=conversion,
         genai_config=genai,
@@ -213,15 +223,6 @@ def _precision(folder: Path, conversion: dict | None, onnx_precision: str | None
         return onnx_precision
     hint = PRECISION_HINTS.search(folder.name.lower())
     return HINT_NAMES.get(hint.group(1), hint.group(1)) if hint else None
-
-
-def context_length(genai: dict | None) -> int | None:
-    if not genai:
-        return None
-    model = genai.get("model") if isinstance(genai.get("model"), dict) else {}
-    search = genai.get("search") if isinstance(genai.get("search"), dict) else {}
-    value = model.get("context_length") or search.get("max_length")
-    return value if isinstance(value, int) else None
 
 
 def source_of(conversion: dict | None) -> str | None:

@@ -5,8 +5,9 @@ holds a ``download.tmp`` marker) and renames it into place; `remove` renames the
 folder away before deleting it. A listing sees a whole model or none.
 
 Where the cache is lives in :mod:`slmops.cache.location`, what it holds in
-:mod:`slmops.cache.scan`, what a name means in :mod:`slmops.cache.names`; they are
-all reachable from here (``from slmops.cache import store; store.scan()``).
+:mod:`slmops.cache.scan`, what a name means in :mod:`slmops.cache.names`, what a
+name or a path means in :mod:`slmops.cache.resolver`; they are all reachable from
+here (``from slmops.cache import store; store.scan()``).
 """
 
 from __future__ import annotations
@@ -20,26 +21,19 @@ from pathlib import Path
 import psutil
 
 from slmops.cache.location import location, set_location
-from slmops.cache.names import InvalidModelName, check_name, resolve
-from slmops.cache.scan import (
-    CONVERSION,
-    GENAI_CONFIG,
-    MARKER,
-    CachedModel,
-    context_length,
-    read_entry,
-    read_json_file,
-    scan,
-    source_of,
-)
+from slmops.cache.names import InvalidModelName, check_name, find
+from slmops.cache.resolver import resolve
+from slmops.cache.scan import CONVERSION, MARKER, CachedModel, read_entry, read_json_file, scan, source_of
 from slmops.errors import CacheError, UsageError
-from slmops.modelfolder.inference_model import FILENAME, InferenceModel
+from slmops.modelfolder.folder import GENAI_CONFIG, genai_context_length
+from slmops.modelfolder.inference_model import FILENAME, InferenceModel, default_model_config
 
 __all__ = [
     "CachedModel",
     "InvalidModelName",
     "add",
     "check_name",
+    "find",
     "location",
     "model_root",
     "read_entry",
@@ -100,7 +94,7 @@ def add(folder: str | os.PathLike, name: str | None = None, link: bool = False, 
 
 def remove(name: str) -> CachedModel:
     """Delete the cached model called ``name`` (valid or not); returns what was removed."""
-    entry = resolve(name, include_invalid=True)
+    entry = find(name, include_invalid=True)
     cache = location()
     if not _inside(entry.path, cache, follow=False):
         raise CacheError(f"{entry.path} is outside the cache ({cache}); not removing it.")
@@ -129,7 +123,7 @@ def _inference_model_for(source: Path, name: str | None) -> InferenceModel:
     if (source / FILENAME).is_file():
         model = InferenceModel.read(source)
         return model.model_copy(update={"Name": name}) if name is not None else model
-    from slmops.modelfolder.templates import default_config, template_for
+    from slmops.modelfolder.templates import template_for
 
     genai = read_json_file(source / GENAI_CONFIG, []) or {}
     conversion = read_json_file(source / CONVERSION, []) or {}
@@ -140,7 +134,7 @@ def _inference_model_for(source: Path, name: str | None) -> InferenceModel:
         Description=f"Added from {source}" + (f", converted from {converted_from}" if converted_from else ""),
         Version="1.0",
         PromptTemplate=template_for(source),
-        ModelConfig=default_config(context_length(genai)),
+        ModelConfig=default_model_config(genai_context_length(genai)),
     )
 
 

@@ -25,10 +25,10 @@ from slmops.convert.report import ConversionReport, library_versions, peak_rss_m
 from slmops.convert.sources import Source, inspect_source, size_of, source_hash
 from slmops.errors import UsageError
 from slmops.modelfolder import prompt_template
-from slmops.modelfolder.inference_model import Defaults, InferenceModel
+from slmops.modelfolder.folder import genai_context_length, read_genai_config
+from slmops.modelfolder.inference_model import Defaults, InferenceModel, default_model_config
 
-# The generation defaults of MISSION.md's inference_model.json, used where the model has none.
-DEFAULT_MODEL_CONFIG = {"max_length": 2048, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1}
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty")
 _STAGING = ".{name}.partial-{pid}"
 
 
@@ -216,26 +216,20 @@ def _write_inference_model(hf_dir: Path, model_dir: Path, name: str, src: Source
         Description=f"{src.path.name} converted to {precision.upper()} ONNX by slmops",
         Version="1.0",
         PromptTemplate=template,
-        ModelConfig=Defaults(**_model_config(hf_dir, model_dir)),
+        ModelConfig=_model_config(hf_dir, model_dir),
     ).write(model_dir)
 
 
-def _model_config(hf_dir: Path, model_dir: Path) -> dict:
-    """Generation defaults: generation_config.json's sampling values over MISSION.md's defaults."""
-    values = dict(DEFAULT_MODEL_CONFIG)
+def _model_config(hf_dir: Path, model_dir: Path) -> Defaults:
+    """Generation defaults: generation_config.json's sampling values over the documented example's."""
     path = hf_dir / "generation_config.json"
     generation = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     if generation.get("do_sample"):
-        for key in ("temperature", "top_p", "top_k", "repetition_penalty"):
-            if generation.get(key) is not None:
-                values[key] = generation[key]
-    elif generation.get("repetition_penalty"):
-        values["repetition_penalty"] = generation["repetition_penalty"]
-    genai = json.loads((model_dir / "genai_config.json").read_text(encoding="utf-8"))
-    context = genai.get("model", {}).get("context_length")
-    if context:
-        values["max_length"] = min(values["max_length"], int(context))
-    return values
+        sampling = {key: generation[key] for key in SAMPLING_KEYS if generation.get(key) is not None}
+    else:  # a greedy model: only its repetition penalty carries over
+        penalty = generation.get("repetition_penalty")
+        sampling = {"repetition_penalty": penalty} if penalty else {}
+    return default_model_config(genai_context_length(read_genai_config(model_dir)), **sampling)
 
 
 def _check_output(output: Path, force: bool) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from slmops.convert.options import QuantizationOptions
+from slmops.modelfolder.folder import read_genai_config
 
 CALIBRATION_WINDOWS = 4
 CALIBRATION_TOKENS = 128
@@ -92,7 +93,7 @@ class CalibrationWindows:
         import onnx
 
         graph = onnx.load(str(Path(model_dir) / "model.onnx"), load_external_data=False).graph
-        decoder = json.loads((Path(model_dir) / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"]
+        decoder = read_genai_config(model_dir)["model"]["decoder"]
         empty_cache = np.zeros((1, decoder["num_key_value_heads"], 0, decoder["head_size"]), dtype=np.float32)
         batch = ids[None, :].astype(np.int64)
         feeds = {"input_ids": batch, "attention_mask": np.ones_like(batch)}

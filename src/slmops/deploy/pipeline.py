@@ -318,7 +318,7 @@ def _refuse_existing(name: str, force: bool) -> None:
     from slmops.errors import ModelNotFound
 
     try:
-        existing = store.resolve(name, include_invalid=True)
+        existing = store.find(name, include_invalid=True)
     except ModelNotFound:
         return
     if not force:

@@ -20,6 +20,7 @@ import numpy as np
 
 from slmops.errors import UsageError
 from slmops.evaluate.metrics import log_softmax
+from slmops.modelfolder.folder import ModelFolder
 
 SAVED_FORMAT = "slmops-logits/1"
 
@@ -70,21 +71,20 @@ class WindowPlan:
 class OnnxLogits:
     """Log-probs from an onnxruntime-genai model folder, one forward pass per window."""
 
-    def __init__(self, folder: Path, threads: int | None = None):
+    def __init__(self, folder: ModelFolder, threads: int | None = None) -> None:
         import onnxruntime_genai as og
 
         from slmops.runtime.threads import default_threads
 
-        self.folder = Path(folder)
+        self.folder = folder.path
         config = og.Config(str(self.folder))
         options = {"intra_op_num_threads": threads or default_threads()}
         config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
         self._og = og
         self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
-        genai = json.loads((self.folder / "genai_config.json").read_text(encoding="utf-8"))["model"]
-        self.vocab_size = int(genai["vocab_size"])
-        self.context_length = int(genai.get("context_length") or 2048)
+        self.vocab_size = int(folder.genai_config["model"]["vocab_size"])
+        self.context_length = folder.context_length
         self.name = self.folder.name
 
     def encode(self, text: str) -> np.ndarray:

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.cache.resolver import resolve
 from slmops.errors import ModelNotFound, UsageError
 from slmops.evaluate.logits import LogitsWriter, OnnxLogits, SavedLogits, TorchLogits, WindowPlan
 from slmops.evaluate.metrics import QualityFigures, TokenStats, summarize
 from slmops.evaluate.progress import progress_bar
+from slmops.modelfolder.folder import GENAI_CONFIG
 
 DEFAULT_WINDOW = 512
 DEFAULT_WINDOWS = 12
@@ -42,17 +44,6 @@ def shipped_text() -> Path:
     return Path(str(resources.files("slmops") / "data" / "eval-text.txt"))
 
 
-def model_folder(name_or_path: str | Path) -> Path:
-    """A model folder from a path, or from a name in the cache."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    from slmops.cache import store
-
-    found = store.resolve(str(name_or_path))
-    return Path(getattr(found, "path", found))
-
-
 def open_reference(name_or_path: str | Path | None):
     """A log-probs source for ``--reference``: saved logits, a Hugging Face folder, or an ONNX model."""
     if name_or_path is None:
@@ -60,10 +51,10 @@ def open_reference(name_or_path: str | Path | None):
     path = Path(name_or_path).expanduser()
     if (path / "meta.json").exists() and (path / "logprobs.npy").exists():
         return SavedLogits(path)
-    if (path / "config.json").exists() and not (path / "genai_config.json").exists():
+    if (path / "config.json").exists() and not (path / GENAI_CONFIG).exists():
         return TorchLogits(path)
     try:
-        return OnnxLogits(model_folder(name_or_path))
+        return OnnxLogits(resolve(name_or_path))
     except ModelNotFound:
         raise
     except Exception as exc:  # onnxruntime-genai raises plain RuntimeErrors
@@ -99,7 +90,7 @@ def evaluate_quality(
         A :class:`QualityReport`.
     """
     started = time.perf_counter()
-    source = OnnxLogits(model_folder(model))
+    source = OnnxLogits(resolve(model))
     ref = open_reference(reference)
     if ref is not None and ref.vocab_size != source.vocab_size:
         raise UsageError(

@@ -133,6 +133,18 @@ class Defaults(BaseModel):
 
 GENERATION_KEYS = ("max_length", "temperature", "top_p", "top_k", "repetition_penalty")
 
+# The ModelConfig of the documented inference_model.json example.
+DEFAULT_MODEL_CONFIG = {"max_length": 2048, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1}
+
+
+def default_model_config(context_length: int | None = None, **sampling: float) -> Defaults:
+    """The ModelConfig slmops writes for a new model: the documented example, ``sampling``
+    values over it, and ``max_length`` at most the model's ``context_length``."""
+    config: dict[str, Any] = {**DEFAULT_MODEL_CONFIG, **sampling}
+    if context_length:
+        config["max_length"] = min(config["max_length"], context_length)
+    return Defaults.model_validate(config)
+
 
 class InferenceModel(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)

@@ -12,37 +12,40 @@ import json
 from pathlib import Path
 
 from slmops.modelfolder import prompt_template
-from slmops.modelfolder.inference_model import Defaults, Template
+from slmops.modelfolder.inference_model import PLACEHOLDER, Template
 
-# The generation prompt ends with the newline the models were trained on, so the
-# answer starts with its first word rather than with a newline.
+
+def _family(turn: str, separator: str = "", **roles: str) -> Template:
+    """The template of a chat format whose turns all follow one pattern.
+
+    ``turn`` holds ``{role}``, replaced by the format's own name for each role
+    (``roles``: ``assistant="model"``, say). The generation prompt is the user turn,
+    ``separator``, then the assistant's header. Each header below ends with the newline
+    the models were trained on, so the answer starts with its first word, not a newline.
+    """
+    filled = {role: turn.replace("{role}", name) for role, name in roles.items()}
+    header = filled["assistant"].split(PLACEHOLDER, 1)[0]
+    return Template(**filled, prompt=filled["user"] + separator + header)
+
+
 KNOWN_TEMPLATES: dict[str, Template] = {
-    "chatml": Template(
-        system="<|im_start|>system\n{Content}<|im_end|>",
-        user="<|im_start|>user\n{Content}<|im_end|>",
-        assistant="<|im_start|>assistant\n{Content}<|im_end|>",
-        tool="<|im_start|>tool\n{Content}<|im_end|>",
-        prompt="<|im_start|>user\n{Content}<|im_end|>\n<|im_start|>assistant\n",
+    "chatml": _family(
+        "<|im_start|>{role}\n{Content}<|im_end|>",
+        separator="\n",
+        system="system",
+        user="user",
+        assistant="assistant",
+        tool="tool",
     ),
-    "llama3": Template(
-        system="<|start_header_id|>system<|end_header_id|>\n\n{Content}<|eot_id|>",
-        user="<|start_header_id|>user<|end_header_id|>\n\n{Content}<|eot_id|>",
-        assistant="<|start_header_id|>assistant<|end_header_id|>\n\n{Content}<|eot_id|>",
-        tool="<|start_header_id|>ipython<|end_header_id|>\n\n{Content}<|eot_id|>",
-        prompt="<|start_header_id|>user<|end_header_id|>\n\n{Content}<|eot_id|>"
-        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    "llama3": _family(
+        "<|start_header_id|>{role}<|end_header_id|>\n\n{Content}<|eot_id|>",
+        system="system",
+        user="user",
+        assistant="assistant",
+        tool="ipython",
     ),
-    "gemma": Template(
-        user="<start_of_turn>user\n{Content}<end_of_turn>\n",
-        assistant="<start_of_turn>model\n{Content}<end_of_turn>\n",
-        prompt="<start_of_turn>user\n{Content}<end_of_turn>\n<start_of_turn>model\n",
-    ),
-    "phi3": Template(
-        system="<|system|>\n{Content}<|end|>\n",
-        user="<|user|>\n{Content}<|end|>\n",
-        assistant="<|assistant|>\n{Content}<|end|>\n",
-        prompt="<|user|>\n{Content}<|end|>\n<|assistant|>\n",
-    ),
+    "gemma": _family("<start_of_turn>{role}\n{Content}<end_of_turn>\n", user="user", assistant="model"),
+    "phi3": _family("<|{role}|>\n{Content}<|end|>\n", system="system", user="user", assistant="assistant"),
 }
 
 # Checked in order: the first family whose tokens all appear wins.
@@ -52,9 +55,6 @@ MARKERS = [
     ("gemma", ("<start_of_turn>", "<end_of_turn>")),
     ("phi3", ("<|user|>", "<|assistant|>", "<|end|>")),
 ]
-
-# The ModelConfig of the documented inference_model.json example.
-DEFAULT_CONFIG = {"max_length": 2048, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1}
 
 
 def template_for(folder: Path) -> Template | None:
@@ -73,13 +73,6 @@ def detect_family(folder: Path) -> str | None:
             if text and all(token in text for token in tokens):
                 return family
     return None
-
-
-def default_config(context_length: int | None) -> Defaults:
-    config = dict(DEFAULT_CONFIG)
-    if context_length:
-        config["max_length"] = min(config["max_length"], context_length)
-    return Defaults(**config)
 
 
 def _from_converter(folder: Path) -> Template | None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from slmops.cache import store
+from slmops.cache.resolver import looks_like_path, resolve
+from slmops.cache.scan import CachedModel
 from slmops.errors import CacheError
-from slmops.runtime.model import GENAI_CONFIG, _context_length
+from slmops.modelfolder.folder import ModelFolder
 from slmops.runtime.options import model_defaults
 from slmops.runtime.threads import default_threads
 
@@ -35,8 +36,9 @@ def list_models() -> list[dict]:
     for entry in store.scan():
         row = entry.to_dict()
         row["loaded"] = None if loaded is None else entry.name.casefold() in loaded
-        if entry.genai_config:  # the context a run really gets: ModelConfig.max_length may cap it
-            row["context_length"] = _context_length(entry.genai_config, _model_config(entry.inference_model))
+        folder = entry.model_folder()
+        if folder:  # the context a run really gets: ModelConfig.max_length may cap it
+            row["context_length"] = folder.context_length
         rows.append(row)
     return rows
 
@@ -65,8 +67,9 @@ def model_info(name_or_path: str) -> dict:
     """What slmops knows about a model without loading it: template, defaults, precision, size, context."""
     entry = _entry(name_or_path)
     info = entry.inference_model
-    model_config = _model_config(info)
-    genai = entry.genai_config or {}
+    folder = entry.model_folder()
+    # Without a readable genai_config.json (an invalid entry), the defaults come from ModelConfig alone.
+    settings = folder or ModelFolder(entry.path, {}, info)
     has_template = bool(info and getattr(info, "has_template", info.PromptTemplate is not None))
     return {
         "name": entry.name,
@@ -77,28 +80,24 @@ def model_info(name_or_path: str) -> dict:
         "version": entry.version,
         "precision": entry.precision,
         "size_bytes": entry.size_bytes,
-        "context_length": _context_length(genai, model_config) if genai else entry.context_length,
+        "context_length": folder.context_length if folder else entry.context_length,
         "source": entry.source,
         "conversion": entry.conversion,
         "template": info.PromptTemplate.model_dump(exclude_none=True) if has_template else None,
-        "model_config": model_config,
-        "defaults": dataclasses.asdict(model_defaults(genai.get("search", {}), model_config)),
+        "model_config": info.ModelConfig.model_dump(exclude_none=True) if info and info.ModelConfig else None,
+        "defaults": dataclasses.asdict(model_defaults(settings.search, settings.model_config)),
         "threads": default_threads(),
     }
 
 
-def _model_config(info) -> dict | None:
-    return info.ModelConfig.model_dump(exclude_none=True) if info and info.ModelConfig else None
-
-
-def _entry(name_or_path: str):
-    path = Path(name_or_path).expanduser()
-    if (path / GENAI_CONFIG).is_file():
-        entry = store.read_entry(path)
-        if entry is None:
-            raise CacheError(f"{path} disappeared while it was being read.")
-        return entry
-    return store.resolve(name_or_path, include_invalid=True)
+def _entry(name_or_path: str) -> CachedModel:
+    if not looks_like_path(name_or_path):
+        return store.find(name_or_path, include_invalid=True)
+    folder = resolve(name_or_path)  # a path that is no model folder stops here, with the resolver's message
+    entry = store.read_entry(folder.path)
+    if entry is None:
+        raise CacheError(f"{folder.path} disappeared while it was being read.")
+    return entry
 
 
 def print_info(info: dict, console: Console | None = None) -> None:

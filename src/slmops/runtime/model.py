@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import onnxruntime_genai as og
 
-from slmops.errors import ContextTooLong, ModelNotFound, SlmopsError
-from slmops.modelfolder.inference_model import FILENAME as INFERENCE_MODEL
-from slmops.modelfolder.inference_model import InferenceModel
+from slmops.cache.resolver import resolve
+from slmops.errors import ContextTooLong, SlmopsError
+from slmops.modelfolder.folder import ModelFolder
 from slmops.modelfolder.messages import normalize
 from slmops.runtime import prompt as prompts
 from slmops.runtime.generate import Response, Result, collect, stream_tokens
@@ -22,15 +22,14 @@ from slmops.runtime.threads import default_threads
 if TYPE_CHECKING:
     from slmops.runtime.conversation import Conversation
 
-GENAI_CONFIG = "genai_config.json"
-
 
 def load(name_or_path: str | Path, threads: int | None = None) -> Model:
     """Load a cached model by name, or a model folder by path.
 
     Args:
         name_or_path: a name listed by `slmops cache ls`, or a folder holding
-            ``genai_config.json`` (and optionally ``inference_model.json``).
+            ``genai_config.json`` (and optionally ``inference_model.json``); the
+            rule is :func:`slmops.cache.resolver.resolve`'s.
         threads: intra-op threads; None counts the CPUs this process may use.
 
     Returns:
@@ -39,33 +38,7 @@ def load(name_or_path: str | Path, threads: int | None = None) -> Model:
     Raises:
         ModelNotFound: no such cached model or model folder.
     """
-    folder, info = locate(name_or_path)
-    return Model.from_folder(folder, info, threads)
-
-
-def locate(name_or_path: str | Path) -> tuple[Path, InferenceModel | None]:
-    """The folder of a model and its inference_model.json (None if it has none), without loading it.
-
-    A Path, a string with a slash or starting with "." or "~", or an existing folder
-    holding genai_config.json is a folder; anything else is a cache name.
-
-    Raises:
-        ModelNotFound: no such cached model or model folder.
-    """
-    path = Path(name_or_path).expanduser()
-    text = str(name_or_path)
-    looks_like_path = isinstance(name_or_path, Path) or "/" in text or text.startswith((".", "~"))
-    if looks_like_path or (path / GENAI_CONFIG).is_file():
-        if not (path / GENAI_CONFIG).is_file():
-            raise ModelNotFound(f"{path} is not a model folder (no {GENAI_CONFIG}); give a converted model folder.")
-        info = InferenceModel.read(path) if (path / INFERENCE_MODEL).is_file() else None
-        return path, info
-    try:
-        from slmops.cache import store
-    except ImportError as exc:
-        raise ModelNotFound(f"No model folder named {text!r}; give the path of a converted model folder.") from exc
-    cached = store.resolve(text)
-    return Path(cached.path), cached.inference_model
+    return Model.from_folder(resolve(name_or_path), threads)
 
 
 class Model:
@@ -73,9 +46,11 @@ class Model:
 
     Attributes:
         name: the ``Name`` of its inference_model.json, else the folder name.
+        folder: the :class:`~slmops.modelfolder.folder.ModelFolder` it was loaded from.
         path: its folder.
         og_model, tokenizer: the onnxruntime-genai ``Model`` and ``Tokenizer``.
         inference_model: its parsed inference_model.json, or None.
+        genai_config: its parsed genai_config.json.
         context_length: tokens of prompt plus answer it can hold.
         defaults: its default :class:`GenerationOptions`.
         stop_token_ids: tokens that end an answer (EOS and the template's end marker).
@@ -84,50 +59,38 @@ class Model:
     """
 
     def __init__(
-        self,
-        path: Path,
-        og_model,
-        tokenizer,
-        inference_model: InferenceModel | None,
-        genai_config: dict,
-        threads: int,
-        load_s: float,
+        self, folder: ModelFolder, og_model: og.Model, tokenizer: og.Tokenizer, threads: int, load_s: float
     ) -> None:
-        self.path = Path(path)
+        self.folder = folder
+        self.path = folder.path
         self.og_model = og_model
         self.tokenizer = tokenizer
-        self.inference_model = inference_model
-        self.genai_config = genai_config
+        self.inference_model = folder.inference_model
+        self.genai_config = folder.genai_config
         self.threads = threads
         self.load_s = load_s
-        self.name = inference_model.Name if inference_model else self.path.name
-        model_config = (
-            inference_model.ModelConfig.model_dump() if inference_model and inference_model.ModelConfig else None
-        )
-        self.context_length = _context_length(genai_config, model_config)
-        self.defaults = model_defaults(genai_config.get("search", {}), model_config)
+        self.name = folder.name
+        self.context_length = folder.context_length
+        self.defaults = model_defaults(folder.search, folder.model_config)
         self.stop_token_ids = self._stop_ids()
 
     @classmethod
-    def from_folder(
-        cls, folder: Path, inference_model: InferenceModel | None = None, threads: int | None = None
-    ) -> Model:
-        """Load the onnxruntime-genai model in ``folder`` with ``threads`` intra-op threads."""
+    def from_folder(cls, folder: ModelFolder, threads: int | None = None) -> Model:
+        """Load the onnxruntime-genai model of ``folder`` with ``threads`` intra-op threads."""
         threads = threads or default_threads()
         if threads < 1:
             raise SlmopsError(f"threads must be 1 or more, got {threads}.")
-        genai_config = _read_json(folder / GENAI_CONFIG)
         start = time.perf_counter()
         try:
-            config = og.Config(str(folder))
+            config = og.Config(str(folder.path))
             # Set at load time, never written into the folder: the machine that serves
             # a model is not always the one that converted it.
             config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
             og_model = og.Model(config)
             tokenizer = og.Tokenizer(og_model)
         except Exception as exc:  # onnxruntime-genai raises plain RuntimeErrors
-            raise SlmopsError(f"Could not load the model in {folder}: {exc}") from exc
-        return cls(folder, og_model, tokenizer, inference_model, genai_config, threads, time.perf_counter() - start)
+            raise SlmopsError(f"Could not load the model in {folder.path}: {exc}") from exc
+        return cls(folder, og_model, tokenizer, threads, time.perf_counter() - start)
 
     def __repr__(self) -> str:
         return f"<slmops Model {self.name!r} from {self.path}, {self.threads} threads>"
@@ -276,19 +239,3 @@ def _drop_oldest_turn(messages: list[dict]) -> bool:
     while len(older) > 1 and messages[older[0]]["role"] not in ("user", "system") and older[0] < len(messages) - 1:
         del messages[older[0]]
     return True
-
-
-def _context_length(genai_config: dict, model_config: dict | None) -> int:
-    model = genai_config.get("model", {})
-    length = model.get("context_length") or genai_config.get("search", {}).get("max_length") or 2048
-    if model_config and model_config.get("max_length"):
-        # inference_model.json may ask for less than the model can hold, never more.
-        length = min(length, model_config["max_length"])
-    return int(length)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SlmopsError(f"{path} could not be read ({exc}); is the model folder complete?") from exc

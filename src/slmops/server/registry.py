@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slmops.cache.resolver import looks_like_path, resolve
 from slmops.errors import ModelNotFound
 from slmops.runtime.batched import BatchedDecoder
 from slmops.server.config import ServerConfig
@@ -63,12 +64,9 @@ class Registry:
 
     def add_folder(self, folder: Path) -> str:
         """Serve a model folder outside the cache under its own name; returns the name."""
-        from slmops.runtime.model import locate
-
-        path, info = locate(Path(folder))
-        name = info.Name if info else path.name
-        self.folders[name.casefold()] = (name, path)
-        return name
+        model = resolve(Path(folder))
+        self.folders[model.name.casefold()] = (model.name, model.path)
+        return model.name
 
     def catalog(self) -> list[tuple[str, Path]]:
         """Every model the service can serve: the valid cached ones and the given folders."""
@@ -85,7 +83,7 @@ class Registry:
         store.check_name(name)  # a name that looks like a path never reaches the file system
         if name.casefold() in self.folders:
             return self.folders[name.casefold()]
-        entry = store.resolve(name)
+        entry = store.find(name)
         return entry.name, Path(entry.path)
 
     # ---- loading ----------------------------------------------------------
@@ -126,7 +124,7 @@ class Registry:
         Raises:
             SlmopsError: ``item`` is neither a cached name nor a model folder (the start fails).
         """
-        name = self.add_folder(Path(item)) if _is_folder(item) else item
+        name = self.add_folder(Path(item)) if looks_like_path(item) else item
         display, folder = self.locate(name)
         self.startup.add(display.casefold())
         self.start_load(display, folder)
@@ -173,12 +171,11 @@ class Registry:
         return entry
 
     async def _load(self, name: str, folder: Path) -> Loaded:
-        from slmops.runtime.model import Model, locate
+        from slmops.runtime.model import Model
 
         size = _folder_size(folder)
         self._make_room(size, name)
-        path, info = locate(folder)
-        model = await asyncio.to_thread(Model.from_folder, path, info, self.config.threads)
+        model = await asyncio.to_thread(Model.from_folder, resolve(folder), self.config.threads)
         decoder = await asyncio.to_thread(self._decoder, model)
         scheduler = Scheduler(name, self.config.parallel, self.config.max_queue, self.observer, decoder)
         log.info("loaded %s from %s in %.1f s", name, folder, model.load_s)
@@ -292,7 +289,3 @@ def _folder_size(folder: Path) -> int:
         return sum(path.stat().st_size for path in Path(folder).iterdir() if path.is_file())
     except OSError as exc:
         raise ModelNotFound(f"{folder} cannot be read ({exc.strerror}); check the model folder.") from exc
-
-
-def _is_folder(item: str) -> bool:
-    return "/" in item or item.startswith((".", "~")) or (Path(item) / "genai_config.json").is_file()
