@@ -173,8 +173,11 @@ def test_scheduler_gives_a_joiner_its_first_token_within_its_prefill_rounds(tiny
         runners = [job(prompt(20, seed), 150) for seed in (1, 2)]
         while decoder.steps < 5:
             await asyncio.sleep(0.005)
-        submitted = decoder.steps
-        joiner = job(prompt(250, 3), 4)
+        # Read and submit under the scheduler's lock: a busy machine may pause this thread between
+        # the two for several of the tiny model's sub-millisecond rounds.
+        with scheduler.wake:
+            submitted = decoder.steps
+            joiner = job(prompt(250, 3), 4)
         answer = [item async for item in _drain(joiner)]
         running = sum(1 for runner in runners if len(runner.sequence.tokens) < 150)
         scheduler.close()
