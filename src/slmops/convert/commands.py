@@ -218,8 +218,9 @@ def _quantization(factory, **values):
 
 
 def _summary(report) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from slmops.console import print_table
 
     table = Table(show_header=False, box=None)
     table.add_row("model", f"{report.name} ({report.precision})")
@@ -230,6 +231,5 @@ def _summary(report) -> None:
         table.add_row("time", f"{report.wall_seconds:.1f} s, peak RSS {report.peak_rss_mb:.0f} MB")
     for note in report.notes:
         table.add_row("note", note)
-    console = Console()
-    console.print(table)
-    console.print(f"Next: slmops cache add {report.output}")
+    print_table(table)
+    click.echo(f"Next: slmops cache add {report.output}")
