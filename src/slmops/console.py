@@ -60,8 +60,9 @@ def _plain(cell: RenderableType | None) -> str:
     """A cell's text without markup, on one line."""
     if isinstance(cell, str):
         try:
-            cell = Text.from_markup(cell)
+            text = Text.from_markup(cell).plain
         except MarkupError:  # brackets that only look like markup, e.g. in a model's answer
-            cell = Text(cell)
-    text = cell.plain if isinstance(cell, Text) else ("" if cell is None else str(cell))
+            text = cell
+    else:
+        text = cell.plain if isinstance(cell, Text) else ("" if cell is None else str(cell))
     return " ".join(text.splitlines())
