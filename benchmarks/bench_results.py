@@ -29,9 +29,9 @@ import tempfile
 from pathlib import Path
 
 from runtime_vs_generator import llama_bench_decode, run_slmops  # this folder's other scripts
-from serve_throughput import Server
 from slmops.bench import Sweep, TargetSpec, benchmark, report, write_outputs
 from slmops.convert import embedded_model
+from slmops.server.process import ServerProcess
 
 HERE = Path(__file__).resolve().parent
 THREADS = 2
@@ -64,8 +64,7 @@ def side_by_side(model: Path, gguf: Path, quick: bool) -> dict:
 
 
 def through_serve(model: Path, quick: bool) -> dict:
-    server = Server(
-        "slmops serve",
+    server = ServerProcess(
         [
             sys.executable,
             "-m",
@@ -79,6 +78,7 @@ def through_serve(model: Path, quick: bool) -> dict:
             "--log-level",
             "warning",
         ],
+        label="slmops serve",
     ).wait_ready(120)
     try:
         spec = TargetSpec(url=server.url, endpoint="completions", pid=server.process.pid)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import httpx
 
+from slmops.server.process import ServerProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -36,35 +38,12 @@ def source_of(commit: str) -> Path:
     return folder / "src"
 
 
-def start(folder: Path, port: int, src: Path) -> subprocess.Popen:
+def start(folder: Path, src: Path) -> ServerProcess:
+    """`slmops serve` from the sources in ``src``, ready."""
     env = dict(os.environ, SLMOPS_HOME=tempfile.mkdtemp(prefix="slmops-bench-"), PYTHONPATH=str(src))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "slmops",
-            "serve",
-            str(folder),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--parallel",
-            "16",
-            "--max-queue",
-            "64",
-        ],
-        env=env,
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    process.kill()
-    raise SystemExit(f"the server on port {port} did not start")
+    command = [sys.executable, "-m", "slmops", "serve", str(folder), "--log-level", "warning"]
+    command += ["--parallel", "16", "--max-queue", "64"]
+    return ServerProcess(command, env=env, label=f"slmops serve from {src}").wait_ready(180)
 
 
 WORDS = (
@@ -132,26 +111,24 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(level) for level in args.concurrency.split(",")]
     texts = prompts(Path(args.model), max(levels), args.prompt_tokens)
-    servers = {"before": (5291, source_of(args.before)), "after": (5292, ROOT / "src")}
-    processes = [start(Path(args.model), port, src) for port, src in servers.values()]
-    model = httpx.get(f"http://127.0.0.1:{servers['after'][0]}/v1/models").json()["data"][0]["id"]
+    sources = {"before": source_of(args.before), "after": ROOT / "src"}
+    servers = {name: start(Path(args.model), src) for name, src in sources.items()}
+    model = httpx.get(servers["after"].url + "/v1/models").json()["data"][0]["id"]
     results: dict = {(name, level): [] for name in servers for level in levels}
     loads = []
     try:
-        for port, _ in servers.values():  # warm-up: load the model, one answer each
-            asyncio.run(burst(f"http://127.0.0.1:{port}", model, ["Hello"], 4))
+        for server in servers.values():  # warm-up: load the model, one answer each
+            asyncio.run(burst(server.url, model, ["Hello"], 4))
         for round_ in range(args.rounds):
             order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
             for level in levels:
                 for name in order:
-                    url = f"http://127.0.0.1:{servers[name][0]}"
-                    results[name, level] += asyncio.run(burst(url, model, texts[:level], args.tokens))
+                    results[name, level] += asyncio.run(burst(servers[name].url, model, texts[:level], args.tokens))
                     loads.append(os.getloadavg()[0])
     finally:
-        for process in processes:
-            process.terminate()
-            process.wait(30)
-        shutil.rmtree(servers["before"][1].parent, ignore_errors=True)
+        for server in servers.values():
+            server.stop()
+        shutil.rmtree(sources["before"].parent, ignore_errors=True)
     report(results, levels, loads)
 
 

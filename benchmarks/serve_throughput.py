@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,12 +32,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from slmops.bench.runner import run_batch
 from slmops.bench.targets import Prompt, UrlTarget
 from slmops.convert import embedded_model
+from slmops.server.process import ServerProcess
 
 PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
 THREADS = 2
@@ -57,45 +56,7 @@ Measuring without it."""
 # ---- the contenders --------------------------------------------------------------
 
 
-class Server:
-    """A server process on a free loopback port, its output in a log file."""
-
-    def __init__(self, label: str, command: list[str], env: dict | None = None) -> None:
-        self.label, self.port = label, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="serve-bench-", suffix=".log", delete=False)
-        self.process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-    def wait_ready(self, timeout: float = 300) -> Server:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"{self.label} exited at start; see {self.log.name}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise SystemExit(f"{self.label} was not ready within {timeout:.0f} s; see {self.log.name}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def slmops_server(folder: Path, *flags: str) -> Server:
+def slmops_server(folder: Path, *flags: str) -> ServerProcess:
     env = dict(os.environ, SLMOPS_HOME=tempfile.mkdtemp(prefix="slmops-bench-"))
     command = [
         sys.executable,
@@ -111,10 +72,10 @@ def slmops_server(folder: Path, *flags: str) -> Server:
         str(THREADS),
         *flags,
     ]
-    return Server(" ".join(["slmops serve", *flags]), command, env)
+    return ServerProcess(command, env=env, label=" ".join(["slmops serve", *flags]))
 
 
-def llama_server(binary: str, gguf: Path, threads: int, flash_attention: str) -> Server:
+def llama_server(binary: str, gguf: Path, threads: int, flash_attention: str) -> ServerProcess:
     command = [
         binary,
         "-m",
@@ -130,7 +91,7 @@ def llama_server(binary: str, gguf: Path, threads: int, flash_attention: str) ->
         "-fa",
         flash_attention,
     ]
-    return Server(f"llama-server -fa {flash_attention}", command)
+    return ServerProcess(command, label=f"llama-server -fa {flash_attention}")
 
 
 def find_llama_server(given: str | None) -> str | None:
@@ -296,7 +257,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     try:
         for server in servers:
-            server.wait_ready()
+            server.wait_ready(300)  # they all load at once, on a machine of 2 cores
         ours, plain = (UrlTarget(s.url, model.name, endpoint="completions") for s in servers[:2])
         llamas = {
             setting: UrlTarget(server.url, endpoint="completions", ignore_eos=True)
@@ -356,12 +317,6 @@ def report(run: Run, late: float, remaining: float, tokens: int, binary: str | N
 def _p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[max(0, int(round(0.95 * len(ordered))) - 1)]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -169,6 +169,9 @@ def test_compare_flags_regressions_and_exits_nonzero(tmp_path):
     assert same.exit_code == 0, same.output
     flagged = runner.invoke(bench, ["compare", str(a), str(b), "--fail-on-regression"])
     assert flagged.exit_code == 1 and "REGRESSION" in flagged.output
+    regressed = [line for line in flagged.output.splitlines() if "REGRESSION" in line]
+    assert len(regressed) == len(comparison.regressions)  # one line a row, even when rich would wrap it
+    assert all(line.startswith("fast p=") and "decode tok/s" in line for line in regressed)
     assert "regressed beyond 10%" in str(flagged.exception)
     lenient = runner.invoke(bench, ["compare", str(a), str(b), "--threshold", "25", "--fail-on-regression"])
     assert lenient.exit_code == 0

@@ -1,18 +1,13 @@
 """A small real benchmark of the embedded SmolLM2 (INT4), in-process, beside the bare Generator."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 from click.testing import CliRunner
 
 from slmops.bench.commands import bench
 from slmops.bench.schema import validate
+from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -66,57 +61,14 @@ def test_real_run_produces_every_figure_plausibly_ordered(smollm2_int4, tmp_path
     assert "| slmops t=2 | 256 |" in (tmp_path / "run.md").read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def served_smollm2(smollm2_int4, slmops_home):
     """A real `slmops serve` process on loopback, stopped after the test."""
-    port = _free_port()
-    env = dict(os.environ, SLMOPS_HOME=str(slmops_home))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "slmops",
-            "serve",
-            str(smollm2_int4),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--threads",
-            "2",
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess(slmops_home, str(smollm2_int4), "--threads", "2").wait_ready()
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.stderr.read().decode()[-2000:]
-            try:
-                if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("slmops serve did not answer within 90 s")
-        yield url, process.pid
+        yield server.url, server.process.pid
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop()
 
 
 def test_url_run_against_slmops_serve(served_smollm2, tmp_path):

@@ -66,6 +66,29 @@ def test_ls_table_json_and_list_alias(tmp_path):
     assert json.loads(invoke("list", "--json").output) == listed
 
 
+# What a pipe looks like to rich: not a terminal, and narrower than a long row.
+PIPED = {"COLUMNS": "40", "FORCE_COLOR": None, "TTY_COMPATIBLE": None}
+
+
+def only_line_with(text: str, output: str) -> str:
+    lines = [line for line in output.splitlines() if text in line]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def test_piped_tables_keep_each_model_on_one_line(tmp_path):
+    from slmops.cli import cli
+
+    store.set_location(tmp_path / ("a-cache-folder-with-a-long-name-" * 3))
+    entry = store.read_entry(make_model(store.location() / "custom" / "your-finetuned-model-int4", MISSION_JSON))
+    cached = CliRunner().invoke(cache, ["ls"], env=PIPED)
+    row = only_line_with("your-finetuned-model-int4", cached.output)  # as `slmops cache ls | grep NAME` finds it
+    assert row.split()[:3] == ["your-finetuned-model-int4", "1.0", "int4"] and row.endswith(str(entry.path))
+    listed = CliRunner().invoke(cli, ["model", "list"], env=PIPED)
+    row = only_line_with("your-finetuned-model-int4", listed.output)
+    assert row.split()[:2] == ["your-finetuned-model-int4", "int4"] and row.endswith(str(entry.path))
+
+
 def test_add_and_remove(tmp_path):
     source = make_model(tmp_path / "out")
     added = invoke("add", str(source), "--name", "mine")

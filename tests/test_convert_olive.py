@@ -164,6 +164,17 @@ def test_unsupported_config_stops_before_any_work(tiny_llama, tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["finetuned_conversion_config.json"]
 
 
+def test_block_size_is_checked_once_with_one_message():
+    from pydantic import ValidationError
+
+    from slmops.convert import QuantizationOptions
+    from slmops.convert.olive import QuantizationConfig
+
+    for settings in (QuantizationOptions, QuantizationConfig):  # `slmops convert`'s and an Olive config's
+        with pytest.raises(ValidationError, match="48 is not supported; supported: 16, 32, 64, 128, 256"):
+            settings(block_size=48)
+
+
 def test_malformed_and_missing_config_files(tmp_path):
     broken = tmp_path / "broken.json"
     broken.write_text("{")

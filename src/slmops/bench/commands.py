@@ -7,8 +7,6 @@ subcommand is handed to ``run``.
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from slmops.errors import SlmopsError, UsageError
@@ -157,14 +155,14 @@ def run_command(
 
 def _run_live(run, case_count: int) -> dict:
     """Run with a progress bar and a table that grows as cases finish."""
-    from rich.console import Console, Group
+    from rich.console import Group
     from rich.live import Live
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from slmops.bench import report
+    from slmops.console import make_console, print_table
 
-    # Off a terminal (CI logs, files) rich assumes 80 columns: too narrow for the table.
-    console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+    console = make_console(stderr=True)
     table = report.rich_table()
     progress = Progress(TextColumn("cases"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
     task = progress.add_task("cases", total=case_count)
@@ -176,7 +174,7 @@ def _run_live(run, case_count: int) -> dict:
     # transient: a failed run leaves its error, not an empty table, on the screen
     with Live(Group(progress, table), console=console, refresh_per_second=4, transient=True):
         result = run(on_case)
-    console.print(table)
+    print_table(table, console)
     document = result.to_dict()
     for warning in document["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}")
@@ -198,10 +196,10 @@ def _case_dict(case) -> dict:
 @click.option("--fail-on-regression", is_flag=True, help="Exit with code 1 when any figure regressed.")
 def compare_command(a, b, threshold, fail_on_regression) -> None:
     """Compare result B.json with the baseline A.json (ratios B/A)."""
-    from rich.console import Console
     from rich.table import Table
 
     from slmops.bench.compare import compare, load_result
+    from slmops.console import make_console, print_table
 
     comparison = compare(load_result(a), load_result(b), threshold / 100)
     table = Table(title=f"{b} vs {a}")
@@ -210,8 +208,8 @@ def compare_command(a, b, threshold, fail_on_regression) -> None:
     for change in comparison.changes:
         flag = "[red]REGRESSION[/]" if change.regression else ""
         table.add_row(change.case, change.figure, f"{change.a:,.1f}", f"{change.b:,.1f}", f"{change.ratio:.3f}", flag)
-    console = Console()
-    console.print(table)
+    console = make_console()
+    print_table(table, console)
     for name in comparison.unmatched:
         console.print(f"[yellow]not in {a}:[/] {name}")
     regressions = comparison.regressions

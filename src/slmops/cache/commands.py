@@ -73,11 +73,12 @@ def remove(name: str, yes: bool) -> None:
 
 
 def _print_table(models: list[store.CachedModel]) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    from slmops.console import make_console, print_table
+
+    console = make_console()
     if not models:
         console.print(f"No models in {store.location()}. Add one with `slmops cache add FOLDER`.")
         return
@@ -87,7 +88,7 @@ def _print_table(models: list[store.CachedModel]) -> None:
     for model in models:
         name = escape(model.name) if model.valid else f"[red]{escape(model.name)} (invalid)[/red]"
         table.add_row(name, model.version or "", model.precision or "", _size(model.size_bytes), str(model.path))
-    console.print(table)
+    print_table(table, console)
     for model in models:
         if not model.valid:
             console.print(

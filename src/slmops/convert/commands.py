@@ -8,7 +8,16 @@ import click
 
 from slmops.convert.options import ALGOS, BLOCK_SIZES, LM_HEAD, PRECISIONS
 
-_LOG_LEVEL_HELP = "0 silent, 1 progress bars, 2 also stage timings, 3-4 the model builder's own output."
+# `convert` and `run --config` log alike; `auto-opt` takes Olive's own --log_level scale instead.
+log_level_option = click.option(
+    "--log-level",
+    "--log_level",
+    "log_level",
+    type=click.IntRange(0, 4),
+    default=1,
+    show_default=True,
+    help="0 silent, 1 progress bars, 2 also stage timings, 3-4 the model builder's own output.",
+)
 
 
 @click.command()
@@ -53,29 +62,18 @@ _LOG_LEVEL_HELP = "0 silent, 1 progress bars, 2 also stage timings, 3-4 the mode
 )
 @click.option("--mixed-precision", help="Builder matmul_mixed_precision, e.g. 'last_matmul:int8,mixed_layers:int8'.")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
-@click.option(
-    "--log-level",
-    "--log_level",
-    "log_level",
-    type=click.IntRange(0, 4),
-    default=1,
-    show_default=True,
-    help=_LOG_LEVEL_HELP,
-)
+@log_level_option
 def convert(
     source,
     output,
     precision,
-    name,
-    base,
     block_size,
     symmetric,
     accuracy_level,
     algo,
     lm_head_precision,
     mixed_precision,
-    force,
-    log_level,
+    **options,
 ):
     """Convert SOURCE (a Hugging Face folder, a .gguf file or a LoRA adapter; default: the
     embedded SmolLM2-135M-Instruct) to an ONNX model folder for onnxruntime-genai."""
@@ -93,16 +91,8 @@ def convert(
         matmul_mixed_precision=mixed or None,
         nodes_to_exclude=[LM_HEAD] if lm_head_precision == "fp32" else [],
     )
-    report = convert_model(
-        source,
-        output,
-        precision=precision,
-        name=name,
-        base=base,
-        quantization=quantization,
-        force=force,
-        log_level=log_level,
-    )
+    # name, base, force, log_level: convert()'s parameters by name
+    report = convert_model(source, output, precision=precision, quantization=quantization, **options)
     _summary(report)
 
 
@@ -188,15 +178,7 @@ def auto_opt(
 
 @click.command()
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="Olive workflow JSON.")
-@click.option(
-    "--log-level",
-    "--log_level",
-    "log_level",
-    type=click.IntRange(0, 4),
-    default=1,
-    show_default=True,
-    help=_LOG_LEVEL_HELP,
-)
+@log_level_option
 def run_config(config_path, log_level):
     """Run an Olive workflow config (HfModel + one ModelBuilder pass on the CPU), reusing cache_dir."""
     from slmops.convert.olive import run_config as run
@@ -218,8 +200,9 @@ def _quantization(factory, **values):
 
 
 def _summary(report) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from slmops.console import print_table
 
     table = Table(show_header=False, box=None)
     table.add_row("model", f"{report.name} ({report.precision})")
@@ -230,6 +213,5 @@ def _summary(report) -> None:
         table.add_row("time", f"{report.wall_seconds:.1f} s, peak RSS {report.peak_rss_mb:.0f} MB")
     for note in report.notes:
         table.add_row("note", note)
-    console = Console()
-    console.print(table)
-    console.print(f"Next: slmops cache add {report.output}")
+    print_table(table)
+    click.echo(f"Next: slmops cache add {report.output}")

@@ -21,9 +21,10 @@ import psutil
 
 from slmops.convert.options import POST_BUILD_ALGOS, PRECISIONS, QuantizationOptions
 from slmops.convert.progress import Stages
-from slmops.convert.report import ConversionReport, library_versions, peak_rss_mb
+from slmops.convert.report import ConversionReport, library_versions
 from slmops.convert.sources import Source, inspect_source, size_of, source_hash
 from slmops.errors import UsageError
+from slmops.memory import peak_rss_mb
 from slmops.modelfolder import prompt_template
 from slmops.modelfolder.folder import genai_context_length, read_genai_config
 from slmops.modelfolder.inference_model import Defaults, InferenceModel, default_model_config

@@ -12,11 +12,12 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmops.convert.convert import convert
-from slmops.convert.options import ALGOS, BLOCK_SIZES, PRECISIONS, QuantizationOptions
+from slmops.convert.options import ALGOS, PRECISIONS, BlockSize, QuantizationOptions
 from slmops.convert.report import FILENAME as REPORT_FILE
 from slmops.convert.report import ConversionReport
 from slmops.convert.sources import inspect_source, source_hash
@@ -93,37 +94,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _one_of(*allowed: object, any_case: bool = False, shown: str | None = None) -> AfterValidator:
+    """A field check accepting only ``allowed`` (or null); the error says what slmops supports."""
+    accepted = {str(item).lower() for item in allowed} if any_case else set(allowed)
+
+    def check(value):
+        if value is not None and (str(value).lower() if any_case else value) not in accepted:
+            raise ValueError(f"{value!r} is not supported; supported: {shown or ', '.join(map(str, allowed))}")
+        return value
+
+    return AfterValidator(check)
+
+
 class InputModel(_Strict):
-    type: str = Field(description="Olive model type; slmops supports HfModel.")
+    type: Annotated[str, _one_of("HfModel", any_case=True)] = Field(
+        description="Olive model type; slmops supports HfModel."
+    )
     model_path: str = Field(description="A Hugging Face model folder (or a .gguf file).")
-    task: str = Field("text-generation", description="Olive task; slmops supports text-generation.")
+    task: Annotated[str, _one_of("text-generation", "text-generation-with-past", shown="text-generation")] = Field(
+        "text-generation", description="Olive task; slmops supports text-generation."
+    )
     adapter_path: str | None = Field(None, description="A PEFT LoRA adapter folder merged into the model.")
-
-    @field_validator("type")
-    @classmethod
-    def _type(cls, value: str) -> str:
-        if value.lower() != "hfmodel":
-            raise ValueError(f"'{value}' is not supported; supported: HfModel")
-        return value
-
-    @field_validator("task")
-    @classmethod
-    def _task(cls, value: str) -> str:
-        if value not in ("text-generation", "text-generation-with-past"):
-            raise ValueError(f"'{value}' is not supported; supported: text-generation")
-        return value
 
 
 class Accelerator(_Strict):
-    device: str = Field("cpu", description="Olive device; slmops supports cpu.")
+    device: Annotated[str, _one_of("cpu", any_case=True)] = Field(
+        "cpu", description="Olive device; slmops supports cpu."
+    )
     execution_providers: list[str] = Field([CPU_PROVIDER], description=f"Only {CPU_PROVIDER}.")
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if value.lower() != "cpu":
-            raise ValueError(f"'{value}' is not supported; supported: cpu")
-        return value
 
     @field_validator("execution_providers")
     @classmethod
@@ -135,59 +133,28 @@ class Accelerator(_Strict):
 
 
 class System(_Strict):
-    type: str = Field(description="Olive system type; slmops supports LocalSystem.")
+    type: Annotated[str, _one_of("LocalSystem")] = Field(description="Olive system type; slmops supports LocalSystem.")
     accelerators: list[Accelerator] = Field(default_factory=lambda: [Accelerator()], description="CPU only.")
-
-    @field_validator("type")
-    @classmethod
-    def _type(cls, value: str) -> str:
-        if value != "LocalSystem":
-            raise ValueError(f"'{value}' is not supported; supported: LocalSystem")
-        return value
 
 
 class QuantizationConfig(_Strict):
-    block_size: int = Field(32, description="16, 32, 64, 128 or 256.")
+    block_size: BlockSize = Field(32, description="16, 32, 64, 128 or 256.")
     is_symmetric: bool = Field(True, description="Symmetric int or asymmetric uint quantization.")
-    accuracy_level: int | None = Field(None, description="1 fp32, 2 fp16, 3 bf16, 4 int8 activations.")
-    algo_config: str | None = Field(None, description="rtn, k_quant, k_quant_mixed, k_quant_last or rtn_last.")
-
-    @field_validator("block_size")
-    @classmethod
-    def _block_size(cls, value: int) -> int:
-        if value not in BLOCK_SIZES:
-            raise ValueError(f"{value} is not supported; supported: {', '.join(map(str, BLOCK_SIZES))}")
-        return value
-
-    @field_validator("accuracy_level")
-    @classmethod
-    def _accuracy(cls, value: int | None) -> int | None:
-        if value is not None and value not in (0, 1, 2, 3, 4):
-            raise ValueError(f"{value} is not supported; supported: 1 (fp32), 2 (fp16), 3 (bf16), 4 (int8)")
-        return value
-
-    @field_validator("algo_config")
-    @classmethod
-    def _algo(cls, value: str | None) -> str | None:
-        if value is not None and value not in ALGOS:
-            raise ValueError(f"'{value}' is not supported; supported: {', '.join(ALGOS)}")
-        return value
+    accuracy_level: Annotated[int | None, _one_of(0, 1, 2, 3, 4, shown="1 (fp32), 2 (fp16), 3 (bf16), 4 (int8)")] = (
+        Field(None, description="1 fp32, 2 fp16, 3 bf16, 4 int8 activations.")
+    )
+    algo_config: Annotated[str | None, _one_of(*ALGOS)] = Field(
+        None, description="rtn, k_quant, k_quant_mixed, k_quant_last or rtn_last."
+    )
 
 
 class BuilderConfig(_Strict):
-    precision: str = Field("fp32", description="int4, int8, fp16, bf16 or fp32.")
+    precision: Annotated[str, _one_of(*PRECISIONS)] = Field("fp32", description="int4, int8, fp16, bf16 or fp32.")
     quantization_config: QuantizationConfig | None = Field(None, description="Weight quantization settings.")
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, value: str) -> str:
-        if value not in PRECISIONS:
-            raise ValueError(f"'{value}' is not supported; supported: {', '.join(PRECISIONS)}")
-        return value
 
 
 class Pass(_Strict):
-    type: str = Field(description="Olive pass type; slmops supports ModelBuilder.")
+    type: Annotated[str, _one_of("ModelBuilder")] = Field(description="Olive pass type; slmops supports ModelBuilder.")
     config: BuilderConfig = Field(default_factory=BuilderConfig, description="The ModelBuilder settings.")
 
     @model_validator(mode="before")
@@ -197,13 +164,6 @@ class Pass(_Strict):
         if isinstance(data, dict) and "config" not in data:
             data = {"type": data.get("type"), "config": {k: v for k, v in data.items() if k != "type"}}
         return data
-
-    @field_validator("type")
-    @classmethod
-    def _type(cls, value: str) -> str:
-        if value != "ModelBuilder":
-            raise ValueError(f"'{value}' is not supported; supported: ModelBuilder")
-        return value
 
 
 class OliveConfig(_Strict):

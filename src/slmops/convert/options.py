@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 PRECISIONS = ("int4", "int8", "fp16", "bf16", "fp32")
 Precision = Literal["int4", "int8", "fp16", "bf16", "fp32"]
@@ -14,12 +14,22 @@ LM_HEAD = "/lm_head/MatMul"  # the builder's name for the last MatMul
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 
+def _check_block_size(value: int) -> int:
+    if value not in BLOCK_SIZES:
+        raise ValueError(f"{value} is not supported; supported: {', '.join(map(str, BLOCK_SIZES))}")
+    return value
+
+
+# Weights per quantization block, checked alike wherever a setting names it (here and in Olive configs).
+BlockSize = Annotated[int, AfterValidator(_check_block_size)]
+
+
 class QuantizationOptions(BaseModel):
     """Weight-only quantization settings for int4/int8 (ignored for float precisions)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    block_size: int = Field(32, description="Weights per quantization block: 16, 32, 64, 128 or 256.")
+    block_size: BlockSize = Field(32, description="Weights per quantization block: 16, 32, 64, 128 or 256.")
     is_symmetric: bool = Field(
         True, description="Symmetric (signed, no zero point) or asymmetric (unsigned + zero point)."
     )
@@ -40,13 +50,6 @@ class QuantizationOptions(BaseModel):
     matmul_mixed_precision: str | None = Field(
         None, description="Groups kept at another bit width, e.g. 'last_matmul:int8,mixed_layers:int8'."
     )
-
-    @field_validator("block_size")
-    @classmethod
-    def _block_size(cls, value: int) -> int:
-        if value not in BLOCK_SIZES:
-            raise ValueError(f"block_size must be one of {', '.join(map(str, BLOCK_SIZES))}")
-        return value
 
     @field_validator("matmul_mixed_precision")
     @classmethod

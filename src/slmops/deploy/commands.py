@@ -17,6 +17,7 @@ from slmops.deploy.pipeline import (
     settings_text,
 )
 from slmops.errors import UsageError
+from slmops.evaluate.commands import min_pass_option, soak_option, suite_option
 from slmops.server.config import DEFAULT_PORT
 
 
@@ -58,35 +59,17 @@ def usage_lines(name: str) -> list[str]:
     show_default=True,
     help="Fail above this ΔPPL vs FP32 (percent).",
 )
-@click.option(
-    "--suite",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Domain suite for validation (default: the shipped example).",
-)
-@click.option("--min-pass", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="Suite pass rate needed.")
-@click.option(
-    "--soak", type=click.IntRange(10), default=DEPLOY_SOAK, show_default=True, help="Generations for the memory check."
-)
+@suite_option("Domain suite for validation (default: the shipped example).")
+@min_pass_option("Suite pass rate needed.")
+@soak_option(DEPLOY_SOAK)
 @click.option("--skip-eval", is_flag=True, help="Do not compare with the FP32 export (saves one conversion).")
 @click.option("--force", is_flag=True, help="Replace a cached model of the same name.")
-def deploy_command(
-    source, name, precision, quantization_spec, windows, max_ppl_increase, suite, min_pass, soak, skip_eval, force
-):
+def deploy_command(source, name, precision, quantization_spec, **settings):
     """Convert SOURCE (default: the embedded SmolLM2), evaluate, validate and register it as NAME."""
     started = time.perf_counter()
-    result = deploy(
-        source,
-        name=name,
-        precision=precision,
-        quantization=parse_quantization(quantization_spec, precision),
-        windows=windows,
-        max_ppl_increase=max_ppl_increase,
-        suite=suite,
-        min_pass=min_pass,
-        soak=soak,
-        skip_eval=skip_eval,
-        force=force,
-    )
+    quantization = parse_quantization(quantization_spec, precision)
+    # windows, max_ppl_increase, suite, min_pass, soak, skip_eval, force: deploy()'s parameters by name
+    result = deploy(source, name=name, precision=precision, quantization=quantization, **settings)
     click.echo(
         f"Deployed {name} ({result.variant}{settings_text(result.quantization)}) in {time.perf_counter() - started:.0f} s "
         f"to {result.cached_path}."

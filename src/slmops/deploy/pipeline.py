@@ -95,59 +95,25 @@ def deploy(
     _refuse_existing(name, force)
     work = _work_folder()
     try:
-        return _deploy_in(
-            work,
-            source,
-            name,
-            precision,
-            quantization,
-            windows,
-            max_ppl_increase,
-            suite,
-            min_pass,
-            soak,
-            skip_eval,
-            force,
-            echo,
-        )
+        if precision == "auto":
+            precision, quantization = _auto_precision(work, source, windows, suite, max_ppl_increase, min_pass, echo)
+        variant = _variant(precision, quantization)
+        result = DeployResult(name, precision, dict(variant.quantization), variant=variant.name)
+        model_dir = work / name
+        with _step(result, f"convert to {variant.describe()}", echo):
+            if variant.post_build:  # its FP32 graph is the eval's reference too: built once
+                _convert(source, work / REFERENCE, "fp32", REFERENCE, None)
+            build(variant, source, model_dir, work / REFERENCE)
+        if not skip_eval and precision != "fp32":
+            with _step(result, f"eval against FP32 ({windows} windows of 512 tokens)", echo) as step:
+                step["summary"] = _evaluate(result, work, source, model_dir, windows, max_ppl_increase)
+        with _step(result, f"validate (soak {soak})", echo) as step:
+            step["summary"] = _validate(result, model_dir, suite, min_pass, soak)
+        _write_report(result, model_dir)
+        with _step(result, "register in the cache", echo):
+            entry = store.add(model_dir, name=name, force=force)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _deploy_in(
-    work,
-    source,
-    name,
-    precision,
-    quantization,
-    windows,
-    max_ppl_increase,
-    suite,
-    min_pass,
-    soak,
-    skip_eval,
-    force,
-    echo,
-) -> DeployResult:
-    if precision == "auto":
-        precision, quantization = _auto_precision(work, source, windows, suite, max_ppl_increase, min_pass, echo)
-    variant = _variant(precision, quantization)
-    result = DeployResult(name, precision, dict(variant.quantization), variant=variant.name)
-    model_dir = work / name
-    with _step(result, f"convert to {variant.describe()}", echo):
-        if variant.post_build:  # its FP32 graph is the eval's reference too: built once
-            _convert(source, work / REFERENCE, "fp32", REFERENCE, None)
-        build(variant, source, model_dir, work / REFERENCE)
-    if not skip_eval and precision != "fp32":
-        with _step(result, f"eval against FP32 ({windows} windows of 512 tokens)", echo) as step:
-            step["summary"] = _evaluate(result, work, source, model_dir, windows, max_ppl_increase)
-    with _step(result, f"validate (soak {soak})", echo) as step:
-        step["summary"] = _validate(result, model_dir, suite, min_pass, soak)
-    _write_report(result, model_dir)
-    with _step(result, "register in the cache", echo):
-        from slmops.cache import store
-
-        entry = store.add(model_dir, name=name, force=force)
     result.cached_path = str(entry.path)
     result.report_path = str(Path(entry.path) / "deploy-report.json")
     return result

@@ -7,9 +7,38 @@ from pathlib import Path
 import click
 
 from slmops.evaluate.quality import DEFAULT_WINDOWS
+from slmops.evaluate.validate import DEFAULT_SOAK
 
 JSON_HELP = "Also write the report as JSON to this file ('-' for standard output)."
 MD_HELP = "Also write the report as Markdown to this file ('-' for standard output)."
+MIN_PASS = 0.9
+
+
+# ---- flags the evaluation commands share (deploy's validation step takes them too) ----
+
+
+def suite_option(help: str):
+    return click.option("--suite", type=click.Path(exists=True, dir_okay=False), help=help)
+
+
+def min_pass_option(help: str):
+    return click.option("--min-pass", type=click.FloatRange(0, 1), default=MIN_PASS, show_default=True, help=help)
+
+
+def soak_option(default: int):
+    return click.option(
+        "--soak",
+        type=click.IntRange(10),
+        default=default,
+        show_default=True,
+        help="Generations for the memory-leak check.",
+    )
+
+
+def report_options(command):
+    """--json and --markdown: where the report goes besides the table."""
+    command = click.option("--markdown", "markdown_path", help=MD_HELP)(command)
+    return click.option("--json", "json_path", help=JSON_HELP)(command)
 
 
 @click.command("eval")
@@ -33,15 +62,10 @@ MD_HELP = "Also write the report as Markdown to this file ('-' for standard outp
     type=click.Path(file_okay=False),
     help="Save the reference's log-probs (the model's own without --reference) to this folder, for --reference later.",
 )
-@click.option(
-    "--suite", type=click.Path(exists=True, dir_okay=False), help="A domain suite (JSON lines) to answer and check."
-)
+@suite_option("A domain suite (JSON lines) to answer and check.")
 @click.option("--no-perplexity", is_flag=True, help="Run only the suite.")
-@click.option("--json", "json_path", help=JSON_HELP)
-@click.option("--markdown", "markdown_path", help=MD_HELP)
-def eval_command(
-    model, reference, text, window, stride, windows, save_logits, suite, no_perplexity, json_path, markdown_path
-):
+@report_options
+def eval_command(model, suite, no_perplexity, json_path, markdown_path, **quality_options):
     """Measure MODEL's quality: perplexity, divergence from a reference, a domain suite."""
     from slmops.evaluate import report as reports
 
@@ -49,15 +73,8 @@ def eval_command(
     if not no_perplexity:
         from slmops.evaluate.quality import evaluate_quality
 
-        quality = evaluate_quality(
-            model,
-            reference=reference,
-            text=text,
-            window=window,
-            stride=stride,
-            windows=windows,
-            save_logits=save_logits,
-        )
+        # reference, text, window, stride, windows, save_logits: evaluate_quality's parameters by name
+        quality = evaluate_quality(model, **quality_options)
         reports.print_table(
             f"{model} on {quality.text} ({quality.windows} x {quality.window} tokens)",
             ["figure", "value"],
@@ -65,7 +82,7 @@ def eval_command(
         )
         data["quality"] = quality.to_json()
         markdown.append(reports.quality_markdown(quality))
-        if save_logits:
+        if save_logits := quality_options["save_logits"]:
             click.echo(f"Saved logits to {save_logits}; reuse them with --reference {save_logits}.")
     if suite:
         result = _run_suite(model, suite)
@@ -78,17 +95,10 @@ def eval_command(
 
 @click.command("validate")
 @click.argument("model")
-@click.option(
-    "--suite", type=click.Path(exists=True, dir_okay=False), help="Domain suite (default: the shipped example suite)."
-)
-@click.option(
-    "--min-pass", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="Suite pass rate needed by item 1."
-)
-@click.option(
-    "--soak", type=click.IntRange(10), default=200, show_default=True, help="Generations for the memory-leak check."
-)
-@click.option("--json", "json_path", help=JSON_HELP)
-@click.option("--markdown", "markdown_path", help=MD_HELP)
+@suite_option("Domain suite (default: the shipped example suite).")
+@min_pass_option("Suite pass rate needed by item 1.")
+@soak_option(DEFAULT_SOAK)
+@report_options
 @click.pass_context
 def validate(ctx, model, suite, min_pass, soak, json_path, markdown_path):
     """Run the deployment checklist on MODEL; exit code 1 when an item FAILs."""
@@ -120,18 +130,12 @@ def validate(ctx, model, suite, min_pass, soak, json_path, markdown_path):
 @click.option(
     "--windows", type=int, default=DEFAULT_WINDOWS, show_default=True, help="Eval windows of 512 tokens per model."
 )
-@click.option(
-    "--suite",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Domain suite for the pass rate (default: the shipped example).",
-)
+@suite_option("Domain suite for the pass rate (default: the shipped example).")
 @click.option("--pick", is_flag=True, help="Choose the smallest, fastest precision within the quality limits.")
 @click.option(
     "--max-ppl-increase", type=float, default=5.0, show_default=True, help="Largest ΔPPL (percent) --pick accepts."
 )
-@click.option(
-    "--min-pass", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="Suite pass rate --pick needs."
-)
+@min_pass_option("Suite pass rate --pick needs.")
 @click.option(
     "--output",
     "-o",
@@ -181,53 +185,23 @@ def sweep(
     if speed_only:
         result = sweeps.speed_only(Path(output), rounds=speed_rounds or 3, echo=click.echo)
     else:
-        result = _full_sweep(
-            sweeps,
-            source,
-            precisions,
-            int4_variants,
-            windows,
-            suite,
-            pick,
-            max_ppl_increase,
-            min_pass,
-            output,
-            keep_models,
-            speed_rounds,
+        result = sweeps.sweep(
+            Path(source) if source else None,
+            Path(output),
+            precisions=[item.strip() for item in precisions.split(",") if item.strip()],
+            int4_variants=sweeps.parse_variants(int4_variants),
+            windows=windows,
+            suite=suite,
+            max_ppl_increase=max_ppl_increase,
+            min_pass=min_pass,
+            keep_models=keep_models or not pick,
+            speed_rounds=speed_rounds,
+            echo=click.echo,
         )
     sweeps.print_sweep(result)
     click.echo(f"Reports: {result.json_path}, {result.markdown_path}, {result.plot_path}")
     if pick:
         click.echo(result.pick_reason)
-
-
-def _full_sweep(
-    sweeps,
-    source,
-    precisions,
-    int4_variants,
-    windows,
-    suite,
-    pick,
-    max_ppl_increase,
-    min_pass,
-    output,
-    keep_models,
-    speed_rounds,
-):
-    return sweeps.sweep(
-        Path(source) if source else None,
-        Path(output),
-        precisions=[item.strip() for item in precisions.split(",") if item.strip()],
-        int4_variants=sweeps.parse_variants(int4_variants),
-        windows=windows,
-        suite=suite,
-        max_ppl_increase=max_ppl_increase,
-        min_pass=min_pass,
-        keep_models=keep_models or not pick,
-        speed_rounds=speed_rounds,
-        echo=click.echo,
-    )
 
 
 def print_validation(result) -> None:

@@ -92,12 +92,13 @@ def validation_markdown(report) -> str:
 
 
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from slmops import console
 
     table = Table(title=title)
     for column in header:
         table.add_column(column)
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    console.print_table(table)

@@ -37,6 +37,7 @@ def measure(folder: Path, new_tokens: int = 64, repeats: int = 3, timeout_s: flo
 
 
 def _child(folder: str, new_tokens: int, repeats: int) -> dict:
+    from slmops.memory import peak_rss_mb
     from slmops.runtime import load
 
     model = load(folder)
@@ -44,25 +45,12 @@ def _child(folder: str, new_tokens: int, repeats: int) -> dict:
         model.chat([{"role": "user", "content": PROMPT}], max_tokens=new_tokens, temperature=0.0)
         for _ in range(repeats)
     ]
-    peak_kb = _peak_rss_kb()
     return {
         "load_s": model.load_s,
         "ttft_s": min(run.ttft_s for run in runs),
         "decode_tokens_per_s": max(run.decode_tokens_per_s for run in runs),
-        "peak_rss_mb": peak_kb / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
-
-
-def _peak_rss_kb() -> float:
-    """This process's own peak RSS. ru_maxrss would not do: Linux carries the parent's peak
-    across fork and exec, so every child of a large sweep reported the sweep's own peak."""
-    import resource
-
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            return float(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
-    except (OSError, StopIteration):
-        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 if __name__ == "__main__":

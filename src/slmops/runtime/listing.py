@@ -44,6 +44,8 @@ def list_models() -> list[dict]:
 
 
 def print_models(rows: list[dict], console: Console | None = None) -> None:
+    from slmops.console import print_table
+
     console = console or Console()
     if not rows:
         console.print(f"No models in the cache ({store.location()}). `slmops cache add FOLDER` adds one.")
@@ -58,7 +60,7 @@ def print_models(rows: list[dict], console: Console | None = None) -> None:
         if service:
             cells.append("yes" if row["loaded"] else "")
         table.add_row(*cells, row["path"])
-    console.print(table)
+    print_table(table, console)
     if not service:
         console.print("[dim]No slmops service is running; `slmops serve` starts one.[/dim]")
 

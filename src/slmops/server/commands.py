@@ -22,62 +22,38 @@ def parse_size(text: str | None) -> int | None:
     return int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
 
 
+def _shown(flag: str, type: click.ParamType | None, default: object, help: str):
+    """A flag whose default --help shows."""
+    return click.option(flag, type=type, default=default, show_default=True, help=help)
+
+
 def serve_options(function):
     """The flags `serve` and `service start` share."""
     flags = [
         click.argument("models", nargs=-1),
-        click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on."),
-        click.option(
-            "--port",
-            type=click.IntRange(0, 65535),
-            default=DEFAULT_PORT,
-            show_default=True,
-            help="Port to listen on; 0 picks a free one.",
+        _shown("--host", click.STRING, DEFAULT_HOST, "Address to listen on."),
+        _shown("--port", click.IntRange(0, 65535), DEFAULT_PORT, "Port to listen on; 0 picks a free one."),
+        _shown("--parallel", click.IntRange(1, 256), 8, "Sequences generated at once per model."),
+        _shown(
+            "--max-queue", click.IntRange(0, 100000), 64, "Requests waiting per model beyond --parallel; more get 429."
         ),
-        click.option(
-            "--parallel",
-            type=click.IntRange(1, 256),
-            default=8,
-            show_default=True,
-            help="Sequences generated at once per model.",
-        ),
-        click.option(
-            "--max-queue",
-            type=click.IntRange(0, 100000),
-            default=64,
-            show_default=True,
-            help="Requests waiting per model beyond --parallel; more get 429.",
-        ),
-        click.option(
-            "--keep-alive",
-            type=click.FloatRange(min=0),
-            default=600,
-            show_default=True,
-            help="Seconds a model stays loaded while idle.",
-        ),
+        _shown("--keep-alive", click.FloatRange(min=0), 600, "Seconds a model stays loaded while idle."),
         click.option(
             "--max-memory", help="Memory budget for loaded models (e.g. 4GB); least recently used unload first."
         ),
         click.option("--threads", type=click.IntRange(min=1), help="CPU threads per model [default: usable CPUs]."),
-        click.option(
-            "--grace",
-            type=click.FloatRange(min=0),
-            default=10,
-            show_default=True,
-            help="Seconds to finish in-flight answers on SIGTERM.",
-        ),
-        click.option(
+        _shown("--grace", click.FloatRange(min=0), 10, "Seconds to finish in-flight answers on SIGTERM."),
+        _shown(
             "--batching/--no-batching",
-            default=True,
-            show_default=True,
-            help="Decode concurrent requests in one batch (off: one generator per request).",
+            click.BOOL,
+            True,
+            "Decode concurrent requests in one batch (off: one generator per request).",
         ),
-        click.option(
+        _shown(
             "--load-wait",
-            type=click.FloatRange(min=0),
-            default=10,
-            show_default=True,
-            help="Seconds a request waits for its model to load; then 503 with Retry-After.",
+            click.FloatRange(min=0),
+            10,
+            "Seconds a request waits for its model to load; then 503 with Retry-After.",
         ),
     ]
     for flag in reversed(flags):

@@ -8,7 +8,7 @@ send them keep working.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -151,16 +151,6 @@ class ChatChoice(BaseModel):
     logprobs: None = None
 
 
-class ChatCompletion(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
-    system_fingerprint: str | None = None
-
-
 class TextChoice(BaseModel):
     index: int = 0
     text: str
@@ -168,13 +158,27 @@ class TextChoice(BaseModel):
     logprobs: None = None
 
 
-class Completion(BaseModel):
+ChoiceT = TypeVar("ChoiceT", ChatChoice, TextChoice)
+
+
+class Answer(BaseModel, Generic[ChoiceT]):
+    """What chat and text completions answer alike; each names its own ``object``."""
+
     id: str
-    object: Literal["text_completion"] = "text_completion"
+    object: str
     created: int
     model: str
-    choices: list[TextChoice]
+    choices: list[ChoiceT]
     usage: Usage
+
+
+class ChatCompletion(Answer[ChatChoice]):
+    object: Literal["chat.completion"] = "chat.completion"
+    system_fingerprint: str | None = None
+
+
+class Completion(Answer[TextChoice]):
+    object: Literal["text_completion"] = "text_completion"
 
 
 class ModelCard(BaseModel):

@@ -14,12 +14,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 from slmops import client, settings
 from slmops.errors import ServiceError
+from slmops.server.process import wait_ready
 
 ARGS_FILE = "args.json"
 START_TIMEOUT_S = 120.0
@@ -78,20 +77,15 @@ def start(serve_args: list[str] | None = None, timeout: float = START_TIMEOUT_S)
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServiceError(f"The service exited at start: {_last_line()} (log: {log_path()}).")
-        state = client.read_state()
-        readiness, failed = _readiness() if state and state.get("pid") == process.pid else ("down", {})
-        if readiness == "ok":
-            return status(), True
-        if readiness == "failed":
-            process.terminate()
-            reasons = "; ".join(f"{name}: {why}" for name, why in failed.items())
-            raise ServiceError(f"The service could not load its models ({reasons}); fix them or start it without them.")
-        time.sleep(0.2)
+    outcome, failed = wait_ready(process, lambda: _url(process.pid), timeout)
+    if outcome == "ok":
+        return status(), True
+    if outcome == "exited":
+        raise ServiceError(f"The service exited at start: {_last_line()} (log: {log_path()}).")
     process.terminate()
+    if outcome == "failed":
+        reasons = "; ".join(f"{name}: {why}" for name, why in failed.items())
+        raise ServiceError(f"The service could not load its models ({reasons}); fix them or start it without them.")
     raise ServiceError(f"The service did not answer within {timeout:.0f} s; see {log_path()}.")
 
 
@@ -133,19 +127,10 @@ def _remember(serve_args: list[str] | None) -> list[str]:
     return serve_args
 
 
-def _readiness() -> tuple[str, dict]:
-    """/health's status ("ok", "loading", "failed", ...; "down" when it does not answer) and failures."""
-    try:
-        with urllib.request.urlopen(client.base_url() + "/health", timeout=2.0):
-            return "ok", {}
-    except urllib.error.HTTPError as exc:
-        try:
-            body = json.loads(exc.read() or b"{}")
-        except ValueError:
-            body = {}
-        return body.get("status", "down"), body.get("failed") or {}
-    except (urllib.error.URLError, OSError, TypeError):
-        return "down", {}
+def _url(pid: int) -> str | None:
+    """The service's URL once the process ``pid`` has written where it listens (not an older service's)."""
+    state = client.read_state()
+    return client.base_url(state) if state and state.get("pid") == pid else None
 
 
 def _zombie(pid: int) -> bool:
