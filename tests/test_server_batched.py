@@ -171,7 +171,9 @@ def test_scheduler_gives_a_joiner_its_first_token_within_its_prefill_rounds(tiny
             return scheduler.submit(Job(None, loop, sequence=sequence(tiny, ids, max_new)))
 
         runners = [job(prompt(20, seed), 150) for seed in (1, 2)]
-        while decoder.steps < 5:
+        # Both runners decoding first: on a busy machine this thread may submit the second one
+        # late, and a joiner queued behind its prefill would wait a round more.
+        while decoder.steps < 5 or len(decoder.running) < 2:
             await asyncio.sleep(0.005)
         # Read and submit under the scheduler's lock: a busy machine may pause this thread between
         # the two for several of the tiny model's sub-millisecond rounds.
