@@ -48,7 +48,7 @@ def status() -> Status:
         return Status(False, log=str(log_path()))
     return Status(
         True,
-        client.base_url(state) + "/v1",
+        client.state_url(state) + "/v1",
         state["pid"],
         time.time() - state.get("started", time.time()),
         client.loaded_models(),
@@ -83,7 +83,7 @@ def start(serve_args: list[str] | None = None, timeout: float = START_TIMEOUT_S)
         if process.poll() is not None:
             raise ServiceError(f"The service exited at start: {_last_line()} (log: {log_path()}).")
         state = client.read_state()
-        readiness, failed = _readiness() if state and state.get("pid") == process.pid else ("down", {})
+        readiness, failed = _readiness(state) if state and state.get("pid") == process.pid else ("down", {})
         if readiness == "ok":
             return status(), True
         if readiness == "failed":
@@ -133,10 +133,10 @@ def _remember(serve_args: list[str] | None) -> list[str]:
     return serve_args
 
 
-def _readiness() -> tuple[str, dict]:
+def _readiness(state: dict) -> tuple[str, dict]:
     """/health's status ("ok", "loading", "failed", ...; "down" when it does not answer) and failures."""
     try:
-        with urllib.request.urlopen(client.base_url() + "/health", timeout=2.0):
+        with urllib.request.urlopen(client.state_url(state) + "/health", timeout=2.0):
             return "ok", {}
     except urllib.error.HTTPError as exc:
         try:
@@ -144,7 +144,7 @@ def _readiness() -> tuple[str, dict]:
         except ValueError:
             body = {}
         return body.get("status", "down"), body.get("failed") or {}
-    except (urllib.error.URLError, OSError, TypeError):
+    except (urllib.error.URLError, OSError):
         return "down", {}
 
 
