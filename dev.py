@@ -4,6 +4,7 @@
     python3 dev.py demo   # install, deploy the embedded SmolLM2, answer a prompt
     python3 dev.py check  # install, run lint, format, type and import-layer checks
     python3 dev.py test   # install, run the checks, then the whole test suite
+    python3 dev.py docs   # install, regenerate docs/cli.md from the commands' --help
 
 All are idempotent: the install step is skipped while pyproject.toml is unchanged.
 """
@@ -80,6 +81,10 @@ def check() -> None:
             sys.exit(code)
 
 
+def docs() -> None:
+    run(str(BIN / "python"), "-m", "tests.cli_reference")
+
+
 def test(args: list[str]) -> None:
     check()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -89,13 +94,15 @@ def test(args: list[str]) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "check", "test"):
-        sys.exit("usage: python3 dev.py demo | check | test [pytest args]")
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "check", "test", "docs"):
+        sys.exit("usage: python3 dev.py demo | check | test [pytest args] | docs")
     install()
     if sys.argv[1] == "demo":
         demo()
     elif sys.argv[1] == "check":
         check()
+    elif sys.argv[1] == "docs":
+        docs()
     else:
         test(sys.argv[2:])
 
