@@ -1,10 +1,12 @@
 """docs/cli.md: every `slmops` command's `--help`, rendered from click.
 
 python3 dev.py docs    # rewrites docs/cli.md (tests/test_docs.py fails while it is stale)
+python -m tests.cli_reference --print    # prints it
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,5 +73,8 @@ def _help(ctx: click.Context) -> str:
 
 
 if __name__ == "__main__":
-    PATH.write_text(render(), encoding="utf-8")
-    print(f"wrote {PATH}")
+    if sys.argv[1:] == ["--print"]:
+        print(render(), end="")
+    else:
+        PATH.write_text(render(), encoding="utf-8")
+        print(f"wrote {PATH}")
