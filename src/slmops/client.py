@@ -12,6 +12,8 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -22,7 +24,7 @@ STATE_FILE = "service.json"
 TIMEOUT_S = 3.0
 
 
-def state_path():
+def state_path() -> Path:
     return settings.service_dir() / STATE_FILE
 
 
@@ -37,17 +39,21 @@ def read_state() -> dict | None:
     return state
 
 
-def base_url(state: dict | None = None) -> str | None:
-    state = state or read_state()
-    if state is None:
-        return None
+def base_url() -> str | None:
+    """The running service's URL; None when none runs."""
+    state = read_state()
+    return None if state is None else state_url(state)
+
+
+def state_url(state: dict) -> str:
+    """The URL a client reaches the service at, from its state file."""
     host = state.get("host", "127.0.0.1")
     host = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
     return f"http://{host}:{state['port']}"
 
 
-def request(path: str, timeout: float = TIMEOUT_S, method: str = "GET", body: dict | None = None) -> object:
-    """JSON from the running service.
+def request(path: str, timeout: float = TIMEOUT_S, method: str = "GET", body: dict | None = None) -> Any:
+    """JSON from the running service (its shape depends on the endpoint).
 
     Raises:
         ServiceError: no service runs, or it answered with an error.
@@ -99,6 +105,6 @@ def _message(exc: urllib.error.HTTPError) -> str:
         return f"HTTP {exc.code}"
 
 
-def _alive(pid) -> bool:
+def _alive(pid: object) -> bool:
     # pid 0 and negative pids name process groups, not a service
     return isinstance(pid, int) and pid > 0 and psutil.pid_exists(pid)

@@ -50,8 +50,6 @@ class TargetSpec:
     def build(self) -> list[Target]:
         if not (self.model or self.url or self.extra):
             raise UsageError("Give a MODEL (cached name or folder), --url, or both.")
-        if self.raw and not self.model:
-            raise UsageError("--raw runs on the MODEL's folder; give a MODEL too.")
         threads = self.threads or _default_threads()
         targets: list[Target] = []
         if self.model:
@@ -59,7 +57,9 @@ class TargetSpec:
             targets += [RuntimeTarget(m, threads, named) for m in (self.model, *self.more_models)]
         if self.url:
             targets.append(UrlTarget(self.url, self.url_model, self.endpoint, self.pid, self.api_key, self.ignore_eos))
-        if self.raw and self.model:  # always both: --raw without a MODEL was refused above
+        if self.raw:
+            if not self.model:
+                raise UsageError("--raw runs on the MODEL's folder; give a MODEL too.")
             folder = resolve(self.model)
             targets += [RawTarget(folder, t) for t in (self.raw_threads or (threads,))]
         if self.llama_cpp:

@@ -56,6 +56,7 @@ class RequestRecord:
 
     @property
     def e2el(self) -> float:
+        assert self.end is not None, "the end-to-end latency of an unfinished request"
         return self.end - self.start
 
     @property

@@ -135,28 +135,28 @@ class Monitor:
             return self
         self._cpu0 = sum(self.process.cpu_times()[:2])
         self._t0 = time.perf_counter()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(self.process,), daemon=True)
         self._thread.start()
         return self
 
-    def _run(self) -> None:
+    def _run(self, process) -> None:
         while not self._stop.is_set():
             try:
-                self.samples.append(self.process.memory_info().rss)
+                self.samples.append(process.memory_info().rss)
             except Exception:  # the process may exit under us
                 return
             self._stop.wait(self.interval)
 
     def __exit__(self, *exc) -> None:
-        if self._thread is None:
+        if self._thread is None or self.process is None:
             return
         self._stop.set()
         self._thread.join()
-        self.usage = self._usage()
+        self.usage = self._usage(self.process)
 
-    def _usage(self) -> Usage | None:
+    def _usage(self, process) -> Usage | None:
         try:
-            cpu = sum(self.process.cpu_times()[:2]) - self._cpu0
+            cpu = sum(process.cpu_times()[:2]) - self._cpu0
         except Exception:
             return None
         wall = time.perf_counter() - self._t0

@@ -34,7 +34,7 @@ class _BuilderOutput(io.TextIOBase):
 
     def write(self, text: str) -> int:
         self.log.write(text)
-        if self.echo:
+        if self.echo and sys.__stdout__ is not None:
             sys.__stdout__.write(text)
         self.buffer_ += text
         while "\n" in self.buffer_:

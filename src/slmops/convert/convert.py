@@ -196,6 +196,7 @@ def _hf_folder(src: Source, staging: Path) -> tuple[Path, dict]:
     if src.kind == "adapter":
         from slmops.convert.adapter import merge_adapter
 
+        assert src.base is not None, "inspect_source sets the base of every adapter"
         folder = staging / "merged"
         merge_adapter(src.base, src.path, folder)
         return folder, src.config

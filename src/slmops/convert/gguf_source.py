@@ -13,6 +13,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -177,7 +178,10 @@ def hf_config(gguf_file: GGUFFile) -> dict:
         raise UnsupportedArchitecture(
             f"GGUF architecture '{arch}' is not supported; supported: {', '.join(sorted(ARCHITECTURES))}."
         )
-    meta = lambda key, default=None: gguf_file.metadata.get(f"{arch}.{key}", default)  # noqa: E731
+
+    def meta(key: str, default: Any = None) -> Any:
+        return gguf_file.metadata.get(f"{arch}.{key}", default)
+
     names = {t.name for t in gguf_file.tensors}
     heads = int(meta("attention.head_count"))
     hidden = int(meta("embedding_length"))

@@ -202,7 +202,7 @@ class OliveConfig(_Strict):
         )
 
 
-_FIELD_MODELS = {
+_FIELD_MODELS: dict[str, type[BaseModel]] = {
     "input_model": InputModel,
     "systems": System,
     "accelerators": Accelerator,
@@ -239,7 +239,7 @@ def _describe(exc: ValidationError) -> str:
 
 def _supported_at(loc: tuple) -> str:
     """The keys allowed where an unknown key was found."""
-    model = OliveConfig
+    model: type[BaseModel] = OliveConfig
     for part in loc[:-1]:
         model = _FIELD_MODELS.get(part, model) if isinstance(part, str) else model
     return ", ".join(model.model_fields)

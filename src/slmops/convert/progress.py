@@ -7,7 +7,7 @@ import time
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 
 class Stages:
@@ -25,7 +25,7 @@ class Stages:
             disable=log_level < 1,
         )
         self._times: dict[str, float] = {}
-        self._current: tuple[str, int, float] | None = None
+        self._current: tuple[str, TaskID, float] | None = None
         self._layers = 0
 
     def __enter__(self) -> Stages:
@@ -52,7 +52,7 @@ class Stages:
         if self._current is None or self._current[0] != stage:
             self._finish()
             self._start(stage, self._layers if stage == "build graph" and self._layers else 1)
-        if layer is not None:
+        if layer is not None and self._current is not None:
             self.progress.update(self._current[1], completed=layer + 1)
 
     def durations(self) -> dict[str, float]:

@@ -11,8 +11,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from slmops.errors import ConversionError, UnsupportedArchitecture
+
+if TYPE_CHECKING:  # the GGUF reader loads only for a GGUF source
+    from slmops.convert.gguf_source import GGUFFile
 
 # Text-generation architectures the onnxruntime-genai builder exports.
 SUPPORTED_ARCHITECTURES = (
@@ -42,9 +46,9 @@ _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
 class Source:
     kind: str  # "hf", "gguf" or "adapter"
     path: Path
+    config: dict  # config.json of the model that gets built
     base: Path | None = None  # the base model folder of an adapter
-    config: dict | None = None  # config.json of the model that gets built
-    gguf: object | None = None  # the parsed GGUF header of a GGUF source
+    gguf: GGUFFile | None = None  # the parsed GGUF header of a GGUF source
 
 
 def embedded_model() -> Path:

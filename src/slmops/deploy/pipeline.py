@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -182,7 +183,7 @@ def _validate(result: DeployResult, model_dir: Path, suite, min_pass: float, soa
     return summary
 
 
-def _auto_precision(work, source, windows, suite, max_ppl_increase, min_pass, echo) -> tuple[str, dict | None]:
+def _auto_precision(work, source, windows, suite, max_ppl_increase, min_pass, echo) -> tuple[str, str | None]:
     from slmops.convert.variants import DEFAULT_INT4_SET, INT4_VARIANTS
     from slmops.evaluate.sweep import sweep
 
@@ -211,7 +212,7 @@ class _step:
 
     def __init__(self, result: DeployResult, title: str, echo):
         self.result, self.title, self.echo = result, title, echo
-        self.record = {"step": title, "status": "running"}
+        self.record: dict[str, Any] = {"step": title, "status": "running"}
 
     def __enter__(self) -> dict:
         self.started = time.perf_counter()
@@ -219,7 +220,7 @@ class _step:
         self.result.steps.append(self.record)
         return self.record
 
-    def __exit__(self, kind, error, tb) -> bool:
+    def __exit__(self, kind, error, tb) -> None:
         self.record["seconds"] = round(time.perf_counter() - self.started, 1)
         if error is None:
             self.record["status"] = "done"
@@ -227,10 +228,10 @@ class _step:
                 f"    done in {self.record['seconds']:.0f} s"
                 + (f": {self.record['summary']}" if "summary" in self.record else "")
             )
-            return False
+            return
         self.record.update(status="failed", error=str(error))
         if isinstance(error, (KeyboardInterrupt, SystemExit)) or not isinstance(error, Exception):
-            return False
+            return
         path = _save_failure(self.result)
         message = (
             f"Deploy of {self.result.name} stopped at '{self.title}': {error} Report: {path}. The cache is unchanged."

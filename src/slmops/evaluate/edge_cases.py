@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from slmops.errors import SlmopsError
 
@@ -115,27 +116,26 @@ def _run_child(spec: dict, indices: list[int], names: list[str], timeout_s: floa
     command = [sys.executable, "-m", "slmops.evaluate.edge_cases", json.dumps(spec), ",".join(map(str, indices))]
     outcomes: dict[int, dict] = {}
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as stderr:
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env)
-        lines = _Lines(child.stdout)
-        running, started, deadline = None, time.perf_counter(), time.monotonic() + LOAD_TIMEOUT_S
-        try:
-            while len(outcomes) < len(indices):
-                line = lines.next(deadline)
-                if line is None or line == "":
-                    failure = _hang(timeout_s, running is None) if line is None else _crash(child, stderr)
-                    return outcomes | _failed(indices, outcomes, running, names, failure, started, child.pid)
-                message = json.loads(line)
-                if "start" in message:
-                    running, started, deadline = message["start"], time.perf_counter(), time.monotonic() + timeout_s
-                else:
-                    outcomes[message["index"]] = {**message["outcome"], "process": child.pid}
-                    running = None
-            return outcomes
-        finally:
-            if child.poll() is None:
-                child.kill()
-            child.wait()
-            child.stdout.close()
+        # Leaving the with-block closes the child's stdout and waits for it.
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env) as child:
+            lines = _Lines(child.stdout)
+            running, started, deadline = None, time.perf_counter(), time.monotonic() + LOAD_TIMEOUT_S
+            try:
+                while len(outcomes) < len(indices):
+                    line = lines.next(deadline)
+                    if line is None or line == "":
+                        failure = _hang(timeout_s, running is None) if line is None else _crash(child, stderr)
+                        return outcomes | _failed(indices, outcomes, running, names, failure, started, child.pid)
+                    message = json.loads(line)
+                    if "start" in message:
+                        running, started, deadline = message["start"], time.perf_counter(), time.monotonic() + timeout_s
+                    else:
+                        outcomes[message["index"]] = {**message["outcome"], "process": child.pid}
+                        running = None
+                return outcomes
+            finally:
+                if child.poll() is None:
+                    child.kill()
 
 
 def _failed(indices, outcomes, running, names, failure: str, started: float, pid: int) -> dict[int, dict]:
@@ -191,7 +191,7 @@ def _open(spec: dict):
     import importlib
 
     module, _, qualname = spec["factory"].partition(":")
-    factory = importlib.import_module(module)
+    factory: Any = importlib.import_module(module)
     for part in qualname.split("."):
         factory = getattr(factory, part)
     return factory()

@@ -15,6 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -162,7 +163,7 @@ class LogitsWriter:
         shape = (plan.scored_count(), vocab_size)
         self.values = np.lib.format.open_memmap(self.folder / "logprobs.npy", mode="w+", dtype=np.float16, shape=shape)
         counts = [plan.size - 1 - plan.first_scored(index) for index in range(len(plan.starts))]
-        self.meta = {
+        self.meta: dict[str, Any] = {
             "format": SAVED_FORMAT,
             "model": model,
             "window": plan.size,

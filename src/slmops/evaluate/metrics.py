@@ -101,7 +101,8 @@ def summarize(stats: TokenStats) -> QualityFigures:
     # d exp(x) = exp(x) dx: the standard error of the mean NLL scaled by the perplexity.
     stderr = ppl * float(stats.nll.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
     figures = QualityFigures(tokens=n, ppl=ppl, ppl_stderr=stderr)
-    if stats.ref_nll is None:
+    # compare() sets the three reference figures together, or none of them.
+    if stats.ref_nll is None or stats.kld is None or stats.same_top is None:
         return figures
     figures.ref_ppl = math.exp(float(stats.ref_nll.mean()))
     figures.delta_ppl_pct = (ppl / figures.ref_ppl - 1.0) * 100.0

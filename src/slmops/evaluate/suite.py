@@ -172,7 +172,12 @@ def run_suite(
             )
             report.results.append(
                 CaseResult(
-                    case.name, not failures, failures, result.text, case.structural(), time.perf_counter() - started
+                    case.name or "",
+                    not failures,
+                    failures,
+                    result.text,
+                    case.structural(),
+                    time.perf_counter() - started,
                 )
             )
             report.passed += not failures

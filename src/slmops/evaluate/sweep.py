@@ -17,6 +17,7 @@ import json
 import shutil
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def sweep(
     source: Path | None,
     output: Path,
     *,
-    precisions: list[str] = ("int4", "int8", "fp16", "fp32"),
+    precisions: Sequence[str] = ("int4", "int8", "fp16", "fp32"),
     int4_variants: tuple[str, ...] = ("int4",),
     windows: int = 12,
     suite: str | Path | None = None,
@@ -278,8 +279,12 @@ def pick(rows: list[Row], max_ppl_increase: float, min_pass: float) -> tuple[str
 
 def best_int4(rows: list[Row]) -> str | None:
     """The INT4 row closest to the reference (lowest mean KLD)."""
-    int4 = [row for row in rows if row.precision == "int4" and row.error is None and row.kld_mean is not None]
-    return min(int4, key=lambda row: row.kld_mean).name if int4 else None
+    scored = [
+        (row.kld_mean, row.name)
+        for row in rows
+        if row.precision == "int4" and row.error is None and row.kld_mean is not None
+    ]
+    return min(scored, key=lambda pair: pair[0])[1] if scored else None
 
 
 def _why_not(row: Row, max_ppl_increase: float, min_pass: float, floor: float | None = None) -> str | None:

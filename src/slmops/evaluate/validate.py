@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -188,7 +189,7 @@ def check_memory(model, soak: int, show_progress: bool = True) -> Check:
     return Check(3, "memory", status, summary, evidence)
 
 
-def check_lengths(model, lengths: tuple[int, ...], new_tokens: int = 32, repeats: int = 2) -> Check:
+def check_lengths(model, lengths: Sequence[int], new_tokens: int = 32, repeats: int = 2) -> Check:
     """Per-token decode time and TTFT at several prompt lengths (best of ``repeats``)."""
     from slmops.evaluate.quality import shipped_text
 

@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Sequence
 
 from fastapi import FastAPI
 
@@ -42,7 +43,7 @@ KNOWN_PATHS = {
 }
 
 
-def create_app(config: ServerConfig | None = None, models: list[str] = ()) -> FastAPI:
+def create_app(config: ServerConfig | None = None, models: Sequence[str] = ()) -> FastAPI:
     """The service as an ASGI app.
 
     Args:

@@ -7,6 +7,8 @@ one of these, and anything else is logged and answered with a one-line 500.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -83,7 +85,7 @@ def install(app: FastAPI) -> None:
         return APIError(500, f"Internal error: {type(exc).__name__}; the server log has the details.").response()
 
 
-def validation_error(errors: list[dict]) -> APIError:
+def validation_error(errors: Sequence[Any]) -> APIError:
     """422 for a body that is not JSON at all, 400 naming the field for a wrong value."""
     first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
     if first.get("type") == "json_invalid":

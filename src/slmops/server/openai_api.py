@@ -7,11 +7,13 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from slmops.errors import SlmopsError
+from slmops.runtime.generate import Response
 from slmops.server import generation, tools
 from slmops.server.errors import APIError, from_slmops
 from slmops.server.protocol import (
@@ -29,7 +31,9 @@ from slmops.server.protocol import (
 )
 from slmops.server.registry import Registry
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 429, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 429, 503)
+}
 router = APIRouter(responses=ERRORS)
 
 
@@ -105,13 +109,14 @@ def _meta(prefix: str, model: str) -> dict:
     return {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
 
 
-def _usage(last) -> Usage:
+def _usage(last: Response | None) -> Usage:
     prompt, completion = (last.prompt_tokens, last.completion_tokens) if last else (0, 0)
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-async def _collect(job, strip_leading: bool = False) -> tuple[str, object]:
-    pieces, last = [], None
+async def _collect(job, strip_leading: bool = False) -> tuple[str, Response]:
+    pieces: list[str] = []
+    last: Response | None = None
     async for last in generation.responses(job, strip_leading):
         pieces.append(last.text)
     if last is None:

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Sequence
 
 from slmops import client, settings
 from slmops.errors import ServiceError
@@ -16,7 +17,7 @@ from slmops.server.config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig
 
 
 def serve(
-    models: list[str] = (),
+    models: Sequence[str] = (),
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     config: ServerConfig | None = None,
@@ -46,7 +47,13 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     app.state.base_url = f"http://{shown}:{actual}/v1"
     uv = uvicorn.Server(
-        uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=config.grace, timeout_keep_alive=5)
+        # uvicorn annotates the grace period as int, but waits it out with asyncio.wait_for, which takes seconds as a float.
+        uvicorn.Config(
+            app,
+            log_level=log_level,
+            timeout_graceful_shutdown=config.grace,  # type: ignore[arg-type]
+            timeout_keep_alive=5,
+        )
     )
     _write_state(host, actual)
     print(f"slmops serving on http://{shown}:{actual}/v1 (pid {os.getpid()})", flush=True)

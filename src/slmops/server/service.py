@@ -47,7 +47,7 @@ def status() -> Status:
         return Status(False, log=str(log_path()))
     return Status(
         True,
-        client.base_url(state) + "/v1",
+        client.state_url(state) + "/v1",
         state["pid"],
         time.time() - state.get("started", time.time()),
         client.loaded_models(),
@@ -130,7 +130,7 @@ def _remember(serve_args: list[str] | None) -> list[str]:
 def _url(pid: int) -> str | None:
     """The service's URL once the process ``pid`` has written where it listens (not an older service's)."""
     state = client.read_state()
-    return client.base_url(state) if state and state.get("pid") == pid else None
+    return client.state_url(state) if state and state.get("pid") == pid else None
 
 
 def _zombie(pid: int) -> bool:
