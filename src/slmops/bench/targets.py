@@ -14,10 +14,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from slmops.bench.stats import RequestRecord
 from slmops.errors import ModelNotFound, SlmopsError, UsageError
 from slmops.modelfolder.folder import ModelFolder
+
+if TYPE_CHECKING:
+    import httpx
 
 Clock = Callable[[], float]
 
@@ -285,7 +289,7 @@ class UrlTarget(Target):
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.label = f"url {self.base}"
         self.pid = pid or local_server_pid(self.base)
-        self._http = None
+        self._http: httpx.Client | None = None
 
     def _client(self):
         # One pooled client shared by every thread: a client per request would put
@@ -318,7 +322,7 @@ class UrlTarget(Target):
         return time.perf_counter() - start
 
     def body(self, text: str, max_tokens: int) -> dict:
-        body = {
+        body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": max_tokens,
             "temperature": 0,

@@ -177,9 +177,9 @@ def read_json_file(path: Path, reasons: list[str]) -> dict | None:
 
 def _check_model_files(folder: Path, genai: dict, reasons: list[str]) -> str | None:
     """Check the ONNX files genai_config.json names; returns the decoder's precision if readable."""
-    model = genai.get("model") if isinstance(genai.get("model"), dict) else {}
-    graphs = [part.get("filename") for part in model.values() if isinstance(part, dict)]
-    graphs = [name for name in graphs if isinstance(name, str)]
+    model = genai.get("model")
+    parts = model.values() if isinstance(model, dict) else []
+    graphs = [part["filename"] for part in parts if isinstance(part, dict) and isinstance(part.get("filename"), str)]
     if not graphs:
         reasons.append(f"{GENAI_CONFIG} names no ONNX file (model.decoder.filename)")
         return None

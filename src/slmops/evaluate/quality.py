@@ -106,7 +106,9 @@ def evaluate_quality(
         ref.check(plan, tokens)
     saver_source = ref if ref is not None else source
     writer = (
-        LogitsWriter(save_logits, plan, tokens, saver_source.vocab_size, saver_source.name) if save_logits else None
+        LogitsWriter(Path(save_logits), plan, tokens, saver_source.vocab_size, saver_source.name)
+        if save_logits
+        else None
     )
     stats = _score(plan, tokens, source, ref, writer, show_progress)
     if writer:

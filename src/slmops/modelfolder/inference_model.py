@@ -205,7 +205,7 @@ class InferenceModel(BaseModel):
             UsageError: a message has an unknown role or content that is not text
                 (an image or audio part, say).
         """
-        if not self.has_template:
+        if self.PromptTemplate is None or not self.PromptTemplate.usable:
             return None
         return self.PromptTemplate.render(messages, add_generation_prompt)
 

@@ -72,7 +72,7 @@ def model_info(name_or_path: str) -> dict:
     folder = entry.model_folder()
     # Without a readable genai_config.json (an invalid entry), the defaults come from ModelConfig alone.
     settings = folder or ModelFolder(entry.path, {}, info)
-    has_template = bool(info and getattr(info, "has_template", info.PromptTemplate is not None))
+    template = info.PromptTemplate if info and info.has_template else None
     return {
         "name": entry.name,
         "path": str(entry.path),
@@ -85,7 +85,7 @@ def model_info(name_or_path: str) -> dict:
         "context_length": folder.context_length if folder else entry.context_length,
         "source": entry.source,
         "conversion": entry.conversion,
-        "template": info.PromptTemplate.model_dump(exclude_none=True) if has_template else None,
+        "template": template.model_dump(exclude_none=True) if template else None,
         "model_config": info.ModelConfig.model_dump(exclude_none=True) if info and info.ModelConfig else None,
         "defaults": dataclasses.asdict(model_defaults(settings.search, settings.model_config)),
         "threads": default_threads(),
