@@ -120,8 +120,9 @@ class Answer:
         stop_ids: tokens that end the answer (EOS, the template's end marker); never shown.
         stop: strings that end the answer; its text stops before them.
         limit: most tokens to generate (None: only the context limits it).
-        matcher: the grammar the answer follows, if any: a token it rejects ends the
-            answer with :attr:`error` set, and so does its completion (without error).
+        matcher: the grammar the answer follows, if any (the batch's rows; a Generator
+            applies its guidance itself). A token it rejects ends the answer and sets
+            :attr:`error`; once the grammar is complete, the answer ends too.
     """
 
     def __init__(
@@ -147,31 +148,32 @@ class Answer:
 
     def add(self, token: int, full: bool = False) -> Response:
         """The response to the next generated ``token``; ``full``: the context holds no more tokens."""
+        # Once per token in both decode loops: written out in one function, with no allocation
+        # besides the response and the text.
         now = time.perf_counter()
         self.count += 1
-        if self.count == 1:
+        count = self.count
+        if count == 1:
             self.first = now
-        finish, text = self._finish(token, full)
-        count, first = self.count, self.first
+        text, finish, matcher = "", None, self.matcher
+        if token in self.stop_ids:  # never shown; a grammar's mask lets one through only once complete
+            finish = "stop"
+        elif matcher is not None and not matcher.consume_token(token):  # never shown either
+            self.error = f"the grammar broke: {matcher.get_error() or 'no token was allowed'}"
+            finish = "stop"
+        else:
+            text, stopped = self.stop_text.feed(self.stream.decode(token))
+            if stopped:
+                finish = "stop"
+            elif matcher is not None and matcher.is_stopped():  # complete, and nothing may follow
+                finish = "stop"
+            elif full or count >= self.limit:
+                finish = "length"
+            if finish and not stopped:
+                text += self.stop_text.flush()  # what might have begun a stop string is answer text after all
+        first = self.first
         rate = (count - 1) / (now - first) if count > 1 and now > first else 0.0
         return Response(text, token, self.prompt_tokens, count, first - self.start, rate, now - self.start, finish)
-
-    def _finish(self, token: int, full: bool) -> tuple[str | None, str]:
-        """Why the answer ends at ``token`` (None: it goes on), and the text it adds."""
-        if token in self.stop_ids:  # a grammar's mask lets one through only once the grammar is complete
-            return "stop", ""
-        matcher = self.matcher
-        if matcher is not None and not matcher.consume_token(token):
-            self.error = f"the grammar broke: {matcher.get_error() or 'no token was allowed'}"
-            return "stop", ""
-        text, stopped = self.stop_text.feed(self.stream.decode(token))
-        if stopped:
-            return "stop", text
-        if matcher is not None and matcher.is_stopped():  # complete, and nothing may follow
-            return "stop", text + self.stop_text.flush()
-        if full or self.count >= self.limit:
-            return "length", text + self.stop_text.flush()
-        return None, text
 
 
 def stream_tokens(
