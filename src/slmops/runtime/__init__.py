@@ -1,13 +1,17 @@
-"""Running models on onnxruntime-genai: ``load(name_or_path) -> Model``.
+"""Running models with onnxruntime-genai (and onnxruntime, for the batch): ``load(name_or_path) -> Model``.
 
     model = load("smollm2-135m-instruct")
     model.chat([{"role": "user", "content": "Hi"}]).text
     for piece in model.stream(messages): ...
     model.generate("Once upon a time", max_tokens=32)
 
-Underneath, one generation path: token ids -> :class:`Response` per token (text and
-metrics) -> :class:`Result`. The server and the benchmarks consume the same stream
-(:meth:`Model.stream_generate`, :meth:`Model.stream_chat`).
+Underneath, one generation layer: token ids -> a :class:`Response` per token (text and
+metrics) -> a :class:`Result` (:func:`collect`). Tokens come from an onnxruntime-genai
+generator per answer (:meth:`Model.stream_generate`: this API, `slmops model run`, the
+evaluations and in-process benchmarks, and the server's requests no batch row holds) or
+from a row of :class:`~slmops.runtime.batched.BatchedDecoder` (the server's continuous
+batching); both turn each token into a :class:`Response` with the same
+:class:`~slmops.runtime.generate.Answer`.
 """
 
 from slmops.runtime.generate import Response, Result, collect

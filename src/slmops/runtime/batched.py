@@ -14,24 +14,35 @@ waits for the prompts ahead of it, never for the running answers to finish, and
 the running answers keep getting a token after every chunk. Short prompts are
 prefilled together; a long one in chunks appended to its row.
 
-A sequence with a grammar (JSON, tools) carries an llguidance matcher
-(:mod:`slmops.runtime.guided`): its logits are masked before sampling, and it
-ends when the grammar is complete.
+Each row's tokens are picked by :mod:`slmops.runtime.sampling` and turned into
+:class:`~slmops.runtime.generate.Response` objects by an
+:class:`~slmops.runtime.generate.Answer`, as the onnxruntime-genai Generator's
+tokens are (stop tokens and strings, max_tokens, metrics). A sequence with a
+grammar (JSON, tools) carries an llguidance matcher (:mod:`slmops.runtime.guided`):
+its logits are masked before sampling, a token it rejects fails the sequence, and
+it ends when the grammar is complete.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from slmops.runtime.generate import Response, StopText
+from slmops.runtime.generate import Answer, Response
+from slmops.runtime.guided import Grammars
+from slmops.runtime.model import Model
 from slmops.runtime.options import GenerationOptions
+from slmops.runtime.sampling import Sampler
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    from llguidance import LLMatcher
 
 log = logging.getLogger("slmops.server")
 KV_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -43,7 +54,19 @@ PREFILL_CHUNK = 256
 
 @dataclass(eq=False)
 class Sequence:
-    """One request's state in the batch."""
+    """One request's state in the batch.
+
+    Attributes:
+        prompt: the prompt's token ids.
+        options: how to generate, defaults applied.
+        max_new: most tokens to generate.
+        start: ``time.perf_counter()`` when the request began.
+        tokens: the tokens generated so far.
+        row: its row of the KV cache.
+        matcher: the grammar the answer follows, if any.
+        sampler, answer: what picks its tokens and what makes them responses; set by
+            :meth:`BatchedDecoder.add`.
+    """
 
     prompt: list[int]
     options: GenerationOptions
@@ -52,18 +75,19 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)
     row: int = -1
     filled: int = 0  # prompt tokens already in the row's KV cache
-    first: float = 0.0
-    rng: np.random.Generator | None = None
-    decoder: object = None  # the tokenizer's incremental decoder
-    stop_text: StopText | None = None
-    owner: object = None  # the scheduler's job this sequence answers
-    matcher: object = None  # an llguidance matcher when the answer follows a grammar
-    error: str | None = None  # why the sequence failed (its grammar broke)
+    matcher: LLMatcher | None = None
+    sampler: Sampler = field(init=False, repr=False)
+    answer: Answer = field(init=False, repr=False)
 
     @property
     def length(self) -> int:
         """Tokens in the KV cache after this step's token is written."""
         return len(self.prompt) + len(self.tokens)
+
+    @property
+    def error(self) -> str | None:
+        """Why the sequence failed (its grammar broke), or None."""
+        return self.answer.error
 
 
 class BatchedDecoder:
@@ -75,7 +99,7 @@ class BatchedDecoder:
         max_length: tokens per row (prompt plus answer); longer requests go elsewhere.
     """
 
-    def __init__(self, model, rows: int, max_length: int) -> None:
+    def __init__(self, model: Model, rows: int, max_length: int) -> None:
         import onnxruntime as ort
 
         decoder = model.genai_config["model"]["decoder"]
@@ -100,7 +124,7 @@ class BatchedDecoder:
         self.model, self.rows, self.max_length = model, rows, max_length
         self.running: list[Sequence] = []  # decoding, in rows 0..len-1
         self.pending: collections.deque[Sequence] = collections.deque()  # admitted, prompt not yet in
-        self.bindings: dict[int, object] = {}
+        self.bindings: dict[int, ort.IOBinding] = {}
         self.steps = 0  # decode steps run, for tests and metrics
         self.masks: np.ndarray | None = None
         # One thread fills grammar masks while onnxruntime computes logits (both leave the GIL).
@@ -108,7 +132,7 @@ class BatchedDecoder:
         self._grammars = self.pool.submit(_grammars, model)
 
     @staticmethod
-    def token_bytes(model) -> int:
+    def token_bytes(model: Model) -> int:
         """Bytes of KV cache one token takes in one row."""
         decoder = model.genai_config["model"]["decoder"]
         return 2 * decoder["num_hidden_layers"] * decoder["num_key_value_heads"] * decoder["head_size"] * 4
@@ -118,7 +142,7 @@ class BatchedDecoder:
         return sum(buffer.nbytes for buffer in self.cache)
 
     @staticmethod
-    def supports(model) -> bool:
+    def supports(model: Model) -> bool:
         """Whether ``model``'s decoder has the inputs this batching needs (and nothing more)."""
         decoder = model.genai_config.get("model", {}).get("decoder", {})
         inputs = decoder.get("inputs", {})
@@ -126,7 +150,7 @@ class BatchedDecoder:
         return plain and decoder.get("filename", "").endswith(".onnx") and "sessions" not in decoder
 
     @property
-    def grammars(self):
+    def grammars(self) -> Grammars | None:
         """The model's :class:`~slmops.runtime.guided.Grammars`, or None when its tokenizer cannot guide."""
         return self._grammars.result()
 
@@ -151,9 +175,16 @@ class BatchedDecoder:
     def add(self, sequences: list[Sequence]) -> None:
         """Queue ``sequences`` for prefill, in order; :meth:`advance` brings them in."""
         for sequence in sequences:
-            sequence.rng = np.random.default_rng(sequence.options.seed)
-            sequence.decoder = self.model.tokenizer.create_stream()
-            sequence.stop_text = StopText(sequence.options.stop)
+            sequence.sampler = Sampler(sequence.options)
+            sequence.answer = Answer(
+                self.model.tokenizer.create_stream(),
+                len(sequence.prompt),
+                sequence.start,
+                self.model.stop_token_ids,
+                sequence.options.stop,
+                sequence.max_new,
+                sequence.matcher,
+            )
             self.pending.append(sequence)
 
     def cancel(self, sequence: Sequence) -> None:
@@ -264,14 +295,13 @@ class BatchedDecoder:
         ]
         return [(sequence, self._emit(sequence, row)) for sequence, row in zip(list(self.running), rows)]
 
-    def _run(self, io, sequences: list[Sequence]) -> None:
+    def _run(self, io: ort.IOBinding, sequences: list[Sequence]) -> None:
         """Run the model; the masks of the guided ``sequences`` are filled meanwhile."""
         guided = [(sequence.matcher, sequence.row) for sequence in sequences if sequence.matcher is not None]
         filling = None
         if guided:
-            if self.masks is None:
-                self.masks = self.grammars.masks(self.rows)
-            filling = self.pool.submit(self.grammars.fill, guided, self.masks)
+            grammars, masks = self._guides()
+            filling = self.pool.submit(grammars.fill, guided, masks)
         self.session.run_with_iobinding(io)
         if filling is not None:
             filling.result()
@@ -279,47 +309,27 @@ class BatchedDecoder:
     def _mask(self, sequence: Sequence, logits: np.ndarray, row: int) -> np.ndarray:
         if sequence.matcher is None:
             return logits
-        return self.grammars.apply(logits, self.masks[row])
+        grammars, masks = self._guides()
+        return grammars.apply(logits, masks[row])
+
+    def _guides(self) -> tuple[Grammars, np.ndarray]:
+        """The grammars and every row's mask, for rows with a matcher (which only these grammars make)."""
+        grammars = self.grammars
+        if grammars is None:
+            raise RuntimeError(f"{self.model.name} has no grammars for a guided row")
+        if self.masks is None:
+            self.masks = grammars.masks(self.rows)
+        return grammars, self.masks
 
     def _emit(self, sequence: Sequence, logits: np.ndarray) -> Response:
-        token = _sample(logits, sequence)
-        now = time.perf_counter()
+        token = sequence.sampler.sample(logits, sequence.prompt, sequence.tokens)
         sequence.tokens.append(token)
-        count = len(sequence.tokens)
-        if count == 1:
-            sequence.first = now
-        finish, text = self._finish(sequence, token)
-        if finish:
+        response = sequence.answer.add(token, sequence.length >= self.max_length)
+        if response.finish_reason:
             self.remove(sequence)
-        rate = (count - 1) / (now - sequence.first) if count > 1 and now > sequence.first else 0.0
-        return Response(
-            text,
-            token,
-            len(sequence.prompt),
-            count,
-            sequence.first - sequence.start,
-            rate,
-            now - sequence.start,
-            finish,
-        )
+        return response
 
-    def _finish(self, sequence: Sequence, token: int) -> tuple[str | None, str]:
-        if token in self.model.stop_token_ids:  # a grammar's mask lets it through only once complete
-            return "stop", ""
-        matcher = sequence.matcher
-        if matcher is not None and not matcher.consume_token(token):
-            sequence.error = f"the grammar broke: {matcher.get_error() or 'no token was allowed'}"
-            return "stop", ""
-        text, stopped = sequence.stop_text.feed(sequence.decoder.decode(token))
-        if stopped:
-            return "stop", text
-        if matcher is not None and matcher.is_stopped():  # complete, and nothing may follow
-            return "stop", text + sequence.stop_text.flush()
-        if len(sequence.tokens) >= sequence.max_new or sequence.length >= self.max_length:
-            return "length", text + sequence.stop_text.flush()
-        return None, text
-
-    def _binding(self, count: int):
+    def _binding(self, count: int) -> ort.IOBinding:
         # The cache rows and logits of a batch size never move: bind them once per size.
         if count not in self.bindings:
             io = self.session.io_binding()
@@ -329,7 +339,7 @@ class BatchedDecoder:
             self.bindings[count] = io
         return self.bindings[count]
 
-    def _bind_cache(self, io, first: int, count: int) -> None:
+    def _bind_cache(self, io: ort.IOBinding, first: int, count: int) -> None:
         names = zip(self.names["past"], self.names["present"])
         for buffer, (past, present) in zip(self.cache, names):
             view = buffer[first : first + count]
@@ -338,10 +348,8 @@ class BatchedDecoder:
             io.bind_output(present, "cpu", 0, view.dtype, list(view.shape), view.ctypes.data)
 
 
-def _grammars(model):
+def _grammars(model: Model) -> Grammars | None:
     """Grammars for ``model``, or None: its guided requests then run on onnxruntime-genai's guidance."""
-    from slmops.runtime.guided import Grammars
-
     try:
         return Grammars(model)
     except Exception as exc:  # no tokenizer.json, a tokenizer llguidance does not read, no llguidance
@@ -363,27 +371,3 @@ def _names(decoder: dict) -> dict:
         "past": past,
         "present": present,
     }
-
-
-def _sample(logits: np.ndarray, sequence: Sequence) -> int:
-    """The next token: greedy at temperature 0, else top-k / top-p sampling, after the repetition penalty."""
-    options = sequence.options
-    if options.repetition_penalty != 1.0:
-        logits = logits.copy()
-        seen = np.unique(np.array(sequence.prompt + sequence.tokens, np.int64))
-        values = logits[seen]
-        logits[seen] = np.where(values > 0, values / options.repetition_penalty, values * options.repetition_penalty)
-    if options.temperature <= 0:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / options.temperature
-    if 0 < options.top_k < len(scaled):
-        top = np.argpartition(scaled, -options.top_k)[-options.top_k :]
-        keep = top[np.argsort(scaled[top])[::-1]]
-    else:
-        keep = np.argsort(scaled)[::-1]
-    probs = np.exp(scaled[keep] - scaled[keep[0]])
-    probs /= probs.sum()
-    if options.top_p < 1.0:
-        cut = int(np.searchsorted(np.cumsum(probs), options.top_p)) + 1
-        keep, probs = keep[:cut], probs[:cut] / probs[:cut].sum()
-    return int(keep[sequence.rng.choice(len(keep), p=probs)])

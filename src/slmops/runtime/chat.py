@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from slmops.errors import SlmopsError
+from slmops.runtime.conversation import Conversation
 from slmops.runtime.generate import Response
 from slmops.runtime.model import Model
 
@@ -47,7 +48,7 @@ class ChatSession:
         self.truncate = truncate
         self.system = system
         self.history: list[dict] = []
-        self.conversation = None  # created with the first answer; keeps the KV cache between turns
+        self.conversation: Conversation | None = None  # made with the first answer; keeps the KV cache
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.stats = stats
 

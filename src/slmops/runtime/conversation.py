@@ -15,7 +15,8 @@ from typing import Any
 
 import onnxruntime_genai as og
 
-from slmops.runtime.generate import Response, decode_loop
+from slmops.runtime.generate import Answer, Response, decode_loop
+from slmops.runtime.model import Model
 
 
 class Conversation:
@@ -27,10 +28,10 @@ class Conversation:
             whole conversation is reproducible (not each answer on its own).
     """
 
-    def __init__(self, model, **options) -> None:
+    def __init__(self, model: Model, **options) -> None:
         self.model = model
         self.options = model.options(**options)
-        self.generator = None
+        self.generator: og.Generator | None = None
 
     def stream(self, messages: Iterable[Any], truncate: bool = False) -> Iterator[Response]:
         """The answer to the chat so far, one :class:`Response` per token."""
@@ -39,15 +40,14 @@ class Conversation:
         return self._answer(ids, start)
 
     def _answer(self, ids: list[int], start: float) -> Iterator[Response]:
-        self._prepare(ids)
         budget = self.model.context_length - len(ids)
         limit = min(self.options.max_tokens or budget, budget)
-        yield from decode_loop(
-            self.generator, self.model.tokenizer, len(ids), self.options.stop, self.model.stop_token_ids, start, limit
-        )
+        stream = self.model.tokenizer.create_stream()
+        answer = Answer(stream, len(ids), start, self.model.stop_token_ids, self.options.stop, limit)
+        yield from decode_loop(self._prepare(ids), answer)
 
-    def _prepare(self, ids: list[int]) -> None:
-        """Rewind the generator to the longest prefix it shares with ``ids`` and append the rest."""
+    def _prepare(self, ids: list[int]) -> og.Generator:
+        """The generator, rewound to the longest prefix it shares with ``ids``, the rest appended."""
         if self.generator is not None:
             held = list(self.generator.get_sequence(0))
             # The last token held was generated but not yet read by the model: read it again.
@@ -56,7 +56,7 @@ class Conversation:
                 try:
                     self.generator.rewind_to(keep)
                     self.generator.append_tokens(ids[keep:])
-                    return
+                    return self.generator
                 except RuntimeError:
                     pass  # a model that cannot rewind: start over below
         params = og.GeneratorParams(self.model.og_model)
@@ -65,6 +65,7 @@ class Conversation:
         params.set_search_options(**search)
         self.generator = og.Generator(self.model.og_model, params)
         self.generator.append_tokens(ids)
+        return self.generator
 
 
 def _common_prefix(first: list[int], second: list[int]) -> int:

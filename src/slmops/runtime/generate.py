@@ -1,15 +1,27 @@
-"""The one generation path: token ids -> a stream of :class:`Response` -> a :class:`Result`.
+"""Generation, token by token: one :class:`Response` per token, one :class:`Result` per answer.
 
-Everything that generates (chat, one-shot prompts, the server, the benchmarks)
-goes through :func:`stream_tokens`, so the metrics they report are measured the
-same way.
+Two loops produce tokens, and both hand each token to an :class:`Answer`, the one place
+that turns it into text and decides when the answer ends (stop tokens, stop strings,
+max_tokens, a full context, a grammar) and how long it took, so every entry point
+reports the same text, finish reasons and metrics:
+
+- :func:`stream_tokens` and :func:`decode_loop` step an onnxruntime-genai ``Generator``:
+  ``Model.stream_generate`` / ``stream_chat`` / ``chat`` / ``generate``, a
+  :class:`~slmops.runtime.conversation.Conversation`, and the server's requests that no
+  batch row can hold. Sampling (temperature, top-k, top-p, repetition penalty, seed) and
+  guidance run inside onnxruntime-genai there.
+- :class:`~slmops.runtime.batched.BatchedDecoder` steps rows of one onnxruntime session
+  for the server; it samples with :mod:`slmops.runtime.sampling` and follows grammars
+  with :mod:`slmops.runtime.guided`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import onnxruntime_genai as og
 
@@ -30,7 +42,8 @@ class Response:
         decode_tokens_per_s: tokens per second after the first one, so far.
         elapsed_s: seconds since the request.
         finish_reason: None until the last response, then "stop" (a stop token or
-            string) or "length" (max_tokens or the context is full).
+            string, or a grammar that is complete or broken) or "length" (max_tokens
+            or the context is full).
     """
 
     text: str
@@ -43,9 +56,29 @@ class Response:
     finish_reason: str | None = None
 
 
+@dataclass(frozen=True)
+class Usage:
+    """Tokens an answer took, counted as the OpenAI API counts them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
 @dataclass
 class Result:
-    """A whole answer and how it was generated."""
+    """A whole answer and how it was generated.
+
+    Attributes:
+        text: the answer.
+        prompt_tokens: tokens in the prompt.
+        completion_tokens: tokens generated, a final stop token included.
+        finish_reason: "stop" or "length", as in :class:`Response`.
+        ttft_s: seconds from the request to the first generated token.
+        decode_tokens_per_s: tokens per second after the first one.
+        total_s: seconds from the request to the last token.
+        tokens: the generated token ids, one per completion token.
+    """
 
     text: str
     prompt_tokens: int
@@ -54,11 +87,98 @@ class Result:
     ttft_s: float
     decode_tokens_per_s: float
     total_s: float
+    tokens: list[int] = field(default_factory=list)
+
+    def usage(self) -> Usage:
+        """Prompt, completion and total tokens."""
+        return Usage(self.prompt_tokens, self.completion_tokens, self.prompt_tokens + self.completion_tokens)
+
+
+class TokenStream(Protocol):
+    """A tokenizer's incremental decoder (``og.TokenizerStream``): a token in, the text it completes out."""
+
+    def decode(self, token: int, /) -> str: ...
+
+
+class Matcher(Protocol):
+    """A grammar followed token by token (``llguidance.LLMatcher``)."""
+
+    def consume_token(self, token: int, /) -> bool: ...
+
+    def is_stopped(self) -> bool: ...
+
+    def get_error(self) -> str: ...
+
+
+class Answer:
+    """One answer as it is generated: each token in, its :class:`Response` out.
+
+    Args:
+        stream: the tokenizer's incremental decoder, fresh for this answer.
+        prompt_tokens: tokens in the prompt.
+        start: ``time.perf_counter()`` when the request began.
+        stop_ids: tokens that end the answer (EOS, the template's end marker); never shown.
+        stop: strings that end the answer; its text stops before them.
+        limit: most tokens to generate (None: only the context limits it).
+        matcher: the grammar the answer follows, if any (the batch's rows; a Generator
+            applies its guidance itself). A token it rejects ends the answer and sets
+            :attr:`error`; once the grammar is complete, the answer ends too.
+    """
+
+    def __init__(
+        self,
+        stream: TokenStream,
+        prompt_tokens: int,
+        start: float,
+        stop_ids: Iterable[int] = (),
+        stop: Iterable[str] = (),
+        limit: int | None = None,
+        matcher: Matcher | None = None,
+    ) -> None:
+        self.stream = stream
+        self.prompt_tokens = prompt_tokens
+        self.start = start
+        self.stop_ids = frozenset(stop_ids)
+        self.stop_text = StopText(stop)
+        self.limit: float = math.inf if limit is None else limit
+        self.matcher = matcher
+        self.count = 0  # tokens generated so far
+        self.first = 0.0  # when the first one came
+        self.error: str | None = None  # why the answer failed (its grammar broke)
+
+    def add(self, token: int, full: bool = False) -> Response:
+        """The response to the next generated ``token``; ``full``: the context holds no more tokens."""
+        # Once per token in both decode loops: written out in one function, with no allocation
+        # besides the response and the text.
+        now = time.perf_counter()
+        self.count += 1
+        count = self.count
+        if count == 1:
+            self.first = now
+        text, finish, matcher = "", None, self.matcher
+        if token in self.stop_ids:  # never shown; a grammar's mask lets one through only once complete
+            finish = "stop"
+        elif matcher is not None and not matcher.consume_token(token):  # never shown either
+            self.error = f"the grammar broke: {matcher.get_error() or 'no token was allowed'}"
+            finish = "stop"
+        else:
+            text, stopped = self.stop_text.feed(self.stream.decode(token))
+            if stopped:
+                finish = "stop"
+            elif matcher is not None and matcher.is_stopped():  # complete, and nothing may follow
+                finish = "stop"
+            elif full or count >= self.limit:
+                finish = "length"
+            if finish and not stopped:
+                text += self.stop_text.flush()  # what might have begun a stop string is answer text after all
+        first = self.first
+        rate = (count - 1) / (now - first) if count > 1 and now > first else 0.0
+        return Response(text, token, self.prompt_tokens, count, first - self.start, rate, now - self.start, finish)
 
 
 def stream_tokens(
-    og_model,
-    tokenizer,
+    og_model: og.Model,
+    tokenizer: og.Tokenizer,
     ids: list[int],
     options: GenerationOptions,
     context_length: int,
@@ -66,12 +186,12 @@ def stream_tokens(
     start: float | None = None,
     guidance: tuple[str, str] | None = None,
 ) -> Iterator[Response]:
-    """Generate from prompt token ids, one :class:`Response` per token.
+    """Generate from prompt token ids on a fresh ``og.Generator``, one :class:`Response` per token.
 
     Args:
         og_model, tokenizer: an ``og.Model`` and its ``og.Tokenizer``.
         ids: the prompt's token ids (at least one, shorter than ``context_length``).
-        options: the generation options, defaults already applied.
+        options: the generation options, defaults already applied; onnxruntime-genai samples with them.
         context_length: the model's context, prompt plus answer.
         stop_ids: tokens that end the answer besides the model's EOS.
         start: ``time.perf_counter()`` when the request began (default: now), so
@@ -86,49 +206,29 @@ def stream_tokens(
         params.set_guidance(*guidance)
     generator = og.Generator(og_model, params)
     generator.append_tokens(ids)
-    yield from decode_loop(generator, tokenizer, len(ids), options.stop, stop_ids, start)
+    answer = Answer(tokenizer.create_stream(), len(ids), start, stop_ids, options.stop)
+    yield from decode_loop(generator, answer)
 
 
-def decode_loop(
-    generator,
-    tokenizer,
-    prompt_tokens: int,
-    stop: Iterable[str],
-    stop_ids: Iterable[int],
-    start: float,
-    limit: int | None = None,
-) -> Iterator[Response]:
-    """Generate from an ``og.Generator`` whose prompt is appended, until a stop or ``limit`` tokens."""
-    decoder = tokenizer.create_stream()
-    stops = frozenset(stop_ids)
-    stop_text = StopText(stop)
-    count, first = 0, 0.0
+def decode_loop(generator: og.Generator, answer: Answer) -> Iterator[Response]:
+    """Step an ``og.Generator`` whose prompt is appended until ``answer`` ends.
+
+    The generator's ``max_length`` ends the answer with "length" when ``answer`` has no lower limit.
+    """
     while True:
         generator.generate_next_token()
-        token = int(generator.get_next_tokens()[0])
-        now = time.perf_counter()
-        count += 1
-        if count == 1:
-            first = now
-        stopped = token in stops
-        text, stopped_by_text = ("", False) if stopped else stop_text.feed(decoder.decode(token))
-        finish = None
-        if stopped or stopped_by_text:
-            finish = "stop"
-        elif generator.is_done() or count == limit:
-            finish = "length"
-            text += stop_text.flush()
-        rate = (count - 1) / (now - first) if count > 1 and now > first else 0.0
-        yield Response(text, token, prompt_tokens, count, first - start, rate, now - start, finish)
-        if finish:
+        response = answer.add(int(generator.get_next_tokens()[0]), generator.is_done())
+        yield response
+        if response.finish_reason:
             return
 
 
 def collect(responses: Iterable[Response]) -> Result:
     """Join a stream of responses into one :class:`Result`."""
-    pieces, last = [], None
+    pieces, tokens, last = [], [], None
     for last in responses:
         pieces.append(last.text)
+        tokens.append(last.token)
     if last is None:
         raise ValueError("an empty response stream")
     return Result(
@@ -139,7 +239,32 @@ def collect(responses: Iterable[Response]) -> Result:
         ttft_s=last.ttft_s,
         decode_tokens_per_s=last.decode_tokens_per_s,
         total_s=last.elapsed_s,
+        tokens=tokens,
     )
+
+
+class LeadingWhitespace:
+    """Drops the whitespace a chat answer opens with, over as many responses as it spans.
+
+    Chat templates that end in "assistant" without a line break make models open with one.
+    """
+
+    def __init__(self) -> None:
+        self.seen_text = False
+
+    def strip(self, response: Response) -> Response:
+        """``response``, its text stripped while no answer text has come yet."""
+        if not self.seen_text:
+            response.text = response.text.lstrip()
+            self.seen_text = bool(response.text)
+        return response
+
+
+def strip_leading(responses: Iterable[Response]) -> Iterator[Response]:
+    """``responses`` without the whitespace the answer opens with (see :class:`LeadingWhitespace`)."""
+    leading = LeadingWhitespace()
+    for response in responses:
+        yield leading.strip(response)
 
 
 class StopText:

@@ -10,10 +10,15 @@ llguidance's own threads, while the model computes the step's logits.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from slmops.errors import UsageError
+from slmops.runtime.model import Model
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
 
 COMPILERS = {
     "json_schema": "grammar_from_json_schema",
@@ -34,7 +39,7 @@ class Grammars:
         threads: threads llguidance fills masks with.
     """
 
-    def __init__(self, model, threads: int = 1) -> None:
+    def __init__(self, model: Model, threads: int = 1) -> None:
         import llguidance
 
         self.vocab = model.genai_config["model"]["vocab_size"]
@@ -44,7 +49,7 @@ class Grammars:
         self.executor = llguidance.LLExecutor(num_threads=threads)
         self.words = (self.vocab + 31) // 32
 
-    def matcher(self, guidance: tuple[str, str]):
+    def matcher(self, guidance: tuple[str, str]) -> LLMatcher:
         """A fresh matcher for ``guidance`` (``(type, data)`` as onnxruntime-genai takes it).
 
         Raises:
@@ -68,7 +73,7 @@ class Grammars:
         """A bitmask buffer for ``rows`` rows (bit ``t`` of a row set: token ``t`` allowed)."""
         return np.full((rows, self.words), -1, np.int32)
 
-    def fill(self, matchers: list[tuple[object, int]], masks: np.ndarray) -> None:
+    def fill(self, matchers: list[tuple[LLMatcher, int]], masks: np.ndarray) -> None:
         """Write the next-token mask of each ``(matcher, row)`` into ``masks[row]``."""
         if matchers:
             self.executor.unsafe_compute_mask_ptr(matchers, masks.ctypes.data, masks.shape[1] * 4, masks.shape[0])

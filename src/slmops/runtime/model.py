@@ -15,7 +15,7 @@ from slmops.errors import ContextTooLong, SlmopsError
 from slmops.modelfolder.folder import ModelFolder
 from slmops.modelfolder.messages import normalize
 from slmops.runtime import prompt as prompts
-from slmops.runtime.generate import Response, Result, collect, stream_tokens
+from slmops.runtime.generate import Response, Result, collect, stream_tokens, strip_leading
 from slmops.runtime.options import GenerationOptions, model_defaults
 from slmops.runtime.threads import default_threads
 
@@ -128,7 +128,7 @@ class Model:
     def stream_generate(
         self, prompt: str | list[int], start: float | None = None, guidance: tuple[str, str] | None = None, **options
     ) -> Iterator[Response]:
-        """The layered generation path: prompt text or token ids -> one :class:`Response` per token.
+        """Prompt text or token ids -> one :class:`Response` per token, on an onnxruntime-genai generator.
 
         Args:
             prompt: text (encoded as it is, no template) or token ids.
@@ -155,14 +155,18 @@ class Model:
         Args:
             prompt: text or token ids.
             **options: :class:`GenerationOptions` fields, e.g. ``max_tokens=64, seed=1``.
+
+        Returns:
+            A :class:`Result`: text, token ids, finish reason, token counts and timings.
         """
         return collect(self.stream_generate(prompt, **options))
 
     def stream_chat(self, messages: Iterable[Any], truncate: bool = False, **options) -> Iterator[Response]:
-        """A chat answer as :class:`Response` objects, one per token (text pieces and metrics)."""
+        """A chat answer as :class:`Response` objects, one per token (text pieces and metrics),
+        without the whitespace the answer may open with."""
         start = time.perf_counter()
         ids = self.prompt_ids(messages, truncate)
-        return self._strip_leading(self.stream_generate(ids, start=start, **options))
+        return strip_leading(self.stream_generate(ids, start=start, **options))
 
     def chat(self, messages: Iterable[Any], truncate: bool = False, **options) -> Result:
         """The answer to a chat.
@@ -173,6 +177,9 @@ class Model:
             truncate: when the chat is longer than the context, drop the oldest turns
                 instead of raising :class:`ContextTooLong`.
             **options: :class:`GenerationOptions` fields.
+
+        Returns:
+            A :class:`Result`: text, token ids, finish reason, token counts and timings.
         """
         return collect(self.stream_chat(messages, truncate, **options))
 
@@ -191,16 +198,6 @@ class Model:
         for response in self.stream_chat(messages, truncate, **options):
             if response.text:
                 yield response.text
-
-    @staticmethod
-    def _strip_leading(responses: Iterator[Response]) -> Iterator[Response]:
-        # Templates ending in "assistant" (no newline) make models open with a line break.
-        started = False
-        for response in responses:
-            if not started:
-                response.text = response.text.lstrip()
-                started = bool(response.text)
-            yield response
 
     def _too_long(self, prompt_tokens: int, truncated: bool) -> ContextTooLong:
         hint = "shorten it" if truncated else "shorten it, or use --truncate / truncate=True to drop the oldest turns"

@@ -1,8 +1,11 @@
 """From a parsed request to a running sequence: options, prompt, guidance, and the job.
 
-The answer itself comes from the runtime's token stream
-(``Model.stream_generate``), the same one `slmops model run` and the benchmarks
-use; the server only schedules it.
+The answer itself comes from the runtime's generation layer: a row of the model's
+:class:`~slmops.runtime.batched.BatchedDecoder` when one can hold the request, else
+the runtime's own token stream (``Model.stream_generate``, the one `slmops model run`
+and the benchmarks use). Both give the same :class:`~slmops.runtime.generate.Response`
+objects, with stop handling, finish reasons and metrics made in one place; the server
+only schedules them.
 """
 
 from __future__ import annotations
@@ -11,16 +14,21 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from slmops.errors import SlmopsError
 from slmops.runtime.batched import Sequence
-from slmops.runtime.generate import Response
-from slmops.runtime.guided import GrammarError
+from slmops.runtime.generate import LeadingWhitespace, Response
+from slmops.runtime.guided import GrammarError, Grammars
+from slmops.runtime.options import GenerationOptions
 from slmops.server import tools
 from slmops.server.errors import APIError, from_slmops
 from slmops.server.protocol import DEFAULT_MAX_TOKENS, ChatRequest, Message, SamplingFields
 from slmops.server.registry import Loaded
 from slmops.server.scheduler import DONE, Closed, Job, QueueFull
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
 
 
 @dataclass
@@ -120,38 +128,44 @@ def _job(loaded: Loaded, plan: Plan) -> Job:
     options = model.options(**plan.options)
     max_new = min(options.max_tokens or DEFAULT_MAX_TOKENS, model.context_length - len(plan.ids))
     if decoder is not None and plan.ids and decoder.fits(len(plan.ids), max_new):
-        grammars = decoder.grammars if plan.guidance else None
-        if plan.guidance is None or grammars is not None:
-            matcher = _matcher(grammars, plan) if plan.guidance else None
-            sequence = Sequence(list(plan.ids), options, max_new, time.perf_counter(), matcher=matcher)
-            return Job(None, loop, sequence=sequence)
+        if plan.guidance is None:
+            return _row(loop, plan, options, max_new, None)
+        grammars = decoder.grammars
+        if grammars is not None:
+            return _row(loop, plan, options, max_new, _matcher(grammars, plan.guidance, plan.tool_mode))
     # What a row cannot hold runs alone, on the runtime's generator and its own guidance.
     stream = model.stream_generate(plan.ids, guidance=plan.guidance, **plan.options)
     return Job(stream, loop)
 
 
-def _matcher(grammars, plan: Plan):
+def _row(
+    loop: asyncio.AbstractEventLoop, plan: Plan, options: GenerationOptions, max_new: int, matcher: LLMatcher | None
+) -> Job:
+    sequence = Sequence(list(plan.ids), options, max_new, time.perf_counter(), matcher=matcher)
+    return Job(None, loop, sequence=sequence)
+
+
+def _matcher(grammars: Grammars, guidance: tuple[str, str], tool_mode: tools.ToolMode | None) -> LLMatcher:
     try:
-        return grammars.matcher(plan.guidance)
+        return grammars.matcher(guidance)
     except GrammarError as exc:
-        field = "tools" if plan.tool_mode is not None else "response_format"
+        field = "tools" if tool_mode is not None else "response_format"
         raise APIError(400, f"{exc} Simplify the schema.", field, "invalid_parameter") from None
 
 
 async def responses(job: Job, strip_leading: bool = False) -> AsyncIterator[Response]:
     """The job's responses as they come; cancels the sequence if the consumer stops early.
 
-    ``strip_leading`` drops the whitespace an answer opens with (templates ending in
-    "assistant" without a line break make models start with one), as the runtime's chat does.
+    ``strip_leading`` drops the whitespace an answer opens with, as ``Model.stream_chat`` does.
     """
+    leading = LeadingWhitespace() if strip_leading else None
     try:
         while True:
             item = await job.queue.get()
             if item is DONE:
                 break
-            if strip_leading:
-                item.text = item.text.lstrip()
-                strip_leading = not item.text
+            if leading is not None:
+                leading.strip(item)
             yield item
         if job.error is not None:
             raise APIError(500, f"Generation failed: {job.error}", code="generation_failed")

@@ -19,6 +19,7 @@ from pathlib import Path
 from slmops.cache.resolver import looks_like_path, resolve
 from slmops.errors import ModelNotFound
 from slmops.runtime.batched import BatchedDecoder
+from slmops.runtime.model import Model
 from slmops.server.config import ServerConfig
 from slmops.server.errors import APIError
 from slmops.server.scheduler import Scheduler
@@ -33,7 +34,7 @@ class Loaded:
     """A loaded model, the scheduler that runs its requests, and when it was last used."""
 
     name: str
-    model: object  # slmops.runtime.Model
+    model: Model
     scheduler: Scheduler
     size_bytes: int
     ttl: float

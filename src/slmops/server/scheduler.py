@@ -23,7 +23,7 @@ import asyncio
 import collections
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from slmops.runtime.batched import BatchedDecoder, Sequence
@@ -61,18 +61,34 @@ class Job:
         """Stop generating (the client went away); the slot frees on the next round."""
         self.cancelled = True
 
-    def _put(self, item) -> None:
+    def put(self, response: Response) -> None:
+        """Hand ``response`` to the request, from the scheduler's thread."""
+        self._post(response)
+
+    def end(self) -> None:
+        """Tell the request that no response follows (:data:`DONE` on its queue)."""
+        self._post(DONE)
+
+    def _post(self, item: Response | object) -> None:
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the event loop is closed: nobody is listening any more
             self.cancelled = True
 
 
+Observer = Callable[[Job, Response], None]
+
+
 class Scheduler:
     """Runs jobs on one model, at most ``parallel`` at a time, ``max_queue`` more waiting."""
 
     def __init__(
-        self, name: str, parallel: int = 8, max_queue: int = 64, observer=None, decoder: BatchedDecoder | None = None
+        self,
+        name: str,
+        parallel: int = 8,
+        max_queue: int = 64,
+        observer: Observer | None = None,
+        decoder: BatchedDecoder | None = None,
     ) -> None:
         self.name = name
         self.decoder = decoder
@@ -80,7 +96,8 @@ class Scheduler:
         self.max_queue = max_queue
         self.observer = observer  # called as observer(job, response) for metrics
         self.waiting: collections.deque[Job] = collections.deque()
-        self.running: list[Job] = []
+        self.running: list[Job] = []  # jobs on a token stream of their own
+        self.rows: dict[Sequence, Job] = {}  # jobs whose sequence the decoder holds, waiting or decoding
         self.wake = threading.Condition()
         self.closed = False
         self.thread = threading.Thread(target=self._loop, name=f"slmops-scheduler-{name}", daemon=True)
@@ -122,16 +139,12 @@ class Scheduler:
         """Stop taking jobs; cancel (or finish) those in flight, then end the thread."""
         with self.wake:
             self.closed = True
-            rows = [row.owner for row in self._rows()]
-            for job in [*self.running, *rows, *self.waiting] if cancel else []:
+            for job in [*self.running, *self.rows.values(), *self.waiting] if cancel else []:
                 job.cancel()
             self.wake.notify()
         self.thread.join(timeout)
         if self.decoder is not None:
             self.decoder.close()
-
-    def _rows(self) -> list:
-        return [*self.decoder.running, *self.decoder.pending] if self.decoder else []
 
     def _loop(self) -> None:
         while True:
@@ -150,11 +163,11 @@ class Scheduler:
 
     def _admit(self) -> list[Job]:
         """Move waiting jobs in while there is room; returns the new rows to prefill."""
-        joining = []
+        joining: list[Job] = []
         while self.waiting and self.active + len(joining) < self.parallel:
             job = self.waiting[0]
             if job.sequence is not None:
-                if self.decoder.free - len(joining) <= 0:
+                if self.decoder is None or self.decoder.free - len(joining) <= 0:  # only a decoder makes rows
                     break
                 joining.append(job)
             else:
@@ -167,55 +180,60 @@ class Scheduler:
         if self.decoder is None:
             return
         try:
-            for sequence in [row for row in self._rows() if row.owner.cancelled]:
+            for sequence, job in [row for row in self.rows.items() if row[1].cancelled]:
                 self.decoder.cancel(sequence)
-                sequence.owner._put(DONE)
-            for job in joining:
-                job.sequence.owner = job
-                if job.cancelled:
-                    job._put(DONE)
-            self.decoder.add([job.sequence for job in joining if not job.cancelled])
+                del self.rows[sequence]
+                job.end()
+            self.decoder.add(self._join(joining))
             for sequence, response in self.decoder.advance():
-                self._deliver(sequence.owner, response)
+                job = self.rows.pop(sequence) if response.finish_reason else self.rows[sequence]
+                self._deliver(job, response)
         except Exception as exc:  # the batch is broken: fail its requests, keep serving the others
-            failed = [row.owner for row in self._rows()]
+            failed = list(self.rows.values())
+            self.rows.clear()
             self.decoder.running.clear()
             self.decoder.pending.clear()
             for job in failed:
                 job.error = exc
-                job._put(DONE)
+                job.end()
+
+    def _join(self, joining: list[Job]) -> list[Sequence]:
+        """The sequences of the ``joining`` jobs that still want an answer; the others end now."""
+        sequences = []
+        for job in joining:
+            if job.cancelled or job.sequence is None:
+                job.end()
+            else:
+                self.rows[job.sequence] = job
+                sequences.append(job.sequence)
+        return sequences
 
     def _deliver(self, job: Job, response: Response) -> None:
         if job.sequence is not None and job.sequence.error:
             job.error = RuntimeError(job.sequence.error)
         if self.observer is not None:
             self.observer(job, response)
-        job._put(response)
+        job.put(response)
         if response.finish_reason:
-            job._put(DONE)
+            job.end()
 
     def _step(self, job: Job) -> bool:
         """Advance ``job`` by one token; False when it is over."""
-        if job.cancelled:
+        if job.cancelled or job.stream is None:
             _close(job.stream)
-            job._put(DONE)
+            job.end()
             return False
         try:
             response = next(job.stream)
         except StopIteration:
-            job._put(DONE)
+            job.end()
             return False
         except Exception as exc:  # a failed sequence must not take the others down
             job.error = exc
-            job._put(DONE)
+            job.end()
             return False
-        if self.observer is not None:
-            self.observer(job, response)
-        job._put(response)
-        if response.finish_reason:
-            job._put(DONE)
-            return False
-        return True
+        self._deliver(job, response)
+        return not response.finish_reason
 
 
 def _close(stream) -> None:
