@@ -7,9 +7,8 @@ from collections.abc import Callable
 from typing import TextIO
 
 from slmops.errors import SlmopsError
-from slmops.runtime.conversation import Conversation
 from slmops.runtime.generate import Response
-from slmops.runtime.model import Model
+from slmops.runtime.model import Conversation, Model
 
 MULTILINE = '"""'
 HELP = """Commands:

@@ -7,7 +7,7 @@ reports the same text, finish reasons and metrics:
 
 - :func:`stream_tokens` and :func:`decode_loop` step an onnxruntime-genai ``Generator``:
   ``Model.stream_generate`` / ``stream_chat`` / ``chat`` / ``generate``, a
-  :class:`~slmops.runtime.conversation.Conversation`, and the server's requests that no
+  :class:`~slmops.runtime.model.Conversation`, and the server's requests that no
   batch row can hold. Sampling (temperature, top-k, top-p, repetition penalty, seed) and
   guidance run inside onnxruntime-genai there.
 - :class:`~slmops.runtime.batched.BatchedDecoder` steps rows of one onnxruntime session
