@@ -17,23 +17,21 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from slmops import settings
+from slmops.machine import describe_cpu
 
 PROBE_MB = 256  # well above any L3 cache, so the copy streams from RAM
 LIBRARIES = ("slmops", "onnxruntime-genai", "onnxruntime", "numpy", "llama-cpp-python", "httpx")
 
 
 def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return describe_cpu().model
 
 
 def system_info() -> dict:
-    """CPU model, core counts, RAM and the versions of the libraries that matter."""
+    """CPU (model, instruction-set flags, label), core counts, RAM and the versions of the libraries that matter.
+
+    ``cpu`` is the model name; ``cpu_info`` is :meth:`slmops.machine.CpuInfo.to_json`.
+    """
     import psutil
 
     versions = {}
@@ -44,6 +42,7 @@ def system_info() -> dict:
             continue
     return {
         "cpu": cpu_model(),
+        "cpu_info": describe_cpu().to_json(),
         "physical_cores": psutil.cpu_count(logical=False) or 0,
         "logical_cpus": psutil.cpu_count(logical=True) or 0,
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
