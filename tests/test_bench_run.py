@@ -18,6 +18,7 @@ from slmops.bench.stats import RequestRecord
 from slmops.bench.targets import Target
 from slmops.cli import main
 from slmops.errors import ModelNotFound, UsageError
+from slmops.machine import CpuInfo
 
 SYSTEM = {
     "cpu": "Test CPU",
@@ -149,6 +150,54 @@ def test_markdown_and_plot(tmp_path):
     assert "| fast | 16 | 8 | 1 |" in text and "## Ratios" in text and "| fast | slow | 16 |" in text
     width, height = _png_size(report.plot(document, tmp_path / "chart.png"))
     assert width > 1000 and height > 400
+
+
+ZEN4 = CpuInfo(
+    "AMD EPYC 9R14 96-Core Processor",
+    "AMD",
+    "x86_64",
+    ("avx2", "fma", "avx512f", "avx512_vnni"),
+    "AVX-512 VNNI",
+    "Zen 4",
+    "AMD EPYC (Zen 4 class), AVX-512 VNNI",
+)
+
+
+def test_a_result_names_its_cpu_in_json_markdown_and_chart(tmp_path, monkeypatch):
+    result, _, _ = fake_run(reps=1, prompt_lengths=(16,))
+    result.system = {**SYSTEM, "cpu_info": ZEN4.to_json()}
+    document = json.loads(json.dumps(result.to_dict()))  # as written and read back
+    assert document["system"]["cpu"] == "Test CPU"  # the model name stays where it was
+    assert document["system"]["cpu_info"]["flags"] == ["avx2", "fma", "avx512f", "avx512_vnni"]
+    text = report.markdown(document)
+    assert "- CPU: AMD EPYC (Zen 4 class), AVX-512 VNNI (AMD EPYC 9R14 96-Core Processor; flags: avx2 fma" in text
+    titles = []
+    monkeypatch.setattr("matplotlib.figure.Figure.suptitle", lambda self, title, **kw: titles.append(title))
+    report.plot(document, tmp_path / "chart.png")
+    assert titles and "AMD EPYC (Zen 4 class), AVX-512 VNNI" in titles[0]
+    broken = copy.deepcopy(document)
+    broken["system"]["cpu_info"]["flags"] = "avx2"
+    with pytest.raises(UsageError, match="system/cpu_info/flags"):
+        schema.validate(broken)
+
+
+def test_a_result_from_before_the_cpu_flags_still_reads_and_compares_by_model(tmp_path):
+    old = fake_run(reps=1, prompt_lengths=(16,))[0].to_dict()
+    assert "cpu_info" not in old["system"]
+    schema.validate(old)
+    assert "- CPU: Test CPU (flags not recorded)" in report.markdown(old)
+    new = copy.deepcopy(old)
+    new["system"]["cpu_info"] = ZEN4.to_json()
+    assert compare(old, new).cpus is None  # same model name: nothing says they differ
+    other = copy.deepcopy(new)
+    other["system"]["cpu_info"] = {**ZEN4.to_json(), "flags": ["avx2", "fma"], "label": "AMD EPYC (Zen 3 class), AVX2"}
+    assert compare(new, other).cpus == (report.cpu_text(new["system"]), report.cpu_text(other["system"]))
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(new))
+    b.write_text(json.dumps(other))
+    printed = CliRunner().invoke(bench, ["compare", str(a), str(b)])
+    assert printed.exit_code == 0 and "different CPUs:" in printed.output
+    assert "AMD EPYC (Zen 3 class), AVX2" in printed.output
 
 
 def test_compare_flags_regressions_and_exits_nonzero(tmp_path):

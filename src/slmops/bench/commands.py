@@ -161,9 +161,10 @@ def _run_live(run, case_count: int) -> dict:
 
     from slmops.bench import report
     from slmops.console import make_console, print_table
+    from slmops.machine import describe_cpu
 
     console = make_console(stderr=True)
-    table = report.rich_table()
+    table = report.rich_table(f"slmops bench on {describe_cpu().label}")
     progress = Progress(TextColumn("cases"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
     task = progress.add_task("cases", total=case_count)
 
@@ -212,6 +213,11 @@ def compare_command(a, b, threshold, fail_on_regression) -> None:
     print_table(table, console)
     for name in comparison.unmatched:
         console.print(f"[yellow]not in {a}:[/] {name}")
+    if comparison.cpus:
+        console.print(
+            f"[yellow]different CPUs:[/] {a} on {comparison.cpus[0]}, {b} on {comparison.cpus[1]}; "
+            "onnxruntime picks its kernels by instruction set, so the ratios measure the CPUs too."
+        )
     regressions = comparison.regressions
     console.print(f"{len(regressions)} regression(s) beyond {threshold:g}% in {len(comparison.changes)} figures.")
     if regressions and fail_on_regression:

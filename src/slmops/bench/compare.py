@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmops.bench import schema
+from slmops.bench import report, schema
 from slmops.errors import UsageError
 
 # figure -> (how to read it from a case, True if higher is better)
@@ -44,6 +44,7 @@ class Change:
 class Comparison:
     changes: list[Change] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
+    cpus: tuple[str, str] | None = None  # (A's, B's) when the two were measured on different CPUs
 
     @property
     def regressions(self) -> list[Change]:
@@ -71,6 +72,8 @@ def compare(a: dict, b: dict, threshold: float = 0.10) -> Comparison:
     """
     keys_a, keys_b = _keyed(a, b), _keyed(b, a)
     result = Comparison()
+    if not _same_cpu(a, b):
+        result.cpus = report.cpu_text(a["system"]), report.cpu_text(b["system"])
     for key, case_b in keys_b.items():
         case_a = keys_a.get(key)
         name = f"{case_b['target']} p={key[1]} o={key[2]} c={key[3]}"
@@ -85,6 +88,14 @@ def compare(a: dict, b: dict, threshold: float = 0.10) -> Comparison:
             worse = (1 - ratio) if higher_is_better else (ratio - 1)
             result.changes.append(Change(name, figure, value_a, value_b, ratio, worse > threshold))
     return result
+
+
+def _same_cpu(a: dict, b: dict) -> bool:
+    """Same model and flags; results written before the flags were recorded compare by model name."""
+    info_a, info_b = a["system"].get("cpu_info"), b["system"].get("cpu_info")
+    if info_a and info_b:
+        return (info_a["model"], info_a["flags"]) == (info_b["model"], info_b["flags"])
+    return a["system"]["cpu"] == b["system"]["cpu"]
 
 
 def _keyed(document: dict, other: dict) -> dict:

@@ -127,6 +127,16 @@ _RATIO = {
     },
     "additionalProperties": False,
 }
+_CPU_INFO = {
+    "type": "object",
+    "required": ["model", "label", "flags", "instruction_set"],
+    "properties": {
+        "model": {"type": "string"},
+        "label": {"type": "string"},
+        "flags": {"type": "array", "items": {"type": "string"}},
+        "instruction_set": {"type": "string"},
+    },
+}
 
 SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -151,6 +161,8 @@ SCHEMA = {
         "system": {
             "type": "object",
             "required": ["cpu", "physical_cores", "logical_cpus", "usable_cpus", "ram_gb", "os", "python", "libraries"],
+            # cpu_info came later: results written before it have only the model name in cpu
+            "properties": {"cpu_info": _CPU_INFO},
         },
         "memory_bandwidth_gb_s": _NUM_OR_NULL,
         "settings": {
