@@ -13,6 +13,7 @@ from slmops.cache import store
 from slmops.deploy import pipeline as deploys
 from slmops.deploy.commands import parse_quantization, usage_lines
 from slmops.errors import UsageError
+from slmops.machine import describe_cpu
 
 PASSING_SUITE = '{"name": "answers", "prompt": "hello", "not_contains": "zzzz-never-said"}\n'
 FAILING_SUITE = '{"name": "impossible", "prompt": "hello", "exact": "this exact sentence will not come out"}\n'
@@ -46,7 +47,11 @@ def test_deploy_tiny_model_registers_it_with_its_report(tiny_llama, tmp_path):
     report = json.loads((entry.path / "deploy-report.json").read_text())
     assert [step["status"] for step in report["steps"]][:3] == ["done", "done", "done"]
     assert report["quality"]["figures"]["kld_mean"] > 0
-    assert "| 5 | edge cases and invalid input | PASS |" in (entry.path / "deploy-report.md").read_text()
+    markdown = (entry.path / "deploy-report.md").read_text()
+    assert "| 5 | edge cases and invalid input | PASS |" in markdown
+    cpu = describe_cpu().to_json()  # the figures hold for the CPU they were measured on
+    assert report["cpu_info"] == report["quality"]["cpu_info"] == report["validation"]["cpu_info"] == cpu
+    assert f"CPU: {describe_cpu().summary()}." in markdown
     assert [check["item"] for check in report["validation"]["checks"]] == [1, 2, 3, 4, 5]
     assert any(line.startswith("[4] register") for line in lines)
     assert not list((deploys.settings.home() / "tmp").iterdir()), "the work folder is removed"

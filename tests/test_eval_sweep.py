@@ -7,6 +7,7 @@ import pytest
 
 from slmops.errors import UsageError
 from slmops.evaluate.sweep import Row, pick, speed_only, sweep
+from slmops.machine import describe_cpu
 
 
 def _row(name, precision, size, dppl, rate=1.0, speed=100.0):
@@ -59,6 +60,8 @@ def test_sweep_tiny_model_writes_table_json_markdown_and_plot(tiny_llama, tmp_pa
     assert data["rows"][1]["name"] == "int4"
     assert "| int4-hqq-b32 |" in result.markdown_path.read_text()
     assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cpu = describe_cpu()  # the speed columns hold for this CPU
+    assert data["cpu_info"] == cpu.to_json() and f"CPU: {cpu.summary()}." in result.markdown_path.read_text()
     # Speed: every model once per round, each figure the median of its rounds.
     assert result.speed_rounds == 2 and all(len(row.speed_samples) == 2 for row in result.rows)
     assert int4.decode_tokens_per_s == statistics.median(s["decode_tokens_per_s"] for s in int4.speed_samples)

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from slmops.evaluate.quality import evaluate_quality
+from slmops.machine import describe_cpu
 from tests.tiny import TRAINING_TEXT
 
 
@@ -86,3 +87,5 @@ def test_eval_cli_prints_table_and_writes_json_and_markdown(tiny_exports, tmp_pa
     data = json.loads((tmp_path / "e.json").read_text())
     assert data["quality"]["figures"]["kld_mean"] > 0 and data["suite"]["pass_rate"] == 1.0
     assert "| ΔPPL |" in (tmp_path / "e.md").read_text()
+    assert data["cpu_info"] == data["quality"]["cpu_info"] == describe_cpu().to_json()
+    assert f"CPU: {describe_cpu().summary()}." in (tmp_path / "e.md").read_text()

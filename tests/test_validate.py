@@ -12,6 +12,7 @@ import pytest
 from slmops.errors import UsageError
 from slmops.evaluate import edge_cases
 from slmops.evaluate.validate import FAIL, PASS, check_edge_cases, check_lengths, check_memory, validate
+from slmops.machine import describe_cpu
 
 
 @dataclass
@@ -208,7 +209,12 @@ def test_validate_cli_writes_reports_and_exits_1_on_failure(tmp_path, monkeypatc
     assert result.exit_code == 1, result.output
     data = json.loads(out.read_text())
     assert data["passed"] is False and data["checks"][2]["status"] == "FAIL"
-    assert "| 3 | memory | FAIL |" in (tmp_path / "r.md").read_text()
+    markdown = (tmp_path / "r.md").read_text()
+    assert "| 3 | memory | FAIL |" in markdown
+    # item 4's speeds hold for this CPU: the report names it, flags included
+    cpu = describe_cpu()
+    assert data["cpu_info"] == cpu.to_json() and data["cpu_info"]["label"] == cpu.label
+    assert f"CPU: {cpu.summary()}." in markdown
 
 
 @pytest.mark.slow

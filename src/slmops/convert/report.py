@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from slmops.machine import describe_cpu
+
 FILENAME = "conversion.json"
 _LIBRARIES = ("slmops", "onnxruntime-genai", "onnxruntime", "onnx", "torch", "transformers", "gguf", "peft")
 
@@ -32,6 +34,8 @@ class ConversionReport:
     versions: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     reused: bool = False
+    # what the wall time was measured on (None: a report written before it was recorded)
+    cpu_info: dict | None = field(default_factory=lambda: describe_cpu().to_json())
 
     @property
     def size_ratio(self) -> float:
@@ -50,6 +54,7 @@ class ConversionReport:
     @classmethod
     def read(cls, folder: Path) -> ConversionReport:
         data = json.loads((Path(folder) / FILENAME).read_text(encoding="utf-8"))
+        data.setdefault("cpu_info", None)  # not this machine's: the conversion ran earlier, maybe elsewhere
         return cls(**{key: value for key, value in data.items() if key in cls.__dataclass_fields__})
 
 

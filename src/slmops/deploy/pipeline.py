@@ -21,6 +21,7 @@ import click
 
 from slmops import settings
 from slmops.errors import SlmopsError, UsageError
+from slmops.machine import cpu_summary, describe_cpu
 
 # The INT4 variant (see slmops.convert.variants) closest to FP32 among those onnxruntime's
 # CPU kernels run fast, measured by `slmops sweep` on SmolLM2-135M-Instruct (docs/quality.md):
@@ -51,6 +52,8 @@ class DeployResult:
     validation: dict | None = None
     cached_path: str | None = None
     report_path: str | None = None
+    # the eval and validation figures hold for this CPU: onnxruntime picks its kernels by instruction set
+    cpu_info: dict = field(default_factory=lambda: describe_cpu().to_json())
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -256,6 +259,8 @@ def report_markdown(result: DeployResult) -> str:
         f"# Deploy of {result.name}",
         "",
         f"{result.variant}{settings_text(result.quantization)}",
+        "",
+        f"CPU: {cpu_summary(result.cpu_info)}.",
         "",
         "| step | status | seconds | result |",
         "|---|---|---|---|",

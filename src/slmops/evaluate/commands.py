@@ -68,6 +68,7 @@ def report_options(command):
 def eval_command(model, suite, no_perplexity, json_path, markdown_path, **quality_options):
     """Measure MODEL's quality: perplexity, divergence from a reference, a domain suite."""
     from slmops.evaluate import report as reports
+    from slmops.machine import describe_cpu
 
     data, markdown = {}, []
     if not no_perplexity:
@@ -90,6 +91,10 @@ def eval_command(model, suite, no_perplexity, json_path, markdown_path, **qualit
         markdown.append(reports.suite_markdown(result))
     if not data:
         raise click.UsageError("Nothing to do: --no-perplexity needs --suite.")
+    cpu = describe_cpu()
+    data["cpu_info"] = cpu.to_json()
+    if "quality" not in data:  # the quality section names the CPU; a suite alone does not
+        markdown.insert(0, f"CPU: {cpu.summary()}.\n")
     _emit(data, "\n".join(markdown), json_path, markdown_path)
 
 

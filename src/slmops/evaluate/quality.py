@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from slmops.errors import ModelNotFound, UsageError
 from slmops.evaluate.logits import LogitsWriter, OnnxLogits, SavedLogits, TorchLogits, WindowPlan
 from slmops.evaluate.metrics import QualityFigures, TokenStats, summarize
 from slmops.evaluate.progress import progress_bar
+from slmops.machine import describe_cpu
 from slmops.modelfolder.folder import GENAI_CONFIG
 
 DEFAULT_WINDOW = 512
@@ -32,6 +33,8 @@ class QualityReport:
     windows: int
     figures: QualityFigures
     seconds: float
+    # the logits come from onnxruntime's CPU kernels, which differ by instruction set
+    cpu_info: dict = field(default_factory=lambda: describe_cpu().to_json())
 
     def to_json(self) -> dict:
         data = asdict(self)

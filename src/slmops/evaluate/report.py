@@ -9,6 +9,7 @@ from pathlib import Path
 from slmops.evaluate.metrics import QualityFigures
 from slmops.evaluate.quality import QualityReport
 from slmops.evaluate.suite import SuiteReport
+from slmops.machine import cpu_summary
 
 
 def write_json(data: dict, path: str | Path) -> Path:
@@ -60,6 +61,8 @@ def quality_markdown(report: QualityReport) -> str:
         f"Text: {report.text}, {report.windows} windows of {report.window} tokens, stride {report.stride}; "
         f"reference: {report.reference or 'none'}; {report.seconds:.1f} s.",
         "",
+        f"CPU: {cpu_summary(report.cpu_info)}.",
+        "",
         "| figure | value |",
         "|---|---|",
     ]
@@ -80,7 +83,7 @@ def validation_markdown(report) -> str:
     lines = [
         f"# Validation of {report.model}: {verdict}",
         "",
-        f"{report.seconds:.0f} s.",
+        f"{report.seconds:.0f} s. CPU: {cpu_summary(report.cpu_info)}.",
         "",
         "| # | check | result | evidence |",
         "|---|---|---|---|",

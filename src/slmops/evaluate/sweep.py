@@ -24,6 +24,7 @@ from pathlib import Path
 from slmops.convert.variants import DEFAULT_INT4_SET, INT4_VARIANTS, Variant, build, parse_variants  # noqa: F401 (re-exported)
 from slmops.errors import UsageError
 from slmops.evaluate import report as reports
+from slmops.machine import cpu_summary, describe_cpu
 
 FLOAT_PRECISIONS = ("int8", "fp16", "bf16", "fp32")
 SPEED_ROUNDS = 3
@@ -67,6 +68,7 @@ class SweepResult:
     speed_rounds: int = 0
     speed_seconds: float = 0.0
     load_average: list = field(default_factory=list)  # of the host while speed was measured (1, 5, 15 min)
+    cpu_info: dict = field(default_factory=lambda: describe_cpu().to_json())  # where speed was measured
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -362,6 +364,8 @@ def markdown(result: SweepResult) -> str:
         f"in a fresh process per model, median of {result.speed_rounds} interleaved rounds (host load average "
         f"during them {load}).",
         "",
+        f"CPU: {cpu_summary(result.cpu_info)}.",
+        "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
@@ -398,7 +402,7 @@ def plot(result: SweepResult, path: Path) -> Path:
         axis.set_ylabel("ΔPPL vs FP32 (%)")
         axis.axhline(result.limits.get("max_ppl_increase_pct", 5.0), color="grey", linestyle="--", linewidth=0.8)
         axis.grid(alpha=0.3)
-    figure.suptitle(f"Quality vs size and speed: {result.source}")
+    figure.suptitle(f"Quality vs size and speed: {result.source}\non {result.cpu_info['label']}")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -27,6 +27,7 @@ import numpy as np
 from slmops.evaluate import edge_cases
 from slmops.evaluate.progress import progress_bar
 from slmops.evaluate.suite import SuiteReport, load_suite, run_suite
+from slmops.machine import describe_cpu
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 DEFAULT_SOAK = 200
@@ -61,6 +62,7 @@ class ValidationReport:
     checks: list[Check]
     suite: SuiteReport | None
     seconds: float
+    cpu_info: dict = field(default_factory=lambda: describe_cpu().to_json())  # item 4 measures speed on it
 
     @property
     def passed(self) -> bool:
