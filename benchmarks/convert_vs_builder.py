@@ -131,6 +131,9 @@ def main() -> None:
     args = parser.parse_args()
     from slmops.convert import embedded_model
     from slmops.convert.gguf_source import gguf_to_hf
+    from slmops.machine import describe_cpu
+
+    print(f"CPU: {describe_cpu().summary()}", flush=True)
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="slmops-bench-convert-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -189,8 +192,11 @@ def report(results: dict, work: Path) -> None:
     if "slmops (GGUF)" in summary and "transformers GGUF + builder" in summary:
         same = greedy(folder["slmops (GGUF)"]) == greedy(folder["transformers GGUF + builder"])
         print(f"GGUF outputs give the same greedy tokens: {same}")
+    from slmops.machine import describe_cpu
+
+    cpu_info = describe_cpu().to_json()
     (work / "results.json").write_text(
-        json.dumps({"summary": summary, "ratios": ratios, "same_tokens": same}, indent=2)
+        json.dumps({"cpu_info": cpu_info, "summary": summary, "ratios": ratios, "same_tokens": same}, indent=2)
     )
     print(f"results: {work / 'results.json'}")
 

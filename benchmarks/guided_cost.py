@@ -20,6 +20,7 @@ import os
 import statistics
 import time
 
+from slmops.machine import describe_cpu
 from slmops.runtime import load
 from slmops.runtime.batched import BatchedDecoder, Sequence
 from slmops.server import tools
@@ -150,6 +151,7 @@ def main() -> None:
         results["generators"].append(generators_rate(model, args.rows, args.tokens))
     free, guided = statistics.median(results["free"]), statistics.median(results["guided"])
     summary = {
+        "cpu_info": describe_cpu().to_json(),  # first, so the output names its CPU at the top
         "rows": args.rows,
         "threads": model.threads,
         "load_average": os.getloadavg()[0],

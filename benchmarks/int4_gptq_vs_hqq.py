@@ -32,6 +32,9 @@ def main() -> None:
 
     from slmops.convert import QuantizationOptions, weight_only
     from slmops.evaluate.quality import evaluate_quality
+    from slmops.machine import describe_cpu
+
+    print(f"CPU: {describe_cpu().summary()}", flush=True)
 
     if args.calibration_windows:
         weight_only.CALIBRATION_WINDOWS = args.calibration_windows
@@ -60,6 +63,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
+        "cpu_info": describe_cpu().to_json(),
         "fp32": str(args.fp32),
         "windows": args.windows,
         "calibration": f"last {weight_only.CALIBRATION_WINDOWS} x "

@@ -39,6 +39,7 @@ import time
 import onnxruntime_genai as og
 
 import slmops
+from slmops.machine import describe_cpu
 from slmops.runtime import collect
 
 PROMPT = "Write a long story about a dragon who learns to bake bread."
@@ -218,6 +219,7 @@ def summarize(samples: dict, loads: dict, model, prompt_tokens: int, args) -> di
     ours = rows["slmops"]
     same = rows.get(best.replace("bare", "slmops")) if best != "bare-default" else None
     return {
+        "cpu_info": describe_cpu().to_json(),
         "model": model.name,
         "path": str(model.path),
         "prompt_tokens": prompt_tokens,
@@ -285,6 +287,7 @@ def main() -> None:
     parser.add_argument("--llama-bench", help="llama.cpp's llama-bench binary, to measure llama.cpp in every round")
     parser.add_argument("--gguf", help="the GGUF for llama-bench (default: the embedded SmolLM2 GGUF)")
     args = parser.parse_args()
+    print(f"CPU: {describe_cpu().summary()}", flush=True)
     if args.llama_bench and not args.gguf:
         from slmops.convert import embedded_model
 

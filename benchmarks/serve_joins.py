@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from slmops.machine import describe_cpu
 from slmops.server.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args()
+    print(json.dumps({"cpu_info": describe_cpu().to_json()}), flush=True)  # its output is JSON lines
     levels = [int(level) for level in args.concurrency.split(",")]
     texts = prompts(Path(args.model), max(levels), args.prompt_tokens)
     sources = {"before": source_of(args.before), "after": ROOT / "src"}

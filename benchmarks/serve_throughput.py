@@ -37,6 +37,7 @@ import numpy as np
 from slmops.bench.runner import run_batch
 from slmops.bench.targets import Prompt, UrlTarget
 from slmops.convert import embedded_model
+from slmops.machine import describe_cpu
 from slmops.server.process import ServerProcess
 
 PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
@@ -238,6 +239,7 @@ def main() -> None:
     # preempted thread stalls the rest, and -t 2 ran ~40x slower than -t 1 here under load.
     parser.add_argument("--llama-threads", type=int, default=THREADS, help="llama-server -t [default: 2]")
     args = parser.parse_args()
+    print(f"CPU: {describe_cpu().summary()}", flush=True)
 
     binary = find_llama_server(args.llama_server)
     if binary is None:
