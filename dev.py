@@ -56,18 +56,8 @@ def demo() -> None:
     run(slmops, "deploy", "--name", "smollm2-135m-instruct", "--force")
     # Greedy: the model's own defaults sample (temperature 0.7), and a 135M model sampled
     # sometimes wanders off; the demo gives the same answer on every machine.
-    run(
-        slmops,
-        "model",
-        "run",
-        "smollm2-135m-instruct",
-        "--prompt",
-        DEMO_PROMPT,
-        "--max-tokens",
-        "64",
-        "--temperature",
-        "0",
-    )
+    question = ("--prompt", DEMO_PROMPT, "--max-tokens", "64", "--temperature", "0")
+    run(slmops, "model", "run", "smollm2-135m-instruct", *question)
 
 
 def check() -> None:
