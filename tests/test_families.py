@@ -5,7 +5,9 @@ writes it, and as transformers 4 wrote the checkpoints on the hub): the HF folde
 converts at fp32; slmops' runtime decodes the same 16 greedy tokens as torch; the chat
 prompt slmops renders is the text and the token ids of
 ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``; and ``serve``
-answers a chat request for the model.
+answers a chat request for the model. The families whose build slmops adjusts for the
+builder (convert/builder_fixes.py) also predict like torch at int8, and what it cannot
+adjust stops with a one-line error.
 """
 
 from __future__ import annotations
@@ -179,3 +181,30 @@ def test_a_config_the_builder_cannot_read_is_a_one_line_error(tiny_llama, tmp_pa
     with pytest.raises(ConversionError, match="cannot read this model's config \\(KeyError: 'rope_type'\\)"):
         convert(tiny_llama, tmp_path / "out", precision="fp32", log_level=0)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["smollm3", "gemma3", "phi3", "phi4", "olmo"])
+def test_families_slmops_fixes_for_the_builder_also_quantize(name, tmp_path):
+    # The fixes edit the graph the builder quantizes in int8/int4: the quantized model must still
+    # predict like torch. Tiny random weights make int4 too noisy to judge, so int8.
+    import numpy as np
+    import onnxruntime_genai as og
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from slmops.convert import convert
+
+    family = FAMILIES[name]
+    source = family.build(tmp_path / "hf")
+    ids = hf_tokenizer(source).apply_chat_template(chats(family)[-1], add_generation_prompt=True, return_dict=False)
+    convert(source, tmp_path / "int8", precision="int8", log_level=0)
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)(torch.tensor([ids])).logits[0]
+    model = og.Model(str(tmp_path / "int8"))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + 1)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    logits = np.array(generator.get_output("logits"))[0]
+    assert (logits.argmax(-1) == expected.numpy().argmax(-1)).mean() >= 0.85
+    assert np.corrcoef(logits.ravel(), expected.numpy().ravel())[0, 1] > 0.99
