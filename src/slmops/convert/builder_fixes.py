@@ -4,9 +4,9 @@ The builder reads the config object transformers 5 makes of ``config.json``, and
 some families reach it in a shape it does not expect (Gemma 3's rope settings nested
 per layer type, Phi-3's rope type under a new key); slmops adjusts that object in
 memory before the build, never the user's files. For two families the builder writes
-a graph that does not compute what the checkpoint does (OLMo's layer norm, SmolLM3's
-layers without rope); slmops rewrites those few nodes after the build. What cannot
-be fixed stops before the build with a one-line UnsupportedArchitecture.
+a graph that does not compute what the checkpoint does (OLMo's layer norm and clipped
+q/k/v, SmolLM3's layers without rope); slmops rewrites those few nodes after the build.
+What cannot be fixed stops before the build with a one-line UnsupportedArchitecture.
 """
 
 from __future__ import annotations
@@ -35,16 +35,12 @@ def prepare(config: Any) -> list[GraphFix]:
     if architecture == "SmolLM3ForCausalLM":
         return _smollm3_layers_without_rope(config)
     if architecture == "OlmoForCausalLM":
-        return [_olmo_layer_norm]
+        clip = getattr(config, "clip_qkv", None)
+        return [_olmo_layer_norm, *([_clipped_qkv(float(clip))] if clip else [])]
     return []
 
 
 def _refuse_unsupported(config: Any, architecture: str) -> None:
-    if architecture == "OlmoForCausalLM" and getattr(config, "clip_qkv", None):
-        raise UnsupportedArchitecture(
-            f"OLMo with clip_qkv={config.clip_qkv} is not supported: the ONNX builder does not clip "
-            "queries, keys and values, so the export would not compute what the checkpoint does."
-        )
     if architecture == "Gemma3ForCausalLM":
         full = _per_layer_type(config).get("full_attention", {})
         if full.get("rope_type", "default") != "default":
@@ -150,6 +146,45 @@ def _rms_norms_to_layer_norms(graph) -> None:
             "OLMo's layer norms could not be found in the exported graph; "
             "this onnxruntime-genai version builds them differently."
         )
+
+
+def _clipped_qkv(limit: float) -> GraphFix:
+    """OLMo's clip_qkv: queries, keys and values clamped to [-limit, limit], which the builder omits.
+
+    A Clip goes on each projection that feeds an attention node (rope is applied inside it).
+    """
+
+    def clip(model_dir: Path) -> None:
+        _edit_graph(model_dir, lambda graph: _clip_attention_inputs(graph, limit))
+
+    return clip
+
+
+def _clip_attention_inputs(graph, limit: float) -> None:
+    from onnx import TensorProto, helper
+
+    producers = {output: node for node in graph.node for output in node.output}
+    bounds = ("/model/constants/clip_qkv/min", "/model/constants/clip_qkv/max")
+    graph.initializer.extend(
+        helper.make_tensor(name, TensorProto.FLOAT, [], [value]) for name, value in zip(bounds, (-limit, limit))
+    )
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "GroupQueryAttention":
+            for index, name in enumerate(node.input[:3]):
+                if not name:
+                    continue
+                if producers[name].op_type not in ("MatMul", "MatMulNBits", "Add"):
+                    raise UnsupportedArchitecture(
+                        "OLMo's clip_qkv cannot be applied: its attention reads something other than the "
+                        "projections in this onnxruntime-genai version."
+                    )
+                clipped = f"{name}/clip_qkv"
+                nodes.append(helper.make_node("Clip", [name, *bounds], [clipped], name=f"{name}/Clip"))
+                node.input[index] = clipped
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _initializer(graph, name: str):
