@@ -63,6 +63,8 @@ def run_builder(
     """Export `hf_dir` to ONNX in `out_dir` with the builder; its output goes to `log_path`."""
     from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
+    from slmops.convert import builder_fixes
+
     pairs = [f"{key}={value}" for key, value in extra_options.items()]
     echo = log_level >= 3
     quant_logger = logging.getLogger("onnxruntime.quantization")
@@ -72,9 +74,18 @@ def run_builder(
         try:
             with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
                 options = parse_extra_options(None, str(hf_dir), str(out_dir), precision, "cpu", str(cache_dir), pairs)
+                graph_fixes = builder_fixes.prepare(options["hf_details"]["hf_config"])
                 create_model(None, str(hf_dir), str(out_dir), precision, "cpu", str(cache_dir), **options)
+            for fix in graph_fixes:
+                fix(out_dir)
         except (ValueError, NotImplementedError, OSError, RuntimeError, AssertionError) as exc:
             raise ConversionError(f"the ONNX builder failed: {_first_line(exc)} (full log: {log_path})") from exc
+        except (KeyError, AttributeError, TypeError, IndexError) as exc:
+            # A config the builder does not expect: name the exception, a bare "'rope_type'" says nothing.
+            raise ConversionError(
+                f"the ONNX builder cannot read this model's config ({type(exc).__name__}: {_first_line(exc)}); "
+                f"full log: {log_path}"
+            ) from exc
         finally:
             quant_logger.setLevel(previous_level)
 

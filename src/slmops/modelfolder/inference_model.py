@@ -18,6 +18,8 @@ How :meth:`InferenceModel.render` builds a prompt from ``PromptTemplate``:
   Gemma's own chat template does); without ``user``, history user turns use
   ``prompt``; without ``tool``, tool results are user turns; ``{Tool}`` in
   ``tool`` is the tool's result, like ``{Content}``;
+- ``bos`` (an slmops addition) opens the whole prompt: the BOS token a chat template
+  writes before the first turn, which onnxruntime-genai's tokenizer does not add;
 - a file without ``prompt`` and ``user`` has no usable template: ``render``
   returns None and the caller uses the tokenizer's own chat template.
 """
@@ -51,6 +53,11 @@ class Template(BaseModel):
     separator: str | None = Field(
         None, description="Text between two turns; inferred from `prompt` and `user` when absent."
     )
+    bos: str | None = Field(
+        None,
+        description="Text that opens every prompt: the BOS token the chat template writes "
+        "(onnxruntime-genai's tokenizer adds none to an encoded prompt).",
+    )
 
     @model_validator(mode="after")
     def _placeholders(self) -> Template:
@@ -78,11 +85,12 @@ class Template(BaseModel):
             else:
                 pieces.append(_fill(self._turn(role), text))
         separator = self.inferred_separator()
+        start = self.bos or ""
         if not add_generation_prompt:  # every turn ends with the separator, as chat templates write it
-            return "".join(piece + separator for piece in pieces)
+            return start + "".join(piece + separator for piece in pieces)
         if not ends_with_user:
             pieces.append(self.assistant_header())
-        return separator.join(pieces)
+        return start + separator.join(pieces)
 
     def assistant_header(self) -> str:
         """What opens an assistant turn: the `assistant` template before its {Content}."""

@@ -4,8 +4,8 @@ The chat template is rendered for a growing conversation whose message texts are
 markers; what each new message adds to the rendered string is that role's piece,
 with the marker replaced by ``{Content}``. The newline templates put between turns
 becomes the ``separator``; the generation prompt keeps its trailing newline, so the
-answer starts with its first word. A leading BOS token is left to the tokenizer,
-which adds it itself.
+answer starts with its first word. A BOS token the template writes before the first
+turn becomes ``bos``: onnxruntime-genai encodes a prompt without adding one.
 """
 
 from __future__ import annotations
@@ -78,17 +78,18 @@ def derive(chat_template: str, bos_token: str = "", eos_token: str = "") -> Temp
         "user": after_user[len(start) :],
         "assistant": after_assistant[len(after_user) :],
     }
-    # Only a BOS the template writes itself is dropped; some vocabularies reuse a turn marker as BOS.
-    template = _assemble(pieces, with_prompt[len(without_prompt) :], bos_token if "bos_token" in chat_template else "")
-    _check_round_trip(template, with_prompt, last, bos_token if "bos_token" in chat_template else "")
+    # Only a BOS the template writes itself is moved out of the turns; some vocabularies reuse a
+    # turn marker as BOS.
+    bos = bos_token if "bos_token" in chat_template and with_prompt.startswith(bos_token) else ""
+    template = _assemble(pieces, with_prompt[len(without_prompt) :], bos)
+    template.bos = bos or None
+    _check_round_trip(template, with_prompt, last)
     return template
 
 
-def _check_round_trip(template: Template, expected: str, messages: list[dict], bos_token: str) -> None:
+def _check_round_trip(template: Template, expected: str, messages: list[dict]) -> None:
     plain = [{"role": m["role"], "content": m["content"]} for m in messages]
     rendered = template.render(plain, add_generation_prompt=True)
-    if bos_token and expected.startswith(bos_token):
-        expected = expected[len(bos_token) :]
     if rendered != expected:
         raise TemplateError("the derived PromptTemplate renders conversations differently from the chat template")
 
