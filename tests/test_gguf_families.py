@@ -111,6 +111,22 @@ FAMILIES: dict[str, dict] = {
         "tokenizer": "spm-llama",
         "config": {"num_attention_heads": 4, "num_key_value_heads": 4, "tie_word_embeddings": False},
     },
+    "phi4-mini": {  # Phi-4-mini: GQA 3:1, tied, 3/4 of each head rotated, long/short rope factors, GPT-4o's BPE
+        "architecture": "Phi3ForCausalLM",
+        "tokenizer": "gpt-4o",
+        "config": {
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "tie_word_embeddings": True,
+            "partial_rotary_factor": 0.75,
+            "original_max_position_embeddings": 256,
+            "rope_scaling": {
+                "rope_type": "longrope",
+                "long_factor": [1.0, 1.2, 1.5, 2.0, 3.0, 4.5],
+                "short_factor": [1.0, 1.0, 1.1, 1.2, 1.3, 1.5],
+            },
+        },
+    },
     "granite": {  # Granite 3.3 2B: GQA 4:1, tied, the four multipliers
         "architecture": "GraniteForCausalLM",
         "tokenizer": "refact",
@@ -143,6 +159,7 @@ BUILDER_FAILS = {
     "smollm3": "KeyError 'position_ids'",
     "gemma3": "KeyError 'rope_type' (rope_parameters nested per layer type)",
     "phi3": "KeyError 'multi_cache'",
+    "phi4-mini": "KeyError 'multi_cache'",
 }
 
 TEXT = (
@@ -173,6 +190,11 @@ _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+_GPT4O_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
@@ -182,8 +204,8 @@ def _pre_tokenizer(kind: str):
     """The pre-tokenizer of the published tokenizer.json each kind imitates."""
     from tokenizers import Regex, pre_tokenizers
 
-    if kind in ("llama-bpe", "qwen2"):
-        split = _LLAMA3_SPLIT if kind == "llama-bpe" else _QWEN2_SPLIT
+    if kind in ("llama-bpe", "qwen2", "gpt-4o"):
+        split = {"llama-bpe": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT, "gpt-4o": _GPT4O_SPLIT}[kind]
         return pre_tokenizers.Sequence(
             [
                 pre_tokenizers.Split(Regex(split), behavior="isolated"),
@@ -227,6 +249,9 @@ def build_bpe_tokenizer(folder: Path, kind: str) -> Path:
     )
     fast.chat_template = None if kind == "olmo" else CHATML  # OLMo stands for a base model: no template
     fast.save_pretrained(folder)
+    if kind == "gpt-4o":  # Phi-4-mini's class name, which tells llama.cpp's Phi-3 converter to read BPE
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        (folder / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "GPT2Tokenizer"}))
     return folder
 
 
@@ -332,22 +357,41 @@ def models(tmp_path_factory, tokenizers) -> dict[str, Path]:
     }
 
 
+def build_lfm2(folder: Path, tokenizer_dir: Path) -> Path:
+    """A tiny LFM2 (convolution and attention layers): a family slmops leaves to transformers' GGUF loader."""
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = transformers.Lfm2Config(
+        **{**COMMON_CONFIG, "num_hidden_layers": 4},
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        layer_types=["conv", "full_attention", "conv", "full_attention"],
+        vocab_size=len(tokenizer),
+        eos_token_id=_token_id(tokenizer, "eos_token"),
+        pad_token_id=_token_id(tokenizer, "pad_token"),
+    )
+    torch.manual_seed(0)
+    transformers.Lfm2ForCausalLM(config).eval().save_pretrained(folder)
+    for item in tokenizer_dir.iterdir():
+        shutil.copy(item, folder / item.name)
+    return folder
+
+
 @pytest.fixture(scope="module")
-def ggufs(tmp_path_factory, models) -> dict[tuple[str, str], Path]:
-    """(family, "f32" | "q8_0") -> the GGUF llama.cpp's converter writes."""
+def ggufs(tmp_path_factory, models, tokenizers) -> dict[tuple[str, str], Path]:
+    """(family, "f32" | "q8_0") -> the GGUF llama.cpp's converter writes; ("lfm2", "f32") too."""
     root = tmp_path_factory.mktemp("ggufs")
     jobs = []
     for family, folder in models.items():
         kind = FAMILIES[family]["tokenizer"]
         for outtype in ("f32", "q8_0"):
             jobs.append((folder, root / f"{family}-{outtype}.gguf", outtype, None if kind.startswith("spm") else kind))
+    lfm2 = build_lfm2(root / "lfm2", tokenizers["llama-bpe"])
+    jobs.append((lfm2, root / "lfm2-f32.gguf", "f32", "llama-bpe"))
     llama_cpp_convert.convert_to_gguf(jobs)
-    return {
-        (family, outtype): path
-        for family in models
-        for outtype in ("f32", "q8_0")
-        for path in [root / f"{family}-{outtype}.gguf"]
-    }
+    return {(Path(folder).name, outtype): outfile for folder, outfile, outtype, _ in jobs}
 
 
 def _torch_logits(folder: Path, ids: list[int]) -> np.ndarray:
@@ -465,3 +509,58 @@ def test_gguf_converts_like_the_hf_folder(family, models, ggufs, tmp_path):
     assert _greedy(outputs["f32"], prompt) == reference
     assert _top1_agreement(outputs["q8_0"], prompt, reference) >= 12
     assert _onnx_tokenizer_ids(outputs["f32"], TEXT) == _onnx_tokenizer_ids(outputs["hf"], TEXT)
+
+
+def test_an_architecture_slmops_does_not_map_goes_through_transformers(ggufs, tmp_path):
+    """LFM2 is not one of slmops' GGUF families: transformers' GGUF loader reads it, with a note."""
+    source = ggufs["lfm2", "f32"]
+    reference = tmp_path / "from-hf"
+    convert(source.parent / "lfm2", reference, precision="fp32", log_level=0)
+    report = convert(source, tmp_path / "from-gguf", precision="fp32", log_level=0)
+    assert report.notes[0] == "GGUF architecture 'lfm2' was read by transformers' GGUF loader"
+    prompt = _prompt_ids(source.parent / "lfm2")
+    assert _greedy(tmp_path / "from-gguf", prompt) == _greedy(reference, prompt)
+
+
+def test_a_base_model_completes_text_and_refuses_chats(ggufs, tmp_path):
+    """OLMo's GGUF has no tokenizer.chat_template: `model run` completes the raw text and says why;
+    `serve` answers /v1/completions and gives chat requests a clear 400."""
+    import subprocess
+    import sys
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from slmops.server import ServerConfig, create_app
+
+    folder = tmp_path / "olmo-base"
+    report = convert(ggufs["olmo", "f32"], folder, precision="fp32", log_level=0)
+    assert "the model has no chat template: inference_model.json has no PromptTemplate" in report.notes
+    command = [
+        sys.executable,
+        "-m",
+        "slmops",
+        "model",
+        "run",
+        str(folder),
+        "--prompt",
+        "The capital of",
+        "--max-tokens",
+        "4",
+    ]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.strip() == "olmo-base has no chat template (a base model): it completes the text it is given."
+
+    with TestClient(create_app(ServerConfig(load_wait=60, parallel=1, threads=1), [str(folder)])) as client:
+        for _ in range(600):
+            if client.get("/health").status_code == 200:
+                break
+            time.sleep(0.1)
+        completion = client.post(
+            "/v1/completions", json={"model": "olmo-base", "prompt": "The capital of", "max_tokens": 4}
+        )
+        assert completion.status_code == 200 and completion.json()["usage"]["completion_tokens"] == 4
+        chat = client.post("/v1/chat/completions", json={"model": "olmo-base", "messages": CHAT, "max_tokens": 4})
+        assert chat.status_code == 400
+        assert chat.json()["error"]["message"].startswith("olmo-base has no chat template (a base model)")

@@ -187,19 +187,20 @@ def llama3_rope_scaling(factors: np.ndarray, theta: float, rope_dim: int) -> dic
 def _llama3_candidates(factors: np.ndarray, wavelengths: np.ndarray, factor: float) -> Iterator[tuple]:
     yield 1.0, 4.0, 8192  # Llama 3.1, 3.2 and 3.3
     between = (factors > 1 + 1e-6) & (factors < factor * (1 - 1e-6))
-    # In the band, 1/divisor = (1 - s)/factor + s with s = original/(wavelength*(high-low)) - low/(high-low).
+    # In the band, 1/divisor = (1 - s)/factor + s with s = original/(wavelength*(high-low)) - low/(high-low);
+    # only the band's edges show in the divisors, so low = 1 loses nothing.
     smooth = (1 / factors[between] - 1 / factor) / (1 - 1 / factor)
-    inverse = 1 / wavelengths[between]
-    if len(smooth) >= 2:  # two unknowns: only the band's edges matter, so low = 1 loses nothing
-        slope, offset = np.polyfit(inverse, smooth, 1)
+    if len(smooth) >= 2:
+        slope, offset = np.polyfit(1 / wavelengths[between], smooth, 1)
         if offset < 0:
             yield 1.0, round(1 - 1 / offset, 6), round(slope / -offset)
-    elif len(smooth) == 1:
-        yield 1.0, 4.0, round((3 * smooth[0] + 1) / inverse[0])
-    else:
-        unscaled, scaled = wavelengths[factors <= 1 + 1e-6], wavelengths[factors > 1 + 1e-6]
-        if len(unscaled) and len(scaled):
-            yield 1.0, 4.0, round(min(4 * unscaled.max() * 1.01, scaled.min()))
+        return
+    unscaled, scaled = wavelengths[factors <= 1 + 1e-6], wavelengths[factors >= factor * (1 - 1e-6)]
+    for high in (4.0, 2.0, 8.0, 3.0, 6.0, 16.0):  # too few points to fit: try the usual band widths
+        if len(smooth) == 1:
+            yield 1.0, high, round(wavelengths[between][0] * (1 + smooth[0] * (high - 1)))
+        elif len(unscaled) and len(scaled) and high * unscaled.max() < scaled.min():
+            yield 1.0, high, round((high * unscaled.max() + scaled.min()) / 2)
 
 
 def _llama3_divisors(wavelengths: np.ndarray, factor: float, low: float, high: float, original: int) -> np.ndarray:
