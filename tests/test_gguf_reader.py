@@ -145,3 +145,16 @@ def test_llama3_rope_scaling_comes_back_from_the_divisors(scaling, rope_dim):
     np.testing.assert_allclose(inverse_frequencies(recovered), inverse_frequencies(scaling), rtol=1e-5)
     if rope_dim == 128:  # enough frequencies in the smoothed band to pin every parameter down
         assert recovered == pytest.approx(scaling)
+
+
+def test_end_of_turn_tokens_end_generation_when_they_are_control_tokens():
+    from slmops.convert.gguf_file import GGUFFile
+    from slmops.convert.gguf_source import end_of_generation_ids
+
+    types = [3, 3, 1, 1, 3]  # <pad> <eos> a b <end_of_turn>
+    gemma = GGUFFile(Path("g.gguf"), {"tokenizer.ggml.token_type": types, "tokenizer.ggml.eos_token_id": 1})
+    assert end_of_generation_ids(gemma) == 1
+    gemma.metadata["tokenizer.ggml.eot_token_id"] = 4
+    assert end_of_generation_ids(gemma) == [1, 4]
+    gemma.metadata["tokenizer.ggml.eot_token_id"] = 3  # Gemma 1's converter names id 107 whatever it is
+    assert end_of_generation_ids(gemma) == 1

@@ -66,7 +66,7 @@ class Family:
 
 
 def hf_name(gguf_name: str, family: Family) -> str | None:
-    """`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`; None for tensors HF derives."""
+    """`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`; None when the family has no such tensor."""
     stem, _, suffix = gguf_name.rpartition(".")
     if stem.startswith("blk."):
         _, layer, part = stem.split(".", 2)
@@ -93,15 +93,14 @@ def hf_config_fields(gguf_file: GGUFFile, family: Family) -> dict:
 
 
 def _common_fields(g: GGUFFile) -> dict:
-    heads = _scalar(g, "attention.head_count")
-    hidden = int(g.arch_value("embedding_length"))
+    heads, hidden = _scalar(g, "attention.head_count"), _scalar(g, "embedding_length")
     embeddings = g.tensor("token_embd.weight")
     if embeddings is None:
         raise ConversionError(f"{g.path.name} has no token_embd.weight tensor; the file is incomplete.")
     fields: dict[str, Any] = {
         "hidden_size": hidden,
-        "intermediate_size": int(g.arch_value("feed_forward_length")),
-        "num_hidden_layers": int(g.arch_value("block_count")),
+        "intermediate_size": _scalar(g, "feed_forward_length"),
+        "num_hidden_layers": _scalar(g, "block_count"),
         "num_attention_heads": heads,
         "num_key_value_heads": _scalar(g, "attention.head_count_kv", heads),
         "head_dim": int(g.arch_value("attention.key_length", hidden // heads)),
