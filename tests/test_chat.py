@@ -19,6 +19,7 @@ class FakeModel:
     """Answers "echo: <last message>" one word per token; records what it was asked."""
 
     name = "fake"
+    has_chat_template = True
 
     def __init__(self, interrupt_after: int | None = None, too_long: bool = False):
         self.calls = []

@@ -100,9 +100,11 @@ def _convert_in(
     hashing = ThreadPoolExecutor(max_workers=1)
     digest = hashing.submit(source_hash, src)
     hashing.shutdown(wait=False)
+    source_notes: list[str] = []
     with stages.stage("load"):
-        hf_dir, config = _hf_folder(src, staging)
+        hf_dir, config = _hf_folder(src, staging, source_notes)
     report = _new_report(src, output, name, precision, quantization, quantization.builder_options(precision, config))
+    report.notes.extend(source_notes)
     stages.expect_layers(int(config.get("num_hidden_layers", 0)))
     _build(hf_dir, staging, precision, report, stages, log_level, quantization)
     with stages.stage("write metadata"):
@@ -186,13 +188,13 @@ def _check_quantization(quantization: QuantizationOptions, precision: str) -> No
         )
 
 
-def _hf_folder(src: Source, staging: Path) -> tuple[Path, dict]:
+def _hf_folder(src: Source, staging: Path, notes: list[str]) -> tuple[Path, dict]:
     """A Hugging Face folder holding the model to build (the source itself when it is one)."""
     if src.kind == "gguf":
         from slmops.convert.gguf_source import gguf_to_hf
 
         folder = staging / "hf"
-        return folder, gguf_to_hf(src.path, folder, src.gguf)
+        return folder, gguf_to_hf(src.path, folder, src.gguf, notes)
     if src.kind == "adapter":
         from slmops.convert.adapter import merge_adapter
 

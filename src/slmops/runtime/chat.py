@@ -88,9 +88,13 @@ class ChatSession:
         last: Response | None = None
         stopped = False
         try:
-            if self.conversation is None:
-                self.conversation = self.model.conversation(**self.options)
-            for last in self.conversation.stream(self.messages, truncate=self.truncate):
+            if self.model.has_chat_template:
+                if self.conversation is None:
+                    self.conversation = self.model.conversation(**self.options)
+                stream = self.conversation.stream(self.messages, truncate=self.truncate)
+            else:  # a base model continues the text it is given
+                stream = self.model.stream_generate(text, **self.options)
+            for last in stream:
                 if last.text:
                     pieces.append(last.text)
                     self.out.write(last.text)
@@ -171,7 +175,11 @@ def one_shot(session: ChatSession, text: str) -> None:
     """Answer once, printing only the answer (so it composes in pipelines); errors propagate."""
     session.history.append({"role": "user", "content": text})
     last = None
-    for last in session.model.stream_chat(session.messages, truncate=session.truncate, **session.options):
+    if session.model.has_chat_template:
+        stream = session.model.stream_chat(session.messages, truncate=session.truncate, **session.options)
+    else:  # a base model continues the text it is given
+        stream = session.model.stream_generate(text, **session.options)
+    for last in stream:
         session.out.write(last.text)
         session.out.flush()
     session.out.write("\n")

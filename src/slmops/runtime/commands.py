@@ -82,6 +82,8 @@ def run(
     loaded = load(name, threads=threads)
     loaded.options(**options)  # refuse bad options before the first question, not after it
     session = ChatSession(loaded, options, truncate=truncate, system=system, stats=stats)
+    if not loaded.has_chat_template:
+        session.note(f"{loaded.name} has no chat template (a base model): it completes the text it is given.")
     if prompt is not None:
         one_shot(session, prompt)
     else:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import onnxruntime_genai as og
 
 from slmops.cache.resolver import resolve
-from slmops.errors import ContextTooLong, SlmopsError
+from slmops.errors import ContextTooLong, SlmopsError, UsageError
 from slmops.modelfolder.folder import ModelFolder
 from slmops.modelfolder.messages import normalize
 from slmops.runtime import prompt as prompts
@@ -96,6 +97,14 @@ class Model:
         """The model's default options with ``overrides`` applied (None keeps a default)."""
         return self.defaults.replace(**overrides)
 
+    @cached_property
+    def has_chat_template(self) -> bool:
+        """False for a base model: no PromptTemplate and no tokenizer chat template to render chats with."""
+        from slmops.modelfolder.prompt_template import chat_template_of
+
+        has_template = self.inference_model is not None and self.inference_model.has_template
+        return has_template or bool(chat_template_of(self.path))
+
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; NUL characters are dropped (they would cut C strings short)."""
         return [int(token) for token in self.tokenizer.encode(text.replace("\x00", ""))]
@@ -105,6 +114,11 @@ class Model:
 
     def render(self, messages: Iterable[Any]) -> str:
         """The prompt text for a chat: the PromptTemplate if the model has one, else its chat template."""
+        if not self.has_chat_template:  # a base model: asking it to chat is the caller's mistake
+            raise UsageError(
+                f"{self.name} has no chat template (a base model): give it raw text to complete "
+                "(/v1/completions, generate()), or add a PromptTemplate to its inference_model.json."
+            )
         return prompts.render(normalize(messages), self.inference_model, self.tokenizer)
 
     def prompt_ids(self, messages: Iterable[Any], truncate: bool = False) -> list[int]:
