@@ -127,6 +127,16 @@ def test_chat_prompt_matches_apply_chat_template(converted):
         )
 
 
+def test_a_raw_text_encodes_as_transformers_encodes_it(converted):
+    """A completion's prompt starts with the BOS the tokenizer puts before a text (Gemma, Llama 3,
+    Mistral), which onnxruntime-genai's encoder leaves out; models without one get none."""
+    import slmops
+
+    model = slmops.load(converted.output)
+    text = "The capital of France is"
+    assert model.encode_text(text) == hf_tokenizer(converted.source)(text)["input_ids"]
+
+
 def test_serve_answers_a_chat(converted):
     from fastapi.testclient import TestClient
 

@@ -13,7 +13,7 @@ import onnxruntime_genai as og
 
 from slmops.cache.resolver import resolve
 from slmops.errors import ContextTooLong, SlmopsError, UsageError
-from slmops.modelfolder.folder import ModelFolder
+from slmops.modelfolder.folder import ModelFolder, text_prefix_ids
 from slmops.modelfolder.messages import normalize
 from slmops.runtime import prompt as prompts
 from slmops.runtime.generate import Answer, Response, Result, collect, decode_loop, stream_tokens, strip_leading
@@ -109,6 +109,17 @@ class Model:
         """Token ids of ``text``; NUL characters are dropped (they would cut C strings short)."""
         return [int(token) for token in self.tokenizer.encode(text.replace("\x00", ""))]
 
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of a raw completion's ``text``, after the special tokens the tokenizer puts
+        before a text (a BOS, for the models trained with one), as transformers encodes it."""
+        ids = self.encode(text)
+        prefix = self.text_prefix
+        return ids if not text or ids[: len(prefix)] == prefix else prefix + ids
+
+    @cached_property
+    def text_prefix(self) -> list[int]:
+        return text_prefix_ids(self.path)
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode(list(ids))
 
@@ -142,7 +153,7 @@ class Model:
         """Prompt text or token ids -> one :class:`Response` per token, on an onnxruntime-genai generator.
 
         Args:
-            prompt: text (encoded as it is, no template) or token ids.
+            prompt: text (no template; the BOS the tokenizer puts before a text comes first) or token ids.
             start: ``time.perf_counter()`` when the request began, if before this call.
             guidance: a decode-time grammar, ``("json_schema", schema_json)``,
                 ``("regex", pattern)`` or ``("lark_grammar", grammar)``.
@@ -150,7 +161,7 @@ class Model:
         """
         start = time.perf_counter() if start is None else start
         chosen = self.options(**options)
-        ids = self.encode(prompt) if isinstance(prompt, str) else [int(token) for token in prompt]
+        ids = self.encode_text(prompt) if isinstance(prompt, str) else [int(token) for token in prompt]
         if not ids:
             # An empty prompt still gets an answer: start from the beginning-of-text token.
             ids = [self._start_token()]
