@@ -4,6 +4,7 @@
     python benchmarks/realistic_sizes.py --llama-cpp LLAMA_CPP_TREE [--tiny] [--rounds 3]
         [--models qwen2.5-0.5b,llama-3.2-1b,gemma-3-1b] [--block-sizes 32,128] [--new-tokens 128]
         [--json out.json] [--markdown benchmarks/RESULTS.md] [--workdir DIR] [--keep] [--prepare-only]
+    python benchmarks/realistic_sizes.py --from-json out.json --markdown benchmarks/RESULTS.md
 
 A 135M model decodes at a speed set by its embedding and by per-token overhead; a 1B model by
 how fast its weights stream from memory. So each model here has the published shapes of a real
@@ -37,7 +38,8 @@ shuffled order, each in its own process:
 Peak RSS: the kernel's high-water mark (``VmHWM`` in /proc/PID/status) of each child process,
 read every 50 ms while it runs (llama.cpp maps its GGUF: the pages it touched count). Reported:
 medians over the rounds, file sizes, and slmops's decode ÷ each llama.cpp quant and ÷ the faster
-of them (the goal is ≥ 1.5×). ``--markdown FILE`` writes the table as a section of FILE headed
+of them (the goal is ≥ 1.5×); the JSON also has each conversion's wall time (when it was made:
+``--prepare-only`` makes them ahead, on a machine that may be busy). ``--markdown FILE`` writes the table as a section of FILE headed
 with the CPU (benchmarks/RESULTS.md takes it): a rerun on the same CPU replaces its section and
 keeps everything else in the file.
 """
@@ -571,7 +573,7 @@ def contender_rows(doc: dict) -> list[list[str]]:
             for case in s["cases"].values():
                 short = "" if case["tokens"] >= doc["settings"]["new_tokens"] else f" ({case['tokens']} tok)"
                 figures += [f"{_f(case['decode_tps'])}{short}", _f(case["ttft_ms"], 0)]
-            sizes = [_f(s["size_mib"], 0), _f(s["load_s"], 2), _f(s["peak_rss_mb"], 0), _f(s["conversion_s"], 0)]
+            sizes = [_f(s["size_mib"], 0), _f(s["load_s"], 2), _f(s["peak_rss_mb"], 0)]
             rows.append([name, f"{model['parameters'] / 1e6:,.0f}M", label, *sizes, *figures])
     return rows
 
@@ -593,7 +595,7 @@ def headers(doc: dict) -> tuple[list[str], list[str]]:
     per_context = []
     for context in doc["settings"]["contexts"]:
         per_context += [f"decode tok/s @{context}", f"TTFT ms @{context}"]
-    contenders = ["model", "params", "contender", "file MiB", "load s", "peak RSS MiB", "convert s", *per_context]
+    contenders = ["model", "params", "contender", "file MiB", "load s", "peak RSS MiB", *per_context]
     versus = [f"÷ {quant}" for quant in QUANTS]
     ratio = ["model", "slmops", "context", *versus, "÷ faster", "TTFT ÷ quicker", "decode ≥ 1.5× faster?"]
     return contenders, ratio
@@ -619,6 +621,11 @@ def settings_line(doc: dict) -> str:
     )
 
 
+def checkpoints(doc: dict) -> str:
+    names = {model.name: model.checkpoint for model in MODELS}
+    return ", ".join(f"`{names.get(name, name)}`" for name in doc["models"])
+
+
 def markdown_section(doc: dict) -> list[str]:
     label = doc["cpu_info"]["label"]
     contenders, ratio = headers(doc)
@@ -628,10 +635,12 @@ def markdown_section(doc: dict) -> list[str]:
         "",
         f"Written by `benchmarks/realistic_sizes.py` on {doc['date'][:10]}. CPU: {cpu_summary(doc['cpu_info'])}.",
         "",
-        f"{settings_line(doc)} The same bf16 weights converted by `slmops convert --precision int4` "
-        "(block size bN) and by llama.cpp's `convert_hf_to_gguf.py` + `llama-quantize`. llama.cpp's figures "
+        f"{settings_line(doc)} Shapes from the published config.json of {checkpoints(doc)}, with SmolLM2's "
+        "tokenizer padded to each vocabulary. The same bf16 weights converted by `slmops convert --precision "
+        "int4` (block size bN) and by llama.cpp's `convert_hf_to_gguf.py` + `llama-quantize`. slmops runs "
+        "`Model.stream_generate` in a fresh process, its load time is `slmops.load()`'s. llama.cpp's figures "
         "are `llama-bench`'s (`-p 0 -n N -d CONTEXT` for decode, `-p CONTEXT` for TTFT), flash attention "
-        "on or off, whichever was faster; its load time is llama-server's start to healthy. Peak RSS is "
+        "on or off, whichever was faster; its load time is llama-server's, start to healthy. Peak RSS is "
         "each process's VmHWM; llama.cpp's includes the pages of the GGUF it maps.",
         "",
         *markdown_table(contenders, contender_rows(doc)),
@@ -706,6 +715,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prepare-only", action="store_true", help="build and convert, measure nothing")
     parser.add_argument("--json", help="write the results as JSON")
     parser.add_argument("--markdown", help="write the section into this file (e.g. benchmarks/RESULTS.md)")
+    parser.add_argument("--from-json", help="print and write the tables of a saved --json result; measure nothing")
     parser.add_argument("--slmops-child", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -715,7 +725,10 @@ def main() -> None:
     if args.slmops_child:
         print(json.dumps(slmops_child(args.slmops_child, args.contexts, args.new_tokens)))
         return
-    print(f"CPU: {describe_cpu().summary()}", flush=True)
+    if args.from_json:
+        write_outputs(json.loads(Path(args.from_json).read_text(encoding="utf-8")), args)
+        return
+    print(f"CPU: {describe_cpu().summary()}", file=sys.stderr, flush=True)
     chosen = [m for m in MODELS if m.name in args.models.split(",")]
     if not chosen:
         sys.exit(f"No model named {args.models}; known: {', '.join(m.name for m in MODELS)}.")
@@ -730,7 +743,13 @@ def main() -> None:
         return
     parameters = {m.name: parameter_count(m.config_json(tokens, TINY_LAYERS if args.tiny else None)) for m in chosen}
     measure(models, tools, args)
-    doc = document(models, parameters, args)
+    write_outputs(document(models, parameters, args), args)
+    if not args.keep:
+        shutil.rmtree(work.path)
+
+
+def write_outputs(doc: dict, args) -> None:
+    print(f"CPU: {cpu_summary(doc['cpu_info'])}")
     report(doc)
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
@@ -738,8 +757,6 @@ def main() -> None:
         path = Path(args.markdown)
         existing = path.read_text(encoding="utf-8") if path.exists() else ""
         path.write_text(merge_section(existing, doc["cpu_info"]["label"], markdown_section(doc)), encoding="utf-8")
-    if not args.keep:
-        shutil.rmtree(work.path)
 
 
 if __name__ == "__main__":
