@@ -87,30 +87,30 @@ def load_slmops(name: str, threads: int | None):
     return model, time.perf_counter() - start
 
 
-def llama_bench_decode(
-    binary: str, gguf, threads: int, depth: int, tokens: int, flash_attention: str, warmup: bool = True
-) -> float:
-    """llama.cpp's decode tokens/s from its own benchmark: ``tokens`` generated after ``depth`` tokens."""
-    command = [
+def llama_bench_command(binary: str, gguf, threads: int, *tests: str, warmup: bool = True) -> list[str]:
+    """llama.cpp's own benchmark, one repetition per test, one JSON line per test: ``tests`` select
+    them, e.g. ``"-p", "0", "-n", "64", "-d", "128"`` (lists like ``-d 128,1024`` give one test each)."""
+    return [
         binary,
         "-m",
         str(gguf),
         "-t",
         str(threads),
-        "-p",
-        "0",
-        "-n",
-        str(tokens),
-        "-d",
-        str(depth),
-        "-fa",
-        flash_attention,
+        *tests,
         "-r",
         "1",
         "-o",
         "jsonl",
         *([] if warmup else ["--no-warmup"]),
     ]
+
+
+def llama_bench_decode(
+    binary: str, gguf, threads: int, depth: int, tokens: int, flash_attention: str, warmup: bool = True
+) -> float:
+    """llama.cpp's decode tokens/s from its own benchmark: ``tokens`` generated after ``depth`` tokens."""
+    tests = ("-p", "0", "-n", str(tokens), "-d", str(depth), "-fa", flash_attention)
+    command = llama_bench_command(binary, gguf, threads, *tests, warmup=warmup)
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.splitlines()[0])["avg_ts"]
 
