@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from slmops.convert.architectures import SUPPORTED_ARCHITECTURES
 from slmops.convert.gguf_families import FAMILIES, Family, hf_config_fields, hf_tensors, unpermute
 from slmops.convert.gguf_file import GGUFFile, GGUFTensor, dequantize, read_gguf
 from slmops.convert.gguf_tokenizer import CONTROL, write_tokenizer
@@ -123,8 +124,6 @@ def _transformers_architectures() -> dict[str, str]:
 
 
 def _transformers_config(gguf_file: GGUFFile) -> dict:
-    from slmops.convert.sources import SUPPORTED_ARCHITECTURES
-
     arch = gguf_file.architecture
     readable = {
         gguf_arch: cls

@@ -13,32 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from slmops.convert.architectures import SUPPORTED_ARCHITECTURES
 from slmops.errors import ConversionError, UnsupportedArchitecture
 
 if TYPE_CHECKING:  # the GGUF reader loads only for a GGUF source
-    from slmops.convert.gguf_source import GGUFFile
+    from slmops.convert.gguf_file import GGUFFile
 
-# Text-generation architectures the onnxruntime-genai builder exports.
-SUPPORTED_ARCHITECTURES = (
-    "ChatGLMModel",
-    "Ernie4_5ForCausalLM",
-    "GemmaForCausalLM",
-    "Gemma2ForCausalLM",
-    "Gemma3ForCausalLM",
-    "GraniteForCausalLM",
-    "HunYuanDenseV1ForCausalLM",
-    "InternLM2ForCausalLM",
-    "LlamaForCausalLM",
-    "Lfm2ForCausalLM",
-    "MistralForCausalLM",
-    "NemotronForCausalLM",
-    "OlmoForCausalLM",
-    "PhiForCausalLM",
-    "Phi3ForCausalLM",
-    "Qwen2ForCausalLM",
-    "Qwen3ForCausalLM",
-    "SmolLM3ForCausalLM",
-)
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
 
 
