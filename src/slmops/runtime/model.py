@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 import time
 from collections.abc import Iterable, Iterator
 from functools import cached_property
@@ -150,7 +151,7 @@ class Model:
         """
         start = time.perf_counter() if start is None else start
         chosen = self.options(**options)
-        ids = self.encode(prompt) if isinstance(prompt, str) else [int(token) for token in prompt]
+        ids = self._completion_ids(prompt)
         if not ids:
             # An empty prompt still gets an answer: start from the beginning-of-text token.
             ids = [self._start_token()]
@@ -207,6 +208,18 @@ class Model:
         for response in self.stream_chat(messages, truncate, **options):
             if response.text:
                 yield response.text
+
+    def _completion_ids(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.encode(prompt)
+        try:
+            return [operator.index(token) for token in prompt]
+        except TypeError:  # chat messages or None handed to a raw completion: the caller's mistake
+            kinds = sorted({type(token).__name__ for token in prompt}) if isinstance(prompt, (list, tuple)) else []
+            got = f"a {type(prompt).__name__} of {', '.join(kinds)}" if kinds else type(prompt).__name__
+            raise UsageError(
+                f"A prompt to complete is text or a list of token ids, not {got}; chat messages go to chat()."
+            ) from None
 
     def _too_long(self, prompt_tokens: int, truncated: bool) -> ContextTooLong:
         hint = "shorten it" if truncated else "shorten it, or use --truncate / truncate=True to drop the oldest turns"
