@@ -81,6 +81,8 @@ def test_deploy_a_base_model_validates_it_on_raw_completions(tiny_base_llama, tm
     markdown = (entry.path / "deploy-report.md").read_text()
     assert "tiny-base is a base model (no chat template): every check ran on raw completions" in markdown
     assert slmops.load("tiny-base").has_chat_template is False
+    shown = "\n".join(usage_lines("tiny-base", base_model=True))  # what `slmops deploy` prints at the end
+    assert "/v1/completions" in shown and "/v1/chat/completions" not in shown
 
 
 def test_failed_validation_stops_and_leaves_the_cache_unchanged(tiny_llama, tmp_path):

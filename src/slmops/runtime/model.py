@@ -110,6 +110,20 @@ class Model:
         """Token ids of ``text``; NUL characters are dropped (they would cut C strings short)."""
         return [int(token) for token in self.tokenizer.encode(text.replace("\x00", ""))]
 
+    @cached_property
+    def text_prefix_ids(self) -> list[int]:
+        """Token ids the model's tokenizer puts before raw text (a BOS for Gemma or Llama), which
+        onnxruntime-genai's encode leaves out."""
+        from slmops.modelfolder.prompt_template import text_prefix_ids
+
+        return text_prefix_ids(self.path)
+
+    def completion_ids(self, text: str) -> list[int]:
+        """Token ids of raw text to complete, opened as its Hugging Face tokenizer opens it: a base
+        Gemma without its BOS answers only noise."""
+        ids, prefix = self.encode(text), self.text_prefix_ids
+        return ids if ids[: len(prefix)] == prefix else prefix + ids
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode(list(ids))
 
@@ -143,7 +157,7 @@ class Model:
         """Prompt text or token ids -> one :class:`Response` per token, on an onnxruntime-genai generator.
 
         Args:
-            prompt: text (encoded as it is, no template) or token ids.
+            prompt: text (no template; the BOS its tokenizer adds, if any, is added) or token ids.
             start: ``time.perf_counter()`` when the request began, if before this call.
             guidance: a decode-time grammar, ``("json_schema", schema_json)``,
                 ``("regex", pattern)`` or ``("lark_grammar", grammar)``.
@@ -211,7 +225,7 @@ class Model:
 
     def _completion_ids(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
-            return self.encode(prompt)
+            return self.completion_ids(prompt)
         try:
             return [operator.index(token) for token in prompt]
         except TypeError:  # chat messages or None handed to a raw completion: the caller's mistake
