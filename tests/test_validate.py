@@ -127,6 +127,7 @@ class BaseDouble(GoodDouble):
 
     def __init__(self):
         self.prompts = []
+        self.stops = {}
 
     def chat(self, messages, **options):
         raise UsageError("base-double has no chat template (a base model)")
@@ -135,6 +136,7 @@ class BaseDouble(GoodDouble):
         if not isinstance(prompt, str):  # token ids: item 4's prompts
             return super().generate(prompt, **options)
         self.prompts.append(prompt)
+        self.stops[prompt] = options.get("stop")
         last = prompt.rstrip("\n").rsplit("\n", 1)[-1]
         return _Result(" " + self._answer([{"role": "user", "content": last}]))
 
@@ -277,10 +279,12 @@ def test_a_base_model_is_checked_on_raw_completions():
     assert report.suite.pass_rate == 1.0
     # a one-message case is given verbatim; a few-shot conversation as its lines, the answer the next one
     assert "What is the capital of France?" in model.prompts
-    assert (
+    few_shot = (
         'You answer only with JSON.\nCountry: Italy\n{"country": "Italy", "capital": "Rome"}\nCountry: Spain\n'
         '{"country": "Spain", "capital": "Madrid"}\nCountry: Japan\n'
-    ) in model.prompts
+    )
+    assert model.stops[few_shot] == ("\n",)  # its answer is the next line
+    assert model.stops["What is the capital of France?"] is None  # the model's own stops hold
     assert {"Hello!", "Count to three."} <= set(model.prompts)  # the soak completed text too
     assert all(not result.answer.startswith(" ") for result in report.suite.results)
     cases = {outcome["case"]: outcome for outcome in report.checks[4].evidence["cases"]}

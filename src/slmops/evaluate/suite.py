@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmops.errors import UsageError
-from slmops.evaluate.completion import COMPLETION, conversation_text, mode_of
+from slmops.evaluate.completion import COMPLETION, conversation_prompt, mode_of
 from slmops.evaluate.progress import progress_bar
 
 DEFAULT_MAX_TOKENS = 128
@@ -187,7 +187,9 @@ def run_suite(
 def _answer(model, case: Case, max_tokens: int, completes: bool) -> tuple[str, int | None, str | None]:
     """The answer's text, completion tokens and finish reason (None where a test double lacks them)."""
     if completes:
-        result = model.generate(conversation_text(case.conversation()), max_tokens=max_tokens, temperature=0.0)
+        prompt, stop = conversation_prompt(case.conversation())
+        ends = {"stop": stop} if stop else {}  # none: the model's own stop strings hold
+        result = model.generate(prompt, max_tokens=max_tokens, temperature=0.0, **ends)
         # A chat answer comes without the whitespace it opens with; so does a completion here,
         # so that anchored matchers (regex ^, exact) read both alike.
         text = result.text.lstrip()
