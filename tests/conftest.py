@@ -43,6 +43,16 @@ def tiny_llama(tiny_model_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_base_llama(tmp_path_factory, tiny_llama) -> Path:
+    """tiny_llama as a base model: the same weights, a tokenizer without a chat template."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("tiny-base") / "llama"
+    shutil.copytree(tiny_llama, folder)
+    return tiny.strip_chat_template(folder)
+
+
+@pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory, tiny_llama) -> Path:
     """tiny_llama exported once to an onnxruntime-genai fp32 folder (context 512, EOS <|im_end|>).
 

@@ -58,6 +58,33 @@ def test_deploy_tiny_model_registers_it_with_its_report(tiny_llama, tmp_path):
     assert "slmops model run tiny-int4" in "\n".join(usage_lines("tiny-int4"))
 
 
+def test_deploy_a_base_model_validates_it_on_raw_completions(tiny_base_llama, tmp_path):
+    """No chat template: validation completes raw text instead of stopping at the first chat."""
+    import slmops
+
+    lines = []
+    deploys.deploy(
+        tiny_base_llama,
+        name="tiny-base",
+        quantization={},
+        windows=1,
+        soak=10,
+        max_ppl_increase=None,
+        suite=_suite(tmp_path, PASSING_SUITE),
+        echo=lines.append,
+    )
+    entry = store.find("tiny-base")
+    report = json.loads((entry.path / "deploy-report.json").read_text())
+    assert report["validation"]["mode"] == "completion" and report["validation"]["passed"]
+    assert [check["item"] for check in report["validation"]["checks"]] == [1, 2, 3, 4, 5]
+    assert any("(a base model: checked on raw completions)" in line for line in lines)
+    markdown = (entry.path / "deploy-report.md").read_text()
+    assert "tiny-base is a base model (no chat template): every check ran on raw completions" in markdown
+    assert slmops.load("tiny-base").has_chat_template is False
+    shown = "\n".join(usage_lines("tiny-base", base_model=True))  # what `slmops deploy` prints at the end
+    assert "/v1/completions" in shown and "/v1/chat/completions" not in shown
+
+
 def test_failed_validation_stops_and_leaves_the_cache_unchanged(tiny_llama, tmp_path):
     before = _cache_files()
     with pytest.raises(deploys.DeployFailed, match=r"stopped at 'validate.*item 1 domain answers.*cache is unchanged"):

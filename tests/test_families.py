@@ -134,7 +134,7 @@ def test_a_raw_text_encodes_as_transformers_encodes_it(converted):
 
     model = slmops.load(converted.output)
     text = "The capital of France is"
-    assert model.encode_text(text) == hf_tokenizer(converted.source)(text)["input_ids"]
+    assert model.completion_ids(text) == hf_tokenizer(converted.source)(text)["input_ids"]
 
 
 def test_serve_answers_a_chat(converted):

@@ -135,26 +135,3 @@ def test_generation_settings_come_from_search_and_model_config(tmp_path):
     assert folder.model_config == MISSION_JSON["ModelConfig"]
     bare = ModelFolder(tmp_path, {"search": "not a section"})
     assert (bare.name, bare.search, bare.model_config, bare.context_length) == (tmp_path.name, {}, {}, 2048)
-
-
-def test_text_prefix_ids_come_from_the_tokenizers_post_processor(tmp_path):
-    from slmops.modelfolder.folder import text_prefix_ids
-
-    bos = {
-        "type": "TemplateProcessing",
-        "special_tokens": {"<bos>": {"id": "<bos>", "ids": [2]}},
-        "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-    }
-    plain = {"type": "TemplateProcessing", "special_tokens": {}, "single": [{"Sequence": {"id": "A", "type_id": 0}}]}
-    cases = {
-        "single": ({"post_processor": bos}, [2]),
-        "sequence": ({"post_processor": {"type": "Sequence", "processors": [{"type": "ByteLevel"}, bos]}}, [2]),
-        "none": ({"post_processor": plain}, []),
-        "absent": ({"post_processor": None}, []),
-    }
-    for name, (tokenizer, expected) in cases.items():
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
-        assert text_prefix_ids(folder) == expected, name
-    assert text_prefix_ids(tmp_path / "missing") == []

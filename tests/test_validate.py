@@ -6,11 +6,13 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from slmops.errors import UsageError
 from slmops.evaluate import edge_cases
+from slmops.evaluate.report import validation_markdown
 from slmops.evaluate.validate import FAIL, PASS, check_edge_cases, check_lengths, check_memory, validate
 from slmops.machine import describe_cpu
 
@@ -116,6 +118,36 @@ class AbortDouble(GoodDouble):
         yield from super().stream(messages, **options)
 
 
+class BaseDouble(GoodDouble):
+    """A base model: no chat template, so it refuses chats as Model does and completes raw text,
+    answering the prompt's last line after a space (as a tokenizer's first piece often starts)."""
+
+    name = "base-double"
+    has_chat_template = False
+
+    def __init__(self):
+        self.prompts = []
+        self.stops = {}
+
+    def chat(self, messages, **options):
+        raise UsageError("base-double has no chat template (a base model)")
+
+    def generate(self, prompt, **options):
+        if not isinstance(prompt, str):  # token ids: item 4's prompts
+            return super().generate(prompt, **options)
+        self.prompts.append(prompt)
+        self.stops[prompt] = options.get("stop")
+        last = prompt.rstrip("\n").rsplit("\n", 1)[-1]
+        return _Result(" " + self._answer([{"role": "user", "content": last}]))
+
+    def stream_generate(self, prompt, **options):
+        if not isinstance(prompt, str):
+            raise UsageError("a prompt to complete is text or token ids")
+        if options.get("temperature", 0) < 0:
+            raise UsageError("temperature must be 0 or more")
+        yield _Result(self.generate(prompt, **options).text)
+
+
 class HangingDouble(GoodDouble):
     """Never finishes a huge max_tokens request."""
 
@@ -130,6 +162,7 @@ def test_a_good_model_passes_all_five_items():
     assert [check.item for check in report.checks] == [1, 2, 3, 4, 5]
     assert [check.status for check in report.checks] == [PASS] * 5, [c.summary for c in report.checks]
     assert report.passed and report.suite.pass_rate == 1.0
+    assert report.mode == "chat"  # a double without has_chat_template is a chat model
 
 
 def test_a_leaking_model_fails_item_3():
@@ -236,3 +269,64 @@ def test_an_advisory_suite_warns_instead_of_failing(tmp_path):
     report = validate(GoodDouble(), suite=suite, soak=10, advisory_suite=True, show_progress=False)
     assert [check.status for check in report.checks[:2]] == ["WARN", "WARN"] and report.passed
     assert "not your domain" in report.checks[0].summary
+
+
+def test_a_base_model_is_checked_on_raw_completions():
+    model = BaseDouble()
+    report = validate(model, soak=10, show_progress=False)
+    assert report.mode == "completion" and report.to_json()["mode"] == "completion"
+    assert [check.status for check in report.checks] == [PASS] * 5, [c.summary for c in report.checks]
+    assert report.suite.pass_rate == 1.0
+    # a one-message case is given verbatim; a few-shot conversation as its lines, the answer the next one
+    assert "What is the capital of France?" in model.prompts
+    few_shot = (
+        'You answer only with JSON.\nCountry: Italy\n{"country": "Italy", "capital": "Rome"}\nCountry: Spain\n'
+        '{"country": "Spain", "capital": "Madrid"}\nCountry: Japan\n'
+    )
+    assert model.stops[few_shot] == ("\n",)  # its answer is the next line
+    assert model.stops["What is the capital of France?"] is None  # the model's own stops hold
+    assert {"Hello!", "Count to three."} <= set(model.prompts)  # the soak completed text too
+    assert all(not result.answer.startswith(" ") for result in report.suite.results)
+    cases = {outcome["case"]: outcome for outcome in report.checks[4].evidence["cases"]}
+    assert list(cases) == [case.name for case in edge_cases.cases(model)]
+    assert cases["chat request to a base model"]["outcome"].startswith("clear error: base-double has no chat template")
+    assert cases["prompt that is not text"]["outcome"].startswith("clear error")
+    markdown = validation_markdown(report)
+    assert markdown.count("base model") == 1 and "every check ran on raw completions" in markdown
+
+
+def test_a_base_model_edge_cases_are_raw_prompts():
+    chat_names = [case.name for case in edge_cases.cases(GoodDouble())]
+    raw = edge_cases.cases(BaseDouble())
+    assert [case.name for case in raw[:7]] == chat_names[:7]
+    assert [case.raw for case in raw] == [True] * 9 + [False]
+    assert raw[0].request == "" and raw[4].request == "hello\x00world\x01\x07\x1b[31m\x7f"
+
+
+def test_a_tiny_base_model_validates_on_raw_completions(tiny_onnx, tmp_path):
+    """A real onnxruntime-genai model without a chat template: all five items run, none on a chat."""
+    import shutil
+
+    from slmops.runtime import load
+    from tests.tiny import strip_chat_template
+
+    folder = strip_chat_template(Path(shutil.copytree(tiny_onnx, tmp_path / "tiny-base")))
+    model = load(folder, threads=1)
+    assert model.has_chat_template is False
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text(
+        '{"prompt": "hello", "not_contains": "zzzz-never-said"}\n'
+        '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, '
+        '{"role": "user", "content": "c"}], "regex": "(?s).*"}\n'
+    )
+    report = validate(model, suite=suite, soak=10, lengths=(16, 64), edge_timeout_s=60, show_progress=False)
+    by_item = {check.item: check for check in report.checks}
+    assert list(by_item) == [1, 2, 3, 4, 5] and report.mode == "completion"
+    assert by_item[1].status == by_item[2].status == PASS, report.suite.failures()
+    assert by_item[3].status != FAIL and by_item[4].evidence["lengths"][0]["prompt_tokens"] == 16
+    assert by_item[5].status == PASS, by_item[5].summary
+    outcomes = {outcome["case"]: outcome["outcome"] for outcome in by_item[5].evidence["cases"]}
+    assert outcomes["chat request to a base model"].startswith("clear error: tiny-base has no chat template")
+    assert outcomes["chat messages as the prompt"].startswith("clear error: A prompt to complete is text")
+    assert outcomes["prompt over the context length"].startswith("clear error: The prompt is")
+    assert outcomes["empty prompt"].startswith("answered")

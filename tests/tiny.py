@@ -7,6 +7,7 @@ tokens are decided by clear margins rather than by rounding noise.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -83,4 +84,14 @@ def build_model(folder: Path, tokenizer_dir: Path, arch: str = "llama", tie: boo
     model.save_pretrained(folder)
     for item in tokenizer_dir.iterdir():
         shutil.copy(item, folder / item.name)
+    return folder
+
+
+def strip_chat_template(folder: Path) -> Path:
+    """Make ``folder`` (a Hugging Face or model folder) a base model's: no chat template anywhere."""
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.pop("chat_template", None)
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     return folder

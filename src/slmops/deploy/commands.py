@@ -18,10 +18,19 @@ from slmops.deploy.pipeline import (
 )
 from slmops.errors import UsageError
 from slmops.evaluate.commands import min_pass_option, soak_option, suite_option
+from slmops.evaluate.completion import COMPLETION
 from slmops.server.config import DEFAULT_PORT
 
 
-def usage_lines(name: str) -> list[str]:
+def usage_lines(name: str, base_model: bool = False) -> list[str]:
+    """How to run and call the deployed model; a base model completes text, so it is shown raw text, not a chat."""
+    if base_model:
+        body = json.dumps({"model": name, "prompt": "The capital of France is", "max_tokens": 16})
+        return [
+            f'Complete: slmops model run {name} --prompt "The capital of France is"',
+            f"Serve:    slmops serve {name}",
+            f"Call:     curl http://127.0.0.1:{DEFAULT_PORT}/v1/completions -H 'Content-Type: application/json' -d '{body}'",
+        ]
     body = json.dumps({"model": name, "messages": [{"role": "user", "content": "Hello!"}]})
     return [
         f"Chat:   slmops model run {name}",
@@ -74,7 +83,8 @@ def deploy_command(source, name, precision, quantization_spec, **settings):
         f"Deployed {name} ({result.variant}{settings_text(result.quantization)}) in {time.perf_counter() - started:.0f} s "
         f"to {result.cached_path}."
     )
-    for line in usage_lines(name):
+    base_model = (result.validation or {}).get("mode") == COMPLETION
+    for line in usage_lines(name, base_model):
         click.echo(line)
 
 

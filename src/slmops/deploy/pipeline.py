@@ -173,6 +173,7 @@ def _evaluate(result: DeployResult, work: Path, source, model_dir: Path, windows
 
 
 def _validate(result: DeployResult, model_dir: Path, suite, min_pass: float, soak: int) -> str:
+    from slmops.evaluate.completion import COMPLETION
     from slmops.evaluate.validate import validate
 
     report = validate(
@@ -180,6 +181,8 @@ def _validate(result: DeployResult, model_dir: Path, suite, min_pass: float, soa
     )
     result.validation = report.to_json()
     summary = ", ".join(f"{check.item} {check.status}" for check in report.checks)
+    if report.mode == COMPLETION:
+        summary += " (a base model: checked on raw completions)"
     if not report.passed:
         failed = "; ".join(f"item {c.item} {c.name}: {c.summary}" for c in report.checks if c.status == "FAIL")
         raise DeployFailed(f"validation failed: {failed}")
@@ -255,6 +258,9 @@ def _write_report(result: DeployResult, folder: Path) -> None:
 
 
 def report_markdown(result: DeployResult) -> str:
+    from slmops.evaluate.completion import COMPLETION
+    from slmops.evaluate.report import completion_note
+
     lines = [
         f"# Deploy of {result.name}",
         "",
@@ -270,6 +276,8 @@ def report_markdown(result: DeployResult) -> str:
         for s in result.steps
     ]
     if result.validation:
+        if result.validation.get("mode") == COMPLETION:
+            lines += ["", completion_note(result.name)]
         lines += ["", "| # | check | result | evidence |", "|---|---|---|---|"]
         lines += [
             f"| {c['item']} | {c['name']} | {c['status']} | {c['summary']} |" for c in result.validation["checks"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from slmops.evaluate.completion import COMPLETION
 from slmops.evaluate.quality import DEFAULT_WINDOWS
 from slmops.evaluate.validate import DEFAULT_SOAK
 
@@ -222,6 +223,8 @@ def print_validation(result) -> None:
         ["#", "check", "result", "evidence"],
         rows,
     )
+    if result.mode == COMPLETION:
+        click.echo(reports.completion_note(result.model))
 
 
 def _run_suite(model, suite):

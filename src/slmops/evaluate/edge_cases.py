@@ -4,6 +4,11 @@ Each case must end in a clean answer or a clear slmops error (a
 :class:`slmops.errors.SlmopsError`, whose message tells the user what to do). Any
 other exception is a crash; a case still running after the timeout is a hang.
 
+A base model (no chat template) is driven by raw completions, so its cases give their
+text as the prompt to complete (``stream_generate``); the chat-only cases (a message
+without content, an unknown role...) become a prompt that is not text, chat messages
+handed in as a prompt, and one chat request, which it must refuse clearly.
+
 The cases run in a child process that opens the model again: a segfault or an abort
 inside onnxruntime then ends the child, not the validation, and is reported as a
 crash of the case that was running. The child says on a pipe which case it starts
@@ -21,10 +26,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from slmops.errors import SlmopsError
+from slmops.evaluate.completion import COMPLETION, mode_of
 
 MAX_PIECES = 16  # an answer that starts is an answer: never wait for a huge one to end
 LOAD_TIMEOUT_S = 300.0  # a child that cannot open the model in this time fails the remaining cases
@@ -33,13 +40,18 @@ STDERR_TAIL = 800  # characters of a crashed child's stderr kept as evidence
 
 @dataclass(frozen=True)
 class EdgeCase:
+    """One case: a chat's ``request`` (its messages), or with ``raw`` a prompt to complete as it is."""
+
     name: str
-    messages: object
+    request: object
     options: dict
+    raw: bool = False
 
 
 def cases(model) -> list[EdgeCase]:
     over_context = "word " * (int(getattr(model, "context_length", 4096)) + 64)
+    if mode_of(model) == COMPLETION:
+        return completion_cases(over_context)
     user = lambda text: [{"role": "user", "content": text}]  # noqa: E731
     return [
         EdgeCase("empty prompt", user(""), {}),
@@ -52,6 +64,24 @@ def cases(model) -> list[EdgeCase]:
         EdgeCase("message without content", [{"role": "user"}], {}),
         EdgeCase("message list that is not a list", "just a string", {}),
         EdgeCase("unknown role", [{"role": "wizard", "content": "hi"}], {}),
+    ]
+
+
+def completion_cases(over_context: str) -> list[EdgeCase]:
+    """A base model's cases: the same texts given as raw prompts, and the mistakes a caller of
+    raw completion makes instead of malformed chats."""
+    raw = lambda name, text, **options: EdgeCase(name, text, options, raw=True)  # noqa: E731
+    return [
+        raw("empty prompt", ""),
+        raw("whitespace only", " \n\t  "),
+        raw("prompt over the context length", over_context),
+        raw("emoji, CJK and RTL text", "😀 Přeložte: 你好，世界。 مرحبا بالعالم שלום"),
+        raw("control characters and NUL", "hello\x00world\x01\x07\x1b[31m\x7f"),
+        raw("huge max_tokens", "Say hi.", max_tokens=10**9),
+        raw("negative temperature", "Say hi.", temperature=-1.0),
+        raw("prompt that is not text", None),
+        raw("chat messages as the prompt", [{"role": "user", "content": "hi"}]),
+        EdgeCase("chat request to a base model", [{"role": "user", "content": "hi"}], {}),
     ]
 
 
@@ -73,7 +103,7 @@ def attempt(model, case: EdgeCase) -> dict:
     """``ok`` and what happened: an answer or a clear error is ok; any other exception is a crash."""
     try:
         pieces = []
-        for piece in model.stream(case.messages, **{"max_tokens": 16, "temperature": 0.0, **case.options}):
+        for piece in _pieces(model, case, {"max_tokens": 16, "temperature": 0.0, **case.options}):
             pieces.append(piece)
             if len(pieces) >= MAX_PIECES:
                 break
@@ -83,6 +113,12 @@ def attempt(model, case: EdgeCase) -> dict:
         return {"ok": True, "outcome": f"clear error: {exc}"}
     except Exception as exc:  # the point of the check: anything else is a crash
         return {"ok": False, "outcome": f"crash: {type(exc).__name__}: {exc}"}
+
+
+def _pieces(model, case: EdgeCase, options: dict) -> Iterator[str]:
+    if not case.raw:
+        return model.stream(case.request, **options)
+    return (response.text for response in model.stream_generate(case.request, **options))
 
 
 def run_all(model, timeout_s: float) -> list[dict]:

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from slmops.evaluate.completion import COMPLETION
 from slmops.evaluate.metrics import QualityFigures
 from slmops.evaluate.quality import QualityReport
 from slmops.evaluate.suite import SuiteReport
@@ -78,6 +79,14 @@ def suite_markdown(report: SuiteReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def completion_note(model: str) -> str:
+    """The one line a report of a base model carries: how it was asked."""
+    return (
+        f"{model} is a base model (no chat template): every check ran on raw completions "
+        "(each suite case's conversation given as plain text, the edge cases as raw prompts)."
+    )
+
+
 def validation_markdown(report) -> str:
     verdict = "PASSED" if report.passed else "FAILED"
     lines = [
@@ -85,6 +94,7 @@ def validation_markdown(report) -> str:
         "",
         f"{report.seconds:.0f} s. CPU: {cpu_summary(report.cpu_info)}.",
         "",
+        *([completion_note(report.model), ""] if report.mode == COMPLETION else []),
         "| # | check | result | evidence |",
         "|---|---|---|---|",
     ]

@@ -12,6 +12,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from slmops.evaluate.completion import COMPLETION, mode_of
+
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
 
@@ -41,16 +43,19 @@ def _child(folder: str, new_tokens: int, repeats: int) -> dict:
     from slmops.runtime import load
 
     model = load(folder)
-    runs = [
-        model.chat([{"role": "user", "content": PROMPT}], max_tokens=new_tokens, temperature=0.0)
-        for _ in range(repeats)
-    ]
+    runs = [_answer(model, new_tokens) for _ in range(repeats)]
     return {
         "load_s": model.load_s,
         "ttft_s": min(run.ttft_s for run in runs),
         "decode_tokens_per_s": max(run.decode_tokens_per_s for run in runs),
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def _answer(model, new_tokens: int):
+    if mode_of(model) == COMPLETION:  # a base model refuses chats: it completes the prompt's text
+        return model.generate(PROMPT, max_tokens=new_tokens, temperature=0.0)
+    return model.chat([{"role": "user", "content": PROMPT}], max_tokens=new_tokens, temperature=0.0)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmops.errors import UsageError
+from slmops.evaluate.completion import COMPLETION, conversation_prompt, mode_of
 from slmops.evaluate.progress import progress_bar
 
 DEFAULT_MAX_TOKENS = 128
@@ -161,28 +162,41 @@ def check(case: Case, answer: str, completion_tokens: int | None = None, finish_
 def run_suite(
     model, cases: list[Case], *, suite: str = "suite", max_tokens: int = DEFAULT_MAX_TOKENS, show_progress: bool = True
 ) -> SuiteReport:
-    """Answer every case greedily with ``model`` (anything with ``.chat``) and check it."""
+    """Answer every case greedily with ``model`` and check it.
+
+    A chat model (anything with ``.chat``) answers each conversation; a base model (no chat
+    template, see :mod:`slmops.evaluate.completion`) completes it given as plain text.
+    """
     report = SuiteReport(suite=suite, total=len(cases), passed=0)
+    completes = mode_of(model) == COMPLETION
     with progress_bar("suite", len(cases), show_progress) as advance:
         for case in cases:
             started = time.perf_counter()
-            result = model.chat(case.conversation(), max_tokens=case.max_tokens or max_tokens, temperature=0.0)
-            failures = check(
-                case, result.text, getattr(result, "completion_tokens", None), getattr(result, "finish_reason", None)
-            )
+            text, tokens, finish = _answer(model, case, case.max_tokens or max_tokens, completes)
+            failures = check(case, text, tokens, finish)
             report.results.append(
                 CaseResult(
-                    case.name or "",
-                    not failures,
-                    failures,
-                    result.text,
-                    case.structural(),
-                    time.perf_counter() - started,
+                    case.name or "", not failures, failures, text, case.structural(), time.perf_counter() - started
                 )
             )
             report.passed += not failures
             advance()
     return report
+
+
+def _answer(model, case: Case, max_tokens: int, completes: bool) -> tuple[str, int | None, str | None]:
+    """The answer's text, completion tokens and finish reason (None where a test double lacks them)."""
+    if completes:
+        prompt, stop = conversation_prompt(case.conversation())
+        ends = {"stop": stop} if stop else {}  # none: the model's own stop strings hold
+        result = model.generate(prompt, max_tokens=max_tokens, temperature=0.0, **ends)
+        # A chat answer comes without the whitespace it opens with; so does a completion here,
+        # so that anchored matchers (regex ^, exact) read both alike.
+        text = result.text.lstrip()
+    else:
+        result = model.chat(case.conversation(), max_tokens=max_tokens, temperature=0.0)
+        text = result.text
+    return text, getattr(result, "completion_tokens", None), getattr(result, "finish_reason", None)
 
 
 def _check_json(answer: str, schema: dict) -> list[str]:

@@ -8,9 +8,15 @@
 5. edge cases and invalid input: each gives an answer or a clear slmops error, never
    a crash or a hang (they run in a child process, so even a segfault is reported).
 
+A base model (``has_chat_template`` False: no chat template) refuses chats, so every
+check then runs on raw completions (``mode`` "completion" in the report): the soak and
+the suite complete text, the edge cases are given as raw text (see
+:mod:`slmops.evaluate.completion` and :mod:`slmops.evaluate.edge_cases`).
+
 The model is anything with the :class:`slmops.runtime.Model` methods used here
-(``chat``, ``generate``, ``stream``, ``encode``, ``context_length``), so tests can
-hand in a double that is built to fail.
+(``chat``, ``generate``, ``stream``, ``encode``, ``context_length``; a base model's
+``has_chat_template`` and ``stream_generate``), so tests can hand in a double that is
+built to fail. A double without ``has_chat_template`` is a chat model.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from slmops.evaluate import edge_cases
+from slmops.evaluate.completion import CHAT, COMPLETION, mode_of
 from slmops.evaluate.progress import progress_bar
 from slmops.evaluate.suite import SuiteReport, load_suite, run_suite
 from slmops.machine import describe_cpu
@@ -62,6 +69,7 @@ class ValidationReport:
     checks: list[Check]
     suite: SuiteReport | None
     seconds: float
+    mode: str = CHAT  # "completion": a base model, every check ran on raw completions
     cpu_info: dict = field(default_factory=lambda: describe_cpu().to_json())  # item 4 measures speed on it
 
     @property
@@ -119,7 +127,8 @@ def validate(
         check_lengths(model, lengths),
         check_edge_cases(model, edge_timeout_s),
     ]
-    return ValidationReport(getattr(model, "name", str(model)), checks, report, time.perf_counter() - started)
+    name = getattr(model, "name", str(model))
+    return ValidationReport(name, checks, report, time.perf_counter() - started, mode_of(model))
 
 
 def _advisory(check: Check) -> Check:
@@ -153,12 +162,15 @@ def check_memory(model, soak: int, show_progress: bool = True) -> Check:
     import psutil
 
     process = psutil.Process()
+    completes = mode_of(model) == COMPLETION
     samples = []
     with progress_bar("soak", soak, show_progress) as advance:
         for index in range(soak):
-            model.chat(
-                [{"role": "user", "content": SOAK_PROMPTS[index % len(SOAK_PROMPTS)]}], max_tokens=8, temperature=0.0
-            )
+            prompt = SOAK_PROMPTS[index % len(SOAK_PROMPTS)]
+            if completes:
+                model.generate(prompt, max_tokens=8, temperature=0.0)
+            else:
+                model.chat([{"role": "user", "content": prompt}], max_tokens=8, temperature=0.0)
             if index % 10 == 9:
                 gc.collect()
             samples.append(process.memory_info().rss)
@@ -192,7 +204,11 @@ def check_memory(model, soak: int, show_progress: bool = True) -> Check:
 
 
 def check_lengths(model, lengths: Sequence[int], new_tokens: int = 32, repeats: int = 2) -> Check:
-    """Per-token decode time and TTFT at several prompt lengths (best of ``repeats``)."""
+    """Per-token decode time and TTFT at several prompt lengths (best of ``repeats``).
+
+    The prompts are token ids completed as they are, with no chat template: the same
+    measurement for chat and base models.
+    """
     from slmops.evaluate.quality import shipped_text
 
     budget = model.context_length - new_tokens - 1

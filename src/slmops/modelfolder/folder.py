@@ -17,7 +17,6 @@ from slmops.modelfolder.inference_model import FILENAME as INFERENCE_MODEL
 from slmops.modelfolder.inference_model import InferenceModel
 
 GENAI_CONFIG = "genai_config.json"
-TOKENIZER = "tokenizer.json"
 DEFAULT_CONTEXT_LENGTH = 2048  # assumed when genai_config.json names no context
 
 
@@ -62,36 +61,6 @@ class ModelFolder:
         length = genai_context_length(self.genai_config) or DEFAULT_CONTEXT_LENGTH
         cap = self.model_config.get("max_length")
         return min(length, cap) if cap else length
-
-
-def text_prefix_ids(folder: str | Path) -> list[int]:
-    """The special tokens the tokenizer puts before a plain text (e.g. Gemma's and Llama 3's BOS).
-
-    They come from tokenizer.json's post-processor, which transformers applies to a text
-    but onnxruntime-genai's encoder does not; a raw completion without them starts from
-    a token sequence the model never saw in training. Empty when there are none or the
-    file cannot be read.
-    """
-    try:
-        post = json.loads((Path(folder) / TOKENIZER).read_text(encoding="utf-8")).get("post_processor") or {}
-    except (OSError, ValueError, AttributeError):
-        return []
-    steps = post.get("processors", []) if post.get("type") == "Sequence" else [post]
-    for step in steps:
-        if isinstance(step, dict) and step.get("type") == "TemplateProcessing":
-            return _leading_special_ids(step)
-    return []
-
-
-def _leading_special_ids(template: dict[str, Any]) -> list[int]:
-    specials = template.get("special_tokens") or {}
-    ids: list[int] = []
-    for piece in template.get("single") or []:
-        name = piece.get("SpecialToken", {}).get("id") if isinstance(piece, dict) else None
-        if name is None:
-            break
-        ids.extend(int(token) for token in specials.get(name, {}).get("ids", []))
-    return ids
 
 
 def genai_context_length(genai_config: dict[str, Any] | None) -> int | None:

@@ -48,6 +48,51 @@ def special_tokens_of(folder: Path) -> dict[str, str]:
     return tokens
 
 
+def text_prefix_ids(folder: Path) -> list[int]:
+    """Token ids the Hugging Face tokenizer puts before any text it encodes (Gemma's and Llama's BOS).
+
+    onnxruntime-genai encodes text without them: a chat template writes its BOS as text, but a
+    raw completion has to add them. They come from tokenizer.json's post-processor template;
+    ``add_bos_token: false`` in tokenizer_config.json turns them off, as it does in transformers.
+    """
+    folder = Path(folder)
+    config, tokenizer = folder / "tokenizer_config.json", folder / "tokenizer.json"
+    if not tokenizer.exists():
+        return []
+    if config.exists() and json.loads(config.read_text(encoding="utf-8")).get("add_bos_token") is False:
+        return []
+    return _template_prefix(_post_processor(tokenizer.read_text(encoding="utf-8")))
+
+
+def _post_processor(text: str) -> object:
+    """tokenizer.json's post_processor, read without parsing the whole file (a large vocabulary's
+    tokenizer.json takes most of a second to parse); a vocabulary entry of that name maps to a number."""
+    import re
+
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r'"post_processor"\s*:\s*', text):
+        value, _ = decoder.raw_decode(text, match.end())
+        if value is None or isinstance(value, dict):
+            return value
+    return None
+
+
+def _template_prefix(processor: object) -> list[int]:
+    """The special tokens a TemplateProcessing puts before the text (also inside a Sequence)."""
+    if not isinstance(processor, dict):
+        return []
+    if processor.get("type") == "Sequence":
+        return next((ids for step in processor.get("processors", []) if (ids := _template_prefix(step))), [])
+    if processor.get("type") != "TemplateProcessing":
+        return []
+    prefix: list[int] = []
+    for piece in processor.get("single", []):
+        if "SpecialToken" not in piece:
+            break
+        prefix += processor.get("special_tokens", {}).get(piece["SpecialToken"]["id"], {}).get("ids", [])
+    return [int(token) for token in prefix]
+
+
 def derive(chat_template: str, bos_token: str = "", eos_token: str = "") -> Template:
     """The PromptTemplate equivalent to `chat_template` for plain text conversations.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 import time
 from collections.abc import Iterable, Iterator
 from functools import cached_property
@@ -13,7 +14,7 @@ import onnxruntime_genai as og
 
 from slmops.cache.resolver import resolve
 from slmops.errors import ContextTooLong, SlmopsError, UsageError
-from slmops.modelfolder.folder import ModelFolder, text_prefix_ids
+from slmops.modelfolder.folder import ModelFolder
 from slmops.modelfolder.messages import normalize
 from slmops.runtime import prompt as prompts
 from slmops.runtime.generate import Answer, Response, Result, collect, decode_loop, stream_tokens, strip_leading
@@ -109,16 +110,19 @@ class Model:
         """Token ids of ``text``; NUL characters are dropped (they would cut C strings short)."""
         return [int(token) for token in self.tokenizer.encode(text.replace("\x00", ""))]
 
-    def encode_text(self, text: str) -> list[int]:
-        """Token ids of a raw completion's ``text``, after the special tokens the tokenizer puts
-        before a text (a BOS, for the models trained with one), as transformers encodes it."""
-        ids = self.encode(text)
-        prefix = self.text_prefix
-        return ids if not text or ids[: len(prefix)] == prefix else prefix + ids
-
     @cached_property
-    def text_prefix(self) -> list[int]:
+    def text_prefix_ids(self) -> list[int]:
+        """Token ids the model's tokenizer puts before raw text (a BOS for Gemma or Llama), which
+        onnxruntime-genai's encode leaves out."""
+        from slmops.modelfolder.prompt_template import text_prefix_ids
+
         return text_prefix_ids(self.path)
+
+    def completion_ids(self, text: str) -> list[int]:
+        """Token ids of raw text to complete, opened as its Hugging Face tokenizer opens it: a base
+        Gemma without its BOS answers only noise."""
+        ids, prefix = self.encode(text), self.text_prefix_ids
+        return ids if ids[: len(prefix)] == prefix else prefix + ids
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode(list(ids))
@@ -153,7 +157,7 @@ class Model:
         """Prompt text or token ids -> one :class:`Response` per token, on an onnxruntime-genai generator.
 
         Args:
-            prompt: text (no template; the BOS the tokenizer puts before a text comes first) or token ids.
+            prompt: text (no template; the BOS its tokenizer adds, if any, is added) or token ids.
             start: ``time.perf_counter()`` when the request began, if before this call.
             guidance: a decode-time grammar, ``("json_schema", schema_json)``,
                 ``("regex", pattern)`` or ``("lark_grammar", grammar)``.
@@ -161,7 +165,7 @@ class Model:
         """
         start = time.perf_counter() if start is None else start
         chosen = self.options(**options)
-        ids = self.encode_text(prompt) if isinstance(prompt, str) else [int(token) for token in prompt]
+        ids = self._completion_ids(prompt)
         if not ids:
             # An empty prompt still gets an answer: start from the beginning-of-text token.
             ids = [self._start_token()]
@@ -218,6 +222,18 @@ class Model:
         for response in self.stream_chat(messages, truncate, **options):
             if response.text:
                 yield response.text
+
+    def _completion_ids(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.completion_ids(prompt)
+        try:
+            return [operator.index(token) for token in prompt]
+        except TypeError:  # chat messages or None handed to a raw completion: the caller's mistake
+            kinds = sorted({type(token).__name__ for token in prompt}) if isinstance(prompt, (list, tuple)) else []
+            got = f"a {type(prompt).__name__} of {', '.join(kinds)}" if kinds else type(prompt).__name__
+            raise UsageError(
+                f"A prompt to complete is text or a list of token ids, not {got}; chat messages go to chat()."
+            ) from None
 
     def _too_long(self, prompt_tokens: int, truncated: bool) -> ContextTooLong:
         hint = "shorten it" if truncated else "shorten it, or use --truncate / truncate=True to drop the oldest turns"

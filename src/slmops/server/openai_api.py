@@ -66,7 +66,7 @@ async def completions(body: CompletionRequest, request: Request):
     loaded = await registry(request).get(body.model)
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     try:
-        ids = loaded.model.encode_text(prompt)
+        ids = loaded.model.completion_ids(prompt)
     except SlmopsError as exc:
         raise from_slmops(exc) from exc
     plan = generation.Plan(ids, generation.options_for(body))
