@@ -111,6 +111,19 @@ class Tokens:
     stops: tuple[str, ...] = ()  # tokens besides eos that end a turn (generation_config's eos list)
 
 
+# Gemma 1, 2 and 3 share one SentencePiece layout: BOS first, a turn ends at <end_of_turn>.
+GEMMA_TOKENS = Tokens(
+    "spm",
+    bos="<bos>",
+    eos="<eos>",
+    specials=("<start_of_turn>", "<end_of_turn>"),
+    add_bos=True,
+    unk="<unk>",
+    pad="<pad>",
+    stops=("<end_of_turn>",),
+)
+
+
 @dataclass(frozen=True)
 class Family:
     """A tiny model of one architecture family.
@@ -541,16 +554,7 @@ FAMILIES: dict[str, Family] = {
                 initializer_range=1.0,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
             ),
-            Tokens(
-                "spm",
-                bos="<bos>",
-                eos="<eos>",
-                specials=("<start_of_turn>", "<end_of_turn>"),
-                add_bos=True,
-                unk="<unk>",
-                pad="<pad>",
-                stops=("<end_of_turn>",),
-            ),
+            GEMMA_TOKENS,
             GEMMA,
             seed=1,
             accepts_system=False,
@@ -581,16 +585,7 @@ FAMILIES: dict[str, Family] = {
                 rms_norm_eps=1e-6,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
             ),
-            Tokens(
-                "spm",
-                bos="<bos>",
-                eos="<eos>",
-                specials=("<start_of_turn>", "<end_of_turn>"),
-                add_bos=True,
-                unk="<unk>",
-                pad="<pad>",
-                stops=("<end_of_turn>",),
-            ),
+            GEMMA_TOKENS,
             GEMMA,
             seed=8,
             accepts_system=False,
@@ -621,16 +616,7 @@ FAMILIES: dict[str, Family] = {
                     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                 },
             ),
-            Tokens(
-                "spm",
-                bos="<bos>",
-                eos="<eos>",
-                specials=("<start_of_turn>", "<end_of_turn>"),
-                add_bos=True,
-                unk="<unk>",
-                pad="<pad>",
-                stops=("<end_of_turn>",),
-            ),
+            GEMMA_TOKENS,
             GEMMA3,
             seed=1,
             embedding_scale=1 / 8,
