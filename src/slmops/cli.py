@@ -26,6 +26,7 @@ COMMANDS = {
     "model": "slmops.runtime.commands:model",
     "serve": "slmops.server.commands:serve",
     "service": "slmops.server.commands:service",
+    "ui": "slmops.server.commands:ui_command",
     "bench": "slmops.bench.commands:bench",
     "eval": "slmops.evaluate.commands:eval_command",
     "validate": "slmops.evaluate.commands:validate",

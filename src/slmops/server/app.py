@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from fastapi import FastAPI
 
 from slmops import __version__
-from slmops.server import errors
+from slmops.server import errors, origin
 from slmops.server.config import ServerConfig
 from slmops.server.errors import APIError
 from slmops.server.metrics import Metrics
@@ -66,7 +66,12 @@ def create_app(config: ServerConfig | None = None, models: Sequence[str] = ()) -
 
     app.include_router(openai_api.router)
     app.include_router(manage.router)
+    if config.ui:
+        from slmops.server import ui
+
+        app.include_router(ui.router)
     app.add_middleware(Guard, config=config, metrics=metrics)
+    origin.install(app, config.cors)
     return app
 
 
@@ -131,7 +136,7 @@ class Guard:
 
     def _refuse(self, scope, path: str) -> APIError | None:
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])}
-        if self.config.api_key and path not in OPEN_PATHS:
+        if self.config.api_key and not _open(path, self.config):
             given = headers.get("authorization", "")
             token = given[7:] if given.lower().startswith("bearer ") else headers.get("api-key", "")
             if not hmac.compare_digest(token.encode(), self.config.api_key.encode()):
@@ -159,6 +164,11 @@ class Guard:
             return message
 
         return wrapped
+
+
+def _open(path: str, config: ServerConfig) -> bool:
+    # The page and its files hold no data: it asks for the key itself when the API answers 401.
+    return path in OPEN_PATHS or (config.ui and (path == "/" or path.startswith("/ui/static/")))
 
 
 def _too_large(limit: int) -> APIError:

@@ -55,6 +55,13 @@ def serve_options(function):
             10,
             "Seconds a request waits for its model to load; then 503 with Retry-After.",
         ),
+        _shown("--ui/--no-ui", click.BOOL, True, "Serve the web playground at /."),
+        click.option(
+            "--cors",
+            multiple=True,
+            metavar="ORIGIN",
+            help="Also allow web pages from ORIGIN (e.g. http://localhost:3000) to call the API; repeatable.",
+        ),
     ]
     for flag in reversed(flags):
         function = flag(function)
@@ -62,7 +69,17 @@ def serve_options(function):
 
 
 def make_config(
-    parallel, max_queue, keep_alive, max_memory, threads, grace, batching=True, api_key=None, load_wait=10.0
+    parallel,
+    max_queue,
+    keep_alive,
+    max_memory,
+    threads,
+    grace,
+    batching=True,
+    api_key=None,
+    load_wait=10.0,
+    ui=True,
+    cors=(),
 ) -> ServerConfig:
     return ServerConfig(
         parallel=parallel,
@@ -74,6 +91,8 @@ def make_config(
         grace=grace,
         batching=batching,
         load_wait=load_wait,
+        ui=ui,
+        cors=tuple(cors),
     )
 
 
@@ -114,6 +133,9 @@ def start_command(models, host, port, **options) -> None:
     for key, value in options.items():
         if isinstance(value, bool):
             args.append(f"--{'' if value else 'no-'}{key.replace('_', '-')}")
+        elif isinstance(value, tuple):  # a repeatable flag
+            for item in value:
+                args += [f"--{key.replace('_', '-')}", str(item)]
         elif value is not None:
             args += [f"--{key.replace('_', '-')}", str(value)]
     current, started = background.start(args)
@@ -157,3 +179,18 @@ def _duration(seconds: float | None) -> str:
     seconds = int(seconds or 0)
     hours, rest = divmod(seconds, 3600)
     return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+@click.command("ui")
+@click.option("--no-browser", is_flag=True, help="Only print the page's address.")
+def ui_command(no_browser: bool) -> None:
+    """Open the web playground, starting the service in the background if it is not running.
+
+    A service started here takes the flags of the last `slmops service start`, except --no-ui.
+    """
+    from slmops.server import ui_open
+
+    url = ui_open.ensure_page()
+    click.echo(f"Playground: {url}")
+    if not no_browser and not ui_open.open_browser(url):
+        click.echo("No browser could be opened here; open the address above in one.")

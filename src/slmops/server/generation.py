@@ -11,6 +11,7 @@ only schedules them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from slmops.server.scheduler import DONE, Closed, Job, QueueFull
 
 if TYPE_CHECKING:
     from llguidance import LLMatcher
+
+log = logging.getLogger("slmops.server")
 
 
 @dataclass
@@ -159,15 +162,20 @@ async def responses(job: Job, strip_leading: bool = False) -> AsyncIterator[Resp
     ``strip_leading`` drops the whitespace an answer opens with, as ``Model.stream_chat`` does.
     """
     leading = LeadingWhitespace() if strip_leading else None
+    tokens, done = 0, False
     try:
         while True:
             item = await job.queue.get()
             if item is DONE:
+                done = True
                 break
             if leading is not None:
                 leading.strip(item)
+            tokens += 1
             yield item
         if job.error is not None:
             raise APIError(500, f"Generation failed: {job.error}", code="generation_failed")
     finally:
+        if not done and not job.cancelled:
+            log.info("cancelled an answer after %d tokens: the client stopped reading", tokens)
         job.cancel()  # a no-op after the last token; frees the slot when the client left

@@ -115,6 +115,11 @@ def restart(serve_args: list[str] | None = None) -> Status:
     return start(serve_args)[0]
 
 
+def last_args() -> list[str]:
+    """The `slmops serve` arguments of the last background start (none before the first)."""
+    return _remember(None)
+
+
 def _remember(serve_args: list[str] | None) -> list[str]:
     path = settings.service_dir() / ARGS_FILE
     if serve_args is None:
