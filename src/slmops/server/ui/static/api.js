@@ -117,7 +117,7 @@ async function* events(response) {
 // text, tool calls, finish reason, usage, and the timings TTFT and tokens/s are made of.
 export async function streamChat(body, signal, onUpdate, onWaiting) {
   const started = performance.now();
-  const answer = { text: "", toolCalls: [], finish: null, usage: null, firstAt: null, endAt: null, started };
+  const answer = { text: "", toolCalls: [], finish: null, usage: null, pieces: 0, firstAt: null, endAt: null, started };
   const request = {
     method: "POST",
     headers: { "Content-Type": "application/json" },
@@ -133,12 +133,14 @@ export async function streamChat(body, signal, onUpdate, onWaiting) {
       if (delta.content) {
         answer.firstAt ??= performance.now();
         answer.text += delta.content;
+        answer.pieces++;
       }
       for (const call of delta.tool_calls || []) {
         answer.firstAt ??= performance.now();
         const slot = (answer.toolCalls[call.index] ??= { name: "", arguments: "" });
         if (call.function?.name) slot.name = call.function.name;
         if (call.function?.arguments) slot.arguments += call.function.arguments;
+        answer.pieces++;
       }
       if (choice.finish_reason) answer.finish = choice.finish_reason;
     }
@@ -149,12 +151,13 @@ export async function streamChat(body, signal, onUpdate, onWaiting) {
   return answer;
 }
 
-// "TTFT 0.21 s · 45.3 tokens/s · 12 in / 80 out · stop"
+// "TTFT 0.21 s · 45.3 tokens/s · 12 in / 80 out · stop". Tokens/s is the decode rate after the
+// first token; until the usage comes at the end, each streamed piece counts as one token.
 export function speedLine(answer) {
   const parts = [];
   const end = answer.endAt ?? performance.now();
   if (answer.firstAt != null) parts.push(`TTFT ${((answer.firstAt - answer.started) / 1000).toFixed(2)} s`);
-  const out = answer.usage?.completion_tokens;
+  const out = answer.usage?.completion_tokens ?? answer.pieces;
   if (out != null && answer.firstAt != null && out > 1 && end > answer.firstAt) {
     parts.push(`${((out - 1) / ((end - answer.firstAt) / 1000)).toFixed(1)} tokens/s`);
   }
