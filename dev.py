@@ -50,6 +50,17 @@ def install() -> None:
     STAMP.write_text(wanted)
 
 
+def install_browser() -> None:
+    """The web page's tests drive Debian's Chromium: install it where it is missing."""
+    if Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists():
+        return
+    if os.geteuid() != 0:
+        print("Chromium is missing, so the web page's tests will fail: sudo apt-get install -y chromium chromium-driver")
+        return
+    run("apt-get", "update")
+    run("apt-get", "install", "-y", "chromium", "chromium-driver")
+
+
 def demo() -> None:
     slmops = str(BIN / "slmops")
     # --force: a second demo replaces the first one's model instead of stopping at its name.
@@ -94,6 +105,7 @@ def main() -> None:
     elif sys.argv[1] == "docs":
         docs()
     else:
+        install_browser()
         test(sys.argv[2:])
 
 

@@ -62,6 +62,7 @@ export async function refreshModels() {
 function start() {
   for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showView(tab.dataset.view));
   document.getElementById("refresh-models").addEventListener("click", refreshModels);
+  document.addEventListener("models-changed", refreshModels);
   document.getElementById("page-model").addEventListener("change", (event) => showModelPage(event.target.value));
   setupChat();
   setupModels(refreshModels, (name) => {

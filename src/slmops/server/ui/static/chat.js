@@ -128,6 +128,7 @@ async function ask(text) {
   } finally {
     controller = null;
     setBusy(false);
+    document.dispatchEvent(new Event("models-changed")); // the model may have loaded for it
   }
   reply.content = answer ? answerText(answer) : "";
   reply.stats = stats.textContent;

@@ -46,6 +46,7 @@ async function compare(prompt) {
   $("compare-stop").disabled = false;
   await Promise.all(["left", "right"].map((side) => answerOn(side, prompt, options, controller.signal)));
   controller = null;
+  document.dispatchEvent(new Event("models-changed")); // a model may have loaded for it
   $("compare-send").disabled = false;
   $("compare-stop").disabled = true;
 }
