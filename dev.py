@@ -55,7 +55,9 @@ def install_browser() -> None:
     if Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists():
         return
     if os.geteuid() != 0:
-        print("Chromium is missing, so the web page's tests will fail: sudo apt-get install -y chromium chromium-driver")
+        print(
+            "Chromium is missing, so the web page's tests will fail: sudo apt-get install -y chromium chromium-driver"
+        )
         return
     run("apt-get", "update")
     run("apt-get", "install", "-y", "chromium", "chromium-driver")

@@ -213,7 +213,10 @@ def test_models_view_shows_the_cache_with_states(browser, shots):
     browser.find("#refresh-models").click()
 
     def rows():
-        found = [[cell.text for cell in row.find_elements("css selector", "td")] for row in browser.find_all("#models-table tr")]
+        found = [
+            [cell.text for cell in row.find_elements("css selector", "td")]
+            for row in browser.find_all("#models-table tr")
+        ]
         return found if len(found) == 2 and all(row[4] == "loaded" for row in found) else None
 
     table = browser.wait_for(rows, 20, "both models loaded in the table")
@@ -233,7 +236,9 @@ def test_the_model_page_shows_the_deploy_report(browser, shots):
     quality = browser.find(".quality").text
     assert "ΔPPL" in quality and "+2.16 %" in quality and "KLD" in quality and "93.4 %" in quality
     image = browser.wait_for(lambda: browser.find_all("figure img"), 20, "the bench plot")[0]
-    browser.wait_for(lambda: browser.driver.execute_script("return arguments[0].naturalWidth", image) > 0, 10, "the plot")
+    browser.wait_for(
+        lambda: browser.driver.execute_script("return arguments[0].naturalWidth", image) > 0, 10, "the plot"
+    )
     assert browser.errors() == []
     browser.screenshot(shots / "model-page.png")
 
@@ -243,11 +248,15 @@ def test_the_page_asks_for_the_api_key_and_keeps_it_in_the_tab(tmp_path, shots):
     browser = Browser()
     try:
         browser.driver.get(server.url + "/")
-        dialog = browser.wait_for(lambda: browser.find("#key-dialog").is_displayed() and browser.find("#key-dialog"), 20, "the key dialog")
+        dialog = browser.wait_for(
+            lambda: browser.find("#key-dialog").is_displayed() and browser.find("#key-dialog"), 20, "the key dialog"
+        )
         browser.screenshot(shots / "api-key.png")
         browser.find("#key-input").send_keys("page-key")
         dialog.find_element("css selector", "button").click()
-        browser.wait_for(lambda: "The cache is empty." in browser.find("#models-note").get_attribute("textContent"), 20, "the list")
+        browser.wait_for(
+            lambda: "The cache is empty." in browser.find("#models-note").get_attribute("textContent"), 20, "the list"
+        )
         stored = browser.driver.execute_script("return [sessionStorage.getItem('slmops-api-key'), localStorage.length]")
         assert stored == ["page-key", 0]
         assert not browser.find("#key-dialog").is_displayed()

@@ -39,7 +39,11 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-REPORTS = {"inference_model": "inference_model.json", "conversion": "conversion.json", "deploy_report": "deploy-report.json"}
+REPORTS = {
+    "inference_model": "inference_model.json",
+    "conversion": "conversion.json",
+    "deploy_report": "deploy-report.json",
+}
 MAX_REPORT_BYTES = 4 * 1024 * 1024
 
 router = APIRouter(responses=ERRORS)
