@@ -128,6 +128,9 @@ def test_pages_of_other_origins_are_refused_unless_allowed():
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "origin_not_allowed"
         assert "--cors http://evil.example" in refused.json()["error"]["message"]
         assert client.get("/openai/models", headers={"Origin": "http://testserver"}).status_code == 200
+        assert client.get("/openai/models", headers={"Origin": "https://testserver"}).status_code == 200
+        assert client.get("/openai/models", headers={"Origin": "http://testserver.evil"}).status_code == 403
+        assert client.get("/openai/models", headers={"Origin": "null"}).status_code == 403  # a file:// page
         assert client.get("/openai/models").status_code == 200  # not a browser: no Origin
     with page_client(cors=("http://app.example",), api_key="k") as client:
         preflight = client.options(
@@ -191,3 +194,22 @@ def _slmops(args: list[str], env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "slmops", *args], capture_output=True, text=True, env=environment, timeout=120
     )
+
+
+def test_service_start_passes_the_page_flags_on(monkeypatch):
+    from click.testing import CliRunner
+
+    from slmops.server import commands, service
+
+    given = {}
+
+    def start(args):
+        given["args"] = args
+        return service.Status(True, "http://127.0.0.1:1/v1", 1), True
+
+    monkeypatch.setattr(service, "start", start)
+    flags = ["--no-ui", "--cors", "http://a.example", "--cors", "http://b.example"]
+    result = CliRunner().invoke(commands.service, ["start", *flags])
+    assert result.exit_code == 0, result.output
+    args = given["args"]
+    assert "--no-ui" in args and args[args.index("--cors") :][:4] == flags[1:]

@@ -51,5 +51,7 @@ class SameOrigin:
     def _allowed(self, origin: str, scope, headers: dict) -> bool:
         if "*" in self.allowed or origin in self.allowed:
             return True
+        # The page's own origin names the Host it was loaded from; the scheme is left out, as
+        # behind a TLS proxy the service sees http for a page the browser loaded over https.
         host = headers.get(b"host", b"").decode("latin-1")
-        return origin == f"{scope.get('scheme', 'http')}://{host}"
+        return bool(host) and origin.partition("://")[2] == host
