@@ -22,6 +22,13 @@ pytestmark = pytest.mark.slow
 DEPLOYED, COPY = "smollm2-deployed", "smollm2-copy"
 HTML_ANSWER = "<img src=x onerror=window.pwned=1><script>window.pwned=2</script> **bold**"
 LONG_PROMPT = "Write a very long story about a lighthouse keeper, with many chapters."
+TABLE = (
+    "return [...document.querySelectorAll('#models-table tr')].map((row) => [...row.cells].map((c) => c.textContent))"
+)
+DETAILS = """
+  const row = [...document.querySelectorAll('#models-table tr')].find((row) => row.cells[0].textContent === arguments[0]);
+  [...row.querySelectorAll('button')].find((button) => button.textContent === 'Details').click();
+"""
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +160,25 @@ def test_html_in_an_answer_is_shown_as_text(browser, shots):
     browser.screenshot(shots / "chat-html-as-text.png")
 
 
+def test_a_required_tool_call_is_shown_with_its_arguments(browser):
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"]},
+        },
+    }
+    setting(browser, "tools", json.dumps([tool]))
+    Select(browser.find("#set-tool-choice")).select_by_visible_text("required")
+    browser.find("#chat-clear").click()
+    ask(browser, "What is the weather in Paris?")
+    stats = browser.wait_for(lambda: finished(browser), 60, "the tool call")
+    setting(browser, "tools", "")
+    assert stats.endswith("tool_calls"), stats
+    call = last_answer(browser).find_element("css selector", ".code-block code").text
+    assert call.startswith("get_weather({") and json.loads(call[len("get_weather(") : -1])["city"] in ("Paris", "Rome")
+
+
 def test_the_markdown_renderer_makes_only_safe_nodes(browser):
     sample = "\n".join(
         [
@@ -212,11 +238,8 @@ def test_models_view_shows_the_cache_with_states(browser, shots):
     view(browser, "models")
     browser.find("#refresh-models").click()
 
-    def rows():
-        found = [
-            [cell.text for cell in row.find_elements("css selector", "td")]
-            for row in browser.find_all("#models-table tr")
-        ]
+    def rows():  # read in one go: the table is redrawn whenever the list refreshes
+        found = browser.driver.execute_script(TABLE)
         return found if len(found) == 2 and all(row[4] == "loaded" for row in found) else None
 
     table = browser.wait_for(rows, 20, "both models loaded in the table")
@@ -227,8 +250,7 @@ def test_models_view_shows_the_cache_with_states(browser, shots):
 
 def test_the_model_page_shows_the_deploy_report(browser, shots):
     view(browser, "models")
-    row = [row for row in browser.find_all("#models-table tr") if row.text.startswith(DEPLOYED)][0]
-    row.find_elements("css selector", "button")[-1].click()  # Details
+    browser.driver.execute_script(DETAILS, DEPLOYED)  # in one go, like the table above
     checks = browser.wait_for(lambda: browser.find_all(".checklist tr.check"), 20, "the checklist")
     verdicts = [check.find_element("css selector", ".verdict").text for check in checks]
     assert verdicts == [check.status for check in CHECKS]

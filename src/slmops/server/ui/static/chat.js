@@ -39,6 +39,7 @@ export function settings() {
     stop: stop.length ? stop : undefined,
     response_format: schema ? { type: "json_schema", json_schema: { name: "answer", schema } } : undefined,
     tools,
+    tool_choice: tools ? $("set-tool-choice").value : undefined,
   };
 }
 
