@@ -174,6 +174,8 @@ def test_a_required_tool_call_is_shown_with_its_arguments(browser):
     ask(browser, "What is the weather in Paris?")
     stats = browser.wait_for(lambda: finished(browser), 60, "the tool call")
     setting(browser, "tools", "")
+    Select(browser.find("#set-tool-choice")).select_by_visible_text("auto")
+    browser.driver.execute_script("document.getElementById('settings').scrollTop = 0")
     assert stats.endswith("tool_calls"), stats
     call = last_answer(browser).find_element("css selector", ".code-block code").text
     assert call.startswith("get_weather({") and json.loads(call[len("get_weather(") : -1])["city"] in ("Paris", "Rome")
