@@ -55,7 +55,9 @@ class Turn:
     ) -> ResponseObject:
         """The response object in ``status``, with ``output`` and the usage of ``last``."""
         body = self.request
-        text_format = body.text.format.model_dump(by_alias=True, exclude_none=True) if body.text and body.text.format else None
+        text_format = (
+            body.text.format.model_dump(by_alias=True, exclude_none=True) if body.text and body.text.format else None
+        )
         return ResponseObject(
             id=self.id,
             created_at=self.created_at,

@@ -1,4 +1,4 @@
-"""The Responses API: ``POST /v1/responses`` (whole or streamed), ``GET`` and ``DELETE /v1/responses/{id}``.
+"""The Responses API: ``POST /v1/responses`` (whole or streamed) and ``GET /v1/responses/{id}``.
 
 A response is a chat turn underneath: the request becomes the chat request
 ``/v1/chat/completions`` answers (:mod:`slmops.server.response_input`), is planned and
@@ -25,18 +25,15 @@ from slmops.server.registry import Loaded
 from slmops.server.response_input import PARAMS, chat_request, input_messages, output_messages
 from slmops.server.response_output import Turn, stream_events
 from slmops.server.response_store import ResponseStore
+from slmops.server.responses_protocol import ResponseObject, ResponsesRequest
 from slmops.server.scheduler import Job
-from slmops.server.responses_protocol import DeletedResponse, ResponseObject, ResponsesRequest
 
 router = APIRouter(responses=ERRORS)
-# `include` values that only ask for data a served model never has (no reasoning).
-HARMLESS_INCLUDES = {"reasoning.encrypted_content"}
 
 
 @router.post("/v1/responses", response_model=ResponseObject, responses={200: {"content": {"text/event-stream": {}}}})
 async def create_response(body: ResponsesRequest, request: Request):
     """Answer ``input`` (after the turns of ``previous_response_id``); with ``stream``, as Responses events."""
-    refuse_unsupported(body)
     store = response_store(request)
     conversation = _earlier(store, body.previous_response_id) + input_messages(body.input)
     chat = chat_request(body, conversation)
@@ -62,43 +59,12 @@ async def get_response(response_id: str, request: Request):
     return _stored(request, response_id).body
 
 
-@router.delete("/v1/responses/{response_id}", response_model=DeletedResponse)
-async def delete_response(response_id: str, request: Request):
-    """Forget a stored response."""
-    if not response_store(request).delete(response_id):
-        raise _not_found(response_id)
-    return DeletedResponse(id=response_id)
-
-
 def response_store(request: Request) -> ResponseStore:
     """The app's store of finished responses, made on first use."""
     state = request.app.state
     if getattr(state, "responses", None) is None:
         state.responses = ResponseStore()
     return state.responses
-
-
-def refuse_unsupported(body: ResponsesRequest) -> None:
-    """400 naming the first parameter that would change the answer and that slmops does not implement."""
-    reasoning = body.reasoning
-    refusals = {
-        "truncation": body.truncation == "auto",
-        "include": bool(set(body.include or ()) - HARMLESS_INCLUDES),
-        "reasoning": reasoning is not None
-        and (reasoning.effort not in (None, "none") or reasoning.summary or reasoning.generate_summary),
-        "top_logprobs": bool(body.top_logprobs),
-        "max_tool_calls": body.max_tool_calls == 0,
-        "background": bool(body.background),
-        "conversation": body.conversation is not None,
-        "prompt": body.prompt is not None,
-        "context_management": bool(body.context_management),
-        "text.verbosity": body.text is not None and body.text.verbosity not in (None, "medium"),
-    }
-    for name, refused in refusals.items():
-        if refused:
-            raise APIError(
-                400, f"{name} is not supported by slmops (docs/server.md lists what is).", name, "unsupported_parameter"
-            )
 
 
 def _earlier(store: ResponseStore, previous_id: str | None) -> list[Message]:

@@ -1,40 +1,78 @@
 """The bodies of the Responses API (``/v1/responses``), as OpenAI's API defines them.
 
 The request is strict at the top level: a parameter slmops does not know is a 400
-naming it, because a Responses parameter usually changes the answer. Items inside
-``input`` are lenient, so the ``output`` of an earlier response can be sent back as
-it came (with its ids, statuses and annotations). Which known parameters are
-refused, and why, is in :mod:`slmops.server.responses`.
+naming it, because a Responses parameter usually changes the answer, and a known
+parameter slmops does not implement accepts only the value that changes nothing
+(e.g. ``truncation: "disabled"``), so the OpenAPI document says exactly what is
+answered. Items inside ``input`` are lenient, so the ``output`` of an earlier
+response can be sent back as it came (with its ids, statuses and annotations).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
 from slmops.server.protocol import Lenient
 
 
 class ContentPart(Lenient):
-    type: str = Field(description="input_text (or output_text, for an assistant turn sent back); nothing else.")
-    text: str | None = Field(None, description="The part's text.")
-
-
-class InputItem(Lenient):
-    """One item of ``input``: a message, a function call the model made, or its result."""
-
-    type: Literal["message", "function_call", "function_call_output"] | str = Field(
-        "message", description="message (the default), function_call or function_call_output."
+    type: Literal["input_text", "output_text", "text"] = Field(
+        description="input_text, or output_text for an assistant turn sent back; no images or files."
     )
-    role: Literal["user", "assistant", "system", "developer"] | None = Field(
-        None, description="A message's author."
-    )
-    content: str | list[ContentPart] | None = Field(None, description="A message's text, or its text parts.")
-    call_id: str | None = Field(None, description="A function call's id; its output names it too.")
-    name: str | None = Field(None, description="The function a function_call item called.")
-    arguments: str | None = Field(None, description="A function_call item's arguments, a JSON object as text.")
-    output: str | list[ContentPart] | None = Field(None, description="A function_call_output item's result.")
+    text: str = Field(description="The part's text.")
+
+
+def _as_parts(value: Any) -> Any:
+    return [{"type": "input_text", "text": value}] if isinstance(value, str) else value
+
+
+# A string is one text part: validating one list (not a union with str) keeps errors about the list.
+Content = Annotated[list[ContentPart], BeforeValidator(_as_parts, json_schema_input_type=str | list[ContentPart])]
+
+
+class MessageItem(Lenient):
+    type: Literal["message"] = Field("message", description="message (may be left out).")
+    role: Literal["user", "assistant", "system", "developer"] = Field(description="The message's author.")
+    content: Content = Field(description="Text, or a list of text parts.")
+
+
+class FunctionCallItem(Lenient):
+    type: Literal["function_call"] = Field(description="A call the model made (an earlier response's output).")
+    call_id: str = Field(description="The call's id; its function_call_output names it.")
+    name: str = Field(description="The function called.")
+    arguments: str = Field("{}", description="The arguments, a JSON object as text.")
+
+
+class FunctionCallOutputItem(Lenient):
+    type: Literal["function_call_output"] = Field(description="The result of a call.")
+    call_id: str = Field(description="The call it answers.")
+    output: Content = Field(description="The result, as text or text parts.")
+
+
+def _item_type(value: Any) -> str:
+    return value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
+
+
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+    Discriminator(
+        _item_type,
+        custom_error_type="unsupported_item",
+        custom_error_message="slmops reads message, function_call and function_call_output items only",
+    ),
+]
+
+
+def _as_items(value: Any) -> Any:
+    return [{"role": "user", "content": value}] if isinstance(value, str) else value
+
+
+Items = Annotated[list[InputItem], Field(min_length=1)]
+Input = Annotated[Items, BeforeValidator(_as_items, json_schema_input_type=str | Items)]
 
 
 class FunctionTool(Lenient):
@@ -50,25 +88,34 @@ class FunctionChoice(Lenient):
     name: str = Field(description="The function that must be called.")
 
 
-class TextFormat(Lenient):
-    type: Literal["text", "json_object", "json_schema"] = Field(
-        description="text, any JSON object, or JSON matching a schema."
-    )
-    name: str = Field("response", description="The schema's name (json_schema).")
-    schema_: dict[str, Any] | None = Field(None, alias="schema", description="The JSON Schema (json_schema).")
+class PlainTextFormat(Lenient):
+    type: Literal["text"] = Field(description="Plain text (the default).")
+
+
+class JsonObjectFormat(Lenient):
+    type: Literal["json_object"] = Field(description="Any JSON object.")
+
+
+class JsonSchemaTextFormat(Lenient):
+    type: Literal["json_schema"] = Field(description="JSON matching the schema.")
+    name: str = Field("response", description="The schema's name.")
+    schema_: dict[str, Any] = Field(alias="schema", description="The JSON Schema the answer must match.")
     description: str | None = Field(None, description="What the format is for (not shown to the model).")
     strict: bool | None = Field(None, description="Accepted; the schema is always enforced.")
 
 
+TextFormat = Annotated[PlainTextFormat | JsonObjectFormat | JsonSchemaTextFormat, Field(discriminator="type")]
+
+
 class TextConfig(Lenient):
     format: TextFormat | None = Field(None, description="The answer's format; plain text by default.")
-    verbosity: Literal["low", "medium", "high"] | None = Field(None, description="Only medium (the default).")
+    verbosity: Literal["medium"] | None = Field(None, description="Only medium (the default).")
 
 
 class Reasoning(Lenient):
-    effort: str | None = Field(None, description="Refused unless null or 'none': no served model reasons.")
-    summary: str | None = Field(None, description="Refused unless null.")
-    generate_summary: str | None = Field(None, description="Refused unless null.")
+    effort: Literal["none"] | None = Field(None, description="Only none: no served model reasons.")
+    summary: None = Field(None, description="Only null.")
+    generate_summary: None = Field(None, description="Only null.")
 
 
 class ResponsesRequest(BaseModel):
@@ -77,7 +124,7 @@ class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, description="A model name from /v1/models or the cache.")
-    input: str | list[InputItem] = Field(description="The user's text, or a list of messages and tool items.")
+    input: Input = Field(description="The user's text, or a list of messages and function call items.")
     instructions: str | None = Field(None, description="A system message put first; not carried to later turns.")
     previous_response_id: str | None = Field(None, description="Continue from a stored response.")
     max_output_tokens: int | None = Field(None, ge=1, description="Most tokens to generate (default 512).")
@@ -100,16 +147,20 @@ class ResponsesRequest(BaseModel):
     prompt_cache_retention: str | None = Field(None, description="Ignored.")
     prompt_cache_options: dict[str, Any] | None = Field(None, description="Ignored.")
     stream_options: dict[str, Any] | None = Field(None, description="Ignored (no obfuscation is added).")
-    truncation: Literal["auto", "disabled"] | None = Field(None, description="Only disabled (the default).")
-    # Refused unless left at a value that changes nothing (see slmops.server.responses).
-    include: list[str] | None = Field(None, description="Only reasoning.encrypted_content (there is none).")
-    reasoning: Reasoning | None = Field(None, description="Refused unless empty.")
-    top_logprobs: int | None = Field(None, ge=0, le=20, description="Refused unless 0.")
-    max_tool_calls: int | None = Field(None, ge=0, description="Refused if 0; any other value allows the one call.")
-    background: bool | None = Field(None, description="Refused if true.")
-    conversation: str | dict[str, Any] | None = Field(None, description="Refused: use previous_response_id.")
-    prompt: dict[str, Any] | None = Field(None, description="Refused: prompt templates are not supported.")
-    context_management: list[dict[str, Any]] | None = Field(None, description="Refused unless empty.")
+    truncation: Literal["disabled"] | None = Field(None, description="Only disabled (the default): no turn is dropped.")
+    # Each of these changes the answer, and only the value that changes nothing is accepted.
+    include: list[Literal["reasoning.encrypted_content"]] | None = Field(
+        None, description="Only reasoning.encrypted_content (there is none to include)."
+    )
+    reasoning: Reasoning | None = Field(None, description="Only an effort of none.")
+    top_logprobs: int | None = Field(None, ge=0, le=0, description="Only 0: log-probabilities are not returned here.")
+    max_tool_calls: int | None = Field(None, ge=1, description="At least 1; an answer makes at most one call.")
+    background: Literal[False] | None = Field(None, description="Only false: every response is answered at once.")
+    conversation: None = Field(None, description="Only null: continue with previous_response_id.")
+    prompt: None = Field(None, description="Only null: prompt templates are not supported.")
+    context_management: Annotated[list[dict[str, Any]], Field(max_length=0)] | None = Field(
+        None, description="Only empty."
+    )
 
 
 # ---- the response -------------------------------------------------------------
@@ -190,9 +241,3 @@ class ResponseObject(BaseModel):
     usage: ResponseUsage | None = None
     user: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
-
-
-class DeletedResponse(BaseModel):
-    id: str
-    object: Literal["response.deleted"] = "response.deleted"
-    deleted: Literal[True] = True
