@@ -99,7 +99,7 @@ class JsonObjectFormat(Lenient):
 class JsonSchemaTextFormat(Lenient):
     type: Literal["json_schema"] = Field(description="JSON matching the schema.")
     name: str = Field("response", description="The schema's name.")
-    schema_: dict[str, Any] = Field(alias="schema", description="The JSON Schema the answer must match.")
+    schema_: dict[str, Any] = Field(alias="schema", min_length=1, description="The JSON Schema the answer must match.")
     description: str | None = Field(None, description="What the format is for (not shown to the model).")
     strict: bool | None = Field(None, description="Accepted; the schema is always enforced.")
 
