@@ -89,6 +89,16 @@ def test_a_function_call_and_its_output_round_trip(oai):
     # The call and its result are part of the prompt: the follow-up is longer than the question alone.
     alone = oai.responses.create(model=MODEL, input="Weather in Rome?", max_output_tokens=1)
     assert answer.usage.input_tokens > alone.usage.input_tokens + 10
+    # The same follow-up after previous_response_id: the stored turn holds the question and the call.
+    chained = oai.responses.create(
+        model=MODEL,
+        previous_response_id=call_response.id,
+        input=[follow_up[-1]],
+        tools=[WEATHER],
+        tool_choice="none",
+        max_output_tokens=4,
+    )
+    assert chained.usage.input_tokens == answer.usage.input_tokens
 
 
 def test_previous_response_id_continues_the_conversation_and_retrieve_returns_it(oai):
