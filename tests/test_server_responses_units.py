@@ -50,7 +50,7 @@ def served_events(monkeypatch, request: dict, answer: list[Response], error: API
     kept = []
 
     async def collect():
-        return [event async for event in stream_events(None, plan, Turn(body, "m", []), kept.append)]
+        return [event async for event in stream_events(None, plan, Turn(body, "m"), kept.append)]
 
     events = asyncio.run(collect())
     assert len(kept) == (0 if error else 1)

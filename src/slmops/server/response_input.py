@@ -29,6 +29,7 @@ from slmops.server.responses_protocol import (
     ContentPart,
     FunctionCallItem,
     FunctionChoice,
+    FunctionTool,
     InputItem,
     JsonSchemaTextFormat,
     MessageItem,
@@ -101,7 +102,7 @@ def _response_format(body: ResponsesRequest) -> ResponseFormat | None:
     return ResponseFormat(type=given.type, json_schema=schema)
 
 
-def _tool(tool) -> Tool:
+def _tool(tool: FunctionTool) -> Tool:
     definition = FunctionDefinition(name=tool.name, description=tool.description)
     if tool.parameters:
         definition.parameters = tool.parameters

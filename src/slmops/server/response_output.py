@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from slmops.runtime.generate import Response
 from slmops.server import generation, tools
 from slmops.server.errors import APIError
-from slmops.server.protocol import Message
 from slmops.server.responses_protocol import (
     IncompleteDetails,
     OutputFunctionCall,
@@ -42,11 +41,10 @@ def new_id(prefix: str) -> str:
 
 @dataclass
 class Turn:
-    """One response being made: the request, the model that answers, and the turns before it."""
+    """One response being made: the request and the model that answers it."""
 
     request: ResponsesRequest
     model: str
-    history: list[Message]  # earlier turns and this input, as chat messages
     id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
 

@@ -24,7 +24,7 @@ from slmops.server.protocol import ChatRequest, Message
 from slmops.server.registry import Loaded
 from slmops.server.response_input import PARAMS, chat_request, input_messages, output_messages
 from slmops.server.response_output import Turn, stream_events
-from slmops.server.response_store import ResponseStore
+from slmops.server.response_store import ResponseStore, StoredResponse
 from slmops.server.responses_protocol import ResponseObject, ResponsesRequest
 from slmops.server.scheduler import Job
 
@@ -39,7 +39,7 @@ async def create_response(body: ResponsesRequest, request: Request):
     chat = chat_request(body, conversation)
     loaded = await registry(request).get(body.model)
     plan, job = _start(loaded, chat)
-    turn = Turn(body, loaded.name, conversation)
+    turn = Turn(body, loaded.name)
 
     def keep(response: ResponseObject) -> None:
         if body.store is not False:
@@ -82,7 +82,7 @@ def _earlier(store: ResponseStore, previous_id: str | None) -> list[Message]:
     return list(stored.history)
 
 
-def _stored(request: Request, response_id: str):
+def _stored(request: Request, response_id: str) -> StoredResponse:
     stored = response_store(request).get(response_id)
     if stored is None:
         raise _not_found(response_id)

@@ -139,7 +139,7 @@ class ResponsesRequest(BaseModel):
     store: bool | None = Field(True, description="Keep the response for GET and previous_response_id.")
     # Accepted because they cannot change the answer.
     parallel_tool_calls: bool | None = Field(None, description="Accepted; at most one call is made per answer.")
-    metadata: dict[str, str] | None = Field(None, description="Up to 16 pairs, kept on the response.")
+    metadata: dict[str, str] | None = Field(None, max_length=16, description="Up to 16 pairs, kept on the response.")
     user: str | None = Field(None, description="An end-user id (ignored).")
     safety_identifier: str | None = Field(None, description="An end-user id (ignored).")
     service_tier: str | None = Field(None, description="Ignored.")
