@@ -6,9 +6,11 @@ never the text itself.
 """
 
 import json
+from typing import Literal
 
 import httpx
 import openai
+import pydantic
 import pytest
 
 from tests.server_process import cached_server
@@ -68,6 +70,19 @@ def test_json_schema_answer_completes_and_validates(oai):
     assert response.status == "completed" and response.incomplete_details is None
     assert json.loads(response.output_text)["city"] in ("Paris", "Rome", "Oslo")
     assert response.text.format.type == "json_schema"
+
+
+def test_parse_fills_output_parsed_from_a_pydantic_format(oai):
+    class Place(pydantic.BaseModel):
+        city: Literal["Paris", "Rome", "Oslo"]
+
+    response = oai.responses.parse(model=MODEL, input="Where?", text_format=Place, max_output_tokens=64)
+    assert isinstance(response.output_parsed, Place)
+    # The output of one response is the input of the next, as the SDK's objects.
+    again = oai.responses.create(
+        model=MODEL, input=[*response.output, {"role": "user", "content": "Sure?"}], max_output_tokens=2
+    )
+    assert again.usage.input_tokens > response.usage.input_tokens
 
 
 def test_a_function_call_and_its_output_round_trip(oai):
