@@ -235,3 +235,20 @@ def test_a_stream_cut_by_max_output_tokens_ends_incomplete(oai):
     assert events[-1].type == "response.incomplete"
     assert events[-1].response.usage.output_tokens == 3
     assert events[-1].response.output[0].status == "incomplete"
+
+
+def test_input_items_are_listed_a_page_at_a_time(oai):
+    given = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "input_text", "text": "Weather in Rome?"}]},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city": "Rome"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "24"},
+    ]
+    response = oai.responses.create(model=MODEL, input=given, max_output_tokens=1)
+    newest_first = list(oai.responses.input_items.list(response.id, limit=3))  # two pages, followed by the SDK
+    assert [item.type for item in newest_first] == ["function_call_output", "function_call", "message", "message"]
+    assert len({item.id for item in newest_first}) == 4
+    in_order = oai.responses.input_items.list(response.id, order="asc")
+    assert [item.id for item in in_order.data] == [item.id for item in reversed(newest_first)]
+    assert in_order.data[1].content[0].text == "Weather in Rome?" and in_order.data[3].output == "24"
+    assert not in_order.has_more

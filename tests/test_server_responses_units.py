@@ -198,7 +198,7 @@ def test_the_store_forgets_after_its_time_and_beyond_its_count():
     clock = Clock()
     store = ResponseStore(keep_s=60, count=2, clock=clock)
     for name in ("a", "b", "c"):
-        store.put({"id": name}, [])
+        store.put({"id": name}, [], [])
         clock.now += 10
     assert store.get("a") is None and store.get("b").body == {"id": "b"} and len(store) == 2
     clock.now = 10 + 60  # "b" was stored at 10

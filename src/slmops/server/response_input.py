@@ -25,6 +25,7 @@ from slmops.server.protocol import (
     Tool,
     ToolCall,
 )
+from slmops.server.response_output import new_id
 from slmops.server.responses_protocol import (
     ContentPart,
     FunctionCallItem,
@@ -127,3 +128,17 @@ def output_messages(output: list[OutputMessage | OutputFunctionCall]) -> list[Me
             )
             _add_call(messages, call)
     return messages
+
+
+def listed_items(items: list[InputItem]) -> list[dict]:
+    """``input`` as OpenAI lists a response's input items: each with an id of its own."""
+    listed = []
+    for item in items:
+        if isinstance(item, MessageItem):
+            parts = [{"type": part.type, "text": part.text} for part in item.content]
+            listed.append({"id": new_id("msg"), "type": "message", "role": item.role, "content": parts})
+        elif isinstance(item, FunctionCallItem):
+            listed.append({"id": new_id("fc"), "status": "completed", **item.model_dump()})
+        else:
+            listed.append({"id": new_id("fco"), **item.model_dump(), "output": _text(item.output)})
+    return listed

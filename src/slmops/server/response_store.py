@@ -24,6 +24,7 @@ class StoredResponse:
 
     body: dict  # the response object, as answered
     history: list[Message]  # earlier turns, this input and this output; instructions excluded
+    input_items: list[dict]  # this request's input, as GET .../input_items lists it
     expires: float
 
 
@@ -36,9 +37,9 @@ class ResponseStore:
         self.keep_s, self.count, self.clock = keep_s, count, clock
         self._items: OrderedDict[str, StoredResponse] = OrderedDict()
 
-    def put(self, body: dict, history: list[Message]) -> None:
+    def put(self, body: dict, history: list[Message], input_items: list[dict]) -> None:
         self._expire()
-        self._items[body["id"]] = StoredResponse(body, history, self.clock() + self.keep_s)
+        self._items[body["id"]] = StoredResponse(body, history, input_items, self.clock() + self.keep_s)
         while len(self._items) > self.count:
             self._items.popitem(last=False)
 

@@ -1,4 +1,4 @@
-"""The Responses API: ``POST /v1/responses`` (whole or streamed) and ``GET /v1/responses/{id}``.
+"""The Responses API: ``POST /v1/responses`` (whole or streamed), ``GET /v1/responses/{id}`` and its input items.
 
 A response is a chat turn underneath: the request becomes the chat request
 ``/v1/chat/completions`` answers (:mod:`slmops.server.response_input`), is planned and
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from slmops.runtime.generate import Response
@@ -22,10 +23,10 @@ from slmops.server.errors import APIError
 from slmops.server.openai_api import ERRORS, registry
 from slmops.server.protocol import ChatRequest, Message
 from slmops.server.registry import Loaded
-from slmops.server.response_input import PARAMS, chat_request, input_messages, output_messages
+from slmops.server.response_input import PARAMS, chat_request, input_messages, listed_items, output_messages
 from slmops.server.response_output import Turn, stream_events
 from slmops.server.response_store import ResponseStore, StoredResponse
-from slmops.server.responses_protocol import ResponseObject, ResponsesRequest
+from slmops.server.responses_protocol import InputItemList, ResponseObject, ResponsesRequest
 from slmops.server.scheduler import Job
 
 router = APIRouter(responses=ERRORS)
@@ -43,7 +44,8 @@ async def create_response(body: ResponsesRequest, request: Request):
 
     def keep(response: ResponseObject) -> None:
         if body.store is not False:
-            store.put(response.model_dump(mode="json"), conversation + output_messages(response.output))
+            history = conversation + output_messages(response.output)
+            store.put(response.model_dump(mode="json"), history, listed_items(body.input))
 
     if body.stream:
         return _sse(stream_events(job, plan, turn, keep))
@@ -57,6 +59,27 @@ async def create_response(body: ResponsesRequest, request: Request):
 async def get_response(response_id: str, request: Request):
     """A stored response, as it was answered."""
     return _stored(request, response_id).body
+
+
+@router.get("/v1/responses/{response_id}/input_items", response_model=InputItemList)
+async def list_input_items(
+    response_id: str,
+    request: Request,
+    after: str | None = Query(None, description="List the items after this id."),
+    limit: int = Query(20, ge=1, le=100, description="Most items on a page."),
+    order: Literal["asc", "desc"] = Query("desc", description="asc: in input order; desc: the last first."),
+):
+    """The input items of a stored response (its own, not those of earlier turns), a page at a time."""
+    items = _stored(request, response_id).input_items
+    items = items if order == "asc" else items[::-1]
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise APIError(400, f"after names {after!r}, which is not an item of {response_id}.", "after")
+        items = items[ids.index(after) + 1 :]
+    page = items[:limit]
+    first, last = (page[0]["id"], page[-1]["id"]) if page else (None, None)
+    return InputItemList(data=page, first_id=first, last_id=last, has_more=len(items) > limit)
 
 
 def response_store(request: Request) -> ResponseStore:

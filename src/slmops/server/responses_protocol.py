@@ -241,3 +241,13 @@ class ResponseObject(BaseModel):
     usage: ResponseUsage | None = None
     user: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class InputItemList(BaseModel):
+    """A page of a response's input items."""
+
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]] = Field(description="Messages and function call items, each with its id.")
+    first_id: str | None = Field(description="The first item's id on this page.")
+    last_id: str | None = Field(description="The last item's id on this page: the next page's `after`.")
+    has_more: bool = Field(description="Whether items follow this page.")
