@@ -114,6 +114,7 @@ def test_an_auto_answer_that_calls_streams_one_function_call_item(monkeypatch):
 def test_an_auto_answer_in_words_streams_one_message(monkeypatch):
     events = served_events(monkeypatch, {"input": "Hi", "tools": [WEATHER]}, pieces("It is sunny {in} Oslo."))
     assert kinds(events) == MESSAGE
+    assert events[2]["item"]["content"] == [] and events[3]["part"]["text"] == ""
     seen, final = through_the_sdk(events, tools=[WEATHER])
     assert final.output_text == "It is sunny {in} Oslo." and final.status == "completed"
     snapshots = [event.snapshot for event in seen if event.type == "response.output_text.delta"]

@@ -142,7 +142,9 @@ class EventStream:
         return [*events, self.event("response.output_text.delta", **self._where(), delta=piece, logprobs=[])]
 
     def _open_message(self) -> list[dict]:
-        events = self._add(message_item(new_id("msg"), "", "in_progress"))
+        message = OutputMessage(id=new_id("msg"), status="in_progress", content=[])
+        events = self._add(message)  # added with no part, as OpenAI sends it; the part follows
+        message.content.append(OutputText(text=""))
         return [*events, self.event("response.content_part.added", **self._where(), part=_part(""))]
 
     def call(self, call_id: str, name: str) -> list[dict]:
