@@ -33,7 +33,7 @@ Content = Annotated[list[ContentPart], BeforeValidator(_as_parts, json_schema_in
 
 
 class MessageItem(Lenient):
-    type: Literal["message"] = Field("message", description="message (may be left out).")
+    type: Literal["message"] | None = Field("message", description="message (may be left out).")
     role: Literal["user", "assistant", "system", "developer"] = Field(description="The message's author.")
     content: Content = Field(description="Text, or a list of text parts.")
 
@@ -51,8 +51,9 @@ class FunctionCallOutputItem(Lenient):
     output: Content = Field(description="The result, as text or text parts.")
 
 
-def _item_type(value: Any) -> str:
-    return value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
+def _item_type(value: Any) -> Any:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "message" if kind is None else kind  # a message may leave its type out, or send null
 
 
 InputItem = Annotated[
