@@ -33,6 +33,7 @@ KNOWN_PATHS = {
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/models",
+    "/v1/responses",
     "/openai/models",
     "/openai/loadedmodels",
     "/openai/unloadall",
@@ -62,9 +63,10 @@ def create_app(config: ServerConfig | None = None, models: Sequence[str] = ()) -
     app.state.registry, app.state.metrics, app.state.config = registry, metrics, config
     app.state.started = time.time()
     errors.install(app)
-    from slmops.server import manage, openai_api
+    from slmops.server import manage, openai_api, responses
 
     app.include_router(openai_api.router)
+    app.include_router(responses.router)
     app.include_router(manage.router)
     if config.ui:
         from slmops.server import ui
@@ -177,7 +179,7 @@ def _too_large(limit: int) -> APIError:
 
 def _route_label(path: str) -> str:
     # Bounded label values: model names in paths would grow the series without limit.
-    for prefix in ("/openai/load/", "/openai/unload/", "/v1/models/"):
+    for prefix in ("/openai/load/", "/openai/unload/", "/v1/models/", "/v1/responses/"):
         if path.startswith(prefix):
             return prefix + "{name}"
     return path if path in KNOWN_PATHS else "other"
