@@ -235,12 +235,15 @@ def stream_tokens(
 def score_prompt(og_model: og.Model, ids: list[int], top: int, start: float | None = None) -> Iterator[Response]:
     """The one response of an answer of no tokens, carrying the log-probability of each prompt token."""
     start = time.perf_counter() if start is None else start
-    params = og.GeneratorParams(og_model)
-    params.set_search_options(max_length=len(ids), num_beams=1, do_sample=False)
-    generator = og.Generator(og_model, params)
-    generator.append_tokens(ids)
+    scores = []
+    if len(ids) > 1:  # a lone token has nothing before it to be scored after
+        params = og.GeneratorParams(og_model)
+        params.set_search_options(max_length=len(ids), num_beams=1, do_sample=False)
+        generator = og.Generator(og_model, params)
+        generator.append_tokens(ids)
+        scores = prompt_tokens(generator.get_output("logits")[0], ids, top)
     response = Answer(_NoText(), len(ids), start).nothing()
-    response.prompt_logprobs = prompt_tokens(generator.get_output("logits")[0], ids, top)
+    response.prompt_logprobs = scores
     yield response
 
 
