@@ -23,6 +23,15 @@ MAX_N = 16
 DEFAULT_MAX_TOKENS = 512
 
 
+def unsupported(description: str, **schema: Any) -> Any:
+    """A field slmops refuses unless it is empty or neutral (:mod:`slmops.server.policy` says why, naming it).
+
+    The OpenAPI document shows only the accepted values; ``schema`` narrows a number's range.
+    """
+    empty = {"maxLength": 0, "maxItems": 0, "maxProperties": 0}
+    return Field(None, description=description, json_schema_extra={**empty, **schema})
+
+
 class Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -102,9 +111,9 @@ class SamplingFields(Lenient):
     stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(
         None, description="Up to 4 strings that end the answer."
     )
-    presence_penalty: float | None = Field(None, ge=-2, le=2, description="Not supported: only 0 is accepted.")
-    frequency_penalty: float | None = Field(None, ge=-2, le=2, description="Not supported: only 0 is accepted.")
-    logit_bias: dict[str, float] | None = Field(None, description="Not supported: only an empty map is accepted.")
+    presence_penalty: float | None = unsupported("Not supported: only 0 is accepted.", minimum=0, maximum=0)
+    frequency_penalty: float | None = unsupported("Not supported: only 0 is accepted.", minimum=0, maximum=0)
+    logit_bias: dict[str, float] | None = unsupported("Not supported: only an empty map is accepted.")
     repetition_penalty: float | None = Field(
         None, gt=0, le=10, description="Above 1 discourages repeats (wins over the penalties above)."
     )
@@ -115,7 +124,16 @@ class SamplingFields(Lenient):
     service_tier: str | None = Field(None, description="Accepted and ignored.")
 
 
+# top_logprobs asks for alternatives to the log-probabilities that logprobs asks for.
+TOP_NEEDS_LOGPROBS = {
+    "if": {"properties": {"top_logprobs": {"type": "integer", "minimum": 1}}, "required": ["top_logprobs"]},
+    "then": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
+}
+
+
 class ChatRequest(SamplingFields):
+    model_config = ConfigDict(json_schema_extra=TOP_NEEDS_LOGPROBS)
+
     messages: list[Message] = Field(min_length=1, description="The conversation so far.")
     max_completion_tokens: int | None = Field(None, ge=1, description="Newer name for max_tokens.")
     response_format: ResponseFormat | None = Field(None, description="Constrain the answer to JSON.")
@@ -128,13 +146,13 @@ class ChatRequest(SamplingFields):
     top_logprobs: int | None = Field(
         None, ge=0, le=MAX_TOP, description="Also the most likely tokens at each position (needs logprobs)."
     )
-    modalities: list[str] | None = Field(None, description="Only ['text'] is supported.")
-    audio: dict[str, Any] | None = Field(None, description="Not supported.")
+    modalities: list[str] | None = unsupported("Only ['text'] is supported.", items={"enum": ["text"]}, maxItems=1)
+    audio: dict[str, Any] | None = unsupported("Not supported.")
     prediction: dict[str, Any] | None = Field(None, description="Accepted and ignored (it cannot change the answer).")
-    reasoning_effort: str | None = Field(None, description="Not supported.")
-    functions: list[dict[str, Any]] | None = Field(None, description="Not supported: use tools.")
-    function_call: str | dict[str, Any] | None = Field(None, description="Not supported: use tool_choice.")
-    web_search_options: dict[str, Any] | None = Field(None, description="Not supported.")
+    reasoning_effort: str | None = unsupported("Not supported.")
+    functions: list[dict[str, Any]] | None = unsupported("Not supported: use tools.")
+    function_call: str | dict[str, Any] | None = unsupported("Not supported: use tool_choice.")
+    web_search_options: dict[str, Any] | None = unsupported("Not supported.")
 
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
@@ -157,8 +175,8 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = Field(
         None, ge=0, le=MAX_TOP, description="Return each token's log-probability and this many likeliest tokens."
     )
-    best_of: int | None = Field(None, ge=1, description="Not supported: only 1 (or n) is accepted.")
-    suffix: str | None = Field(None, description="Not supported: only an empty suffix is accepted.")
+    best_of: int | None = unsupported("Not supported: only 1 (or n) is accepted.", minimum=1, maximum=1)
+    suffix: str | None = unsupported("Not supported: only an empty suffix is accepted.")
 
 
 class CountRequest(Lenient):
