@@ -319,3 +319,14 @@ def test_parameters_that_cannot_change_the_answer_are_accepted(oai):
     assert same.choices[0].message.content == base.choices[0].message.content
     text = oai.completions.create(model=MODEL, prompt="Hi", max_tokens=2, best_of=1, suffix="", user="u")
     assert text.choices[0].text is not None
+
+
+def test_docs_list_every_parameter_of_both_endpoints():
+    from pathlib import Path
+
+    from slmops.server.protocol import ChatRequest, CompletionRequest
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "server.md").read_text(encoding="utf-8")
+    tables = text[text.index("## Parameters") : text.index("## Log-probabilities")]
+    fields = set(ChatRequest.model_fields) | set(CompletionRequest.model_fields)
+    assert not sorted(name for name in fields if f"`{name}`" not in tables)

@@ -125,7 +125,7 @@ class SamplingFields(Lenient):
 
 
 # top_logprobs asks for alternatives to the log-probabilities that logprobs asks for.
-TOP_NEEDS_LOGPROBS = {
+TOP_NEEDS_LOGPROBS: dict[str, Any] = {
     "if": {"properties": {"top_logprobs": {"type": "integer", "minimum": 1}}, "required": ["top_logprobs"]},
     "then": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
 }
