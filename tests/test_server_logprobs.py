@@ -141,7 +141,9 @@ def test_streamed_completion_logprobs_join_to_the_whole_answers(oai):
     assert "".join(choice.text for chunk in chunks for choice in chunk.choices) == whole.text
 
 
-def test_logprobs_follow_the_grammar_mask(oai):
+@pytest.mark.parametrize("path", ["batched", "unbatched"])
+def test_logprobs_follow_the_grammar_mask(path, request):
+    oai = client_for(request.getfixturevalue("client" if path == "batched" else "unbatched"))
     schema = {
         "type": "object",
         "properties": {"city": {"type": "string", "enum": ["Oslo", "Rome"]}},

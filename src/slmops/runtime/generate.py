@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import onnxruntime_genai as og
 
 from slmops.runtime.logprobs import TokenLogprob, next_token, prompt_tokens
@@ -116,6 +117,15 @@ class Matcher(Protocol):
     def get_error(self) -> str: ...
 
 
+class LogitsMask(Protocol):
+    """A grammar's mask over the next token's logits, followed token by token (log-probabilities
+    on a generator, whose own guidance masks only what it samples)."""
+
+    def apply(self, logits: np.ndarray, /) -> np.ndarray: ...
+
+    def consume(self, token: int, /) -> None: ...
+
+
 class Answer:
     """One answer as it is generated: each token in, its :class:`Response` out.
 
@@ -202,6 +212,7 @@ def stream_tokens(
     guidance: tuple[str, str] | None = None,
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
+    mask: LogitsMask | None = None,
 ) -> Iterator[Response]:
     """Generate from prompt token ids on a fresh ``og.Generator``, one :class:`Response` per token.
 
@@ -217,6 +228,7 @@ def stream_tokens(
             "json_schema", "regex" or "lark_grammar"; tokens that break it are masked.
         logprobs: report each token's log-probability with this many alternatives (None: not).
         prompt_logprobs: likewise for the prompt's tokens, on the first response.
+        mask: the ``guidance`` grammar's mask, applied to the logits the log-probabilities come from.
     """
     start = time.perf_counter() if start is None else start
     params = og.GeneratorParams(og_model)
@@ -229,7 +241,7 @@ def stream_tokens(
     scores = None
     if prompt_logprobs is not None:  # appending the prompt computed the logits of all its positions
         scores = prompt_tokens(generator.get_output("logits")[0], ids, prompt_logprobs)
-    yield from decode_loop(generator, answer, logprobs, scores)
+    yield from decode_loop(generator, answer, logprobs, scores, mask)
 
 
 def score_prompt(og_model: og.Model, ids: list[int], top: int, start: float | None = None) -> Iterator[Response]:
@@ -257,19 +269,23 @@ def decode_loop(
     answer: Answer,
     logprobs: int | None = None,
     prompt_scores: list[TokenLogprob] | None = None,
+    mask: LogitsMask | None = None,
 ) -> Iterator[Response]:
     """Step an ``og.Generator`` whose prompt is appended until ``answer`` ends.
 
     The generator's ``max_length`` ends the answer with "length" when ``answer`` has no lower limit.
     With ``logprobs``, each token carries its log-probability under the logits it was picked
-    from (the generator's last output); ``prompt_scores`` go on the first response.
+    from (the generator's last output, masked by ``mask``); ``prompt_scores`` go on the first response.
     """
     while True:
         generator.generate_next_token()
         token = int(generator.get_next_tokens()[0])
         response = answer.add(token, generator.is_done())
         if logprobs is not None and answer.shown(token):
-            response.logprobs = next_token(generator.get_output("logits")[0, -1], token, logprobs)
+            logits = generator.get_output("logits")[0, -1]
+            response.logprobs = next_token(mask.apply(logits) if mask else logits, token, logprobs)
+        if mask is not None:
+            mask.consume(token)
         response.prompt_logprobs, prompt_scores = prompt_scores, None
         yield response
         if response.finish_reason:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from slmops.errors import SlmopsError
-from slmops.runtime.batched import Sequence
+from slmops.runtime.batched import BatchedDecoder, Sequence
 from slmops.runtime.generate import LeadingWhitespace, Response, score_prompt, stream_tokens
 from slmops.runtime.guided import GrammarError, Grammars
 from slmops.runtime.model import Model
@@ -139,15 +142,20 @@ def _job(loaded: Loaded, plan: Plan) -> Job:
         if grammars is not None:
             return _row(loop, plan, options, max_new, _matcher(grammars, plan.guidance, plan.tool_mode))
     # What a row cannot hold runs alone, on the runtime's generator and its own guidance.
-    return Job(_stream(model, plan, options, max_new), loop)
+    return Job(_stream(model, plan, options, max_new, decoder), loop)
 
 
-def _stream(model: Model, plan: Plan, options: GenerationOptions, max_new: int) -> Iterator[Response]:
+def _stream(
+    model: Model, plan: Plan, options: GenerationOptions, max_new: int, decoder: BatchedDecoder | None
+) -> Iterator[Response]:
     start = time.perf_counter()
     if max_new <= 0:
         return score_prompt(model.og_model, plan.ids, plan.prompt_logprobs or 0, start)
     if not plan.ids or (plan.logprobs is None and plan.prompt_logprobs is None):
         return model.stream_generate(plan.ids, guidance=plan.guidance, **plan.options)
+    mask = None
+    if plan.guidance is not None and plan.logprobs is not None:
+        mask = _grammar_mask(model, plan, decoder)
     return stream_tokens(
         model.og_model,
         model.tokenizer,
@@ -159,7 +167,45 @@ def _stream(model: Model, plan: Plan, options: GenerationOptions, max_new: int) 
         plan.guidance,
         plan.logprobs,
         plan.prompt_logprobs,
+        mask,
     )
+
+
+class GrammarMask:
+    """A grammar's mask for the log-probabilities of a generator's answer (its own guidance picks the tokens)."""
+
+    def __init__(self, grammars: Grammars, matcher: LLMatcher) -> None:
+        self.grammars, self.matcher = grammars, matcher
+        self.masks = grammars.masks(1)
+
+    def apply(self, logits: np.ndarray) -> np.ndarray:
+        self.grammars.fill([(self.matcher, 0)], self.masks)
+        return self.grammars.apply(logits, self.masks[0])
+
+    def consume(self, token: int) -> None:
+        self.matcher.consume_token(token)
+
+
+_GRAMMARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _grammar_mask(model: Model, plan: Plan, decoder: BatchedDecoder | None) -> GrammarMask | None:
+    """The mask of ``plan``'s grammar, or None when llguidance cannot read the model's tokenizer."""
+    grammars = decoder.grammars if decoder is not None else None
+    if grammars is None:
+        if model not in _GRAMMARS:
+            _GRAMMARS[model] = _own_grammars(model)
+        grammars = _GRAMMARS[model]
+    if grammars is None or plan.guidance is None:
+        return None
+    return GrammarMask(grammars, _matcher(grammars, plan.guidance, plan.tool_mode))
+
+
+def _own_grammars(model: Model) -> Grammars | None:
+    try:
+        return Grammars(model)
+    except Exception:  # no tokenizer.json, or one llguidance cannot read: logprobs stay unmasked
+        return None
 
 
 def _row(
