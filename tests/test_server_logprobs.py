@@ -203,6 +203,27 @@ def test_echo_scores_match_with_batching_off(unbatched, model, scorer):
     assert np.allclose(answer.choices[0].logprobs.token_logprobs[1:], eval_logprobs(scorer, ids), atol=TOL)
 
 
+def test_text_offsets_point_into_the_echoed_text_past_an_added_bos(tiny_onnx, tmp_path):
+    import shutil
+
+    from tests.test_raw_completion import BOS_TEMPLATE
+
+    folder = shutil.copytree(tiny_onnx, tmp_path / "tiny-bos")
+    tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    (folder / "tokenizer.json").write_text(json.dumps({**tokenizer, "post_processor": BOS_TEMPLATE}), "utf-8")
+    http = serve(folder)
+    try:
+        text = "Hello world, the quick brown fox"
+        answer = client_for(http).completions.create(model="tiny-bos", prompt=text, echo=True, logprobs=1, max_tokens=3)
+    finally:
+        http.__exit__(None, None, None)
+    choice = answer.choices[0]
+    tokens, offsets = choice.logprobs.tokens, choice.logprobs.text_offset
+    assert tokens[0] == "<|im_start|>" and offsets[:2] == [0, 0]  # the BOS is not in the text
+    for token, offset in zip(tokens[1:], offsets[1:]):
+        assert choice.text[offset:].startswith(token) or token.startswith("bytes:"), (token, offset)
+
+
 def test_echo_without_logprobs_returns_the_prompt_text(oai):
     answer = oai.completions.create(model=MODEL, prompt="Hello world", echo=True, max_tokens=0)
     assert answer.choices[0].text == "Hello world" and answer.choices[0].logprobs is None

@@ -26,10 +26,12 @@ from slmops.server.registry import Loaded
 
 @dataclass
 class Prompt:
-    """One prompt: its token ids and the text ``echo`` returns."""
+    """One prompt: its token ids, the text ``echo`` returns, and how many of its first tokens
+    (the BOS a tokenizer adds) are not in that text."""
 
     ids: list[int]
     text: str
+    hidden: int = 0
 
 
 def prompts_of(loaded: Loaded, prompt: str | list) -> list[Prompt]:
@@ -46,7 +48,10 @@ def prompts_of(loaded: Loaded, prompt: str | list) -> list[Prompt]:
 
 
 def _text(loaded: Loaded, text: str) -> Prompt:
-    return Prompt(loaded.model.completion_ids(text), text)
+    model = loaded.model
+    ids = model.completion_ids(text)
+    hidden = len(ids) - len(model.encode(text)) if model.text_prefix_ids else 0
+    return Prompt(ids, text, hidden)
 
 
 def _tokens(loaded: Loaded, ids: list[int]) -> Prompt:
@@ -105,7 +110,7 @@ def _choice(index: int, answer: Collected, echo: Prompt | None, texts: shapes.To
     logprobs = None
     if texts is not None:
         legacy = shapes.LegacyLogprobs(texts)
-        parts = [legacy.add(shapes.prompt_entries(echo.ids, answer.prompt), echo.ids)] if echo else []
+        parts = [legacy.add(shapes.prompt_entries(echo.ids, answer.prompt), echo.ids, echo.hidden)] if echo else []
         logprobs = shapes.join([*parts, legacy.add(list(answer.tokens))])
     return TextChoice.model_validate(
         {"index": index, "text": text, "finish_reason": answer.last.finish_reason or "stop", "logprobs": logprobs}
@@ -131,7 +136,7 @@ async def _chunks(
         lasts[index] = last
         if echo is not None:  # the prompt's log-probabilities come with the first response
             entries = shapes.prompt_entries(echo.ids, last.prompt_logprobs)
-            yield chunk(echo.text, None, legacy.add(entries, echo.ids) if legacy else None)
+            yield chunk(echo.text, None, legacy.add(entries, echo.ids, echo.hidden) if legacy else None)
             echo = None
         if last.text or (legacy is not None and last.logprobs is not None):
             yield chunk(last.text, None, legacy.add([last.logprobs]) if legacy and last.logprobs else None)

@@ -116,10 +116,11 @@ class LegacyLogprobs:
         self.texts = texts
         self.offset = 0
 
-    def add(self, entries: list[TokenLogprob | None], tokens: list[int] | None = None) -> dict:
+    def add(self, entries: list[TokenLogprob | None], tokens: list[int] | None = None, hidden: int = 0) -> dict:
         """The lists for the next tokens; an entry of None (the prompt's first token) has no log-probability.
 
-        ``tokens`` gives the token ids when an entry is None.
+        ``tokens`` gives the token ids when an entry is None; the first ``hidden`` tokens are not
+        in the text (a BOS the tokenizer added to an echoed prompt), so they take no characters.
         """
         body: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for index, entry in enumerate(entries):
@@ -127,7 +128,7 @@ class LegacyLogprobs:
             text, _ = self.texts.of(token)
             body["tokens"].append(text)
             body["text_offset"].append(self.offset)
-            self.offset += len(text)
+            self.offset += len(text) if index >= hidden else 0
             if entry is None:
                 body["token_logprobs"].append(None)
                 body["top_logprobs"].append(None)
