@@ -86,8 +86,8 @@ def plans_for(body: CompletionRequest, prompts: list[Prompt]) -> list[generation
 async def complete(loaded: Loaded, body: CompletionRequest, meta: dict):
     """The answer to a completion request: a :class:`Completion`, or server-sent chunks."""
     prompts = prompts_of(loaded, body.prompt)
-    jobs = choices.start_all(loaded, plans_for(body, prompts))
     texts = await asyncio.to_thread(shapes.texts_for, loaded.model) if body.logprobs is not None else None
+    jobs = choices.start_all(loaded, plans_for(body, prompts))
     echoes = [prompt for prompt in prompts for _ in range(body.n)]
     prompt_tokens = sum(len(prompt.ids) for prompt in prompts)
     if body.stream:

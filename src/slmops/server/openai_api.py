@@ -49,8 +49,8 @@ async def chat_completions(body: ChatRequest, request: Request):
     loaded = await registry(request).get(body.model)
     plan = generation.chat_plan(loaded, body)
     plan.logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    jobs = choices.start_all(loaded, choices.copies(plan, body.n))
     texts = await asyncio.to_thread(logprobs.texts_for, loaded.model) if body.logprobs else None
+    jobs = choices.start_all(loaded, choices.copies(plan, body.n))
     meta = _meta("chatcmpl", loaded.name)
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
