@@ -32,30 +32,30 @@ class TokenLogprob:
     top: list[tuple[int, float]] = field(default_factory=list)
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Natural-log probabilities over the last axis, in float64 (fp16 logits lose nothing)."""
-    values = np.asarray(logits, np.float64)
-    peak = np.max(values, axis=-1, keepdims=True)
-    peak = np.where(np.isfinite(peak), peak, 0.0)
-    shifted = values - peak
-    with np.errstate(divide="ignore"):
-        return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
-
-
-def scored(logprobs: np.ndarray, token: int, top: int) -> TokenLogprob:
-    """``token``'s entry in one row of log-probabilities, with the ``top`` most likely tokens."""
-    best: list[tuple[int, float]] = []
-    if top > 0:
-        count = min(top, len(logprobs))
-        picked = np.argpartition(logprobs, -count)[-count:]
-        picked = picked[np.argsort(-logprobs[picked], kind="stable")]
-        best = [(int(index), float(logprobs[index])) for index in picked]
-    return TokenLogprob(int(token), float(logprobs[token]), best)
+def log_normalizer(logits: np.ndarray) -> float:
+    """``log(sum(exp(logits)))`` of one row: subtracted from a logit, its log-probability."""
+    values = np.asarray(logits, np.float32)
+    peak = float(np.max(values))
+    if not np.isfinite(peak):  # every token masked: nothing has a probability
+        return peak
+    # exp in float32 (fast on a large vocabulary), summed in float64.
+    return peak + float(np.log(np.sum(np.exp(values - peak), dtype=np.float64)))
 
 
 def next_token(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
-    """The log-probability of ``token`` picked from one row of ``logits``."""
-    return scored(log_softmax(logits), token, top)
+    """The log-probability of ``token`` picked from one row of ``logits``, and the ``top`` likeliest tokens.
+
+    Only the normalizer and the few logits reported are computed, never the whole row of
+    log-probabilities: this runs once per token per row.
+    """
+    norm = log_normalizer(logits)
+    best: list[tuple[int, float]] = []
+    if top > 0:
+        count = min(top, len(logits))
+        picked = np.argpartition(logits, -count)[-count:]
+        picked = picked[np.argsort(-logits[picked], kind="stable")]
+        best = [(int(index), float(logits[index]) - norm) for index in picked]
+    return TokenLogprob(int(token), float(logits[token]) - norm, best)
 
 
 def prompt_tokens(logits: np.ndarray, ids: list[int], top: int) -> list[TokenLogprob]:
@@ -67,5 +67,24 @@ def prompt_tokens(logits: np.ndarray, ids: list[int], top: int) -> list[TokenLog
         ids: the tokens those logits were computed on.
         top: alternatives per position.
     """
-    # Row by row: a whole chunk in float64 would take hundreds of MB on a large vocabulary.
-    return [next_token(logits[index], token, top) for index, token in enumerate(ids[1:])]
+    if len(ids) < 2:
+        return []
+    rows = np.asarray(logits[: len(ids) - 1], np.float32)
+    peaks = np.max(rows, axis=-1, keepdims=True)
+    norms = peaks[:, 0] + np.log(np.sum(np.exp(rows - peaks), axis=-1, dtype=np.float64))
+    chosen = rows[np.arange(len(rows)), ids[1:]]
+    best: list[list[tuple[int, float]]] = [[] for _ in rows]
+    if top > 0:
+        count = min(top, rows.shape[-1])
+        picked = np.argpartition(rows, -count, axis=-1)[:, -count:]
+        values = np.take_along_axis(rows, picked, axis=-1)
+        order = np.argsort(-values, axis=-1, kind="stable")
+        picked, values = np.take_along_axis(picked, order, -1), np.take_along_axis(values, order, -1)
+        best = [
+            [(int(token), float(value) - norm) for token, value in zip(tokens, row)]
+            for tokens, row, norm in zip(picked, values, norms)
+        ]
+    return [
+        TokenLogprob(int(token), float(value) - float(norm), alternatives)
+        for token, value, norm, alternatives in zip(ids[1:], chosen, norms, best)
+    ]
