@@ -63,7 +63,7 @@ def main() -> None:
     decoder = BatchedDecoder(model, args.rows, 1024)
     base = model.encode(TEXT)
     prompts = [model.encode(f"Story {index}: ") + base for index in range(args.rows)]
-    scored = model.encode(TEXT * 2)[:240]
+    scored = model.encode(TEXT * 8)[:240]
     plain, logged, fills, scores = [], [], [], []
     for round_ in range(args.rounds):
         order = [(None, plain), (args.top, logged)]
@@ -72,7 +72,7 @@ def main() -> None:
         fills.append(prefill(decoder, model, scored, None))
         scores.append(prefill(decoder, model, scored, args.top))
     step, with_logprobs = statistics.median(plain), statistics.median(logged)
-    print(f"CPU: {describe_cpu()}; load average {os.getloadavg()[0]:.1f}; {model.name}, {args.rows} rows")
+    print(f"CPU: {describe_cpu().label}; load average {os.getloadavg()[0]:.1f}; {model.name}, {args.rows} rows")
     print(
         f"decode step, {args.rows} rows: {step * 1e3:.1f} ms plain, {with_logprobs * 1e3:.1f} ms with logprobs "
         f"(top {args.top}): {with_logprobs / step:.3f}x"
