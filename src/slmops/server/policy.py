@@ -18,15 +18,18 @@ from slmops.server.protocol import ChatRequest, CompletionRequest, SamplingField
 def check(request: SamplingFields) -> None:
     """Raises APIError (400, naming the parameter) for a parameter slmops would have to ignore."""
     for name, why in _refused(request):
-        raise APIError(400, f"{name} is not supported by slmops: {why}", name, "unsupported_parameter")
+        raise APIError(400, f"Unsupported parameter {name}: {why}", name, "unsupported_parameter")
 
 
 def _refused(request: SamplingFields):
     for name in ("frequency_penalty", "presence_penalty"):
         if getattr(request, name):
-            yield name, "send 0 or leave it out; repetition_penalty (above 1) discourages repeats."
+            yield (
+                name,
+                "slmops does not implement it; send 0 or leave it out (repetition_penalty above 1 discourages repeats).",
+            )
     if request.logit_bias:
-        yield "logit_bias", "send an empty map or leave it out."
+        yield "logit_bias", "slmops does not implement it; send {} or leave it out."
     if isinstance(request, ChatRequest):
         yield from _chat(request)
     if isinstance(request, CompletionRequest):
@@ -34,24 +37,24 @@ def _refused(request: SamplingFields):
 
 
 def _chat(request: ChatRequest):
-    unsupported: dict[str, Any] = {
-        "audio": request.audio,
-        "reasoning_effort": request.reasoning_effort,
-        "functions": request.functions,
-        "function_call": request.function_call,
-        "web_search_options": request.web_search_options,
+    unsupported: dict[str, tuple[Any, str]] = {
+        "audio": (request.audio, "slmops answers in text only."),
+        "reasoning_effort": (request.reasoning_effort, "slmops does not implement it; leave it out."),
+        "functions": (request.functions, "slmops takes functions as tools."),
+        "function_call": (request.function_call, "slmops takes tool_choice instead."),
+        "web_search_options": (request.web_search_options, "slmops does not search the web."),
     }
-    for name, value in unsupported.items():
+    for name, (value, why) in unsupported.items():
         if value:
-            yield name, "leave it out (use tools and tool_choice for function calls)."
+            yield name, why
     if request.modalities and set(request.modalities) != {"text"}:
-        yield "modalities", "only ['text'] is available."
+        yield "modalities", "slmops answers in text only: send ['text']."
     if request.top_logprobs and not request.logprobs:
         yield "top_logprobs", "it needs logprobs: true."
 
 
 def _completion(request: CompletionRequest):
     if request.best_of not in (None, 1, request.n):
-        yield "best_of", "only 1 (or n) is available; ask for n choices instead."
+        yield "best_of", "slmops does not rank candidates; send 1, or ask for n choices."
     if request.suffix:
-        yield "suffix", "insertion is not available; send the text to continue as prompt."
+        yield "suffix", "slmops does not insert text; send an empty suffix or leave it out."
