@@ -197,6 +197,37 @@ def test_echo_with_max_tokens_0_scores_a_continuation_as_slmops_eval_does(chunk,
     assert answer.choices[0].text == model.decode(ids)
 
 
+def test_the_loglikelihood_request_of_lm_evaluation_harness(client, model, scorer):
+    # lm-evaluation-harness's local-completions: a batch of token-id prompts, echo, one token generated
+    # and dropped ([ctxlen:-1]), greedy when each token's logprob is the top of its position.
+    pairs = [("The quick brown", " fox jumps"), ("Hello", " world, this is")]
+    prompts = [model.encode(context) + model.encode(rest) for context, rest in pairs]
+    greedy_answer = model.generate(model.encode("Hello"), max_tokens=3, temperature=0, repetition_penalty=1.0)
+    pairs.append(("Hello", ""))
+    prompts.append(model.encode("Hello") + greedy_answer.tokens)  # a continuation greedy by construction
+    verdicts = []
+    body = {
+        "model": MODEL,
+        "prompt": prompts,
+        "temperature": 0,
+        "max_tokens": 1,
+        "logprobs": 1,
+        "seed": 1234,
+        "echo": True,
+    }
+    choices = sorted(client.post("/v1/completions", json=body).json()["choices"], key=lambda choice: choice["index"])
+    for choice, ids, (context, _) in zip(choices, prompts, pairs):
+        start = len(model.encode(context))
+        found, tops = choice["logprobs"]["token_logprobs"][start:-1], choice["logprobs"]["top_logprobs"][start:-1]
+        expected = eval_logprobs(scorer, ids)[start - 1 :]
+        assert sum(found) == pytest.approx(float(expected.sum()), abs=1e-3)
+        table = scorer.scored(0, np.asarray(ids), 0)
+        greedy = all(int(np.argmax(table[index])) == ids[index + 1] for index in range(start - 1, len(ids) - 1))
+        assert all(value == max(top.values()) for value, top in zip(found, tops)) == greedy
+        verdicts.append(greedy)
+    assert verdicts[-1] and not all(verdicts)
+
+
 def test_echo_scores_match_with_batching_off(unbatched, model, scorer):
     ids = model.encode("Hello world, this is a test")
     answer = client_for(unbatched).completions.create(model=MODEL, prompt=ids, echo=True, logprobs=0, max_tokens=0)
