@@ -304,3 +304,30 @@ def test_32_concurrent_streams_complete_or_get_429_without_mixing(server):
     assert server.metric("slmops_active_sequences") == 0 and server.metric("slmops_queue_depth") == 0
     rss_after = server.metric("slmops_process_resident_memory_bytes")
     assert rss_after < rss_before + 200 * 2**20, (rss_before, rss_after)
+
+
+def test_logprobs_echo_scoring_and_n_choices(oai):
+    def score(continuation: str) -> float:
+        context = "The capital of France is"
+        answer = oai.completions.create(model=MODEL, prompt=context + continuation, echo=True, logprobs=1, max_tokens=0)
+        found = answer.choices[0].logprobs
+        assert found.token_logprobs[0] is None and answer.choices[0].text == context + continuation
+        return sum(value for value, offset in zip(found.token_logprobs, found.text_offset) if offset >= len(context))
+
+    assert score(" Paris") > score(" banana") + 2
+    answer = oai.chat.completions.create(
+        model=MODEL,
+        messages=HI,
+        max_tokens=8,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+        n=2,
+        extra_body={"repetition_penalty": 1.0},  # the model's default penalty would move greedy off the top token
+    )
+    assert len(answer.choices) == 2 and answer.choices[0].message.content == answer.choices[1].message.content
+    for entry in answer.choices[0].logprobs.content:  # greedy picks the likeliest token of the logits it reports
+        assert entry.top_logprobs[0].token == entry.token and entry.logprob == entry.top_logprobs[0].logprob
+    assert answer.usage.completion_tokens == 2 * len(answer.choices[0].logprobs.content) + sum(
+        choice.finish_reason == "stop" for choice in answer.choices
+    )

@@ -36,6 +36,7 @@ import numpy as np
 
 from slmops.runtime.generate import Answer, Response
 from slmops.runtime.guided import Grammars
+from slmops.runtime.logprobs import TokenLogprob, next_token, prompt_tokens
 from slmops.runtime.model import Model
 from slmops.runtime.options import GenerationOptions
 from slmops.runtime.sampling import Sampler
@@ -64,6 +65,10 @@ class Sequence:
         tokens: the tokens generated so far.
         row: its row of the KV cache.
         matcher: the grammar the answer follows, if any.
+        logprobs: alternatives to report with each generated token's log-probability;
+            None reports none.
+        prompt_logprobs: likewise for the prompt's tokens (reported on the first response);
+            with ``max_new`` 0 the prompt is only scored.
         sampler, answer: what picks its tokens and what makes them responses; set by
             :meth:`BatchedDecoder.add`.
     """
@@ -76,6 +81,9 @@ class Sequence:
     row: int = -1
     filled: int = 0  # prompt tokens already in the row's KV cache
     matcher: LLMatcher | None = None
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    prompt_scores: list[TokenLogprob] = field(default_factory=list, repr=False)
     sampler: Sampler = field(init=False, repr=False)
     answer: Answer = field(init=False, repr=False)
 
@@ -240,6 +248,8 @@ class BatchedDecoder:
             ids[offset, : len(sequence.prompt)] = sequence.prompt
             mask[offset, : len(sequence.prompt)] = 1
         logits = self._run_prompt(ids, mask, first, group)
+        for offset, sequence in enumerate(group):
+            self._score_prompt(sequence, logits[offset], 0, len(sequence.prompt))
         rows = [
             self._mask(sequence, logits[offset, len(sequence.prompt) - 1], sequence.row)
             for offset, sequence in enumerate(group)
@@ -256,6 +266,7 @@ class BatchedDecoder:
         ids = np.array([sequence.prompt[sequence.filled : end]], np.int64)
         last = end == len(sequence.prompt)
         logits = self._run_prompt(ids, np.ones((1, end), np.int64), sequence.row, [sequence] if last else [])
+        self._score_prompt(sequence, logits[0], sequence.filled, end)
         sequence.filled = end
         if not last:
             return []
@@ -265,6 +276,13 @@ class BatchedDecoder:
             self._move(sequence, len(self.running), end)
         self.running.append(sequence)
         return [(sequence, self._emit(sequence, row))]
+
+    def _score_prompt(self, sequence: Sequence, logits: np.ndarray, start: int, end: int) -> None:
+        """Score the prompt tokens that ``logits`` (of positions ``start..end``) predict, when asked."""
+        if sequence.prompt_logprobs is not None:
+            # The last position of a chunk predicts the first token of the next one.
+            scored = prompt_tokens(logits, sequence.prompt[start : end + 1], sequence.prompt_logprobs)
+            sequence.prompt_scores.extend(scored)
 
     def _run_prompt(self, ids: np.ndarray, mask: np.ndarray, first: int, guided: list[Sequence]) -> np.ndarray:
         io = self.session.io_binding()
@@ -322,9 +340,16 @@ class BatchedDecoder:
         return grammars, self.masks
 
     def _emit(self, sequence: Sequence, logits: np.ndarray) -> Response:
-        token = sequence.sampler.sample(logits, sequence.prompt, sequence.tokens)
-        sequence.tokens.append(token)
-        response = sequence.answer.add(token, sequence.length >= self.max_length)
+        if sequence.max_new <= 0:  # the prompt is only scored
+            response = sequence.answer.nothing()
+        else:
+            token = sequence.sampler.sample(logits, sequence.prompt, sequence.tokens)
+            sequence.tokens.append(token)
+            response = sequence.answer.add(token, sequence.length >= self.max_length)
+            if sequence.logprobs is not None and sequence.answer.shown(token):
+                response.logprobs = next_token(logits, token, sequence.logprobs)
+        if sequence.prompt_logprobs is not None and len(sequence.tokens) <= 1:
+            response.prompt_logprobs = sequence.prompt_scores
         if response.finish_reason:
             self.remove(sequence)
         return response

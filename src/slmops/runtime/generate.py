@@ -23,8 +23,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import onnxruntime_genai as og
 
+from slmops.runtime.logprobs import TokenLogprob, next_token, prompt_tokens
 from slmops.runtime.options import GenerationOptions
 
 
@@ -44,6 +46,9 @@ class Response:
         finish_reason: None until the last response, then "stop" (a stop token or
             string, or a grammar that is complete or broken) or "length" (max_tokens
             or the context is full).
+        logprobs: the token's log-probability and the likeliest alternatives, when asked for.
+        prompt_logprobs: on the first response, when asked for: each prompt token's
+            log-probability after the tokens before it (the first token has none).
     """
 
     text: str
@@ -54,6 +59,8 @@ class Response:
     decode_tokens_per_s: float
     elapsed_s: float
     finish_reason: str | None = None
+    logprobs: TokenLogprob | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,15 @@ class Matcher(Protocol):
     def is_stopped(self) -> bool: ...
 
     def get_error(self) -> str: ...
+
+
+class LogitsMask(Protocol):
+    """A grammar's mask over the next token's logits, followed token by token (log-probabilities
+    on a generator, whose own guidance masks only what it samples)."""
+
+    def apply(self, logits: np.ndarray, /) -> np.ndarray: ...
+
+    def consume(self, token: int, /) -> None: ...
 
 
 class Answer:
@@ -175,6 +191,15 @@ class Answer:
         rate = (count - 1) / (now - first) if count > 1 and now > first else 0.0
         return Response(text, token, self.prompt_tokens, count, first - self.start, rate, now - self.start, finish)
 
+    def nothing(self) -> Response:
+        """The one response of an answer of no tokens (max_tokens 0: the prompt is only scored)."""
+        elapsed = time.perf_counter() - self.start
+        return Response("", -1, self.prompt_tokens, 0, elapsed, 0.0, elapsed, "length")
+
+    def shown(self, token: int) -> bool:
+        """Whether ``token`` belongs to the answer: a stop token ending it does not."""
+        return token not in self.stop_ids
+
 
 def stream_tokens(
     og_model: og.Model,
@@ -185,6 +210,9 @@ def stream_tokens(
     stop_ids: Iterable[int] = (),
     start: float | None = None,
     guidance: tuple[str, str] | None = None,
+    logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
+    mask: LogitsMask | None = None,
 ) -> Iterator[Response]:
     """Generate from prompt token ids on a fresh ``og.Generator``, one :class:`Response` per token.
 
@@ -198,6 +226,9 @@ def stream_tokens(
             that tokenizing the prompt counts in the time to first token.
         guidance: an onnxruntime-genai grammar, ``(type, data)`` with type
             "json_schema", "regex" or "lark_grammar"; tokens that break it are masked.
+        logprobs: report each token's log-probability with this many alternatives (None: not).
+        prompt_logprobs: likewise for the prompt's tokens, on the first response.
+        mask: the ``guidance`` grammar's mask, applied to the logits the log-probabilities come from.
     """
     start = time.perf_counter() if start is None else start
     params = og.GeneratorParams(og_model)
@@ -207,17 +238,55 @@ def stream_tokens(
     generator = og.Generator(og_model, params)
     generator.append_tokens(ids)
     answer = Answer(tokenizer.create_stream(), len(ids), start, stop_ids, options.stop)
-    yield from decode_loop(generator, answer)
+    scores = None
+    if prompt_logprobs is not None:  # appending the prompt computed the logits of all its positions
+        scores = prompt_tokens(generator.get_output("logits")[0], ids, prompt_logprobs)
+    yield from decode_loop(generator, answer, logprobs, scores, mask)
 
 
-def decode_loop(generator: og.Generator, answer: Answer) -> Iterator[Response]:
+def score_prompt(og_model: og.Model, ids: list[int], top: int, start: float | None = None) -> Iterator[Response]:
+    """The one response of an answer of no tokens, carrying the log-probability of each prompt token."""
+    start = time.perf_counter() if start is None else start
+    scores = []
+    if len(ids) > 1:  # a lone token has nothing before it to be scored after
+        params = og.GeneratorParams(og_model)
+        params.set_search_options(max_length=len(ids), num_beams=1, do_sample=False)
+        generator = og.Generator(og_model, params)
+        generator.append_tokens(ids)
+        scores = prompt_tokens(generator.get_output("logits")[0], ids, top)
+    response = Answer(_NoText(), len(ids), start).nothing()
+    response.prompt_logprobs = scores
+    yield response
+
+
+class _NoText:
+    def decode(self, token: int, /) -> str:
+        return ""
+
+
+def decode_loop(
+    generator: og.Generator,
+    answer: Answer,
+    logprobs: int | None = None,
+    prompt_scores: list[TokenLogprob] | None = None,
+    mask: LogitsMask | None = None,
+) -> Iterator[Response]:
     """Step an ``og.Generator`` whose prompt is appended until ``answer`` ends.
 
     The generator's ``max_length`` ends the answer with "length" when ``answer`` has no lower limit.
+    With ``logprobs``, each token carries its log-probability under the logits it was picked
+    from (the generator's last output, masked by ``mask``); ``prompt_scores`` go on the first response.
     """
     while True:
         generator.generate_next_token()
-        response = answer.add(int(generator.get_next_tokens()[0]), generator.is_done())
+        token = int(generator.get_next_tokens()[0])
+        response = answer.add(token, generator.is_done())
+        if logprobs is not None and answer.shown(token):
+            logits = generator.get_output("logits")[0, -1]
+            response.logprobs = next_token(mask.apply(logits) if mask else logits, token, logprobs)
+        if mask is not None:
+            mask.consume(token)
+        response.prompt_logprobs, prompt_scores = prompt_scores, None
         yield response
         if response.finish_reason:
             return

@@ -13,14 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from slmops.errors import SlmopsError
-from slmops.runtime.batched import Sequence
-from slmops.runtime.generate import LeadingWhitespace, Response
+from slmops.runtime.batched import BatchedDecoder, Sequence
+from slmops.runtime.generate import LeadingWhitespace, Response, score_prompt, stream_tokens
 from slmops.runtime.guided import GrammarError, Grammars
+from slmops.runtime.model import Model
 from slmops.runtime.options import GenerationOptions
 from slmops.server import tools
 from slmops.server.errors import APIError, from_slmops
@@ -36,22 +40,25 @@ log = logging.getLogger("slmops.server")
 
 @dataclass
 class Plan:
-    """What to generate: prompt token ids, options, and an optional decode-time grammar."""
+    """What to generate: prompt token ids, options, and an optional decode-time grammar.
+
+    ``logprobs`` / ``prompt_logprobs``: alternatives to report with each answer / prompt
+    token's log-probability (None: no log-probabilities). ``max_new`` 0 generates nothing
+    (the prompt is only scored).
+    """
 
     ids: list[int]
     options: dict
     guidance: tuple[str, str] | None = None
     tool_mode: tools.ToolMode | None = None
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    max_new: int | None = None
 
 
 def options_for(request: SamplingFields, max_tokens: int | None = None) -> dict:
     """GenerationOptions overrides for a request (None keeps the model's default)."""
     stop = request.stop
-    penalty = request.repetition_penalty
-    if penalty is None:
-        # onnxruntime-genai has one repetition penalty: OpenAI's two map onto it.
-        strongest = max(request.presence_penalty or 0.0, request.frequency_penalty or 0.0)
-        penalty = 1.0 + strongest / 2 if strongest > 0 else None
     seed = request.seed if request.seed is not None else request.random_seed
     return {
         "max_tokens": max_tokens or request.max_tokens or DEFAULT_MAX_TOKENS,
@@ -60,7 +67,7 @@ def options_for(request: SamplingFields, max_tokens: int | None = None) -> dict:
         "top_k": request.top_k,
         "seed": seed,
         "stop": tuple([stop] if isinstance(stop, str) else stop or ()) or None,
-        "repetition_penalty": penalty,
+        "repetition_penalty": request.repetition_penalty,
     }
 
 
@@ -130,6 +137,7 @@ def _job(loaded: Loaded, plan: Plan) -> Job:
         )
     options = model.options(**plan.options)
     max_new = min(options.max_tokens or DEFAULT_MAX_TOKENS, model.context_length - len(plan.ids))
+    max_new = max_new if plan.max_new is None else min(plan.max_new, max_new)
     if decoder is not None and plan.ids and decoder.fits(len(plan.ids), max_new):
         if plan.guidance is None:
             return _row(loop, plan, options, max_new, None)
@@ -137,14 +145,84 @@ def _job(loaded: Loaded, plan: Plan) -> Job:
         if grammars is not None:
             return _row(loop, plan, options, max_new, _matcher(grammars, plan.guidance, plan.tool_mode))
     # What a row cannot hold runs alone, on the runtime's generator and its own guidance.
-    stream = model.stream_generate(plan.ids, guidance=plan.guidance, **plan.options)
-    return Job(stream, loop)
+    return Job(_stream(model, plan, options, max_new, decoder), loop)
+
+
+def _stream(
+    model: Model, plan: Plan, options: GenerationOptions, max_new: int, decoder: BatchedDecoder | None
+) -> Iterator[Response]:
+    start = time.perf_counter()
+    if max_new <= 0:
+        return score_prompt(model.og_model, plan.ids, plan.prompt_logprobs or 0, start)
+    if not plan.ids or (plan.logprobs is None and plan.prompt_logprobs is None):
+        return model.stream_generate(plan.ids, guidance=plan.guidance, **plan.options)
+    mask = None
+    if plan.guidance is not None and plan.logprobs is not None:
+        mask = _grammar_mask(model, plan, decoder)
+    return stream_tokens(
+        model.og_model,
+        model.tokenizer,
+        plan.ids,
+        options,
+        model.context_length,
+        model.stop_token_ids,
+        start,
+        plan.guidance,
+        plan.logprobs,
+        plan.prompt_logprobs,
+        mask,
+    )
+
+
+class GrammarMask:
+    """A grammar's mask for the log-probabilities of a generator's answer (its own guidance picks the tokens)."""
+
+    def __init__(self, grammars: Grammars, matcher: LLMatcher) -> None:
+        self.grammars, self.matcher = grammars, matcher
+        self.masks = grammars.masks(1)
+
+    def apply(self, logits: np.ndarray) -> np.ndarray:
+        self.grammars.fill([(self.matcher, 0)], self.masks)
+        return self.grammars.apply(logits, self.masks[0])
+
+    def consume(self, token: int) -> None:
+        self.matcher.consume_token(token)
+
+
+_GRAMMARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _grammar_mask(model: Model, plan: Plan, decoder: BatchedDecoder | None) -> GrammarMask | None:
+    """The mask of ``plan``'s grammar, or None when llguidance cannot read the model's tokenizer."""
+    grammars = decoder.grammars if decoder is not None else None
+    if grammars is None:
+        if model not in _GRAMMARS:
+            _GRAMMARS[model] = _own_grammars(model)
+        grammars = _GRAMMARS[model]
+    if grammars is None or plan.guidance is None:
+        return None
+    return GrammarMask(grammars, _matcher(grammars, plan.guidance, plan.tool_mode))
+
+
+def _own_grammars(model: Model) -> Grammars | None:
+    try:
+        return Grammars(model)
+    except Exception:  # no tokenizer.json, or one llguidance cannot read: logprobs stay unmasked
+        return None
 
 
 def _row(
     loop: asyncio.AbstractEventLoop, plan: Plan, options: GenerationOptions, max_new: int, matcher: LLMatcher | None
 ) -> Job:
-    sequence = Sequence(list(plan.ids), options, max_new, time.perf_counter(), matcher=matcher)
+    sequence = Sequence(
+        list(plan.ids),
+        options,
+        max_new,
+        time.perf_counter(),
+        matcher=matcher,
+        logprobs=plan.logprobs,
+        prompt_logprobs=plan.prompt_logprobs,
+    )
     return Job(None, loop, sequence=sequence)
 
 

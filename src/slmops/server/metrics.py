@@ -61,7 +61,7 @@ class Metrics:
     def token(self, response, previous_elapsed: float | None) -> None:
         """Record one generated token (``previous_elapsed`` is None for the first)."""
         with self.lock:
-            self.completion_tokens += 1
+            self.completion_tokens += min(1, response.completion_tokens)  # an answer of max_tokens 0 has none
             if previous_elapsed is None:
                 self.prompt_tokens += response.prompt_tokens
                 self.ttft.observe(response.ttft_s)

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from slmops.errors import SlmopsError
 from slmops.runtime.generate import Response
-from slmops.server import generation, tools
+from slmops.server import choices, completion, generation, logprobs, policy, tools
 from slmops.server.errors import APIError, from_slmops
 from slmops.server.protocol import (
     AnswerMessage,
@@ -26,7 +26,6 @@ from slmops.server.protocol import (
     ErrorResponse,
     ModelCard,
     ModelList,
-    TextChoice,
     Usage,
 )
 from slmops.server.registry import Registry
@@ -46,38 +45,38 @@ def registry(request: Request) -> Registry:
 )
 async def chat_completions(body: ChatRequest, request: Request):
     """Answer a chat; with ``stream`` the answer comes as server-sent events."""
+    policy.check(body)
     loaded = await registry(request).get(body.model)
     plan = generation.chat_plan(loaded, body)
-    job = generation.start(loaded, plan)
+    plan.logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    texts = await asyncio.to_thread(logprobs.texts_for, loaded.model) if body.logprobs else None
+    jobs = choices.start_all(loaded, choices.copies(plan, body.n))
     meta = _meta("chatcmpl", loaded.name)
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _sse(_chat_chunks(job, plan, meta, usage))
-    text, last = await _collect(job, strip_leading=True)
-    calls = plan.tool_mode.calls(text) if plan.tool_mode else None
-    finish = "tool_calls" if calls else last.finish_reason or "stop"
-    message = AnswerMessage(content=None if calls else text, tool_calls=calls)
-    return ChatCompletion(**meta, choices=[ChatChoice(message=message, finish_reason=finish)], usage=_usage(last))
+        lasts: dict[int, Response] = {}
+        streams = [_chat_chunks(job, plan, meta, usage, index, texts, lasts) for index, job in enumerate(jobs)]
+        return _sse(_chat_usage(choices.merge(streams), meta, usage, lasts))
+    answers = await choices.collect_all(jobs, strip_leading=True)
+    made = [_chat_choice(index, answer, plan, texts) for index, answer in enumerate(answers)]
+    return ChatCompletion(**meta, choices=made, usage=_usage_of([answer.last for answer in answers]))
+
+
+def _chat_choice(index: int, answer: choices.Collected, plan, texts) -> ChatChoice:
+    calls = plan.tool_mode.calls(answer.text) if plan.tool_mode else None
+    finish = "tool_calls" if calls else answer.last.finish_reason or "stop"
+    message = AnswerMessage(content=None if calls else answer.text, tool_calls=calls)
+    found = logprobs.chat_logprobs(answer.tokens, texts) if texts is not None else None
+    return ChatChoice.model_validate({"index": index, "message": message, "finish_reason": finish, "logprobs": found})
 
 
 @router.post("/v1/completions", response_model=Completion, responses={200: {"content": {"text/event-stream": {}}}})
 async def completions(body: CompletionRequest, request: Request):
     """Continue a prompt as plain text (no chat template)."""
+    policy.check(body)
     loaded = await registry(request).get(body.model)
-    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-    try:
-        ids = loaded.model.completion_ids(prompt)
-    except SlmopsError as exc:
-        raise from_slmops(exc) from exc
-    plan = generation.Plan(ids, generation.options_for(body))
-    job = generation.start(loaded, plan)
-    meta = _meta("cmpl", loaded.name)
-    if body.stream:
-        usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _sse(_text_chunks(job, meta, usage, prompt if body.echo else ""))
-    text, last = await _collect(job)
-    choice = TextChoice(text=(prompt if body.echo else "") + text, finish_reason=last.finish_reason or "stop")
-    return Completion(**meta, choices=[choice], usage=_usage(last))
+    answer = await completion.complete(loaded, body, _meta("cmpl", loaded.name))
+    return answer if isinstance(answer, Completion) else _sse(answer)
 
 
 @router.get("/v1/models", response_model=ModelList)
@@ -109,6 +108,13 @@ def _meta(prefix: str, model: str) -> dict:
     return {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
 
 
+def _usage_of(lasts: list[Response]) -> Usage:
+    """Usage of ``n`` answers to one prompt: the prompt counts once, every answer's tokens count."""
+    prompt = lasts[0].prompt_tokens if lasts else 0
+    completion_tokens = sum(last.completion_tokens for last in lasts)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion_tokens, total_tokens=prompt + completion_tokens)
+
+
 def _usage(last: Response | None) -> Usage:
     prompt, completion = (last.prompt_tokens, last.completion_tokens) if last else (0, 0)
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
@@ -138,12 +144,34 @@ def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
     )
 
 
-async def _chat_chunks(job, plan, meta: dict, include_usage: bool) -> AsyncIterator[dict]:
+async def _chat_usage(
+    chunks: AsyncIterator[dict], meta: dict, include_usage: bool, lasts: dict[int, Response]
+) -> AsyncIterator[dict]:
+    async for item in chunks:
+        yield item
+    if include_usage:
+        usage = _usage_of(list(lasts.values())).model_dump()
+        yield {**meta, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+
+
+async def _chat_chunks(
+    job,
+    plan,
+    meta: dict,
+    include_usage: bool,
+    index: int = 0,
+    texts: logprobs.TokenTexts | None = None,
+    lasts: dict[int, Response] | None = None,
+) -> AsyncIterator[dict]:
+    pending: list = []  # the log-probabilities of the tokens not yet sent
+
     def chunk(delta: dict, finish: str | None = None) -> dict:
+        found = logprobs.chat_logprobs(pending, texts) if texts is not None and pending else None
+        pending.clear()
         body = {
             **meta,
             "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": found}],
         }
         return body | ({"usage": None} if include_usage else {})
 
@@ -162,7 +190,13 @@ async def _chat_chunks(job, plan, meta: dict, include_usage: bool) -> AsyncItera
             }
         )
     async for last in generation.responses(job, strip_leading=True):
+        if lasts is not None:
+            lasts[index] = last
+        if last.logprobs is not None:
+            pending.append(last.logprobs)
         if not last.text:
+            if pending and not stream_args and answer is None:
+                yield chunk({"content": ""})
             continue
         if stream_args:
             yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": last.text}}]})
@@ -179,25 +213,3 @@ async def _chat_chunks(job, plan, meta: dict, include_usage: bool) -> AsyncItera
     elif stream_args:
         finish = "tool_calls"
     yield chunk({}, finish)
-    if include_usage:
-        yield {**meta, "object": "chat.completion.chunk", "choices": [], "usage": _usage(last).model_dump()}
-
-
-async def _text_chunks(job, meta: dict, include_usage: bool, echo: str) -> AsyncIterator[dict]:
-    def chunk(text: str, finish: str | None = None) -> dict:
-        body = {
-            **meta,
-            "object": "text_completion",
-            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-        }
-        return body | ({"usage": None} if include_usage else {})
-
-    if echo:
-        yield chunk(echo)
-    last = None
-    async for last in generation.responses(job):
-        if last.text:
-            yield chunk(last.text)
-    yield chunk("", (last.finish_reason if last else None) or "stop")
-    if include_usage:
-        yield {**meta, "object": "text_completion", "choices": [], "usage": _usage(last).model_dump()}

@@ -2,8 +2,9 @@
 
 Every request is parsed into one of these models, so validation errors, the
 OpenAPI document at /openapi.json and the code all come from one place. Fields
-OpenAI defines but slmops does not use are accepted and ignored, so clients that
-send them keep working.
+OpenAI defines that cannot change the answer (``user``, ``metadata``, ``store``, ...)
+are accepted and ignored, so clients that send them keep working; those that would
+change it and slmops does not implement are refused by :mod:`slmops.server.policy`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,23 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from slmops.runtime.logprobs import MAX_TOP
+
+MAX_PROMPTS = 64  # prompts in one completion request
+# Choices per request: each is a row of the batch.
+MAX_N = 16
 # Answers are capped unless the client asks for more: an uncapped request would
 # reserve a KV cache for the whole context (hundreds of MB on an 8k model).
 DEFAULT_MAX_TOKENS = 512
+
+
+def unsupported(description: str, **schema: Any) -> Any:
+    """A field slmops refuses unless it is empty or neutral (:mod:`slmops.server.policy` says why, naming it).
+
+    The OpenAPI document shows only the accepted values; ``schema`` narrows a number's range.
+    """
+    empty = {"maxLength": 0, "maxItems": 0, "maxProperties": 0}
+    return Field(None, description=description, json_schema_extra={**empty, **schema})
 
 
 class Lenient(BaseModel):
@@ -96,16 +111,29 @@ class SamplingFields(Lenient):
     stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(
         None, description="Up to 4 strings that end the answer."
     )
-    presence_penalty: float | None = Field(None, ge=-2, le=2, description="Above 0 discourages repeats.")
-    frequency_penalty: float | None = Field(None, ge=-2, le=2, description="Above 0 discourages repeats.")
+    presence_penalty: float | None = unsupported("Not supported: only 0 is accepted.", minimum=0, maximum=0)
+    frequency_penalty: float | None = unsupported("Not supported: only 0 is accepted.", minimum=0, maximum=0)
+    logit_bias: dict[str, float] | None = unsupported("Not supported: only an empty map is accepted.")
     repetition_penalty: float | None = Field(
         None, gt=0, le=10, description="Above 1 discourages repeats (wins over the penalties above)."
     )
-    n: int = Field(1, ge=1, le=1, description="Number of answers; only 1 is supported.")
+    n: int = Field(1, ge=1, le=MAX_N, description="Answers to generate, each a choice (rows of one batch).")
     user: str | None = Field(None, description="An end-user id (ignored).")
+    metadata: dict[str, Any] | None = Field(None, description="Accepted and ignored.")
+    store: bool | None = Field(None, description="Accepted and ignored: nothing is stored.")
+    service_tier: str | None = Field(None, description="Accepted and ignored.")
+
+
+# top_logprobs asks for alternatives to the log-probabilities that logprobs asks for.
+TOP_NEEDS_LOGPROBS: dict[str, Any] = {
+    "if": {"properties": {"top_logprobs": {"type": "integer", "minimum": 1}}, "required": ["top_logprobs"]},
+    "then": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
+}
 
 
 class ChatRequest(SamplingFields):
+    model_config = ConfigDict(json_schema_extra=TOP_NEEDS_LOGPROBS)
+
     messages: list[Message] = Field(min_length=1, description="The conversation so far.")
     max_completion_tokens: int | None = Field(None, ge=1, description="Newer name for max_tokens.")
     response_format: ResponseFormat | None = Field(None, description="Constrain the answer to JSON.")
@@ -114,13 +142,41 @@ class ChatRequest(SamplingFields):
         None, description="none, auto (default with tools), required, or a named function."
     )
     parallel_tool_calls: bool | None = Field(None, description="Accepted; at most one call is made per answer.")
+    logprobs: bool | None = Field(None, description="Return each answer token's log-probability.")
+    top_logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP, description="Also the most likely tokens at each position (needs logprobs)."
+    )
+    modalities: list[str] | None = unsupported("Only ['text'] is supported.", items={"enum": ["text"]}, maxItems=1)
+    audio: dict[str, Any] | None = unsupported("Not supported.")
+    prediction: dict[str, Any] | None = Field(None, description="Accepted and ignored (it cannot change the answer).")
+    reasoning_effort: str | None = unsupported("Not supported.")
+    functions: list[dict[str, Any]] | None = unsupported("Not supported: use tools.")
+    function_call: str | dict[str, Any] | None = unsupported("Not supported: use tool_choice.")
+    web_search_options: dict[str, Any] | None = unsupported("Not supported.")
+
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
-        description="The text to continue (a list must hold exactly one string)."
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]
+    ) = Field(
+        description="The text to continue: a string, a list of strings, token ids, or a list of token-id lists "
+        "(each prompt its own choices)."
     )
-    echo: bool = Field(False, description="Return the prompt before the completion.")
+    max_tokens: int | None = Field(
+        None, ge=0, description=f"Most tokens to generate (default {DEFAULT_MAX_TOKENS}); 0 only scores the prompt."
+    )
+    echo: bool = Field(False, description="Return the prompt before the completion (with its logprobs).")
+    logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP, description="Return each token's log-probability and this many likeliest tokens."
+    )
+    best_of: int | None = unsupported("Not supported: only 1 (or n) is accepted.", minimum=1, maximum=1)
+    suffix: str | None = unsupported("Not supported: only an empty suffix is accepted.")
 
 
 class CountRequest(Lenient):
@@ -144,18 +200,40 @@ class AnswerMessage(BaseModel):
     tool_calls: list[ToolCall] | None = Field(None, description="The calls the model made.")
 
 
+class TopLogprob(BaseModel):
+    token: str = Field(description="The token's text ('bytes:\\xNN...' when its bytes are not UTF-8 alone).")
+    logprob: float = Field(description="Its natural-log probability.")
+    bytes: list[int] | None = Field(description="Its UTF-8 bytes.")
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(description="The likeliest tokens at this position.")
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = Field(description="One entry per answer token.")
+    refusal: list[TokenLogprob] | None = None
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AnswerMessage
     finish_reason: Literal["stop", "length", "tool_calls"]
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
+
+
+class LegacyLogprobs(BaseModel):
+    tokens: list[str] = Field(description="Each token's text.")
+    token_logprobs: list[float | None] = Field(description="Each token's log-probability (none for the first).")
+    top_logprobs: list[dict[str, float] | None] = Field(description="The likeliest tokens and the chosen one.")
+    text_offset: list[int] = Field(description="Where each token starts in the choice's text.")
 
 
 class TextChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
+    logprobs: LegacyLogprobs | None = None
 
 
 ChoiceT = TypeVar("ChoiceT", ChatChoice, TextChoice)
