@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -23,6 +24,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
 
 from slmops.errors import ServiceError, SlmopsError, UsageError
 from slmops.server.config import ServerConfig
@@ -189,9 +193,6 @@ class ReplicaHeader:
 
 def _replace_management(app, replica: str) -> None:
     """501 for load/unload/unloadall, and /metrics naming its replica; ahead of the app's routes."""
-    from fastapi import APIRouter, Request
-    from fastapi.responses import PlainTextResponse
-
     from slmops.server.errors import APIError
     from slmops.server.manage import metrics
 
@@ -305,11 +306,12 @@ def serve(
     import ray
 
     try:
-        _start_ray(options, temp_dir, log_level)
+        ray_context = _start_ray(options, temp_dir, log_level)
         stop = _stop_event()  # after ray.init, which installs its own SIGTERM handler
         _deploy(models, host, port, config, options)
         shown = f"[{host}]" if ":" in host else host
         print(f"slmops serving on http://{shown}:{port}/v1 through Ray Serve (pid {os.getpid()})", flush=True)
+        print(f"Ray: {_describe(ray_context)}", flush=True)
         stop.wait()
         print("slmops: draining the replicas", flush=True)
     finally:
@@ -346,17 +348,36 @@ def _stop_event() -> threading.Event:
     return stop
 
 
-def _start_ray(options: ClusterOptions, temp_dir: str | None, log_level: str) -> None:
+def _describe(context) -> str:
+    """Where Ray answers: its GCS address (``ray status --address``) and its dashboard."""
+    dashboard = getattr(context, "dashboard_url", None)
+    where = [f"address {context.address_info.get('gcs_address', '?')}"]
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        where.append(f"token {os.environ['RAY_AUTH_TOKEN_PATH']}")
+    return ", ".join(where + ([f"dashboard http://{dashboard}"] if dashboard else []))
+
+
+def _local_token(folder: Path) -> None:
+    """Token authentication for the local Ray, its token in its temp folder (not ~/.ray), unless the user chose."""
+    if any(name in os.environ for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        return
+    path = folder / "auth_token"
+    path.touch(mode=0o600)
+    path.write_text(secrets.token_hex(32), encoding="utf-8")
+    os.environ["RAY_AUTH_MODE"], os.environ["RAY_AUTH_TOKEN_PATH"] = "token", str(path)
+
+
+def _start_ray(options: ClusterOptions, temp_dir: str | None, log_level: str):
     import ray
 
     quiet = log_level in ("critical", "error", "warning")
     if temp_dir is None:
-        ray.init(address=options.ray_address, log_to_driver=not quiet, logging_level=logging.WARNING)
-        return
+        return ray.init(address=options.ray_address, log_to_driver=not quiet, logging_level=logging.WARNING)
     from slmops.server.process import free_port
 
+    _local_token(Path(temp_dir))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ray.init(
+    return ray.init(
         num_cpus=cpus,
         include_dashboard=True,  # Ray's state API (which actor runs where) needs it; loopback only
         dashboard_host="127.0.0.1",
@@ -393,9 +414,9 @@ def _stop(local: bool) -> None:
     from ray import serve
 
     try:
+        # The proxy stays up while the replicas finish their answers in flight (--grace).
+        serve.delete(APP_NAME)
         if local:
-            serve.shutdown()  # replicas drain their answers in flight (--grace) first
-        else:
-            serve.delete(APP_NAME)  # leave the cluster and its other applications running
+            serve.shutdown()
     except Exception as exc:  # Ray already gone (a crash): nothing left to drain
         log.warning("Ray Serve did not shut down cleanly: %s", exc)
