@@ -7,6 +7,7 @@ SIGTERM at the end; they run in file order, the SIGTERM test last.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -30,6 +31,7 @@ from tests.server_process import ServerProcess
 
 ray = pytest.importorskip("ray", reason="the cluster extra (ray[serve]) is not installed")
 KEY = "ray-test-key"
+COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
 
 
 # ---- no Ray cluster ----------------------------------------------------------
@@ -164,6 +166,14 @@ def ray_processes() -> dict[int, str]:
     return found
 
 
+LIST_REPLICAS = """
+import json, sys
+from ray.util.state import list_actors
+actors = list_actors(address=sys.argv[1], filters=[("state", "=", "ALIVE")], timeout=30)
+print(json.dumps({a.name.rsplit("#", 1)[-1]: a.pid for a in actors if sys.argv[2] in (a.class_name or "")}))
+"""
+
+
 class RayServer:
     """`slmops serve --replicas 2` with the Ray processes alive before it started."""
 
@@ -176,24 +186,29 @@ class RayServer:
         args = [str(folder), "--replicas", "2", "--cpus-per-replica", "1", "--parallel", "8", "--api-key", KEY]
         self.server = ServerProcess(home, *args, env=self.env).wait_ready(timeout=240)
         self.model = folder.name
-        found = re.search(r"dashboard (http://127\.0\.0\.1:\d+)", self.server.log_tail(100000))
+        found = re.search(r"dashboard (http://127\.0\.0\.1:\d+)", self.server.log.read_text())
         assert found, self.server.log_tail()
         self.dashboard = found.group(1)
 
     def replicas(self) -> dict[str, int]:
-        """Replica id -> pid of the live replicas, from Ray's state API."""
-        from ray.util.state import list_actors
+        """Replica id -> pid of the live replicas, from Ray's state API.
 
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in self.env.items():
-                patch.setenv(name, value)
-            actors = list_actors(address=self.dashboard, filters=[("state", "=", "ALIVE")], timeout=20)
-        return {a.name.rsplit("#", 1)[-1]: a.pid for a in actors if cluster.DEPLOYMENT in (a.class_name or "")}
+        Asked in a child process: Ray reads its token settings once per process.
+        """
+        out = subprocess.run(
+            [sys.executable, "-c", LIST_REPLICAS, self.dashboard, cluster.DEPLOYMENT],
+            env=dict(os.environ, **self.env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
 
     def client(self, **options):
         import openai
 
-        return openai.OpenAI(base_url=self.server.url + "/v1", api_key=KEY, **options)
+        return openai.OpenAI(base_url=self.server.url + "/v1", **({"api_key": KEY} | options))
 
 
 @pytest.fixture(scope="module")
@@ -254,15 +269,15 @@ class Stream:
         self.chunks = 0
         self.error: Exception | None = None
         self.finish: str | None = None
+        self.ended: float | None = None
         self.thread = threading.Thread(target=self._run, args=(server, tokens))
         self.thread.start()
 
     def _run(self, server: RayServer, tokens: int) -> None:
         client = server.client(max_retries=0, timeout=30)
-        messages = [{"role": "user", "content": "Count from 1 to 100."}]
-        try:
-            with client.chat.completions.with_streaming_response.create(
-                model=server.model, messages=messages, max_tokens=tokens, temperature=0, stream=True
+        try:  # a raw counting prompt: the model keeps counting, every stream runs its whole length
+            with client.completions.with_streaming_response.create(
+                model=server.model, prompt=COUNTING, max_tokens=tokens, temperature=0, stream=True
             ) as response:
                 self.replica = response.headers.get(cluster.REPLICA_HEADER)
                 for chunk in response.parse():
@@ -270,6 +285,11 @@ class Stream:
                     self.finish = chunk.choices[0].finish_reason if chunk.choices else self.finish
         except Exception as exc:  # what the client sees when its replica dies
             self.error = exc
+        self.ended = time.monotonic()
+
+
+def describe(streams: list[Stream]) -> list:
+    return [(s.replica, s.chunks, s.finish, repr(s.error)[:200]) for s in streams]
 
 
 def retryable(error: Exception | None) -> bool:
@@ -294,20 +314,25 @@ def wait_for(condition, timeout: float, what: str):
 def test_killing_a_replica_fails_only_its_streams_and_it_comes_back(ray_server):
     before = ray_server.replicas()
     assert len(before) == 2
-    streams = [Stream(ray_server, tokens=160) for _ in range(16)]
-    wait_for(lambda: all(s.chunks >= 2 or s.error for s in streams), 90, "16 streams to start")
-    counts = {replica: sum(s.replica == replica for s in streams) for replica in before}
-    victim = max(counts, key=counts.__getitem__)
+    streams = [Stream(ray_server, tokens=400) for _ in range(16)]
+    wait_for(lambda: all(s.chunks >= 1 or s.error for s in streams), 90, "16 streams to start")
+    running = {replica: sum(s.replica == replica and s.ended is None for s in streams) for replica in before}
+    victim = max(running, key=running.__getitem__)
     os.kill(before[victim], signal.SIGKILL)
+    killed_at = time.monotonic()
     for stream in streams:
         stream.thread.join(60)
     assert not any(s.thread.is_alive() for s in streams), "a stream hung"
-    on_victim = [s for s in streams if s.replica == victim]
+    in_flight = [s for s in streams if s.replica == victim and s.ended > killed_at]
     survivors = [s for s in streams if s.replica != victim]
-    print(f"killed {victim}: {len(on_victim)} streams on it, {len(survivors)} on the other")
-    assert on_victim and survivors, counts
-    assert all(s.error is None and s.finish == "length" for s in survivors), [s.error for s in survivors]
-    assert all(retryable(s.error) and s.finish is None for s in on_victim), [repr(s.error) for s in on_victim]
+    done_before = [s for s in streams if s.replica == victim and s.ended <= killed_at]
+    print(f"killed {victim}: {len(in_flight)} streams in flight on it failed, {len(survivors)} on the other one")
+    print(
+        f"and {len(done_before)} had ended on it before the kill; errors: {sorted({repr(s.error) for s in in_flight})}"
+    )
+    assert in_flight and survivors, running
+    assert all(s.error is None and s.finish == "length" for s in survivors), describe(survivors)
+    assert all(retryable(s.error) and s.finish is None for s in in_flight), describe(in_flight)
 
     # Ray starts a replacement; every request from then on is answered.
     replaced = wait_for(lambda: len(r := ray_server.replicas()) == 2 and victim not in r and r, 120, "a new replica")

@@ -307,11 +307,11 @@ def serve(
 
     try:
         ray_context = _start_ray(options, temp_dir, log_level)
+        print(f"Ray: {_describe(ray_context)}", flush=True)
         stop = _stop_event()  # after ray.init, which installs its own SIGTERM handler
         _deploy(models, host, port, config, options)
         shown = f"[{host}]" if ":" in host else host
         print(f"slmops serving on http://{shown}:{port}/v1 through Ray Serve (pid {os.getpid()})", flush=True)
-        print(f"Ray: {_describe(ray_context)}", flush=True)
         stop.wait()
         print("slmops: draining the replicas", flush=True)
     finally:
