@@ -187,7 +187,9 @@ class RayServer:
         self.server = ServerProcess(home, *args, env=self.env).wait_ready(timeout=240)
         self.model = folder.name
         found = re.search(r"dashboard (http://127\.0\.0\.1:\d+)", self.server.log.read_text())
-        assert found, self.server.log_tail()
+        if not found:
+            self.server.stop()
+            raise AssertionError(f"no dashboard address in the log:\n{self.server.log_tail()}")
         self.dashboard = found.group(1)
 
     def replicas(self) -> dict[str, int]:
