@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -179,18 +178,16 @@ class RayServer:
 
     def __init__(self, home: Path, folder: Path) -> None:
         self.before = ray_processes()
-        token = home / "ray-token"
-        home.mkdir(parents=True, exist_ok=True)
-        token.write_text(secrets.token_hex(32))
-        self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0"}
         args = [str(folder), "--replicas", "2", "--cpus-per-replica", "1", "--parallel", "8", "--api-key", KEY]
-        self.server = ServerProcess(home, *args, env=self.env).wait_ready(timeout=240)
+        self.server = ServerProcess(home, *args).wait_ready(timeout=240)
         self.model = folder.name
-        found = re.search(r"dashboard (http://127\.0\.0\.1:\d+)", self.server.log.read_text())
+        # slmops prints where its Ray is: the dashboard (the state API) and the token it made for it
+        found = re.search(r"token (\S+), dashboard (http://127\.0\.0\.1:\d+)", self.server.log.read_text())
         if not found:
             self.server.stop()
             raise AssertionError(f"no dashboard address in the log:\n{self.server.log_tail()}")
-        self.dashboard = found.group(1)
+        self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": found.group(1)}
+        self.dashboard = found.group(2)
 
     def replicas(self) -> dict[str, int]:
         """Replica id -> pid of the live replicas, from Ray's state API.

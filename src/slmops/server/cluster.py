@@ -303,6 +303,8 @@ def serve(
         bind(host, port).close()  # a busy port is one line now, not a proxy failing later
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     temp_dir = tempfile.mkdtemp(prefix="slmops-ray-") if local else None
+    if temp_dir:
+        _local_token(Path(temp_dir))  # before Ray is imported: it reads its auth settings once
     import ray
 
     try:
@@ -375,7 +377,6 @@ def _start_ray(options: ClusterOptions, temp_dir: str | None, log_level: str):
         return ray.init(address=options.ray_address, log_to_driver=not quiet, logging_level=logging.WARNING)
     from slmops.server.process import free_port
 
-    _local_token(Path(temp_dir))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return ray.init(
         num_cpus=cpus,
