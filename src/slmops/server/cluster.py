@@ -136,7 +136,8 @@ class ModelMissingOnNode(ServiceError):
 
 def check_models(models: Sequence[str]) -> None:
     """Raise ModelMissingOnNode naming this node and the model when one is not here."""
-    from slmops.server.registry import Registry, looks_like_path
+    from slmops.cache.resolver import looks_like_path
+    from slmops.server.registry import Registry
 
     registry = Registry(ServerConfig())
     for item in models:
@@ -300,7 +301,9 @@ def serve(
         _check_cpus(options)
         from slmops.server.run import bind
 
-        bind(host, port).close()  # a busy port is one line now, not a proxy failing later
+        # A busy port is one line now, not a proxy failing later; port 0 becomes a free port.
+        with bind(host, port) as probe:
+            port = probe.getsockname()[1]
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     temp_dir = tempfile.mkdtemp(prefix="slmops-ray-") if local else None
     if temp_dir:
