@@ -403,7 +403,19 @@ def _deploy(models, host: str, port: int, config: ServerConfig, options: Cluster
     try:
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     except RuntimeError as exc:
-        raise ServiceError(_deploy_failure(str(exc))) from None
+        raise ServiceError(_deploy_failure(f"{exc}\n{_deployment_message()}")) from None
+
+
+def _deployment_message() -> str:
+    """Why the deployment failed, as Ray Serve keeps it: the replica's traceback."""
+    from ray import serve
+
+    try:
+        application = serve.status().applications.get(APP_NAME)
+        deployment = application.deployments.get(DEPLOYMENT) if application else None
+        return deployment.message if deployment else ""
+    except Exception:  # the status is a courtesy: the error above stands without it
+        return ""
 
 
 def _deploy_failure(text: str) -> str:
