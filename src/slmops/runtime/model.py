@@ -76,6 +76,11 @@ class Model:
     @classmethod
     def from_folder(cls, folder: ModelFolder, threads: int | None = None) -> Model:
         """Load the onnxruntime-genai model of ``folder`` with ``threads`` intra-op threads."""
+        if folder.is_embedding:
+            raise UsageError(
+                f"{folder.name} is an embedding model: it makes vectors, not text; "
+                "embed with it (slmops.load(...).embed, POST /v1/embeddings) or chat with a text model."
+            )
         threads = threads or default_threads()
         if threads < 1:
             raise SlmopsError(f"threads must be 1 or more, got {threads}.")
