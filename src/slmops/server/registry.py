@@ -172,11 +172,13 @@ class Registry:
         return entry
 
     async def _load(self, name: str, folder: Path) -> Loaded:
-        from slmops.runtime.model import Model
+        from slmops.runtime.model import Model, check_text_model
 
+        model_folder = await asyncio.to_thread(resolve, folder)
+        check_text_model(model_folder)  # before making room: nothing is unloaded for a model that cannot chat
         size = _folder_size(folder)
         self._make_room(size, name)
-        model = await asyncio.to_thread(Model.from_folder, resolve(folder), self.config.threads)
+        model = await asyncio.to_thread(Model.from_folder, model_folder, self.config.threads)
         decoder = await asyncio.to_thread(self._decoder, model)
         scheduler = Scheduler(name, self.config.parallel, self.config.max_queue, self.observer, decoder)
         log.info("loaded %s from %s in %.1f s", name, folder, model.load_s)
