@@ -240,8 +240,10 @@ def test_openai_client_gets_the_runtime_vectors_as_floats_and_base64(oai, mean_m
     assert cosines([item.embedding for item in as_floats.data], expected).min() >= 0.999
     as_base64 = oai.embeddings.create(model="tiny-qwen2-embed", input=TEXTS)  # the client asks for base64
     assert np.allclose([item.embedding for item in as_base64.data], [item.embedding for item in as_floats.data])
-    assert as_floats.usage.prompt_tokens == as_floats.usage.total_tokens == sum(
-        len(ids) for ids in _token_ids(qwen2_hf, TEXTS)
+    assert (
+        as_floats.usage.prompt_tokens
+        == as_floats.usage.total_tokens
+        == sum(len(ids) for ids in _token_ids(qwen2_hf, TEXTS))
     )
     assert as_floats.model == "tiny-qwen2-embed"
 

@@ -21,4 +21,14 @@ from slmops.runtime.model import Model, load
 from slmops.runtime.options import GenerationOptions
 from slmops.runtime.threads import default_threads
 
-__all__ = ["Embedder", "GenerationOptions", "Model", "Response", "Result", "collect", "default_threads", "load", "load_embedder"]
+__all__ = [
+    "Embedder",
+    "GenerationOptions",
+    "Model",
+    "Response",
+    "Result",
+    "collect",
+    "default_threads",
+    "load",
+    "load_embedder",
+]

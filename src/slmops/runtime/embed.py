@@ -62,7 +62,10 @@ class Embedder:
         output = next((item for item in session.get_outputs() if item.name == self.settings.output), None)
         if output is None:
             raise SlmopsError(f"{folder.path / 'model.onnx'} has no '{self.settings.output}' output; convert it again.")
-        self.dimensions = int(output.shape[-1]) if isinstance(output.shape[-1], int) else self.settings.dimensions
+        size = output.shape[-1] if isinstance(output.shape[-1], int) else self.settings.dimensions
+        if not size:
+            raise SlmopsError(f"{folder.path / 'model.onnx'} does not say its hidden size; convert it again.")
+        self.dimensions: int = int(size)
 
     @classmethod
     def from_folder(cls, folder: ModelFolder, threads: int | None = None) -> Embedder:
@@ -84,7 +87,9 @@ class Embedder:
         """Token ids of each text, with the special tokens its tokenizer adds (a BOS, an EOS)."""
         return [list(encoding.ids) for encoding in self.tokenizer.encode_batch(list(texts), add_special_tokens=True)]
 
-    def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]], dimensions: int | None = None) -> list[list[float]]:
+    def embed(
+        self, inputs: Sequence[str] | Sequence[Sequence[int]], dimensions: int | None = None
+    ) -> list[list[float]]:
         """One vector per input, as lists of floats.
 
         Args:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -53,12 +53,12 @@ class EmbeddingRequest(BaseModel):
 
     def inputs(self) -> list[str] | list[list[int]]:
         """The inputs as a list: of texts, or of token-id lists."""
-        value = self.input
+        value: Any = self.input
         if isinstance(value, str):
             return [value]
-        if value and all(isinstance(item, int) for item in value):
-            return [list(value)]  # type: ignore[arg-type]
-        return list(value)  # type: ignore[arg-type]
+        if all(isinstance(item, int) for item in value):
+            return [list(value)]
+        return list(value)
 
 
 class EmbeddingItem(BaseModel):

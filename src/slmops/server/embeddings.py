@@ -103,8 +103,13 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Embeddi
             raise _input_error(exc) from exc
         entry.last_used = time.monotonic()
     tokens = sum(len(item) for item in ids)
-    data = [EmbeddingItem(index=index, embedding=_encode(vector, body.encoding_format)) for index, vector in enumerate(vectors)]
-    return EmbeddingList(data=data, model=embedder.name, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
+    data = [
+        EmbeddingItem(index=index, embedding=_encode(vector, body.encoding_format))
+        for index, vector in enumerate(vectors)
+    ]
+    return EmbeddingList(
+        data=data, model=embedder.name, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+    )
 
 
 def _input_error(exc: SlmopsError) -> APIError:
