@@ -125,6 +125,33 @@ def test_gguf_source_converts_to_an_int4_embedding_model(tiny_model_factory, tmp
     assert cosines(vectors, reference(source, TEXTS[:2], "mean")).min() > 0.9
 
 
+def test_lora_adapter_converts_to_an_embedding_model_of_the_merged_weights(tiny_llama, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from slmops.runtime.embed import load_embedder
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    torch.manual_seed(1)
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged = tmp_path / "merged"
+    peft_model.merge_and_unload().save_pretrained(merged)
+    for item in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llama / item, merged / item)
+
+    report = convert(
+        tmp_path / "adapter", tmp_path / "lora-embed", precision="fp32", base=tiny_llama, task="embedding", log_level=0
+    )
+    assert report.source_kind == "adapter"
+    vectors = load_embedder(tmp_path / "lora-embed").embed(TEXTS)
+    assert cosines(vectors, reference(merged, TEXTS, "mean")).min() >= 0.999
+    assert cosines(vectors, reference(tiny_llama, TEXTS, "mean")).min() < 0.999  # the adapter changes them
+
+
 def test_cli_convert_task_embedding(qwen2_hf, tmp_path):
     from click.testing import CliRunner
 
@@ -221,8 +248,8 @@ def service(mean_model, tiny_onnx):
     from slmops.server.config import ServerConfig
 
     config = ServerConfig(load_wait=60, parallel=1, threads=1, batching=False)
-    with TestClient(create_app(config, [str(tiny_onnx)])) as client:
-        client.app.state.registry.add_folder(mean_model)
+    # named at start-up like `slmops serve MODEL...`: the embedding model loads on its first request
+    with TestClient(create_app(config, [str(tiny_onnx), str(mean_model)])) as client:
         yield client
 
 
@@ -287,6 +314,17 @@ def test_bad_requests_are_clear_400s(service, body, status, param, words):
     error = answer.json()["error"]
     assert answer.status_code == status, error
     assert error["param"] == param and words in error["message"]
+
+
+def test_an_embedding_model_named_at_start_up_leaves_the_service_ready(service):
+    import time
+
+    for _ in range(600):  # the text model loads in the background
+        health = service.get("/health")
+        if health.status_code == 200:
+            break
+        time.sleep(0.1)
+    assert health.json()["status"] == "ok", health.json()
 
 
 def test_asking_an_embedding_model_to_chat_is_a_400(service):

@@ -127,6 +127,8 @@ class Registry:
         """
         name = self.add_folder(Path(item)) if looks_like_path(item) else item
         display, folder = self.locate(name)
+        if resolve(folder).is_embedding:  # served by /v1/embeddings, which loads it on its first request
+            return
         self.startup.add(display.casefold())
         self.start_load(display, folder)
 
