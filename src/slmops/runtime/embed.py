@@ -88,7 +88,7 @@ class Embedder:
         return [list(encoding.ids) for encoding in self.tokenizer.encode_batch(list(texts), add_special_tokens=True)]
 
     def embed(
-        self, inputs: Sequence[str] | Sequence[Sequence[int]], dimensions: int | None = None
+        self, inputs: str | Sequence[str] | Sequence[Sequence[int]], dimensions: int | None = None
     ) -> list[list[float]]:
         """One vector per input, as lists of floats.
 
@@ -101,13 +101,15 @@ class Embedder:
             The vectors, in the order of ``inputs``.
 
         Raises:
-            UsageError: an empty input, a token id outside the vocabulary, or more dimensions than the model has.
+            UsageError: a mix of texts and token ids, an empty input, a token id outside the vocabulary, or more dimensions than the model has.
             ContextTooLong: an input longer than the model's context.
         """
         if isinstance(inputs, str):  # one text, not its characters
             inputs = [inputs]
         texts = [item for item in inputs if isinstance(item, str)]
-        ids = self.encode(texts) if len(texts) == len(inputs) else [list(map(int, item)) for item in inputs]
+        if texts and len(texts) < len(inputs):
+            raise UsageError("inputs must be all texts or all token-id lists, not a mix.")
+        ids = self.encode(texts) if texts else [[int(token) for token in item] for item in inputs]
         return self.embed_ids(ids, dimensions).tolist()
 
     def embed_ids(self, batch: Sequence[Sequence[int]], dimensions: int | None = None) -> np.ndarray:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 
+# The schema's shapes (for /openapi.json); `_shape` below checks them first with one clear message.
+TokenId = Annotated[int, Field(ge=0)]
+Text = Annotated[str, Field(min_length=1)]
 SHAPE = "a non-empty text, a list of texts, a list of token ids, or a list of token-id lists"
 
 
@@ -16,14 +19,21 @@ def _token_ids(value: object) -> bool:
 
 
 def _token_id(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    # JSON has one number type: 3.0 is the integer 3, as JSON Schema and pydantic read it
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    return whole and not isinstance(value, bool) and value >= 0  # type: ignore[operator]
 
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(description="An embedding model: one converted with `slmops convert --task embedding`.")
-    input: str | list[str] | list[int] | list[list[int]] = Field(
+    input: (
+        Text
+        | Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=MAX_INPUTS)]
+    ) = Field(
         description="A text, a list of texts, a list of token ids, or a list of token-id lists "
         f"(at most {MAX_INPUTS} inputs)."
     )
