@@ -67,6 +67,15 @@ def last_model(tmp_path_factory, tiny_llama) -> tuple[Path, Path]:
     )
     (source / "1_Pooling").mkdir()
     (source / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_lasttoken": True}))
+    # and, like Qwen3-Embedding's, a tokenizer that ends every text with <|endoftext|>
+    tokenizer = json.loads((source / "tokenizer.json").read_text())
+    tokenizer["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 0}}],
+        "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [0], "tokens": ["<|endoftext|>"]}},
+    }
+    (source / "tokenizer.json").write_text(json.dumps(tokenizer))
     output = root / "tiny-llama-embed"
     convert(source, output, precision="fp32", task="embedding", log_level=0)
     return source, output
@@ -182,7 +191,10 @@ def test_last_token_vectors_match_transformers(last_model):
     from slmops.runtime.embed import load_embedder
 
     source, folder = last_model
-    vectors = load_embedder(folder).embed(TEXTS)
+    embedder = load_embedder(folder)
+    assert all(ids[-1] == 0 for ids in embedder.encode(TEXTS))  # the EOS the tokenizer appends is pooled
+    assert embedder.encode(TEXTS) == _token_ids(source, TEXTS)
+    vectors = embedder.embed(TEXTS)
     assert cosines(vectors, reference(source, TEXTS, "last")).min() >= 0.999
 
 
