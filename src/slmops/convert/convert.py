@@ -15,7 +15,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -94,8 +93,7 @@ def convert(
     with _interrupts_as_keyboard_interrupt() as interrupts, Stages(log_level) as stages:
         try:
             staging.mkdir()
-            target = _Target(task, pooling)
-            report = _convert_in(src, staging, output, precision, name, quantization, stages, log_level, target)
+            report = _convert_in(src, staging, output, precision, name, quantization, stages, log_level, task, pooling)
             report.wall_seconds = round(time.perf_counter() - started, 2)
             report.peak_rss_mb = round(peak_rss_mb(), 1)
             report.stages = stages.durations()
@@ -108,20 +106,8 @@ def convert(
     return report
 
 
-@dataclass
-class _Target:
-    """What the built model makes: text, or embeddings pooled as ``pooling`` says."""
-
-    task: str
-    pooling: str | None = None
-
-    @property
-    def embedding(self) -> bool:
-        return self.task == EMBEDDING_TASK
-
-
 def _convert_in(
-    src: Source, staging: Path, output: Path, precision, name, quantization, stages, log_level, target: _Target
+    src: Source, staging: Path, output: Path, precision, name, quantization, stages, log_level, task, pooling
 ) -> ConversionReport:
     model_dir = staging / "model"
     # Hashing a multi-GB checkpoint takes seconds; hashlib releases the GIL, so it overlaps the build.
@@ -132,16 +118,16 @@ def _convert_in(
     with stages.stage("load"):
         hf_dir, config = _hf_folder(src, staging, source_notes)
     options = quantization.builder_options(precision, config)
-    if target.embedding:
+    if task == EMBEDDING_TASK:  # no LM head, so nothing to share the embedding with
         options = {key: value for key, value in options.items() if key != "shared_embeddings"} | BUILDER_OPTIONS
     report = _new_report(src, output, name, precision, quantization, options)
     report.notes.extend(source_notes)
-    embedding = embedding_settings(src, config, target.pooling, report.notes) if target.embedding else None
+    embedding = embedding_settings(src, config, pooling, report.notes) if task == EMBEDDING_TASK else None
     stages.expect_layers(int(config.get("num_hidden_layers", 0)))
     _build(hf_dir, staging, precision, report, stages, log_level, quantization)
     with stages.stage("write metadata"):
         if embedding is not None:
-            _write_embedding_model(hf_dir, model_dir, report.name, src, precision, embedding)
+            _write_embedding_model(model_dir, report.name, src, precision, embedding)
         else:
             _write_inference_model(hf_dir, model_dir, report.name, src, precision, report.notes)
     report.output_bytes = size_of(model_dir)
@@ -260,7 +246,7 @@ def _write_inference_model(hf_dir: Path, model_dir: Path, name: str, src: Source
 
 
 def _write_embedding_model(
-    hf_dir: Path, model_dir: Path, name: str, src: Source, precision: str, embedding: EmbeddingSettings
+    model_dir: Path, name: str, src: Source, precision: str, embedding: EmbeddingSettings
 ) -> None:
     """An embedding model's inference_model.json: no PromptTemplate or sampling, its pooling instead."""
     context = genai_context_length(read_genai_config(model_dir))
