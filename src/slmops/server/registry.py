@@ -19,7 +19,7 @@ from pathlib import Path
 from slmops.cache.resolver import looks_like_path, resolve
 from slmops.errors import ModelNotFound
 from slmops.runtime.batched import BatchedDecoder
-from slmops.runtime.model import Model
+from slmops.runtime.model import Model, check_text_model
 from slmops.server.config import ServerConfig
 from slmops.server.errors import APIError
 from slmops.server.scheduler import Scheduler
@@ -107,6 +107,8 @@ class Registry:
         display, folder = await asyncio.to_thread(self.locate, name)
         entry = self.loaded.get(display.casefold())
         if entry is None:
+            # A request's mistake, not a failed load: nothing is unloaded or logged for it.
+            check_text_model(await asyncio.to_thread(resolve, folder))
             entry = await self._wait(self.start_load(display, folder), display, wait)
         return self._touch(entry, ttl)
 
@@ -174,13 +176,11 @@ class Registry:
         return entry
 
     async def _load(self, name: str, folder: Path) -> Loaded:
-        from slmops.runtime.model import Model, check_text_model
+        from slmops.runtime.model import Model
 
-        model_folder = await asyncio.to_thread(resolve, folder)
-        check_text_model(model_folder)  # before making room: nothing is unloaded for a model that cannot chat
         size = _folder_size(folder)
         self._make_room(size, name)
-        model = await asyncio.to_thread(Model.from_folder, model_folder, self.config.threads)
+        model = await asyncio.to_thread(Model.from_folder, resolve(folder), self.config.threads)
         decoder = await asyncio.to_thread(self._decoder, model)
         scheduler = Scheduler(name, self.config.parallel, self.config.max_queue, self.observer, decoder)
         log.info("loaded %s from %s in %.1f s", name, folder, model.load_s)
