@@ -161,6 +161,26 @@ def test_lora_adapter_converts_to_an_embedding_model_of_the_merged_weights(tiny_
     assert cosines(vectors, reference(tiny_llama, TEXTS, "mean")).min() < 0.999  # the adapter changes them
 
 
+def test_a_backbone_without_lm_head_converts_as_an_embedding_model_only(tiny_model_factory, tmp_path):
+    """As embedding checkpoints ship (Qwen3-Embedding's): Qwen3Model keys without `model.`, no LM head."""
+    from transformers import AutoModelForCausalLM
+
+    from slmops.errors import UsageError
+    from slmops.runtime.embed import load_embedder
+
+    causal = tiny_model_factory("qwen3", tie=False)
+    backbone = tmp_path / "backbone"
+    AutoModelForCausalLM.from_pretrained(causal).model.save_pretrained(backbone)
+    for item in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(causal / item, backbone / item)
+    assert json.loads((backbone / "config.json").read_text())["architectures"] == ["Qwen3Model"]
+    with pytest.raises(UsageError, match="without its LM head.*--task embedding"):
+        convert(backbone, tmp_path / "text", precision="fp32")
+    convert(backbone, tmp_path / "embed", precision="fp32", task="embedding", log_level=0)
+    vectors = load_embedder(tmp_path / "embed").embed(TEXTS)
+    assert cosines(vectors, reference(causal, TEXTS, "mean")).min() >= 0.999
+
+
 def test_cli_convert_task_embedding(qwen2_hf, tmp_path):
     from click.testing import CliRunner
 

@@ -19,7 +19,14 @@ from pathlib import Path
 
 import psutil
 
-from slmops.convert.embedding import BUILDER_OPTIONS, check_task, embedding_settings
+from slmops.convert.embedding import (
+    BUILDER_OPTIONS,
+    as_causal_lm,
+    backbone_architecture,
+    check_backbone,
+    check_task,
+    embedding_settings,
+)
 from slmops.convert.options import POST_BUILD_ALGOS, PRECISIONS, QuantizationOptions
 from slmops.convert.progress import Stages
 from slmops.convert.report import ConversionReport, library_versions
@@ -86,6 +93,7 @@ def convert(
     check_task(task, pooling)
     output = Path(output).expanduser().absolute()
     src = inspect_source(source, base)
+    check_backbone(src, task)
     _check_output(output, force)
     output.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(output)
@@ -117,6 +125,8 @@ def _convert_in(
     source_notes: list[str] = []
     with stages.stage("load"):
         hf_dir, config = _hf_folder(src, staging, source_notes)
+        if backbone_architecture(config):
+            hf_dir, config = as_causal_lm(hf_dir, staging / "causal", config)
     options = quantization.builder_options(precision, config)
     if task == EMBEDDING_TASK:  # no LM head, so nothing to share the embedding with
         options = {key: value for key, value in options.items() if key != "shared_embeddings"} | BUILDER_OPTIONS

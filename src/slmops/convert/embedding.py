@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from slmops.convert.architectures import causal_lm_of
 from slmops.convert.sources import Source
 from slmops.errors import UsageError
 from slmops.modelfolder.inference_model import EMBEDDING_TASK, EmbeddingSettings
@@ -29,6 +30,33 @@ def check_task(task: str, pooling: str | None) -> None:
         raise UsageError(f"pooling '{pooling}' is not supported; choose one of {', '.join(POOLINGS)}.")
     if pooling is not None and task != EMBEDDING_TASK:
         raise UsageError("--pooling applies to embedding models only; add --task embedding.")
+
+
+def backbone_architecture(config: dict) -> str | None:
+    """The architecture of a checkpoint without its LM head (e.g. Qwen3Model), else None."""
+    architectures = config.get("architectures") or []
+    return architectures[0] if architectures and causal_lm_of(architectures[0]) else None
+
+
+def check_backbone(src: Source, task: str) -> None:
+    """A backbone without an LM head cannot make text: raises UsageError unless the task is embedding."""
+    backbone = backbone_architecture(src.config)
+    if backbone and task != EMBEDDING_TASK:
+        raise UsageError(
+            f"{src.path} holds a {backbone}, a model without its LM head: it cannot generate text; "
+            "convert it with --task embedding."
+        )
+
+
+def as_causal_lm(hf_dir: Path, folder: Path, config: dict) -> tuple[Path, dict]:
+    """``hf_dir`` seen as its causal LM class (files linked, config.json rewritten), for the builder."""
+    folder.mkdir()
+    for item in hf_dir.iterdir():
+        if item.name != "config.json":
+            (folder / item.name).symlink_to(item.absolute())
+    config = {**config, "architectures": [causal_lm_of(config["architectures"][0])]}
+    (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return folder, config
 
 
 def embedding_settings(src: Source, config: dict, requested: str | None, notes: list[str]) -> EmbeddingSettings:
