@@ -94,29 +94,33 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Embeddi
     """Embed one input or a batch of them with an embedding model."""
     entry = await embedders(request).get(body.model)
     embedder = entry.embedder
-    inputs = body.inputs()
+    if body.dimensions is not None and body.dimensions > embedder.dimensions:
+        raise APIError(
+            400,
+            f"dimensions must be at most {embedder.dimensions} for {embedder.name}, got {body.dimensions}.",
+            "dimensions",
+            "invalid_parameter",
+        )
     async with entry.lock:
         try:
-            ids = inputs if inputs and not isinstance(inputs[0], str) else embedder.encode(inputs)  # type: ignore[arg-type]
-            vectors = await asyncio.to_thread(embedder.embed_ids, ids, body.dimensions)
+            vectors, tokens = await asyncio.to_thread(_embed, embedder, body.inputs(), body.dimensions)
         except SlmopsError as exc:
-            raise _input_error(exc) from exc
+            error = from_slmops(exc)
+            error.param = "input" if error.status == 400 else error.param
+            raise error from exc
         entry.last_used = time.monotonic()
-    tokens = sum(len(item) for item in ids)
     data = [
         EmbeddingItem(index=index, embedding=_encode(vector, body.encoding_format))
         for index, vector in enumerate(vectors)
     ]
-    return EmbeddingList(
-        data=data, model=embedder.name, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
-    )
+    usage = EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+    return EmbeddingList(data=data, model=embedder.name, usage=usage)
 
 
-def _input_error(exc: SlmopsError) -> APIError:
-    error = from_slmops(exc)
-    if error.status == 400:
-        error.param = "dimensions" if str(exc).startswith("dimensions") else "input"
-    return error
+def _embed(embedder: Embedder, inputs: list, dimensions: int | None) -> tuple[np.ndarray, int]:
+    """The vectors of ``inputs`` (texts or token-id lists) and how many tokens they had, off the event loop."""
+    ids = embedder.encode(inputs) if isinstance(inputs[0], str) else inputs
+    return embedder.embed_ids(ids, dimensions), sum(len(item) for item in ids)
 
 
 def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
