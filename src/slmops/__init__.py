@@ -5,6 +5,7 @@ The Python API under the `slmops` command::
     import slmops
     model = slmops.load("smollm2-135m-instruct")
     print(model.chat([{"role": "user", "content": "Hello"}]).text)
+    vectors = slmops.load("my-embedding-model").embed(["a text", "another text"])
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from slmops.runtime import Model
+    from slmops.runtime import Embedder, Model
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load"]
 
 
-def load(name_or_path: str | Path, threads: int | None = None) -> Model:
+def load(name_or_path: str | Path, threads: int | None = None) -> Model | Embedder:
     """Load a cached model by name, or a model folder by path.
 
     Args:
@@ -29,9 +30,14 @@ def load(name_or_path: str | Path, threads: int | None = None) -> Model:
         threads: intra-op threads; None counts the CPUs this process may use.
 
     Returns:
-        A :class:`slmops.runtime.Model`.
+        A :class:`slmops.runtime.Model` (chat, generate), or for a model converted with
+        ``--task embedding`` a :class:`slmops.runtime.Embedder` (``embed(["text", ...])``).
     """
     # Imported here so that `import slmops` (and every CLI command) does not load onnxruntime-genai.
-    from slmops.runtime import load as _load
+    from slmops.cache.resolver import resolve
+    from slmops.runtime import Embedder, Model
 
-    return _load(name_or_path, threads=threads)
+    folder = resolve(name_or_path)
+    if folder.is_embedding:
+        return Embedder.from_folder(folder, threads)
+    return Model.from_folder(folder, threads)

@@ -21,3 +21,15 @@ SUPPORTED_ARCHITECTURES = (
     "Qwen3ForCausalLM",
     "SmolLM3ForCausalLM",
 )
+
+
+def causal_lm_of(architecture: str) -> str | None:
+    """The supported class whose backbone ``architecture`` names (Qwen3Model -> Qwen3ForCausalLM), or None.
+
+    Embedding models often ship the backbone alone (no LM head, keys without ``model.``);
+    the builder reads such a checkpoint as the causal LM with the head left out.
+    """
+    if not architecture.endswith("Model") or architecture in SUPPORTED_ARCHITECTURES:
+        return None
+    causal = architecture.removesuffix("Model") + "ForCausalLM"
+    return causal if causal in SUPPORTED_ARCHITECTURES else None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from slmops.convert.embedding import POOLINGS, TASKS
 from slmops.convert.options import ALGOS, BLOCK_SIZES, LM_HEAD, PRECISIONS
 
 # `convert` and `run --config` log alike; `auto-opt` takes Olive's own --log_level scale instead.
@@ -61,6 +62,18 @@ log_level_option = click.option(
     "the tied embedding).",
 )
 @click.option("--mixed-precision", help="Builder matmul_mixed_precision, e.g. 'last_matmul:int8,mixed_layers:int8'.")
+@click.option(
+    "--task",
+    type=click.Choice(TASKS),
+    default="text-generation",
+    show_default=True,
+    help="embedding: output the last hidden state, pooled into vectors (/v1/embeddings) instead of text.",
+)
+@click.option(
+    "--pooling",
+    type=click.Choice(POOLINGS),
+    help="Embedding pooling: mean of the tokens or the last token [default: what the source declares, else mean].",
+)
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @log_level_option
 def convert(
@@ -91,7 +104,7 @@ def convert(
         matmul_mixed_precision=mixed or None,
         nodes_to_exclude=[LM_HEAD] if lm_head_precision == "fp32" else [],
     )
-    # name, base, force, log_level: convert()'s parameters by name
+    # name, base, task, pooling, force, log_level: convert()'s parameters by name
     report = convert_model(source, output, precision=precision, quantization=quantization, **options)
     _summary(report)
 

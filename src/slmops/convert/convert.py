@@ -19,6 +19,14 @@ from pathlib import Path
 
 import psutil
 
+from slmops.convert.embedding import (
+    BUILDER_OPTIONS,
+    as_causal_lm,
+    backbone_architecture,
+    check_backbone,
+    check_task,
+    embedding_settings,
+)
 from slmops.convert.options import POST_BUILD_ALGOS, PRECISIONS, QuantizationOptions
 from slmops.convert.progress import Stages
 from slmops.convert.report import ConversionReport, library_versions
@@ -27,7 +35,13 @@ from slmops.errors import UsageError
 from slmops.memory import peak_rss_mb
 from slmops.modelfolder import prompt_template
 from slmops.modelfolder.folder import genai_context_length, read_genai_config
-from slmops.modelfolder.inference_model import Defaults, InferenceModel, default_model_config
+from slmops.modelfolder.inference_model import (
+    EMBEDDING_TASK,
+    Defaults,
+    EmbeddingSettings,
+    InferenceModel,
+    default_model_config,
+)
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty")
 _STAGING = ".{name}.partial-{pid}"
@@ -43,6 +57,8 @@ def convert(
     quantization: QuantizationOptions | None = None,
     force: bool = False,
     log_level: int = 1,
+    task: str = "text-generation",
+    pooling: str | None = None,
 ) -> ConversionReport:
     """Convert a model to an onnxruntime-genai folder ready for the cache.
 
@@ -57,6 +73,10 @@ def convert(
         quantization: block size, symmetry, accuracy level and algorithm for int4/int8.
         force: replace an existing output folder.
         log_level: 0 silent, 1 progress bars, 2 also stage timings, 3-4 the builder's own output.
+        task: text-generation, or embedding for a model that outputs its last hidden state
+            (served by /v1/embeddings, ``Embedder.embed``).
+        pooling: for an embedding model, mean or last (token); default: what the source
+            declares (a sentence-transformers Pooling config, a GGUF pooling_type), else mean.
 
     Returns:
         The ConversionReport, also saved as conversion.json.
@@ -70,8 +90,10 @@ def convert(
         raise UsageError(f"precision '{precision}' is not supported; choose one of {', '.join(PRECISIONS)}.")
     quantization = quantization or QuantizationOptions()
     _check_quantization(quantization, precision)
+    check_task(task, pooling)
     output = Path(output).expanduser().absolute()
     src = inspect_source(source, base)
+    check_backbone(src, task)
     _check_output(output, force)
     output.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(output)
@@ -79,7 +101,7 @@ def convert(
     with _interrupts_as_keyboard_interrupt() as interrupts, Stages(log_level) as stages:
         try:
             staging.mkdir()
-            report = _convert_in(src, staging, output, precision, name, quantization, stages, log_level)
+            report = _convert_in(src, staging, output, precision, name, quantization, stages, log_level, task, pooling)
             report.wall_seconds = round(time.perf_counter() - started, 2)
             report.peak_rss_mb = round(peak_rss_mb(), 1)
             report.stages = stages.durations()
@@ -93,7 +115,7 @@ def convert(
 
 
 def _convert_in(
-    src: Source, staging: Path, output: Path, precision, name, quantization, stages, log_level
+    src: Source, staging: Path, output: Path, precision, name, quantization, stages, log_level, task, pooling
 ) -> ConversionReport:
     model_dir = staging / "model"
     # Hashing a multi-GB checkpoint takes seconds; hashlib releases the GIL, so it overlaps the build.
@@ -103,12 +125,21 @@ def _convert_in(
     source_notes: list[str] = []
     with stages.stage("load"):
         hf_dir, config = _hf_folder(src, staging, source_notes)
-    report = _new_report(src, output, name, precision, quantization, quantization.builder_options(precision, config))
+        if backbone_architecture(config):
+            hf_dir, config = as_causal_lm(hf_dir, staging / "causal", config)
+    options = quantization.builder_options(precision, config)
+    if task == EMBEDDING_TASK:  # no LM head, so nothing to share the embedding with
+        options = {key: value for key, value in options.items() if key != "shared_embeddings"} | BUILDER_OPTIONS
+    report = _new_report(src, output, name, precision, quantization, options)
     report.notes.extend(source_notes)
+    embedding = embedding_settings(src, config, pooling, report.notes) if task == EMBEDDING_TASK else None
     stages.expect_layers(int(config.get("num_hidden_layers", 0)))
     _build(hf_dir, staging, precision, report, stages, log_level, quantization)
     with stages.stage("write metadata"):
-        _write_inference_model(hf_dir, model_dir, report.name, src, precision, report.notes)
+        if embedding is not None:
+            _write_embedding_model(model_dir, report.name, src, precision, embedding)
+        else:
+            _write_inference_model(hf_dir, model_dir, report.name, src, precision, report.notes)
     report.output_bytes = size_of(model_dir)
     report.source_sha256 = digest.result()
     return report
@@ -221,6 +252,21 @@ def _write_inference_model(hf_dir: Path, model_dir: Path, name: str, src: Source
         Version="1.0",
         PromptTemplate=template,
         ModelConfig=_model_config(hf_dir, model_dir),
+    ).write(model_dir)
+
+
+def _write_embedding_model(
+    model_dir: Path, name: str, src: Source, precision: str, embedding: EmbeddingSettings
+) -> None:
+    """An embedding model's inference_model.json: no PromptTemplate or sampling, its pooling instead."""
+    context = genai_context_length(read_genai_config(model_dir))
+    InferenceModel(
+        Name=name,
+        Description=f"{src.path.name} converted to a {precision.upper()} ONNX embedding model by slmops",
+        Version="1.0",
+        ModelConfig=Defaults(max_length=context),
+        Task=EMBEDDING_TASK,
+        Embedding=embedding,
     ).write(model_dir)
 
 

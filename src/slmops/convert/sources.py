@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from slmops.convert.architectures import SUPPORTED_ARCHITECTURES
+from slmops.convert.architectures import SUPPORTED_ARCHITECTURES, causal_lm_of
 from slmops.errors import ConversionError, UnsupportedArchitecture
 
 if TYPE_CHECKING:  # the GGUF reader loads only for a GGUF source
@@ -97,7 +97,7 @@ def read_model_config(folder: Path) -> dict:
     config = _read_json(folder / "config.json")
     architectures = config.get("architectures") or []
     architecture = architectures[0] if architectures else config.get("model_type", "unknown")
-    if architecture not in SUPPORTED_ARCHITECTURES:
+    if architecture not in SUPPORTED_ARCHITECTURES and causal_lm_of(architecture) is None:
         raise UnsupportedArchitecture(
             f"architecture '{architecture}' in {folder / 'config.json'} is not supported; "
             f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}."

@@ -40,6 +40,11 @@ class ModelFolder:
         return self.inference_model.Name if self.inference_model else self.path.name
 
     @property
+    def is_embedding(self) -> bool:
+        """True for an embedding model (``Task: embedding``): it makes vectors, not text."""
+        return self.inference_model is not None and self.inference_model.is_embedding
+
+    @property
     def search(self) -> dict[str, Any]:
         """The ``search`` section of genai_config.json: the exporter's generation defaults."""
         search = self.genai_config.get("search")

@@ -30,7 +30,7 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -154,6 +154,22 @@ def default_model_config(context_length: int | None = None, **sampling: float) -
     return Defaults.model_validate(config)
 
 
+EMBEDDING_TASK = "embedding"
+
+
+class EmbeddingSettings(BaseModel):
+    """How an embedding model turns its last hidden state into one vector per input."""
+
+    model_config = ConfigDict(extra="allow")
+
+    pooling: Literal["mean", "last"] = Field(
+        "mean", description="mean: the average over the input's tokens; last: the last token's state."
+    )
+    normalize: bool = Field(True, description="Scale every vector to length 1 (cosine = dot product).")
+    dimensions: int | None = Field(None, gt=0, description="Length of the vectors: the model's hidden size.")
+    output: str = Field("hidden_states", description="The ONNX output that holds the last hidden state.")
+
+
 class InferenceModel(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -162,6 +178,10 @@ class InferenceModel(BaseModel):
     Version: str | None = Field(None, description="The model's version.")
     PromptTemplate: Template | None = Field(None, description="How chat messages become a prompt.")
     ModelConfig: Defaults | None = Field(None, description="Default generation options.")
+    Task: Literal["text-generation", "embedding"] | None = Field(
+        None, description="What the model makes: text (the default) or embedding vectors (slmops)."
+    )
+    Embedding: EmbeddingSettings | None = Field(None, description="Pooling of an embedding model (slmops).")
 
     @classmethod
     def read(cls, folder: Path) -> InferenceModel:
@@ -189,6 +209,11 @@ class InferenceModel(BaseModel):
 
     def to_json(self) -> dict:
         return self.model_dump(mode="json", exclude_none=True)
+
+    @property
+    def is_embedding(self) -> bool:
+        """True for a model converted with ``--task embedding``: it makes vectors, not text."""
+        return self.Task == EMBEDDING_TASK
 
     @property
     def has_template(self) -> bool:

@@ -12,6 +12,7 @@ from slmops.cache.resolver import looks_like_path, resolve
 from slmops.cache.scan import CachedModel
 from slmops.errors import CacheError
 from slmops.modelfolder.folder import ModelFolder
+from slmops.modelfolder.inference_model import EmbeddingSettings
 from slmops.runtime.options import model_defaults
 from slmops.runtime.threads import default_threads
 
@@ -85,11 +86,20 @@ def model_info(name_or_path: str) -> dict:
         "context_length": folder.context_length if folder else entry.context_length,
         "source": entry.source,
         "conversion": entry.conversion,
+        "task": (info.Task if info else None) or "text-generation",
+        "embedding": _embedding(info),
         "template": template.model_dump(exclude_none=True) if template else None,
         "model_config": info.ModelConfig.model_dump(exclude_none=True) if info and info.ModelConfig else None,
         "defaults": dataclasses.asdict(model_defaults(settings.search, settings.model_config)),
         "threads": default_threads(),
     }
+
+
+def _embedding(info) -> dict | None:
+    """An embedding model's pooling settings (defaults filled in), else None."""
+    if info is None or not info.is_embedding:
+        return None
+    return (info.Embedding or EmbeddingSettings()).model_dump(exclude_none=True)
 
 
 def _entry(name_or_path: str) -> CachedModel:
@@ -119,6 +129,11 @@ def print_info(info: dict, console: Console | None = None) -> None:
     for label, value in facts:
         if value is not None:
             console.print(f"  {label + ':':16} {value}", highlight=False)
+    if info.get("embedding"):
+        settings = info["embedding"]
+        shape = f"{settings['pooling']} pooling, {settings.get('dimensions', '?')} dimensions"
+        console.print(f"  {'task:':16} embedding ({shape}, normalize={settings['normalize']})", highlight=False)
+        return
     defaults = ", ".join(f"{key}={value}" for key, value in info["defaults"].items() if value not in (None, ()))
     console.print(f"  {'defaults:':16} {defaults}", highlight=False)
     if info["template"]:

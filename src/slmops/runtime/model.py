@@ -40,6 +40,15 @@ def load(name_or_path: str | Path, threads: int | None = None) -> Model:
     return Model.from_folder(resolve(name_or_path), threads)
 
 
+def check_text_model(folder: ModelFolder) -> None:
+    """Raises UsageError for an embedding model: it makes vectors, and cannot chat or generate."""
+    if folder.is_embedding:
+        raise UsageError(
+            f"{folder.name} is an embedding model: it makes vectors, not text; "
+            "embed with it (slmops.load(...).embed, POST /v1/embeddings) or chat with a text model."
+        )
+
+
 class Model:
     """A model loaded on onnxruntime-genai, ready to chat and generate.
 
@@ -76,6 +85,7 @@ class Model:
     @classmethod
     def from_folder(cls, folder: ModelFolder, threads: int | None = None) -> Model:
         """Load the onnxruntime-genai model of ``folder`` with ``threads`` intra-op threads."""
+        check_text_model(folder)
         threads = threads or default_threads()
         if threads < 1:
             raise SlmopsError(f"threads must be 1 or more, got {threads}.")

@@ -32,6 +32,7 @@ KNOWN_PATHS = {
     "/metrics",
     "/v1/chat/completions",
     "/v1/completions",
+    "/v1/embeddings",
     "/v1/models",
     "/v1/responses",
     "/openai/models",
@@ -63,10 +64,11 @@ def create_app(config: ServerConfig | None = None, models: Sequence[str] = ()) -
     app.state.registry, app.state.metrics, app.state.config = registry, metrics, config
     app.state.started = time.time()
     errors.install(app)
-    from slmops.server import manage, openai_api, responses
+    from slmops.server import embeddings, manage, openai_api, responses
 
     app.include_router(openai_api.router)
     app.include_router(responses.router)
+    app.include_router(embeddings.router)
     app.include_router(manage.router)
     if config.ui:
         from slmops.server import ui

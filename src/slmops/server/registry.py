@@ -19,7 +19,7 @@ from pathlib import Path
 from slmops.cache.resolver import looks_like_path, resolve
 from slmops.errors import ModelNotFound
 from slmops.runtime.batched import BatchedDecoder
-from slmops.runtime.model import Model
+from slmops.runtime.model import Model, check_text_model
 from slmops.server.config import ServerConfig
 from slmops.server.errors import APIError
 from slmops.server.scheduler import Scheduler
@@ -107,6 +107,8 @@ class Registry:
         display, folder = await asyncio.to_thread(self.locate, name)
         entry = self.loaded.get(display.casefold())
         if entry is None:
+            # A request's mistake, not a failed load: nothing is unloaded or logged for it.
+            check_text_model(await asyncio.to_thread(resolve, folder))
             entry = await self._wait(self.start_load(display, folder), display, wait)
         return self._touch(entry, ttl)
 
@@ -127,6 +129,8 @@ class Registry:
         """
         name = self.add_folder(Path(item)) if looks_like_path(item) else item
         display, folder = self.locate(name)
+        if resolve(folder).is_embedding:  # served by /v1/embeddings, which loads it on its first request
+            return
         self.startup.add(display.casefold())
         self.start_load(display, folder)
 
