@@ -21,6 +21,10 @@ tokens are (stop tokens and strings, max_tokens, metrics). A sequence with a
 grammar (JSON, tools) carries an llguidance matcher (:mod:`slmops.runtime.guided`):
 its logits are masked before sampling, a token it rejects fails the sequence, and
 it ends when the grammar is complete.
+
+With a :class:`~slmops.runtime.prefix.PrefixCache`, a prompt's KV cache is kept once it
+is in and again when its answer ends; a later prompt that begins the same way copies
+that beginning into its row and prefills only the rest, in the same chunks.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from slmops.runtime.generate import Answer, Response
 from slmops.runtime.guided import Grammars
 from slmops.runtime.model import Model
 from slmops.runtime.options import GenerationOptions
+from slmops.runtime.prefix import MIN_REUSE, PrefixCache
 from slmops.runtime.sampling import Sampler
 
 if TYPE_CHECKING:
@@ -75,6 +80,7 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)
     row: int = -1
     filled: int = 0  # prompt tokens already in the row's KV cache
+    cached: int = 0  # prompt tokens copied from the prefix cache, not prefilled
     matcher: LLMatcher | None = None
     sampler: Sampler = field(init=False, repr=False)
     answer: Answer = field(init=False, repr=False)
@@ -97,9 +103,10 @@ class BatchedDecoder:
         model: a loaded :class:`slmops.runtime.Model` (its folder, config, tokenizer, stop tokens).
         rows: sequences decoded at once.
         max_length: tokens per row (prompt plus answer); longer requests go elsewhere.
+        prefix_budget: bytes of KV cache kept for prefix reuse (0: none).
     """
 
-    def __init__(self, model: Model, rows: int, max_length: int) -> None:
+    def __init__(self, model: Model, rows: int, max_length: int, prefix_budget: int = 0) -> None:
         import onnxruntime as ort
 
         decoder = model.genai_config["model"]["decoder"]
@@ -126,6 +133,7 @@ class BatchedDecoder:
         self.pending: collections.deque[Sequence] = collections.deque()  # admitted, prompt not yet in
         self.bindings: dict[int, ort.IOBinding] = {}
         self.steps = 0  # decode steps run, for tests and metrics
+        self.prefix = PrefixCache(prefix_budget)
         self.masks: np.ndarray | None = None
         # One thread fills grammar masks while onnxruntime computes logits (both leave the GIL).
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="slmops-grammar")
@@ -196,6 +204,8 @@ class BatchedDecoder:
 
     def remove(self, sequence: Sequence) -> None:
         """Free a running ``sequence``'s row: the last row moves into it so rows stay packed."""
+        # The row holds the prompt and every token but the last (never run through the model).
+        self.prefix.keep(sequence.prompt + sequence.tokens[:-1], self.cache, sequence.row)
         last = self.running[-1]
         if last is not sequence:
             self._move(last, sequence.row, last.length)
@@ -218,17 +228,28 @@ class BatchedDecoder:
         if not self.pending:
             return []
         head = self.pending[0]
+        if not head.filled:
+            self._reuse(head)
         if head.filled or len(head.prompt) > PREFILL_CHUNK:
             return self._prefill_chunk(head)
         group = [head]
         for sequence in list(self.pending)[1:]:
             longest = max(len(sequence.prompt), *(len(item.prompt) for item in group))
-            if longest * (len(group) + 1) > PREFILL_CHUNK:
-                break
+            if longest * (len(group) + 1) > PREFILL_CHUNK or self.prefix.longest(sequence.prompt)[1] >= MIN_REUSE:
+                break  # a prompt with a cached beginning goes on its own, from that beginning
             group.append(sequence)
         for _ in group:
             self.pending.popleft()
         return self._prefill_group(group)
+
+    def _reuse(self, sequence: Sequence) -> None:
+        """Start ``sequence`` from the longest cached beginning of its prompt, if one is worth copying."""
+        entry, size = self.prefix.longest(sequence.prompt)
+        if entry is None or size < MIN_REUSE:
+            return
+        sequence.row = len(self.running)
+        self.prefix.restore(entry, size, self.cache, sequence.row)
+        sequence.filled = sequence.cached = size
 
     def _prefill_group(self, group: list[Sequence]) -> list[tuple[Sequence, Response]]:
         first = len(self.running)
@@ -240,6 +261,8 @@ class BatchedDecoder:
             ids[offset, : len(sequence.prompt)] = sequence.prompt
             mask[offset, : len(sequence.prompt)] = 1
         logits = self._run_prompt(ids, mask, first, group)
+        for sequence in group:
+            self.prefix.keep(sequence.prompt, self.cache, sequence.row)
         rows = [
             self._mask(sequence, logits[offset, len(sequence.prompt) - 1], sequence.row)
             for offset, sequence in enumerate(group)
@@ -263,6 +286,7 @@ class BatchedDecoder:
         self.pending.popleft()
         if sequence.row != len(self.running):  # rows below it were freed meanwhile: keep rows packed
             self._move(sequence, len(self.running), end)
+        self.prefix.keep(sequence.prompt, self.cache, sequence.row)
         self.running.append(sequence)
         return [(sequence, self._emit(sequence, row))]
 

@@ -26,6 +26,7 @@ from slmops.server.protocol import (
     ErrorResponse,
     ModelCard,
     ModelList,
+    PromptTokensDetails,
     TextChoice,
     Usage,
 )
@@ -57,7 +58,8 @@ async def chat_completions(body: ChatRequest, request: Request):
     calls = plan.tool_mode.calls(text) if plan.tool_mode else None
     finish = "tool_calls" if calls else last.finish_reason or "stop"
     message = AnswerMessage(content=None if calls else text, tool_calls=calls)
-    return ChatCompletion(**meta, choices=[ChatChoice(message=message, finish_reason=finish)], usage=_usage(last))
+    usage = _usage(last, job)
+    return ChatCompletion(**meta, choices=[ChatChoice(message=message, finish_reason=finish)], usage=usage)
 
 
 @router.post("/v1/completions", response_model=Completion, responses={200: {"content": {"text/event-stream": {}}}})
@@ -77,7 +79,7 @@ async def completions(body: CompletionRequest, request: Request):
         return _sse(_text_chunks(job, meta, usage, prompt if body.echo else ""))
     text, last = await _collect(job)
     choice = TextChoice(text=(prompt if body.echo else "") + text, finish_reason=last.finish_reason or "stop")
-    return Completion(**meta, choices=[choice], usage=_usage(last))
+    return Completion(**meta, choices=[choice], usage=_usage(last, job))
 
 
 @router.get("/v1/models", response_model=ModelList)
@@ -109,9 +111,16 @@ def _meta(prefix: str, model: str) -> dict:
     return {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
 
 
-def _usage(last: Response | None) -> Usage:
+def _usage(last: Response | None, job) -> Usage:
     prompt, completion = (last.prompt_tokens, last.completion_tokens) if last else (0, 0)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    cached = job.sequence.cached if job.sequence is not None else 0
+    details = PromptTokensDetails(cached_tokens=cached)
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=details,
+    )
 
 
 async def _collect(job, strip_leading: bool = False) -> tuple[str, Response]:
@@ -180,7 +189,7 @@ async def _chat_chunks(job, plan, meta: dict, include_usage: bool) -> AsyncItera
         finish = "tool_calls"
     yield chunk({}, finish)
     if include_usage:
-        yield {**meta, "object": "chat.completion.chunk", "choices": [], "usage": _usage(last).model_dump()}
+        yield {**meta, "object": "chat.completion.chunk", "choices": [], "usage": _usage(last, job).model_dump()}
 
 
 async def _text_chunks(job, meta: dict, include_usage: bool, echo: str) -> AsyncIterator[dict]:
@@ -200,4 +209,4 @@ async def _text_chunks(job, meta: dict, include_usage: bool, echo: str) -> Async
             yield chunk(last.text)
     yield chunk("", (last.finish_reason if last else None) or "stop")
     if include_usage:
-        yield {**meta, "object": "text_completion", "choices": [], "usage": _usage(last).model_dump()}
+        yield {**meta, "object": "text_completion", "choices": [], "usage": _usage(last, job).model_dump()}

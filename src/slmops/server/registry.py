@@ -180,7 +180,7 @@ class Registry:
         decoder = await asyncio.to_thread(self._decoder, model)
         scheduler = Scheduler(name, self.config.parallel, self.config.max_queue, self.observer, decoder)
         log.info("loaded %s from %s in %.1f s", name, folder, model.load_s)
-        size += decoder.nbytes if decoder else 0
+        size += decoder.nbytes + decoder.prefix.budget if decoder else 0
         return Loaded(name, model, scheduler, size, self.config.keep_alive)
 
     def _decoder(self, model) -> BatchedDecoder | None:
@@ -194,8 +194,11 @@ class Registry:
                 "%s runs without batching: its KV cache is too large for %d rows", model.name, self.config.parallel
             )
             return None
+        prefix = self.config.prefix_cache
+        if prefix is None:  # room for about half the rows' worth of tokens
+            prefix = self.config.parallel * length * BatchedDecoder.token_bytes(model) // 2
         try:
-            return BatchedDecoder(model, self.config.parallel, length)
+            return BatchedDecoder(model, self.config.parallel, length, prefix)
         except Exception as exc:  # an unusual graph: its requests run one generator each instead
             log.warning("%s runs without batching: %s", model.name, exc)
             return None
@@ -278,6 +281,16 @@ class Registry:
         if self.startup & self.pending.keys():
             return "loading", {}
         return "failed", {key: self.failed.get(key, "not loaded") for key in sorted(self.startup)}
+
+    def prefix_totals(self) -> tuple[int, int, int, int]:
+        """Prefix cache hits, reused tokens, evictions and bytes held, over every loaded model."""
+        caches = [e.scheduler.decoder.prefix for e in self.loaded.values() if e.scheduler.decoder is not None]
+        return (
+            sum(cache.hits for cache in caches),
+            sum(cache.reused_tokens for cache in caches),
+            sum(cache.evictions for cache in caches),
+            sum(cache.used for cache in caches),
+        )
 
     def totals(self) -> tuple[int, int]:
         """Waiting and running sequences over every loaded model."""

@@ -1,0 +1,130 @@
+"""Prefix reuse in the batched decoder: a prompt that begins as an earlier one did starts from its KV cache.
+
+On the tiny fp32 model greedy answers with reuse are token for token those without it;
+every other figure is a count (cached tokens, hits, evictions), never a time.
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+import slmops
+from slmops.runtime import batched
+from slmops.runtime.batched import BatchedDecoder, Sequence
+from slmops.runtime.prefix import MIN_REUSE, PrefixCache
+
+BUDGET = 64 << 20
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_onnx):
+    return slmops.load(tiny_onnx, threads=1)
+
+
+class Endless:
+    """The model, but no token ends an answer: only max_tokens does."""
+
+    stop_token_ids = frozenset()
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def decoder(model, rows=4, budget=BUDGET) -> BatchedDecoder:
+    made = BatchedDecoder(model, rows, 512, budget)
+    made.model = Endless(made.model)
+    return made
+
+
+def sequence(model, ids, max_new=8) -> Sequence:
+    return Sequence(list(ids), model.options(temperature=0, max_tokens=max_new), max_new, time.perf_counter())
+
+
+def prompt(length: int, seed: int = 0) -> list[int]:
+    return [int(token) for token in np.random.default_rng(seed).integers(10, 500, length)]
+
+
+def run(made: BatchedDecoder, *sequences: Sequence) -> list[list[int]]:
+    made.add(list(sequences))
+    while made.busy:
+        made.advance()
+    return [item.tokens for item in sequences]
+
+
+def test_a_second_turn_reuses_the_first_and_answers_as_without_reuse(tiny):
+    first_ids = prompt(120, 1)
+    cold, warm = decoder(tiny, budget=0), decoder(tiny)
+    (first,) = run(warm, sequence(tiny, first_ids, 10))
+    assert run(cold, sequence(tiny, first_ids, 10)) == [first]
+    second_ids = first_ids + first + prompt(40, 2)  # the history, the answer, a new question
+    second = sequence(tiny, second_ids, 12)
+    assert run(warm, second) == run(cold, sequence(tiny, second_ids, 12))
+    # Everything but the answer's last token (never run through the model) came from the cache.
+    assert second.cached == 120 + 10 - 1
+    assert warm.prefix.hits == 1 and warm.prefix.reused_tokens == second.cached
+    assert cold.prefix.hits == 0 and not cold.prefix.entries
+
+
+def test_a_shared_system_prompt_is_reused_by_requests_arriving_together(tiny, monkeypatch):
+    monkeypatch.setattr(batched, "PREFILL_CHUNK", 64)  # the shared beginning takes three chunks
+    system = prompt(150, 3)
+    asks = [system + prompt(20 + 5 * index, 10 + index) for index in range(4)]
+    expected = run(decoder(tiny, budget=0), *(sequence(tiny, ids, 6) for ids in asks))
+    warm = decoder(tiny)
+    together = [sequence(tiny, ids, 6) for ids in asks]
+    assert run(warm, *together) == expected
+    # The first prompt is prefilled whole; the others copy the shared 150 tokens once it is in.
+    assert [item.cached for item in together] == [0, 150, 150, 150]
+    assert warm.prefix.hits == 3
+
+
+def test_a_later_chunked_prompt_still_answers_as_one_cold_prefill(tiny, monkeypatch):
+    monkeypatch.setattr(batched, "PREFILL_CHUNK", 32)
+    base = prompt(60, 4)
+    warm = decoder(tiny)
+    run(warm, sequence(tiny, base, 4))
+    longer = base + prompt(90, 5)
+    reused = sequence(tiny, longer, 8)
+    assert run(warm, reused) == run(decoder(tiny, budget=0), sequence(tiny, longer, 8))
+    assert reused.cached == 60
+
+
+def test_short_shared_beginnings_are_prefilled_with_the_others(tiny):
+    warm = decoder(tiny)
+    run(warm, sequence(tiny, prompt(100, 6), 2))
+    short = sequence(tiny, prompt(100, 6)[: MIN_REUSE - 1] + prompt(5, 7), 3)
+    run(warm, short)
+    assert short.cached == 0 and warm.prefix.hits == 0
+
+
+def test_least_recently_used_entries_leave_a_full_cache(tiny):
+    token_bytes = BatchedDecoder.token_bytes(tiny)
+    made = decoder(tiny, budget=130 * token_bytes)  # one answer of ~100 tokens fits, two do not
+    first_ids, second_ids = prompt(100, 8), prompt(100, 9)
+    run(made, sequence(tiny, first_ids, 4))
+    run(made, sequence(tiny, second_ids, 4))
+    assert made.prefix.evictions == 1 and len(made.prefix.entries) == 1
+    assert made.prefix.used <= made.prefix.budget
+    again = sequence(tiny, first_ids + prompt(5, 10), 2)
+    run(made, again)
+    assert again.cached == 0  # the first conversation's cache was the one evicted
+
+
+def test_an_entry_covered_by_a_longer_one_is_dropped():
+    buffers = [np.arange(2 * 1 * 64 * 2, dtype=np.float32).reshape(2, 1, 64, 2) for _ in range(4)]
+    cache = PrefixCache(1 << 20)
+    tokens = list(range(100, 150))
+    cache.keep(tokens[:40], buffers, 0)
+    cache.keep(tokens, buffers, 1)
+    cache.keep(tokens[:45], buffers, 0)  # already inside the longer entry: nothing new is kept
+    assert [len(entry.tokens) for entry in cache.entries] == [50]
+    entry, size = cache.longest(tokens[:42] + [7, 8])
+    assert size == 42
+    target = [np.zeros_like(buffer) for buffer in buffers]
+    cache.restore(entry, size, target, 0)
+    assert np.array_equal(target[2][0, :, :42], buffers[2][1, :, :42]) and not target[2][0, :, 42:].any()
+    assert cache.longest(tokens)[1] == len(tokens) - 1  # the last prompt token is always run
