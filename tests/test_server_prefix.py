@@ -63,8 +63,8 @@ def test_a_second_turn_reuses_the_first_and_answers_as_without_reuse(tiny):
     second_ids = first_ids + first + prompt(40, 2)  # the history, the answer, a new question
     second = sequence(tiny, second_ids, 12)
     assert run(warm, second) == run(cold, sequence(tiny, second_ids, 12))
-    # Everything but the answer's last token (never run through the model) came from the cache.
-    assert second.cached == 120 + 10 - 1
+    # The history came from the cache; the answer, decoded one position at a time, is read again.
+    assert second.cached == 120
     assert warm.prefix.hits == 1 and warm.prefix.reused_tokens == second.cached
     assert cold.prefix.hits == 0 and not cold.prefix.entries
 
@@ -128,3 +128,74 @@ def test_an_entry_covered_by_a_longer_one_is_dropped():
     cache.restore(entry, size, target, 0)
     assert np.array_equal(target[2][0, :, :42], buffers[2][1, :, :42]) and not target[2][0, :, 42:].any()
     assert cache.longest(tokens)[1] == len(tokens) - 1  # the last prompt token is always run
+
+
+def test_serve_reports_cached_tokens_and_counts_hits(tiny_onnx):
+    from fastapi.testclient import TestClient
+
+    from slmops.server import ServerConfig, create_app
+
+    config = ServerConfig(load_wait=60, parallel=2, threads=1, prefix_cache=BUDGET)
+    text = " ".join(f"word{index}" for index in range(80))
+    with TestClient(create_app(config, [str(tiny_onnx)])) as client:
+        for _ in range(600):
+            if client.get("/health").status_code == 200:
+                break
+            time.sleep(0.05)
+        body = {"model": "model", "max_tokens": 4, "temperature": 0}
+        cold = client.post("/v1/completions", json={**body, "prompt": text}).json()["usage"]
+        warm = client.post("/v1/completions", json={**body, "prompt": text + " and more"}).json()["usage"]
+        metrics = dict(
+            line.split() for line in client.get("/metrics").text.splitlines() if line.startswith("slmops_prefix")
+        )
+    assert cold["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert MIN_REUSE <= warm["prompt_tokens_details"]["cached_tokens"] < warm["prompt_tokens"]
+    assert int(metrics["slmops_prefix_cache_hits_total"]) == 1
+    assert int(metrics["slmops_prefix_cache_reused_tokens_total"]) == warm["prompt_tokens_details"]["cached_tokens"]
+    assert int(metrics["slmops_prefix_cache_evictions_total"]) == 0
+    assert int(metrics["slmops_prefix_cache_bytes"]) > 0
+
+
+def test_prefix_cache_size_flag(tmp_path):
+    from slmops.errors import UsageError
+    from slmops.server.commands import parse_size
+
+    assert parse_size("512MB", "--prefix-cache") == 512 << 20
+    assert parse_size("0", "--prefix-cache") == 0
+    with pytest.raises(UsageError, match="--prefix-cache 'lots' is not a size"):
+        parse_size("lots", "--prefix-cache")
+
+
+TURNS = [
+    ("You are a careful assistant for a bicycle shop. " * 12, "Which tools do I need to change a flat tyre?"),
+    ("You are a careful assistant for a bicycle shop. " * 12, "How often should I oil the chain?"),
+    ("You answer questions about cooking, briefly. " * 10, "How long do I boil an egg?"),
+    ("You help with travel plans in Europe. " * 10, "What should I see in Rome in two days?"),
+]
+
+
+def agreement(first: list[list[int]], second: list[list[int]]) -> float:
+    """The share of positions where two sets of answers have the same token."""
+    same = sum(one == two for left, right in zip(first, second) for one, two in zip(left, right))
+    return same / sum(max(len(left), len(right)) for left, right in zip(first, second))
+
+
+@pytest.mark.slow
+def test_int4_answers_with_reuse_agree_with_cold_prefill(smollm2_int4):
+    model = slmops.load(smollm2_int4, threads=2)
+    warm, cold = BatchedDecoder(model, 4, 2048, BUDGET), BatchedDecoder(model, 4, 2048, 0)
+    reused, fresh = [], []
+    for system, question in TURNS:
+        chat = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        first = sequence(model, model.prompt_ids(chat), 32)
+        run(warm, first)
+        chat += [
+            {"role": "assistant", "content": model.decode(first.tokens).strip()},
+            {"role": "user", "content": "Say that again in one short sentence."},
+        ]
+        ids = model.prompt_ids(chat)
+        second = sequence(model, ids, 32)
+        reused += run(warm, second)
+        fresh += run(cold, sequence(model, ids, 32))
+        assert second.cached >= len(model.prompt_ids(chat[:2])) - 1
+    assert agreement(reused, fresh) >= 0.98

@@ -23,8 +23,8 @@ its logits are masked before sampling, a token it rejects fails the sequence, an
 it ends when the grammar is complete.
 
 With a :class:`~slmops.runtime.prefix.PrefixCache`, a prompt's KV cache is kept once it
-is in and again when its answer ends; a later prompt that begins the same way copies
-that beginning into its row and prefills only the rest, in the same chunks.
+is in; a later prompt that begins the same way copies that beginning into its row and
+prefills only the rest, in the same chunks.
 """
 
 from __future__ import annotations
@@ -204,8 +204,6 @@ class BatchedDecoder:
 
     def remove(self, sequence: Sequence) -> None:
         """Free a running ``sequence``'s row: the last row moves into it so rows stay packed."""
-        # The row holds the prompt and every token but the last (never run through the model).
-        self.prefix.keep(sequence.prompt + sequence.tokens[:-1], self.cache, sequence.row)
         last = self.running[-1]
         if last is not sequence:
             self._move(last, sequence.row, last.length)

@@ -2,10 +2,17 @@
 
 Every OpenAI client resends the whole conversation each turn, and many requests open
 with the same long system prompt (tools, RAG instructions). The batched decoder keeps
-a copy of a sequence's KV cache when its prompt is in (so requests arriving together
-share a system prompt) and again when it finishes (prompt and answer, for the next
-turn), under a byte budget, least recently used out first. A new request copies the
-longest cached prefix of its prompt into its row and prefills only the rest.
+a copy of each prompt's KV cache once the prompt is in (so requests arriving together
+share a system prompt, and the next turn of a chat finds its history), under a byte
+budget, least recently used out first. A new request copies the longest cached prefix
+of its prompt into its row and prefills only the rest.
+
+Only prompts are kept, not the answers' tokens: their KV was written one position at
+a time, and onnxruntime's INT4 kernels round one position differently from many. On
+SmolLM2-135M INT4 a next turn that reused an answer's KV picked another greedy token at
+6% of its positions (as many as decoding and prefilling the same text disagree), while
+KV written by prefill is the same whether a prompt comes whole or in pieces: a reused
+prompt answers exactly as a cold one. The next turn prefills the last answer again.
 
 Each entry is a plain copy, not a page shared with a row: rows are written in place
 by onnxruntime, and a copy of a few hundred tokens' KV takes milliseconds where their
