@@ -199,3 +199,28 @@ def test_int4_answers_with_reuse_agree_with_cold_prefill(smollm2_int4):
         fresh += run(cold, sequence(model, ids, 32))
         assert second.cached >= len(model.prompt_ids(chat[:2])) - 1
     assert agreement(reused, fresh) >= 0.98
+
+
+def test_a_released_row_reads_as_zeros_and_leaves_the_others_alone():
+    from slmops.runtime.rows import RowMemory
+
+    memory = RowMemory(2, (3, 2, 1024, 4), np.float32)
+    for buffer in memory.buffers:
+        buffer[...] = 1.0
+    memory.release(1)
+    for buffer in memory.buffers:
+        assert not buffer[1].any() and buffer[0].all() and buffer[2].all()
+        buffer[1] = 2.0  # the row is written again as it fills
+        assert (buffer[1] == 2.0).all()
+
+
+def test_a_finished_answer_gives_its_row_back(tiny):
+    made = decoder(tiny, rows=2, budget=0)
+    short, long = sequence(tiny, prompt(40, 11), 2), sequence(tiny, prompt(40, 12), 30)
+    made.add([short, long])
+    while short in made.running or short in made.pending:
+        made.advance()
+    # long moved into row 0; row 1 went back to the system and reads as zeros
+    assert long.row == 0 and not made.cache[0][1].any() and made.cache[0][0, :, :40].any()
+    while made.busy:
+        made.advance()

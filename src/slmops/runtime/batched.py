@@ -43,6 +43,7 @@ from slmops.runtime.guided import Grammars
 from slmops.runtime.model import Model
 from slmops.runtime.options import GenerationOptions
 from slmops.runtime.prefix import MIN_REUSE, PrefixCache
+from slmops.runtime.rows import RowMemory
 from slmops.runtime.sampling import Sampler
 
 if TYPE_CHECKING:
@@ -121,11 +122,9 @@ class BatchedDecoder:
         inputs = {item.name: item for item in self.session.get_inputs()}
         kv_type = KV_TYPES[inputs[self.names["past"][0]].type]
         shape = (rows, decoder["num_key_value_heads"], max_length, decoder["head_size"])
-        # Touched now, not lazily: attention reads whole rows, so the cache becomes resident on
-        # first use anyway, and memory measured after loading should be memory in use.
-        self.cache = [np.empty(shape, kv_type) for _ in range(2 * self.layers)]
-        for buffer in self.cache:
-            buffer.fill(0)
+        # Resident as rows fill, handed back as they free (see slmops.runtime.rows).
+        self.memory = RowMemory(2 * self.layers, shape, kv_type)
+        self.cache = self.memory.buffers
         self.vocab = model.genai_config["model"]["vocab_size"]
         self.logits = np.zeros((rows, 1, self.vocab), np.float32)
         self.model, self.rows, self.max_length = model, rows, max_length
@@ -209,6 +208,7 @@ class BatchedDecoder:
             self._move(last, sequence.row, last.length)
             self.running[sequence.row] = last
         self.running.pop()
+        self.memory.release(len(self.running))  # a pending prompt fills the row above, never this one
 
     def _move(self, sequence: Sequence, row: int, length: int) -> None:
         for buffer in self.cache:

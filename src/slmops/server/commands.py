@@ -52,7 +52,7 @@ def serve_options(function):
         click.option(
             "--prefix-cache",
             help="KV cache kept per model to reuse prompt beginnings (e.g. 512MB; 0: off) "
-            "[default: half the batch rows' KV cache].",
+            "[default: a quarter of the batch rows' KV cache].",
         ),
         _shown(
             "--load-wait",

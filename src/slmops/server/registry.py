@@ -180,6 +180,7 @@ class Registry:
         decoder = await asyncio.to_thread(self._decoder, model)
         scheduler = Scheduler(name, self.config.parallel, self.config.max_queue, self.observer, decoder)
         log.info("loaded %s from %s in %.1f s", name, folder, model.load_s)
+        log.info("%s reserved: %s", name, _reserved(size, decoder))
         size += decoder.nbytes + decoder.prefix.budget if decoder else 0
         return Loaded(name, model, scheduler, size, self.config.keep_alive)
 
@@ -195,8 +196,8 @@ class Registry:
             )
             return None
         prefix = self.config.prefix_cache
-        if prefix is None:  # room for about half the rows' worth of tokens
-            prefix = self.config.parallel * length * BatchedDecoder.token_bytes(model) // 2
+        if prefix is None:  # a quarter of the rows' tokens: long system prompts and a few conversations
+            prefix = self.config.parallel * length * BatchedDecoder.token_bytes(model) // 4
         try:
             return BatchedDecoder(model, self.config.parallel, length, prefix)
         except Exception as exc:  # an unusual graph: its requests run one generator each instead
@@ -296,6 +297,19 @@ class Registry:
         """Waiting and running sequences over every loaded model."""
         entries = list(self.loaded.values())
         return sum(e.scheduler.queued for e in entries), sum(e.scheduler.active for e in entries)
+
+
+def _reserved(weights: int, decoder: BatchedDecoder | None) -> str:
+    """What a loaded model holds, for a user sizing a machine."""
+    text = f"weights {weights >> 20} MB"
+    if decoder is None:
+        return text + ", KV cache per request (no batch rows)"
+    rows = decoder.memory.buffers[0].shape
+    kv = f"{decoder.cache[0].dtype}"
+    return (
+        f"{text}, KV cache {rows[0]} rows x {decoder.max_length} tokens ({decoder.nbytes >> 20} MB of {kv}, "
+        f"resident as rows fill), prefix cache up to {decoder.prefix.budget >> 20} MB"
+    )
 
 
 def _folder_size(folder: Path) -> int:
