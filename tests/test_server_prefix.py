@@ -114,20 +114,41 @@ def test_least_recently_used_entries_leave_a_full_cache(tiny):
     assert again.cached == 0  # the first conversation's cache was the one evicted
 
 
-def test_an_entry_covered_by_a_longer_one_is_dropped():
-    buffers = [np.arange(2 * 1 * 64 * 2, dtype=np.float32).reshape(2, 1, 64, 2) for _ in range(4)]
+def test_an_entry_builds_on_the_one_it_begins_with():
+    # Rows hold different values, so where each restored position came from shows.
+    buffers = [np.arange(2 * 1 * 64 * 2, dtype=np.float32).reshape(2, 1, 64, 2) + 1 for _ in range(4)]
     cache = PrefixCache(1 << 20)
     tokens = list(range(100, 150))
     cache.keep(tokens[:40], buffers, 0)
     cache.keep(tokens, buffers, 1)
-    cache.keep(tokens[:45], buffers, 0)  # already inside the longer entry: nothing new is kept
-    assert [len(entry.tokens) for entry in cache.entries] == [50]
+    cache.keep(tokens[:45], buffers, 0)  # inside the longer entry: nothing new is kept
+    longer, first = cache.entries  # what an entry builds on is used whenever it is: it leaves last
+    assert len(first.tokens) == 40 and longer.parent is first and longer.start == 40
+    assert longer.kv.shape[2] == 10  # the KV of its own tokens only
     entry, size = cache.longest(tokens[:42] + [7, 8])
-    assert size == 42
+    assert entry is longer and size == 42
     target = [np.zeros_like(buffer) for buffer in buffers]
     cache.restore(entry, size, target, 0)
-    assert np.array_equal(target[2][0, :, :42], buffers[2][1, :, :42]) and not target[2][0, :, 42:].any()
+    assert np.array_equal(target[2][0, :, :40], buffers[2][0, :, :40])  # from the first entry
+    assert np.array_equal(target[2][0, :, 40:42], buffers[2][1, :, 40:42])  # from its own part
+    assert not target[2][0, :, 42:].any()
     assert cache.longest(tokens)[1] == len(tokens) - 1  # the last prompt token is always run
+
+
+def test_an_entry_leaves_before_what_it_builds_on():
+    buffers = [np.ones((1, 1, 256, 2), np.float32) for _ in range(2)]
+    kv, ids = 2 * 2 * 4, 8  # bytes of one token: its KV in both buffers, its id
+    cache = PrefixCache(3500)
+    system = list(range(1000, 1100))
+    cache.keep(system, buffers, 0)
+    cache.keep(system + [1, 2, 3, 4, 5], buffers, 0)  # the KV of 5 tokens of its own
+    assert len(cache.entries) == 2 and cache.used == 100 * (kv + ids) + 5 * kv + 105 * ids
+    cache.keep(list(range(2000, 2060)), buffers, 0)  # needs room: the child goes, then the system prompt
+    assert cache.evictions == 2 and [len(entry.tokens) for entry in cache.entries] == [60]
+    cache.keep(list(range(3000, 3050)), buffers, 0)
+    cache.keep(list(range(2000, 2060)), buffers, 0)  # held already: now the most recently used
+    cache.keep(list(range(4000, 4070)), buffers, 0)  # the 50-token entry is the least recently used
+    assert cache.evictions == 3 and [len(entry.tokens) for entry in cache.entries] == [60, 70]
 
 
 def test_serve_reports_cached_tokens_and_counts_hits(tiny_onnx):

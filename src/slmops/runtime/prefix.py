@@ -14,10 +14,12 @@ SmolLM2-135M INT4 a next turn that reused an answer's KV picked another greedy t
 KV written by prefill is the same whether a prompt comes whole or in pieces: a reused
 prompt answers exactly as a cold one. The next turn prefills the last answer again.
 
-Each entry is a plain copy, not a page shared with a row: rows are written in place
-by onnxruntime, and a copy of a few hundred tokens' KV takes milliseconds where their
-prefill takes seconds. An entry whose tokens begin another one is dropped, since the
-longer entry answers every lookup the shorter one would.
+Each entry is a copy, not a page shared with a row: rows are written in place by
+onnxruntime, and a copy of a few hundred tokens' KV takes milliseconds where their
+prefill takes seconds. An entry that begins as an earlier one does holds only the KV
+past that beginning and points to the earlier entry for the rest, so eight
+conversations over one system prompt hold it once, and each turn of a chat adds only
+its new tokens. Evicting an entry evicts the entries built on it.
 """
 
 from __future__ import annotations
@@ -33,14 +35,30 @@ MIN_REUSE = 32
 
 @dataclass(eq=False)
 class Entry:
-    """The KV cache of ``tokens``: one ``(kv_heads, len(tokens), head_size)`` block per cache buffer."""
+    """The KV cache of ``tokens``: its own part, from ``start`` on, and ``parent``'s before it.
+
+    Attributes:
+        tokens: every token it covers, from the first.
+        kv: one ``(kv_heads, len(tokens) - start, head_size)`` block per cache buffer.
+        parent: the entry holding positions ``0..start-1``, or None when ``start`` is 0.
+    """
 
     tokens: np.ndarray
     kv: np.ndarray
+    parent: Entry | None = None
+    start: int = 0
 
     @property
     def nbytes(self) -> int:
         return self.kv.nbytes + self.tokens.nbytes
+
+    def chain(self) -> list[Entry]:
+        """This entry and the ones it builds on, itself first."""
+        entries, entry = [], self
+        while entry is not None:
+            entries.append(entry)
+            entry = entry.parent
+        return entries
 
 
 class PrefixCache:
@@ -55,7 +73,7 @@ class PrefixCache:
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
-        self.entries: list[Entry] = []  # least recently used first
+        self.entries: list[Entry] = []  # least recently used first; an entry's parents come after it
         self.hits = 0
         self.reused_tokens = 0
         self.evictions = 0
@@ -70,52 +88,75 @@ class PrefixCache:
 
         At most ``len(prompt) - 1``: the last prompt token is always run, for its logits.
         """
-        ids = np.asarray(prompt, np.int64)
+        best, size = self._longest(np.asarray(prompt, np.int64))
+        return best, min(size, len(prompt) - 1)
+
+    def restore(self, entry: Entry, size: int, buffers: list[np.ndarray], row: int) -> None:
+        """Copy the first ``size`` tokens of ``entry`` into ``row`` of every buffer."""
+        self._touch(entry)
+        self.hits += 1
+        self.reused_tokens += size
+        for part in entry.chain():
+            if size > part.start:
+                for block, buffer in zip(part.kv, buffers):
+                    buffer[row, :, part.start : size] = block[:, : size - part.start]
+            size = min(size, part.start)
+
+    def keep(self, tokens: list[int], buffers: list[np.ndarray], row: int) -> None:
+        """Keep ``row``'s KV cache for ``tokens`` (its first ``len(tokens)`` positions).
+
+        What an entry already holds is not copied again: the new entry builds on it.
+        """
+        size, ids = len(tokens), np.asarray(tokens, np.int64)
+        parent, start = self._longest(ids)
+        if start == size and parent is not None:  # held already, maybe with more after it
+            self._touch(parent)
+            return
+        if start < MIN_REUSE:
+            parent, start = None, 0
+        if size < MIN_REUSE or (size - start) * _token_bytes(buffers) > self.budget:
+            return
+        kv = np.empty((len(buffers), *_block_shape(buffers[0], size - start)), buffers[0].dtype)
+        for block, buffer in zip(kv, buffers):
+            block[...] = buffer[row, :, start:size]
+        entry = Entry(ids, kv, parent, start)
+        if self._make_room(entry):
+            self.entries.append(entry)
+            self._touch(entry)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def _longest(self, ids: np.ndarray) -> tuple[Entry | None, int]:
         best, size = None, 0
         for entry in self.entries:
             shared = _shared(entry.tokens, ids)
             if shared > size:
                 best, size = entry, shared
-        return best, min(size, len(prompt) - 1)
+        return best, size
 
-    def restore(self, entry: Entry, size: int, buffers: list[np.ndarray], row: int) -> None:
-        """Copy the first ``size`` tokens of ``entry`` into ``row`` of every buffer."""
-        for block, buffer in zip(entry.kv, buffers):
-            buffer[row, :, :size] = block[:, :size]
-        self.entries.remove(entry)
-        self.entries.append(entry)
-        self.hits += 1
-        self.reused_tokens += size
+    def _touch(self, entry: Entry) -> None:
+        """Make ``entry`` and what it builds on the most recently used, its parents last."""
+        for part in entry.chain():
+            if part in self.entries:
+                self.entries.remove(part)
+                self.entries.append(part)
 
-    def keep(self, tokens: list[int], buffers: list[np.ndarray], row: int) -> None:
-        """Keep a copy of ``row``'s KV cache for ``tokens`` (its first ``len(tokens)`` positions)."""
-        size = len(tokens)
-        if size < MIN_REUSE or size * _token_bytes(buffers) > self.budget:
-            return
-        ids = np.asarray(tokens, np.int64)
-        for entry in list(self.entries):
-            shared = _shared(entry.tokens, ids)
-            if shared == size:  # already held, maybe with more after it
-                self.entries.remove(entry)
-                self.entries.append(entry)
-                return
-            if shared == len(entry.tokens):  # a beginning of these tokens: this copy supersedes it
-                self.entries.remove(entry)
-        kv = np.empty((len(buffers), *_block_shape(buffers[0], size)), buffers[0].dtype)
-        for block, buffer in zip(kv, buffers):
-            block[...] = buffer[row, :, :size]
-        entry = Entry(ids, kv)
-        self._make_room(entry.nbytes)
-        self.entries.append(entry)
-
-    def clear(self) -> None:
-        self.entries.clear()
-
-    def _make_room(self, size: int) -> None:
+    def _make_room(self, entry: Entry) -> bool:
+        """Evict the least recently used entries (and what builds on them) until ``entry`` fits;
+        False when it cannot (what it builds on fills the budget)."""
+        needed = set(entry.chain()[1:])
         used = self.used
-        while self.entries and used + size > self.budget:
-            used -= self.entries.pop(0).nbytes
-            self.evictions += 1
+        for old in list(self.entries):
+            if used + entry.nbytes <= self.budget:
+                break
+            if old in needed or old not in self.entries:
+                continue
+            for gone in [item for item in self.entries if old in item.chain()]:
+                self.entries.remove(gone)
+                used -= gone.nbytes
+                self.evictions += 1
+        return used + entry.nbytes <= self.budget
 
 
 def _shared(first: np.ndarray, second: np.ndarray) -> int:
