@@ -54,10 +54,9 @@ class Entry:
 
     def chain(self) -> list[Entry]:
         """This entry and the ones it builds on, itself first."""
-        entries, entry = [], self
-        while entry is not None:
-            entries.append(entry)
-            entry = entry.parent
+        entries: list[Entry] = [self]
+        while entries[-1].parent is not None:
+            entries.append(entries[-1].parent)
         return entries
 
 

@@ -29,7 +29,9 @@ class RowMemory:
         size = int(np.prod(shape)) * np.dtype(dtype).itemsize
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
         self.regions = [mmap.mmap(-1, max(size, 1), flags=flags) for _ in range(count)]
-        self.buffers = [np.frombuffer(region, dtype, int(np.prod(shape))).reshape(shape) for region in self.regions]
+        self.buffers: list[np.ndarray] = [
+            np.frombuffer(region, dtype, int(np.prod(shape))).reshape(shape) for region in self.regions
+        ]
         self.row_bytes = size // shape[0] if shape[0] else 0
 
     @property

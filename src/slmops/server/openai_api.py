@@ -58,8 +58,8 @@ async def chat_completions(body: ChatRequest, request: Request):
     calls = plan.tool_mode.calls(text) if plan.tool_mode else None
     finish = "tool_calls" if calls else last.finish_reason or "stop"
     message = AnswerMessage(content=None if calls else text, tool_calls=calls)
-    usage = _usage(last, job)
-    return ChatCompletion(**meta, choices=[ChatChoice(message=message, finish_reason=finish)], usage=usage)
+    choice = ChatChoice(message=message, finish_reason=finish)
+    return ChatCompletion(**meta, choices=[choice], usage=_usage(last, job))
 
 
 @router.post("/v1/completions", response_model=Completion, responses={200: {"content": {"text/event-stream": {}}}})

@@ -304,11 +304,9 @@ def _reserved(weights: int, decoder: BatchedDecoder | None) -> str:
     text = f"weights {weights >> 20} MB"
     if decoder is None:
         return text + ", KV cache per request (no batch rows)"
-    rows = decoder.memory.buffers[0].shape
-    kv = f"{decoder.cache[0].dtype}"
     return (
-        f"{text}, KV cache {rows[0]} rows x {decoder.max_length} tokens ({decoder.nbytes >> 20} MB of {kv}, "
-        f"resident as rows fill), prefix cache up to {decoder.prefix.budget >> 20} MB"
+        f"{text}, KV cache {decoder.rows} rows x {decoder.max_length} tokens ({decoder.nbytes >> 20} MB of "
+        f"{decoder.cache[0].dtype}, resident as rows fill), prefix cache up to {decoder.prefix.budget >> 20} MB"
     )
 
 
