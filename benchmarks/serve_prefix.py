@@ -260,6 +260,9 @@ def main() -> None:
     parser.add_argument("--llama-threads", type=int, default=THREADS, help="llama-server -t [default: 2]")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
     parser.add_argument("--slmops-flag", action="append", default=[], help="extra `slmops serve` flag (repeatable)")
+    parser.add_argument(
+        "--scenario", action="append", choices=sorted(SCENARIOS), help="run only these (repeatable) [default: all]"
+    )
     args = parser.parse_args()
     cpu = describe_cpu().summary()
     print(f"CPU: {cpu}", flush=True)
@@ -282,7 +285,7 @@ def main() -> None:
         time.sleep(2)  # let the loads settle before reading their memory
         for contender in contenders:
             contender.facts |= {f"after load: {k}": v for k, v in memory(contender.server.process.pid).items()}
-        measure(contenders, args.rounds)
+        measure(contenders, args.rounds, [SCENARIOS[name] for name in args.scenario or SCENARIOS])
         for contender in contenders:
             contender.facts |= {f"at the end: {k}": v for k, v in memory(contender.server.process.pid).items()}
         load.append(os.getloadavg()[0])
@@ -293,19 +296,22 @@ def main() -> None:
     report(contenders, cpu, load, reserved, args.json)
 
 
-def measure(contenders: list[Contender], rounds: int) -> None:
+def measure(contenders: list[Contender], rounds: int, scenarios: list) -> None:
     with httpx.Client(timeout=600, limits=httpx.Limits(max_connections=None)) as client:
         for contender in contenders:  # warm-up: first requests pay for lazy initialisation
             chat(client, contender, [{"role": "user", "content": "Hello"}], 4)
         for index in range(rounds):
             tag = secrets.token_hex(4)
             order = contenders if index % 2 == 0 else contenders[::-1]
-            for scenario in (multi_turn, shared_in_turn, shared_burst):
+            for scenario in scenarios:
                 for contender in order:
                     scenario(client, contender, f"{tag}-{contender.label}")
+                    latest = {name: round(values[-1], 3) for name, values in contender.rows.items()}
+                    print(f"  {contender.label}, {scenario.__name__}: {latest}", flush=True)
             print(f"round {index + 1} of {rounds} done", flush=True)
 
 
+SCENARIOS = {"multi-turn": multi_turn, "one-by-one": shared_in_turn, "burst": shared_burst}
 RATIOS = (
     ("multi-turn: next turn TTFT (s)", "multi-turn: first turn TTFT (s)", 0.15),
     (
@@ -332,13 +338,15 @@ def report(contenders: list[Contender], cpu: str, load: list[float], reserved: l
             print(f"  {name:62s} {contender.median(name):8.3f}   {' '.join(f'{v:.3f}' for v in values)}")
         ratios = {}
         for numerator, denominator, target in RATIOS:
+            if numerator not in contender.rows:
+                continue
             ratio = contender.median(numerator) / contender.median(denominator)
             ratios[numerator.split(":")[0]] = ratio
             print(f"  ratio {numerator.split(':')[0]:56s} {ratio:8.3f}   (target <= {target})")
         for name, value in contender.facts.items():
             print(f"  {name:62s} {value:8.0f}")
         result["contenders"][contender.label] = {"rows": contender.rows, "ratios": ratios, "memory_mb": contender.facts}
-    if len(contenders) > 1:
+    if len(contenders) > 1 and "multi-turn: next turn TTFT (s)" in contenders[0].rows:
         ours, theirs = contenders
         name = "multi-turn: next turn TTFT (s)"
         print(f"\nnext turn TTFT, slmops / llama-server: {ours.median(name) / theirs.median(name):.2f}x (target <= 1)")
