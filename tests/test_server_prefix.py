@@ -245,3 +245,20 @@ def test_a_finished_answer_gives_its_row_back(tiny):
     assert long.row == 0 and not made.cache[0][1].any() and made.cache[0][0, :, :40].any()
     while made.busy:
         made.advance()
+
+
+def test_a_guided_row_with_a_cached_beginning_answers_as_without_it(tiny):
+    from slmops.server import tools
+
+    schema = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Oslo", "Rome"]}}}
+    system = prompt(90, 13)
+    answers = []
+    for budget in (0, BUDGET):
+        made = decoder(tiny, budget=budget)
+        run(made, sequence(tiny, system + prompt(10, 14), 3))
+        guided = sequence(tiny, system + prompt(12, 15), 40)
+        guided.matcher = made.grammars.matcher(tools.grammar(schema))
+        answers.append((run(made, guided)[0], guided.cached))
+    (cold, none), (warm, cached) = answers
+    assert warm == cold and none == 0 and cached == 90
+    assert tiny.decode(warm).startswith("{")
