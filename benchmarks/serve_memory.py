@@ -51,10 +51,10 @@ def source_of(commit: str) -> Path:
     return folder / "src"
 
 
-def slmops_server(folder: Path, source: Path, label: str) -> ServerProcess:
+def slmops_server(folder: Path, source: Path, label: str, flags: tuple[str, ...] = ()) -> ServerProcess:
     env = dict(os.environ, SLMOPS_HOME=tempfile.mkdtemp(prefix="slmops-bench-"), PYTHONPATH=str(source))
     command = [sys.executable, "-m", "slmops", "serve", str(folder), "--log-level", "warning"]
-    command += ["--parallel", str(SLOTS), "--threads", str(THREADS)]
+    command += ["--parallel", str(SLOTS), "--threads", str(THREADS), *flags]
     return ServerProcess(command, env=env, label=label)
 
 
@@ -67,12 +67,14 @@ def main() -> None:
     parser.add_argument("--llama-server", help="llama-server binary [default: on PATH or /opt/llama-server/bin]")
     parser.add_argument("--gguf", type=Path, help="GGUF for llama-server [default: the embedded SmolLM2 Q4_1]")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
+    parser.add_argument("--slmops-flag", action="append", default=[], help="extra `slmops serve` flag (repeatable)")
     args = parser.parse_args()
     cpu = describe_cpu().summary()
     print(f"CPU: {cpu}", flush=True)
     gguf = args.gguf or embedded_model()
     folder = args.folder or convert(gguf)
-    contenders = [Contender("slmops serve", slmops_server(folder, ROOT / "src", "slmops serve"), folder.name)]
+    label = " ".join(["slmops serve", *args.slmops_flag])
+    contenders = [Contender(label, slmops_server(folder, ROOT / "src", label, tuple(args.slmops_flag)), folder.name)]
     if args.before:
         label = f"slmops serve at {args.before}"
         contenders.append(Contender(label, slmops_server(folder, source_of(args.before), label), folder.name))
