@@ -262,3 +262,14 @@ def test_a_guided_row_with_a_cached_beginning_answers_as_without_it(tiny):
     (cold, none), (warm, cached) = answers
     assert warm == cold and none == 0 and cached == 90
     assert tiny.decode(warm).startswith("{")
+
+
+def test_a_cancelled_half_filled_prompt_gives_its_row_back(tiny, monkeypatch):
+    monkeypatch.setattr(batched, "PREFILL_CHUNK", 64)
+    made = decoder(tiny, rows=2, budget=0)
+    waiting = sequence(tiny, prompt(200, 16), 2)
+    made.add([waiting])
+    made.advance()  # one chunk of 64 tokens in
+    assert waiting.filled == 64 and made.cache[0][waiting.row, :, :64].any()
+    made.cancel(waiting)
+    assert not made.cache[0][waiting.row].any() and made.free == 2

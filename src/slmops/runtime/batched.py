@@ -198,6 +198,8 @@ class BatchedDecoder:
         """Drop ``sequence``, waiting or decoding."""
         if sequence in self.pending:
             self.pending.remove(sequence)  # a half-filled row above the running ones is simply reused
+            if sequence.filled:  # only the head of the line has a row, above the running ones
+                self.memory.release(sequence.row)
         elif sequence in self.running:
             self.remove(sequence)
 
@@ -283,7 +285,9 @@ class BatchedDecoder:
         row = self._mask(sequence, logits[0, -1], sequence.row)
         self.pending.popleft()
         if sequence.row != len(self.running):  # rows below it were freed meanwhile: keep rows packed
+            freed = sequence.row
             self._move(sequence, len(self.running), end)
+            self.memory.release(freed)
         self.prefix.keep(sequence.prompt, self.cache, sequence.row)
         self.running.append(sequence)
         return [(sequence, self._emit(sequence, row))]
