@@ -21,6 +21,10 @@ tokens are (stop tokens and strings, max_tokens, metrics). A sequence with a
 grammar (JSON, tools) carries an llguidance matcher (:mod:`slmops.runtime.guided`):
 its logits are masked before sampling, a token it rejects fails the sequence, and
 it ends when the grammar is complete.
+
+With a :class:`~slmops.runtime.prefix.PrefixCache`, a prompt's KV cache is kept once it
+is in; a later prompt that begins the same way copies that beginning into its row and
+prefills only the rest, in the same chunks.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from slmops.runtime.guided import Grammars
 from slmops.runtime.logprobs import TokenLogprob, next_token, prompt_tokens
 from slmops.runtime.model import Model
 from slmops.runtime.options import GenerationOptions
+from slmops.runtime.prefix import MIN_REUSE, PrefixCache
+from slmops.runtime.rows import RowMemory
 from slmops.runtime.sampling import Sampler
 
 if TYPE_CHECKING:
@@ -80,6 +86,7 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)
     row: int = -1
     filled: int = 0  # prompt tokens already in the row's KV cache
+    cached: int = 0  # prompt tokens copied from the prefix cache, not prefilled
     matcher: LLMatcher | None = None
     logprobs: int | None = None
     prompt_logprobs: int | None = None
@@ -105,9 +112,10 @@ class BatchedDecoder:
         model: a loaded :class:`slmops.runtime.Model` (its folder, config, tokenizer, stop tokens).
         rows: sequences decoded at once.
         max_length: tokens per row (prompt plus answer); longer requests go elsewhere.
+        prefix_budget: bytes of KV cache kept for prefix reuse (0: none).
     """
 
-    def __init__(self, model: Model, rows: int, max_length: int) -> None:
+    def __init__(self, model: Model, rows: int, max_length: int, prefix_budget: int = 0) -> None:
         import onnxruntime as ort
 
         decoder = model.genai_config["model"]["decoder"]
@@ -122,11 +130,9 @@ class BatchedDecoder:
         inputs = {item.name: item for item in self.session.get_inputs()}
         kv_type = KV_TYPES[inputs[self.names["past"][0]].type]
         shape = (rows, decoder["num_key_value_heads"], max_length, decoder["head_size"])
-        # Touched now, not lazily: attention reads whole rows, so the cache becomes resident on
-        # first use anyway, and memory measured after loading should be memory in use.
-        self.cache = [np.empty(shape, kv_type) for _ in range(2 * self.layers)]
-        for buffer in self.cache:
-            buffer.fill(0)
+        # Resident as rows fill, handed back as they free (see slmops.runtime.rows).
+        self.memory = RowMemory(2 * self.layers, shape, kv_type)
+        self.cache = self.memory.buffers
         self.vocab = model.genai_config["model"]["vocab_size"]
         self.logits = np.zeros((rows, 1, self.vocab), np.float32)
         self.model, self.rows, self.max_length = model, rows, max_length
@@ -134,6 +140,7 @@ class BatchedDecoder:
         self.pending: collections.deque[Sequence] = collections.deque()  # admitted, prompt not yet in
         self.bindings: dict[int, ort.IOBinding] = {}
         self.steps = 0  # decode steps run, for tests and metrics
+        self.prefix = PrefixCache(prefix_budget)
         self.masks: np.ndarray | None = None
         # One thread fills grammar masks while onnxruntime computes logits (both leave the GIL).
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="slmops-grammar")
@@ -199,6 +206,8 @@ class BatchedDecoder:
         """Drop ``sequence``, waiting or decoding."""
         if sequence in self.pending:
             self.pending.remove(sequence)  # a half-filled row above the running ones is simply reused
+            if sequence.filled:  # only the head of the line has a row, above the running ones
+                self.memory.release(sequence.row)
         elif sequence in self.running:
             self.remove(sequence)
 
@@ -209,6 +218,7 @@ class BatchedDecoder:
             self._move(last, sequence.row, last.length)
             self.running[sequence.row] = last
         self.running.pop()
+        self.memory.release(len(self.running))  # a pending prompt fills the row above, never this one
 
     def _move(self, sequence: Sequence, row: int, length: int) -> None:
         for buffer in self.cache:
@@ -226,17 +236,30 @@ class BatchedDecoder:
         if not self.pending:
             return []
         head = self.pending[0]
+        if not head.filled:
+            self._reuse(head)
         if head.filled or len(head.prompt) > PREFILL_CHUNK:
             return self._prefill_chunk(head)
         group = [head]
         for sequence in list(self.pending)[1:]:
             longest = max(len(sequence.prompt), *(len(item.prompt) for item in group))
-            if longest * (len(group) + 1) > PREFILL_CHUNK:
-                break
+            if longest * (len(group) + 1) > PREFILL_CHUNK or self.prefix.longest(sequence.prompt)[1] >= MIN_REUSE:
+                break  # a prompt with a cached beginning goes on its own, from that beginning
             group.append(sequence)
         for _ in group:
             self.pending.popleft()
         return self._prefill_group(group)
+
+    def _reuse(self, sequence: Sequence) -> None:
+        """Start ``sequence`` from the longest cached beginning of its prompt, if one is worth copying."""
+        if sequence.prompt_logprobs is not None:  # scoring a prompt needs every position's logits
+            return
+        entry, size = self.prefix.longest(sequence.prompt)
+        if entry is None or size < MIN_REUSE:
+            return
+        sequence.row = len(self.running)
+        self.prefix.restore(entry, size, self.cache, sequence.row)
+        sequence.filled = sequence.cached = size
 
     def _prefill_group(self, group: list[Sequence]) -> list[tuple[Sequence, Response]]:
         first = len(self.running)
@@ -250,6 +273,7 @@ class BatchedDecoder:
         logits = self._run_prompt(ids, mask, first, group)
         for offset, sequence in enumerate(group):
             self._score_prompt(sequence, logits[offset], 0, len(sequence.prompt))
+            self.prefix.keep(sequence.prompt, self.cache, sequence.row)
         rows = [
             self._mask(sequence, logits[offset, len(sequence.prompt) - 1], sequence.row)
             for offset, sequence in enumerate(group)
@@ -273,7 +297,10 @@ class BatchedDecoder:
         row = self._mask(sequence, logits[0, -1], sequence.row)
         self.pending.popleft()
         if sequence.row != len(self.running):  # rows below it were freed meanwhile: keep rows packed
+            freed = sequence.row
             self._move(sequence, len(self.running), end)
+            self.memory.release(freed)
+        self.prefix.keep(sequence.prompt, self.cache, sequence.row)
         self.running.append(sequence)
         return [(sequence, self._emit(sequence, row))]
 

@@ -18,6 +18,7 @@ from slmops.runtime.logprobs import TokenLogprob
 from slmops.server import generation
 from slmops.server.errors import APIError
 from slmops.server.generation import Plan
+from slmops.server.protocol import PromptTokensDetails, Usage
 from slmops.server.registry import Loaded
 from slmops.server.scheduler import Job
 
@@ -48,6 +49,20 @@ def start_all(loaded: Loaded, plans: list[Plan]) -> list[Job]:
             job.cancel()
         raise
     return jobs
+
+
+def cached_tokens(jobs: list[Job], n: int) -> int:
+    """Prompt tokens read from the prefix cache; a prompt's ``n`` choices count it once, as its tokens do."""
+    return sum(job.sequence.cached for job in jobs[::n] if job.sequence is not None)
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached: int) -> Usage:
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+    )
 
 
 @dataclass

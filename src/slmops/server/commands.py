@@ -12,13 +12,13 @@ from slmops.server.config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig
 SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
 
 
-def parse_size(text: str | None) -> int | None:
+def parse_size(text: str | None, flag: str = "--max-memory") -> int | None:
     """'4GB', '512m', '1048576' -> bytes."""
     if not text:
         return None
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     if not match or match.group(2).lower() not in SIZE_UNITS:
-        raise UsageError(f"--max-memory {text!r} is not a size; write e.g. 4GB or 512MB.")
+        raise UsageError(f"{flag} {text!r} is not a size; write e.g. 4GB or 512MB.")
     return int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
 
 
@@ -48,6 +48,11 @@ def serve_options(function):
             click.BOOL,
             True,
             "Decode concurrent requests in one batch (off: one generator per request).",
+        ),
+        click.option(
+            "--prefix-cache",
+            help="KV cache kept per model to reuse prompt beginnings (e.g. 512MB; 0: off) "
+            "[default: a quarter of the batch rows' KV cache].",
         ),
         _shown(
             "--load-wait",
@@ -80,6 +85,7 @@ def make_config(
     load_wait=10.0,
     ui=True,
     cors=(),
+    prefix_cache=None,
 ) -> ServerConfig:
     return ServerConfig(
         parallel=parallel,
@@ -93,6 +99,7 @@ def make_config(
         load_wait=load_wait,
         ui=ui,
         cors=tuple(cors),
+        prefix_cache=parse_size(prefix_cache, "--prefix-cache"),
     )
 
 

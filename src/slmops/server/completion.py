@@ -90,6 +90,7 @@ async def complete(loaded: Loaded, body: CompletionRequest, meta: dict):
     jobs = choices.start_all(loaded, plans_for(body, prompts))
     echoes = [prompt for prompt in prompts for _ in range(body.n)]
     prompt_tokens = sum(len(prompt.ids) for prompt in prompts)
+    cached = choices.cached_tokens(jobs, body.n)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         lasts: dict[int, Response] = {}
@@ -97,12 +98,11 @@ async def complete(loaded: Loaded, body: CompletionRequest, meta: dict):
             _chunks(job, meta, index, echoes[index] if body.echo else None, texts, include_usage, lasts)
             for index, job in enumerate(jobs)
         ]
-        return _with_usage(choices.merge(streams), meta, include_usage, prompt_tokens, lasts)
+        return _with_usage(choices.merge(streams), meta, include_usage, prompt_tokens, lasts, cached)
     answers = await choices.collect_all(jobs)
     made = [_choice(index, answer, echoes[index] if body.echo else None, texts) for index, answer in enumerate(answers)]
     completion = sum(answer.last.completion_tokens for answer in answers)
-    usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion)
-    return Completion(**meta, choices=made, usage=usage)
+    return Completion(**meta, choices=made, usage=choices.usage(prompt_tokens, completion, cached))
 
 
 def _choice(index: int, answer: Collected, echo: Prompt | None, texts: shapes.TokenTexts | None) -> TextChoice:
@@ -146,13 +146,16 @@ async def _chunks(
 
 
 async def _with_usage(
-    chunks: AsyncIterator[dict], meta: dict, include_usage: bool, prompt_tokens: int, lasts: dict[int, Response]
+    chunks: AsyncIterator[dict],
+    meta: dict,
+    include_usage: bool,
+    prompt_tokens: int,
+    lasts: dict[int, Response],
+    cached: int,
 ) -> AsyncIterator[dict]:
     async for item in chunks:
         yield item
     if include_usage:
         completion = sum(last.completion_tokens for last in lasts.values())
-        usage = Usage(
-            prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion
-        )
+        usage = choices.usage(prompt_tokens, completion, cached)
         yield {**meta, "object": "text_completion", "choices": [], "usage": usage.model_dump()}

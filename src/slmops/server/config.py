@@ -27,3 +27,4 @@ class ServerConfig:
     load_wait: float = 10.0  # seconds a request waits for its model to load before a 503
     ui: bool = True  # the web playground at /
     cors: tuple[str, ...] = ()  # origins other than its own whose pages may call the service
+    prefix_cache: int | None = None  # bytes of KV kept for prefix reuse per model; None: sized from the model

@@ -41,7 +41,7 @@ async def metrics(request: Request):
     """Counters and gauges in Prometheus' text format."""
     reg = registry(request)
     queued, active = reg.totals()
-    text = request.app.state.metrics.render(queued, active, len(reg.loaded), len(reg.pending))
+    text = request.app.state.metrics.render(queued, active, len(reg.loaded), len(reg.pending), reg.prefix_totals())
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 

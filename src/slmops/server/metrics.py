@@ -68,8 +68,14 @@ class Metrics:
             else:
                 self.per_token.observe(max(0.0, response.elapsed_s - previous_elapsed))
 
-    def render(self, queued: int, active: int, loaded: int, loading: int = 0) -> str:
-        """The Prometheus text exposition of the counters and the current gauges."""
+    def render(
+        self, queued: int, active: int, loaded: int, loading: int = 0, prefix: tuple[int, int, int, int] = (0, 0, 0, 0)
+    ) -> str:
+        """The Prometheus text exposition of the counters and the current gauges.
+
+        ``prefix`` is the prefix caches' hits, reused tokens, evictions and bytes held, summed
+        over the loaded models (the counters restart when a model is loaded again).
+        """
         with self.lock:
             lines = ["# TYPE slmops_requests_total counter"]
             lines += [
@@ -95,6 +101,14 @@ class Metrics:
             f"slmops_loaded_models {loaded}",
             "# TYPE slmops_loading_models gauge",
             f"slmops_loading_models {loading}",
+            "# TYPE slmops_prefix_cache_hits_total counter",
+            f"slmops_prefix_cache_hits_total {prefix[0]}",
+            "# TYPE slmops_prefix_cache_reused_tokens_total counter",
+            f"slmops_prefix_cache_reused_tokens_total {prefix[1]}",
+            "# TYPE slmops_prefix_cache_evictions_total counter",
+            f"slmops_prefix_cache_evictions_total {prefix[2]}",
+            "# TYPE slmops_prefix_cache_bytes gauge",
+            f"slmops_prefix_cache_bytes {prefix[3]}",
             "# TYPE slmops_process_resident_memory_bytes gauge",
             f"slmops_process_resident_memory_bytes {psutil.Process().memory_info().rss}",
         ]

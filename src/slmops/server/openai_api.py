@@ -26,6 +26,7 @@ from slmops.server.protocol import (
     ErrorResponse,
     ModelCard,
     ModelList,
+    PromptTokensDetails,
     Usage,
 )
 from slmops.server.registry import Registry
@@ -56,10 +57,10 @@ async def chat_completions(body: ChatRequest, request: Request):
         usage = bool(body.stream_options and body.stream_options.include_usage)
         lasts: dict[int, Response] = {}
         streams = [_chat_chunks(job, plan, meta, usage, index, texts, lasts) for index, job in enumerate(jobs)]
-        return _sse(_chat_usage(choices.merge(streams), meta, usage, lasts))
+        return _sse(_chat_usage(choices.merge(streams), meta, usage, lasts, choices.cached_tokens(jobs, len(jobs))))
     answers = await choices.collect_all(jobs, strip_leading=True)
     made = [_chat_choice(index, answer, plan, texts) for index, answer in enumerate(answers)]
-    return ChatCompletion(**meta, choices=made, usage=_usage_of([answer.last for answer in answers]))
+    return ChatCompletion(**meta, choices=made, usage=_usage_of([answer.last for answer in answers], choices.cached_tokens(jobs, len(jobs))))
 
 
 def _chat_choice(index: int, answer: choices.Collected, plan, texts) -> ChatChoice:
@@ -108,26 +109,11 @@ def _meta(prefix: str, model: str) -> dict:
     return {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model}
 
 
-def _usage_of(lasts: list[Response]) -> Usage:
+def _usage_of(lasts: list[Response], cached: int = 0) -> Usage:
     """Usage of ``n`` answers to one prompt: the prompt counts once, every answer's tokens count."""
     prompt = lasts[0].prompt_tokens if lasts else 0
     completion_tokens = sum(last.completion_tokens for last in lasts)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion_tokens, total_tokens=prompt + completion_tokens)
-
-
-def _usage(last: Response | None) -> Usage:
-    prompt, completion = (last.prompt_tokens, last.completion_tokens) if last else (0, 0)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
-
-
-async def _collect(job, strip_leading: bool = False) -> tuple[str, Response]:
-    pieces: list[str] = []
-    last: Response | None = None
-    async for last in generation.responses(job, strip_leading):
-        pieces.append(last.text)
-    if last is None:
-        raise APIError(503, "The answer was cancelled: the service is shutting down.", code="cancelled")
-    return "".join(pieces), last
+    return choices.usage(prompt, completion_tokens, cached)
 
 
 def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
@@ -145,12 +131,12 @@ def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
 
 
 async def _chat_usage(
-    chunks: AsyncIterator[dict], meta: dict, include_usage: bool, lasts: dict[int, Response]
+    chunks: AsyncIterator[dict], meta: dict, include_usage: bool, lasts: dict[int, Response], cached: int
 ) -> AsyncIterator[dict]:
     async for item in chunks:
         yield item
     if include_usage:
-        usage = _usage_of(list(lasts.values())).model_dump()
+        usage = _usage_of(list(lasts.values()), cached).model_dump()
         yield {**meta, "object": "chat.completion.chunk", "choices": [], "usage": usage}
 
 

@@ -188,10 +188,17 @@ class CountRequest(Lenient):
 # ---- responses --------------------------------------------------------------
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(0, description="Prompt tokens read from the prefix cache instead of prefilled.")
+
+
 class Usage(BaseModel):
     prompt_tokens: int = Field(description="Tokens in the prompt.")
     completion_tokens: int = Field(description="Tokens generated.")
     total_tokens: int = Field(description="Both together.")
+    prompt_tokens_details: PromptTokensDetails = Field(
+        default_factory=PromptTokensDetails, description="How the prompt tokens were read."
+    )
 
 
 class AnswerMessage(BaseModel):

@@ -184,7 +184,8 @@ class Registry:
         decoder = await asyncio.to_thread(self._decoder, model)
         scheduler = Scheduler(name, self.config.parallel, self.config.max_queue, self.observer, decoder)
         log.info("loaded %s from %s in %.1f s", name, folder, model.load_s)
-        size += decoder.nbytes if decoder else 0
+        log.info("%s reserved: %s", name, _reserved(size, decoder))
+        size += decoder.nbytes + decoder.prefix.budget if decoder else 0
         return Loaded(name, model, scheduler, size, self.config.keep_alive)
 
     def _decoder(self, model) -> BatchedDecoder | None:
@@ -198,8 +199,11 @@ class Registry:
                 "%s runs without batching: its KV cache is too large for %d rows", model.name, self.config.parallel
             )
             return None
+        prefix = self.config.prefix_cache
+        if prefix is None:  # a quarter of the rows' tokens: long system prompts and a few conversations
+            prefix = self.config.parallel * length * BatchedDecoder.token_bytes(model) // 4
         try:
-            return BatchedDecoder(model, self.config.parallel, length)
+            return BatchedDecoder(model, self.config.parallel, length, prefix)
         except Exception as exc:  # an unusual graph: its requests run one generator each instead
             log.warning("%s runs without batching: %s", model.name, exc)
             return None
@@ -283,10 +287,31 @@ class Registry:
             return "loading", {}
         return "failed", {key: self.failed.get(key, "not loaded") for key in sorted(self.startup)}
 
+    def prefix_totals(self) -> tuple[int, int, int, int]:
+        """Prefix cache hits, reused tokens, evictions and bytes held, over every loaded model."""
+        caches = [e.scheduler.decoder.prefix for e in self.loaded.values() if e.scheduler.decoder is not None]
+        return (
+            sum(cache.hits for cache in caches),
+            sum(cache.reused_tokens for cache in caches),
+            sum(cache.evictions for cache in caches),
+            sum(cache.used for cache in caches),
+        )
+
     def totals(self) -> tuple[int, int]:
         """Waiting and running sequences over every loaded model."""
         entries = list(self.loaded.values())
         return sum(e.scheduler.queued for e in entries), sum(e.scheduler.active for e in entries)
+
+
+def _reserved(weights: int, decoder: BatchedDecoder | None) -> str:
+    """What a loaded model holds, for a user sizing a machine."""
+    text = f"weights {weights >> 20} MB"
+    if decoder is None:
+        return text + ", KV cache per request (no batch rows)"
+    return (
+        f"{text}, KV cache {decoder.rows} rows x {decoder.max_length} tokens ({decoder.nbytes >> 20} MB of "
+        f"{decoder.cache[0].dtype}, resident as rows fill), prefix cache up to {decoder.prefix.budget >> 20} MB"
+    )
 
 
 def _folder_size(folder: Path) -> int:

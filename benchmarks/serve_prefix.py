@@ -1,0 +1,359 @@
+#!/usr/bin/env python3
+"""Prefix reuse over HTTP: time to first token of prompts that begin as earlier ones did.
+
+    .venv/bin/python benchmarks/serve_prefix.py [MODEL_FOLDER] [--rounds 3] [--llama-server PATH]
+        [--gguf PATH] [--json PATH] [--slmops-flag=--prefix-cache=0 ...]
+
+Without MODEL_FOLDER, the embedded SmolLM2-135M-Instruct GGUF is converted to INT4 first;
+llama-server (when found) serves the GGUF the INT4 model came from, with 8 slots of 2,048
+tokens and its default ``cache_prompt``. Every round opens with a new random tag at the
+start of each system prompt, so nothing of an earlier round is cached; the servers take
+turns inside each round, so machine load hits them alike. Scenarios, each a ratio of
+medians over the rounds:
+
+1. multi-turn: a ~1,000-token conversation; TTFT of its next turn (the history, the
+   answer just given, a new question) over TTFT of the turn before it;
+2. shared system prompt, users one after another: a ~500-token system prompt and 8
+   different questions; median TTFT of users 2-8 over user 1's (the cold one);
+3. shared system prompt, a burst: 8 users arrive together with one new system prompt;
+   their median TTFT over that of 8 users arriving together with 8 different system
+   prompts of the same length (nothing to share).
+
+Each server's resident memory after loading and its peak (VmHWM) at the end are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from slmops.convert import embedded_model
+from slmops.machine import describe_cpu
+from slmops.server.process import ServerProcess
+
+THREADS = 2
+SLOTS = 8
+CONTEXT_PER_SLOT = 2048
+DATA = Path(__file__).resolve().parent.parent / "src/slmops/data/bench_prompts.txt"
+QUESTIONS = [
+    "Summarise the first paragraph in one sentence.",
+    "What is the main idea of the text about bread?",
+    "Name two things the keeper wrote in his logbook.",
+    "Why did the clock run slow?",
+    "What do beekeepers use smoke for?",
+    "How did surveyors measure a base line?",
+    "What does a sourdough starter need?",
+    "Why were maps called arguments?",
+]
+LLAMA_CANDIDATES = ("llama-server", "/opt/llama-server/bin/llama-server")
+
+
+@dataclass
+class Reply:
+    ttft: float
+    text: str
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass
+class Contender:
+    label: str
+    server: ServerProcess
+    model: str
+    rows: dict[str, list[float]] = field(default_factory=dict)
+    facts: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, value: float) -> None:
+        self.rows.setdefault(name, []).append(value)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.rows[name])
+
+
+# ---- requests ---------------------------------------------------------------------
+
+
+def chat(client: httpx.Client, contender: Contender, messages: list[dict], max_tokens: int) -> Reply:
+    """One streamed chat request: time to the first text, the text, and the token counts reported."""
+    body = {
+        "model": contender.model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    try:
+        return _stream(client, contender, body)
+    except httpx.RemoteProtocolError:  # a pooled connection the server had closed: once more, on a new one
+        return _stream(client, contender, body)
+
+
+def _stream(client: httpx.Client, contender: Contender, body: dict) -> Reply:
+    start, first, pieces, usage = time.perf_counter(), None, [], {}
+    with client.stream("POST", contender.server.url + "/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            raise SystemExit(f"{contender.label}: HTTP {response.status_code}: {response.read()[:300]!r}")
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            for choice in event.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content") or ""
+                if text and first is None:
+                    first = time.perf_counter()
+                pieces.append(text)
+            usage = _usage(event) or usage
+    return Reply((first or time.perf_counter()) - start, "".join(pieces), **usage)
+
+
+def _usage(event: dict) -> dict:
+    usage, timings = event.get("usage") or {}, event.get("timings") or {}
+    if not usage and not timings:
+        return {}
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or timings.get("cache_n") or 0
+    return {"prompt_tokens": usage.get("prompt_tokens") or timings.get("prompt_n", 0), "cached_tokens": cached}
+
+
+def together(client: httpx.Client, contender: Contender, chats: list[list[dict]], max_tokens: int) -> list[Reply]:
+    with ThreadPoolExecutor(len(chats)) as pool:
+        return list(pool.map(lambda messages: chat(client, contender, messages, max_tokens), chats))
+
+
+# ---- the scenarios --------------------------------------------------------------
+
+
+def paragraphs() -> list[str]:
+    return [block.strip() for block in DATA.read_text(encoding="utf-8").split("\n\n") if block.strip()]
+
+
+def system_prompt(tag: str, words: int) -> str:
+    text, blocks = f"Session {tag}. You answer questions about the reference text below.\n", paragraphs()
+    for block in blocks:
+        if len(text.split()) >= words:
+            break
+        text += "\n" + block
+    return text
+
+
+def conversation(tag: str, words: int) -> list[dict]:
+    """A chat of about ``words`` words: a system prompt and earlier turns, ending with a question."""
+    messages = [{"role": "system", "content": f"Session {tag}. You are a helpful assistant."}]
+    blocks = paragraphs()
+    index = 0
+    while sum(len(message["content"].split()) for message in messages) < words:
+        messages += [
+            {"role": "user", "content": f"Here is a passage:\n{blocks[index]}\nWhat is it about?"},
+            {"role": "assistant", "content": blocks[index + 1]},
+        ]
+        index += 2
+    return [*messages, {"role": "user", "content": "Which of these passages did you like best, and why?"}]
+
+
+def multi_turn(client: httpx.Client, contender: Contender, tag: str) -> None:
+    history = conversation(tag, 620)  # ~1,000 tokens
+    first = chat(client, contender, history, 48)
+    follow = [*history, {"role": "assistant", "content": first.text}, {"role": "user", "content": "Tell me more."}]
+    second = chat(client, contender, follow, 16)
+    contender.add("multi-turn: first turn TTFT (s)", first.ttft)
+    contender.add("multi-turn: next turn TTFT (s)", second.ttft)
+    contender.add("multi-turn: next turn prompt tokens", second.prompt_tokens)
+    contender.add("multi-turn: next turn cached tokens", second.cached_tokens)
+
+
+def shared_in_turn(client: httpx.Client, contender: Contender, tag: str) -> None:
+    system = system_prompt(tag, 330)  # ~500 tokens
+    replies = [chat(client, contender, _ask(system, question), 16) for question in QUESTIONS]
+    contender.add("shared system prompt, one by one: user 1 TTFT (s)", replies[0].ttft)
+    contender.add("shared system prompt, one by one: users 2-8 median TTFT (s)", _median(replies[1:]))
+    contender.add("shared system prompt: prompt tokens", replies[0].prompt_tokens)
+    contender.add("shared system prompt, one by one: users 2-8 cached tokens", _median(replies[1:], "cached_tokens"))
+
+
+def shared_burst(client: httpx.Client, contender: Contender, tag: str) -> None:
+    alone = together(
+        client, contender, [_ask(system_prompt(f"{tag}-{i}", 330), q) for i, q in enumerate(QUESTIONS)], 16
+    )
+    system = system_prompt(f"{tag}-shared", 330)
+    shared = together(client, contender, [_ask(system, question) for question in QUESTIONS], 16)
+    contender.add("burst of 8, different system prompts: median TTFT (s)", _median(alone))
+    contender.add("burst of 8, one shared system prompt: median TTFT (s)", _median(shared))
+
+
+def _ask(system: str, question: str) -> list[dict]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+
+def _median(replies: list[Reply], attribute: str = "ttft") -> float:
+    return statistics.median(getattr(reply, attribute) for reply in replies)
+
+
+# ---- the contenders -------------------------------------------------------------
+
+
+def slmops_server(folder: Path, flags: list[str]) -> ServerProcess:
+    env = dict(os.environ, SLMOPS_HOME=tempfile.mkdtemp(prefix="slmops-bench-"))
+    command = [sys.executable, "-m", "slmops", "serve", str(folder), "--log-level", "info"]
+    command += ["--parallel", str(SLOTS), "--threads", str(THREADS), *flags]
+    return ServerProcess(command, env=env, label=" ".join(["slmops serve", *flags]))
+
+
+def llama_server(binary: str, gguf: Path, threads: int) -> ServerProcess:
+    command = [binary, "-m", str(gguf), "--parallel", str(SLOTS), "-c", str(SLOTS * CONTEXT_PER_SLOT)]
+    command += ["-t", str(threads), "-tb", str(threads)]
+    return ServerProcess(command, label="llama-server")
+
+
+def find_llama_server(given: str | None) -> str | None:
+    import shutil
+
+    for candidate in (given, *LLAMA_CANDIDATES):
+        path = candidate and shutil.which(candidate)
+        if path:
+            return path
+    return None
+
+
+def convert(gguf: Path) -> Path:
+    output = Path(tempfile.mkdtemp(prefix="serve-prefix-")) / "smollm2-135m-instruct-int4"
+    code = "import sys; from slmops.convert import convert; convert(sys.argv[1], sys.argv[2], precision='int4')"
+    subprocess.run([sys.executable, "-c", code, str(gguf), str(output)], check=True)
+    return output
+
+
+def memory(pid: int) -> dict[str, float]:
+    """Resident and peak resident memory of ``pid``, in MB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
+
+
+# ---- the run -------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "folder", type=Path, nargs="?", help="INT4 model folder [default: the embedded GGUF, converted]"
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--llama-server", help="llama-server binary [default: on PATH or /opt/llama-server/bin]")
+    parser.add_argument("--gguf", type=Path, help="GGUF for llama-server [default: the embedded SmolLM2 Q4_1]")
+    # llama.cpp syncs its threads at every graph node: on a CPU shared with other work one
+    # preempted thread stalls the others (-t 2 ran 5 s a token here at a load average of 12).
+    parser.add_argument("--llama-threads", type=int, default=THREADS, help="llama-server -t [default: 2]")
+    parser.add_argument("--json", type=Path, help="write the figures here as JSON")
+    parser.add_argument("--slmops-flag", action="append", default=[], help="extra `slmops serve` flag (repeatable)")
+    parser.add_argument(
+        "--scenario", action="append", choices=sorted(SCENARIOS), help="run only these (repeatable) [default: all]"
+    )
+    args = parser.parse_args()
+    cpu = describe_cpu().summary()
+    print(f"CPU: {cpu}", flush=True)
+    gguf = args.gguf or embedded_model()
+    folder = args.folder or convert(gguf)
+    binary = find_llama_server(args.llama_server)
+    if binary is None:
+        print("llama-server not found (--llama-server PATH); measuring slmops alone.", flush=True)
+    contenders = [Contender("slmops serve", slmops_server(folder, args.slmops_flag), folder.name)]
+    if binary:
+        contenders.append(
+            Contender(
+                f"llama-server -t {args.llama_threads}", llama_server(binary, gguf, args.llama_threads), "smollm2"
+            )
+        )
+    load = [os.getloadavg()[0]]
+    try:
+        for contender in contenders:
+            contender.server.wait_ready(300)
+        time.sleep(2)  # let the loads settle before reading their memory
+        for contender in contenders:
+            contender.facts |= {f"after load: {k}": v for k, v in memory(contender.server.process.pid).items()}
+        measure(contenders, args.rounds, [SCENARIOS[name] for name in args.scenario or SCENARIOS])
+        for contender in contenders:
+            contender.facts |= {f"at the end: {k}": v for k, v in memory(contender.server.process.pid).items()}
+        load.append(os.getloadavg()[0])
+        reserved = [line for line in contenders[0].server.log_tail(20000).splitlines() if "reserved" in line]
+    finally:
+        for contender in contenders:
+            contender.server.stop()
+    report(contenders, cpu, load, reserved, args.json)
+
+
+def measure(contenders: list[Contender], rounds: int, scenarios: list) -> None:
+    with httpx.Client(timeout=600, limits=httpx.Limits(max_connections=None)) as client:
+        for contender in contenders:  # warm-up: first requests pay for lazy initialisation
+            chat(client, contender, [{"role": "user", "content": "Hello"}], 4)
+        for index in range(rounds):
+            tag = secrets.token_hex(4)
+            order = contenders if index % 2 == 0 else contenders[::-1]
+            for scenario in scenarios:
+                for contender in order:
+                    scenario(client, contender, f"{tag}-{contender.label}")
+                    latest = {name: round(values[-1], 3) for name, values in contender.rows.items()}
+                    print(f"  {contender.label}, {scenario.__name__}: {latest}", flush=True)
+            print(f"round {index + 1} of {rounds} done", flush=True)
+
+
+SCENARIOS = {"multi-turn": multi_turn, "one-by-one": shared_in_turn, "burst": shared_burst}
+RATIOS = (
+    ("multi-turn: next turn TTFT (s)", "multi-turn: first turn TTFT (s)", 0.15),
+    (
+        "shared system prompt, one by one: users 2-8 median TTFT (s)",
+        "shared system prompt, one by one: user 1 TTFT (s)",
+        0.3,
+    ),
+    (
+        "burst of 8, one shared system prompt: median TTFT (s)",
+        "burst of 8, different system prompts: median TTFT (s)",
+        0.3,
+    ),
+)
+
+
+def report(contenders: list[Contender], cpu: str, load: list[float], reserved: list[str], path: Path | None) -> None:
+    print(f"\nCPU: {cpu}; {THREADS} threads each; 1-minute load average {load[0]:.2f} before, {load[-1]:.2f} after")
+    for line in reserved:
+        print(f"  {line.strip()}")
+    result: dict = {"cpu": cpu, "threads": THREADS, "load_average": load, "contenders": {}}
+    for contender in contenders:
+        print(f"\n{contender.label}")
+        for name, values in contender.rows.items():
+            print(f"  {name:62s} {contender.median(name):8.3f}   {' '.join(f'{v:.3f}' for v in values)}")
+        ratios = {}
+        for numerator, denominator, target in RATIOS:
+            if numerator not in contender.rows:
+                continue
+            ratio = contender.median(numerator) / contender.median(denominator)
+            ratios[numerator.split(":")[0]] = ratio
+            print(f"  ratio {numerator.split(':')[0]:56s} {ratio:8.3f}   (target <= {target})")
+        for name, value in contender.facts.items():
+            print(f"  {name:62s} {value:8.0f}")
+        result["contenders"][contender.label] = {"rows": contender.rows, "ratios": ratios, "memory_mb": contender.facts}
+    if len(contenders) > 1 and "multi-turn: next turn TTFT (s)" in contenders[0].rows:
+        ours, theirs = contenders
+        name = "multi-turn: next turn TTFT (s)"
+        print(f"\nnext turn TTFT, slmops / llama-server: {ours.median(name) / theirs.median(name):.2f}x (target <= 1)")
+    if path:
+        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

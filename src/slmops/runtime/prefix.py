@@ -1,0 +1,175 @@
+"""Prefix reuse: the KV cache of earlier sequences, kept for the next request that begins the same way.
+
+Every OpenAI client resends the whole conversation each turn, and many requests open
+with the same long system prompt (tools, RAG instructions). The batched decoder keeps
+a copy of each prompt's KV cache once the prompt is in (so requests arriving together
+share a system prompt, and the next turn of a chat finds its history), under a byte
+budget, least recently used out first. A new request copies the longest cached prefix
+of its prompt into its row and prefills only the rest.
+
+Only prompts are kept, not the answers' tokens: their KV was written one position at
+a time, and onnxruntime's INT4 kernels round one position differently from many. On
+SmolLM2-135M INT4 a next turn that reused an answer's KV picked another greedy token at
+6% of its positions (as many as decoding and prefilling the same text disagree), while
+KV written by prefill is the same whether a prompt comes whole or in pieces: a reused
+prompt answers exactly as a cold one. The next turn prefills the last answer again.
+
+Each entry is a copy, not a page shared with a row: rows are written in place by
+onnxruntime, and a copy of a few hundred tokens' KV takes milliseconds where their
+prefill takes seconds. An entry that begins as an earlier one does holds only the KV
+past that beginning and points to the earlier entry for the rest, so eight
+conversations over one system prompt hold it once, and each turn of a chat adds only
+its new tokens. Evicting an entry evicts the entries built on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Below this many shared tokens a prompt is prefilled from scratch: prefilled with the
+# other short prompts of its round, it costs less than a copy and a step of its own.
+MIN_REUSE = 32
+
+
+@dataclass(eq=False)
+class Entry:
+    """The KV cache of ``tokens``: its own part, from ``start`` on, and ``parent``'s before it.
+
+    Attributes:
+        tokens: every token it covers, from the first.
+        kv: one ``(kv_heads, len(tokens) - start, head_size)`` block per cache buffer.
+        parent: the entry holding positions ``0..start-1``, or None when ``start`` is 0.
+    """
+
+    tokens: np.ndarray
+    kv: np.ndarray
+    parent: Entry | None = None
+    start: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.kv.nbytes + self.tokens.nbytes
+
+    def chain(self) -> list[Entry]:
+        """This entry and the ones it builds on, itself first."""
+        entries: list[Entry] = [self]
+        while entries[-1].parent is not None:
+            entries.append(entries[-1].parent)
+        return entries
+
+
+class PrefixCache:
+    """Token prefixes and their KV cache, least recently used out first, within ``budget`` bytes.
+
+    Args:
+        budget: bytes the entries may take; 0 keeps nothing.
+
+    Attributes:
+        hits, reused_tokens, evictions: counters for /metrics.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.entries: list[Entry] = []  # least recently used first; an entry's parents come after it
+        self.hits = 0
+        self.reused_tokens = 0
+        self.evictions = 0
+
+    @property
+    def used(self) -> int:
+        """Bytes the entries take now."""
+        return sum(entry.nbytes for entry in self.entries)
+
+    def longest(self, prompt: list[int]) -> tuple[Entry | None, int]:
+        """The entry sharing the longest beginning with ``prompt``, and how many tokens it shares.
+
+        At most ``len(prompt) - 1``: the last prompt token is always run, for its logits.
+        """
+        best, size = self._longest(np.asarray(prompt, np.int64))
+        return best, min(size, len(prompt) - 1)
+
+    def restore(self, entry: Entry, size: int, buffers: list[np.ndarray], row: int) -> None:
+        """Copy the first ``size`` tokens of ``entry`` into ``row`` of every buffer."""
+        self._touch(entry)
+        self.hits += 1
+        self.reused_tokens += size
+        for part in entry.chain():
+            if size > part.start:
+                for block, buffer in zip(part.kv, buffers):
+                    buffer[row, :, part.start : size] = block[:, : size - part.start]
+            size = min(size, part.start)
+
+    def keep(self, tokens: list[int], buffers: list[np.ndarray], row: int) -> None:
+        """Keep ``row``'s KV cache for ``tokens`` (its first ``len(tokens)`` positions).
+
+        What an entry already holds is not copied again: the new entry builds on it.
+        """
+        size, ids = len(tokens), np.asarray(tokens, np.int64)
+        parent, start = self._longest(ids)
+        if start == size and parent is not None:  # held already, maybe with more after it
+            self._touch(parent)
+            return
+        if start < MIN_REUSE:
+            parent, start = None, 0
+        if size < MIN_REUSE or (size - start) * _token_bytes(buffers) > self.budget:
+            return
+        kv = np.empty((len(buffers), *_block_shape(buffers[0], size - start)), buffers[0].dtype)
+        for block, buffer in zip(kv, buffers):
+            block[...] = buffer[row, :, start:size]
+        entry = Entry(ids, kv, parent, start)
+        if self._make_room(entry):
+            self.entries.append(entry)
+            self._touch(entry)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def _longest(self, ids: np.ndarray) -> tuple[Entry | None, int]:
+        best, size = None, 0
+        for entry in self.entries:
+            shared = _shared(entry.tokens, ids)
+            if shared > size:
+                best, size = entry, shared
+        return best, size
+
+    def _touch(self, entry: Entry) -> None:
+        """Make ``entry`` and what it builds on the most recently used, its parents last."""
+        for part in entry.chain():
+            if part in self.entries:
+                self.entries.remove(part)
+                self.entries.append(part)
+
+    def _make_room(self, entry: Entry) -> bool:
+        """Evict the least recently used entries (and what builds on them) until ``entry`` fits;
+        False when it cannot (what it builds on fills the budget)."""
+        needed = set(entry.chain()[1:])
+        used = self.used
+        for old in list(self.entries):
+            if used + entry.nbytes <= self.budget:
+                break
+            if old in needed or old not in self.entries:
+                continue
+            for gone in [item for item in self.entries if old in item.chain()]:
+                self.entries.remove(gone)
+                used -= gone.nbytes
+                self.evictions += 1
+        return used + entry.nbytes <= self.budget
+
+
+def _shared(first: np.ndarray, second: np.ndarray) -> int:
+    """How many tokens ``first`` and ``second`` share from their start."""
+    size = min(len(first), len(second))
+    differ = np.flatnonzero(first[:size] != second[:size])
+    return int(differ[0]) if differ.size else size
+
+
+def _token_bytes(buffers: list[np.ndarray]) -> int:
+    _, heads, _, head_size = buffers[0].shape
+    return len(buffers) * heads * head_size * buffers[0].itemsize
+
+
+def _block_shape(buffer: np.ndarray, size: int) -> tuple[int, int, int]:
+    _, heads, _, head_size = buffer.shape
+    return heads, size, head_size
