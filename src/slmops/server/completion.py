@@ -20,7 +20,7 @@ from slmops.server import choices, generation
 from slmops.server import logprobs as shapes
 from slmops.server.choices import Collected
 from slmops.server.errors import APIError, from_slmops
-from slmops.server.protocol import Completion, CompletionRequest, TextChoice, Usage
+from slmops.server.protocol import Completion, CompletionRequest, TextChoice
 from slmops.server.registry import Loaded
 
 

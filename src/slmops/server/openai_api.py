@@ -26,7 +26,6 @@ from slmops.server.protocol import (
     ErrorResponse,
     ModelCard,
     ModelList,
-    PromptTokensDetails,
     Usage,
 )
 from slmops.server.registry import Registry
@@ -60,7 +59,11 @@ async def chat_completions(body: ChatRequest, request: Request):
         return _sse(_chat_usage(choices.merge(streams), meta, usage, lasts, choices.cached_tokens(jobs, len(jobs))))
     answers = await choices.collect_all(jobs, strip_leading=True)
     made = [_chat_choice(index, answer, plan, texts) for index, answer in enumerate(answers)]
-    return ChatCompletion(**meta, choices=made, usage=_usage_of([answer.last for answer in answers], choices.cached_tokens(jobs, len(jobs))))
+    return ChatCompletion(
+        **meta,
+        choices=made,
+        usage=_usage_of([answer.last for answer in answers], choices.cached_tokens(jobs, len(jobs))),
+    )
 
 
 def _chat_choice(index: int, answer: choices.Collected, plan, texts) -> ChatChoice:
