@@ -22,6 +22,7 @@ from slmops.server.choices import Collected
 from slmops.server.errors import APIError, from_slmops
 from slmops.server.protocol import Completion, CompletionRequest, TextChoice
 from slmops.server.registry import Loaded
+from slmops.server.scheduler import Job
 
 
 @dataclass
@@ -90,7 +91,6 @@ async def complete(loaded: Loaded, body: CompletionRequest, meta: dict):
     jobs = choices.start_all(loaded, plans_for(body, prompts))
     echoes = [prompt for prompt in prompts for _ in range(body.n)]
     prompt_tokens = sum(len(prompt.ids) for prompt in prompts)
-    cached = choices.cached_tokens(jobs, body.n)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         lasts: dict[int, Response] = {}
@@ -98,10 +98,11 @@ async def complete(loaded: Loaded, body: CompletionRequest, meta: dict):
             _chunks(job, meta, index, echoes[index] if body.echo else None, texts, include_usage, lasts)
             for index, job in enumerate(jobs)
         ]
-        return _with_usage(choices.merge(streams), meta, include_usage, prompt_tokens, lasts, cached)
+        return _with_usage(choices.merge(streams), meta, include_usage, prompt_tokens, lasts, jobs, body.n)
     answers = await choices.collect_all(jobs)
     made = [_choice(index, answer, echoes[index] if body.echo else None, texts) for index, answer in enumerate(answers)]
     completion = sum(answer.last.completion_tokens for answer in answers)
+    cached = choices.cached_tokens(jobs, body.n)  # known once the prompts are in
     return Completion(**meta, choices=made, usage=choices.usage(prompt_tokens, completion, cached))
 
 
@@ -151,11 +152,12 @@ async def _with_usage(
     include_usage: bool,
     prompt_tokens: int,
     lasts: dict[int, Response],
-    cached: int,
+    jobs: list[Job],
+    n: int,
 ) -> AsyncIterator[dict]:
     async for item in chunks:
         yield item
     if include_usage:
         completion = sum(last.completion_tokens for last in lasts.values())
-        usage = choices.usage(prompt_tokens, completion, cached)
+        usage = choices.usage(prompt_tokens, completion, choices.cached_tokens(jobs, n))
         yield {**meta, "object": "text_completion", "choices": [], "usage": usage.model_dump()}

@@ -56,7 +56,7 @@ async def chat_completions(body: ChatRequest, request: Request):
         usage = bool(body.stream_options and body.stream_options.include_usage)
         lasts: dict[int, Response] = {}
         streams = [_chat_chunks(job, plan, meta, usage, index, texts, lasts) for index, job in enumerate(jobs)]
-        return _sse(_chat_usage(choices.merge(streams), meta, usage, lasts, choices.cached_tokens(jobs, len(jobs))))
+        return _sse(_chat_usage(choices.merge(streams), meta, usage, lasts, jobs))
     answers = await choices.collect_all(jobs, strip_leading=True)
     made = [_chat_choice(index, answer, plan, texts) for index, answer in enumerate(answers)]
     return ChatCompletion(
@@ -134,12 +134,12 @@ def _sse(events: AsyncIterator[dict]) -> StreamingResponse:
 
 
 async def _chat_usage(
-    chunks: AsyncIterator[dict], meta: dict, include_usage: bool, lasts: dict[int, Response], cached: int
+    chunks: AsyncIterator[dict], meta: dict, include_usage: bool, lasts: dict[int, Response], jobs: list
 ) -> AsyncIterator[dict]:
     async for item in chunks:
         yield item
     if include_usage:
-        usage = _usage_of(list(lasts.values()), cached).model_dump()
+        usage = _usage_of(list(lasts.values()), choices.cached_tokens(jobs, len(jobs))).model_dump()
         yield {**meta, "object": "chat.completion.chunk", "choices": [], "usage": usage}
 
 
