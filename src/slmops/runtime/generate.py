@@ -25,6 +25,7 @@ from typing import Protocol
 
 import onnxruntime_genai as og
 
+from slmops.runtime import speculative
 from slmops.runtime.options import GenerationOptions
 
 
@@ -44,6 +45,8 @@ class Response:
         finish_reason: None until the last response, then "stop" (a stop token or
             string, or a grammar that is complete or broken) or "length" (max_tokens
             or the context is full).
+        drafted_tokens, accepted_tokens: tokens drafted by prompt lookup so far, and
+            those of them the model kept (see :mod:`slmops.runtime.speculative`).
     """
 
     text: str
@@ -54,6 +57,8 @@ class Response:
     decode_tokens_per_s: float
     elapsed_s: float
     finish_reason: str | None = None
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ class Result:
         decode_tokens_per_s: tokens per second after the first one.
         total_s: seconds from the request to the last token.
         tokens: the generated token ids, one per completion token.
+        drafted_tokens, accepted_tokens: tokens drafted by prompt lookup, and those of
+            them the model kept (0 and 0 when the answer did not speculate).
     """
 
     text: str
@@ -88,6 +95,8 @@ class Result:
     decode_tokens_per_s: float
     total_s: float
     tokens: list[int] = field(default_factory=list)
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
     def usage(self) -> Usage:
         """Prompt, completion and total tokens."""
@@ -207,7 +216,11 @@ def stream_tokens(
     generator = og.Generator(og_model, params)
     generator.append_tokens(ids)
     answer = Answer(tokenizer.create_stream(), len(ids), start, stop_ids, options.stop)
-    yield from decode_loop(generator, answer)
+    if speculative.applies(options, guidance):
+        max_length = options.search_options(len(ids), context_length)["max_length"]
+        yield from speculative.speculative_loop(generator, answer, ids, max_length, options.repetition_penalty)
+    else:
+        yield from decode_loop(generator, answer)
 
 
 def decode_loop(generator: og.Generator, answer: Answer) -> Iterator[Response]:
@@ -240,6 +253,8 @@ def collect(responses: Iterable[Response]) -> Result:
         decode_tokens_per_s=last.decode_tokens_per_s,
         total_s=last.elapsed_s,
         tokens=tokens,
+        drafted_tokens=last.drafted_tokens,
+        accepted_tokens=last.accepted_tokens,
     )
 
 
