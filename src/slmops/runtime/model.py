@@ -17,6 +17,7 @@ from slmops.errors import ContextTooLong, SlmopsError, UsageError
 from slmops.modelfolder.folder import ModelFolder
 from slmops.modelfolder.messages import normalize
 from slmops.runtime import prompt as prompts
+from slmops.runtime import speculative
 from slmops.runtime.generate import Answer, Response, Result, collect, decode_loop, stream_tokens, strip_leading
 from slmops.runtime.options import GenerationOptions, model_defaults
 from slmops.runtime.threads import default_threads
@@ -306,7 +307,12 @@ class Conversation:
         limit = min(self.options.max_tokens or budget, budget)
         stream = self.model.tokenizer.create_stream()
         answer = Answer(stream, len(ids), start, self.model.stop_token_ids, self.options.stop, limit)
-        yield from decode_loop(self._prepare(ids), answer)
+        generator = self._prepare(ids)
+        if speculative.applies(self.options):
+            penalty = self.options.repetition_penalty
+            yield from speculative.speculative_loop(generator, answer, ids, self.model.context_length, penalty)
+        else:
+            yield from decode_loop(generator, answer)
 
     def _prepare(self, ids: list[int]) -> og.Generator:
         """The generator, rewound to the longest prefix it shares with ``ids``, the rest appended."""

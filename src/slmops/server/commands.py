@@ -50,6 +50,12 @@ def serve_options(function):
             "Decode concurrent requests in one batch (off: one generator per request).",
         ),
         _shown(
+            "--speculative/--no-speculative",
+            click.BOOL,
+            True,
+            "Greedy answers on a generator of their own draft tokens by prompt lookup (not batch rows).",
+        ),
+        _shown(
             "--load-wait",
             click.FloatRange(min=0),
             10,
@@ -62,7 +68,16 @@ def serve_options(function):
 
 
 def make_config(
-    parallel, max_queue, keep_alive, max_memory, threads, grace, batching=True, api_key=None, load_wait=10.0
+    parallel,
+    max_queue,
+    keep_alive,
+    max_memory,
+    threads,
+    grace,
+    batching=True,
+    api_key=None,
+    load_wait=10.0,
+    speculative=True,
 ) -> ServerConfig:
     return ServerConfig(
         parallel=parallel,
@@ -74,6 +89,7 @@ def make_config(
         grace=grace,
         batching=batching,
         load_wait=load_wait,
+        speculative=speculative,
     )
 
 

@@ -25,3 +25,4 @@ class ServerConfig:
     max_seq_len: int = 2048
     kv_budget: int = 1 << 30  # bytes of batched KV cache per model; fewer tokens per row when larger
     load_wait: float = 10.0  # seconds a request waits for its model to load before a 503
+    speculative: bool = True  # prompt-lookup drafts for greedy answers on a generator of their own
