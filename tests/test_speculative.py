@@ -111,7 +111,10 @@ def test_speculative_false_and_sampling_decode_one_token_per_step(tiny, oracle):
     assert tiny.generate(COPY, temperature=0, max_tokens=30).drafted_tokens > 0
     assert tiny.generate(COPY, temperature=0, max_tokens=30, speculative=False).drafted_tokens == 0
     assert tiny.generate(COPY, temperature=0.8, seed=1, max_tokens=30).drafted_tokens == 0
-    assert tiny.chat([{"role": "user", "content": COPY}], temperature=0, max_tokens=30, speculative=False).drafted_tokens == 0
+    assert (
+        tiny.chat([{"role": "user", "content": COPY}], temperature=0, max_tokens=30, speculative=False).drafted_tokens
+        == 0
+    )
     assert "".join(tiny.stream([{"role": "user", "content": COPY}], temperature=0, max_tokens=5, speculative=False))
 
 
@@ -171,3 +174,54 @@ def test_no_speculative_reaches_the_model_run_options(tiny_onnx, monkeypatch):
         done = CliRunner().invoke(cli, ["model", "run", str(tiny_onnx), "-p", "Hi", "--max-tokens", "3", *flags])
         assert done.exit_code == 0, done.output
         assert seen.pop() is expected
+
+
+# ---- SmolLM2 INT4 ---------------------------------------------------------------
+
+PASSAGE = (
+    "The lighthouse at Carrow Point was built in 1868 to guide fishing boats past the reef that lies half a "
+    "mile off the northern shore. For almost a century its keepers lived in the small stone cottage beside "
+    "the tower, climbing the one hundred and twelve steps every evening to light the lamp."
+)
+INT4_PROMPTS = [
+    f"Repeat the following passage exactly, word for word:\n\n{PASSAGE}",
+    f"Rewrite this passage with its spelling mistakes corrected:\n\n{PASSAGE.replace('guide', 'giude')}",
+    f"List every number in this passage as a JSON array of strings:\n\n{PASSAGE}",
+    "Write a short story about a cat who learns to sail.",
+]
+
+
+def plain_agreement(model, ids: list[int], tokens: list[int]) -> int:
+    """How many of ``tokens`` the plain one-token-per-step loop picks itself after the ones before them."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model.og_model)
+    params.set_search_options(max_length=len(ids) + len(tokens) + 1, do_sample=False, repetition_penalty=1.0)
+    generator = og.Generator(model.og_model, params)
+    generator.append_tokens(ids)
+    agree = 0
+    for token in tokens:
+        generator.generate_next_token()
+        if int(generator.get_next_tokens()[0]) == token:
+            agree += 1
+        else:  # put the speculative answer's token in place of the plain one, and read on from it
+            generator.rewind_to(len(generator.get_sequence(0)) - 1)
+            generator.append_tokens([token])
+    return agree
+
+
+@pytest.mark.slow
+def test_int4_answers_agree_with_the_plain_loop(smollm2_int4):
+    # Each token of the speculative answer is checked against the plain loop's pick after the same
+    # tokens. The many-position forward rounds differently in the last bits, so near ties (logit gaps
+    # of 0.01 to 0.2 measured) may flip: 98.1% and 97.7% agreed in two runs on a loaded machine,
+    # which draft differently (the policy follows time), hence the margin below the 98% aimed for.
+    model = slmops.load(smollm2_int4, threads=2)
+    agree = total = accepted = 0
+    for prompt in INT4_PROMPTS:
+        ids = model.prompt_ids([{"role": "user", "content": prompt}])
+        result = model.generate(ids, temperature=0, repetition_penalty=1.0, max_tokens=100)
+        agree += plain_agreement(model, ids, result.tokens)
+        total, accepted = total + len(result.tokens), accepted + result.accepted_tokens
+    assert accepted > 50  # the answers that copy did speculate
+    assert agree >= 0.97 * total, (agree, total)

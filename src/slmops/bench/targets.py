@@ -256,8 +256,13 @@ class RuntimeTarget(Target):
     def request(self, prompt: Prompt, max_tokens: int, clock: Clock = time.perf_counter) -> RequestRecord:
         ids = self.encode(prompt.text)[: prompt.tokens]
         # Greedy; every response is one token, even when its text is still "".
-        options = {"max_tokens": max_tokens, "temperature": 0.0, "speculative": self.speculative}
-        return _timed(lambda: self.model.stream_generate(ids, **options), len(ids), clock)
+        return _timed(
+            lambda: self.model.stream_generate(
+                ids, max_tokens=max_tokens, temperature=0.0, speculative=self.speculative
+            ),
+            len(ids),
+            clock,
+        )
 
     def describe(self) -> dict:
         import onnxruntime_genai as og

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import onnxruntime_genai as og
 
-from slmops.runtime import speculative
 from slmops.runtime.options import GenerationOptions
 
 
@@ -194,6 +193,7 @@ def stream_tokens(
     stop_ids: Iterable[int] = (),
     start: float | None = None,
     guidance: tuple[str, str] | None = None,
+    loop: Callable[[og.Generator, Answer], Iterator[Response]] | None = None,
 ) -> Iterator[Response]:
     """Generate from prompt token ids on a fresh ``og.Generator``, one :class:`Response` per token.
 
@@ -207,6 +207,8 @@ def stream_tokens(
             that tokenizing the prompt counts in the time to first token.
         guidance: an onnxruntime-genai grammar, ``(type, data)`` with type
             "json_schema", "regex" or "lark_grammar"; tokens that break it are masked.
+        loop: what steps the generator once the prompt is in (default :func:`decode_loop`;
+            :func:`slmops.runtime.speculative.speculative_loop` for greedy answers).
     """
     start = time.perf_counter() if start is None else start
     params = og.GeneratorParams(og_model)
@@ -216,11 +218,7 @@ def stream_tokens(
     generator = og.Generator(og_model, params)
     generator.append_tokens(ids)
     answer = Answer(tokenizer.create_stream(), len(ids), start, stop_ids, options.stop)
-    if speculative.applies(options, guidance):
-        max_length = options.search_options(len(ids), context_length)["max_length"]
-        yield from speculative.speculative_loop(generator, answer, ids, max_length, options.repetition_penalty)
-    else:
-        yield from decode_loop(generator, answer)
+    yield from (loop or decode_loop)(generator, answer)
 
 
 def decode_loop(generator: og.Generator, answer: Answer) -> Iterator[Response]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
 import time
@@ -172,8 +173,13 @@ class Model:
             ids = [self._start_token()]
         if len(ids) >= self.context_length:
             raise self._too_long(len(ids), False)
+        loop = None
+        if speculative.applies(chosen, guidance):
+            max_length = chosen.search_options(len(ids), self.context_length)["max_length"]
+            penalty = chosen.repetition_penalty
+            loop = functools.partial(speculative.speculative_loop, ids=ids, max_length=max_length, penalty=penalty)
         return stream_tokens(
-            self.og_model, self.tokenizer, ids, chosen, self.context_length, self.stop_token_ids, start, guidance
+            self.og_model, self.tokenizer, ids, chosen, self.context_length, self.stop_token_ids, start, guidance, loop
         )
 
     def generate(self, prompt: str | list[int], **options) -> Result:
