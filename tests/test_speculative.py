@@ -225,3 +225,20 @@ def test_int4_answers_agree_with_the_plain_loop(smollm2_int4):
         total, accepted = total + len(result.tokens), accepted + result.accepted_tokens
     assert accepted > 50  # the answers that copy did speculate
     assert agree >= 0.97 * total, (agree, total)
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_serve_no_speculative_turns_it_off_for_every_request(tiny_onnx, flag):
+    import asyncio
+
+    from slmops.server.commands import make_config
+    from slmops.server.registry import Registry
+
+    config = make_config(1, 0, 60, None, 1, 1, batching=False, speculative=flag)
+    loaded = asyncio.run(Registry(config)._load("tiny", tiny_onnx))
+    try:
+        assert loaded.model.options().speculative is flag
+        result = loaded.model.generate(COPY, temperature=0, max_tokens=5)
+        assert result.completion_tokens == 5
+    finally:
+        loaded.scheduler.close()
