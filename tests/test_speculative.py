@@ -242,3 +242,17 @@ def test_serve_no_speculative_turns_it_off_for_every_request(tiny_onnx, flag):
         assert result.completion_tokens == 5
     finally:
         loaded.scheduler.close()
+
+
+def test_a_generator_that_cannot_rewind_decodes_one_token_per_step(tiny, oracle, monkeypatch):
+    import onnxruntime_genai as og
+
+    oracle(COPY, 4, max_tokens=40)
+
+    def refuse(self, length):
+        raise RuntimeError("rewind is not supported")
+
+    monkeypatch.setattr(og.Generator, "rewind_to", refuse)
+    result = tiny.generate(COPY, temperature=0, max_tokens=40)
+    assert result.drafted_tokens == 0
+    assert result.tokens == tiny.generate(COPY, temperature=0, max_tokens=40, speculative=False).tokens

@@ -139,12 +139,8 @@ def speculative_loop(
         max_length: tokens the generator may hold (its ``max_length``).
         penalty: the repetition penalty (1: none).
     """
-    lookup, policy = PromptLookup(ids), DraftPolicy()
-    read = len(ids)  # tokens whose KV the generator holds
-    generator.generate_next_token()
-    # held: the last token shown is in the generator's sequence, not yet read (after its own
-    # step), rather than not there at all (after a verify)
-    tokens, held = [int(generator.get_next_tokens()[0])], True
+    lookup, policy, steps = PromptLookup(ids), DraftPolicy(), Steps(generator, len(ids), penalty)
+    tokens = [steps.first()]
     drafted = accepted = 0
     while True:
         for token in tokens:
@@ -155,28 +151,65 @@ def speculative_loop(
             if response.finish_reason:
                 return
         # The verify reads the last token shown and the draft: room for both.
-        room = max_length - len(lookup.tokens)
-        size = min(policy.next_size(), room)
+        size = min(policy.next_size(), max_length - len(lookup.tokens)) if steps.rewinds else 0
         draft = lookup.draft(size) if size > 0 else []
         began = time.perf_counter()
-        if not draft:
-            if not held:
-                generator.append_tokens(tokens[-1:])
-            generator.generate_next_token()
-            read += 1
-            tokens, held = [int(generator.get_next_tokens()[0])], True
+        verified = steps.verify(tokens[-1], draft, lookup.tokens) if draft else None
+        if verified is None:
+            tokens = [steps.plain(tokens[-1])]
             policy.plain(time.perf_counter() - began)
-            continue
-        if held:
-            generator.rewind_to(read)
-        generator.append_tokens([tokens[-1], *draft])
-        kept, token = _verify(generator.get_output("logits")[0], lookup.tokens, draft, penalty)
+        else:
+            kept, token = verified
+            tokens = [*draft[:kept], token]
+            policy.verified(len(draft), kept, time.perf_counter() - began)
+            drafted, accepted = drafted + len(draft), accepted + kept
+
+
+class Steps:
+    """One ``og.Generator`` stepped a token at a time, or verifying a draft.
+
+    Args:
+        generator: the generator, its prompt appended.
+        read: tokens whose KV it holds.
+        penalty: the repetition penalty (1: none).
+    """
+
+    def __init__(self, generator: Any, read: int, penalty: float) -> None:
+        self.generator, self.read, self.penalty = generator, read, penalty
+        # held: the last token shown is in the generator's sequence, not yet read (after its own
+        # step), rather than not there at all (after a verify)
+        self.held = False
+        self.rewinds = True  # False once the generator refused to rewind: plain steps only
+
+    def first(self) -> int:
+        self.generator.generate_next_token()
+        self.held = True
+        return int(self.generator.get_next_tokens()[0])
+
+    def plain(self, last: int) -> int:
+        """The token after ``last``, by the generator's own step."""
+        if not self.held:
+            self.generator.append_tokens([last])
+        self.read += 1
+        return self.first()
+
+    def verify(self, last: int, draft: list[int], seen: list[int]) -> tuple[int, int] | None:
+        """Read ``last`` and ``draft`` in one forward: how many drafted tokens greedy decoding keeps,
+        and its token after them; None when the generator cannot rewind (it is left as it was)."""
+        generator = self.generator
+        if self.held:
+            try:
+                generator.rewind_to(self.read)
+            except RuntimeError:  # a KV cache onnxruntime-genai cannot rewind
+                self.rewinds = False
+                return None
+            self.held = False
+        generator.append_tokens([last, *draft])
+        kept, token = _verify(generator.get_output("logits")[0], seen, draft, self.penalty)
         if kept < len(draft):
-            generator.rewind_to(read + 1 + kept)
-        read += 1 + kept
-        tokens, held = [*draft[:kept], token], False
-        policy.verified(len(draft), kept, time.perf_counter() - began)
-        drafted, accepted = drafted + len(draft), accepted + kept
+            generator.rewind_to(self.read + 1 + kept)
+        self.read += 1 + kept
+        return kept, token
 
 
 def _verify(logits: np.ndarray, seen: list[int], draft: list[int], penalty: float) -> tuple[int, int]:
