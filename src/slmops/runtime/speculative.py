@@ -8,7 +8,7 @@ all in one forward:
 1. Draft: the last few tokens (3, else 2) are looked up among the prompt and the answer
    so far; the tokens that followed their latest earlier occurrence are the draft.
    No draft model is needed.
-2. Verify: the pending token and the draft go through the model together
+2. Verify: the last token shown (not yet read) and the draft go through the model together
    (``append_tokens``), which gives the logits of every position.
 3. Accept the longest run of drafted tokens that greedy decoding picks itself, plus
    the model's own token after them; ``rewind_to`` drops the KV of the rejected ones.
@@ -46,7 +46,7 @@ LONGEST_PAUSE = 64  # plain steps between attempts, at most, while drafts do not
 
 def applies(options: GenerationOptions, guidance: Any = None) -> bool:
     """Whether an answer with ``options`` (and ``guidance``) speculates: it asked to, and it is greedy
-    without a repetition penalty or a grammar, so the accepted tokens are exactly greedy decoding's."""
+    without a grammar, so the accepted tokens are exactly greedy decoding's."""
     return options.speculative and options.temperature == 0 and not guidance
 
 
