@@ -31,6 +31,7 @@ class TargetSpec:
         raw_threads: the thread counts of the raw targets (0 = onnxruntime's default).
         llama_cpp: a GGUF file to run with llama-cpp-python, as a reference.
         threads: threads of the slmops and llama.cpp targets (None: the runtime's choice).
+        speculative: let the slmops targets draft tokens by prompt lookup (greedy answers).
     """
 
     model: str | None = None
@@ -45,6 +46,7 @@ class TargetSpec:
     raw_threads: tuple[int, ...] = ()
     llama_cpp: str | None = None
     threads: int | None = None
+    speculative: bool = True
     extra: list[Target] = field(default_factory=list)
 
     def build(self) -> list[Target]:
@@ -54,7 +56,7 @@ class TargetSpec:
         targets: list[Target] = []
         if self.model:
             named = bool(self.more_models)
-            targets += [RuntimeTarget(m, threads, named) for m in (self.model, *self.more_models)]
+            targets += [RuntimeTarget(m, threads, named, self.speculative) for m in (self.model, *self.more_models)]
         if self.url:
             targets.append(UrlTarget(self.url, self.url_model, self.endpoint, self.pid, self.api_key, self.ignore_eos))
         if self.raw:

@@ -79,6 +79,7 @@ def bench() -> None:
 @click.option("--prompts", type=click.Path(exists=True, dir_okay=False), help="JSONL of texts to cut prompts from.")
 @click.option("--goodput", multiple=True, help="Objectives for goodput, e.g. --goodput ttft:500 --goodput tpot:50.")
 @click.option("--no-roofline", is_flag=True, help="Skip the memory-bandwidth probe.")
+@click.option("--no-speculative", is_flag=True, help="slmops decodes one token per step (no prompt-lookup drafts).")
 @click.option(
     "--refresh-bandwidth", is_flag=True, help="Measure the memory bandwidth again instead of using the cached value."
 )
@@ -106,6 +107,7 @@ def run_command(
     prompts,
     goodput,
     no_roofline,
+    no_speculative,
     refresh_bandwidth,
     json_path,
     markdown_path,
@@ -137,6 +139,7 @@ def run_command(
         raw_threads=_ints(raw_threads, "--raw-threads", 0) if raw_threads else (),
         llama_cpp=llama_cpp,
         threads=threads,
+        speculative=not no_speculative,
     )
     sweep = Sweep(
         prompt_lengths=_ints(prompt_lengths, "--prompt-lengths"),

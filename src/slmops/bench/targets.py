@@ -227,9 +227,10 @@ class RuntimeTarget(Target):
 
     kind = "slmops"
 
-    def __init__(self, name_or_path: str, threads: int | None, named: bool = False):
+    def __init__(self, name_or_path: str, threads: int | None, named: bool = False, speculative: bool = True):
         self.name = name_or_path
         self.threads = threads
+        self.speculative = speculative  # prompt-lookup drafts (greedy answers)
         self.named = named  # several models in one run: their labels carry their names
         self.label = f"slmops t={threads or 'auto'}"
         self.pid = os.getpid()
@@ -255,7 +256,13 @@ class RuntimeTarget(Target):
     def request(self, prompt: Prompt, max_tokens: int, clock: Clock = time.perf_counter) -> RequestRecord:
         ids = self.encode(prompt.text)[: prompt.tokens]
         # Greedy; every response is one token, even when its text is still "".
-        return _timed(lambda: self.model.stream_generate(ids, max_tokens=max_tokens, temperature=0.0), len(ids), clock)
+        return _timed(
+            lambda: self.model.stream_generate(
+                ids, max_tokens=max_tokens, temperature=0.0, speculative=self.speculative
+            ),
+            len(ids),
+            clock,
+        )
 
     def describe(self) -> dict:
         import onnxruntime_genai as og

@@ -43,6 +43,13 @@ def generation_options(function):
         ),
         click.option("--seed", type=click.IntRange(min=0), help="Same seed and options, same answer."),
         click.option("--stop", multiple=True, help="A string that ends the answer (repeatable)."),
+        click.option(
+            "--no-speculative",
+            "speculative",
+            flag_value=False,
+            default=None,
+            help="Decode one token per step (no prompt-lookup drafts; they apply to greedy answers only).",
+        ),
     ]
     for flag in reversed(flags):
         function = flag(function)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -49,6 +49,8 @@ class Response:
         logprobs: the token's log-probability and the likeliest alternatives, when asked for.
         prompt_logprobs: on the first response, when asked for: each prompt token's
             log-probability after the tokens before it (the first token has none).
+        drafted_tokens, accepted_tokens: tokens drafted by prompt lookup so far, and
+            those of them the model kept (see :mod:`slmops.runtime.speculative`).
     """
 
     text: str
@@ -61,6 +63,8 @@ class Response:
     finish_reason: str | None = None
     logprobs: TokenLogprob | None = None
     prompt_logprobs: list[TokenLogprob] | None = None
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,8 @@ class Result:
         decode_tokens_per_s: tokens per second after the first one.
         total_s: seconds from the request to the last token.
         tokens: the generated token ids, one per completion token.
+        drafted_tokens, accepted_tokens: tokens drafted by prompt lookup, and those of
+            them the model kept (0 and 0 when the answer did not speculate).
     """
 
     text: str
@@ -95,6 +101,8 @@ class Result:
     decode_tokens_per_s: float
     total_s: float
     tokens: list[int] = field(default_factory=list)
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
     def usage(self) -> Usage:
         """Prompt, completion and total tokens."""
@@ -213,6 +221,7 @@ def stream_tokens(
     logprobs: int | None = None,
     prompt_logprobs: int | None = None,
     mask: LogitsMask | None = None,
+    loop: Callable[[og.Generator, Answer], Iterator[Response]] | None = None,
 ) -> Iterator[Response]:
     """Generate from prompt token ids on a fresh ``og.Generator``, one :class:`Response` per token.
 
@@ -229,6 +238,8 @@ def stream_tokens(
         logprobs: report each token's log-probability with this many alternatives (None: not).
         prompt_logprobs: likewise for the prompt's tokens, on the first response.
         mask: the ``guidance`` grammar's mask, applied to the logits the log-probabilities come from.
+        loop: what steps the generator once the prompt is in (default :func:`decode_loop`;
+            :func:`slmops.runtime.speculative.speculative_loop` for greedy answers).
     """
     start = time.perf_counter() if start is None else start
     params = og.GeneratorParams(og_model)
@@ -241,7 +252,10 @@ def stream_tokens(
     scores = None
     if prompt_logprobs is not None:  # appending the prompt computed the logits of all its positions
         scores = prompt_tokens(generator.get_output("logits")[0], ids, prompt_logprobs)
-    yield from decode_loop(generator, answer, logprobs, scores, mask)
+    if loop is None or logprobs is not None or scores is not None or mask is not None:
+        yield from decode_loop(generator, answer, logprobs, scores, mask)  # log-probabilities: one token a step
+    else:
+        yield from loop(generator, answer)
 
 
 def score_prompt(og_model: og.Model, ids: list[int], top: int, start: float | None = None) -> Iterator[Response]:
@@ -309,6 +323,8 @@ def collect(responses: Iterable[Response]) -> Result:
         decode_tokens_per_s=last.decode_tokens_per_s,
         total_s=last.elapsed_s,
         tokens=tokens,
+        drafted_tokens=last.drafted_tokens,
+        accepted_tokens=last.accepted_tokens,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
 import time
@@ -17,6 +18,7 @@ from slmops.errors import ContextTooLong, SlmopsError, UsageError
 from slmops.modelfolder.folder import ModelFolder
 from slmops.modelfolder.messages import normalize
 from slmops.runtime import prompt as prompts
+from slmops.runtime import speculative
 from slmops.runtime.generate import Answer, Response, Result, collect, decode_loop, stream_tokens, strip_leading
 from slmops.runtime.options import GenerationOptions, model_defaults
 from slmops.runtime.threads import default_threads
@@ -181,8 +183,21 @@ class Model:
             ids = [self._start_token()]
         if len(ids) >= self.context_length:
             raise self._too_long(len(ids), False)
+        loop = None
+        if speculative.applies(chosen, guidance):
+            max_length = chosen.search_options(len(ids), self.context_length)["max_length"]
+            penalty = chosen.repetition_penalty
+            loop = functools.partial(speculative.speculative_loop, ids=ids, max_length=max_length, penalty=penalty)
         return stream_tokens(
-            self.og_model, self.tokenizer, ids, chosen, self.context_length, self.stop_token_ids, start, guidance
+            self.og_model,
+            self.tokenizer,
+            ids,
+            chosen,
+            self.context_length,
+            self.stop_token_ids,
+            start,
+            guidance,
+            loop=loop,
         )
 
     def generate(self, prompt: str | list[int], **options) -> Result:
@@ -316,7 +331,12 @@ class Conversation:
         limit = min(self.options.max_tokens or budget, budget)
         stream = self.model.tokenizer.create_stream()
         answer = Answer(stream, len(ids), start, self.model.stop_token_ids, self.options.stop, limit)
-        yield from decode_loop(self._prepare(ids), answer)
+        generator = self._prepare(ids)
+        if speculative.applies(self.options):
+            penalty = self.options.repetition_penalty
+            yield from speculative.speculative_loop(generator, answer, ids, self.model.context_length, penalty)
+        else:
+            yield from decode_loop(generator, answer)
 
     def _prepare(self, ids: list[int]) -> og.Generator:
         """The generator, rewound to the longest prefix it shares with ``ids``, the rest appended."""

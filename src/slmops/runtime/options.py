@@ -25,6 +25,9 @@ class GenerationOptions:
         repetition_penalty: above 1 discourages repeating tokens.
         seed: the same seed and options give the same answer; None is random.
         stop: strings that end the answer (not included in it).
+        speculative: draft tokens from the prompt and the answer so far and verify them in
+            one step (:mod:`slmops.runtime.speculative`); it only applies to greedy answers
+            without a grammar, and never changes their tokens.
     """
 
     max_tokens: int | None = None
@@ -34,6 +37,7 @@ class GenerationOptions:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    speculative: bool = True
 
     def __post_init__(self) -> None:
         _check(self.max_tokens is None or self.max_tokens > 0, "max_tokens must be a positive integer")

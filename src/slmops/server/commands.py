@@ -55,6 +55,12 @@ def serve_options(function):
             "[default: a quarter of the batch rows' KV cache].",
         ),
         _shown(
+            "--speculative/--no-speculative",
+            click.BOOL,
+            True,
+            "Greedy answers on a generator of their own draft tokens by prompt lookup (not batch rows).",
+        ),
+        _shown(
             "--load-wait",
             click.FloatRange(min=0),
             10,
@@ -86,6 +92,7 @@ def make_config(
     ui=True,
     cors=(),
     prefix_cache=None,
+    speculative=True,
 ) -> ServerConfig:
     return ServerConfig(
         parallel=parallel,
@@ -100,6 +107,7 @@ def make_config(
         ui=ui,
         cors=tuple(cors),
         prefix_cache=parse_size(prefix_cache, "--prefix-cache"),
+        speculative=speculative,
     )
 
 

@@ -181,6 +181,8 @@ class Registry:
         size = _folder_size(folder)
         self._make_room(size, name)
         model = await asyncio.to_thread(Model.from_folder, resolve(folder), self.config.threads)
+        if not self.config.speculative:  # every request's options start from the model's defaults
+            model.defaults = model.defaults.replace(speculative=False)
         decoder = await asyncio.to_thread(self._decoder, model)
         scheduler = Scheduler(name, self.config.parallel, self.config.max_queue, self.observer, decoder)
         log.info("loaded %s from %s in %.1f s", name, folder, model.load_s)

@@ -1,0 +1,229 @@
+"""Prompt-lookup speculative decoding on an onnxruntime-genai ``Generator``.
+
+A decode step reads every weight once whether it computes one position or a few, so
+when the answer is likely to repeat tokens it has already seen (a rewrite, a copy, an
+extraction to JSON, an edit of code), slmops guesses the next tokens and checks them
+all in one forward:
+
+1. Draft: the last few tokens (3, else 2) are looked up among the prompt and the answer
+   so far; the tokens that followed their latest earlier occurrence are the draft.
+   No draft model is needed.
+2. Verify: the last token shown (not yet read) and the draft go through the model together
+   (``append_tokens``), which gives the logits of every position.
+3. Accept the longest run of drafted tokens that greedy decoding picks itself, plus
+   the model's own token after them; ``rewind_to`` drops the KV of the rejected ones.
+
+The tokens are exactly the ones greedy decoding gives one at a time (the logits of a
+position do not depend on the positions after it, and a repetition penalty is applied
+to each position as onnxruntime-genai's step applies it), so speculation runs only at
+temperature 0 and without a grammar (onnxruntime-genai follows grammars inside its own
+step); sampled and guided answers decode as before.
+
+:class:`DraftPolicy` keeps it from costing time: drafts grow while they are accepted
+and shrink when they are not, and drafting pauses (for longer each time) while the
+time a verify takes is more than the plain steps it saves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from slmops.runtime.sampling import penalize
+
+if TYPE_CHECKING:
+    from slmops.runtime.generate import Answer, Response
+    from slmops.runtime.options import GenerationOptions
+
+NGRAMS = (3, 2)  # lengths of the looked-up tail, longest first
+MAX_DRAFT = 12  # tokens drafted at most per verify
+FIRST_DRAFT = 4
+LONGEST_PAUSE = 64  # plain steps between attempts, at most, while drafts do not pay
+
+
+def applies(options: GenerationOptions, guidance: Any = None) -> bool:
+    """Whether an answer with ``options`` (and ``guidance``) speculates: it asked to, and it is greedy
+    without a grammar, so the accepted tokens are exactly greedy decoding's."""
+    return options.speculative and options.temperature == 0 and not guidance
+
+
+class PromptLookup:
+    """The prompt and answer so far, indexed by their short n-grams for drafting.
+
+    Args:
+        tokens: the prompt's token ids.
+    """
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens: list[int] = []
+        # an n-gram -> where the token after its latest occurrence stands
+        self.index: dict[tuple[int, ...], int] = {}
+        for token in tokens:
+            self.append(token)
+
+    def append(self, token: int) -> None:
+        tokens, end = self.tokens, len(self.tokens)
+        for size in NGRAMS:
+            if end >= size:
+                self.index[tuple(tokens[end - size : end])] = end
+        tokens.append(token)
+
+    def draft(self, most: int) -> list[int]:
+        """Up to ``most`` tokens that followed the latest earlier occurrence of the current tail."""
+        tokens, end = self.tokens, len(self.tokens)
+        for size in NGRAMS:
+            if end >= size:
+                follows = self.index.get(tuple(tokens[end - size :]))
+                if follows is not None:
+                    return tokens[follows : follows + most]
+        return []
+
+
+class DraftPolicy:
+    """How many tokens to draft next, from what the drafts have gained so far.
+
+    Every verify is weighed in time: the plain steps it replaced (its accepted tokens
+    plus one, at the measured time of a one-position step) against what it took. While
+    that balance is negative, drafting pauses, twice as long after each loss, so an
+    answer that copies nothing runs at the plain loop's speed.
+    """
+
+    def __init__(self) -> None:
+        self.size = FIRST_DRAFT
+        self.step_s: float | None = None  # a one-position step, smoothed
+        self.balance = 0.0  # seconds saved by recent verifies (negative: lost)
+        self.pause = 0
+        self.backoff = 1
+
+    def next_size(self) -> int:
+        """Tokens to draft for the next step (0: a plain step)."""
+        if self.step_s is None:
+            return 0  # nothing to weigh a verify against yet
+        if self.pause:
+            self.pause -= 1
+            return 0
+        return self.size
+
+    def plain(self, seconds: float) -> None:
+        """A one-position step took ``seconds``."""
+        self.step_s = seconds if self.step_s is None else 0.8 * self.step_s + 0.2 * seconds
+
+    def verified(self, drafted: int, accepted: int, seconds: float) -> None:
+        """A verify of ``drafted`` tokens accepted ``accepted`` of them in ``seconds``."""
+        step_s = self.step_s or seconds
+        self.balance = 0.5 * self.balance + (accepted + 1) * step_s - seconds
+        self.size = min(MAX_DRAFT, 2 * self.size) if accepted == drafted else max(1, accepted + 1)
+        if self.balance < 0:
+            self.pause, self.backoff, self.balance = self.backoff, min(LONGEST_PAUSE, 2 * self.backoff), 0.0
+        elif accepted:
+            self.backoff = 1
+
+
+def speculative_loop(
+    generator: Any, answer: Answer, ids: list[int], max_length: int, penalty: float = 1.0
+) -> Iterator[Response]:
+    """Greedy decoding with prompt-lookup drafts, until ``answer`` ends.
+
+    Steps without a draft are the generator's own (``generate_next_token``), so an answer
+    that drafts nothing runs the plain loop; a verify appends the token shown last and
+    the draft, and picks the greedy tokens from the logits of every position.
+
+    Args:
+        generator: an ``og.Generator`` whose last call appended the prompt (or the new
+            part of it).
+        answer: the answer its tokens go to.
+        ids: every token the generator holds, the prompt's included.
+        max_length: tokens the generator may hold (its ``max_length``).
+        penalty: the repetition penalty (1: none).
+    """
+    lookup, policy, steps = PromptLookup(ids), DraftPolicy(), Steps(generator, len(ids), penalty)
+    tokens = [steps.first()]
+    drafted = accepted = 0
+    while True:
+        for token in tokens:
+            lookup.append(token)
+            response = answer.add(token, len(lookup.tokens) >= max_length)
+            response.drafted_tokens, response.accepted_tokens = drafted, accepted
+            yield response
+            if response.finish_reason:
+                return
+        # The verify reads the last token shown and the draft: room for both.
+        size = min(policy.next_size(), max_length - len(lookup.tokens)) if steps.rewinds else 0
+        draft = lookup.draft(size) if size > 0 else []
+        began = time.perf_counter()
+        verified = steps.verify(tokens[-1], draft, lookup.tokens) if draft else None
+        if verified is None:
+            tokens = [steps.plain(tokens[-1])]
+            policy.plain(time.perf_counter() - began)
+        else:
+            kept, token = verified
+            tokens = [*draft[:kept], token]
+            policy.verified(len(draft), kept, time.perf_counter() - began)
+            drafted, accepted = drafted + len(draft), accepted + kept
+
+
+class Steps:
+    """One ``og.Generator`` stepped a token at a time, or verifying a draft.
+
+    Args:
+        generator: the generator, its prompt appended.
+        read: tokens whose KV it holds.
+        penalty: the repetition penalty (1: none).
+    """
+
+    def __init__(self, generator: Any, read: int, penalty: float) -> None:
+        self.generator, self.read, self.penalty = generator, read, penalty
+        # held: the last token shown is in the generator's sequence, not yet read (after its own
+        # step), rather than not there at all (after a verify)
+        self.held = False
+        self.rewinds = True  # False once the generator refused to rewind: plain steps only
+
+    def first(self) -> int:
+        self.generator.generate_next_token()
+        self.held = True
+        return int(self.generator.get_next_tokens()[0])
+
+    def plain(self, last: int) -> int:
+        """The token after ``last``, by the generator's own step."""
+        if not self.held:
+            self.generator.append_tokens([last])
+        self.read += 1
+        return self.first()
+
+    def verify(self, last: int, draft: list[int], seen: list[int]) -> tuple[int, int] | None:
+        """Read ``last`` and ``draft`` in one forward: how many drafted tokens greedy decoding keeps,
+        and its token after them; None when the generator cannot rewind (it is left as it was)."""
+        generator = self.generator
+        if self.held:
+            try:
+                generator.rewind_to(self.read)
+            except RuntimeError:  # a KV cache onnxruntime-genai cannot rewind
+                self.rewinds = False
+                return None
+            self.held = False
+        generator.append_tokens([last, *draft])
+        kept, token = _verify(generator.get_output("logits")[0], seen, draft, self.penalty)
+        if kept < len(draft):
+            generator.rewind_to(self.read + 1 + kept)
+        self.read += 1 + kept
+        return kept, token
+
+
+def _verify(logits: np.ndarray, seen: list[int], draft: list[int], penalty: float) -> tuple[int, int]:
+    """How many drafted tokens greedy decoding picks itself (in order from the first), and the
+    token it picks after them; ``logits[i]`` are those after ``seen`` and ``draft[:i]``."""
+    for index, drafted in enumerate(draft):
+        token = _pick(logits[index], seen + draft[:index] if penalty != 1.0 else seen, penalty)
+        if token != drafted:
+            return index, token
+    return len(draft), _pick(logits[len(draft)], seen + draft if penalty != 1.0 else seen, penalty)
+
+
+def _pick(logits: np.ndarray, seen: list[int], penalty: float) -> int:
+    """The greedy token, after the repetition penalty onnxruntime-genai applies over ``seen``."""
+    if penalty != 1.0:
+        logits = penalize(logits, np.array(seen, np.int64), penalty)
+    return int(np.argmax(logits))

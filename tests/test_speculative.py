@@ -1,0 +1,258 @@
+"""Prompt-lookup speculative decoding: the same greedy tokens as the plain loop, fewer steps.
+
+The tiny fp32 model's greedy tokens must match the plain loop's token for token, text
+pieces, stop strings, limits and finish reasons included. A random model seldom
+copies, so besides the real lookup, an oracle drafts the plain answer's next tokens
+with one of them wrong: every verify then accepts some tokens and rejects the rest,
+which exercises acceptance and the rewind of the rejected KV on every step.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from click.testing import CliRunner
+
+import slmops
+from slmops.runtime import speculative
+from slmops.runtime.options import GenerationOptions
+from slmops.runtime.speculative import MAX_DRAFT, DraftPolicy, PromptLookup
+
+COPY = (
+    "Copy this exactly: The quick brown fox jumps over the lazy dog. Hello world, this is a test of a tiny "
+    "tokenizer. Convert, cache, run, serve, benchmark and validate small language models on a CPU. "
+)
+PROMPTS = [COPY * 2, "Hello world", "Příliš žluťoučký kůň úpěl ďábelské ódy. " * 3]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_onnx):
+    return slmops.load(tiny_onnx, threads=1)
+
+
+def stream(model, prompt, **options) -> list[tuple]:
+    return [(r.token, r.text, r.finish_reason) for r in model.stream_generate(prompt, temperature=0, **options)]
+
+
+@pytest.fixture
+def oracle(tiny, monkeypatch):
+    """Drafts from the plain answer to ``prompt``: its next tokens, one of them wrong."""
+
+    def use(prompt, size: int = 6, **options) -> list[int]:
+        plain = tiny.generate(prompt, temperature=0, speculative=False, **options)
+        ids = tiny._completion_ids(prompt)
+        picker = random.Random(0)
+
+        def draft(lookup, most):
+            done = len(lookup.tokens) - len(ids)
+            tokens = plain.tokens[done : done + most]
+            if tokens and picker.random() < 0.7:  # else the whole draft is right
+                wrong = picker.randrange(len(tokens))
+                tokens[wrong] = (tokens[wrong] + 1) % 500
+            return tokens
+
+        monkeypatch.setattr(PromptLookup, "draft", draft)
+        monkeypatch.setattr(DraftPolicy, "next_size", lambda self: size)
+        return plain.tokens
+
+    return use
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_greedy_tokens_are_the_plain_loops(tiny, prompt, penalty):
+    plain = stream(tiny, prompt, max_tokens=150, repetition_penalty=penalty, speculative=False)
+    assert stream(tiny, prompt, max_tokens=150, repetition_penalty=penalty) == plain
+
+
+@pytest.mark.parametrize("size", [1, 4, MAX_DRAFT])
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_verified_drafts_keep_the_plain_tokens(tiny, oracle, size, penalty):
+    oracle(COPY, size, max_tokens=80, repetition_penalty=penalty)
+    plain = stream(tiny, COPY, max_tokens=80, repetition_penalty=penalty, speculative=False)
+    assert stream(tiny, COPY, max_tokens=80, repetition_penalty=penalty) == plain
+    result = tiny.generate(COPY, temperature=0, max_tokens=80, repetition_penalty=penalty)
+    assert result.drafted_tokens > result.accepted_tokens > 0
+    assert result.completion_tokens == 80
+
+
+def test_stop_strings_and_limits_end_where_the_plain_loop_does(tiny, oracle):
+    tokens = oracle(COPY, 8, max_tokens=60)
+    text = tiny.decode(tokens)
+    for stop in [text[10:14], text[30:33], "no such text"]:
+        for limit in [1, 7, 60]:
+            plain = stream(tiny, COPY, max_tokens=limit, stop=[stop], speculative=False)
+            assert stream(tiny, COPY, max_tokens=limit, stop=[stop]) == plain, (stop, limit)
+
+
+def test_a_full_context_ends_where_the_plain_loop_does(tiny, oracle):
+    ids = tiny.completion_ids(COPY * 10)
+    prompt = ids[: tiny.context_length - 20]  # 20 tokens of room: drafts must stop short of the end
+    oracle(prompt, MAX_DRAFT)
+    plain = stream(tiny, prompt, speculative=False)
+    assert stream(tiny, prompt) == plain
+    assert plain[-1][2] == "length" and len(plain) == 20
+
+
+def test_a_conversation_speculates_and_keeps_its_tokens(tiny):
+    turns = [{"role": "user", "content": COPY}]
+    answers = []
+    for spec in (False, True):
+        conversation = tiny.conversation(temperature=0, max_tokens=40, speculative=spec)
+        first = [r.token for r in conversation.stream(turns)]
+        follow = [*turns, {"role": "assistant", "content": tiny.decode(first)}, {"role": "user", "content": COPY}]
+        answers.append((first, [r.token for r in conversation.stream(follow)]))
+    assert answers[0] == answers[1]
+
+
+def test_speculative_false_and_sampling_decode_one_token_per_step(tiny, oracle):
+    oracle(COPY, 4, max_tokens=30)
+    assert tiny.generate(COPY, temperature=0, max_tokens=30).drafted_tokens > 0
+    assert tiny.generate(COPY, temperature=0, max_tokens=30, speculative=False).drafted_tokens == 0
+    assert tiny.generate(COPY, temperature=0.8, seed=1, max_tokens=30).drafted_tokens == 0
+    assert (
+        tiny.chat([{"role": "user", "content": COPY}], temperature=0, max_tokens=30, speculative=False).drafted_tokens
+        == 0
+    )
+    assert "".join(tiny.stream([{"role": "user", "content": COPY}], temperature=0, max_tokens=5, speculative=False))
+
+
+def test_only_greedy_answers_without_a_grammar_speculate():
+    greedy = GenerationOptions(temperature=0.0, repetition_penalty=1.2)
+    assert speculative.applies(greedy)
+    assert not speculative.applies(greedy, ("regex", "[ab]+"))
+    assert not speculative.applies(greedy.replace(temperature=0.5))
+    assert not speculative.applies(greedy.replace(speculative=False))
+
+
+def test_lookup_drafts_what_followed_the_latest_earlier_occurrence():
+    lookup = PromptLookup([1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 6])
+    assert lookup.draft(3) == []  # the tail (8, 6) never came before
+    for token in (2, 3):
+        lookup.append(token)
+    assert lookup.draft(3) == [7, 8, 6]  # (6, 2, 3) is new; (2, 3) last came before 7
+    lookup = PromptLookup([1, 2, 3, 4, 5, 2, 3, 6, 1, 2, 3])
+    assert lookup.draft(2) == [4, 5]  # the 3-gram (1, 2, 3) wins over the later 2-gram (2, 3)
+    assert lookup.draft(20) == [4, 5, 2, 3, 6, 1, 2, 3]  # cut where the tokens end
+    assert PromptLookup([5]).draft(4) == []
+
+
+def test_the_policy_grows_shrinks_and_pauses_while_drafts_cost_time():
+    policy = DraftPolicy()
+    assert policy.next_size() == 0  # no plain step measured yet
+    policy.plain(0.010)
+    first = policy.next_size()
+    policy.verified(first, first, 0.015)  # all accepted, 5 steps' tokens in 1.5 steps' time
+    assert policy.next_size() == 2 * first
+    policy.verified(2 * first, 2, 0.018)  # 3 tokens in 1.8 steps: still a gain, shorter drafts
+    assert policy.next_size() == 3
+    policy.verified(3, 0, 0.030)  # nothing kept, 3 steps' time for one token: pause
+    pauses = [policy.next_size() for _ in range(2)]
+    assert pauses[0] == 0 and pauses[1] == 1
+    policy.verified(1, 0, 0.030)
+    assert [policy.next_size() for _ in range(3)] == [0, 0, 1]  # paused twice as long
+    for _ in range(10):
+        policy.verified(1, 0, 0.030)
+        while policy.next_size() == 0:
+            pass
+    assert policy.backoff <= speculative.LONGEST_PAUSE
+
+
+def test_no_speculative_reaches_the_model_run_options(tiny_onnx, monkeypatch):
+    from slmops.cli import cli
+
+    seen = []
+    original = slmops.runtime.model.Model.stream_generate
+
+    def spy(self, prompt, start=None, guidance=None, **options):
+        seen.append(options.get("speculative"))
+        return original(self, prompt, start, guidance, **options)
+
+    monkeypatch.setattr(slmops.runtime.model.Model, "stream_generate", spy)
+    for flags, expected in [(["--no-speculative"], False), ([], None)]:
+        done = CliRunner().invoke(cli, ["model", "run", str(tiny_onnx), "-p", "Hi", "--max-tokens", "3", *flags])
+        assert done.exit_code == 0, done.output
+        assert seen.pop() is expected
+
+
+# ---- SmolLM2 INT4 ---------------------------------------------------------------
+
+PASSAGE = (
+    "The lighthouse at Carrow Point was built in 1868 to guide fishing boats past the reef that lies half a "
+    "mile off the northern shore. For almost a century its keepers lived in the small stone cottage beside "
+    "the tower, climbing the one hundred and twelve steps every evening to light the lamp."
+)
+INT4_PROMPTS = [
+    f"Repeat the following passage exactly, word for word:\n\n{PASSAGE}",
+    f"Rewrite this passage with its spelling mistakes corrected:\n\n{PASSAGE.replace('guide', 'giude')}",
+    f"List every number in this passage as a JSON array of strings:\n\n{PASSAGE}",
+    "Write a short story about a cat who learns to sail.",
+]
+
+
+def plain_agreement(model, ids: list[int], tokens: list[int]) -> int:
+    """How many of ``tokens`` the plain one-token-per-step loop picks itself after the ones before them."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model.og_model)
+    params.set_search_options(max_length=len(ids) + len(tokens) + 1, do_sample=False, repetition_penalty=1.0)
+    generator = og.Generator(model.og_model, params)
+    generator.append_tokens(ids)
+    agree = 0
+    for token in tokens:
+        generator.generate_next_token()
+        if int(generator.get_next_tokens()[0]) == token:
+            agree += 1
+        else:  # put the speculative answer's token in place of the plain one, and read on from it
+            generator.rewind_to(len(generator.get_sequence(0)) - 1)
+            generator.append_tokens([token])
+    return agree
+
+
+@pytest.mark.slow
+def test_int4_answers_agree_with_the_plain_loop(smollm2_int4):
+    # Each token of the speculative answer is checked against the plain loop's pick after the same
+    # tokens. The many-position forward rounds differently in the last bits, so near ties (logit gaps
+    # of 0.01 to 0.2 measured) may flip: 356 of 362 tokens (98.3%) agreed, 97.7% in a run on a loaded
+    # machine, which drafts differently (the policy follows time): hence the margin below 98%.
+    model = slmops.load(smollm2_int4, threads=2)
+    agree = total = accepted = 0
+    for prompt in INT4_PROMPTS:
+        ids = model.prompt_ids([{"role": "user", "content": prompt}])
+        result = model.generate(ids, temperature=0, repetition_penalty=1.0, max_tokens=100)
+        agree += plain_agreement(model, ids, result.tokens)
+        total, accepted = total + len(result.tokens), accepted + result.accepted_tokens
+    assert accepted > 50  # the answers that copy did speculate
+    assert agree >= 0.97 * total, (agree, total)
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_serve_no_speculative_turns_it_off_for_every_request(tiny_onnx, flag):
+    import asyncio
+
+    from slmops.server.commands import make_config
+    from slmops.server.registry import Registry
+
+    config = make_config(1, 0, 60, None, 1, 1, batching=False, speculative=flag)
+    loaded = asyncio.run(Registry(config)._load("tiny", tiny_onnx))
+    try:
+        assert loaded.model.options().speculative is flag
+        result = loaded.model.generate(COPY, temperature=0, max_tokens=5)
+        assert result.completion_tokens == 5
+    finally:
+        loaded.scheduler.close()
+
+
+def test_a_generator_that_cannot_rewind_decodes_one_token_per_step(tiny, oracle, monkeypatch):
+    import onnxruntime_genai as og
+
+    oracle(COPY, 4, max_tokens=40)
+
+    def refuse(self, length):
+        raise RuntimeError("rewind is not supported")
+
+    monkeypatch.setattr(og.Generator, "rewind_to", refuse)
+    result = tiny.generate(COPY, temperature=0, max_tokens=40)
+    assert result.drafted_tokens == 0
+    assert result.tokens == tiny.generate(COPY, temperature=0, max_tokens=40, speculative=False).tokens
