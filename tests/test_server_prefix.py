@@ -132,7 +132,7 @@ def test_an_entry_builds_on_the_one_it_begins_with():
     assert np.array_equal(target[2][0, :, :40], buffers[2][0, :, :40])  # from the first entry
     assert np.array_equal(target[2][0, :, 40:42], buffers[2][1, :, 40:42])  # from its own part
     assert not target[2][0, :, 42:].any()
-    assert cache.longest(tokens)[1] == len(tokens) - 1  # the last prompt token is always run
+    assert cache.longest(tokens)[1] == len(tokens) - 2  # the last two prompt tokens are always run
 
 
 def test_an_entry_leaves_before_what_it_builds_on():
@@ -219,6 +219,10 @@ def test_int4_answers_with_reuse_agree_with_cold_prefill(smollm2_int4):
         reused += run(warm, second)
         fresh += run(cold, sequence(model, ids, 32))
         assert second.cached >= len(model.prompt_ids(chat[:2])) - 1
+        again = sequence(model, ids, 32)  # the same prompt again: all of it is cached but its last tokens
+        reused += run(warm, again)
+        fresh += run(cold, sequence(model, ids, 32))
+        assert again.cached == len(ids) - 2
     assert agreement(reused, fresh) >= 0.98
 
 

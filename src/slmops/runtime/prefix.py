@@ -85,10 +85,14 @@ class PrefixCache:
     def longest(self, prompt: list[int]) -> tuple[Entry | None, int]:
         """The entry sharing the longest beginning with ``prompt``, and how many tokens it shares.
 
-        At most ``len(prompt) - 1``: the last prompt token is always run, for its logits.
+        At most ``len(prompt) - 2``: the last prompt tokens are always run, for their logits,
+        and at least two of them, because onnxruntime's INT4 MatMulNBits computes one position
+        with another kernel than several: a one-token rest gave first-token logits up to 1.0
+        away from a cold prefill's on SmolLM2 INT4 (greedy answers differed on 2 of 3 prompts),
+        a rest of two or more gave them bit for bit (AVX-512 machine, 2026-11-29).
         """
         best, size = self._longest(np.asarray(prompt, np.int64))
-        return best, min(size, len(prompt) - 1)
+        return best, min(size, len(prompt) - 2)
 
     def restore(self, entry: Entry, size: int, buffers: list[np.ndarray], row: int) -> None:
         """Copy the first ``size`` tokens of ``entry`` into ``row`` of every buffer."""
