@@ -80,8 +80,8 @@ class Turn:
 
     def finished(self, text: str, last: Response, plan: generation.Plan) -> ResponseObject:
         """The response to a whole answer: its text as a message, or the call it makes."""
-        status = _status(last)
-        calls = plan.tool_mode.calls(text) if plan.tool_mode else None
+        calls = plan.tool_mode.calls(text, cut=last.finish_reason == "length") if plan.tool_mode else None
+        status = _status(last, [call.function.arguments for call in calls or []])
         output: list[OutputItem]
         if calls:
             output = [call_item(call.id, call.function.name, call.function.arguments, status) for call in calls]
@@ -97,8 +97,11 @@ def _choice(body: ResponsesRequest) -> str | dict:
     return choice if isinstance(choice, str) else choice.model_dump()
 
 
-def _status(last: Response | None) -> str:
-    return "incomplete" if last is not None and last.finish_reason == "length" else "completed"
+def _status(last: Response | None, arguments: list[str]) -> str:
+    """incomplete when max_output_tokens cut the answer; ``arguments``: of its calls, which may be whole."""
+    whole_calls = bool(arguments) and all(tools.parses(text) for text in arguments)
+    cut = last is not None and last.finish_reason == "length"
+    return "incomplete" if cut and not whole_calls else "completed"
 
 
 def _usage(last: Response) -> ResponseUsage:
@@ -174,7 +177,7 @@ class EventStream:
 
         The last event is ``response.incomplete`` instead when ``max_output_tokens`` cut the answer.
         """
-        status = _status(last)
+        status = _status(last, [item.arguments for item in self.output if isinstance(item, OutputFunctionCall)])
         events = [] if self.output else self._open_message()  # an empty answer is still one message
         events += self._close(status)
         response = self.turn.response(status, self.output, last)
