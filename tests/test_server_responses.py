@@ -279,3 +279,21 @@ def test_a_call_cut_by_max_tokens_reports_length_on_chat_and_incomplete_here(oai
         )
     )
     assert events[-1].type == "response.incomplete" and events[-1].response.output[0].status == "incomplete"
+
+
+def test_delete_forgets_a_response_and_the_path_lists_both_methods(oai, server):
+    first = oai.responses.create(model=MODEL, input="Hi", max_output_tokens=2)
+    second = oai.responses.create(model=MODEL, input="Hi", max_output_tokens=2)
+    assert oai.responses.delete(first.id) is None  # the SDK returns nothing; the body is OpenAI's
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError) as caught:
+        oai.responses.delete(first.id)
+    assert caught.value.body["code"] == "not_found"
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.create(model=MODEL, input="Hi", previous_response_id=first.id, max_output_tokens=2)
+    answer = httpx.delete(f"{server.url}/v1/responses/{second.id}")
+    assert answer.status_code == 200 and answer.json() == {"id": second.id, "object": "response", "deleted": True}
+    refused = httpx.put(f"{server.url}/v1/responses/{second.id}")
+    assert refused.status_code == 405 and refused.json()["error"]["type"]
+    assert {method.strip() for method in refused.headers["allow"].split(",")} == {"DELETE", "GET"}
