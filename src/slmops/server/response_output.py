@@ -19,10 +19,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from slmops.runtime.generate import Response
-from slmops.server import generation, tools
+from slmops.server import choices, generation, tools
 from slmops.server.errors import APIError
 from slmops.server.responses_protocol import (
     IncompleteDetails,
+    InputTokensDetails,
     OutputFunctionCall,
     OutputMessage,
     OutputText,
@@ -47,6 +48,7 @@ class Turn:
     model: str
     id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
+    cached_tokens: int = 0  # prompt tokens read from the prefix cache, known once the prompt is in
 
     def response(
         self, status: str, output: list[OutputItem] | None = None, last: Response | None = None
@@ -73,7 +75,7 @@ class Turn:
             tool_choice=_choice(body),
             tools=[tool.model_dump(exclude_none=True) for tool in body.tools or []],
             top_p=body.top_p,
-            usage=_usage(last) if last is not None else None,
+            usage=_usage(last, self.cached_tokens) if last is not None else None,
             user=body.user,
             metadata=body.metadata or {},
         )
@@ -104,9 +106,14 @@ def _status(last: Response | None, arguments: list[str]) -> str:
     return "incomplete" if cut and not whole_calls else "completed"
 
 
-def _usage(last: Response) -> ResponseUsage:
+def _usage(last: Response, cached: int) -> ResponseUsage:
     total = last.prompt_tokens + last.completion_tokens
-    return ResponseUsage(input_tokens=last.prompt_tokens, output_tokens=last.completion_tokens, total_tokens=total)
+    return ResponseUsage(
+        input_tokens=last.prompt_tokens,
+        input_tokens_details=InputTokensDetails(cached_tokens=cached),
+        output_tokens=last.completion_tokens,
+        total_tokens=total,
+    )
 
 
 def message_item(item_id: str, text: str, status: str) -> OutputMessage:
@@ -251,6 +258,7 @@ async def stream_events(
         for event in stream.fail(exc):
             yield event
         return
+    turn.cached_tokens = choices.cached_tokens([job], 1)
     response, events = stream.finish(last)
     keep(response)
     for event in events:

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from slmops.runtime.generate import Response
-from slmops.server import generation
+from slmops.server import choices, generation
 from slmops.server.errors import APIError
 from slmops.server.openai_api import ERRORS, registry
 from slmops.server.protocol import ChatRequest, Message
@@ -50,6 +50,7 @@ async def create_response(body: ResponsesRequest, request: Request):
     if body.stream:
         return _sse(stream_events(job, plan, turn, keep))
     text, last = await _collect(job)
+    turn.cached_tokens = choices.cached_tokens([job], 1)
     response = turn.finished(text, last, plan)
     keep(response)
     return response

@@ -192,11 +192,11 @@ class OutputFunctionCall(BaseModel):
 
 
 class InputTokensDetails(BaseModel):
-    cached_tokens: int = 0
+    cached_tokens: int = Field(0, description="Input tokens read from the prefix cache instead of prefilled.")
 
 
 class OutputTokensDetails(BaseModel):
-    reasoning_tokens: int = 0
+    reasoning_tokens: int = Field(0, description="Always 0: no served model reasons apart from its answer.")
 
 
 class ResponseUsage(BaseModel):
