@@ -115,5 +115,8 @@ def validation_error(errors: Sequence[Any]) -> APIError:
         return APIError(422, f"The request body is not valid JSON: {first.get('msg')}.", None, "invalid_json")
     location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
     param = ".".join(location) or None
+    if first.get("type") == "extra_forbidden":  # an endpoint that names every parameter it takes
+        why = "this endpoint does not take it (/openapi.json lists those it does)."
+        return APIError(400, f"Unsupported parameter {param}: {why}", param, "unsupported_parameter")
     where = f"{param}: " if param else ""
     return APIError(400, f"Invalid request: {where}{first.get('msg')}.", param, "invalid_parameter")
