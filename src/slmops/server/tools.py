@@ -76,14 +76,15 @@ class ToolMode:
             value = json.loads(text)
         except ValueError:
             head = CALL_HEAD.match(text) if cut else None
-            if head is None or head.group(1) not in self._names():
+            if head is None or head.group(1) not in self.names():
                 return None
             return [_call(head.group(1), text[head.end() :].rstrip(), cut)]
-        if isinstance(value, dict) and value.get("name") in self._names() and isinstance(value.get("arguments"), dict):
+        if isinstance(value, dict) and value.get("name") in self.names() and isinstance(value.get("arguments"), dict):
             return [_call(value["name"], json.dumps(value["arguments"]))]
         return None
 
-    def _names(self) -> set[str]:
+    def names(self) -> set[str]:
+        """The names of the functions the answer may call."""
         return {tool.function.name for tool in self.tools}
 
 
@@ -137,7 +138,7 @@ class AnswerStream:
         deltas = []
         if self.head is None:
             self.head = CALL_HEAD.match(self.text)
-            if self.head is None or self.head.group(1) not in self.mode._names():
+            if self.head is None or self.head.group(1) not in self.mode.names():
                 self.head = None
                 return []
             self.called, self.sent = True, self.head.end()
