@@ -321,6 +321,18 @@ def test_dimensions_and_token_id_inputs(oai, qwen2_hf):
     assert many.usage.prompt_tokens == len(ids[0]) + len(ids[1])
 
 
+def test_exactly_openais_fields_are_accepted_and_an_unknown_one_is_refused(oai):
+    import openai
+
+    every = oai.embeddings.create(
+        model="tiny-qwen2-embed", input=["Hello"], encoding_format="float", dimensions=8, user="someone"
+    )
+    assert len(every.data[0].embedding) == 8
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.embeddings.create(model="tiny-qwen2-embed", input="Hello", extra_body={"truncate": True})
+    assert caught.value.body["param"] == "truncate" and caught.value.body["code"] == "unsupported_parameter"
+
+
 def test_base64_is_little_endian_float32(service):
     body = {"model": "tiny-qwen2-embed", "input": ["Hello world"], "encoding_format": "base64"}
     encoded = service.post("/v1/embeddings", json=body).json()["data"][0]["embedding"]
@@ -339,6 +351,8 @@ def test_base64_is_little_endian_float32(service):
         ({"input": "x", "encoding_format": "int8"}, 400, "encoding_format", ""),
         ({"input": "x", "model": "nope"}, 404, "model", ""),
         ({"input": "x", "model": "model"}, 400, "model", "is a text model, not an embedding model"),
+        ({"input": "x", "normalize": False}, 400, "normalize", "Unsupported parameter normalize"),
+        ({"input": "x", "pooling": "cls"}, 400, "pooling", "Unsupported parameter pooling"),
     ],
 )
 def test_bad_requests_are_clear_400s(service, body, status, param, words):

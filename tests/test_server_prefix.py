@@ -177,6 +177,46 @@ def test_serve_reports_cached_tokens_and_counts_hits(tiny_onnx):
     assert int(metrics["slmops_prefix_cache_bytes"]) > 0
 
 
+def test_cached_tokens_count_a_prompt_once_with_n_streamed_and_in_responses(tiny_onnx):
+    """Every way of asking reports the prefix hits of its prompt, read once, however many choices it has.
+
+    With n choices the later ones copy the first one's prefill; that is not a hit of the
+    request's prompt, so a cold prompt asked with n=2 reports 0.
+    """
+    import openai
+    from fastapi.testclient import TestClient
+
+    from slmops.server import ServerConfig, create_app
+
+    config = ServerConfig(load_wait=60, parallel=4, threads=1, prefix_cache=BUDGET)
+    text = " ".join(f"word{index}" for index in range(40))
+    with TestClient(create_app(config, [str(tiny_onnx)])) as client:
+        for _ in range(600):
+            if client.get("/health").status_code == 200:
+                break
+            time.sleep(0.05)
+        oai = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client, max_retries=0)
+
+        def chat(suffix: str, n: int, stream: bool):
+            ask = {"model": "model", "messages": [{"role": "user", "content": text + suffix}], "max_tokens": 2}
+            if not stream:
+                return oai.chat.completions.create(**ask, n=n).usage
+            chunks = list(oai.chat.completions.create(**ask, n=n, stream=True, stream_options={"include_usage": True}))
+            assert len({choice.index for chunk in chunks for choice in chunk.choices}) == n
+            return chunks[-1].usage
+
+        # The suffixes start with different letters: each shares exactly the text with what came before.
+        cold = chat(" zero", 2, True)
+        assert cold.prompt_tokens_details.cached_tokens == 0
+        hit = chat(" one", 1, False).prompt_tokens_details.cached_tokens
+        assert MIN_REUSE <= hit < cold.prompt_tokens
+        assert chat(" two", 2, True).prompt_tokens_details.cached_tokens == hit
+        assert chat(" six", 3, False).prompt_tokens_details.cached_tokens == hit
+        response = oai.responses.create(model="model", input=text + " four", max_output_tokens=2)
+        assert response.usage.input_tokens_details.cached_tokens == hit
+        assert response.usage.output_tokens_details.reasoning_tokens == 0
+
+
 def test_prefix_cache_size_flag(tmp_path):
     from slmops.errors import UsageError
     from slmops.server.commands import parse_size

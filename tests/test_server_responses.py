@@ -252,3 +252,48 @@ def test_input_items_are_listed_a_page_at_a_time(oai):
     assert [item.id for item in in_order.data] == [item.id for item in reversed(newest_first)]
     assert in_order.data[1].content[0].text == "Weather in Rome?" and in_order.data[3].output == "24"
     assert not in_order.has_more
+
+
+def test_a_call_cut_by_max_tokens_reports_length_on_chat_and_incomplete_here(oai):
+    """Two tokens cannot hold a whole call: it is reported cut, with what was generated, never as a call to run."""
+    valid = [json.dumps({"city": city}) for city in CITY["properties"]["city"]["enum"]]
+    chat_tool = {"type": "function", "function": {"name": "get_weather", "parameters": CITY}}
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "Weather?"}], "tools": [chat_tool]}
+    choice = oai.chat.completions.create(**ask, tool_choice="required", max_tokens=2).choices[0]
+    [call] = choice.message.tool_calls
+    assert choice.finish_reason == "length" and call.function.name == "get_weather"
+    assert any(text.startswith(call.function.arguments) and text != call.function.arguments for text in valid)
+    chunks = [
+        c.choices[0] for c in oai.chat.completions.create(**ask, tool_choice="required", max_tokens=2, stream=True)
+    ]
+    arguments = "".join(d.function.arguments or "" for c in chunks for d in c.delta.tool_calls or [])
+    assert chunks[-1].finish_reason == "length" and any(text.startswith(arguments) for text in valid)
+    whole = oai.responses.create(
+        model=MODEL, input="Weather?", tools=[WEATHER], tool_choice="required", max_output_tokens=2
+    )
+    assert whole.status == "incomplete" and whole.incomplete_details.reason == "max_output_tokens"
+    assert whole.output[0].type == "function_call" and whole.output[0].status == "incomplete"
+    events = list(
+        oai.responses.create(
+            model=MODEL, input="Weather?", tools=[WEATHER], tool_choice="required", max_output_tokens=2, stream=True
+        )
+    )
+    assert events[-1].type == "response.incomplete" and events[-1].response.output[0].status == "incomplete"
+
+
+def test_delete_forgets_a_response_and_the_path_lists_both_methods(oai, server):
+    first = oai.responses.create(model=MODEL, input="Hi", max_output_tokens=2)
+    second = oai.responses.create(model=MODEL, input="Hi", max_output_tokens=2)
+    assert oai.responses.delete(first.id) is None  # the SDK returns nothing; the body is OpenAI's
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError) as caught:
+        oai.responses.delete(first.id)
+    assert caught.value.body["code"] == "not_found"
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.create(model=MODEL, input="Hi", previous_response_id=first.id, max_output_tokens=2)
+    answer = httpx.delete(f"{server.url}/v1/responses/{second.id}")
+    assert answer.status_code == 200 and answer.json() == {"id": second.id, "object": "response", "deleted": True}
+    refused = httpx.put(f"{server.url}/v1/responses/{second.id}")
+    assert refused.status_code == 405 and refused.json()["error"]["type"]
+    assert {method.strip() for method in refused.headers["allow"].split(",")} == {"DELETE", "GET"}

@@ -6,6 +6,7 @@ served by a mock transport and read back through ``client.responses.stream``.
 
 import asyncio
 import json
+from types import SimpleNamespace
 
 import httpx
 import openai
@@ -34,8 +35,10 @@ def pieces(text: str, finish: str = "stop", size: int = 3) -> list[Response]:
     ]
 
 
-def served_events(monkeypatch, request: dict, answer: list[Response], error: APIError | None = None) -> list[dict]:
-    """The events /v1/responses streams for ``request`` when the model answers ``answer``."""
+def served_events(
+    monkeypatch, request: dict, answer: list[Response], error: APIError | None = None, cached: int = 0
+) -> list[dict]:
+    """The events /v1/responses streams for ``request`` when the model answers ``answer`` (``cached``: prefix hits)."""
 
     async def fake_responses(job, strip_leading=False):
         for response in answer:
@@ -50,7 +53,8 @@ def served_events(monkeypatch, request: dict, answer: list[Response], error: API
     kept = []
 
     async def collect():
-        return [event async for event in stream_events(None, plan, Turn(body, "m"), kept.append)]
+        job = SimpleNamespace(sequence=SimpleNamespace(cached=cached))
+        return [event async for event in stream_events(job, plan, Turn(body, "m"), kept.append)]
 
     events = asyncio.run(collect())
     assert len(kept) == (0 if error else 1)
@@ -228,3 +232,46 @@ def test_a_forced_call_streams_its_arguments_from_the_first_token(monkeypatch):
     assert events[2]["item"]["name"] == "get_weather" and events[2]["item"]["call_id"].startswith("call_")
     _, final = through_the_sdk(events, tools=[WEATHER])
     assert final.output[0].arguments == '{"city": "Rome"}'
+
+
+CUT_CALL = '{"name": "get_weather", "arguments": {"city": "Os'
+
+
+def test_a_call_cut_by_max_output_tokens_is_an_incomplete_call_streamed_and_not(monkeypatch):
+    events = served_events(monkeypatch, {"input": "Weather?", "tools": [WEATHER]}, pieces(CUT_CALL, "length"))
+    assert kinds(events) == [*CALL[:-1], "response.incomplete"]
+    # The SDK's stream helper reads the events (its get_final_response wants response.completed).
+    sse = "".join(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n" for event in events)
+    transport = httpx.MockTransport(
+        lambda _: httpx.Response(200, headers={"content-type": "text/event-stream"}, content=sse.encode())
+    )
+    client = openai.OpenAI(base_url="http://test/v1", api_key="x", http_client=httpx.Client(transport=transport))
+    with client.responses.stream(model="m", input="x", tools=[WEATHER]) as stream:
+        final = list(stream)[-1].response
+    [call] = final.output
+    assert (final.status, final.incomplete_details.reason) == ("incomplete", "max_output_tokens")
+    assert (call.type, call.status, call.arguments) == ("function_call", "incomplete", '{"city": "Os')
+    body = ResponsesRequest(model="m", input="Weather?", tools=[WEATHER])
+    plan = generation.Plan([1], {}, None, generation.tools.mode_for(chat_request(body, input_messages(body.input))))
+    whole = Turn(body, "m").finished(CUT_CALL, pieces(CUT_CALL, "length")[-1], plan)
+    assert whole.status == "incomplete" and whole.incomplete_details.reason == "max_output_tokens"
+    assert [(item.type, item.status, item.arguments) for item in whole.output] == [
+        ("function_call", "incomplete", '{"city": "Os')
+    ]
+    # A whole call that used the last token it was allowed is complete.
+    done = Turn(body, "m").finished(CALL_TEXT, pieces(CALL_TEXT, "length")[-1], plan)
+    assert done.status == "completed" and json.loads(done.output[0].arguments) == {"city": "Oslo"}
+
+
+def test_usage_has_openais_details_with_the_prefix_cache_hits(monkeypatch):
+    events = served_events(monkeypatch, {"input": "Hi"}, pieces("abcdef"), cached=5)
+    _, final = through_the_sdk(events)
+    assert final.usage.input_tokens_details.cached_tokens == 5
+    assert final.usage.output_tokens_details.reasoning_tokens == 0
+    assert events[-1]["response"]["usage"] == {
+        "input_tokens": 7,
+        "input_tokens_details": {"cached_tokens": 5},
+        "output_tokens": 2,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 9,
+    }

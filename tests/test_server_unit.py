@@ -180,6 +180,71 @@ def test_tool_modes_and_their_grammars():
         mode(tool_choice="required")
 
 
+def chat_answer(monkeypatch, text: str, finish: str, stream: bool, **fields) -> dict:
+    """The chat choice (or, streamed, its joined deltas and finish reason) when the model answers ``text``."""
+    from slmops.server import choices, generation, openai_api
+
+    answer = [
+        Response(text[start : start + 4], 0, 5, 1, 0.0, 0.0, 0.0, finish if start + 4 >= len(text) else None)
+        for start in range(0, len(text), 4)
+    ]
+
+    async def fake_responses(job, strip_leading=False):
+        for response in answer:
+            yield response
+
+    monkeypatch.setattr(generation, "responses", fake_responses)
+    request = ChatRequest(model="m", messages=[{"role": "user", "content": "x"}], tools=[WEATHER, TIME], **fields)
+    plan = generation.Plan([1], {}, None, tools.mode_for(request))
+    if not stream:
+        collected = choices.Collected(text, answer[-1])
+        return openai_api._chat_choice(0, collected, plan, None).model_dump()
+
+    async def chunks():
+        return [chunk async for chunk in openai_api._chat_chunks(None, plan, {}, False)]
+
+    choice_chunks = [chunk["choices"][0] for chunk in asyncio.run(chunks())]
+    calls = [call for chunk in choice_chunks for call in chunk["delta"].get("tool_calls", [])]
+    return {
+        "content": "".join(chunk["delta"].get("content") or "" for chunk in choice_chunks),
+        "names": [call["function"]["name"] for call in calls if "id" in call],
+        "arguments": "".join(call["function"].get("arguments", "") for call in calls),
+        "finish_reason": choice_chunks[-1]["finish_reason"],
+    }
+
+
+CUT = '{"name": "weather", "arguments": {"city": "Os'
+WHOLE = '{"name": "weather", "arguments": {"city": "Oslo"}}'
+
+
+@pytest.mark.parametrize("choice", ["auto", "required"])
+def test_a_call_cut_by_max_tokens_finishes_with_length(monkeypatch, choice):
+    found = chat_answer(monkeypatch, CUT, "length", False, tool_choice=choice)
+    assert found["finish_reason"] == "length" and found["message"]["content"] is None
+    [call] = found["message"]["tool_calls"]
+    assert (call["function"]["name"], call["function"]["arguments"]) == ("weather", '{"city": "Os')
+    streamed = chat_answer(monkeypatch, CUT, "length", True, tool_choice=choice)
+    assert streamed == {"content": "", "names": ["weather"], "arguments": '{"city": "Os', "finish_reason": "length"}
+    # A whole call is one to run, even when it used the last token it was allowed.
+    assert chat_answer(monkeypatch, WHOLE, "length", False, tool_choice=choice)["finish_reason"] == "tool_calls"
+    assert chat_answer(monkeypatch, WHOLE, "length", True, tool_choice=choice)["finish_reason"] == "tool_calls"
+    # Cut before the name is whole, the answer is what was generated, as text.
+    head = chat_answer(monkeypatch, '{"name": "wea', "length", False, tool_choice=choice)
+    assert (head["message"]["content"], head["finish_reason"]) == ('{"name": "wea', "length")
+
+
+def test_a_forced_call_cut_by_max_tokens_finishes_with_length(monkeypatch):
+    named = {"tool_choice": {"type": "function", "function": {"name": "weather"}}}
+    found = chat_answer(monkeypatch, '{"city": "Os', "length", False, **named)
+    assert found["finish_reason"] == "length" and found["message"]["tool_calls"][0]["function"]["arguments"] == (
+        '{"city": "Os'
+    )
+    streamed = chat_answer(monkeypatch, '{"city": "Os', "length", True, **named)
+    assert (streamed["arguments"], streamed["finish_reason"]) == ('{"city": "Os', "length")
+    assert chat_answer(monkeypatch, '{"city": "Oslo"}', "stop", True, **named)["finish_reason"] == "tool_calls"
+    assert chat_answer(monkeypatch, '{"city": "Oslo"}', "stop", False, **named)["finish_reason"] == "tool_calls"
+
+
 def test_the_tool_prompt_joins_a_system_message_given_as_text_parts():
     mode = tools.mode_for(ChatRequest(model="m", messages=[{"role": "user", "content": "x"}], tools=[WEATHER]))
     parts = [{"type": "text", "text": "Be brief."}, {"type": "text", "text": " Use metric units."}]

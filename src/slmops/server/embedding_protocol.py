@@ -25,7 +25,14 @@ def _token_id(value: object) -> bool:
 
 
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """``POST /v1/embeddings``: exactly OpenAI's fields; any other is a 400 naming it.
+
+    Unlike a chat request, whose clients send many harmless extras, an embeddings
+    request has five fields, and an unknown one (``pooling``, ``normalize``, ...) would
+    be a wish about the vectors that slmops would silently not grant.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="An embedding model: one converted with `slmops convert --task embedding`.")
     input: (

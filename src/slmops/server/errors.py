@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from slmops.errors import CacheError, ContextTooLong, ModelNotFound, SlmopsError, UsageError
 
@@ -61,6 +62,9 @@ def from_slmops(exc: SlmopsError) -> APIError:
     return APIError(500, str(exc), None, "internal_error")
 
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def install(app: FastAPI) -> None:
     """Answer every error raised by a route, or by FastAPI's own parsing, in OpenAI's shape."""
 
@@ -78,12 +82,30 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return APIError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)).response()
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+        return APIError(exc.status_code, str(exc.detail), headers=headers).response()
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception):
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return APIError(500, f"Internal error: {type(exc).__name__}; the server log has the details.").response()
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method the request's path answers to, across all its routes.
+
+    Starlette's own 405 names only the first route whose path matches, so a path with
+    one route per method (GET and DELETE of /v1/responses/{id}) would list only GET.
+    Each method is tried against the app's routing itself, so the list is what is answered.
+    """
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    )
 
 
 def validation_error(errors: Sequence[Any]) -> APIError:
@@ -93,5 +115,8 @@ def validation_error(errors: Sequence[Any]) -> APIError:
         return APIError(422, f"The request body is not valid JSON: {first.get('msg')}.", None, "invalid_json")
     location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
     param = ".".join(location) or None
+    if first.get("type") == "extra_forbidden":  # an endpoint that names every parameter it takes
+        why = "this endpoint does not take it (/openapi.json lists those it does)."
+        return APIError(400, f"Unsupported parameter {param}: {why}", param, "unsupported_parameter")
     where = f"{param}: " if param else ""
     return APIError(400, f"Invalid request: {where}{first.get('msg')}.", param, "invalid_parameter")

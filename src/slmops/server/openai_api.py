@@ -67,8 +67,9 @@ async def chat_completions(body: ChatRequest, request: Request):
 
 
 def _chat_choice(index: int, answer: choices.Collected, plan, texts) -> ChatChoice:
-    calls = plan.tool_mode.calls(answer.text) if plan.tool_mode else None
-    finish = "tool_calls" if calls else answer.last.finish_reason or "stop"
+    reason = answer.last.finish_reason
+    calls = plan.tool_mode.calls(answer.text, cut=reason == "length") if plan.tool_mode else None
+    finish = tools.finish_reason(calls, reason)
     message = AnswerMessage(content=None if calls else answer.text, tool_calls=calls)
     found = logprobs.chat_logprobs(answer.tokens, texts) if texts is not None else None
     return ChatChoice.model_validate({"index": index, "message": message, "finish_reason": finish, "logprobs": found})
@@ -168,7 +169,7 @@ async def _chat_chunks(
     mode = plan.tool_mode
     stream_args = mode is not None and mode.forced is not None
     answer = tools.AnswerStream(mode) if mode is not None and not stream_args else None
-    last = None
+    last, arguments = None, ""
     if stream_args:
         call_id = f"call_{uuid.uuid4().hex[:24]}"
         yield chunk(
@@ -188,17 +189,19 @@ async def _chat_chunks(
                 yield chunk({"content": ""})
             continue
         if stream_args:
+            arguments += last.text
             yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": last.text}}]})
         elif answer is not None:  # words stream as content, a call as tool_calls deltas
             for delta in answer.feed(last.text):
                 yield chunk(delta)
         else:
             yield chunk({"content": last.text})
-    finish = (last.finish_reason if last else None) or "stop"
+    reason = last.finish_reason if last else None
+    finish = reason or "stop"
     if answer is not None:
         for delta in answer.close():
             yield chunk(delta)
-        finish = "tool_calls" if answer.called else finish
+        finish = answer.finish_reason(reason)
     elif stream_args:
-        finish = "tool_calls"
+        finish = "tool_calls" if tools.parses(arguments) else finish  # a cut call is not one to run
     yield chunk({}, finish)

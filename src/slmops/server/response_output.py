@@ -19,10 +19,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from slmops.runtime.generate import Response
-from slmops.server import generation, tools
+from slmops.server import choices, generation, tools
 from slmops.server.errors import APIError
 from slmops.server.responses_protocol import (
     IncompleteDetails,
+    InputTokensDetails,
     OutputFunctionCall,
     OutputMessage,
     OutputText,
@@ -47,6 +48,7 @@ class Turn:
     model: str
     id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
+    cached_tokens: int = 0  # prompt tokens read from the prefix cache, known once the prompt is in
 
     def response(
         self, status: str, output: list[OutputItem] | None = None, last: Response | None = None
@@ -73,15 +75,15 @@ class Turn:
             tool_choice=_choice(body),
             tools=[tool.model_dump(exclude_none=True) for tool in body.tools or []],
             top_p=body.top_p,
-            usage=_usage(last) if last is not None else None,
+            usage=_usage(last, self.cached_tokens) if last is not None else None,
             user=body.user,
             metadata=body.metadata or {},
         )
 
     def finished(self, text: str, last: Response, plan: generation.Plan) -> ResponseObject:
         """The response to a whole answer: its text as a message, or the call it makes."""
-        status = _status(last)
-        calls = plan.tool_mode.calls(text) if plan.tool_mode else None
+        calls = plan.tool_mode.calls(text, cut=last.finish_reason == "length") if plan.tool_mode else None
+        status = _status(last, [call.function.arguments for call in calls or []])
         output: list[OutputItem]
         if calls:
             output = [call_item(call.id, call.function.name, call.function.arguments, status) for call in calls]
@@ -97,13 +99,21 @@ def _choice(body: ResponsesRequest) -> str | dict:
     return choice if isinstance(choice, str) else choice.model_dump()
 
 
-def _status(last: Response | None) -> str:
-    return "incomplete" if last is not None and last.finish_reason == "length" else "completed"
+def _status(last: Response | None, arguments: list[str]) -> str:
+    """incomplete when max_output_tokens cut the answer; ``arguments``: of its calls, which may be whole."""
+    whole_calls = bool(arguments) and all(tools.parses(text) for text in arguments)
+    cut = last is not None and last.finish_reason == "length"
+    return "incomplete" if cut and not whole_calls else "completed"
 
 
-def _usage(last: Response) -> ResponseUsage:
+def _usage(last: Response, cached: int) -> ResponseUsage:
     total = last.prompt_tokens + last.completion_tokens
-    return ResponseUsage(input_tokens=last.prompt_tokens, output_tokens=last.completion_tokens, total_tokens=total)
+    return ResponseUsage(
+        input_tokens=last.prompt_tokens,
+        input_tokens_details=InputTokensDetails(cached_tokens=cached),
+        output_tokens=last.completion_tokens,
+        total_tokens=total,
+    )
 
 
 def message_item(item_id: str, text: str, status: str) -> OutputMessage:
@@ -174,7 +184,7 @@ class EventStream:
 
         The last event is ``response.incomplete`` instead when ``max_output_tokens`` cut the answer.
         """
-        status = _status(last)
+        status = _status(last, [item.arguments for item in self.output if isinstance(item, OutputFunctionCall)])
         events = [] if self.output else self._open_message()  # an empty answer is still one message
         events += self._close(status)
         response = self.turn.response(status, self.output, last)
@@ -248,6 +258,7 @@ async def stream_events(
         for event in stream.fail(exc):
             yield event
         return
+    turn.cached_tokens = choices.cached_tokens([job], 1)
     response, events = stream.finish(last)
     keep(response)
     for event in events:

@@ -47,6 +47,11 @@ class ResponseStore:
         self._expire()
         return self._items.get(response_id)
 
+    def delete(self, response_id: str) -> bool:
+        """Forget a response; False when there was none by that id."""
+        self._expire()
+        return self._items.pop(response_id, None) is not None
+
     def __len__(self) -> int:
         self._expire()
         return len(self._items)

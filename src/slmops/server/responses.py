@@ -1,4 +1,4 @@
-"""The Responses API: ``POST /v1/responses`` (whole or streamed), ``GET /v1/responses/{id}`` and its input items.
+"""The Responses API: ``POST /v1/responses`` (whole or streamed), ``GET`` and ``DELETE /v1/responses/{id}``, input items.
 
 A response is a chat turn underneath: the request becomes the chat request
 ``/v1/chat/completions`` answers (:mod:`slmops.server.response_input`), is planned and
@@ -18,7 +18,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from slmops.runtime.generate import Response
-from slmops.server import generation
+from slmops.server import choices, generation
 from slmops.server.errors import APIError
 from slmops.server.openai_api import ERRORS, registry
 from slmops.server.protocol import ChatRequest, Message
@@ -26,7 +26,7 @@ from slmops.server.registry import Loaded
 from slmops.server.response_input import PARAMS, chat_request, input_messages, listed_items, output_messages
 from slmops.server.response_output import Turn, stream_events
 from slmops.server.response_store import ResponseStore, StoredResponse
-from slmops.server.responses_protocol import InputItemList, ResponseObject, ResponsesRequest
+from slmops.server.responses_protocol import DeletedResponse, InputItemList, ResponseObject, ResponsesRequest
 from slmops.server.scheduler import Job
 
 router = APIRouter(responses=ERRORS)
@@ -50,6 +50,7 @@ async def create_response(body: ResponsesRequest, request: Request):
     if body.stream:
         return _sse(stream_events(job, plan, turn, keep))
     text, last = await _collect(job)
+    turn.cached_tokens = choices.cached_tokens([job], 1)
     response = turn.finished(text, last, plan)
     keep(response)
     return response
@@ -59,6 +60,14 @@ async def create_response(body: ResponsesRequest, request: Request):
 async def get_response(response_id: str, request: Request):
     """A stored response, as it was answered."""
     return _stored(request, response_id).body
+
+
+@router.delete("/v1/responses/{response_id}", response_model=DeletedResponse)
+async def delete_response(response_id: str, request: Request):
+    """Forget a stored response: it can no longer be retrieved or continued."""
+    if not response_store(request).delete(response_id):
+        raise _not_found(response_id)
+    return DeletedResponse(id=response_id)
 
 
 @router.get("/v1/responses/{response_id}/input_items", response_model=InputItemList)

@@ -192,11 +192,11 @@ class OutputFunctionCall(BaseModel):
 
 
 class InputTokensDetails(BaseModel):
-    cached_tokens: int = 0
+    cached_tokens: int = Field(0, description="Input tokens read from the prefix cache instead of prefilled.")
 
 
 class OutputTokensDetails(BaseModel):
-    reasoning_tokens: int = 0
+    reasoning_tokens: int = Field(0, description="Always 0: no served model reasons apart from its answer.")
 
 
 class ResponseUsage(BaseModel):
@@ -252,3 +252,11 @@ class InputItemList(BaseModel):
     first_id: str | None = Field(description="The first item's id on this page.")
     last_id: str | None = Field(description="The last item's id on this page: the next page's `after`.")
     has_more: bool = Field(description="Whether items follow this page.")
+
+
+class DeletedResponse(BaseModel):
+    """What ``DELETE /v1/responses/{id}`` answers."""
+
+    id: str = Field(description="The deleted response's id.")
+    object: Literal["response"] = "response"
+    deleted: Literal[True] = Field(True, description="Always true: an unknown id is a 404.")

@@ -64,18 +64,39 @@ class ToolMode:
                 return tool.function
         raise APIError(400, f"tool_choice names {name!r}, which is not in tools.", "tool_choice", "invalid_parameter")
 
-    def calls(self, text: str) -> list[ToolCall] | None:
-        """The tool calls an answer makes, or None when it is a plain answer."""
+    def calls(self, text: str, cut: bool = False) -> list[ToolCall] | None:
+        """The tool calls an answer makes, or None when it is a plain answer.
+
+        ``cut``: the answer was cut off (max_tokens), so a call whose name is complete
+        is returned with the arguments generated so far, which are not whole JSON.
+        """
         if self.forced:
-            return [_call(self.forced, text.strip())]
+            return [_call(self.forced, text.strip(), cut)]
         try:
             value = json.loads(text)
         except ValueError:
-            return None
-        names = {tool.function.name for tool in self.tools}
-        if isinstance(value, dict) and value.get("name") in names and isinstance(value.get("arguments"), dict):
+            head = CALL_HEAD.match(text) if cut else None
+            if head is None or head.group(1) not in self.names():
+                return None
+            return [_call(head.group(1), text[head.end() :].rstrip(), cut)]
+        if isinstance(value, dict) and value.get("name") in self.names() and isinstance(value.get("arguments"), dict):
             return [_call(value["name"], json.dumps(value["arguments"]))]
         return None
+
+    def names(self) -> set[str]:
+        """The names of the functions the answer may call."""
+        return {tool.function.name for tool in self.tools}
+
+
+def finish_reason(calls: list[ToolCall] | None, reason: str | None) -> str:
+    """A choice's finish reason: "tool_calls" only for calls whose arguments are whole JSON.
+
+    A call cut off by max_tokens reports "length", as OpenAI does, so that a client
+    never runs a call with half its arguments.
+    """
+    if calls and all(parses(call.function.arguments) for call in calls):
+        return "tool_calls"
+    return reason or "stop"
 
 
 CALL_HEAD = re.compile(r'\s*\{"name": "((?:[^"\\]|\\.)*)", "arguments": ')
@@ -117,7 +138,7 @@ class AnswerStream:
         deltas = []
         if self.head is None:
             self.head = CALL_HEAD.match(self.text)
-            if self.head is None or self.head.group(1) not in {tool.function.name for tool in self.mode.tools}:
+            if self.head is None or self.head.group(1) not in self.mode.names():
                 self.head = None
                 return []
             self.called, self.sent = True, self.head.end()
@@ -146,7 +167,7 @@ class AnswerStream:
             return []
         if self.head is not None:
             arguments = self.text[self.head.end() :].rstrip()
-            if arguments.endswith("}") and _parses(arguments[:-1]):
+            if arguments.endswith("}") and parses(arguments[:-1]):
                 arguments = arguments[:-1]  # the call's own closing brace
             rest = arguments[self.sent - self.head.end() :]
             return [{"tool_calls": [{"index": 0, "function": {"arguments": rest}}]}] if rest else []
@@ -168,8 +189,13 @@ class AnswerStream:
             for index, call in enumerate(calls)
         ]
 
+    def finish_reason(self, reason: str | None) -> str:
+        """The answer's finish reason once it is closed (see :func:`finish_reason`)."""
+        whole = self.called and self.mode.calls(self.text) is not None
+        return "tool_calls" if whole else reason or "stop"
 
-def _parses(text: str) -> bool:
+
+def parses(text: str) -> bool:
     try:
         json.loads(text)
     except ValueError:
@@ -255,5 +281,7 @@ def call_text(name: str, arguments: str) -> str:
     return json.dumps({"name": name, "arguments": parsed})
 
 
-def _call(name: str, arguments: str) -> ToolCall:
-    return ToolCall(id=f"call_{secrets.token_hex(12)}", function={"name": name, "arguments": arguments or "{}"})
+def _call(name: str, arguments: str, cut: bool = False) -> ToolCall:
+    # A cut call keeps exactly what was generated, even nothing.
+    arguments = arguments if cut else arguments or "{}"
+    return ToolCall(id=f"call_{secrets.token_hex(12)}", function={"name": name, "arguments": arguments})
