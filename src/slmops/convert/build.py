@@ -144,8 +144,9 @@ def failing_node(exc: BaseException) -> str | None:
     tb, found = exc.__traceback__, None
     while tb is not None:
         node = tb.tb_frame.f_locals.get("node")
-        if getattr(node, "op_type", None) and getattr(node, "name", None):
-            found = str(node.name)  # the innermost one wins
+        name = getattr(node, "name", None)
+        if name and getattr(node, "op_type", None):
+            found = str(name)  # the innermost one wins
         tb = tb.tb_next
     return found
 
