@@ -69,7 +69,6 @@ def _deploy(tiny_llama, tmp_path, name, **options):
 def test_deploy_measures_once_per_machine_and_picks_by_the_rule(tiny_llama, tmp_path, fake_speeds):
     first, shown = _deploy(tiny_llama, tmp_path, "tiny-chosen", max_ppl_increase=None)
     assert first.variant == "int4-k_quant_mixed-b128"  # the fastest INT4; INT8 is faster but not an INT4
-    assert "INT8 dominates" not in shown or "int8" in shown
     book = json.loads((deploys.settings.home() / choice.BOOK).read_text())
     [machine] = book
     assert machine == choice.machine_key()
