@@ -11,6 +11,7 @@ import pytest
 
 from slmops.cache import store
 from slmops.deploy import pipeline as deploys
+from slmops.deploy.choice import INT4_CANDIDATES
 from slmops.deploy.commands import parse_quantization, usage_lines
 from slmops.errors import UsageError
 from slmops.machine import describe_cpu
@@ -118,7 +119,7 @@ def test_existing_name_is_refused_before_any_work(tiny_llama, tmp_path, monkeypa
 
 
 def test_parse_quantization():
-    assert parse_quantization("best", "int4") == deploys.BEST_INT4
+    assert parse_quantization("best", "int4") is None  # chosen on this CPU
     assert parse_quantization("int4-hqq-b32", "int4") == "int4-hqq-b32"
     assert parse_quantization("builder", "int4") == {}
     assert parse_quantization("algo=rtn,block_size=16,is_symmetric=false", "int4") == {
@@ -181,7 +182,8 @@ def test_deploy_smollm2_end_to_end(capsys):
     assert "slmops serve smollm2-135m-instruct" in result.output and "curl http://127.0.0.1:" in result.output
     entry = store.find("smollm2-135m-instruct")
     report = json.loads((entry.path / "deploy-report.json").read_text())
-    assert report["variant"] == deploys.BEST_INT4 and report["quality"]["figures"]["same_top_pct"] > 50
+    assert report["variant"] == report["choice"]["pick"] and report["quality"]["figures"]["same_top_pct"] > 50
+    assert {row["candidate"] for row in report["choice"]["rows"]} == {*INT4_CANDIDATES, "int8"}
     # Greedy: the deployed defaults sample (temperature 0.7), and a sampled answer once missed Paris.
     answer = slmops.load("smollm2-135m-instruct").chat(
         [{"role": "user", "content": "What is the capital of France?"}], max_tokens=24, temperature=0

@@ -31,6 +31,7 @@ class _BuilderOutput(io.TextIOBase):
 
     def __init__(self, log, on_line: Callable[[str, int | None], None], echo: bool):
         self.log, self.on_line, self.echo, self.buffer_ = log, on_line, echo, ""
+        self.layer: str | None = None  # the last stage or layer the builder announced
 
     def write(self, text: str) -> int:
         self.log.write(text)
@@ -46,6 +47,7 @@ class _BuilderOutput(io.TextIOBase):
         layer = _LAYER.match(line)
         for pattern, stage in _STAGE_LINES:
             if pattern.match(line):
+                self.layer = f"layer {layer.group(1)}" if layer else stage
                 self.on_line(stage, int(layer.group(1)) if layer else None)
                 return
 
@@ -64,6 +66,7 @@ def run_builder(
     from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
     from slmops.convert import builder_fixes
+    from slmops.convert.quantizer_fixes import row_packed_zero_points
 
     pairs = [f"{key}={value}" for key, value in extra_options.items()]
     echo = log_level >= 3
@@ -72,19 +75,21 @@ def run_builder(
     with open(log_path, "a", encoding="utf-8") as log, _quiet_logging(quant_logger, echo):
         stream = _BuilderOutput(log, on_stage, echo)
         try:
-            with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream), row_packed_zero_points():
                 options = parse_extra_options(None, str(hf_dir), str(out_dir), precision, "cpu", str(cache_dir), pairs)
                 graph_fixes = builder_fixes.prepare(options["hf_details"]["hf_config"])
                 create_model(None, str(hf_dir), str(out_dir), precision, "cpu", str(cache_dir), **options)
             for fix in graph_fixes:
                 fix(out_dir)
         except (ValueError, NotImplementedError, OSError, RuntimeError, AssertionError) as exc:
-            raise ConversionError(f"the ONNX builder failed: {_first_line(exc)} (full log: {log_path})") from exc
+            log.flush()
+            raise ConversionError(_failure(exc, precision, extra_options, stream.layer, _keep_log(log_path))) from exc
         except (KeyError, AttributeError, TypeError, IndexError) as exc:
             # A config the builder does not expect: name the exception, a bare "'rope_type'" says nothing.
+            log.flush()
             raise ConversionError(
                 f"the ONNX builder cannot read this model's config ({type(exc).__name__}: {_first_line(exc)}); "
-                f"full log: {log_path}"
+                f"full log: {_keep_log(log_path)}"
             ) from exc
         finally:
             quant_logger.setLevel(previous_level)
@@ -98,11 +103,77 @@ def _quiet_logging(logger: logging.Logger, echo: bool):
     if not echo:
         for handler in handlers:
             handler.setLevel(logging.WARNING)
+    for handler in handlers:
+        handler.addFilter(_embedding_left_to_slmops)
     try:
         yield
     finally:
         for handler, level in saved:
             handler.setLevel(level)
+            handler.removeFilter(_embedding_left_to_slmops)
+
+
+def _embedding_left_to_slmops(record: logging.LogRecord) -> bool:
+    # An int8 build's quantizer logs an ERROR for the embedding Gather it skips; slmops then
+    # shares the LM head's int8 blocks with it (convert/tied_head.py), so the line misleads.
+    return not record.getMessage().startswith("Gather only supports 4 bits")
+
+
+def _failure(exc: Exception, precision: str, extra_options: dict[str, str], stage: str | None, log: Path) -> str:
+    """One line: what failed, where, with which settings, and what to use instead."""
+    where = failing_node(exc) or stage or "the start of the build"
+    quantization = {key: value for key, value in extra_options.items() if key in _QUANTIZATION_KEYS}
+    settings = ", ".join(f"{key}={value}" for key, value in quantization.items())
+    advice = (
+        f"the builder's defaults (--precision {precision} with --block-size 32 --algo default --symmetric) "
+        "are the tested setting"
+        if quantization
+        else "no quantization setting is involved; see the log"
+    )
+    return (
+        f"the ONNX builder failed at {where} ({precision}{', ' + settings if settings else ''}): "
+        f"{_first_line(exc)}; {advice} (full log: {log})"
+    )
+
+
+# builder extra_options that are quantization settings (named in a failure)
+_QUANTIZATION_KEYS = (
+    "block_size",
+    "is_symmetric",
+    "accuracy_level",
+    "algo_config",
+    "matmul_mixed_precision",
+    "nodes_to_exclude",
+    "shared_embeddings",
+)
+
+
+def failing_node(exc: BaseException) -> str | None:
+    """The ONNX node (a layer's MatMul) being quantized when ``exc`` was raised, from the traceback."""
+    tb, found = exc.__traceback__, None
+    while tb is not None:
+        node = tb.tb_frame.f_locals.get("node")
+        name = getattr(node, "name", None)
+        if name and getattr(node, "op_type", None):
+            found = str(name)  # the innermost one wins
+        tb = tb.tb_next
+    return found
+
+
+def _keep_log(log_path: Path) -> Path:
+    """The build log outlives the staging folder a failed conversion removes: copied to SLMOPS_HOME/logs."""
+    import shutil
+    import time
+
+    from slmops import settings
+
+    if not log_path.exists():
+        return log_path
+    folder = settings.logs_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = folder / f"convert-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    shutil.copyfile(log_path, kept)
+    return kept
 
 
 def _first_line(exc: Exception) -> str:

@@ -135,6 +135,11 @@ def _convert_in(
     embedding = embedding_settings(src, config, pooling, report.notes) if task == EMBEDDING_TASK else None
     stages.expect_layers(int(config.get("num_hidden_layers", 0)))
     _build(hf_dir, staging, precision, report, stages, log_level, quantization)
+    tied = bool(config.get("tie_word_embeddings", True))  # transformers' default when unset
+    if tied and precision in ("int4", "int8") and not quantization.post_build(precision):
+        if quantization.tied_embedding == "lm_head":
+            with stages.stage("share the tied embedding"):
+                _share_tied_embedding(staging / "model", report)
     with stages.stage("write metadata"):
         if embedding is not None:
             _write_embedding_model(model_dir, report.name, src, precision, embedding)
@@ -205,6 +210,16 @@ def _build(
         report.notes.append(
             f"{precision} weights with fp32 compute: onnxruntime's CPU provider has no {precision} kernels"
         )
+
+
+def _share_tied_embedding(model_dir: Path, report: ConversionReport) -> None:
+    """An fp32 copy of a tied embedding beside its quantized LM head becomes a lookup into the head."""
+    from slmops.convert.tied_head import NOTE, share_quantized_lm_head
+
+    bits = share_quantized_lm_head(model_dir)
+    if bits is not None:
+        report.notes = [note for note in report.notes if not note.startswith("tied embeddings:")]
+        report.notes.append(NOTE.format(bits=bits))
 
 
 def _check_quantization(quantization: QuantizationOptions, precision: str) -> None:

@@ -47,6 +47,11 @@ class QuantizationOptions(BaseModel):
     nodes_to_exclude: list[str] = Field(
         default_factory=list, description=f"MatMul nodes left unquantized, e.g. {LM_HEAD} (the LM head)."
     )
+    tied_embedding: Literal["lm_head", "fp32"] = Field(
+        "lm_head",
+        description="A tied input embedding the builder cannot share: read from the quantized LM head "
+        "(lm_head) or kept as an fp32 copy (fp32, +4 bytes a weight of the embedding).",
+    )
     matmul_mixed_precision: str | None = Field(
         None, description="Groups kept at another bit width, e.g. 'last_matmul:int8,mixed_layers:int8'."
     )

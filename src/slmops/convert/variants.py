@@ -49,6 +49,9 @@ INT4_VARIANTS = {
         Variant("int4-block16", "int4", {"block_size": 16}),
         Variant("int4-k_quant_mixed", "int4", {"algo": "k_quant_mixed"}),
         Variant("int4-k_quant_mixed-b16", "int4", {"algo": "k_quant_mixed", "block_size": 16}),
+        # blocks of 64/128 are the fast layouts of AVX-512 VNNI kernels (docs/quality.md)
+        Variant("int4-k_quant_mixed-b64", "int4", {"algo": "k_quant_mixed", "block_size": 64}),
+        Variant("int4-k_quant_mixed-b128", "int4", {"algo": "k_quant_mixed", "block_size": 128}),
         Variant(
             "int4-rtn-mixed-b16",
             "int4",

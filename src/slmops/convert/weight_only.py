@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.convert.build import failing_node
 from slmops.convert.options import QuantizationOptions
+from slmops.convert.quantizer_fixes import row_packed_zero_points
+from slmops.errors import ConversionError
 from slmops.modelfolder.folder import read_genai_config
 
 CALIBRATION_WINDOWS = 4
@@ -44,8 +47,16 @@ def quantize_graph(model_dir: Path, options: QuantizationOptions) -> None:
         nodes_to_exclude=list(options.nodes_to_exclude),
         algo_config=_algo_config(options, model_dir),
     )
-    with contextlib.redirect_stdout(io.StringIO()):  # GPTQ draws a progress bar of its own
-        quantizer.process()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), row_packed_zero_points():  # GPTQ draws a progress bar
+            quantizer.process()
+    except (ValueError, RuntimeError, AssertionError, IndexError) as exc:
+        raise ConversionError(
+            f"onnxruntime's {options.algo.upper()} failed at {failing_node(exc) or 'the graph'} "
+            f"(block_size={options.block_size}, is_symmetric={str(options.is_symmetric).lower()}): "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}; "
+            "--algo default (the builder's RTN) at --block-size 32 is the tested setting"
+        ) from exc
     for stale in Path(model_dir).glob("model.onnx*"):
         stale.unlink()
     quantizer.model.save_model_to_file(str(path), use_external_data_format=True)

@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 
 from slmops.deploy.pipeline import (
-    BEST_INT4,
     DEFAULT_MAX_PPL_INCREASE,
     DEPLOY_SOAK,
     DEPLOY_WINDOWS,
@@ -48,14 +47,15 @@ def usage_lines(name: str, base_model: bool = False) -> list[str]:
     type=click.Choice(["int4", "int8", "fp16", "bf16", "fp32", "auto"]),
     default="int4",
     show_default=True,
-    help="auto runs `slmops sweep` and takes its pick (slow: several conversions).",
+    help="int4 picks among INT4 candidates, auto among INT4 and INT8: the fastest measured on this CPU within "
+    "--max-ppl-increase (measured once per machine and model).",
 )
 @click.option(
     "--quantization",
     "quantization_spec",
     default="best",
     show_default=True,
-    help="INT4/INT8 settings: 'best' (the best INT4 measured), 'builder' (the builder's defaults), an INT4 variant "
+    help="INT4/INT8 settings: 'best' (chosen on this CPU), 'builder' (the builder's defaults), an INT4 variant "
     "of `slmops sweep --list-variants`, or KEY=VALUE,... QuantizationOptions fields, e.g. 'algo=rtn,block_size=16'.",
 )
 @click.option(
@@ -90,7 +90,7 @@ def deploy_command(source, name, precision, quantization_spec, **settings):
 
 def parse_quantization(spec: str, precision: str) -> dict | str | None:
     if spec == "best":
-        return BEST_INT4 if precision == "int4" else None
+        return None  # int4: chosen on this CPU (slmops.deploy.choice)
     if spec == "builder":
         return {}
     if "=" not in spec and spec.startswith("int4"):

@@ -1,7 +1,7 @@
 """`slmops deploy`: the whole last mile in one command.
 
-convert (INT4 with the best setting measured by `slmops sweep`, or another precision)
--> eval against the FP32 export -> validate -> register in the cache -> how to chat and
+convert (INT4 chosen by its decode speed measured on this CPU within the quality budget,
+see slmops.deploy.choice, or another precision) -> eval against the FP32 export -> validate -> register in the cache -> how to chat and
 serve. Everything is built in a private work folder; the cache changes only in the
 last step, atomically, so a failed, interrupted or killed deploy leaves it as it was.
 """
@@ -23,13 +23,6 @@ from slmops import settings
 from slmops.errors import SlmopsError, UsageError
 from slmops.machine import cpu_summary, describe_cpu
 
-# The INT4 variant (see slmops.convert.variants) closest to FP32 among those onnxruntime's
-# CPU kernels run fast, measured by `slmops sweep` on SmolLM2-135M-Instruct (docs/quality.md):
-# the builder's k_quant_mixed (sensitive layers and lm_head in int8), blocks of 16: ΔPPL +7.1%,
-# mean KLD 0.158, ~70 tokens/s idle on 2 cores. HQQ on the FP32 graph is closer still on this
-# model (ΔPPL -0.1%, it reproduces the GGUF's Q4_1 grid) but its float zero points run on a slow
-# path (8 tokens/s, a quarter of FP32's 33): `--quantization int4-hqq-b32-lm_head-fp32` asks for it.
-BEST_INT4 = "int4-k_quant_mixed-b16"
 REFERENCE = "reference-fp32"
 DEPLOY_WINDOWS = 4
 DEPLOY_SOAK = 40
@@ -50,6 +43,7 @@ class DeployResult:
     steps: list[dict] = field(default_factory=list)
     quality: dict | None = None
     validation: dict | None = None
+    choice: dict | None = None  # the candidates measured on this CPU and the rule's pick
     cached_path: str | None = None
     report_path: str | None = None
     # the eval and validation figures hold for this CPU: onnxruntime picks its kernels by instruction set
@@ -80,8 +74,8 @@ def deploy(
         source: a Hugging Face folder, a .gguf file or a LoRA adapter folder; None for the
             embedded SmolLM2-135M-Instruct.
         name: the model's name in the cache.
-        precision: int4, int8, fp16, bf16, fp32, or ``auto`` (run a sweep and take its pick).
-        quantization: an INT4 variant name (None: :data:`BEST_INT4`), or int4/int8 settings
+        precision: int4, int8, fp16, bf16, fp32, or ``auto`` (INT8 is a candidate of the choice too).
+        quantization: an INT4 variant name (None: chosen on this CPU), or int4/int8 settings
             as a dict of QuantizationOptions fields (empty: the builder's defaults).
         windows: 512-token windows of the shipped text for the eval against FP32.
         max_ppl_increase: the eval fails above this ΔPPL in percent (None: report only).
@@ -99,15 +93,23 @@ def deploy(
     _refuse_existing(name, force)
     work = _work_folder()
     try:
-        if precision == "auto":
-            precision, quantization = _auto_precision(work, source, windows, suite, max_ppl_increase, min_pass, echo)
-        variant = _variant(precision, quantization)
-        result = DeployResult(name, precision, dict(variant.quantization), variant=variant.name)
+        result = DeployResult(name, precision, {})
         model_dir = work / name
+        if precision == "auto" or (precision == "int4" and quantization is None):
+            with _step(result, "choose on this CPU", echo) as step:
+                picked, step["summary"] = _choose(result, work, source, windows, max_ppl_increase, echo)
+            precision, quantization = result.precision, (picked if result.precision == "int4" else None)
+        variant = _variant(precision, quantization)
+        result.precision, result.quantization, result.variant = precision, dict(variant.quantization), variant.name
         with _step(result, f"convert to {variant.describe()}", echo):
-            if variant.post_build:  # its FP32 graph is the eval's reference too: built once
-                _convert(source, work / REFERENCE, "fp32", REFERENCE, None)
-            build(variant, source, model_dir, work / REFERENCE)
+            built = work / "candidates" / variant.name
+            if built.exists():  # measured while choosing
+                built.rename(model_dir)
+            else:
+                if variant.post_build and not (work / REFERENCE).exists():  # its FP32 graph is the eval's reference
+                    _convert(source, work / REFERENCE, "fp32", REFERENCE, None)
+                build(variant, source, model_dir, work / REFERENCE)
+            shutil.rmtree(work / "candidates", ignore_errors=True)
         if not skip_eval and precision != "fp32":
             with _step(result, f"eval against FP32 ({windows} windows of 512 tokens)", echo) as step:
                 step["summary"] = _evaluate(result, work, source, model_dir, windows, max_ppl_increase)
@@ -127,8 +129,8 @@ def _variant(precision: str, quantization: dict | str | None):
     """What to build: a named sweep variant, or a precision with QuantizationOptions fields."""
     from slmops.convert.variants import INT4_VARIANTS, Variant
 
-    if precision == "int4" and (quantization is None or isinstance(quantization, str)):
-        name = quantization or BEST_INT4
+    if precision == "int4" and isinstance(quantization, str):
+        name = quantization
         if name not in INT4_VARIANTS:
             raise UsageError(f"Unknown INT4 variant {name!r}; `slmops sweep --list-variants` lists them.")
         return INT4_VARIANTS[name]
@@ -189,28 +191,32 @@ def _validate(result: DeployResult, model_dir: Path, suite, min_pass: float, soa
     return summary
 
 
-def _auto_precision(work, source, windows, suite, max_ppl_increase, min_pass, echo) -> tuple[str, str | None]:
-    from slmops.convert.variants import DEFAULT_INT4_SET, INT4_VARIANTS
-    from slmops.evaluate.sweep import sweep
+def _choose(result: DeployResult, work: Path, source, windows: int, max_ppl_increase, echo) -> tuple[str, str]:
+    """Pick the export by its measured speed here; returns the candidate's name and the step's summary."""
+    from slmops.deploy.choice import choose
 
-    echo("Sweeping precisions to pick one (this converts the model several times)...")
-    found = sweep(
+    any_precision = result.precision == "auto"
+    if not (work / REFERENCE).exists():
+        _convert(source, work / REFERENCE, "fp32", REFERENCE, None)
+    choice, _ = choose(
         source,
-        work / "sweep",
-        precisions=["int4", "int8", "fp16", "fp32"],
-        int4_variants=DEFAULT_INT4_SET,
+        work,
+        work / REFERENCE,
+        name=result.name,
+        any_precision=any_precision,
+        max_ppl_increase=max_ppl_increase,
         windows=windows,
-        suite=suite,
-        max_ppl_increase=max_ppl_increase or 5.0,
-        min_pass=min_pass,
-        keep_models=False,
         echo=echo,
     )
-    echo(found.pick_reason)
-    if found.pick is None:
-        raise DeployFailed(found.pick_reason)
-    variant = INT4_VARIANTS.get(found.pick)
-    return (variant.precision, variant.name) if variant else (found.pick, None)
+    result.choice = choice.to_json()
+    for row in choice.rows:
+        echo(f"    {row.figures()}")
+    if choice.int8_verdict:
+        echo(f"    {choice.int8_verdict}")
+    if choice.pick is None:
+        raise DeployFailed(f"{choice.reason}; raise --max-ppl-increase or pass --precision int8.")
+    result.precision = choice.precision
+    return choice.pick, choice.reason + (" (figures measured by an earlier deploy)" if choice.reused else "")
 
 
 class _step:

@@ -1,0 +1,101 @@
+"""A tied embedding read from the quantized LM head instead of an fp32 copy.
+
+When the builder cannot share a tied embedding (INT8 precision, an int8 LM head in the
+mixed settings, asymmetric INT4), it keeps the embedding as an fp32 table beside the
+quantized LM head: on SmolLM2 that is 113 MB of a 230 MB export. The LM head's
+MatMulNBits already holds the same matrix, quantized per row in blocks along the hidden
+size, which is exactly the layout ``GatherBlockQuantized`` gathers rows from (4 or 8
+bits, with its scales and zero points). slmops points the embedding lookup at it after
+the build and drops the fp32 table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+NOTE = (
+    "tied embeddings: the input embedding reads the quantized LM head ({bits}-bit GatherBlockQuantized), no fp32 copy"
+)
+
+
+def share_quantized_lm_head(model_dir: Path) -> int | None:
+    """Rewrite ``model_dir``'s graph so the embedding gathers from the LM head; returns its bits, None if not applicable."""
+    import onnx
+
+    path = Path(model_dir) / "model.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    found = _embedding_and_head(model.graph)
+    if found is None:
+        return None
+    model = onnx.load(str(path))
+    gather, head = _embedding_and_head(model.graph) or found
+    bits = _replace_gather(model.graph, gather, head)
+    for stale in Path(model_dir).glob("model.onnx*"):
+        stale.unlink()
+    onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=1024)
+    return bits
+
+
+def _embedding_and_head(graph):
+    """The fp32 embedding Gather and the MatMulNBits LM head when they hold the same [vocab, hidden] matrix."""
+    initializers = {item.name: item for item in graph.initializer}
+    gathers = [
+        n for n in graph.node if n.op_type == "Gather" and n.input[0] in initializers and n.input[1] == "input_ids"
+    ]
+    heads = [n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")]
+    if len(gathers) != 1 or len(heads) != 1:
+        return None
+    table, head = initializers[gathers[0].input[0]], heads[0]
+    attrs = {a.name: a.i for a in head.attribute}
+    if list(table.dims) != [attrs.get("N"), attrs.get("K")] or len(head.input) < 3 or head.input[2] not in initializers:
+        return None
+    return gathers[0], head
+
+
+def _replace_gather(graph, gather, head) -> int:
+    from onnx import helper, numpy_helper
+
+    attrs = {a.name: a.i for a in head.attribute}
+    vocab, hidden, bits, block = attrs["N"], attrs["K"], attrs["bits"], attrs["block_size"]
+    padded = -(-hidden // block) * block
+    base = gather.name.rsplit("/", 1)[0]
+    shape = numpy_helper.from_array(np.array([vocab, padded * bits // 8], dtype=np.int64), f"{base}/shared_shape")
+    inputs = [f"{base}/Reshape/output_0", gather.input[1], head.input[2]]
+    if len(head.input) > 3 and head.input[3]:
+        inputs.append(head.input[3])  # zero points
+    gathered = gather.output[0] if padded == hidden else f"{base}/GatherBlockQuantized/output_0"
+    nodes = [
+        helper.make_node("Reshape", [head.input[1], shape.name], [inputs[0]], name=f"{base}/Reshape"),
+        helper.make_node(
+            "GatherBlockQuantized",
+            inputs,
+            [gathered],
+            name=f"{base}/GatherBlockQuantized",
+            domain="com.microsoft",
+            bits=bits,
+            block_size=block,
+            gather_axis=0,
+            quantize_axis=1,
+        ),
+    ]
+    initializers = [shape]
+    if padded != hidden:  # the LM head pads each row to whole blocks
+        bounds = [np.array([value], dtype=np.int64) for value in (0, hidden, -1)]
+        names = [f"{base}/slice_{which}" for which in ("start", "end", "axis")]
+        initializers += [numpy_helper.from_array(value, name) for value, name in zip(bounds, names, strict=True)]
+        nodes.append(helper.make_node("Slice", [gathered, *names], [gather.output[0]], name=f"{base}/Slice"))
+    _swap(graph, gather, nodes, initializers)
+    return bits
+
+
+def _swap(graph, old, nodes, initializers) -> None:
+    position = list(graph.node).index(old)
+    table = old.input[0]
+    graph.node.remove(old)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(position + offset, node)
+    kept = [item for item in graph.initializer if item.name != table]
+    del graph.initializer[:]
+    graph.initializer.extend([*kept, *initializers])

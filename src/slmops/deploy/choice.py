@@ -1,0 +1,221 @@
+"""Which export `deploy` ships, chosen on the CPU that will serve it.
+
+onnxruntime picks its int4 and int8 kernels by instruction set: on an AVX-512 VNNI CPU
+blocks of 128 decode almost twice as fast as blocks of 32, on an AVX2 one they do not,
+and INT8 can beat every INT4 layout. So `deploy` builds a few candidates, scores each
+against the FP32 export, measures their decode speed here (interleaved rounds, each
+model in a fresh process) and picks by one rule: **within the quality budget
+(--max-ppl-increase), the fastest; speeds within 5% count as a tie, won by the smallest.**
+
+What was measured is kept in ``$SLMOPS_HOME/deploy-measurements.json``, keyed by the CPU
+(model and flags), the model (its source's sha256) and the candidate, so a second deploy of
+the same model on the same machine builds only the one it picks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from slmops import settings
+from slmops.machine import describe_cpu
+
+# INT4 settings at the layouts onnxruntime's CPU kernels run fast (integer zero points), from
+# fastest to closest to FP32 (docs/quality.md has the measured frontier); INT8 is measured beside them.
+INT4_CANDIDATES = ("int4-k_quant_mixed-b128", "int4-k_quant_mixed-b16")
+INT8 = "int8"
+TIE = 0.05  # decode speeds within 5% of the fastest are a tie
+SPEED_ROUNDS = 2
+BOOK = "deploy-measurements.json"
+
+
+@dataclass
+class Measured:
+    """One candidate's figures on this machine."""
+
+    candidate: str
+    precision: str
+    size_mb: float
+    delta_ppl_pct: float
+    same_top_pct: float
+    decode_tokens_per_s: float
+    speed_samples: list[float] = field(default_factory=list)
+    load_average: list[float] = field(default_factory=list)  # of the host while its speed was measured
+
+    def figures(self) -> str:
+        return (
+            f"{self.candidate}: {self.decode_tokens_per_s:.0f} tokens/s, ΔPPL {self.delta_ppl_pct:+.1f}%, "
+            f"top-1 {self.same_top_pct:.0f}%, {self.size_mb:.0f} MB"
+        )
+
+
+@dataclass
+class Choice:
+    """What `deploy` picked, why, and every candidate's figures."""
+
+    pick: str | None
+    reason: str
+    rows: list[Measured]
+    machine: str
+    reused: bool  # every figure came from an earlier deploy on this machine
+    int8_verdict: str | None = None  # set when INT8 beats every INT4 candidate here
+
+    @property
+    def precision(self) -> str:
+        return INT8 if self.pick == INT8 else "int4"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def machine_key() -> str:
+    cpu = describe_cpu()
+    return f"{cpu.model} [{' '.join(sorted(cpu.flags))}]"
+
+
+def pick(rows: list[Measured], max_ppl_increase: float | None) -> tuple[Measured | None, str]:
+    """The rule: within the budget, the fastest; ties (within 5%) to the smallest."""
+    within = [row for row in rows if max_ppl_increase is None or row.delta_ppl_pct <= max_ppl_increase]
+    budget = "any ΔPPL" if max_ppl_increase is None else f"ΔPPL ≤ {max_ppl_increase:g}%"
+    if not within:
+        closest = min(rows, key=lambda row: row.delta_ppl_pct)
+        return None, f"no candidate is within {budget}; the closest is {closest.figures()}"
+    fastest = max(row.decode_tokens_per_s for row in within)
+    tied = [row for row in within if row.decode_tokens_per_s >= fastest * (1 - TIE)]
+    best = min(tied, key=lambda row: (row.size_mb, -row.decode_tokens_per_s))
+    why = "the fastest" if len(tied) == 1 else f"the smallest of {len(tied)} within 5% of the fastest"
+    return best, f"{best.figures()}: {why} within {budget} on this CPU"
+
+
+def int8_verdict(rows: list[Measured]) -> str | None:
+    """A sentence when INT8 is faster and closer to FP32 than every INT4 candidate."""
+    int8 = next((row for row in rows if row.candidate == INT8), None)
+    int4 = [row for row in rows if row.candidate != INT8]
+    if int8 is None or not int4:
+        return None
+    if all(
+        int8.decode_tokens_per_s > row.decode_tokens_per_s and int8.delta_ppl_pct < row.delta_ppl_pct for row in int4
+    ):
+        others = "; ".join(row.figures() for row in int4)
+        return (
+            f"INT8 dominates every INT4 candidate on this CPU: {int8.figures()}, against {others}. "
+            "`--precision auto` picks INT8."
+        )
+    return None
+
+
+class MeasurementBook:
+    """The figures of earlier deploys: machine -> model -> candidate -> Measured."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or settings.home() / BOOK
+        self.data: dict = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+
+    def get(self, machine: str, model: str, candidate: str) -> Measured | None:
+        row = self.data.get(machine, {}).get(model, {}).get(candidate)
+        return Measured(**row) if row else None
+
+    def put(self, machine: str, model: str, row: Measured) -> None:
+        self.data.setdefault(machine, {}).setdefault(model, {})[row.candidate] = asdict(row)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, self.path)
+
+
+def measure_speeds(folders: dict[str, Path], rounds: int = SPEED_ROUNDS) -> dict[str, list[float]]:
+    """Decode tokens/s of each folder, ``rounds`` interleaved rounds (the order rotates), a fresh process each."""
+    from slmops.evaluate.speed import measure
+
+    names = list(folders)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        shift = index % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(round(measure(folders[name], new_tokens=64, repeats=2).decode_tokens_per_s, 1))
+    return samples
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 1)
+
+
+def choose(
+    source: Path | None,
+    work: Path,
+    reference: Path,
+    *,
+    name: str,
+    any_precision: bool,
+    max_ppl_increase: float | None,
+    windows: int,
+    candidates: tuple[str, ...] | None = None,
+    echo=lambda line: None,
+) -> tuple[Choice, dict[str, Path]]:
+    """Measure the candidates not yet measured on this machine, then pick; returns the folders built.
+
+    INT8 is always measured, so `deploy` can say when it beats every INT4 candidate; it is
+    picked only with ``any_precision`` (`--precision auto`).
+    """
+    from slmops.convert.sources import inspect_source, source_hash
+
+    candidates = candidates or (*INT4_CANDIDATES, INT8)
+    machine, model = machine_key(), source_hash(inspect_source(source))
+    book = MeasurementBook()
+    known = {candidate: book.get(machine, model, candidate) for candidate in candidates}
+    missing = [candidate for candidate, row in known.items() if row is None]
+    folders: dict[str, Path] = {}
+    if missing:
+        echo(f"    measuring {', '.join(missing)} on this CPU (kept in {book.path} for the next deploy)")
+        folders = {candidate: _build(candidate, source, work, reference, name) for candidate in missing}
+        for candidate, row in _measure(folders, reference, windows).items():
+            known[candidate] = row
+            book.put(machine, model, row)
+        book.save()
+    rows = [row for row in known.values() if row is not None]
+    eligible = rows if any_precision else [row for row in rows if row.precision == "int4"]
+    best, reason = pick(eligible, max_ppl_increase)
+    choice = Choice(best.candidate if best else None, reason, rows, machine, reused=not missing)
+    choice.int8_verdict = int8_verdict(rows)
+    return choice, folders
+
+
+def _variant(candidate: str):
+    from slmops.convert.variants import INT4_VARIANTS, Variant
+
+    return INT4_VARIANTS[candidate] if candidate in INT4_VARIANTS else Variant(candidate, candidate)
+
+
+def _build(candidate: str, source: Path | None, work: Path, reference: Path, name: str) -> Path:
+    from slmops.convert.variants import build
+
+    return build(_variant(candidate), source, work / "candidates" / candidate, reference, name=name)
+
+
+def _measure(folders: dict[str, Path], reference: Path, windows: int) -> dict[str, Measured]:
+    from slmops.evaluate.quality import evaluate_quality
+
+    quality = {
+        candidate: evaluate_quality(folder, reference=reference, windows=windows, show_progress=False).figures
+        for candidate, folder in folders.items()
+    }
+    speeds = measure_speeds(folders)
+    load = [round(value, 2) for value in os.getloadavg()]
+    return {
+        candidate: Measured(
+            candidate=candidate,
+            precision=_variant(candidate).precision,
+            size_mb=round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6, 1),
+            delta_ppl_pct=round(quality[candidate].delta_ppl_pct or 0.0, 2),
+            same_top_pct=round(quality[candidate].same_top_pct or 0.0, 2),
+            decode_tokens_per_s=median(speeds[candidate]),
+            speed_samples=speeds[candidate],
+            load_average=load,
+        )
+        for candidate, folder in folders.items()
+    }

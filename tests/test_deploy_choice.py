@@ -1,0 +1,94 @@
+"""`deploy` picks its export by speed measured on this CPU: the rule, the kept figures, INT8 when it dominates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slmops.cache import store
+from slmops.deploy import choice
+from slmops.deploy import pipeline as deploys
+from slmops.deploy.choice import INT8, Measured, int8_verdict, pick
+
+PASSING_SUITE = '{"name": "answers", "prompt": "hello", "not_contains": "zzzz-never-said"}\n'
+
+
+def row(name, speed, delta, size, precision="int4"):
+    return Measured(name, precision, size_mb=size, delta_ppl_pct=delta, same_top_pct=90.0, decode_tokens_per_s=speed)
+
+
+def test_the_fastest_within_the_budget_wins():
+    rows = [row("fast-far", 200, 40.0, 80), row("fast", 150, 10.0, 100), row("close", 100, 2.0, 200)]
+    best, reason = pick(rows, max_ppl_increase=25)
+    assert best.candidate == "fast" and "the fastest within ΔPPL ≤ 25%" in reason
+    assert pick(rows, max_ppl_increase=5)[0].candidate == "close"
+    assert pick(rows, max_ppl_increase=None)[0].candidate == "fast-far"
+
+
+def test_speeds_within_five_percent_tie_and_the_smallest_wins():
+    best, reason = pick([row("big", 100, 1.0, 200), row("small", 96, 3.0, 90)], max_ppl_increase=5)
+    assert best.candidate == "small" and "the smallest of 2 within 5% of the fastest" in reason
+
+
+def test_nothing_within_the_budget_names_the_closest():
+    best, reason = pick([row("a", 100, 30.0, 90), row("b", 90, 12.0, 100)], max_ppl_increase=5)
+    assert best is None and "no candidate is within ΔPPL ≤ 5%" in reason and "b: 90 tokens/s" in reason
+
+
+def test_int8_dominates_only_when_faster_and_closer_than_every_int4():
+    int8 = row(INT8, 140, 0.5, 157, precision="int8")
+    assert "INT8 dominates every INT4 candidate" in int8_verdict([int8, row("a", 120, 5.0, 100), row("b", 130, 20, 90)])
+    assert int8_verdict([int8, row("a", 150, 20.0, 90)]) is None
+    assert int8_verdict([row("a", 150, 20.0, 90)]) is None
+
+
+@pytest.fixture
+def fake_speeds(monkeypatch):
+    """Decode speeds by candidate, so the test never depends on this CPU; records what was measured."""
+    measured: list[list[str]] = []
+    speeds = {"int4-k_quant_mixed-b128": 200.0, "int4": 150.0, INT8: 250.0}
+
+    def measure_speeds(folders, rounds=2):
+        measured.append(sorted(folders))
+        return {name: [speeds[name]] * rounds for name in folders}
+
+    monkeypatch.setattr(choice, "measure_speeds", measure_speeds)
+    monkeypatch.setattr(choice, "INT4_CANDIDATES", ("int4-k_quant_mixed-b128", "int4"))
+    return measured
+
+
+def _deploy(tiny_llama, tmp_path, name, **options):
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text(PASSING_SUITE, encoding="utf-8")
+    lines: list[str] = []
+    result = deploys.deploy(tiny_llama, name=name, windows=1, soak=10, suite=suite, echo=lines.append, **options)
+    return result, "\n".join(lines)
+
+
+def test_deploy_measures_once_per_machine_and_picks_by_the_rule(tiny_llama, tmp_path, fake_speeds):
+    first, shown = _deploy(tiny_llama, tmp_path, "tiny-chosen", max_ppl_increase=None)
+    assert first.variant == "int4-k_quant_mixed-b128"  # the fastest INT4; INT8 is faster but not an INT4
+    book = json.loads((deploys.settings.home() / choice.BOOK).read_text())
+    [machine] = book
+    assert machine == choice.machine_key()
+    [model] = book[machine].values()
+    assert set(model) == {"int4-k_quant_mixed-b128", "int4", INT8}
+    report = json.loads((store.find("tiny-chosen").path / "deploy-report.json").read_text())
+    assert report["choice"]["pick"] == "int4-k_quant_mixed-b128" and "delta_ppl_pct" in report["quality"]["figures"]
+
+    second, shown = _deploy(tiny_llama, tmp_path, "tiny-chosen-again", max_ppl_increase=None)
+    assert fake_speeds == [["int4", "int4-k_quant_mixed-b128", INT8]], "the second deploy measured nothing"
+    assert second.variant == first.variant and "measured by an earlier deploy" in shown
+
+
+def test_auto_picks_int8_when_it_dominates_and_says_so(tiny_llama, tmp_path, fake_speeds, monkeypatch):
+    rows = {
+        "int4-k_quant_mixed-b128": row("int4-k_quant_mixed-b128", 200, 20.0, 90),
+        "int4": row("int4", 150, 30.0, 80),
+        INT8: row(INT8, 250, 0.5, 157, precision="int8"),
+    }
+    monkeypatch.setattr(choice, "_measure", lambda folders, reference, windows: {n: rows[n] for n in folders})
+    result, shown = _deploy(tiny_llama, tmp_path, "tiny-auto", precision="auto", max_ppl_increase=None)
+    assert result.precision == "int8" and result.variant == "int8"
+    assert "INT8 dominates every INT4 candidate on this CPU: int8: 250 tokens/s, ΔPPL +0.5%" in shown
