@@ -105,10 +105,12 @@ class Registry:
         if key in self.loaded:
             return self._touch(self.loaded[key], ttl)
         display, folder = await asyncio.to_thread(self.locate, name)
-        entry = self.loaded.get(display.casefold())
-        if entry is None:
+        if display.casefold() not in self.loaded and display.casefold() not in self.pending:
             # A request's mistake, not a failed load: nothing is unloaded or logged for it.
             check_text_model(await asyncio.to_thread(resolve, folder))
+        # Looked up after the last await: a load that ended meanwhile is not started again.
+        entry = self.loaded.get(display.casefold())
+        if entry is None:
             entry = await self._wait(self.start_load(display, folder), display, wait)
         return self._touch(entry, ttl)
 
