@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from serve_throughput import (
     PROMPT,
     STREAMS,
@@ -39,7 +40,6 @@ from serve_throughput import (
     http_batch,
     llama_server,
 )
-
 from slmops.bench.targets import Prompt, UrlTarget
 from slmops.convert import embedded_model
 from slmops.machine import describe_cpu
@@ -82,19 +82,23 @@ def main() -> None:
     parser.add_argument("folder", type=Path, nargs="?", help="INT4 model folder [default: the embedded GGUF]")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--baseline-src", help="an earlier slmops source tree (its src/) to run as 'before'")
+    parser.add_argument(
+        "--baseline-src", action="append", default=[], help="an earlier slmops src/ to run as 'before' (repeatable)"
+    )
     parser.add_argument("--llama-server", help="llama-server binary [default: on PATH or /opt/llama-server/bin]")
     parser.add_argument("--gguf", type=Path, help="GGUF for llama-server [default: the embedded SmolLM2 Q4_1]")
+    parser.add_argument("--llama-threads", type=int, default=THREADS, help="llama-server -t [default: 2]")
     args = parser.parse_args()
     print(f"CPU: {describe_cpu().summary()}", flush=True)
     binary = find_llama_server(args.llama_server)
     gguf = args.gguf or embedded_model()
     folder = args.folder or convert(gguf)
     servers = {"slmops serve": slmops_server(folder, None, "slmops serve")}
-    if args.baseline_src:
-        servers["slmops serve (before)"] = slmops_server(folder, args.baseline_src, "before")
+    for source in args.baseline_src:
+        label = f"slmops serve ({Path(source).resolve().parent.name})"
+        servers[label] = slmops_server(folder, source, label)
     if binary:
-        servers["llama-server"] = llama_server(binary, gguf, THREADS, "on")
+        servers["llama-server"] = llama_server(binary, gguf, args.llama_threads, "on")
     load_before = os.getloadavg()[0]
     ttfts: dict[str, list[float]] = {label: [] for label in servers}
     rates: dict[str, list[float]] = {label: [] for label in servers}
@@ -115,6 +119,7 @@ def main() -> None:
                 records = http_batch(targets[label], prompt, STREAMS, args.tokens)
                 ttfts[label] += [record.ttft for record in records]
                 rates[label].append(aggregate(records))
+                print(f"  round {index + 1}, {label}: TTFTs {' '.join(f'{r.ttft:.2f}' for r in records)}", flush=True)
     finally:
         for server in servers.values():
             server.stop()
@@ -126,7 +131,7 @@ def main() -> None:
     )
     for label in servers:
         print(
-            f"  {label:24s} TTFT median {statistics.median(ttfts[label]):.3f} s, p95 {_p95(ttfts[label]):.3f} s; "
+            f"  {label:32s} TTFT median {statistics.median(ttfts[label]):.3f} s, p95 {_p95(ttfts[label]):.3f} s; "
             f"aggregate {statistics.median(rates[label]):.1f} tok/s"
         )
     print("  in this process, " + ", ".join(f"{k}: {v:.3f}" for k, v in parts.items()))
