@@ -61,7 +61,7 @@ KV_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # CPU, so this bounds how long running answers pause for a newcomer.
 PREFILL_CHUNK = 256
 # Prompt tokens of short prompts run together. onnxruntime's prompt kernels cost about the
-# same per token in a group as alone (measured: 8 prompts of 30 tokens took 7x one of them),
+# same per token in a group as alone (measured: 8 prompts of 30 tokens took 8-9x one of them),
 # so a burst prefilled as one group hands every first token out at the end; small groups
 # hand the first ones out early, at the price of one more weight pass per group.
 PREFILL_GROUP = 64
