@@ -56,7 +56,7 @@ def slmops_server(folder: Path, source: str | None, label: str) -> ServerProcess
 
 
 def breakdown(folder: Path) -> dict[str, float]:
-    """Seconds for one prompt's prefill, the burst's 8 prompts as one group, one decode step of 8."""
+    """Seconds for one prompt's prefill, the burst's 8 prompts as one group, 8 rows of one token."""
     from slmops.runtime import load
     from slmops.runtime.batched import BatchedDecoder
 
@@ -74,7 +74,12 @@ def breakdown(folder: Path) -> dict[str, float]:
 
     one, group = timed(ids), timed(np.repeat(ids, STREAMS, axis=0))
     step = timed(np.repeat(ids[:, :1], STREAMS, axis=0))
-    return {"prompt tokens": ids.shape[1], "one prompt": one, "8 prompts, one group": group, "decode step of 8": step}
+    return {
+        "prompt tokens": ids.shape[1],
+        "one prompt": one,
+        "8 prompts, one group": group,
+        "8 rows, one token each": step,
+    }
 
 
 def main() -> None:
