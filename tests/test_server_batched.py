@@ -190,6 +190,52 @@ def test_scheduler_gives_a_joiner_its_first_token_within_its_prefill_rounds(tiny
     assert first - submitted <= 3 + 1  # three rounds of prefill, plus the round under way at submission
 
 
+def test_a_burst_gets_its_first_tokens_group_by_group_before_the_first_decode_step(tiny):
+    burst_ids = [prompt(30, seed) for seed in range(4)]
+    expected = [alone(tiny, ids, 5) for ids in burst_ids]
+    decoder = endless(BatchedDecoder(tiny, 4, 512))
+    burst = [sequence(tiny, ids, max_new=5) for ids in burst_ids]
+    decoder.add(burst)
+    pieces = decoder.round()
+    first = next(pieces)  # 2 x 30 tokens fill a group of 64; the other two still wait for theirs
+    assert [item[0] for item in first] == burst[:2] and not burst[2].tokens and decoder.pending
+    assert [item[0] for item in next(pieces)] == burst[2:] and decoder.steps == 0
+    assert len(next(pieces)) == 4 and decoder.steps == 1  # then one decode step for all of them
+    assert next(pieces, None) is None
+    finish(decoder)
+    assert [item.tokens for item in burst] == expected
+
+
+def test_a_round_prefills_at_most_its_budget_before_the_decode_step(tiny, monkeypatch):
+    monkeypatch.setattr(batched, "PREFILL_CHUNK", 100)
+    decoder = endless(BatchedDecoder(tiny, 6, 512))
+    decoder.add([sequence(tiny, prompt(30, seed), max_new=5) for seed in range(6)])
+    decoder.advance()  # groups of 60 and 60 tokens reach the budget of 100: the last two wait
+    assert len(decoder.running) == 4 and len(decoder.pending) == 2 and decoder.steps == 1
+
+
+def test_scheduler_hands_out_a_groups_first_tokens_before_the_next_group_runs(tiny):
+    decoder = endless(BatchedDecoder(tiny, 4, 512))
+    prefilled_at_first_token = {}
+
+    def observe(job, response):
+        prefilled_at_first_token.setdefault(id(job), decoder.prompt_tokens_run)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        scheduler = Scheduler("m", parallel=4, max_queue=4, observer=observe, decoder=decoder)
+        with scheduler.wake:  # all four arrive together, before the scheduler's first round
+            jobs = [
+                scheduler.submit(Job(None, loop, sequence=sequence(tiny, prompt(30, seed), 3))) for seed in range(4)
+            ]
+        for job in jobs:
+            _ = [item async for item in _drain(job)]
+        scheduler.close()
+        return [prefilled_at_first_token[id(job)] for job in jobs]
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 120)) == [60, 60, 120, 120]
+
+
 async def _drain(job):
     while (item := await job.queue.get()) is not DONE:
         yield item

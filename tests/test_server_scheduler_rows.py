@@ -4,6 +4,7 @@ cancelled row leaves, and a broken batch fails every job it held (and only those
 import asyncio
 import collections
 import time
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 from slmops.runtime.batched import Sequence
@@ -53,6 +54,9 @@ class Rows:
                 self.running.remove(sequence)
             responses.append((sequence, Response(f"{count} ", count, 1, count, 0.0, 0.0, 0.0, finish)))
         return responses
+
+    def round(self) -> Iterator[list[tuple[Sequence, Response]]]:
+        yield self.advance()
 
     def close(self) -> None:
         pass

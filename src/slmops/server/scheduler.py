@@ -185,9 +185,10 @@ class Scheduler:
                 del self.rows[sequence]
                 job.end()
             self.decoder.add(self._join(joining))
-            for sequence, response in self.decoder.advance():
-                job = self.rows.pop(sequence) if response.finish_reason else self.rows[sequence]
-                self._deliver(job, response)
+            for piece in self.decoder.round():  # first tokens go out as each prefill group ends
+                for sequence, response in piece:
+                    job = self.rows.pop(sequence) if response.finish_reason else self.rows[sequence]
+                    self._deliver(job, response)
         except Exception as exc:  # the batch is broken: fail its requests, keep serving the others
             failed = list(self.rows.values())
             self.rows.clear()

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""First tokens under a burst: 8 streams arriving together, slmops serve against llama-server.
+
+    .venv/bin/python benchmarks/serve_burst.py [MODEL_FOLDER] [--rounds 5] [--tokens 128]
+        [--baseline-src DIR] [--llama-server PATH] [--gguf PATH]
+
+Per round, interleaved (the contenders' order rotates so machine load hits each alike):
+8 concurrent streamed completions of the counting prompt to `slmops serve`, to the same
+server run from an earlier source tree (``--baseline-src``, e.g. a worktree of the last
+release: the "before" of a scheduling change, measured in the same run), and to
+`llama-server --parallel 8` on the GGUF the model was converted from. Printed: median
+and p95 time to first token over every stream of every round, and the aggregate tok/s.
+
+Where a burst's first tokens go is shown beside them, measured in this process on the
+same model: one prompt's prefill alone, the 8 prompts prefilled as one group, and one
+decode step of 8 rows (onnxruntime's prompt kernels cost about the same per token in a
+group as alone, so one group hands all 8 first tokens out at its end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from serve_throughput import (
+    PROMPT,
+    STREAMS,
+    THREADS,
+    _p95,
+    aggregate,
+    convert,
+    find_llama_server,
+    http_batch,
+    llama_server,
+)
+from slmops.bench.targets import Prompt, UrlTarget
+from slmops.convert import embedded_model
+from slmops.machine import describe_cpu
+from slmops.server.process import ServerProcess
+
+
+def slmops_server(folder: Path, source: str | None, label: str) -> ServerProcess:
+    env = dict(os.environ, SLMOPS_HOME=tempfile.mkdtemp(prefix="slmops-bench-"))
+    if source:
+        env["PYTHONPATH"] = source
+    command = [sys.executable, "-m", "slmops", "serve", str(folder), "--log-level", "warning"]
+    command += ["--parallel", str(STREAMS), "--threads", str(THREADS)]
+    return ServerProcess(command, env=env, label=label)
+
+
+def breakdown(folder: Path) -> dict[str, float]:
+    """Seconds for one prompt's prefill, the burst's 8 prompts as one group, 8 rows of one token."""
+    from slmops.runtime import load
+    from slmops.runtime.batched import BatchedDecoder
+
+    model = load(folder, threads=THREADS)
+    decoder = BatchedDecoder(model, STREAMS, 2048)
+    ids = np.array([model.encode(PROMPT)], np.int64)
+
+    def timed(batch: np.ndarray) -> float:
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            decoder._run_prompt(batch, np.ones_like(batch), 0, [])
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    one, group = timed(ids), timed(np.repeat(ids, STREAMS, axis=0))
+    step = timed(np.repeat(ids[:, :1], STREAMS, axis=0))
+    return {
+        "prompt tokens": ids.shape[1],
+        "one prompt": one,
+        "8 prompts, one group": group,
+        "8 rows, one token each": step,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, nargs="?", help="INT4 model folder [default: the embedded GGUF]")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument(
+        "--baseline-src", action="append", default=[], help="an earlier slmops src/ to run as 'before' (repeatable)"
+    )
+    parser.add_argument("--llama-server", help="llama-server binary [default: on PATH or /opt/llama-server/bin]")
+    parser.add_argument("--gguf", type=Path, help="GGUF for llama-server [default: the embedded SmolLM2 Q4_1]")
+    parser.add_argument("--llama-threads", type=int, default=THREADS, help="llama-server -t [default: 2]")
+    args = parser.parse_args()
+    print(f"CPU: {describe_cpu().summary()}", flush=True)
+    binary = find_llama_server(args.llama_server)
+    gguf = args.gguf or embedded_model()
+    folder = args.folder or convert(gguf)
+    servers = {"slmops serve": slmops_server(folder, None, "slmops serve")}
+    for source in args.baseline_src:
+        label = f"slmops serve ({Path(source).resolve().parent.name})"
+        servers[label] = slmops_server(folder, source, label)
+    if binary:
+        servers["llama-server"] = llama_server(binary, gguf, args.llama_threads, "on")
+    load_before = os.getloadavg()[0]
+    ttfts: dict[str, list[float]] = {label: [] for label in servers}
+    rates: dict[str, list[float]] = {label: [] for label in servers}
+    try:
+        for server in servers.values():
+            server.wait_ready(300)
+        targets = {
+            label: UrlTarget(server.url, endpoint="completions", ignore_eos=label == "llama-server")
+            for label, server in servers.items()
+        }
+        prompt = Prompt(PROMPT, 0, PROMPT)
+        for target in targets.values():
+            target.load()
+            http_batch(target, prompt, STREAMS, 8)  # warm: the first batch pays one-time costs
+        labels = list(targets)
+        for index in range(args.rounds):
+            for label in labels[index % len(labels) :] + labels[: index % len(labels)]:
+                records = http_batch(targets[label], prompt, STREAMS, args.tokens)
+                ttfts[label] += [record.ttft for record in records]
+                rates[label].append(aggregate(records))
+                print(f"  round {index + 1}, {label}: TTFTs {' '.join(f'{r.ttft:.2f}' for r in records)}", flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+    load_after = os.getloadavg()[0]
+    parts = breakdown(folder)
+    print(
+        f"\n8 streams arriving together, {args.tokens} tokens each, {args.rounds} interleaved rounds; "
+        f"1-minute load average {load_before:.2f} before, {load_after:.2f} after"
+    )
+    for label in servers:
+        print(
+            f"  {label:32s} TTFT median {statistics.median(ttfts[label]):.3f} s, p95 {_p95(ttfts[label]):.3f} s; "
+            f"aggregate {statistics.median(rates[label]):.1f} tok/s"
+        )
+    print("  in this process, " + ", ".join(f"{k}: {v:.3f}" for k, v in parts.items()))
+
+
+if __name__ == "__main__":
+    main()
