@@ -41,7 +41,9 @@ def tiny(tiny_onnx):
 
 def row(model, ids, max_new=40, matcher=None, **options) -> Sequence:
     options = {"temperature": 0, **options}
-    return Sequence(list(ids), model.options(max_tokens=max_new, **options), max_new, time.perf_counter(), matcher=matcher)
+    return Sequence(
+        list(ids), model.options(max_tokens=max_new, **options), max_new, time.perf_counter(), matcher=matcher
+    )
 
 
 def random_ids(length: int, seed: int) -> list[int]:
