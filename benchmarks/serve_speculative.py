@@ -17,6 +17,8 @@ Reported per scenario: the median over streams and rounds of each stream's decod
 (its completion tokens after the first, over the time from its first text to its last),
 the ratio speculative / plain, and for 4 streams the aggregate decode tokens/s (every
 stream's tokens over the time from the first stream's first text to the last one's end).
+Also the completion tokens per CPU-second of the server process (its user and system time
+over the scenario, prompts included), steadier than wall time on a machine others load.
 The grounded tasks run without a repetition penalty, the open chats with the model's own.
 """
 
@@ -51,6 +53,12 @@ OPEN = {
     "chat-poem": "Write a poem about the sea at night.",
 }
 GROUNDED = [task for task, (kind, _) in TASKS.items() if kind == "grounded"]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -133,8 +141,10 @@ def measure(servers: dict[str, ServerProcess], rounds: int, max_tokens: int) -> 
             order = [(name, mode) for name in scenarios() for mode in servers]
             picker.shuffle(order)
             for name, mode in order:
+                before = cpu_seconds(servers[mode].process.pid)
                 streams = together(client, servers[mode].url, names[mode], scenarios()[name], max_tokens)
-                runs[name][mode].append(streams)
+                cpu = cpu_seconds(servers[mode].process.pid) - before
+                runs[name][mode].append((streams, sum(stream.tokens for stream in streams) / cpu if cpu else 0.0))
                 rates = ", ".join(f"{stream.decode_tokens_per_s:.1f}" for stream in streams)
                 print(f"round {number + 1} {name:28} {mode:11} tok/s {rates}", file=sys.stderr, flush=True)
     return runs
@@ -148,6 +158,8 @@ def aggregate(streams: list[Stream]) -> float:
 def summarize(runs: dict) -> dict:
     summary = {}
     for name, modes in runs.items():
+        per_cpu = {mode: statistics.median(rate for _, rate in rounds) for mode, rounds in modes.items()}
+        modes = {mode: [streams for streams, _ in rounds] for mode, rounds in modes.items()}
         per_stream = {
             mode: statistics.median(stream.decode_tokens_per_s for streams in rounds for stream in streams)
             for mode, rounds in modes.items()
@@ -162,6 +174,8 @@ def summarize(runs: dict) -> dict:
             "aggregate_ratio": together_rate["speculative"] / together_rate["plain"]
             if together_rate["plain"]
             else None,
+            "tokens_per_server_cpu_s": per_cpu,
+            "cpu_ratio": per_cpu["speculative"] / per_cpu["plain"] if per_cpu["plain"] else None,
             "completion_tokens": {mode: [stream.tokens for stream in rounds[0]] for mode, rounds in modes.items()},
         }
     return summary
@@ -169,14 +183,15 @@ def summarize(runs: dict) -> dict:
 
 def table(summary: dict) -> str:
     lines = [
-        "| scenario | plain tok/s per stream | speculative | ratio | aggregate plain | aggregate speculative | ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| scenario | plain tok/s per stream | speculative | ratio | aggregate plain | aggregate speculative | ratio "
+        "| ratio per server CPU-s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in summary.items():
         speeds, total = row["decode_tokens_per_s"], row["aggregate_tokens_per_s"]
         lines.append(
             f"| {name} | {speeds['plain']:.1f} | {speeds['speculative']:.1f} | {row['ratio']:.2f}× | "
-            f"{total['plain']:.1f} | {total['speculative']:.1f} | {row['aggregate_ratio']:.2f}× |"
+            f"{total['plain']:.1f} | {total['speculative']:.1f} | {row['aggregate_ratio']:.2f}× | {row['cpu_ratio']:.2f}× |"
         )
     return "\n".join(lines)
 
