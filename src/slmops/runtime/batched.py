@@ -55,7 +55,7 @@ from slmops.runtime.options import GenerationOptions
 from slmops.runtime.prefix import MIN_REUSE, PrefixCache
 from slmops.runtime.rows import RowMemory
 from slmops.runtime.sampling import Sampler
-from slmops.runtime.speculative import RowDrafts, accept, applies
+from slmops.runtime.speculative import MAX_DRAFT, RowDrafts, accept, applies
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -153,6 +153,9 @@ class BatchedDecoder:
         self.running: list[Sequence] = []  # decoding, in rows 0..len-1
         self.pending: collections.deque[Sequence] = collections.deque()  # admitted, prompt not yet in
         self.bindings: dict[int, ort.IOBinding] = {}
+        self.row_bindings: dict[int, ort.IOBinding] = {}
+        # The logits after a drafting row's last token and after each drafted one.
+        self.drafted = np.empty((MAX_DRAFT + 1) * self.vocab, np.float32)
         self.steps = 0  # decode steps run, for tests and metrics
         self.prefix = PrefixCache(prefix_budget)
         self.masks: np.ndarray | None = None
@@ -373,7 +376,7 @@ class BatchedDecoder:
                 row.policy.step_s = self.plain_s
             # The draft must fit in the row after this step's token, and no token past max_tokens is worth it.
             room = min(self.max_length - sequence.length, sequence.max_new - len(sequence.tokens) - 1)
-            size = min(row.policy.next_size(), room)
+            size = min(row.policy.next_size(), room, MAX_DRAFT)
             drafts.append(row.lookup.draft(size) if size > 0 else [])
         return drafts
 
@@ -384,10 +387,14 @@ class BatchedDecoder:
         alone right after it, in the row's own KV cache: onnxruntime's CPU attention reads
         several new positions per row only in a batch of one.
         """
-        ids = np.array([draft], np.int64)
-        mask = np.ones((1, sequence.length + len(draft)), np.int64)
-        logits = self._run_prompt(ids, mask, index, [])[0]
-        logits = np.concatenate([self.logits[index, :1], logits])
+        io = self._row_binding(index)
+        logits = self.drafted[: (1 + len(draft)) * self.vocab].reshape(1 + len(draft), self.vocab)
+        logits[0] = self.logits[index, 0]
+        out = logits[1:]
+        io.bind_cpu_input(self.names["input_ids"], np.array([draft], np.int64))
+        io.bind_cpu_input(self.names["mask"], np.ones((1, sequence.length + len(draft)), np.int64))
+        io.bind_output(self.names["logits"], "cpu", 0, np.float32, [1, *out.shape], out.ctypes.data)
+        self.session.run_with_iobinding(io)
         seen = sequence.prompt + sequence.tokens
         kept, token = accept(logits, seen, draft, sequence.options.repetition_penalty)
         return [*draft[:kept], token]
@@ -481,6 +488,14 @@ class BatchedDecoder:
             sequence.drafts.lookup.append(token)
             response.drafted_tokens, response.accepted_tokens = sequence.drafts.drafted, sequence.drafts.accepted
         return response
+
+    def _row_binding(self, row: int) -> ort.IOBinding:
+        """A binding of one row's KV cache, for the forward that reads its draft."""
+        if row not in self.row_bindings:
+            io = self.session.io_binding()
+            self._bind_cache(io, row, 1)
+            self.row_bindings[row] = io
+        return self.row_bindings[row]
 
     def _binding(self, count: int) -> ort.IOBinding:
         # The cache rows and logits of a batch size never move: bind them once per size.
