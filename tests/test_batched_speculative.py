@@ -179,3 +179,12 @@ def test_rows_that_ask_not_to_speculate_or_cannot_do_not(tiny):
     decoder.add([*rows, scored])
     assert [sequence.drafts is not None for sequence in [*rows, scored]] == [True, False, False, False]
     assert speculative.applies(rows[0].options)
+
+
+@pytest.mark.parametrize("size", [1, MAX_DRAFT])
+def test_a_row_alone_verifies_its_last_token_and_draft_in_one_forward(tiny, oracle, size):
+    ids = tiny.completion_ids(COPY * 2)
+    make_rows = lambda: [row(tiny, ids, 50, stop=("lazy",))]  # noqa: E731
+    oracle(make_rows, size)
+    spec, responses = compare(tiny, make_rows)
+    assert responses[id(spec[0])][-1].drafted_tokens > 0

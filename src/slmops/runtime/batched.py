@@ -346,6 +346,9 @@ class BatchedDecoder:
             return []
         began = time.perf_counter()
         drafts = self._drafts()
+        if count == 1 and drafts[0]:  # a row alone reads its last token and its draft in one forward
+            self.steps += 1
+            return self._emit_verified(drafts, began, alone=True)
         lengths = np.array([sequence.length - 1 for sequence in self.running])
         tokens = np.array([[sequence.tokens[-1]] for sequence in self.running], np.int64)
         mask = (np.arange(lengths.max() + 1)[None, :] <= lengths[:, None]).astype(np.int64)
@@ -380,18 +383,21 @@ class BatchedDecoder:
             drafts.append(row.lookup.draft(size) if size > 0 else [])
         return drafts
 
-    def _verify(self, index: int, sequence: Sequence, draft: list[int]) -> list[int]:
+    def _verify(self, index: int, sequence: Sequence, draft: list[int], alone: bool = False) -> list[int]:
         """The tokens greedy decoding keeps of a row's ``draft``, and its own token after them.
 
         The shared step gave the logits after the row's last token; the draft goes through
         alone right after it, in the row's own KV cache: onnxruntime's CPU attention reads
-        several new positions per row only in a batch of one.
+        several new positions per row only in a batch of one. A row ``alone`` in the batch
+        had no shared step: its last token goes in with its draft.
         """
         io = self._row_binding(index)
         logits = self.drafted[: (1 + len(draft)) * self.vocab].reshape(1 + len(draft), self.vocab)
-        logits[0] = self.logits[index, 0]
-        out = logits[1:]
-        io.bind_cpu_input(self.names["input_ids"], np.array([draft], np.int64))
+        ids = [sequence.tokens[-1], *draft] if alone else draft
+        if not alone:
+            logits[0] = self.logits[index, 0]
+        out = logits if alone else logits[1:]
+        io.bind_cpu_input(self.names["input_ids"], np.array([ids], np.int64))
         io.bind_cpu_input(self.names["mask"], np.ones((1, sequence.length + len(draft)), np.int64))
         io.bind_output(self.names["logits"], "cpu", 0, np.float32, [1, *out.shape], out.ctypes.data)
         self.session.run_with_iobinding(io)
@@ -399,13 +405,15 @@ class BatchedDecoder:
         kept, token = accept(logits, seen, draft, sequence.options.repetition_penalty)
         return [*draft[:kept], token]
 
-    def _emit_verified(self, drafts: list[list[int]], began: float) -> list[tuple[Sequence, Response]]:
+    def _emit_verified(
+        self, drafts: list[list[int]], began: float, alone: bool = False
+    ) -> list[tuple[Sequence, Response]]:
         """The responses of a step in which rows drafted: each row's kept tokens, in order."""
         running = list(self.running)
         picked: list[list[int] | np.ndarray] = []
         for index, (sequence, draft) in enumerate(zip(running, drafts)):
             if draft:
-                picked.append(self._verify(index, sequence, draft))
+                picked.append(self._verify(index, sequence, draft, alone))
             else:
                 picked.append(self._mask(sequence, self.logits[index, 0], index))
         seconds = time.perf_counter() - began
