@@ -3,6 +3,7 @@
 
     python benchmarks/speculative.py [MODEL] [--threads 2] [--rounds 3] [--max-tokens 400]
         [--tasks copy,rewrite,extract,code,chat-story,chat-explain] [--json out.json]
+        [--llama-lookup PATH [--gguf PATH] [--llama-threads N] [--llama-draft 12]]
 
 MODEL is a cached model name or a model folder; without it, the SmolLM2 GGUF slmops embeds
 is converted to INT4 once into --workdir. The same loaded model answers every task twice
@@ -20,6 +21,12 @@ mode, their ratio, the same per CPU-second of the process (steadier on a shared 
 share (on INT4 kernels the many-position forward may round differently from the
 one-position one, so a near tie can flip). Targets: ≥ 1.8× on the grounded tasks, ≥ 0.97× on
 open chat.
+
+With ``--llama-lookup`` (llama.cpp's ``llama-lookup`` example, built from its sources; nothing of
+it comes with slmops), llama.cpp answers the same rendered prompts from the GGUF (by default the
+embedded SmolLM2 Q4_1 the INT4 model is converted from) in the same shuffled rounds, with its
+n-gram lookup (``--spec-draft-n-max``) and without it (0), greedy, with the same repetition
+penalty; its own "decoded ... t/s" line is its decode speed.
 """
 
 from __future__ import annotations
@@ -27,11 +34,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import random
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import slmops
@@ -181,6 +192,46 @@ def answer(model, task: str, max_tokens: int, speculative: bool) -> dict:
     }
 
 
+@dataclass
+class LlamaLookup:
+    """llama.cpp's ``llama-lookup`` binary, the GGUF it reads and how it runs."""
+
+    binary: str
+    gguf: Path
+    threads: int
+    draft: int
+
+    def answer(self, model, task: str, max_tokens: int, lookup: bool) -> dict:
+        kind, prompt = TASKS[task]
+        text = model.render([{"role": "user", "content": prompt}])
+        penalty = 1.0 if kind == "grounded" else model.defaults.repetition_penalty
+        command = [self.binary, "-m", str(self.gguf), "-p", text, "-n", str(max_tokens), "-t", str(self.threads)]
+        command += [
+            "--temp",
+            "0",
+            "--repeat-penalty",
+            str(penalty),
+            "--spec-draft-n-max",
+            str(self.draft if lookup else 0),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        log = done.stderr
+        decoded = re.search(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds, speed:\s+([\d.]+) t/s", log)
+        if done.returncode or decoded is None:
+            raise SystemExit(f"llama-lookup failed ({done.returncode}): {log[-500:]}")
+        return {
+            "decode_tokens_per_s": float(decoded.group(3)),
+            "completion_tokens": int(decoded.group(1)),
+            "drafted_tokens": _count(log, "n_drafted"),
+            "accepted_tokens": _count(log, "n_accept"),
+        }
+
+
+def _count(log: str, name: str) -> int:
+    found = re.search(rf"{name}\s*=\s*(\d+)", log)
+    return int(found.group(1)) if found else 0
+
+
 def shared_prefix(first: list[int], second: list[int]) -> int:
     size = 0
     for left, right in zip(first, second):
@@ -190,19 +241,23 @@ def shared_prefix(first: list[int], second: list[int]) -> int:
     return size
 
 
-def measure(model, tasks: list[str], rounds: int, max_tokens: int) -> dict:
-    runs: dict = {task: {"speculative": [], "plain": []} for task in tasks}
+def measure(model, tasks: list[str], rounds: int, max_tokens: int, llama: LlamaLookup | None = None) -> dict:
+    modes = ("speculative", "plain", *(("llama-lookup", "llama-plain") if llama else ()))
+    runs: dict = {task: {mode: [] for mode in modes} for task in tasks}
     picker = random.Random(0)
     answer(model, "chat-story", 8, True)  # warm-up
     for number in range(rounds):
-        order = [(task, mode) for task in tasks for mode in ("speculative", "plain")]
+        order = [(task, mode) for task in tasks for mode in modes]
         picker.shuffle(order)
         for task, mode in order:
-            run = answer(model, task, max_tokens, mode == "speculative")
+            if mode.startswith("llama") and llama is not None:
+                run = llama.answer(model, task, max_tokens, mode == "llama-lookup")
+            else:
+                run = answer(model, task, max_tokens, mode == "speculative")
             runs[task][mode].append(run)
             print(
-                f"round {number + 1} {task:13} {mode:11} {run['decode_tokens_per_s']:7.1f} tok/s "
-                f"{run['decode_tokens_per_cpu_s']:7.1f} tok/CPU-s "
+                f"round {number + 1} {task:13} {mode:12} {run['decode_tokens_per_s']:7.1f} tok/s "
+                f"{run.get('decode_tokens_per_cpu_s', 0.0):7.1f} tok/CPU-s "
                 f"{run['completion_tokens']:4d} tokens, accepted {run['accepted_tokens']}/{run['drafted_tokens']}",
                 file=sys.stderr,
             )
@@ -214,7 +269,9 @@ def summarize(runs: dict) -> dict:
     for task, modes in runs.items():
         speeds = {mode: statistics.median(run["decode_tokens_per_s"] for run in items) for mode, items in modes.items()}
         per_cpu = {
-            mode: statistics.median(run["decode_tokens_per_cpu_s"] for run in items) for mode, items in modes.items()
+            mode: statistics.median(run["decode_tokens_per_cpu_s"] for run in items)
+            for mode, items in modes.items()
+            if not mode.startswith("llama")
         }
         spec, plain = modes["speculative"][0], modes["plain"][0]
         kind = TASKS[task][0]
@@ -233,6 +290,13 @@ def summarize(runs: dict) -> dict:
             "shared_leading_tokens": shared_prefix(spec["tokens"], plain["tokens"]),
             "rounds": {mode: [run["decode_tokens_per_s"] for run in items] for mode, items in modes.items()},
         }
+        if "llama-lookup" in modes:
+            lookup = modes["llama-lookup"][0]
+            summary[task]["llama"] = {
+                "ratio": speeds["llama-lookup"] / speeds["llama-plain"] if speeds["llama-plain"] else None,
+                "drafted_tokens": lookup["drafted_tokens"],
+                "accepted_tokens": lookup["accepted_tokens"],
+            }
     return summary
 
 
@@ -250,6 +314,18 @@ def table(summary: dict) -> str:
             f"{row['accepted_tokens']}/{row['drafted_tokens']} | "
             f"{row['completion_tokens']['speculative']} | {row['shared_leading_tokens']} |"
         )
+    if any("llama" in row for row in summary.values()):
+        lines += [
+            "",
+            "| task | llama.cpp plain tok/s | llama-lookup tok/s | ratio | accepted/drafted |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for task, row in summary.items():
+            speeds, llama = row["decode_tokens_per_s"], row["llama"]
+            lines.append(
+                f"| {task} | {speeds['llama-plain']:.1f} | {speeds['llama-lookup']:.1f} | {llama['ratio']:.2f}× | "
+                f"{llama['accepted_tokens']}/{llama['drafted_tokens']} |"
+            )
     return "\n".join(lines)
 
 
@@ -262,6 +338,11 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(TASKS), help="Comma-separated, from: " + ", ".join(TASKS))
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "slmops-speculative")
     parser.add_argument("--json", type=Path, help="Write the result as JSON.")
+    parser.add_argument("--llama-lookup", help="llama.cpp's llama-lookup binary: measure it too, as a reference.")
+    parser.add_argument("--gguf", type=Path, help="GGUF for llama-lookup [default: the embedded SmolLM2 Q4_1].")
+    # llama.cpp's threads wait for each other at every graph node: on a loaded CPU fewer may run faster.
+    parser.add_argument("--llama-threads", type=int, help="llama-lookup -t [default: --threads].")
+    parser.add_argument("--llama-draft", type=int, default=12, help="llama-lookup --spec-draft-n-max [default: 12].")
     args = parser.parse_args()
     tasks = [task for task in args.tasks.split(",") if task]
     unknown = sorted(set(tasks) - set(TASKS))
@@ -270,9 +351,18 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = slmops.load(model_folder(args.model, args.workdir), threads=args.threads)
     cpu = describe_cpu()
-    runs = measure(model, tasks, args.rounds, args.max_tokens)
+    llama = None
+    if args.llama_lookup:
+        from slmops.convert import embedded_model
+
+        threads = args.llama_threads or args.threads
+        llama = LlamaLookup(args.llama_lookup, args.gguf or embedded_model(), threads, args.llama_draft)
+    load = [os.getloadavg()[0]]
+    runs = measure(model, tasks, args.rounds, args.max_tokens, llama)
+    load.append(os.getloadavg()[0])
     summary = summarize(runs)
-    print(f"{model.name}, {args.threads} threads, {args.rounds} rounds, on {cpu.summary()}\n")
+    print(f"{model.name}, {args.threads} threads, {args.rounds} rounds, on {cpu.summary()}")
+    print(f"load average (1 min) at start and end: {load[0]:.1f}, {load[-1]:.1f}\n")
     print(table(summary))
     if args.json:
         document = {
@@ -282,6 +372,10 @@ def main() -> None:
             "rounds": args.rounds,
             "max_tokens": args.max_tokens,
             "cpu_info": cpu.to_json(),
+            "load_average": load,
+            "llama_lookup": None
+            if llama is None
+            else {"gguf": llama.gguf.name, "threads": llama.threads, "draft": llama.draft},
             "repetition_penalty": {"grounded": 1.0, "open": model.defaults.repetition_penalty},
             "tasks": summary,
         }

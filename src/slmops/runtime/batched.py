@@ -24,6 +24,14 @@ grammar (JSON, tools) carries an llguidance matcher (:mod:`slmops.runtime.guided
 its logits are masked before sampling, a token it rejects fails the sequence, and
 it ends when the grammar is complete.
 
+A greedy row without a grammar or log-probabilities drafts by prompt lookup
+(:mod:`slmops.runtime.speculative`, the generator path's drafting and policy). Every row,
+drafting or not, reads its last token in the shared step; a drafting row then reads its
+draft in a forward of its own, in its own KV row (onnxruntime's CPU attention takes several
+new positions per row only in a batch of one), keeps what greedy decoding keeps, and drops
+the rest by its length alone: positions past a row's length are written over before any
+step reads them.
+
 With a :class:`~slmops.runtime.prefix.PrefixCache`, a prompt's KV cache is kept once it
 is in; a later prompt that begins the same way copies that beginning into its row and
 prefills only the rest, in the same chunks.
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +58,7 @@ from slmops.runtime.options import GenerationOptions
 from slmops.runtime.prefix import MIN_REUSE, PrefixCache
 from slmops.runtime.rows import RowMemory
 from slmops.runtime.sampling import Sampler
+from slmops.runtime.speculative import MAX_DRAFT, RowDrafts, accept, applies
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -85,6 +95,8 @@ class Sequence:
             with ``max_new`` 0 the prompt is only scored.
         sampler, answer: what picks its tokens and what makes them responses; set by
             :meth:`BatchedDecoder.add`.
+        drafts: its prompt lookup and draft policy, when it speculates (greedy, without a
+            grammar or log-probabilities); set by :meth:`BatchedDecoder.add`.
     """
 
     prompt: list[int]
@@ -99,6 +111,7 @@ class Sequence:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     prompt_scores: list[TokenLogprob] = field(default_factory=list, repr=False)
+    drafts: RowDrafts | None = field(default=None, repr=False)  # set when the row speculates
     sampler: Sampler = field(init=False, repr=False)
     answer: Answer = field(init=False, repr=False)
 
@@ -146,10 +159,14 @@ class BatchedDecoder:
         self.cache = self.memory.buffers
         self.vocab = model.genai_config["model"]["vocab_size"]
         self.logits = np.zeros((rows, 1, self.vocab), np.float32)
+        self.plain_s: float | None = None  # how long a step without drafts takes, smoothed
         self.model, self.rows, self.max_length = model, rows, max_length
         self.running: list[Sequence] = []  # decoding, in rows 0..len-1
         self.pending: collections.deque[Sequence] = collections.deque()  # admitted, prompt not yet in
         self.bindings: dict[int, ort.IOBinding] = {}
+        self.row_bindings: dict[int, ort.IOBinding] = {}
+        # The logits after a drafting row's last token and after each drafted one.
+        self.drafted = np.empty((MAX_DRAFT + 1) * self.vocab, np.float32)
         self.steps = 0  # decode steps run, for tests and metrics
         self.prompt_tokens_run = 0  # prompt positions run (padding too): what a round's prefill spends
         self.prefix = PrefixCache(prefix_budget)
@@ -212,6 +229,8 @@ class BatchedDecoder:
                 sequence.max_new,
                 sequence.matcher,
             )
+            if sequence.max_new > 0 and sequence.logprobs is None and applies(sequence.options, sequence.matcher):
+                sequence.drafts = RowDrafts(sequence.prompt)
             self.pending.append(sequence)
 
     def cancel(self, sequence: Sequence) -> None:
@@ -345,10 +364,15 @@ class BatchedDecoder:
         return io.get_outputs()[0].numpy()
 
     def step(self) -> list[tuple[Sequence, Response]]:
-        """One token for every running sequence (finished ones leave the batch)."""
+        """One token for every running sequence, more for rows whose drafts hold (finished ones leave)."""
         count = len(self.running)
         if not count:
             return []
+        began = time.perf_counter()
+        drafts = self._drafts()
+        if count == 1 and drafts[0]:  # a row alone reads its last token and its draft in one forward
+            self.steps += 1
+            return self._emit_verified(drafts, began, alone=True)
         lengths = np.array([sequence.length - 1 for sequence in self.running])
         tokens = np.array([[sequence.tokens[-1]] for sequence in self.running], np.int64)
         mask = (np.arange(lengths.max() + 1)[None, :] <= lengths[:, None]).astype(np.int64)
@@ -357,12 +381,87 @@ class BatchedDecoder:
         io.bind_cpu_input(self.names["mask"], mask)
         self._run(io, self.running)
         self.steps += 1
+        if any(drafts):
+            return self._emit_verified(drafts, began)
         # Rows move as sequences finish: pair each with its logits and mask by its row at this step.
         rows = [
             self._mask(sequence, logits, index)
             for index, (sequence, logits) in enumerate(zip(self.running, self.logits[:count, 0]))
         ]
+        self._weigh_plain(time.perf_counter() - began)
         return [(sequence, self._emit(sequence, row)) for sequence, row in zip(list(self.running), rows)]
+
+    def _drafts(self) -> list[list[int]]:
+        """Each running row's draft for this step ([] for rows that do not draft now)."""
+        drafts: list[list[int]] = []
+        for sequence in self.running:
+            row = sequence.drafts
+            if row is None:
+                drafts.append([])
+                continue
+            if row.policy.step_s is None:
+                row.policy.step_s = self.plain_s
+            # The draft must fit in the row after this step's token, and no token past max_tokens is worth it.
+            room = min(self.max_length - sequence.length, sequence.max_new - len(sequence.tokens) - 1)
+            size = min(row.policy.next_size(), room, MAX_DRAFT)
+            drafts.append(row.lookup.draft(size) if size > 0 else [])
+        return drafts
+
+    def _verify(self, index: int, sequence: Sequence, draft: list[int], alone: bool = False) -> list[int]:
+        """The tokens greedy decoding keeps of a row's ``draft``, and its own token after them.
+
+        The shared step gave the logits after the row's last token; the draft goes through
+        alone right after it, in the row's own KV cache: onnxruntime's CPU attention reads
+        several new positions per row only in a batch of one. A row ``alone`` in the batch
+        had no shared step: its last token goes in with its draft.
+        """
+        io = self._row_binding(index)
+        logits = self.drafted[: (1 + len(draft)) * self.vocab].reshape(1 + len(draft), self.vocab)
+        ids = [sequence.tokens[-1], *draft] if alone else draft
+        if not alone:
+            logits[0] = self.logits[index, 0]
+        out = logits if alone else logits[1:]
+        io.bind_cpu_input(self.names["input_ids"], np.array([ids], np.int64))
+        io.bind_cpu_input(self.names["mask"], np.ones((1, sequence.length + len(draft)), np.int64))
+        io.bind_output(self.names["logits"], "cpu", 0, np.float32, [1, *out.shape], out.ctypes.data)
+        self.session.run_with_iobinding(io)
+        seen = sequence.prompt + sequence.tokens
+        kept, token = accept(logits, seen, draft, sequence.options.repetition_penalty)
+        return [*draft[:kept], token]
+
+    def _emit_verified(
+        self, drafts: list[list[int]], began: float, alone: bool = False
+    ) -> list[tuple[Sequence, Response]]:
+        """The responses of a step in which rows drafted: each row's kept tokens, in order."""
+        running = list(self.running)
+        picked: list[list[int] | np.ndarray] = []
+        for index, (sequence, draft) in enumerate(zip(running, drafts)):
+            if draft:
+                picked.append(self._verify(index, sequence, draft, alone))
+            else:
+                picked.append(self._mask(sequence, self.logits[index, 0], index))
+        seconds = time.perf_counter() - began
+        drafting = sum(1 for draft in drafts if draft)
+        for sequence, draft, pick in zip(running, drafts, picked):
+            if draft and sequence.drafts is not None:
+                kept = len(pick) - 1
+                sequence.drafts.policy.verified_in_batch(len(draft), kept, seconds, len(running), drafting)
+                sequence.drafts.drafted += len(draft)
+                sequence.drafts.accepted += kept
+        # Last row first: a finished row takes the last one's place, which by then holds all its tokens.
+        made: list[list[tuple[Sequence, Response]]] = []
+        for sequence, pick in reversed(list(zip(running, picked))):
+            if isinstance(pick, list):
+                made.append([(sequence, response) for response in self._emit_tokens(sequence, pick)])
+            else:
+                made.append([(sequence, self._emit(sequence, pick))])
+        return [item for responses in reversed(made) for item in responses]
+
+    def _weigh_plain(self, seconds: float) -> None:
+        self.plain_s = seconds if self.plain_s is None else 0.8 * self.plain_s + 0.2 * seconds
+        for sequence in self.running:
+            if sequence.drafts is not None:
+                sequence.drafts.policy.plain(seconds)
 
     def _run(self, io: ort.IOBinding, sequences: list[Sequence]) -> None:
         """Run the model; the masks of the guided ``sequences`` are filled meanwhile."""
@@ -395,8 +494,7 @@ class BatchedDecoder:
             response = sequence.answer.nothing()
         else:
             token = sequence.sampler.sample(logits, sequence.prompt, sequence.tokens)
-            sequence.tokens.append(token)
-            response = sequence.answer.add(token, sequence.length >= self.max_length)
+            response = self._add(sequence, token)
             if sequence.logprobs is not None and sequence.answer.shown(token):
                 response.logprobs = next_token(logits, token, sequence.logprobs)
         if sequence.prompt_logprobs is not None and len(sequence.tokens) <= 1:
@@ -404,6 +502,32 @@ class BatchedDecoder:
         if response.finish_reason:
             self.remove(sequence)
         return response
+
+    def _emit_tokens(self, sequence: Sequence, tokens: list[int]) -> list[Response]:
+        """The responses to ``tokens`` a verify kept, up to the one that ends the answer."""
+        responses = []
+        for token in tokens:
+            responses.append(self._add(sequence, token))
+            if responses[-1].finish_reason:
+                self.remove(sequence)
+                break
+        return responses
+
+    def _add(self, sequence: Sequence, token: int) -> Response:
+        sequence.tokens.append(token)
+        response = sequence.answer.add(token, sequence.length >= self.max_length)
+        if sequence.drafts is not None:
+            sequence.drafts.lookup.append(token)
+            response.drafted_tokens, response.accepted_tokens = sequence.drafts.drafted, sequence.drafts.accepted
+        return response
+
+    def _row_binding(self, row: int) -> ort.IOBinding:
+        """A binding of one row's KV cache, for the forward that reads its draft."""
+        if row not in self.row_bindings:
+            io = self.session.io_binding()
+            self._bind_cache(io, row, 1)
+            self.row_bindings[row] = io
+        return self.row_bindings[row]
 
     def _binding(self, count: int) -> ort.IOBinding:
         # The cache rows and logits of a batch size never move: bind them once per size.

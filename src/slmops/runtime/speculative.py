@@ -22,6 +22,9 @@ step); sampled and guided answers decode as before.
 :class:`DraftPolicy` keeps it from costing time: drafts grow while they are accepted
 and shrink when they are not, and drafting pauses (for longer each time) while the
 time a verify takes is more than the plain steps it saves.
+
+The batched decoder (:mod:`slmops.runtime.batched`) drafts its greedy rows with the same
+:class:`PromptLookup`, :class:`DraftPolicy` and :func:`accept` (a :class:`RowDrafts` per row).
 """
 
 from __future__ import annotations
@@ -121,6 +124,28 @@ class DraftPolicy:
         elif accepted:
             self.backoff = 1
 
+    def verified_in_batch(self, drafted: int, accepted: int, seconds: float, rows: int, drafting: int) -> None:
+        """Like :meth:`verified`, for one of ``drafting`` rows that drafted in a batch step of ``rows`` rows.
+
+        Every row of the step waited for the longest draft, so the time the step took beyond a
+        plain one is charged, for all ``rows``, to the rows that drafted, shared equally.
+        """
+        step_s = self.step_s or seconds
+        self.verified(drafted, accepted, step_s + rows * (seconds - step_s) / drafting)
+
+
+class RowDrafts:
+    """A batch row's drafting: its prompt lookup, its policy, and what it drafted and kept so far.
+
+    Args:
+        tokens: the row's prompt.
+    """
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.lookup = PromptLookup(tokens)
+        self.policy = DraftPolicy()
+        self.drafted = self.accepted = 0
+
 
 def speculative_loop(
     generator: Any, answer: Answer, ids: list[int], max_length: int, penalty: float = 1.0
@@ -205,14 +230,14 @@ class Steps:
                 return None
             self.held = False
         generator.append_tokens([last, *draft])
-        kept, token = _verify(generator.get_output("logits")[0], seen, draft, self.penalty)
+        kept, token = accept(generator.get_output("logits")[0], seen, draft, self.penalty)
         if kept < len(draft):
             generator.rewind_to(self.read + 1 + kept)
         self.read += 1 + kept
         return kept, token
 
 
-def _verify(logits: np.ndarray, seen: list[int], draft: list[int], penalty: float) -> tuple[int, int]:
+def accept(logits: np.ndarray, seen: list[int], draft: list[int], penalty: float = 1.0) -> tuple[int, int]:
     """How many drafted tokens greedy decoding picks itself (in order from the first), and the
     token it picks after them; ``logits[i]`` are those after ``seen`` and ``draft[:i]``."""
     for index, drafted in enumerate(draft):

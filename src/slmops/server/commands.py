@@ -58,7 +58,7 @@ def serve_options(function):
             "--speculative/--no-speculative",
             click.BOOL,
             True,
-            "Greedy answers on a generator of their own draft tokens by prompt lookup (not batch rows).",
+            "Greedy answers (batch rows and generators alike) draft tokens by prompt lookup.",
         ),
         _shown(
             "--load-wait",

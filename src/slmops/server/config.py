@@ -28,4 +28,4 @@ class ServerConfig:
     ui: bool = True  # the web playground at /
     cors: tuple[str, ...] = ()  # origins other than its own whose pages may call the service
     prefix_cache: int | None = None  # bytes of KV kept for prefix reuse per model; None: sized from the model
-    speculative: bool = True  # prompt-lookup drafts for greedy answers on a generator of their own
+    speculative: bool = True  # prompt-lookup drafts for greedy answers, in batch rows and on generators
