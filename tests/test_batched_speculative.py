@@ -53,6 +53,7 @@ def random_ids(length: int, seed: int) -> list[int]:
 def run(model, make_rows, rows: int = 6) -> tuple[list[Sequence], dict]:
     """Decode the rows ``make_rows()`` gives together; their sequences and every response by sequence."""
     decoder = BatchedDecoder(model, rows, 512)
+    decoder.drafts_beside_others = True  # the path rows take beside others, off by default
     sequences = make_rows()
     decoder.add(sequences)
     responses: dict = {id(sequence): [] for sequence in sequences}

@@ -25,7 +25,9 @@ its logits are masked before sampling, a token it rejects fails the sequence, an
 it ends when the grammar is complete.
 
 A greedy row without a grammar or log-probabilities drafts by prompt lookup
-(:mod:`slmops.runtime.speculative`, the generator path's drafting and policy). Every row,
+(:mod:`slmops.runtime.speculative`, the generator path's drafting and policy) while it is
+alone in the batch, reading its last token and its draft in one forward. Beside other rows
+(``drafts_beside_others``, off: it measured slower on open chat), every row,
 drafting or not, reads its last token in the shared step; a drafting row then reads its
 draft in a forward of its own, in its own KV row (onnxruntime's CPU attention takes several
 new positions per row only in a batch of one), keeps what greedy decoding keeps, and drops
@@ -144,9 +146,6 @@ class BatchedDecoder:
         options.intra_op_num_threads = model.threads
         # Without the arena, buffers of a large prefill go back to the system after it.
         options.enable_cpu_mem_arena = False
-        # Threads that spin between operators hold a core a neighbour process needs: on a shared
-        # CPU (load 14 on 2 cores) a 30-token prefill took 0.34 s without spinning, 0.56 s with.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(Path(model.path) / decoder["filename"]), options, providers=["CPUExecutionProvider"]
         )
@@ -160,6 +159,10 @@ class BatchedDecoder:
         self.vocab = model.genai_config["model"]["vocab_size"]
         self.logits = np.zeros((rows, 1, self.vocab), np.float32)
         self.plain_s: float | None = None  # how long a step without drafts takes, smoothed
+        # Rows draft only while alone in the batch: beside other rows a draft costs a forward of
+        # its own, and on SmolLM2 INT4 (2 threads, AVX-512) 4 open-chat streams decoded at 0.93x
+        # and 8 at 0.93x their speed without drafts (4 input-grounded streams: 1.28x).
+        self.drafts_beside_others = False
         self.model, self.rows, self.max_length = model, rows, max_length
         self.running: list[Sequence] = []  # decoding, in rows 0..len-1
         self.pending: collections.deque[Sequence] = collections.deque()  # admitted, prompt not yet in
@@ -393,6 +396,8 @@ class BatchedDecoder:
 
     def _drafts(self) -> list[list[int]]:
         """Each running row's draft for this step ([] for rows that do not draft now)."""
+        if len(self.running) > 1 and not self.drafts_beside_others:
+            return [[] for _ in self.running]
         drafts: list[list[int]] = []
         for sequence in self.running:
             row = sequence.drafts
