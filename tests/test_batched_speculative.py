@@ -164,10 +164,8 @@ def test_a_row_near_its_end_keeps_the_batch_inside_its_rows(tiny, oracle):
 
 def test_a_batch_step_charges_its_drafting_rows_for_every_rows_wait():
     alone, shared = DraftPolicy(), DraftPolicy()
-    for policy in (alone, shared):
-        policy.plain(0.010)
-    alone.verified_in_batch(4, 4, 0.030, rows=1, drafting=1)  # 5 tokens in 3 steps' time: a gain
-    shared.verified_in_batch(4, 4, 0.030, rows=4, drafting=1)  # 3 rows waited 2 steps for nothing
+    alone.verified_in_batch(4, 4, rows=1, drafting=1)  # 4 tokens more for a step's worth: a gain
+    shared.verified_in_batch(4, 4, rows=4, drafting=1)  # a forward of its own, 4 rows waited for it
     assert alone.next_size() == 8 and shared.next_size() == 0
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -158,7 +157,6 @@ class BatchedDecoder:
         self.cache = self.memory.buffers
         self.vocab = model.genai_config["model"]["vocab_size"]
         self.logits = np.zeros((rows, 1, self.vocab), np.float32)
-        self.plain_s: float | None = None  # how long a step without drafts takes, smoothed
         # Rows draft only while alone in the batch: beside other rows a draft costs a forward of
         # its own, and on SmolLM2 INT4 (2 threads, AVX-512) 4 open-chat streams decoded at 0.93x
         # and 8 at 0.93x their speed without drafts (4 input-grounded streams: 1.28x).
@@ -371,11 +369,10 @@ class BatchedDecoder:
         count = len(self.running)
         if not count:
             return []
-        began = time.perf_counter()
         drafts = self._drafts()
         if count == 1 and drafts[0]:  # a row alone reads its last token and its draft in one forward
             self.steps += 1
-            return self._emit_verified(drafts, began, alone=True)
+            return self._emit_verified(drafts, alone=True)
         lengths = np.array([sequence.length - 1 for sequence in self.running])
         tokens = np.array([[sequence.tokens[-1]] for sequence in self.running], np.int64)
         mask = (np.arange(lengths.max() + 1)[None, :] <= lengths[:, None]).astype(np.int64)
@@ -385,13 +382,12 @@ class BatchedDecoder:
         self._run(io, self.running)
         self.steps += 1
         if any(drafts):
-            return self._emit_verified(drafts, began)
+            return self._emit_verified(drafts)
         # Rows move as sequences finish: pair each with its logits and mask by its row at this step.
         rows = [
             self._mask(sequence, logits, index)
             for index, (sequence, logits) in enumerate(zip(self.running, self.logits[:count, 0]))
         ]
-        self._weigh_plain(time.perf_counter() - began)
         return [(sequence, self._emit(sequence, row)) for sequence, row in zip(list(self.running), rows)]
 
     def _drafts(self) -> list[list[int]]:
@@ -404,8 +400,6 @@ class BatchedDecoder:
             if row is None:
                 drafts.append([])
                 continue
-            if row.policy.step_s is None:
-                row.policy.step_s = self.plain_s
             # The draft must fit in the row after this step's token, and no token past max_tokens is worth it.
             room = min(self.max_length - sequence.length, sequence.max_new - len(sequence.tokens) - 1)
             size = min(row.policy.next_size(), room, MAX_DRAFT)
@@ -434,9 +428,7 @@ class BatchedDecoder:
         kept, token = accept(logits, seen, draft, sequence.options.repetition_penalty)
         return [*draft[:kept], token]
 
-    def _emit_verified(
-        self, drafts: list[list[int]], began: float, alone: bool = False
-    ) -> list[tuple[Sequence, Response]]:
+    def _emit_verified(self, drafts: list[list[int]], alone: bool = False) -> list[tuple[Sequence, Response]]:
         """The responses of a step in which rows drafted: each row's kept tokens, in order."""
         running = list(self.running)
         picked: list[list[int] | np.ndarray] = []
@@ -445,12 +437,11 @@ class BatchedDecoder:
                 picked.append(self._verify(index, sequence, draft, alone))
             else:
                 picked.append(self._mask(sequence, self.logits[index, 0], index))
-        seconds = time.perf_counter() - began
         drafting = sum(1 for draft in drafts if draft)
         for sequence, draft, pick in zip(running, drafts, picked):
             if draft and sequence.drafts is not None:
                 kept = len(pick) - 1
-                sequence.drafts.policy.verified_in_batch(len(draft), kept, seconds, len(running), drafting)
+                sequence.drafts.policy.verified_in_batch(len(draft), kept, len(running), drafting)
                 sequence.drafts.drafted += len(draft)
                 sequence.drafts.accepted += kept
         # Last row first: a finished row takes the last one's place, which by then holds all its tokens.
@@ -461,12 +452,6 @@ class BatchedDecoder:
             else:
                 made.append([(sequence, self._emit(sequence, pick))])
         return [item for responses in reversed(made) for item in responses]
-
-    def _weigh_plain(self, seconds: float) -> None:
-        self.plain_s = seconds if self.plain_s is None else 0.8 * self.plain_s + 0.2 * seconds
-        for sequence in self.running:
-            if sequence.drafts is not None:
-                sequence.drafts.policy.plain(seconds)
 
     def _run(self, io: ort.IOBinding, sequences: list[Sequence]) -> None:
         """Run the model; the masks of the guided ``sequences`` are filled meanwhile."""

@@ -21,7 +21,10 @@ step); sampled and guided answers decode as before.
 
 :class:`DraftPolicy` keeps it from costing time: drafts grow while they are accepted
 and shrink when they are not, and drafting pauses (for longer each time) while the
-time a verify takes is more than the plain steps it saves.
+verifies cost more decode steps than they save. It counts tokens, not seconds, so the
+same answer drafts the same way on every run: on INT4 models the positions a verify reads
+go through another kernel than a one-token step, and a policy that followed the clock
+would make a greedy answer differ between two runs.
 
 The batched decoder (:mod:`slmops.runtime.batched`) drafts its greedy rows with the same
 :class:`PromptLookup`, :class:`DraftPolicy` and :func:`accept` (a :class:`RowDrafts` per row).
@@ -29,7 +32,6 @@ The batched decoder (:mod:`slmops.runtime.batched`) drafts its greedy rows with 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +47,10 @@ NGRAMS = (3, 2)  # lengths of the looked-up tail, longest first
 MAX_DRAFT = 12  # tokens drafted at most per verify
 FIRST_DRAFT = 4
 LONGEST_PAUSE = 64  # plain steps between attempts, at most, while drafts do not pay
+# What a verify costs per drafted position, in decode steps. SmolLM2-135M INT4, 2 threads
+# (AVX-512): reading 1, 2, 4, 8 and 16 positions took 6.6, 9.1, 12.3, 18.7 and 31.9 ms, about
+# a quarter of a step each; larger models, whose LM head is a smaller share, pay less.
+EXTRA_POSITION = 0.25
 
 
 def applies(options: GenerationOptions, guidance: Any = None) -> bool:
@@ -88,50 +94,47 @@ class PromptLookup:
 class DraftPolicy:
     """How many tokens to draft next, from what the drafts have gained so far.
 
-    Every verify is weighed in time: the plain steps it replaced (its accepted tokens
-    plus one, at the measured time of a one-position step) against what it took. While
-    that balance is negative, drafting pauses, twice as long after each loss, so an
-    answer that copies nothing runs at the plain loop's speed.
+    Every verify is weighed in decode steps: the tokens it accepted beyond the one a plain
+    step gives, against what reading its drafted positions costs (:data:`EXTRA_POSITION`
+    each). While that balance is negative, drafting pauses, twice as long after each loss,
+    so an answer that copies nothing runs at the plain loop's speed.
     """
 
     def __init__(self) -> None:
         self.size = FIRST_DRAFT
-        self.step_s: float | None = None  # a one-position step, smoothed
-        self.balance = 0.0  # seconds saved by recent verifies (negative: lost)
+        self.balance = 0.0  # decode steps saved by recent verifies (negative: lost)
         self.pause = 0
         self.backoff = 1
 
     def next_size(self) -> int:
         """Tokens to draft for the next step (0: a plain step)."""
-        if self.step_s is None:
-            return 0  # nothing to weigh a verify against yet
         if self.pause:
             self.pause -= 1
             return 0
         return self.size
 
-    def plain(self, seconds: float) -> None:
-        """A one-position step took ``seconds``."""
-        self.step_s = seconds if self.step_s is None else 0.8 * self.step_s + 0.2 * seconds
-
-    def verified(self, drafted: int, accepted: int, seconds: float) -> None:
-        """A verify of ``drafted`` tokens accepted ``accepted`` of them in ``seconds``."""
-        step_s = self.step_s or seconds
-        self.balance = 0.5 * self.balance + (accepted + 1) * step_s - seconds
+    def verified(self, drafted: int, accepted: int, cost: float | None = None) -> None:
+        """A verify of ``drafted`` tokens accepted ``accepted`` of them; ``cost``: the decode
+        steps it took beyond the one it replaced (default: its drafted positions' share)."""
+        cost = EXTRA_POSITION * drafted if cost is None else cost
+        self.balance = 0.5 * self.balance + accepted - cost
         self.size = min(MAX_DRAFT, 2 * self.size) if accepted == drafted else max(1, accepted + 1)
         if self.balance < 0:
             self.pause, self.backoff, self.balance = self.backoff, min(LONGEST_PAUSE, 2 * self.backoff), 0.0
         elif accepted:
             self.backoff = 1
 
-    def verified_in_batch(self, drafted: int, accepted: int, seconds: float, rows: int, drafting: int) -> None:
+    def verified_in_batch(self, drafted: int, accepted: int, rows: int, drafting: int) -> None:
         """Like :meth:`verified`, for one of ``drafting`` rows that drafted in a batch step of ``rows`` rows.
 
-        Every row of the step waited for the longest draft, so the time the step took beyond a
-        plain one is charged, for all ``rows``, to the rows that drafted, shared equally.
+        A row alone reads its last token and its draft in one forward. Beside other rows, a
+        draft is a forward of its own (a step's worth of weights plus its positions) that every
+        row of the batch waited for: that wait is charged to the rows that drafted, shared equally.
         """
-        step_s = self.step_s or seconds
-        self.verified(drafted, accepted, step_s + rows * (seconds - step_s) / drafting)
+        if rows == 1:
+            self.verified(drafted, accepted)
+        else:
+            self.verified(drafted, accepted, rows * (1 + EXTRA_POSITION * drafted) / drafting)
 
 
 class RowDrafts:
@@ -178,15 +181,13 @@ def speculative_loop(
         # The verify reads the last token shown and the draft: room for both.
         size = min(policy.next_size(), max_length - len(lookup.tokens)) if steps.rewinds else 0
         draft = lookup.draft(size) if size > 0 else []
-        began = time.perf_counter()
         verified = steps.verify(tokens[-1], draft, lookup.tokens) if draft else None
         if verified is None:
             tokens = [steps.plain(tokens[-1])]
-            policy.plain(time.perf_counter() - began)
         else:
             kept, token = verified
             tokens = [*draft[:kept], token]
-            policy.verified(len(draft), kept, time.perf_counter() - began)
+            policy.verified(len(draft), kept)
             drafted, accepted = drafted + len(draft), accepted + kept
 
 
