@@ -27,7 +27,10 @@ REFERENCE = "reference-fp32"
 DEPLOY_WINDOWS = 4
 DEPLOY_SOAK = 40
 DEPLOY_LENGTHS = (32, 256)
-DEFAULT_MAX_PPL_INCREASE = 25.0
+# The quality budget a plain deploy chooses within, and fails above. 10%, not more: the fastest
+# INT4 export on an AVX-512 CPU (k_quant_mixed block 128) measured +17% on SmolLM2 against
+# +5.8% for block 16, and a plain deploy should give the faithful one.
+DEFAULT_MAX_PPL_INCREASE = 10.0
 
 
 class DeployFailed(SlmopsError):
