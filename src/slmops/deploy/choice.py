@@ -91,7 +91,7 @@ def pick(rows: list[Measured], max_ppl_increase: float | None) -> tuple[Measured
 
 
 def int8_verdict(rows: list[Measured]) -> str | None:
-    """A sentence when INT8 is faster and closer to FP32 than every INT4 candidate."""
+    """A sentence when INT8 is faster and closer to FP32 than every INT4 candidate of ``rows``."""
     int8 = next((row for row in rows if row.candidate == INT8), None)
     int4 = [row for row in rows if row.candidate != INT8]
     if int8 is None or not int4:
@@ -101,7 +101,7 @@ def int8_verdict(rows: list[Measured]) -> str | None:
     ):
         others = "; ".join(row.figures() for row in int4)
         return (
-            f"INT8 dominates every INT4 candidate on this CPU: {int8.figures()}, against {others}. "
+            f"INT8 dominates every INT4 candidate within the quality budget on this CPU: {int8.figures()}, against {others}. "
             "`--precision auto` picks INT8."
         )
     return None
@@ -181,7 +181,9 @@ def choose(
     eligible = rows if any_precision else [row for row in rows if row.precision == "int4"]
     best, reason = pick(eligible, max_ppl_increase)
     choice = Choice(best.candidate if best else None, reason, rows, machine, reused=not missing)
-    choice.int8_verdict = int8_verdict(rows)
+    # INT4 exports over the budget are out of the race: INT8 is weighed against the others.
+    within = [row for row in rows if max_ppl_increase is None or row.delta_ppl_pct <= max_ppl_increase]
+    choice.int8_verdict = int8_verdict([row for row in rows if row.candidate == INT8 or row in within])
     return choice, folders
 
 
