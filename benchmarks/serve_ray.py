@@ -27,6 +27,7 @@ import psutil
 
 from serve_throughput import PROMPT, aggregate, convert, http_batch, slmops_server
 from slmops.bench.targets import Prompt, UrlTarget
+from slmops.cache.resolver import resolve
 from slmops.convert import embedded_model
 from slmops.machine import describe_cpu
 
@@ -97,6 +98,7 @@ def main() -> None:
     cpu = describe_cpu()
     print(f"CPU: {cpu.summary()}", flush=True)
     folder = args.folder or convert(embedded_model())
+    model_name = resolve(folder).name  # the name the servers give the folder (its inference_model.json's)
     # Ray's usage statistics stay off, and each local Ray keeps its token in its own folder.
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     servers = {name: slmops_server(folder, *PARALLEL, *flags) for name, flags in CONTENDERS.items()}
@@ -105,7 +107,7 @@ def main() -> None:
     try:
         for server in servers.values():
             server.wait_ready(600)  # two local Rays and a plain server start at once on 2 cores
-        targets = {name: UrlTarget(s.url, folder.name, endpoint="completions") for name, s in servers.items()}
+        targets = {label: UrlTarget(s.url, model_name, endpoint="completions") for label, s in servers.items()}
         for target in targets.values():
             target.load()
         prompt = Prompt(PROMPT, 0, PROMPT)
@@ -122,7 +124,7 @@ def main() -> None:
         "cpu": cpu.to_json(),
         "cpu_summary": cpu.summary(),
         "usable_cpus": len(os.sched_getaffinity(0)),
-        "model": folder.name,
+        "model": model_name,
         "tokens": args.tokens,
         "rounds": args.rounds,
         "load_average_1m": {"before": load[0], "after": load[1]},
