@@ -29,7 +29,6 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import httpx
 
+from serve_throughput import convert, find_llama_server
 from slmops.convert import embedded_model
 from slmops.machine import describe_cpu
 from slmops.server.process import ServerProcess
@@ -57,7 +57,6 @@ QUESTIONS = [
     "What does a sourdough starter need?",
     "Why were maps called arguments?",
 ]
-LLAMA_CANDIDATES = ("llama-server", "/opt/llama-server/bin/llama-server")
 
 
 @dataclass
@@ -215,23 +214,6 @@ def llama_server(binary: str, gguf: Path, threads: int) -> ServerProcess:
     command = [binary, "-m", str(gguf), "--parallel", str(SLOTS), "-c", str(SLOTS * CONTEXT_PER_SLOT)]
     command += ["-t", str(threads), "-tb", str(threads)]
     return ServerProcess(command, label="llama-server")
-
-
-def find_llama_server(given: str | None) -> str | None:
-    import shutil
-
-    for candidate in (given, *LLAMA_CANDIDATES):
-        path = candidate and shutil.which(candidate)
-        if path:
-            return path
-    return None
-
-
-def convert(gguf: Path) -> Path:
-    output = Path(tempfile.mkdtemp(prefix="serve-prefix-")) / "smollm2-135m-instruct-int4"
-    code = "import sys; from slmops.convert import convert; convert(sys.argv[1], sys.argv[2], precision='int4')"
-    subprocess.run([sys.executable, "-c", code, str(gguf), str(output)], check=True)
-    return output
 
 
 def memory(pid: int) -> dict[str, float]:

@@ -48,6 +48,7 @@ from pathlib import Path
 import slmops
 import slmops.runtime
 from slmops.machine import describe_cpu
+from slmops.runtime.model import common_prefix
 
 PASSAGE = (
     "The lighthouse at Carrow Point was built in 1868 to guide fishing boats past the reef that "
@@ -232,15 +233,6 @@ def _count(log: str, name: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def shared_prefix(first: list[int], second: list[int]) -> int:
-    size = 0
-    for left, right in zip(first, second):
-        if left != right:
-            break
-        size += 1
-    return size
-
-
 def measure(model, tasks: list[str], rounds: int, max_tokens: int, llama: LlamaLookup | None = None) -> dict:
     modes = ("speculative", "plain", *(("llama-lookup", "llama-plain") if llama else ()))
     runs: dict = {task: {mode: [] for mode in modes} for task in tasks}
@@ -287,7 +279,7 @@ def summarize(runs: dict) -> dict:
             "completion_tokens": {"speculative": spec["completion_tokens"], "plain": plain["completion_tokens"]},
             "drafted_tokens": spec["drafted_tokens"],
             "accepted_tokens": spec["accepted_tokens"],
-            "shared_leading_tokens": shared_prefix(spec["tokens"], plain["tokens"]),
+            "shared_leading_tokens": common_prefix(spec["tokens"], plain["tokens"]),
             "rounds": {mode: [run["decode_tokens_per_s"] for run in items] for mode, items in modes.items()},
         }
         if "llama-lookup" in modes:

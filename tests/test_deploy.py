@@ -31,17 +31,19 @@ def _cache_files():
     return sorted(str(path.relative_to(root)) for path in root.rglob("*")) if root.exists() else []
 
 
+def _cheap(tmp_path) -> dict:
+    """The fewest windows and answers a deploy takes, no ΔPPL limit, a suite that passes."""
+    return dict(windows=1, soak=10, max_ppl_increase=None, suite=_suite(tmp_path, PASSING_SUITE))
+
+
 def test_deploy_tiny_model_registers_it_with_its_report(tiny_llama, tmp_path):
     lines = []
     result = deploys.deploy(
         tiny_llama,
         name="tiny-int4",
         quantization={},
-        windows=1,
-        soak=10,
-        max_ppl_increase=None,
-        suite=_suite(tmp_path, PASSING_SUITE),
         echo=lines.append,
+        **_cheap(tmp_path),
     )
     entry = store.find("tiny-int4")
     assert entry.valid and str(entry.path) == result.cached_path
@@ -68,11 +70,8 @@ def test_deploy_a_base_model_validates_it_on_raw_completions(tiny_base_llama, tm
         tiny_base_llama,
         name="tiny-base",
         quantization={},
-        windows=1,
-        soak=10,
-        max_ppl_increase=None,
-        suite=_suite(tmp_path, PASSING_SUITE),
         echo=lines.append,
+        **_cheap(tmp_path),
     )
     entry = store.find("tiny-base")
     report = json.loads((entry.path / "deploy-report.json").read_text())
@@ -195,12 +194,9 @@ def test_deploy_builds_the_hqq_variant_from_the_fp32_export(tiny_llama, tmp_path
     result = deploys.deploy(
         tiny_llama,
         name="tiny-hqq",
-        windows=1,
-        soak=10,
         quantization="int4-hqq-b32-lm_head-fp32",
-        max_ppl_increase=None,
-        suite=_suite(tmp_path, PASSING_SUITE),
         echo=lambda line: None,
+        **_cheap(tmp_path),
     )
     entry = store.find("tiny-hqq")
     assert result.variant == "int4-hqq-b32-lm_head-fp32" and entry.inference_model.Name == "tiny-hqq"

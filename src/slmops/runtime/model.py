@@ -343,7 +343,7 @@ class Conversation:
         if self.generator is not None:
             held = list(self.generator.get_sequence(0))
             # The last token held was generated but not yet read by the model: read it again.
-            keep = min(_common_prefix(held, ids), len(held) - 1, len(ids) - 1)
+            keep = min(common_prefix(held, ids), len(held) - 1, len(ids) - 1)
             if keep > 0:
                 try:
                     self.generator.rewind_to(keep)
@@ -360,7 +360,8 @@ class Conversation:
         return self.generator
 
 
-def _common_prefix(first: list[int], second: list[int]) -> int:
+def common_prefix(first: list[int], second: list[int]) -> int:
+    """How many leading tokens two token lists share."""
     size = 0
     for left, right in zip(first, second):
         if left != right:
