@@ -87,6 +87,20 @@ def bench() -> None:
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), help="Write a Markdown report.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG chart.")
 @click.option("--title", help="Title of the Markdown report.")
+@click.option(
+    "--scenario",
+    "scenario_names",
+    multiple=True,
+    metavar="NAME",
+    help="Run a scenario of real use instead of the sweep (repeatable): multi-turn, system-prompt, burst, "
+    "grounded, chat or all. --reps sets its rounds (default 3), --output-lengths its answers' tokens.",
+)
+@click.option(
+    "--llama-server",
+    type=click.Path(exists=True, dir_okay=False),
+    help="With --scenario: also serve --gguf with this llama-server binary, measured in the same run.",
+)
+@click.option("--gguf", type=click.Path(exists=True, dir_okay=False), help="The GGUF --llama-server serves.")
 def run_command(
     models,
     url,
@@ -113,9 +127,24 @@ def run_command(
     markdown_path,
     plot_path,
     title,
+    scenario_names,
+    llama_server,
+    gguf,
 ) -> None:
     """Measure MODELS (cached names or model folders; several, e.g. precisions, side by side)
-    and/or a --url server."""
+    and/or a --url server; or run one MODEL through --scenario NAME."""
+    if scenario_names:
+        if len(models) != 1 or url or raw or llama_cpp:
+            raise UsageError(
+                "--scenario runs one MODEL (a cached name or a model folder), without --url, --raw or --llama-cpp."
+            )
+        spec = _scenario_spec(
+            models[0], scenario_names, reps, threads, output_lengths, no_speculative, llama_server, gguf
+        )
+        _run_scenarios(spec, json_path, markdown_path, plot_path)
+        return
+    if llama_server or gguf:
+        raise UsageError("--llama-server and --gguf go with --scenario.")
     from slmops.bench.benchmark import TargetSpec, benchmark, write_outputs
     from slmops.bench.runner import Sweep
     from slmops.bench.stats import Goodput
@@ -153,6 +182,31 @@ def run_command(
         lambda on_case: benchmark(spec, sweep, prompts, not no_roofline, on_case, refresh_bandwidth), len(sweep.cases())
     )
     for path in write_outputs(document, json_path, markdown_path, plot_path, title):
+        click.echo(f"Wrote {path}")
+
+
+def _scenario_spec(model, names, reps, threads, output_lengths, no_speculative, llama_server, gguf):
+    from slmops.bench.scenario_run import DEFAULT_ROUNDS, ScenarioSpec
+
+    spec = ScenarioSpec(
+        model=model,
+        scenarios=tuple(names),
+        rounds=DEFAULT_ROUNDS if reps is None else reps,
+        threads=threads,
+        max_tokens=_ints(output_lengths, "--output-lengths", 2)[0],
+        speculative=not no_speculative,
+        llama_server=llama_server,
+        gguf=gguf,
+    )
+    spec.check()
+    return spec
+
+
+def _run_scenarios(spec, json_path, markdown_path, plot_path) -> None:
+    from slmops.bench import scenario_report
+
+    document = scenario_report.run_live(spec)
+    for path in scenario_report.write(document, json_path, markdown_path, plot_path):
         click.echo(f"Wrote {path}")
 
 
