@@ -9,7 +9,7 @@ the same folder, one with `--no-speculative`, each with 4 rows; inside every rou
 scenario asks both, in an order shuffled per round, so load from other processes hits both
 alike. Scenarios (greedy answers, streamed):
 
-- 1 stream: each of the four input-grounded tasks of ``benchmarks/speculative.py`` (copy,
+- 1 stream: each of the four input-grounded tasks of ``slmops.bench.scenarios`` (copy,
   rewrite with corrections, extract to JSON, change one function) and the open chats, alone;
 - 4 streams: the four grounded tasks at once, and four open chats at once.
 
@@ -40,9 +40,10 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from slmops.bench.scenarios import TASKS  # noqa: E402
 from slmops.machine import describe_cpu  # noqa: E402
-from slmops.server.process import ServerProcess  # noqa: E402
-from speculative import TASKS, model_folder  # noqa: E402
+from slmops.serverprocess import ServerProcess  # noqa: E402
+from speculative import model_folder  # noqa: E402
 
 THREADS = 2
 ROWS = 4

@@ -13,7 +13,8 @@ the grounded tasks run without a repetition penalty (it would push a copy away f
 source), the open chats with the model's own (SmolLM2's 1.1: without it, a greedy 135M model
 soon repeats itself, which would make its answers copy after all).
 
-Tasks: four grounded in their input (copy a passage; rewrite a ~300-word passage with its
+Tasks (defined in ``slmops.bench.scenarios``, which `slmops bench --scenario grounded|chat` runs
+too, with fewer rounds and shorter answers): four grounded in their input (copy a passage; rewrite a ~300-word passage with its
 spelling mistakes corrected; extract 8 fields of a document to JSON; change one function of
 a 60-line Python file and give the whole file back) and two open chats. Reported per task:
 median decode tokens/s (after the first token, as ``decode_tokens_per_s`` counts) of each
@@ -47,111 +48,9 @@ from pathlib import Path
 
 import slmops
 import slmops.runtime
+from slmops.bench.scenarios import TARGETS, TASKS
 from slmops.machine import describe_cpu
 from slmops.runtime.model import common_prefix
-
-PASSAGE = (
-    "The lighthouse at Carrow Point was built in 1868 to guide fishing boats past the reef that "
-    "lies half a mile off the northern shore. For almost a century its keepers lived in the small "
-    "stone cottage beside the tower, climbing the one hundred and twelve steps every evening to "
-    "light the lamp and every morning to put it out. The first keeper, Thomas Reid, kept a diary "
-    "that still survives. In it he wrote about storms that lasted for days, about ships that "
-    "came too close to the rocks, and about the long quiet winters when no boat went out at all. "
-    "In 1954 the lamp was replaced by an electric light that switched itself on at dusk, and the "
-    "last keeper left the cottage the following spring. Today the tower belongs to a local trust. "
-    "Volunteers open it to visitors on summer weekends, and from the gallery at the top you can "
-    "see the whole bay, the reef, and on a clear day the hills on the far side of the water. "
-    "The cottage has become a small museum. It holds the keepers' logbooks, a brass telescope, "
-    "photographs of the old lamp, and a model of the schooner Margaret, which ran onto the reef "
-    "in 1871 when fog hid the light. All eleven of her crew were saved by men who rowed out "
-    "from the village in two small boats, and their names are written on a board by the door."
-)
-MISSPELT = (
-    PASSAGE.replace("guide", "giude")
-    .replace("century", "centery")
-    .replace("climbing", "climing")
-    .replace("survives", "survive")
-    .replace("storms", "stroms")
-    .replace("quiet", "quite")
-    .replace("replaced", "replased")
-    .replace("Volunteers", "Volunters")
-    .replace("visitors", "visiters")
-    .replace("photographs", "fotographs")
-    .replace("which ran", "which run")
-    .replace("their names", "there names")
-)
-DOCUMENT = (
-    "From: Harbour Supplies Ltd, 14 Quay Street, Port Ellen\n"
-    "To: Carrow Point Lighthouse Trust\n"
-    "Date: 3 March 2025\n\n"
-    "INVOICE No. HS-20931\n\n"
-    "Dear Ms Alison Grant,\n\n"
-    "Thank you for your order of 20 February. Please find below the details of the goods we "
-    "delivered to the lighthouse cottage on 27 February: two replacement window frames in "
-    "painted oak, forty litres of weatherproof paint (white), and one brass door handle. The "
-    "total due is 1,482.50 GBP including VAT. Payment is due within 30 days, by 2 April 2025, "
-    "to account number 40-22-18 31926604. Our contact for this order is David Munro, telephone "
-    "01496 302 118.\n\nKind regards,\nHarbour Supplies Ltd"
-)
-FIELDS = "supplier, customer, contact_person, invoice_number, invoice_date, delivery_date, total_amount, due_date"
-
-
-def code_file() -> str:
-    functions = []
-    for index, (name, body) in enumerate(
-        [
-            ("parse_line", "    key, _, value = line.partition('=')\n    return key.strip(), value.strip()"),
-            (
-                "read_config",
-                "    with open(path, encoding='utf-8') as handle:\n        return dict(parse_line(line) for line in handle if line.strip())",
-            ),
-            (
-                "total_price",
-                "    total = 0\n    for item in items:\n        total += item['price'] * item['count']\n    return total",
-            ),
-            ("average", "    if not values:\n        return 0.0\n    return sum(values) / len(values)"),
-            (
-                "slugify",
-                "    words = text.lower().split()\n    return '-'.join(word.strip('.,;:!?') for word in words)",
-            ),
-            (
-                "largest",
-                "    best = None\n    for value in values:\n        if best is None or value > best:\n            best = value\n    return best",
-            ),
-            (
-                "count_words",
-                "    counts = {}\n    for word in text.split():\n        counts[word] = counts.get(word, 0) + 1\n    return counts",
-            ),
-            (
-                "clamp",
-                "    if value < low:\n        return low\n    if value > high:\n        return high\n    return value",
-            ),
-        ]
-    ):
-        argument = ["line", "path", "items", "values", "text", "values", "text", "value, low, high"][index]
-        functions.append(f'def {name}({argument}):\n    """{name.replace("_", " ").capitalize()}."""\n{body}\n')
-    return "import os\nimport sys\n\n\n" + "\n\n".join(functions)
-
-
-TASKS = {
-    "copy": ("grounded", f"Repeat the following passage exactly, word for word:\n\n{PASSAGE}"),
-    "rewrite": (
-        "grounded",
-        f"Rewrite this passage with its spelling mistakes corrected. Change nothing else.\n\n{MISSPELT}",
-    ),
-    "extract": (
-        "grounded",
-        f"Extract these fields from the document as a JSON object: {FIELDS}.\n\n{DOCUMENT}",
-    ),
-    "code": (
-        "grounded",
-        "Change the function `average` so that it returns None for an empty list. Reply with the whole "
-        f"file.\n\n```python\n{code_file()}```",
-    ),
-    "chat-story": ("open", "Write a short story about a cat who learns to sail."),
-    "chat-explain": ("open", "Explain how a refrigerator keeps food cold, for a ten-year-old."),
-}
-TARGETS = {"grounded": 1.8, "open": 0.97}
 
 
 def model_folder(name: str | None, workdir: Path) -> str:
