@@ -38,6 +38,8 @@ def bench() -> None:
     \b
       slmops bench MODEL... [OPTIONS]        measure cached models or model folders
       slmops bench --url URL [OPTIONS]       measure any OpenAI-compatible server
+      slmops bench MODEL --scenario NAME     a scenario of real use (multi-turn, system-prompt,
+                                             burst, grounded, chat, all): ratios beside targets
       slmops bench compare A.json B.json     compare two saved results
 
     See `slmops bench run --help` for the options of a run.
