@@ -102,3 +102,14 @@ def test_llama_server_without_a_gguf_or_without_a_scenario_is_refused(tiny_onnx,
             main(["bench", str(tiny_onnx), *args])
         error = capsys.readouterr().err.strip()
         assert error.count("\n") == 0 and "--llama-server" in error
+
+
+@pytest.mark.slow
+def test_smollm2_reuses_the_conversation_and_drafts_from_the_passage(smollm2_int4):
+    spec = ScenarioSpec(str(smollm2_int4), ("multi-turn", "grounded"), rounds=1, threads=2, max_tokens=48)
+    document = run_scenarios(spec)
+    turn = document["scenarios"]["multi-turn"]["figures"]["slmops serve"]
+    assert 800 <= turn["next turn prompt tokens"] <= 1400  # sized in SmolLM2's tokens: ~1,000 and a turn
+    assert turn["next turn cached tokens"] >= 0.8 * turn["next turn prompt tokens"]
+    copy = document["scenarios"]["grounded"]["figures"]["copy"]
+    assert copy["accepted tokens"] > 0 and copy["completion tokens"] == 48
