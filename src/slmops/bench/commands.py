@@ -103,6 +103,11 @@ def bench() -> None:
     help="With --scenario: also serve --gguf with this llama-server binary, measured in the same run.",
 )
 @click.option("--gguf", type=click.Path(exists=True, dir_okay=False), help="The GGUF --llama-server serves.")
+@click.option(
+    "--llama-threads",
+    type=click.IntRange(min=1),
+    help="llama-server's -t [default: --threads]; on a loaded CPU fewer may run faster.",
+)
 def run_command(
     models,
     url,
@@ -132,6 +137,7 @@ def run_command(
     scenario_names,
     llama_server,
     gguf,
+    llama_threads,
 ) -> None:
     """Measure MODELS (cached names or model folders; several, e.g. precisions, side by side)
     and/or a --url server; or run one MODEL through --scenario NAME."""
@@ -141,12 +147,20 @@ def run_command(
                 "--scenario runs one MODEL (a cached name or a model folder), without --url, --raw or --llama-cpp."
             )
         spec = _scenario_spec(
-            models[0], scenario_names, reps, threads, output_lengths, no_speculative, llama_server, gguf
+            models[0],
+            scenario_names,
+            reps,
+            output_lengths,
+            threads=threads,
+            speculative=not no_speculative,
+            llama_server=llama_server,
+            gguf=gguf,
+            llama_threads=llama_threads,
         )
         _run_scenarios(spec, json_path, markdown_path, plot_path)
         return
-    if llama_server or gguf:
-        raise UsageError("--llama-server and --gguf go with --scenario.")
+    if llama_server or gguf or llama_threads:
+        raise UsageError("--llama-server, --gguf and --llama-threads go with --scenario.")
     from slmops.bench.benchmark import TargetSpec, benchmark, write_outputs
     from slmops.bench.runner import Sweep
     from slmops.bench.stats import Goodput
@@ -187,19 +201,12 @@ def run_command(
         click.echo(f"Wrote {path}")
 
 
-def _scenario_spec(model, names, reps, threads, output_lengths, no_speculative, llama_server, gguf):
+def _scenario_spec(model, names, reps, output_lengths, **options):
     from slmops.bench.scenario_run import DEFAULT_ROUNDS, ScenarioSpec
 
-    spec = ScenarioSpec(
-        model=model,
-        scenarios=tuple(names),
-        rounds=DEFAULT_ROUNDS if reps is None else reps,
-        threads=threads,
-        max_tokens=_ints(output_lengths, "--output-lengths", 2)[0],
-        speculative=not no_speculative,
-        llama_server=llama_server,
-        gguf=gguf,
-    )
+    rounds = DEFAULT_ROUNDS if reps is None else reps
+    max_tokens = _ints(output_lengths, "--output-lengths", 2)[0]
+    spec = ScenarioSpec(model, tuple(names), rounds, max_tokens=max_tokens, **options)
     spec.check()
     return spec
 

@@ -53,6 +53,8 @@ class ScenarioSpec:
         speculative: whether `slmops serve` drafts by prompt lookup in the serving scenarios.
         llama_server: a llama-server binary measured beside `slmops serve`, or None.
         gguf: the GGUF llama-server serves (the model's source).
+        llama_threads: llama-server's threads (None: ``threads``); llama.cpp's threads wait for
+            each other at every graph node, so on a loaded CPU fewer may run faster.
     """
 
     model: str
@@ -63,6 +65,7 @@ class ScenarioSpec:
     speculative: bool = True
     llama_server: str | None = None
     gguf: str | None = None
+    llama_threads: int | None = None
 
     def names(self) -> list[str]:
         try:
@@ -162,7 +165,13 @@ def run_scenarios(spec: ScenarioSpec, callbacks: Callbacks | None = None) -> dic
     if serving:
         callbacks.status("starting the servers")
         settings = scenario_serve.ServeSettings(
-            folder.path, threads, spec.speculative, spec.llama_server, _path(spec.gguf), folder.context_length
+            folder.path,
+            threads,
+            spec.speculative,
+            spec.llama_server,
+            _path(spec.gguf),
+            folder.context_length,
+            spec.llama_threads,
         )
         contenders = scenario_serve.run_serving(settings, serving, spec.rounds, callbacks.step)
         _add_serving(outcome, contenders, serving)
@@ -246,6 +255,7 @@ def _document(spec: ScenarioSpec, model: str, threads: int, names: list[str], ou
             "speculative": spec.speculative,
             "llama_server": spec.llama_server,
             "gguf": Path(spec.gguf).name if spec.gguf else None,
+            "llama_threads": (spec.llama_threads or threads) if spec.llama_server else None,
         },
         "scenarios": {
             name: {

@@ -198,6 +198,7 @@ class ServeSettings:
         llama_server: a llama-server binary to measure beside it, or None.
         gguf: the GGUF llama-server serves.
         context: tokens each of the 8 rows (llama-server slots) holds.
+        llama_threads: llama-server's ``-t`` (None: ``threads``).
     """
 
     folder: Path
@@ -206,6 +207,7 @@ class ServeSettings:
     llama_server: str | None = None
     gguf: Path | None = None
     context: int = 2048
+    llama_threads: int | None = None
 
 
 def start_servers(settings: ServeSettings, home: Path) -> list[Contender]:
@@ -217,8 +219,8 @@ def start_servers(settings: ServeSettings, home: Path) -> list[Contender]:
     contenders = [Contender("slmops serve", ServerProcess(command, home / "serve.log", env, "slmops serve"))]
     if settings.llama_server and settings.gguf:
         llama = [settings.llama_server, "-m", str(settings.gguf), "--parallel", str(scenarios.STREAMS)]
-        llama += ["-c", str(scenarios.STREAMS * settings.context), "-t", str(settings.threads)]
-        llama += ["-tb", str(settings.threads)]
+        threads = str(settings.llama_threads or settings.threads)
+        llama += ["-c", str(scenarios.STREAMS * settings.context), "-t", threads, "-tb", threads]
         log = home / "llama-server.log"
         contenders.append(Contender("llama-server", ServerProcess(llama, log, label="llama-server")))
     return contenders
