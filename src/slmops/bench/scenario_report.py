@@ -129,6 +129,8 @@ def run_live(spec) -> dict:
     def step(text: str) -> None:
         progress.update(task, description=text, completed=done[0])
         done[0] += 1
+        if not console.is_terminal:  # a log file gets a line per step instead of a redrawn bar
+            console.print(f"[{done[0]}/{progress.tasks[0].total:.0f}] {text}")
 
     def show(ratios: list) -> None:
         for ratio in ratios:
