@@ -210,20 +210,20 @@ class ServeSettings:
     llama_threads: int | None = None
 
 
-def start_servers(settings: ServeSettings, home: Path) -> list[Contender]:
-    """`slmops serve` (SLMOPS_HOME ``home``), and llama-server when asked; not yet ready."""
+def start_servers(settings: ServeSettings, home: Path, contenders: list[Contender]) -> None:
+    """Start `slmops serve` (SLMOPS_HOME ``home``), and llama-server when asked, into ``contenders``
+    (so that the caller stops the first when the second fails to start); not yet ready."""
     env = dict(os.environ, SLMOPS_HOME=str(home), PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "slmops", "serve", str(settings.folder), "--log-level", "warning"]
     command += ["--parallel", str(scenarios.STREAMS), "--threads", str(settings.threads)]
     command += [] if settings.speculative else ["--no-speculative"]
-    contenders = [Contender("slmops serve", ServerProcess(command, home / "serve.log", env, "slmops serve"))]
+    contenders.append(Contender("slmops serve", ServerProcess(command, home / "serve.log", env, "slmops serve")))
     if settings.llama_server and settings.gguf:
         llama = [settings.llama_server, "-m", str(settings.gguf), "--parallel", str(scenarios.STREAMS)]
         threads = str(settings.llama_threads or settings.threads)
         llama += ["-c", str(scenarios.STREAMS * settings.context), "-t", threads, "-tb", threads]
         log = home / "llama-server.log"
         contenders.append(Contender("llama-server", ServerProcess(llama, log, label="llama-server")))
-    return contenders
 
 
 def ready(client: httpx.Client, contenders: list[Contender], timeout: float = 300.0) -> None:
@@ -260,9 +260,10 @@ def run_serving(
 ) -> list[Contender]:
     """Start the servers, run ``names`` for ``rounds`` interleaved rounds, stop them; their measurements."""
     sizes = sizes_for(settings.folder, settings.context)
+    contenders: list[Contender] = []
     with tempfile.TemporaryDirectory(prefix="slmops-bench-") as home:
-        contenders = start_servers(settings, Path(home))
         try:
+            start_servers(settings, Path(home), contenders)
             with httpx.Client(timeout=600, limits=httpx.Limits(max_connections=None)) as client:
                 ready(client, contenders)
                 for index in range(rounds):
