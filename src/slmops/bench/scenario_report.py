@@ -101,7 +101,8 @@ def markdown(document: dict) -> str:
         "",
         f"- CPU: {cpu_text(document['system'])}",
         f"- 1-minute load average: {load['before']:.2f} at the start, {load['after']:.2f} at the end",
-        f"- {settings['threads']} threads, {settings['rounds']} interleaved rounds, {document['created']}",
+        f"- {settings['threads']} threads, {settings['rounds']} interleaved rounds, {document['created']}"
+        + (f"; llama-server -t {settings['llama_threads']} on {settings['gguf']}" if settings["llama_server"] else ""),
         "",
         *markdown_rows(document),
     ]
