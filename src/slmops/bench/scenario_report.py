@@ -58,26 +58,20 @@ def markdown_rows(document: dict) -> list[str]:
 
 
 def plot(document: dict, path: str | Path) -> Path:
-    """Every measured ratio as a bar, its target as a mark: green where met, red where missed."""
+    """Every measured ratio as a bar with its target marked (green where met, red where missed) and,
+    for the serving scenarios, each server's times to first token."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     measured = [ratio for ratio in document["ratios"] if ratio["value"] is not None]
-    fig, axis = plt.subplots(figsize=(10, 0.45 * len(measured) + 1.8))
-    labels = [f"{r['scenario']}: {r['subject']}\n{r['numerator']} / {r['denominator']}" for r in measured]
-    positions = range(len(measured))
-    colours = ["tab:green" if ratio["met"] else "tab:red" for ratio in measured]
-    axis.barh(positions, [ratio["value"] for ratio in measured], color=colours, alpha=0.8)
-    axis.scatter([ratio["target"] for ratio in measured], positions, marker="|", s=400, color="black", label="target")
-    axis.set_yticks(list(positions), labels, fontsize="x-small")
-    axis.invert_yaxis()
-    axis.set_xscale("log")
-    axis.set_xlabel("ratio (log scale); the black mark is the target")
-    axis.grid(alpha=0.3, axis="x")
-    if measured:
-        axis.legend(fontsize="small")
+    times = _served_times(document)
+    rows = max(len(measured), len(times), 1)
+    fig, axes = plt.subplots(1, 2 if times else 1, figsize=(16 if times else 10, 0.45 * rows + 1.8), squeeze=False)
+    _plot_ratios(axes[0][0], measured)
+    if times:
+        _plot_times(axes[0][1], times)
     load = document["load_average"]
     fig.suptitle(
         f"slmops bench --scenario, {document['model']} — {cpu_label(document['system'])}, "
@@ -89,6 +83,45 @@ def plot(document: dict, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _plot_ratios(axis, measured: list[dict]) -> None:
+    labels = [f"{r['scenario']}: {r['subject']}\n{r['numerator']} / {r['denominator']}" for r in measured]
+    positions = list(range(len(measured)))
+    colours = ["tab:green" if ratio["met"] else "tab:red" for ratio in measured]
+    axis.barh(positions, [ratio["value"] for ratio in measured], color=colours, alpha=0.8)
+    axis.scatter([ratio["target"] for ratio in measured], positions, marker="|", s=400, color="black", label="target")
+    axis.set_yticks(positions, labels, fontsize="x-small")
+    axis.invert_yaxis()
+    axis.set_xscale("log")
+    axis.set_xlabel("ratio (log scale); the black mark is the target")
+    axis.grid(alpha=0.3, axis="x")
+    if measured:
+        axis.legend(fontsize="small")
+
+
+def _served_times(document: dict) -> list[tuple[str, float]]:
+    """(label, seconds) of every time figure of the serving scenarios, per server."""
+    times = []
+    for scenario, result in document["scenarios"].items():
+        for server, figures in result["figures"].items():
+            if server not in ("slmops serve", "llama-server"):
+                continue
+            times += [
+                (f"{scenario}: {server}\n{name}", value) for name, value in figures.items() if name.endswith(" s")
+            ]
+    return times
+
+
+def _plot_times(axis, times: list[tuple[str, float]]) -> None:
+    positions = list(range(len(times)))
+    colours = ["tab:blue" if "slmops serve" in label else "tab:orange" for label, _ in times]
+    axis.barh(positions, [value for _, value in times], color=colours, alpha=0.8)
+    axis.set_yticks(positions, [label for label, _ in times], fontsize="x-small")
+    axis.invert_yaxis()
+    axis.set_xscale("log")
+    axis.set_xlabel("time to first token, s (log scale)")
+    axis.grid(alpha=0.3, axis="x")
 
 
 def markdown(document: dict) -> str:
