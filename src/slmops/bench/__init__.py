@@ -11,6 +11,7 @@ throughput, goodput; see ``docs/bench.md``.
 from slmops.bench.benchmark import TargetSpec, benchmark, write_outputs
 from slmops.bench.compare import compare, load_result
 from slmops.bench.runner import BenchResult, CaseResult, Sweep
+from slmops.bench.scenario_run import ScenarioSpec, run_scenarios
 from slmops.bench.stats import Goodput, RequestRecord, summarize
 
 __all__ = [
@@ -18,11 +19,13 @@ __all__ = [
     "CaseResult",
     "Goodput",
     "RequestRecord",
+    "ScenarioSpec",
     "Sweep",
     "TargetSpec",
     "benchmark",
     "compare",
     "load_result",
+    "run_scenarios",
     "summarize",
     "write_outputs",
 ]
