@@ -41,6 +41,11 @@ NOT_ACROSS_REPLICAS = (
     "one replica of several, so it could not load or unload on all of them. Name the models when "
     "starting `slmops serve`, or let a completion load its model on the replica that answers it."
 )
+# Ray Serve hops between two event loops for every message of a streamed answer, in the
+# replica (user code in its own thread) and in the proxy (the router in its own loop); each hop
+# costs CPU per SSE chunk on the cores that decode. Both loops in one, as Ray's own
+# RAY_SERVE_THROUGHPUT_OPTIMIZED does, unless the user set them (benchmarks/serve_ray.py).
+ONE_LOOP = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 log = logging.getLogger("slmops.server")
 
 
@@ -52,6 +57,7 @@ class ClusterOptions:
     cpus_per_replica: float = 1.0  # Ray CPUs reserved per replica; also its onnxruntime threads
     min_replicas: int | None = None  # autoscaling bounds, on ongoing requests per replica
     max_replicas: int | None = None
+    scale_delay: float | None = None  # seconds of high (low) load before adding (removing) one
     ray_address: str | None = None  # "auto", "ray://HOST:10001"; None starts a local Ray
 
     def autoscaling(self) -> bool:
@@ -63,6 +69,8 @@ class ClusterOptions:
             raise UsageError("Give both --min-replicas and --max-replicas to autoscale.")
         if low is not None and high is not None and not 0 <= low <= high >= 1:
             raise UsageError(f"--min-replicas {low} and --max-replicas {high}: need 0 <= min <= max, max >= 1.")
+        if self.scale_delay is not None and not self.autoscaling():
+            raise UsageError("--scale-delay needs --min-replicas and --max-replicas.")
 
 
 # ---- the deployment ---------------------------------------------------------
@@ -103,9 +111,26 @@ def deployment_options(config: ServerConfig, options: ClusterOptions) -> dict:
             # A replica is busy once every batch row is taken: add one then.
             "target_ongoing_requests": config.parallel,
         }
+        if options.scale_delay is not None:
+            settings["autoscaling_config"].update(_scale_timing(options.scale_delay))
     else:
         settings["num_replicas"] = options.replicas
     return settings
+
+
+def _scale_timing(delay: float) -> dict:
+    """Ray Serve's autoscaling timing for a decision after ``delay`` seconds of load.
+
+    Ray averages the ongoing requests over a look-back window (30 s) from points pushed every
+    10 s, then waits its delays (30 s up, 600 s down): a short delay needs a short window and
+    frequent points too, or the average would still remember the load before.
+    """
+    return {
+        "upscale_delay_s": delay,
+        "downscale_delay_s": delay,
+        "look_back_period_s": min(30.0, delay),
+        "metrics_interval_s": min(10.0, delay / 2),
+    }
 
 
 class Replica:
@@ -144,8 +169,19 @@ def check_models(models: Sequence[str]) -> None:
         try:
             registry.add_folder(Path(item)) if looks_like_path(item) else registry.locate(item)
         except SlmopsError as exc:
-            node = f"{socket.gethostname()} ({_node_ip()})"
-            raise ModelMissingOnNode(f"Node {node} has no model {item!r}: {exc}") from None
+            raise ModelMissingOnNode(f"Node {describe_node()} has no model {item!r}: {exc}") from None
+
+
+def describe_node() -> str:
+    """This node as a person finds it: host name, address and, inside Ray, its node id.
+
+    Several Ray nodes can share a host (containers, a test cluster): the id tells them apart.
+    """
+    where = [_node_ip()]
+    node_id = _ray_node_id()
+    if node_id:
+        where.append(f"Ray node {node_id}")
+    return f"{socket.gethostname()} ({', '.join(where)})"
 
 
 def _node_ip() -> str:
@@ -155,6 +191,15 @@ def _node_ip() -> str:
         return ray.util.get_node_ip_address()
     except Exception:  # outside Ray, or no address yet: the host name says enough
         return "local"
+
+
+def _ray_node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()[:12] if ray.is_initialized() else ""
+    except Exception:  # outside Ray: no node id to give
+        return ""
 
 
 def build(args: dict):
@@ -204,8 +249,9 @@ def _replace_management(app, replica: str) -> None:
 
     async def named_metrics(request: Request):
         text = (await metrics(request)).body.decode()
-        node = socket.gethostname()
-        info = f'# TYPE slmops_replica_info gauge\nslmops_replica_info{{replica="{replica}",node="{node}"}} 1\n'
+        node, node_id = socket.gethostname(), _ray_node_id()
+        labels = f'replica="{replica}",node="{node}",node_id="{node_id}"'
+        info = f"# TYPE slmops_replica_info gauge\nslmops_replica_info{{{labels}}} 1\n"
         return PlainTextResponse(text + info, media_type="text/plain; version=0.0.4")
 
     for path in MANAGEMENT_PATHS:
@@ -255,6 +301,7 @@ def serve_on_ray(
     max_replicas: int | None,
     ray_address: str | None,
     ray_config: str | None,
+    scale_delay: float | None = None,
 ) -> None:
     """Write the Ray Serve config file (``ray_config``) or serve on Ray until SIGTERM."""
     if replicas is not None and (min_replicas is not None or max_replicas is not None):
@@ -264,6 +311,7 @@ def serve_on_ray(
         cpus_per_replica=cpus_per_replica or 1.0,
         min_replicas=min_replicas,
         max_replicas=max_replicas,
+        scale_delay=scale_delay,
         ray_address=ray_address,
     )
     if ray_config:
@@ -305,6 +353,9 @@ def serve(
         with bind(host, port) as probe:
             port = probe.getsockname()[1]
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    if local:  # its workers inherit this environment; a cluster's proxies keep their own
+        for name, value in ONE_LOOP.items():
+            os.environ.setdefault(name, value)
     temp_dir = tempfile.mkdtemp(prefix="slmops-ray-") if local else None
     if temp_dir:
         _local_token(Path(temp_dir))  # before Ray is imported: it reads its auth settings once
@@ -400,10 +451,32 @@ def _deploy(models, host: str, port: int, config: ServerConfig, options: Cluster
     if config.api_key:
         args["config"]["api_key"] = config.api_key
     app = _application(args, deployment_options(config, options))
+    target = serve.RunTarget(app, name=APP_NAME, route_prefix="/")
     try:
-        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run_many([target], wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+        _wait_running()
     except RuntimeError as exc:
         raise ServiceError(_deploy_failure(f"{exc}\n{_deployment_message()}")) from None
+
+
+def _wait_running() -> None:
+    """Return once the application runs; raise RuntimeError when it failed or a node lacks a model.
+
+    Ray Serve retries a replica that fails to start forever once another replica of the
+    deployment has started: a node without the model (the others have it) would never fail
+    the deployment, so its replica's message is watched too.
+    """
+    from ray import serve
+
+    while True:
+        application = serve.status().applications.get(APP_NAME)
+        status = str(application.status) if application else "NOT_STARTED"
+        if status.endswith("RUNNING"):
+            return
+        message = _deployment_message()
+        if status.endswith(("DEPLOY_FAILED", "UNHEALTHY")) or ModelMissingOnNode.__name__ in message:
+            raise RuntimeError(f"Ray Serve could not start {APP_NAME} ({status})")
+        time.sleep(0.5)
 
 
 def _deployment_message() -> str:
@@ -413,7 +486,7 @@ def _deployment_message() -> str:
     try:
         application = serve.status().applications.get(APP_NAME)
         deployment = application.deployments.get(DEPLOYMENT) if application else None
-        return deployment.message if deployment else ""
+        return (deployment.message if deployment else "") or ""
     except Exception:  # the status is a courtesy: the error above stands without it
         return ""
 
