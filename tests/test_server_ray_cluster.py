@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,9 +91,9 @@ TWO_NODES = """
 import json, os, sys
 from ray.cluster_utils import Cluster
 
-homes = sys.argv[2:4]
+homes = sys.argv[1:3]
 cluster = Cluster()
-head = dict(num_cpus=1, node_ip_address="127.0.0.1", include_dashboard=False, temp_dir=sys.argv[1])
+head = dict(num_cpus=1, node_ip_address="127.0.0.1", include_dashboard=False)
 a = cluster.add_node(**head, env_vars={"SLMOPS_HOME": homes[0]})
 b = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", env_vars={"SLMOPS_HOME": homes[1]})
 cluster.wait_for_nodes()
@@ -101,14 +103,23 @@ cluster.shutdown()
 """
 
 
+# Ray turns 127.0.0.1 in an address into the machine's address unless it thinks the machine
+# is no cluster (its default on macOS and Windows): the nodes listen on loopback only.
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
 class TwoNodes:
     """A Ray cluster of two 1-CPU nodes on this machine, each with its own SLMOPS_HOME."""
 
     def __init__(self, homes: tuple[Path, Path]) -> None:
         self.before = ray_processes()
         self.temp = tempfile.mkdtemp(prefix="slmops-ray-")  # short: Ray's sockets live there
-        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-        command = [sys.executable, "-c", TWO_NODES, self.temp, *map(str, homes)]
+        # Ray keeps its files, and the address of the "current" cluster, under RAY_TMPDIR
+        token = Path(self.temp) / "auth_token"  # the cluster's token, never ~/.ray's
+        token.write_text(secrets.token_hex(32))
+        self.env = {**LOOPBACK, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+        env = dict(os.environ, **self.env, RAY_TMPDIR=self.temp)
+        command = [sys.executable, "-c", TWO_NODES, *map(str, homes)]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
@@ -127,12 +138,16 @@ class TwoNodes:
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise
+        finally:
+            shutil.rmtree(self.temp, ignore_errors=True)
 
 
 def serve_on(nodes: TwoNodes, home: Path, *args: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "slmops", "serve", *args, "--ray-address", nodes.address, "--log-level", "warning"]
     log = open(home / "serve.log", "wb")  # noqa: SIM115 - the child writes it until it ends
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, SLMOPS_HOME=str(home)))
+    return subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **nodes.env, SLMOPS_HOME=str(home))
+    )
 
 
 @pytest.mark.slow

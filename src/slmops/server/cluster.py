@@ -428,7 +428,11 @@ def _start_ray(options: ClusterOptions, temp_dir: str | None, log_level: str):
 
     quiet = log_level in ("critical", "error", "warning")
     if temp_dir is None:
-        return ray.init(address=options.ray_address, log_to_driver=not quiet, logging_level=logging.WARNING)
+        try:
+            return ray.init(address=options.ray_address, log_to_driver=not quiet, logging_level=logging.WARNING)
+        except Exception as exc:  # Ray's own error types vary with what failed: keep its first line
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ServiceError(f"Could not join the Ray cluster at {options.ray_address}: {reason}") from None
     from slmops.server.process import free_port
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -500,8 +504,11 @@ def _deploy_failure(text: str) -> str:
 
 
 def _stop(local: bool) -> None:
+    import ray
     from ray import serve
 
+    if not ray.is_initialized():  # never connected: Serve's calls would start a Ray of their own
+        return
     try:
         # The proxy stays up while the replicas finish their answers in flight (--grace).
         serve.delete(APP_NAME)
