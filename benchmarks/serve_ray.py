@@ -15,10 +15,10 @@ by slmops bench's own load generator (its --url target). The figures are medians
 rounds of the aggregate tokens/s; the JSON holds every value, the CPU and the load average.
 
 ``--set proxy`` measures what the proxy costs instead: plain `slmops serve` twice (the two
-plain servers differ only by the machine's noise), Ray 1 x 2 as `slmops serve` runs it,
-Ray 1 x 2 with Ray Serve's default of a second event loop in the replica and in the proxy, and
-Ray 1 x 2 with the proxy talking gRPC to the replica. Besides tokens/s, it reads the CPU time
-every server spent per token (its whole process tree), which the machine's load hardly moves.
+plain servers differ only by the machine's noise), Ray 1 x 2 as `slmops serve` runs it (gRPC
+from proxy to replica, one event loop each), and Ray 1 x 2 with Ray Serve's defaults. Besides
+tokens/s, it reads the CPU time every server spent per token (its whole process tree), which
+the machine's load moves far less.
 """
 
 from __future__ import annotations
@@ -44,10 +44,8 @@ STREAMS = (1, 8, 16)
 # Every contender admits 16 rows at once: the streams never queue behind --parallel.
 PARALLEL = ("--parallel", "16")
 RAY_1X2 = ("--replicas", "1", "--cpus-per-replica", "2", "--threads", "2")
-# Ray Serve's own default of a second event loop in the replica and in the proxy, which
-# `slmops serve --replicas` turns off; and its gRPC transport from proxy to replica.
-TWO_LOOPS = {name: "1" for name in cluster.ONE_LOOP}
-GRPC = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
+# Ray Serve's own defaults for the switches `slmops serve --replicas` flips on a local Ray.
+RAY_DEFAULTS = {name: "0" if value == "1" else "1" for name, value in cluster.PROXY_SETTINGS.items()}
 CONTENDERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "plain": (("--threads", "2"), {}),
     "ray 1x2": (RAY_1X2, {}),
@@ -57,8 +55,7 @@ PROXY_CONTENDERS = {
     "plain": (("--threads", "2"), {}),
     "plain again": (("--threads", "2"), {}),
     "ray 1x2": (RAY_1X2, {}),
-    "ray 1x2 two loops": (RAY_1X2, TWO_LOOPS),
-    "ray 1x2 grpc": (RAY_1X2, GRPC),
+    "ray 1x2 Ray defaults": (RAY_1X2, RAY_DEFAULTS),
 }
 
 
@@ -147,7 +144,7 @@ def proxy_ratios(medians: dict[str, float], stream_counts: tuple[int, ...]) -> d
     out = {}
     for streams in stream_counts:
         plain = medians[label("plain", streams)]
-        for contender in ("plain again", "ray 1x2", "ray 1x2 two loops", "ray 1x2 grpc"):
+        for contender in ("plain again", "ray 1x2", "ray 1x2 Ray defaults"):
             out[f"{contender} / plain, {streams} streams"] = medians[label(contender, streams)] / plain
     return out
 
