@@ -136,7 +136,7 @@ def ray_options(function):
         click.option(
             "--scale-delay",
             type=click.FloatRange(min=0.5),
-            help="Autoscale after the load stayed above or below target this long [default: 30 s up, 600 s down].",
+            help="Autoscale once the load stayed above or below target this many seconds [default: 30 up, 600 down].",
         ),
         click.option(
             "--ray-address",
