@@ -15,10 +15,10 @@ by slmops bench's own load generator (its --url target). The figures are medians
 rounds of the aggregate tokens/s; the JSON holds every value, the CPU and the load average.
 
 ``--set proxy`` measures what the proxy costs instead: plain `slmops serve` twice (the two
-plain servers differ only by the machine's noise), Ray 1 x 2 as `slmops serve` runs it (gRPC
-from proxy to replica, one event loop each), and Ray 1 x 2 with Ray Serve's defaults. Besides
-tokens/s, it reads the CPU time every server spent per token (its whole process tree), which
-the machine's load moves far less.
+plain servers differ only by the machine's noise), and Ray 1 x 2 with Ray Serve's defaults (as
+`slmops serve --replicas` runs it), with gRPC from proxy to replica, and with gRPC and one
+event loop in the replica and in the proxy. Besides tokens/s, it reads the CPU time every
+server spent per token (its whole process tree), which the machine's load moves far less.
 """
 
 from __future__ import annotations
@@ -37,15 +37,23 @@ from slmops.bench.targets import Prompt, UrlTarget
 from slmops.cache.resolver import resolve
 from slmops.convert import embedded_model
 from slmops.machine import describe_cpu
-from slmops.server import cluster
 from slmops.server.process import ServerProcess
 
 STREAMS = (1, 8, 16)
 # Every contender admits 16 rows at once: the streams never queue behind --parallel.
 PARALLEL = ("--parallel", "16")
 RAY_1X2 = ("--replicas", "1", "--cpus-per-replica", "2", "--threads", "2")
-# Ray Serve's own defaults for the switches `slmops serve --replicas` flips on a local Ray.
-RAY_DEFAULTS = {name: "0" if value == "1" else "1" for name, value in cluster.PROXY_SETTINGS.items()}
+# Ray Serve's switches for how an SSE chunk crosses from the replica to the proxy: by gRPC
+# rather than as an item of a Ray streaming generator, and with one event loop in the replica
+# and in the proxy rather than two (user code and router each in a loop of their own).
+# `slmops serve --replicas` leaves Ray's defaults (RAY_DEFAULTS): measured, neither switch
+# made the whole server cheaper per token.
+GRPC_ONE_LOOP = {
+    "RAY_SERVE_PROXY_USE_GRPC": "1",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+}
+RAY_DEFAULTS = {name: "0" if value == "1" else "1" for name, value in GRPC_ONE_LOOP.items()}
 CONTENDERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "plain": (("--threads", "2"), {}),
     "ray 1x2": (RAY_1X2, {}),
@@ -54,8 +62,9 @@ CONTENDERS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
 PROXY_CONTENDERS = {
     "plain": (("--threads", "2"), {}),
     "plain again": (("--threads", "2"), {}),
-    "ray 1x2": (RAY_1X2, {}),
     "ray 1x2 Ray defaults": (RAY_1X2, RAY_DEFAULTS),
+    "ray 1x2 gRPC": (RAY_1X2, {**RAY_DEFAULTS, "RAY_SERVE_PROXY_USE_GRPC": "1"}),
+    "ray 1x2 gRPC one loop": (RAY_1X2, GRPC_ONE_LOOP),
 }
 
 
@@ -144,8 +153,9 @@ def proxy_ratios(medians: dict[str, float], stream_counts: tuple[int, ...]) -> d
     out = {}
     for streams in stream_counts:
         plain = medians[label("plain", streams)]
-        for contender in ("plain again", "ray 1x2", "ray 1x2 Ray defaults"):
-            out[f"{contender} / plain, {streams} streams"] = medians[label(contender, streams)] / plain
+        for contender in PROXY_CONTENDERS:
+            if contender != "plain":
+                out[f"{contender} / plain, {streams} streams"] = medians[label(contender, streams)] / plain
     return out
 
 

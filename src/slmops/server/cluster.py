@@ -41,17 +41,6 @@ NOT_ACROSS_REPLICAS = (
     "one replica of several, so it could not load or unload on all of them. Name the models when "
     "starting `slmops serve`, or let a completion load its model on the replica that answers it."
 )
-# Every SSE chunk of a streamed answer crosses from the replica to Ray's HTTP proxy, on the
-# cores that decode. Ray Serve's defaults pass it as an item of a Ray streaming generator and
-# hop between two event loops on each side (user code in its own thread in the replica, the
-# router in its own loop in the proxy); its gRPC transport from proxy to replica costs the
-# proxy ~40% less CPU per chunk (benchmarks/serve_ray.py --set proxy). A local Ray gets these
-# unless the user set them; a cluster's proxies keep the environment they started with.
-PROXY_SETTINGS = {
-    "RAY_SERVE_PROXY_USE_GRPC": "1",
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-}
 log = logging.getLogger("slmops.server")
 
 
@@ -359,9 +348,6 @@ def serve(
         with bind(host, port) as probe:
             port = probe.getsockname()[1]
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    if local:  # its workers inherit this environment; a cluster's proxies keep their own
-        for name, value in PROXY_SETTINGS.items():
-            os.environ.setdefault(name, value)
     temp_dir = tempfile.mkdtemp(prefix="slmops-ray-") if local else None
     if temp_dir:
         _local_token(Path(temp_dir))  # before Ray is imported: it reads its auth settings once
