@@ -151,21 +151,23 @@ def serve_on(nodes: TwoNodes, home: Path, *args: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_two_nodes_answer_and_a_node_without_the_model_is_named(tmp_path, tiny_onnx):
+def test_two_nodes_answer_and_a_node_without_the_model_is_named(tmp_path, tiny_onnx, monkeypatch):
     from slmops.cache import store
 
     homes = (tmp_path / "node-a", tmp_path / "node-b")
     for home in homes:
         home.mkdir()
-    os.environ["SLMOPS_HOME"] = str(homes[0])  # the slmops_home fixture restores it
+    monkeypatch.setenv("SLMOPS_HOME", str(homes[0]))
     store.add(tiny_onnx, name="tiny-on-a", link=True)  # only node A has this name
     nodes = TwoNodes(homes)
+    servers: list[subprocess.Popen] = []
     try:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         # A folder both nodes can read: one replica on each node (1 CPU each), both answer.
         flags = ["--replicas", "2", "--cpus-per-replica", "1", "--api-key", KEY, "--port", str(port)]
         server = serve_on(nodes, tmp_path, str(tiny_onnx), *flags)
+        servers.append(server)
         try:
             wait_for(lambda: server.poll() is not None or _ready(url), 180, "the replicas on both nodes")
             assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
@@ -190,12 +192,17 @@ def test_two_nodes_answer_and_a_node_without_the_model_is_named(tmp_path, tiny_o
 
         # A name only node A has: the replica placed on node B stops the deployment, named.
         missing = serve_on(nodes, tmp_path, "tiny-on-a", *flags)
+        servers.append(missing)
         assert missing.wait(180) == 1, (tmp_path / "serve.log").read_text()[-3000:]
         log = (tmp_path / "serve.log").read_text()
         errors = [line for line in log.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and errors[0].startswith("Error: Node "), log[-3000:]
         assert f"Ray node {nodes.node_b}) has no model 'tiny-on-a'" in errors[0], errors[0]
     finally:
+        for process in servers:  # a failed assertion above must not leave one running
+            if process.poll() is None:
+                process.kill()
+                process.wait(30)
         nodes.stop()
     wait_for(lambda: set(ray_processes()) <= set(nodes.before), 30, "the cluster's Ray processes to exit")
 
