@@ -139,6 +139,21 @@ def test_a_ray_failure_to_deploy_keeps_only_the_slmops_message():
     assert cluster._deploy_failure(text) == "Node n1 (10.0.0.2) has no model 'x': not cached."
 
 
+def test_a_cluster_that_cannot_be_joined_is_one_line_and_starts_no_ray(monkeypatch):
+    from slmops.errors import ServiceError
+
+    def refuse(**_):
+        raise ConnectionError("Could not find any running Ray instance.\nPlease specify the address.")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(
+        ServiceError, match=r"^Could not join the Ray cluster at auto: Could not find any running Ray instance\.$"
+    ):
+        cluster._start_ray(cluster.ClusterOptions(ray_address="auto"), None, "info")
+    cluster._stop(local=False)  # what `serve` does next: it must not start a Ray of its own
+    assert not ray.is_initialized()
+
+
 def test_the_replica_app_names_itself_and_refuses_management_with_501(tiny_onnx):
     from fastapi.testclient import TestClient
 
