@@ -94,6 +94,13 @@ def test_autoscaling_goes_into_the_config(tmp_path):
     deployment = yaml.safe_load(target.read_text())["applications"][0]["deployments"][0]
     assert deployment["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
     assert "num_replicas" not in deployment
+    result = serve_cli(
+        "m", "--min-replicas", "1", "--max-replicas", "4", "--scale-delay", "4", "--ray-config", str(target)
+    )
+    assert result.exit_code == 0, result.output
+    scaling = yaml.safe_load(target.read_text())["applications"][0]["deployments"][0]["autoscaling_config"]
+    assert scaling["upscale_delay_s"] == scaling["downscale_delay_s"] == scaling["look_back_period_s"] == 4
+    assert scaling["metrics_interval_s"] == 2
 
 
 @pytest.mark.parametrize(
@@ -102,6 +109,7 @@ def test_autoscaling_goes_into_the_config(tmp_path):
         (["--replicas", "2", "--min-replicas", "1"], "either --replicas or --min-replicas/--max-replicas"),
         (["--min-replicas", "1"], "Give both --min-replicas and --max-replicas"),
         (["--min-replicas", "3", "--max-replicas", "2"], "need 0 <= min <= max"),
+        (["--replicas", "2", "--scale-delay", "5"], "--scale-delay needs --min-replicas and --max-replicas"),
         (["--replicas", "64", "--cpus-per-replica", "4"], "need 256 CPUs; this machine has"),
     ],
 )
@@ -129,6 +137,21 @@ def test_a_missing_model_names_the_node_and_the_name():
 def test_a_ray_failure_to_deploy_keeps_only_the_slmops_message():
     text = "RuntimeError: Deploying failed:\nTraceback ...\nslmops.server.cluster.ModelMissingOnNode: Node n1 (10.0.0.2) has no model 'x': not cached.\n"
     assert cluster._deploy_failure(text) == "Node n1 (10.0.0.2) has no model 'x': not cached."
+
+
+def test_a_cluster_that_cannot_be_joined_is_one_line_and_starts_no_ray(monkeypatch):
+    from slmops.errors import ServiceError
+
+    def refuse(**_):
+        raise ConnectionError("Could not find any running Ray instance.\nPlease specify the address.")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(
+        ServiceError, match=r"^Could not join the Ray cluster at auto: Could not find any running Ray instance\.$"
+    ):
+        cluster._start_ray(cluster.ClusterOptions(ray_address="auto"), None, "info")
+    cluster._stop(local=False)  # what `serve` does next: it must not start a Ray of its own
+    assert not ray.is_initialized()
 
 
 def test_the_replica_app_names_itself_and_refuses_management_with_501(tiny_onnx):
@@ -173,13 +196,15 @@ print(json.dumps({a.name.rsplit("#", 1)[-1]: a.pid for a in actors if sys.argv[2
 """
 
 
-class RayServer:
-    """`slmops serve --replicas 2` with the Ray processes alive before it started."""
+TWO_REPLICAS = ("--replicas", "2", "--cpus-per-replica", "1", "--parallel", "8")
 
-    def __init__(self, home: Path, folder: Path) -> None:
+
+class RayServer:
+    """`slmops serve --replicas 2` (or ``flags``) with the Ray processes alive before it started."""
+
+    def __init__(self, home: Path, folder: Path, flags: tuple[str, ...] = TWO_REPLICAS) -> None:
         self.before = ray_processes()
-        args = [str(folder), "--replicas", "2", "--cpus-per-replica", "1", "--parallel", "8", "--api-key", KEY]
-        self.server = ServerProcess(home, *args).wait_ready(timeout=240)
+        self.server = ServerProcess(home, str(folder), *flags, "--api-key", KEY).wait_ready(timeout=240)
         self.model = folder.name
         # slmops prints where its Ray is: the dashboard (the state API) and the token it made for it
         found = re.search(r"token (\S+), dashboard (http://127\.0\.0\.1:\d+)", self.server.log.read_text())

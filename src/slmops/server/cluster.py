@@ -52,6 +52,7 @@ class ClusterOptions:
     cpus_per_replica: float = 1.0  # Ray CPUs reserved per replica; also its onnxruntime threads
     min_replicas: int | None = None  # autoscaling bounds, on ongoing requests per replica
     max_replicas: int | None = None
+    scale_delay: float | None = None  # seconds of high (low) load before adding (removing) one
     ray_address: str | None = None  # "auto", "ray://HOST:10001"; None starts a local Ray
 
     def autoscaling(self) -> bool:
@@ -63,6 +64,8 @@ class ClusterOptions:
             raise UsageError("Give both --min-replicas and --max-replicas to autoscale.")
         if low is not None and high is not None and not 0 <= low <= high >= 1:
             raise UsageError(f"--min-replicas {low} and --max-replicas {high}: need 0 <= min <= max, max >= 1.")
+        if self.scale_delay is not None and not self.autoscaling():
+            raise UsageError("--scale-delay needs --min-replicas and --max-replicas.")
 
 
 # ---- the deployment ---------------------------------------------------------
@@ -103,9 +106,26 @@ def deployment_options(config: ServerConfig, options: ClusterOptions) -> dict:
             # A replica is busy once every batch row is taken: add one then.
             "target_ongoing_requests": config.parallel,
         }
+        if options.scale_delay is not None:
+            settings["autoscaling_config"].update(_scale_timing(options.scale_delay))
     else:
         settings["num_replicas"] = options.replicas
     return settings
+
+
+def _scale_timing(delay: float) -> dict:
+    """Ray Serve's autoscaling timing for a decision after ``delay`` seconds of load.
+
+    Ray averages the ongoing requests over a look-back window (30 s) from points pushed every
+    10 s, then waits its delays (30 s up, 600 s down): a short delay needs a short window and
+    frequent points too, or the average would still remember the load before.
+    """
+    return {
+        "upscale_delay_s": delay,
+        "downscale_delay_s": delay,
+        "look_back_period_s": min(30.0, delay),
+        "metrics_interval_s": min(10.0, delay / 2),
+    }
 
 
 class Replica:
@@ -144,8 +164,19 @@ def check_models(models: Sequence[str]) -> None:
         try:
             registry.add_folder(Path(item)) if looks_like_path(item) else registry.locate(item)
         except SlmopsError as exc:
-            node = f"{socket.gethostname()} ({_node_ip()})"
-            raise ModelMissingOnNode(f"Node {node} has no model {item!r}: {exc}") from None
+            raise ModelMissingOnNode(f"Node {describe_node()} has no model {item!r}: {exc}") from None
+
+
+def describe_node() -> str:
+    """This node as a person finds it: host name, address and, inside Ray, its node id.
+
+    Several Ray nodes can share a host (containers, a test cluster): the id tells them apart.
+    """
+    where = [_node_ip()]
+    node_id = _ray_node_id()
+    if node_id:
+        where.append(f"Ray node {node_id}")
+    return f"{socket.gethostname()} ({', '.join(where)})"
 
 
 def _node_ip() -> str:
@@ -155,6 +186,15 @@ def _node_ip() -> str:
         return ray.util.get_node_ip_address()
     except Exception:  # outside Ray, or no address yet: the host name says enough
         return "local"
+
+
+def _ray_node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()[:12] if ray.is_initialized() else ""
+    except Exception:  # outside Ray: no node id to give
+        return ""
 
 
 def build(args: dict):
@@ -204,8 +244,9 @@ def _replace_management(app, replica: str) -> None:
 
     async def named_metrics(request: Request):
         text = (await metrics(request)).body.decode()
-        node = socket.gethostname()
-        info = f'# TYPE slmops_replica_info gauge\nslmops_replica_info{{replica="{replica}",node="{node}"}} 1\n'
+        node, node_id = socket.gethostname(), _ray_node_id()
+        labels = f'replica="{replica}",node="{node}",node_id="{node_id}"'
+        info = f"# TYPE slmops_replica_info gauge\nslmops_replica_info{{{labels}}} 1\n"
         return PlainTextResponse(text + info, media_type="text/plain; version=0.0.4")
 
     for path in MANAGEMENT_PATHS:
@@ -255,6 +296,7 @@ def serve_on_ray(
     max_replicas: int | None,
     ray_address: str | None,
     ray_config: str | None,
+    scale_delay: float | None = None,
 ) -> None:
     """Write the Ray Serve config file (``ray_config``) or serve on Ray until SIGTERM."""
     if replicas is not None and (min_replicas is not None or max_replicas is not None):
@@ -264,6 +306,7 @@ def serve_on_ray(
         cpus_per_replica=cpus_per_replica or 1.0,
         min_replicas=min_replicas,
         max_replicas=max_replicas,
+        scale_delay=scale_delay,
         ray_address=ray_address,
     )
     if ray_config:
@@ -377,7 +420,11 @@ def _start_ray(options: ClusterOptions, temp_dir: str | None, log_level: str):
 
     quiet = log_level in ("critical", "error", "warning")
     if temp_dir is None:
-        return ray.init(address=options.ray_address, log_to_driver=not quiet, logging_level=logging.WARNING)
+        try:
+            return ray.init(address=options.ray_address, log_to_driver=not quiet, logging_level=logging.WARNING)
+        except Exception as exc:  # Ray's own error types vary with what failed: keep its first line
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ServiceError(f"Could not join the Ray cluster at {options.ray_address}: {reason}") from None
     from slmops.server.process import free_port
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -400,10 +447,32 @@ def _deploy(models, host: str, port: int, config: ServerConfig, options: Cluster
     if config.api_key:
         args["config"]["api_key"] = config.api_key
     app = _application(args, deployment_options(config, options))
+    target = serve.RunTarget(app, name=APP_NAME, route_prefix="/")
     try:
-        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run_many([target], wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+        _wait_running()
     except RuntimeError as exc:
         raise ServiceError(_deploy_failure(f"{exc}\n{_deployment_message()}")) from None
+
+
+def _wait_running() -> None:
+    """Return once the application runs; raise RuntimeError when it failed or a node lacks a model.
+
+    Ray Serve retries a replica that fails to start forever once another replica of the
+    deployment has started: a node without the model (the others have it) would never fail
+    the deployment, so its replica's message is watched too.
+    """
+    from ray import serve
+
+    while True:
+        application = serve.status().applications.get(APP_NAME)
+        status = str(application.status) if application else "NOT_STARTED"
+        if status.endswith("RUNNING"):
+            return
+        message = _deployment_message()
+        if status.endswith(("DEPLOY_FAILED", "UNHEALTHY")) or ModelMissingOnNode.__name__ in message:
+            raise RuntimeError(f"Ray Serve could not start {APP_NAME} ({status})")
+        time.sleep(0.5)
 
 
 def _deployment_message() -> str:
@@ -413,7 +482,7 @@ def _deployment_message() -> str:
     try:
         application = serve.status().applications.get(APP_NAME)
         deployment = application.deployments.get(DEPLOYMENT) if application else None
-        return deployment.message if deployment else ""
+        return (deployment.message if deployment else "") or ""
     except Exception:  # the status is a courtesy: the error above stands without it
         return ""
 
@@ -427,8 +496,11 @@ def _deploy_failure(text: str) -> str:
 
 
 def _stop(local: bool) -> None:
+    import ray
     from ray import serve
 
+    if not ray.is_initialized():  # never connected: Serve's calls would start a Ray of their own
+        return
     try:
         # The proxy stays up while the replicas finish their answers in flight (--grace).
         serve.delete(APP_NAME)

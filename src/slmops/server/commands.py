@@ -111,7 +111,15 @@ def make_config(
     )
 
 
-RAY_FLAGS = ("replicas", "cpus_per_replica", "min_replicas", "max_replicas", "ray_address", "ray_config")
+RAY_FLAGS = (
+    "replicas",
+    "cpus_per_replica",
+    "min_replicas",
+    "max_replicas",
+    "scale_delay",
+    "ray_address",
+    "ray_config",
+)
 
 
 def ray_options(function):
@@ -125,6 +133,11 @@ def ray_options(function):
         ),
         click.option("--min-replicas", type=click.IntRange(min=0), help="Autoscale from this many replicas."),
         click.option("--max-replicas", type=click.IntRange(min=1), help="Autoscale up to this many replicas."),
+        click.option(
+            "--scale-delay",
+            type=click.FloatRange(min=0.5),
+            help="Autoscale once the load stayed above or below target this many seconds [default: 30 up, 600 down].",
+        ),
         click.option(
             "--ray-address",
             help="An existing Ray cluster: 'auto' or 'ray://HOST:10001' [default: start a local Ray].",
