@@ -72,3 +72,12 @@ def test_a_deferred_generator_answers_as_one_loaded_at_once(tiny_onnx):
 @pytest.mark.parametrize("threshold", [1 << 20, 256 << 10])
 def test_large_buffers_go_back_to_the_system_on_glibc(threshold):
     assert return_large_buffers(threshold)
+
+
+def test_the_start_up_line_says_the_weights_load_once(tiny_onnx, caplog):
+    with caplog.at_level("INFO", logger="slmops.server"):
+        client = serve(tiny_onnx, max_seq_len=256)
+        client.__exit__(None, None, None)
+    line = next(record.getMessage() for record in caplog.records if "reserved:" in record.getMessage())
+    assert "(once; a second copy loads if a request needs a generator of its own)" in line
+    assert "KV cache 2 rows x 256 tokens" in line

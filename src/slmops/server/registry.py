@@ -317,8 +317,9 @@ def _reserved(weights: int, decoder: BatchedDecoder | None) -> str:
     if decoder is None:
         return text + ", KV cache per request (no batch rows)"
     return (
-        f"{text}, KV cache {decoder.rows} rows x {decoder.max_length} tokens ({decoder.nbytes >> 20} MB of "
-        f"{decoder.cache[0].dtype}, resident as rows fill), prefix cache up to {decoder.prefix.budget >> 20} MB"
+        f"{text} (once; a second copy loads if a request needs a generator of its own), KV cache "
+        f"{decoder.rows} rows x {decoder.max_length} tokens ({decoder.nbytes >> 20} MB of {decoder.cache[0].dtype}, "
+        f"resident as rows fill), prefix cache up to {decoder.prefix.budget >> 20} MB"
     )
 
 
