@@ -52,6 +52,18 @@ def sequence(model, ids, max_new=4, **fields) -> Sequence:
     return Sequence(list(ids), options, max_new, time.perf_counter(), **fields)
 
 
+def spy_on_prompt_logits(made: BatchedDecoder, shapes: list, monkeypatch) -> None:
+    """Record the shape of the logits each prompt run of ``made`` allocates."""
+    run_prompt = made._run_prompt
+
+    def spied(*args):
+        logits = run_prompt(*args)
+        shapes.append(logits.shape)
+        return logits
+
+    monkeypatch.setattr(made, "_run_prompt", spied)
+
+
 def test_the_picked_positions_logits_are_the_whole_graphs(tiny, tiny_onnx):
     path = Path(tiny_onnx) / "model.onnx"
     edited = logits_graph.load(path, "logits")
@@ -119,8 +131,7 @@ def test_a_prefill_group_computes_one_position_per_row_and_its_first_tokens_are_
     made = BatchedDecoder(tiny, 4, 128)
     assert made.picks_positions
     shapes = []
-    run_prompt = made._run_prompt
-    monkeypatch.setattr(made, "_run_prompt", lambda *args: shapes.append(run_prompt(*args).shape) or run_prompt(*args))
+    spy_on_prompt_logits(made, shapes, monkeypatch)
     prompts = [prompt(9, 1), prompt(14, 2), prompt(5, 3)]
     group = [sequence(tiny, ids, max_new=1) for ids in prompts]
     made.add(group)
@@ -135,8 +146,7 @@ def test_a_prefill_group_computes_one_position_per_row_and_its_first_tokens_are_
 def test_a_scored_prompt_gets_every_positions_logits(tiny, tiny_onnx, monkeypatch):
     made = BatchedDecoder(tiny, 4, 128)
     shapes = []
-    run_prompt = made._run_prompt
-    monkeypatch.setattr(made, "_run_prompt", lambda *args: shapes.append(run_prompt(*args).shape) or run_prompt(*args))
+    spy_on_prompt_logits(made, shapes, monkeypatch)
     ids, other = prompt(10, 4), prompt(6, 5)
     scored = sequence(tiny, ids, max_new=0, prompt_logprobs=0)
     made.add([scored, sequence(tiny, other, max_new=1)])
