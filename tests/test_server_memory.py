@@ -3,6 +3,7 @@
 On the tiny fp32 model, in-process; every check is what was loaded, never an RSS.
 """
 
+import threading
 import time
 
 import pytest
@@ -37,7 +38,15 @@ def ask(client: TestClient, max_tokens: int) -> dict:
     return answer.json()
 
 
-def test_a_batched_model_loads_its_generator_only_for_what_a_row_cannot_hold(tiny_onnx):
+def test_a_batched_model_loads_its_generator_only_for_what_a_row_cannot_hold(tiny_onnx, monkeypatch):
+    loaders = []
+    load = Model._load_generator
+
+    def recorded(self):
+        loaders.append(threading.current_thread().name)
+        return load(self)
+
+    monkeypatch.setattr(Model, "_load_generator", recorded)
     client = serve(tiny_onnx, max_seq_len=256)
     try:
         model = loaded_model(client)
@@ -47,6 +56,9 @@ def test_a_batched_model_loads_its_generator_only_for_what_a_row_cannot_hold(tin
         longer = ask(client, 300)  # prompt + 300 tokens does not: a generator of its own
         assert model.generator_loaded
         assert longer["usage"]["completion_tokens"] >= 1
+        assert loaders == [f"slmops-scheduler-{MODEL}"]  # not on the event loop: other requests go on
+        ask(client, 300)
+        assert len(loaders) == 1
     finally:
         client.__exit__(None, None, None)
 
