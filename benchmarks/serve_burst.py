@@ -68,7 +68,7 @@ def breakdown(folder: Path) -> dict[str, float]:
         times = []
         for _ in range(5):
             start = time.perf_counter()
-            decoder._run_prompt(batch, np.ones_like(batch), 0, [])
+            decoder._run_prompt(batch, np.ones_like(batch), 0, [], [batch.shape[1] - 1] * len(batch), False)
             times.append(time.perf_counter() - start)
         return statistics.median(times)
 

@@ -37,6 +37,10 @@ step reads them.
 With a :class:`~slmops.runtime.prefix.PrefixCache`, a prompt's KV cache is kept once it
 is in; a later prompt that begins the same way copies that beginning into its row and
 prefills only the rest, in the same chunks.
+
+The session runs a copy of the graph that computes logits only where they are read
+(:mod:`slmops.runtime.logits_graph`): a prompt's last position, or every position of a
+prompt that is scored and of a draft that is verified.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from slmops.runtime import logits_graph
 from slmops.runtime.generate import Answer, Response
 from slmops.runtime.guided import Grammars
 from slmops.runtime.logprobs import TokenLogprob, next_token, prompt_tokens
@@ -138,17 +143,9 @@ class BatchedDecoder:
     """
 
     def __init__(self, model: Model, rows: int, max_length: int, prefix_budget: int = 0) -> None:
-        import onnxruntime as ort
-
         decoder = model.genai_config["model"]["decoder"]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = model.threads
-        # Without the arena, buffers of a large prefill go back to the system after it.
-        options.enable_cpu_mem_arena = False
-        self.session = ort.InferenceSession(
-            str(Path(model.path) / decoder["filename"]), options, providers=["CPUExecutionProvider"]
-        )
         self.layers, self.names = decoder["num_hidden_layers"], _names(decoder)
+        self.session, self.picks_positions = _session(model, self.names["logits"])
         inputs = {item.name: item for item in self.session.get_inputs()}
         kv_type = KV_TYPES[inputs[self.names["past"][0]].type]
         shape = (rows, decoder["num_key_value_heads"], max_length, decoder["head_size"])
@@ -165,6 +162,7 @@ class BatchedDecoder:
         self.running: list[Sequence] = []  # decoding, in rows 0..len-1
         self.pending: collections.deque[Sequence] = collections.deque()  # admitted, prompt not yet in
         self.bindings: dict[int, ort.IOBinding] = {}
+        self.firsts: dict[int, np.ndarray] = {}  # each batch size's logits positions: the one new token
         self.row_bindings: dict[int, ort.IOBinding] = {}
         # The logits after a drafting row's last token and after each drafted one.
         self.drafted = np.empty((MAX_DRAFT + 1) * self.vocab, np.float32)
@@ -313,14 +311,15 @@ class BatchedDecoder:
             sequence.row, sequence.filled = first + offset, len(sequence.prompt)
             ids[offset, : len(sequence.prompt)] = sequence.prompt
             mask[offset, : len(sequence.prompt)] = 1
-        logits = self._run_prompt(ids, mask, first, group)
+        lasts = [len(sequence.prompt) - 1 for sequence in group]
+        every = _scored(group) or not self.picks_positions
+        logits = self._run_prompt(ids, mask, first, group, lasts, every)
         for offset, sequence in enumerate(group):
             self._score_prompt(sequence, logits[offset], 0, len(sequence.prompt))
             self.prefix.keep(sequence.prompt, self.cache, sequence.row)
-        rows = [
-            self._mask(sequence, logits[offset, len(sequence.prompt) - 1], sequence.row)
-            for offset, sequence in enumerate(group)
-        ]
+        # Every position's logits, or each row's last prompt position's alone.
+        at = lasts if every else [0] * len(group)
+        rows = [self._mask(sequence, logits[offset, at[offset]], sequence.row) for offset, sequence in enumerate(group)]
         self.running.extend(group)
         return [(sequence, self._emit(sequence, row)) for sequence, row in zip(group, rows)]
 
@@ -332,7 +331,9 @@ class BatchedDecoder:
         end = min(len(sequence.prompt), sequence.filled + PREFILL_CHUNK)
         ids = np.array([sequence.prompt[sequence.filled : end]], np.int64)
         last = end == len(sequence.prompt)
-        logits = self._run_prompt(ids, np.ones((1, end), np.int64), sequence.row, [sequence] if last else [])
+        mask = np.ones((1, end), np.int64)
+        scored = _scored([sequence])
+        logits = self._run_prompt(ids, mask, sequence.row, [sequence] if last else [], [ids.shape[1] - 1], scored)
         self._score_prompt(sequence, logits[0], sequence.filled, end)
         sequence.filled = end
         if not last:
@@ -354,10 +355,20 @@ class BatchedDecoder:
             scored = prompt_tokens(logits, sequence.prompt[start : end + 1], sequence.prompt_logprobs)
             sequence.prompt_scores.extend(scored)
 
-    def _run_prompt(self, ids: np.ndarray, mask: np.ndarray, first: int, guided: list[Sequence]) -> np.ndarray:
+    def _run_prompt(
+        self, ids: np.ndarray, mask: np.ndarray, first: int, guided: list[Sequence], lasts: list[int], every: bool
+    ) -> np.ndarray:
+        """Prefill ``ids`` into the rows from ``first`` on: the logits at every position when
+        ``every`` or when the graph computes them all, else at each row's position in ``lasts``."""
         io = self.session.io_binding()
         io.bind_cpu_input(self.names["input_ids"], ids)
         io.bind_cpu_input(self.names["mask"], mask)
+        if self.picks_positions:
+            if every:
+                positions = np.broadcast_to(np.arange(ids.shape[1])[None, :, None], (*ids.shape, 1)).copy()
+            else:
+                positions = np.array(lasts, np.int64).reshape(-1, 1, 1)
+            io.bind_cpu_input(logits_graph.POSITIONS, positions)
         io.bind_output(self.names["logits"], "cpu")
         self._bind_cache(io, first, len(ids))
         self._run(io, guided)
@@ -422,6 +433,8 @@ class BatchedDecoder:
         out = logits if alone else logits[1:]
         io.bind_cpu_input(self.names["input_ids"], np.array([ids], np.int64))
         io.bind_cpu_input(self.names["mask"], np.ones((1, sequence.length + len(draft)), np.int64))
+        if self.picks_positions:
+            io.bind_cpu_input(logits_graph.POSITIONS, np.arange(len(ids)).reshape(1, -1, 1))
         io.bind_output(self.names["logits"], "cpu", 0, np.float32, [1, *out.shape], out.ctypes.data)
         self.session.run_with_iobinding(io)
         seen = sequence.prompt + sequence.tokens
@@ -526,6 +539,9 @@ class BatchedDecoder:
             view = self.logits[:count]
             io.bind_output(self.names["logits"], "cpu", 0, np.float32, list(view.shape), view.ctypes.data)
             self._bind_cache(io, 0, count)
+            if self.picks_positions:  # the bound array must outlive the binding
+                self.firsts[count] = np.zeros((count, 1, 1), np.int64)
+                io.bind_cpu_input(logits_graph.POSITIONS, self.firsts[count])
             self.bindings[count] = io
         return self.bindings[count]
 
@@ -536,6 +552,33 @@ class BatchedDecoder:
             # The same memory as input and output: attention appends in place, nothing is copied.
             io.bind_input(past, "cpu", 0, view.dtype, list(view.shape), view.ctypes.data)
             io.bind_output(present, "cpu", 0, view.dtype, list(view.shape), view.ctypes.data)
+
+
+def _session(model: Model, logits: str) -> tuple[ort.InferenceSession, bool]:
+    """The decoder's session, and whether it computes logits only at the positions asked for
+    (:mod:`slmops.runtime.logits_graph`; a graph it cannot edit runs whole)."""
+    import onnxruntime as ort
+
+    path = Path(model.path) / model.genai_config["model"]["decoder"]["filename"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = model.threads
+    # Without the arena, buffers of a large prefill go back to the system after it.
+    options.enable_cpu_mem_arena = False
+    try:
+        graph = logits_graph.load(path, logits)
+    except (OSError, ValueError) as exc:
+        log.warning("%s: logits at every position (%s)", model.name, exc)
+        graph = None
+    if graph is None:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), False
+    # The graph comes from memory: its external weights are found beside the original.
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"]), True
+
+
+def _scored(sequences: list[Sequence]) -> bool:
+    """Whether any of ``sequences`` scores its prompt, which needs every position's logits."""
+    return any(sequence.prompt_logprobs is not None for sequence in sequences)
 
 
 def _grammars(model: Model) -> Grammars | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import operator
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from functools import cached_property
@@ -58,7 +59,8 @@ class Model:
         name: the ``Name`` of its inference_model.json, else the folder name.
         folder: the :class:`~slmops.modelfolder.folder.ModelFolder` it was loaded from.
         path: its folder.
-        og_model, tokenizer: the onnxruntime-genai ``Model`` and ``Tokenizer``.
+        og_model, tokenizer: the onnxruntime-genai ``Model`` and ``Tokenizer``; a model
+            loaded with ``defer_generator`` loads its ``og.Model`` on first use.
         inference_model: its parsed inference_model.json, or None.
         genai_config: its parsed genai_config.json.
         context_length: tokens of prompt plus answer it can hold.
@@ -69,11 +71,19 @@ class Model:
     """
 
     def __init__(
-        self, folder: ModelFolder, og_model: og.Model, tokenizer: og.Tokenizer, threads: int, load_s: float
+        self,
+        folder: ModelFolder,
+        og_model: og.Model | None,
+        tokenizer: og.Tokenizer,
+        threads: int,
+        load_s: float,
+        og_config: og.Config | None = None,
     ) -> None:
         self.folder = folder
         self.path = folder.path
-        self.og_model = og_model
+        self._og_model = og_model
+        self._og_config = og_config  # what loads the og.Model on first use when og_model is None
+        self._og_lock = threading.Lock()
         self.tokenizer = tokenizer
         self.inference_model = folder.inference_model
         self.genai_config = folder.genai_config
@@ -85,8 +95,16 @@ class Model:
         self.stop_token_ids = self._stop_ids()
 
     @classmethod
-    def from_folder(cls, folder: ModelFolder, threads: int | None = None) -> Model:
-        """Load the onnxruntime-genai model of ``folder`` with ``threads`` intra-op threads."""
+    def from_folder(cls, folder: ModelFolder, threads: int | None = None, defer_generator: bool = False) -> Model:
+        """Load the onnxruntime-genai model of ``folder`` with ``threads`` intra-op threads.
+
+        Args:
+            folder: the model folder.
+            threads: intra-op threads; None counts the CPUs this process may use.
+            defer_generator: load only the tokenizer now, and the ``og.Model`` (its own copy of
+                the weights, ~140 MB for SmolLM2-135M INT4) when something first needs it; for a
+                server whose batch runs the weights in a session of its own.
+        """
         check_text_model(folder)
         threads = threads or default_threads()
         if threads < 1:
@@ -97,11 +115,33 @@ class Model:
             # Set at load time, never written into the folder: the machine that serves
             # a model is not always the one that converted it.
             config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
-            og_model = og.Model(config)
-            tokenizer = og.Tokenizer(og_model)
+            og_model = None if defer_generator else og.Model(config)
+            tokenizer = og.Tokenizer(config)
         except Exception as exc:  # onnxruntime-genai raises plain RuntimeErrors
             raise SlmopsError(f"Could not load the model in {folder.path}: {exc}") from exc
-        return cls(folder, og_model, tokenizer, threads, time.perf_counter() - start)
+        return cls(folder, og_model, tokenizer, threads, time.perf_counter() - start, config)
+
+    @property
+    def og_model(self) -> og.Model:
+        """The onnxruntime-genai model, loaded now if the load deferred it."""
+        if self._og_model is None:
+            with self._og_lock:
+                if self._og_model is None:
+                    self._og_model = self._load_generator()
+        return self._og_model
+
+    @property
+    def generator_loaded(self) -> bool:
+        """Whether the ``og.Model`` (and its copy of the weights) is in memory."""
+        return self._og_model is not None
+
+    def _load_generator(self) -> og.Model:
+        if self._og_config is None:
+            raise SlmopsError(f"{self.name} has no onnxruntime-genai model to load.")
+        try:
+            return og.Model(self._og_config)
+        except Exception as exc:
+            raise SlmopsError(f"Could not load the model in {self.path}: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"<slmops Model {self.name!r} from {self.path}, {self.threads} threads>"

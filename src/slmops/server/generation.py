@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -145,7 +145,13 @@ def _job(loaded: Loaded, plan: Plan) -> Job:
         if grammars is not None:
             return _row(loop, plan, options, max_new, _matcher(grammars, plan.guidance, plan.tool_mode))
     # What a row cannot hold runs alone, on the runtime's generator and its own guidance.
+    if not model.generator_loaded:  # its weights load in the scheduler's thread, not on the event loop
+        return Job(_later(lambda: _stream(model, plan, options, max_new, decoder)), loop)
     return Job(_stream(model, plan, options, max_new, decoder), loop)
+
+
+def _later(make: Callable[[], Iterator[Response]]) -> Iterator[Response]:
+    yield from make()
 
 
 def _stream(

@@ -182,10 +182,14 @@ class Registry:
 
         size = _folder_size(folder)
         self._make_room(size, name)
-        model = await asyncio.to_thread(Model.from_folder, resolve(folder), self.config.threads)
+        # With batching, the batch's session runs the weights: the generator's copy loads only
+        # for what a row cannot hold (see docs/server.md#memory).
+        model = await asyncio.to_thread(Model.from_folder, resolve(folder), self.config.threads, self.config.batching)
         if not self.config.speculative:  # every request's options start from the model's defaults
             model.defaults = model.defaults.replace(speculative=False)
         decoder = await asyncio.to_thread(self._decoder, model)
+        if decoder is None:
+            await asyncio.to_thread(lambda: model.og_model)
         scheduler = Scheduler(name, self.config.parallel, self.config.max_queue, self.observer, decoder)
         log.info("loaded %s from %s in %.1f s", name, folder, model.load_s)
         log.info("%s reserved: %s", name, _reserved(size, decoder))
@@ -313,8 +317,9 @@ def _reserved(weights: int, decoder: BatchedDecoder | None) -> str:
     if decoder is None:
         return text + ", KV cache per request (no batch rows)"
     return (
-        f"{text}, KV cache {decoder.rows} rows x {decoder.max_length} tokens ({decoder.nbytes >> 20} MB of "
-        f"{decoder.cache[0].dtype}, resident as rows fill), prefix cache up to {decoder.prefix.budget >> 20} MB"
+        f"{text} (once; a second copy loads if a request needs a generator of its own), KV cache "
+        f"{decoder.rows} rows x {decoder.max_length} tokens ({decoder.nbytes >> 20} MB of {decoder.cache[0].dtype}, "
+        f"resident as rows fill), prefix cache up to {decoder.prefix.budget >> 20} MB"
     )
 
 

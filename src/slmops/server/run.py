@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from slmops import client, settings
 from slmops.errors import ServiceError
+from slmops.memory import return_large_buffers
 from slmops.server.config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig
 
 
@@ -40,6 +41,7 @@ def serve(
     from slmops.server.app import create_app
 
     config = config or ServerConfig()
+    return_large_buffers()  # what a prefill frees goes back to the system (slmops.memory)
     sock = bind(host, port)
     actual = sock.getsockname()[1]
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(levelname)s: %(message)s")
