@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from slmops.runtime.batched import BatchedDecoder, Sequence
 from slmops.runtime.generate import Response
 
+log = logging.getLogger("slmops.server")
 DONE = object()  # put on a job's queue after its last response
 
 
@@ -149,17 +151,35 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self.wake:
-                while not self.active and not self.waiting and not self.closed:
+                while not self.active and not self.waiting and not self.closed and not self._warming():
                     self.wake.wait()
                 if self.closed and not self.active and not self.waiting:
                     return
                 joining = self._admit()
                 streams = list(self.running)
+                idle = not joining and not self.active
+            if idle:  # nothing waits or runs: prefill a finished answer again, a chunk at a time
+                self._warm()
+                continue
             self._run_batch(joining)
             for job in streams:
                 if not self._step(job):
                     with self.wake:
                         self.running.remove(job)
+
+    def _warming(self) -> bool:
+        return self.decoder is not None and self.decoder.warming.left
+
+    def _warm(self) -> None:
+        """One piece of the decoder's warming (see :mod:`slmops.runtime.warming`)."""
+        if self.decoder is None:
+            return
+        try:
+            self.decoder.warming.piece()
+        except Exception:  # warming only saves time later: drop it, keep serving
+            log.exception("%s: warming the prefix cache failed", self.name)
+            self.decoder.warming.queue.clear()
+            self.decoder.warming.current = None
 
     def _admit(self) -> list[Job]:
         """Move waiting jobs in while there is room; returns the new rows to prefill."""
