@@ -87,13 +87,15 @@ class Warming:
         return self.left
 
     def stop(self) -> None:
-        """Keep what the current answer has prefilled so far and give its row back."""
+        """Keep what the current answer has prefilled so far and give its row back; the rest waits its turn."""
         warm, self.current = self.current, None
         if warm is None:
             return
         if warm.filled > warm.restored:
             self.decoder.prefix.keep(warm.tokens[: warm.filled], self.decoder.cache, warm.row)
         self.decoder.memory.release(warm.row)
+        if warm.filled < len(warm.tokens):
+            self.queue.appendleft(warm.tokens)
 
     def _start(self) -> Warm | None:
         """The next queued answer, its prompt's cached KV copied into a free row (None: nothing to do)."""
