@@ -18,20 +18,32 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-from slmops.runtime.prefix import MIN_REUSE
-
-if TYPE_CHECKING:
-    from slmops.runtime.batched import BatchedDecoder
+from slmops.runtime.prefix import MIN_REUSE, PrefixCache
+from slmops.runtime.rows import RowMemory
 
 # Tokens prefilled per piece: what a request arriving meanwhile may wait for (about 0.1 s of
 # SmolLM2-135M INT4 prefill on 2 threads, idle).
 WARM_CHUNK = 64
 # Answers waiting to be warmed; older ones go first out (their chats are the least likely to continue).
 QUEUE = 16
+
+
+class Engine(Protocol):
+    """What warming uses of the batched decoder (:class:`slmops.runtime.batched.BatchedDecoder`)."""
+
+    prefix: PrefixCache
+    cache: list[np.ndarray]
+    memory: RowMemory
+    running: list
+
+    @property
+    def busy(self) -> int: ...
+
+    def _run_prompt(self, ids: np.ndarray, mask: np.ndarray, first: int, guided: list) -> np.ndarray: ...
 
 
 @dataclass
@@ -53,7 +65,7 @@ class Warming:
         warmed: answers kept whole, for tests and metrics.
     """
 
-    def __init__(self, decoder: BatchedDecoder) -> None:
+    def __init__(self, decoder: Engine) -> None:
         self.decoder = decoder
         self.queue: collections.deque[list[int]] = collections.deque(maxlen=QUEUE)
         self.current: Warm | None = None
