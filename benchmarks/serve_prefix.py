@@ -172,7 +172,7 @@ def multi_turn(client: httpx.Client, contender: Contender, tag: str) -> None:
 
 
 def multi_turn_think(client: httpx.Client, contender: Contender, tag: str) -> None:
-    _turns(client, contender, tag, THINK, f"multi-turn, {THINK:g} s to read")
+    _turns(client, contender, f"{tag}-think", THINK, f"multi-turn, {THINK:g} s to read")  # a new chat
 
 
 def _turns(client: httpx.Client, contender: Contender, tag: str, think: float, name: str) -> None:

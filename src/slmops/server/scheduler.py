@@ -2,9 +2,11 @@
 
 One thread per loaded model owns every inference call. Requests become rows of a
 :class:`~slmops.runtime.batched.BatchedDecoder`, where one step advances them all;
-each round prefills the next piece of waiting prompts (first come, first served)
-and then runs one decode step, so a new request's first token waits for the
-prompts ahead of it, never for the running answers to finish. Requests with a
+each round prefills the next piece of waiting prompts (first come, first served;
+requests arriving during a piece join the round's prefill) and then runs one
+decode step, so a new request's first token waits for the prompts ahead of it,
+never for the running answers to finish. When nothing waits or runs, finished
+answers are prefilled again for the prefix cache (:mod:`slmops.runtime.warming`). Requests with a
 grammar (JSON, tools) are rows too, with their tokens masked by llguidance.
 Only what the batch cannot hold (a prompt plus max_tokens beyond a row, or a
 model the batch cannot run) goes to the runtime's own token stream (an
@@ -209,6 +211,9 @@ class Scheduler:
                 for sequence, response in piece:
                     job = self.rows.pop(sequence) if response.finish_reason else self.rows[sequence]
                     self._deliver(job, response)
+                with self.wake:  # requests that came during the piece are prefilled in this round too
+                    late = self._admit()
+                self.decoder.add(self._join(late))
         except Exception as exc:  # the batch is broken: fail its requests, keep serving the others
             failed = list(self.rows.values())
             self.rows.clear()
