@@ -160,3 +160,39 @@ def test_the_scheduler_warms_only_while_no_row_waits_or_decodes():
 
     asyncio.run(asyncio.wait_for(main(), 30))
     assert rows.warming.ran == 50 and rows.warming.beside == 0
+
+
+def test_the_next_turns_opening_is_warmed_behind_the_answer(tiny):
+    first_ids, opening = prompt(50, 80), prompt(4, 81)
+    made = decoder(tiny)
+    first = sequence(tiny, first_ids, 20)
+    first.follow = opening
+    (answer,) = run(made, first)
+    while made.warming.piece():
+        pass
+    second_ids = first_ids + answer + opening + prompt(6, 82)
+    second = sequence(tiny, second_ids, 10)
+    assert run(made, second) == run(decoder(tiny, budget=0), sequence(tiny, second_ids, 10))
+    assert second.cached == 50 + 20 + 4
+
+
+class Template:
+    """A model's render and encode, for a ChatML-like template: one character, one token."""
+
+    def render(self, messages) -> str:
+        return "".join(f"<{m['role']}>{m['content']}</>\n" for m in messages) + "<assistant>"
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(character) for character in text]
+
+
+def test_the_next_turns_opening_comes_from_the_chat_template():
+    from slmops.runtime.warming import next_turn_opening
+
+    assert next_turn_opening(Template()) == [ord(c) for c in "</>\n<user>"]
+
+    class NoTemplate(Template):
+        def render(self, messages) -> str:
+            raise ValueError("no chat template")
+
+    assert next_turn_opening(NoTemplate()) == []

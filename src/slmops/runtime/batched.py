@@ -119,6 +119,7 @@ class Sequence:
     prompt_logprobs: int | None = None
     prompt_scores: list[TokenLogprob] = field(default_factory=list, repr=False)
     drafts: RowDrafts | None = field(default=None, repr=False)  # set when the row speculates
+    follow: list[int] = field(default_factory=list)  # what a next turn puts after the answer, warmed with it
     sampler: Sampler = field(init=False, repr=False)
     answer: Answer = field(init=False, repr=False)
 
@@ -555,7 +556,10 @@ class BatchedDecoder:
     def _finished(self, sequence: Sequence) -> None:
         self.remove(sequence)
         if sequence.error is None and sequence.max_new > 0:
-            self.warming.note(sequence.prompt + sequence.tokens)
+            follow = sequence.follow
+            if follow and sequence.tokens[-1:] == follow[:1]:  # the answer ended with the template's end of turn
+                follow = follow[1:]
+            self.warming.note(sequence.prompt + sequence.tokens + follow)
 
     def _add(self, sequence: Sequence, token: int) -> Response:
         sequence.tokens.append(token)

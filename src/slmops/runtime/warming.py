@@ -17,11 +17,13 @@ part already prefilled.
 from __future__ import annotations
 
 import collections
+import weakref
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from slmops.runtime.model import Model
 from slmops.runtime.prefix import MIN_REUSE, PrefixCache
 from slmops.runtime.rows import RowMemory
 
@@ -30,6 +32,7 @@ from slmops.runtime.rows import RowMemory
 WARM_CHUNK = 64
 # Answers waiting to be warmed; older ones go first out (their chats are the least likely to continue).
 QUEUE = 16
+_OPENINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # next_turn_opening, per loaded model
 
 
 class Engine(Protocol):
@@ -130,3 +133,28 @@ def _chunk_end(filled: int, size: int) -> int:
     """Where the chunk from ``filled`` ends: at most :data:`WARM_CHUNK` tokens, never leaving one alone."""
     end = min(size, filled + WARM_CHUNK)
     return end - 1 if size - end == 1 else end
+
+
+def next_turn_opening(model: Model) -> list[int]:
+    """Tokens a chat template puts between an assistant's answer and the user's next words.
+
+    Warmed after an answer, they spare the next turn a few more prompt tokens (on ChatML,
+    ``<|im_end|>``, a newline, ``<|im_start|>user`` and a newline). [] when the template
+    cannot say; a guess that differs from the real next prompt only shortens its reuse.
+    """
+    if model not in _OPENINGS:  # a template renders in milliseconds: once per model
+        _OPENINGS[model] = _opening(model)
+    return _OPENINGS[model]
+
+
+def _opening(model: Model) -> list[int]:
+    marks = ("\x01", "\x02", "\x03")
+    chat = [{"role": role, "content": mark} for role, mark in zip(("user", "assistant", "user"), marks)]
+    try:
+        text = model.render(chat)
+    except Exception:  # no chat template, or one that wants other turns: nothing to guess
+        return []
+    start, end = text.find(marks[1]), text.find(marks[2])
+    if start < 0 or end <= start:
+        return []
+    return model.encode(text[start + 1 : end])
