@@ -395,7 +395,7 @@ class BatchedDecoder:
         self.prefix.keep(sequence.prompt, self.cache, sequence.row)
         self.running.append(sequence)
         made = [(sequence, row), *self._copy_twins([(sequence, logits[0, -1])])]
-        return [(item, self._emit(item, logits)) for item, logits in made]
+        return [(item, self._emit(item, scores)) for item, scores in made]
 
     def _score_prompt(self, sequence: Sequence, logits: np.ndarray, start: int, end: int) -> None:
         """Score the prompt tokens that ``logits`` (of positions ``start..end``) predict, when asked."""
