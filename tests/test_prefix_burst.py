@@ -10,7 +10,7 @@ import slmops
 from slmops.runtime import warming
 from slmops.runtime.batched import BatchedDecoder
 from slmops.runtime.prefix import MIN_REUSE
-from tests.test_server_prefix import decoder, prompt, run, sequence
+from tests.test_server_prefix import Endless, decoder, prompt, run, sequence
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +196,15 @@ def test_the_next_turns_opening_comes_from_the_chat_template():
             raise ValueError("no chat template")
 
     assert next_turn_opening(NoTemplate()) == []
+
+
+def test_an_answer_that_fills_its_row_is_warmed_within_it(tiny):
+    made = BatchedDecoder(tiny, 2, 64, 1 << 20)
+    made.model = Endless(made.model)
+    first = sequence(tiny, prompt(40, 90), 64)
+    first.follow = prompt(5, 91)
+    run(made, first)
+    assert len(first.prompt) + len(first.tokens) == 64  # the row is full: the opening does not fit
+    while made.warming.piece():
+        pass
+    assert made.warming.warmed == 1 and made.prefix.holds(first.prompt + first.tokens + first.follow)[1] == 64

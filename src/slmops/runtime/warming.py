@@ -42,6 +42,7 @@ class Engine(Protocol):
     cache: list[np.ndarray]
     memory: RowMemory
     running: list
+    max_length: int
 
     @property
     def busy(self) -> int: ...
@@ -81,6 +82,7 @@ class Warming:
 
     def note(self, tokens: list[int]) -> None:
         """Warm ``tokens`` (a finished answer behind its prompt) when the engine is idle."""
+        tokens = tokens[: self.decoder.max_length]  # the next turn's opening may not fit the row
         if self.decoder.prefix.budget and tokens not in self.queue:
             self.queue.append(tokens)
 
