@@ -15,6 +15,13 @@ Where a burst's first tokens go is shown beside them, measured in this process o
 same model: one prompt's prefill alone, the 8 prompts prefilled as one group, and one
 decode step of 8 rows (onnxruntime's prompt kernels cost about the same per token in a
 group as alone, so one group hands all 8 first tokens out at its end).
+
+A second burst (``--chat-burst``, on by default) sends 8 *different* chat questions together,
+each with the model's default system prompt (the chat template adds it), to /v1/chat/completions:
+the prompts share their beginning only, and answers end where the model ends them (no
+ignore_eos for either server), so its aggregate counts the tokens each server chose to write.
+``--pause`` seconds separate the contenders' turns, so work a server does after its answers
+(slmops prefills finished answers again when idle) does not run beside the other's burst.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from serve_throughput import (
     http_batch,
     llama_server,
 )
+from slmops.bench.runner import run_batch
 from slmops.bench.targets import Prompt, UrlTarget
 from slmops.convert import embedded_model
 from slmops.machine import describe_cpu
@@ -53,6 +61,28 @@ def slmops_server(folder: Path, source: str | None, label: str) -> ServerProcess
     command = [sys.executable, "-m", "slmops", "serve", str(folder), "--log-level", "warning"]
     command += ["--parallel", str(STREAMS), "--threads", str(THREADS)]
     return ServerProcess(command, env=env, label=label)
+
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "How do plants make their food?",
+    "Give me three tips for better sleep.",
+    "Why is the sky blue?",
+    "What does a compiler do?",
+    "Name two uses of copper.",
+    "How far is the Moon from the Earth?",
+    "What is a prime number?",
+]
+
+
+def chat_burst(target: UrlTarget, tokens: int) -> list:
+    """8 different questions at once; answers may end before ``tokens``."""
+    prompts = [Prompt(question, 0, question) for question in QUESTIONS[:STREAMS]]
+    records, _ = run_batch(target, prompts, tokens, time.perf_counter)
+    failed = [record.error for record in records if record.error]
+    if failed or len(records) != len(prompts):
+        raise SystemExit(f"{target.label}: the chat burst failed: {failed[:1]}")
+    return records
 
 
 def breakdown(folder: Path) -> dict[str, float]:
@@ -93,6 +123,8 @@ def main() -> None:
     parser.add_argument("--llama-server", help="llama-server binary [default: on PATH or /opt/llama-server/bin]")
     parser.add_argument("--gguf", type=Path, help="GGUF for llama-server [default: the embedded SmolLM2 Q4_1]")
     parser.add_argument("--llama-threads", type=int, default=THREADS, help="llama-server -t [default: 2]")
+    parser.add_argument("--no-chat-burst", dest="chat_burst", action="store_false", help="only the identical prompts")
+    parser.add_argument("--pause", type=float, default=2.0, help="seconds between contenders' turns [default: 2]")
     args = parser.parse_args()
     print(f"CPU: {describe_cpu().summary()}", flush=True)
     binary = find_llama_server(args.llama_server)
@@ -107,6 +139,8 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     ttfts: dict[str, list[float]] = {label: [] for label in servers}
     rates: dict[str, list[float]] = {label: [] for label in servers}
+    chat_ttfts: dict[str, list[float]] = {label: [] for label in servers}
+    chat_rates: dict[str, list[float]] = {label: [] for label in servers}
     try:
         for server in servers.values():
             server.wait_ready(300)
@@ -115,9 +149,13 @@ def main() -> None:
             for label, server in servers.items()
         }
         prompt = Prompt(PROMPT, 0, PROMPT)
-        for target in targets.values():
+        chats = {label: UrlTarget(server.url, endpoint="chat") for label, server in servers.items()}
+        for label, target in targets.items():
             target.load()
             http_batch(target, prompt, STREAMS, 8)  # warm: the first batch pays one-time costs
+            if args.chat_burst:
+                chats[label].load()
+                chat_burst(chats[label], 8)
         labels = list(targets)
         for index in range(args.rounds):
             for label in labels[index % len(labels) :] + labels[: index % len(labels)]:
@@ -125,6 +163,13 @@ def main() -> None:
                 ttfts[label] += [record.ttft for record in records]
                 rates[label].append(aggregate(records))
                 print(f"  round {index + 1}, {label}: TTFTs {' '.join(f'{r.ttft:.2f}' for r in records)}", flush=True)
+                time.sleep(args.pause)
+                if args.chat_burst:
+                    records = chat_burst(chats[label], args.tokens)
+                    chat_ttfts[label] += [record.ttft for record in records]
+                    chat_rates[label].append(aggregate(records))
+                    print(f"    8 questions: TTFTs {' '.join(f'{r.ttft:.2f}' for r in records)}", flush=True)
+                    time.sleep(args.pause)
     finally:
         for server in servers.values():
             server.stop()
@@ -139,6 +184,13 @@ def main() -> None:
             f"  {label:32s} TTFT median {statistics.median(ttfts[label]):.3f} s, p95 {_p95(ttfts[label]):.3f} s; "
             f"aggregate {statistics.median(rates[label]):.1f} tok/s"
         )
+    if args.chat_burst:
+        print("8 different chat questions arriving together (the default system prompt), same rounds")
+        for label in servers:
+            print(
+                f"  {label:32s} TTFT median {statistics.median(chat_ttfts[label]):.3f} s, "
+                f"p95 {_p95(chat_ttfts[label]):.3f} s; aggregate {statistics.median(chat_rates[label]):.1f} tok/s"
+            )
     print("  in this process, " + ", ".join(f"{k}: {v:.3f}" for k, v in parts.items()))
 
 

@@ -12,7 +12,9 @@ turns inside each round, so machine load hits them alike. Scenarios, each a rati
 medians over the rounds:
 
 1. multi-turn: a ~1,000-token conversation; TTFT of its next turn (the history, the
-   answer just given, a new question) over TTFT of the turn before it;
+   answer just given, a new question) over TTFT of the turn before it, the next turn sent
+   as soon as the answer ends; and again (``multi-turn-think``) with ``--think`` seconds
+   between them, the same for both servers, as a user reading the answer would leave;
 2. shared system prompt, users one after another: a ~500-token system prompt and 8
    different questions; median TTFT of users 2-8 over user 1's (the cold one);
 3. shared system prompt, a burst: 8 users arrive together with one new system prompt;
@@ -162,15 +164,27 @@ def conversation(tag: str, words: int) -> list[dict]:
     return [*messages, {"role": "user", "content": "Which of these passages did you like best, and why?"}]
 
 
+THINK = 1.5  # seconds between an answer and the next turn in multi-turn-think (--think)
+
+
 def multi_turn(client: httpx.Client, contender: Contender, tag: str) -> None:
+    _turns(client, contender, tag, 0.0, "multi-turn")
+
+
+def multi_turn_think(client: httpx.Client, contender: Contender, tag: str) -> None:
+    _turns(client, contender, f"{tag}-think", THINK, f"multi-turn, {THINK:g} s to read")  # a new chat
+
+
+def _turns(client: httpx.Client, contender: Contender, tag: str, think: float, name: str) -> None:
     history = conversation(tag, 620)  # ~1,000 tokens
     first = chat(client, contender, history, 48)
     follow = [*history, {"role": "assistant", "content": first.text}, {"role": "user", "content": "Tell me more."}]
+    time.sleep(think)
     second = chat(client, contender, follow, 16)
-    contender.add("multi-turn: first turn TTFT (s)", first.ttft)
-    contender.add("multi-turn: next turn TTFT (s)", second.ttft)
-    contender.add("multi-turn: next turn prompt tokens", second.prompt_tokens)
-    contender.add("multi-turn: next turn cached tokens", second.cached_tokens)
+    contender.add(f"{name}: first turn TTFT (s)", first.ttft)
+    contender.add(f"{name}: next turn TTFT (s)", second.ttft)
+    contender.add(f"{name}: next turn prompt tokens", second.prompt_tokens)
+    contender.add(f"{name}: next turn cached tokens", second.cached_tokens)
 
 
 def shared_in_turn(client: httpx.Client, contender: Contender, tag: str) -> None:
@@ -245,7 +259,9 @@ def main() -> None:
     parser.add_argument(
         "--scenario", action="append", choices=sorted(SCENARIOS), help="run only these (repeatable) [default: all]"
     )
+    parser.add_argument("--think", type=float, default=THINK, help="seconds to read an answer in multi-turn-think")
     args = parser.parse_args()
+    globals()["THINK"] = args.think
     cpu = describe_cpu().summary()
     print(f"CPU: {cpu}", flush=True)
     gguf = args.gguf or embedded_model()
@@ -293,7 +309,12 @@ def measure(contenders: list[Contender], rounds: int, scenarios: list) -> None:
             print(f"round {index + 1} of {rounds} done", flush=True)
 
 
-SCENARIOS = {"multi-turn": multi_turn, "one-by-one": shared_in_turn, "burst": shared_burst}
+SCENARIOS = {
+    "multi-turn": multi_turn,
+    "multi-turn-think": multi_turn_think,
+    "one-by-one": shared_in_turn,
+    "burst": shared_burst,
+}
 RATIOS = (
     ("multi-turn: next turn TTFT (s)", "multi-turn: first turn TTFT (s)", 0.15),
     (
@@ -328,10 +349,13 @@ def report(contenders: list[Contender], cpu: str, load: list[float], reserved: l
         for name, value in contender.facts.items():
             print(f"  {name:62s} {value:8.0f}")
         result["contenders"][contender.label] = {"rows": contender.rows, "ratios": ratios, "memory_mb": contender.facts}
-    if len(contenders) > 1 and "multi-turn: next turn TTFT (s)" in contenders[0].rows:
+    turns = [name for name in contenders[0].rows if name.endswith("next turn TTFT (s)")]
+    for name in turns if len(contenders) > 1 else []:
         ours, theirs = contenders
-        name = "multi-turn: next turn TTFT (s)"
-        print(f"\nnext turn TTFT, slmops / llama-server: {ours.median(name) / theirs.median(name):.2f}x (target <= 1)")
+        turn = name.split(":")[0]
+        print(
+            f"\n{turn}: next turn TTFT, slmops / llama-server: {ours.median(name) / theirs.median(name):.2f}x (target <= 1)"
+        )
     if path:
         path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {path}")

@@ -21,6 +21,7 @@ class Rows:
         self.running: list[Sequence] = []
         self.pending: collections.deque[Sequence] = collections.deque()
         self.broken = False
+        self.warming = SimpleNamespace(left=False)  # nothing to prefill again when idle
 
     @property
     def busy(self) -> int:

@@ -36,7 +36,12 @@ step reads them.
 
 With a :class:`~slmops.runtime.prefix.PrefixCache`, a prompt's KV cache is kept once it
 is in; a later prompt that begins the same way copies that beginning into its row and
-prefills only the rest, in the same chunks.
+prefills only the rest, in the same chunks (one forward per row: onnxruntime's CPU attention
+takes several new positions per row after a cached beginning only in a batch of one). Prompts
+waiting together that share a beginning are not prefilled together: the first goes in and
+is kept, the others copy its beginning; a waiting prompt identical to one just prefilled
+copies its whole row and its first token's logits, and runs nothing. A finished answer is
+prefilled again behind its prompt when the engine is idle (:mod:`slmops.runtime.warming`).
 
 The session runs a copy of the graph that computes logits only where they are read
 (:mod:`slmops.runtime.logits_graph`): a prompt's last position, or every position of a
@@ -59,12 +64,13 @@ from slmops.runtime import logits_graph
 from slmops.runtime.generate import Answer, Response
 from slmops.runtime.guided import Grammars
 from slmops.runtime.logprobs import TokenLogprob, next_token, prompt_tokens
-from slmops.runtime.model import Model
+from slmops.runtime.model import Model, common_prefix
 from slmops.runtime.options import GenerationOptions
 from slmops.runtime.prefix import MIN_REUSE, PrefixCache
 from slmops.runtime.rows import RowMemory
 from slmops.runtime.sampling import Sampler
 from slmops.runtime.speculative import MAX_DRAFT, RowDrafts, accept, applies
+from slmops.runtime.warming import Warming
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -118,6 +124,7 @@ class Sequence:
     prompt_logprobs: int | None = None
     prompt_scores: list[TokenLogprob] = field(default_factory=list, repr=False)
     drafts: RowDrafts | None = field(default=None, repr=False)  # set when the row speculates
+    follow: list[int] = field(default_factory=list)  # what a next turn puts after the answer, warmed with it
     sampler: Sampler = field(init=False, repr=False)
     answer: Answer = field(init=False, repr=False)
 
@@ -169,6 +176,7 @@ class BatchedDecoder:
         self.steps = 0  # decode steps run, for tests and metrics
         self.prompt_tokens_run = 0  # prompt positions run (padding too): what a round's prefill spends
         self.prefix = PrefixCache(prefix_budget)
+        self.warming = Warming(self)  # finished answers, prefilled again when nothing else runs
         self.masks: np.ndarray | None = None
         # One thread fills grammar masks while onnxruntime computes logits (both leave the GIL).
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="slmops-grammar")
@@ -231,6 +239,7 @@ class BatchedDecoder:
             if sequence.max_new > 0 and sequence.logprobs is None and applies(sequence.options, sequence.matcher):
                 sequence.drafts = RowDrafts(sequence.prompt)
             self.pending.append(sequence)
+        self.warming.stop()  # its row is the first a newcomer takes
 
     def cancel(self, sequence: Sequence) -> None:
         """Drop ``sequence``, waiting or decoding."""
@@ -267,6 +276,7 @@ class BatchedDecoder:
         Each piece's responses come out as soon as it ran, so a caller can hand the first
         tokens of a group out before the next group is prefilled.
         """
+        self.warming.stop()
         budget = self.prompt_tokens_run + PREFILL_CHUNK
         while self.pending and self.prompt_tokens_run < budget:
             yield self.prefill()
@@ -283,13 +293,53 @@ class BatchedDecoder:
             return self._prefill_chunk(head)
         group = [head]
         for sequence in list(self.pending)[1:]:
+            if self._twin(sequence, group):
+                continue  # it copies that row once it is in
             longest = max(len(sequence.prompt), *(len(item.prompt) for item in group))
-            if longest * (len(group) + 1) > PREFILL_GROUP or self.prefix.longest(sequence.prompt)[1] >= MIN_REUSE:
-                break  # a prompt with a cached beginning goes on its own, from that beginning
+            if longest * (len(group) + 1) > PREFILL_GROUP or self._shares(sequence, group):
+                break  # a prompt with a beginning cached, or about to be, goes on its own from it
             group.append(sequence)
-        for _ in group:
-            self.pending.popleft()
+        for sequence in group:
+            self.pending.remove(sequence)
         return self._prefill_group(group)
+
+    def _shares(self, sequence: Sequence, group: list[Sequence]) -> bool:
+        """Whether ``sequence`` would copy a beginning from the cache, or from a ``group`` member once kept."""
+        if not self.prefix.budget or sequence.prompt_logprobs is not None:
+            return False
+        if self.prefix.longest(sequence.prompt)[1] >= MIN_REUSE:
+            return True
+        most = len(sequence.prompt) - 2  # the last two tokens are always run
+        return any(min(common_prefix(item.prompt, sequence.prompt), most) >= MIN_REUSE for item in group)
+
+    def _twin(self, sequence: Sequence, done: list[Sequence]) -> Sequence | None:
+        """The sequence of ``done`` whose row and logits ``sequence`` can copy: the same prompt, nothing else to compute."""
+        if not self.prefix.budget or sequence.filled or sequence.prompt_logprobs is not None or sequence.matcher:
+            return None
+        return next((item for item in done if item.prompt == sequence.prompt), None)
+
+    def _copy_twins(self, done: list[tuple[Sequence, np.ndarray]]) -> list[tuple[Sequence, np.ndarray]]:
+        """Waiting sequences with the very prompt of one just prefilled, moved into rows of their own.
+
+        Each copies that row's KV cache and the logits of its last prompt token (``done``
+        pairs each prefilled sequence with them): what its own prefill would have computed.
+        """
+        copies: list[tuple[Sequence, np.ndarray]] = []
+        logits = {id(sequence): last for sequence, last in done}
+        for twin in list(self.pending):
+            source = self._twin(twin, [sequence for sequence, _ in done])
+            if source is None:
+                continue
+            self.pending.remove(twin)
+            twin.row, twin.filled = len(self.running), len(twin.prompt)
+            for buffer in self.cache:
+                buffer[twin.row, :, : twin.filled] = buffer[source.row, :, : twin.filled]
+            twin.cached = twin.filled
+            self.prefix.hits += 1
+            self.prefix.reused_tokens += twin.filled
+            self.running.append(twin)
+            copies.append((twin, logits[id(source)]))
+        return copies
 
     def _reuse(self, sequence: Sequence) -> None:
         """Start ``sequence`` from the longest cached beginning of its prompt, if one is worth copying."""
@@ -319,9 +369,11 @@ class BatchedDecoder:
             self.prefix.keep(sequence.prompt, self.cache, sequence.row)
         # Every position's logits, or each row's last prompt position's alone.
         at = lasts if every else [0] * len(group)
-        rows = [self._mask(sequence, logits[offset, at[offset]], sequence.row) for offset, sequence in enumerate(group)]
+        last = [logits[offset, at[offset]] for offset in range(len(group))]
+        rows = [self._mask(sequence, row_logits, sequence.row) for sequence, row_logits in zip(group, last)]
         self.running.extend(group)
-        return [(sequence, self._emit(sequence, row)) for sequence, row in zip(group, rows)]
+        made = [*zip(group, rows), *self._copy_twins(list(zip(group, last)))]
+        return [(sequence, self._emit(sequence, row)) for sequence, row in made]
 
     def _prefill_chunk(self, sequence: Sequence) -> list[tuple[Sequence, Response]]:
         # A long prompt fills a row above the running ones, a chunk per round; the decode
@@ -346,7 +398,8 @@ class BatchedDecoder:
             self.memory.release(freed)
         self.prefix.keep(sequence.prompt, self.cache, sequence.row)
         self.running.append(sequence)
-        return [(sequence, self._emit(sequence, row))]
+        made = [(sequence, row), *self._copy_twins([(sequence, logits[0, -1])])]
+        return [(item, self._emit(item, scores)) for item, scores in made]
 
     def _score_prompt(self, sequence: Sequence, logits: np.ndarray, start: int, end: int) -> None:
         """Score the prompt tokens that ``logits`` (of positions ``start..end``) predict, when asked."""
@@ -503,7 +556,7 @@ class BatchedDecoder:
         if sequence.prompt_logprobs is not None and len(sequence.tokens) <= 1:
             response.prompt_logprobs = sequence.prompt_scores
         if response.finish_reason:
-            self.remove(sequence)
+            self._finished(sequence)
         return response
 
     def _emit_tokens(self, sequence: Sequence, tokens: list[int]) -> list[Response]:
@@ -512,9 +565,17 @@ class BatchedDecoder:
         for token in tokens:
             responses.append(self._add(sequence, token))
             if responses[-1].finish_reason:
-                self.remove(sequence)
+                self._finished(sequence)
                 break
         return responses
+
+    def _finished(self, sequence: Sequence) -> None:
+        self.remove(sequence)
+        if sequence.error is None and sequence.max_new > 0:
+            follow = sequence.follow
+            if follow and sequence.tokens[-1:] == follow[:1]:  # the answer ended with the template's end of turn
+                follow = follow[1:]
+            self.warming.note(sequence.prompt + sequence.tokens + follow)
 
     def _add(self, sequence: Sequence, token: int) -> Response:
         sequence.tokens.append(token)

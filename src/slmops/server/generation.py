@@ -15,7 +15,7 @@ import logging
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,6 +26,7 @@ from slmops.runtime.generate import LeadingWhitespace, Response, score_prompt, s
 from slmops.runtime.guided import GrammarError, Grammars
 from slmops.runtime.model import Model
 from slmops.runtime.options import GenerationOptions
+from slmops.runtime.warming import next_turn_opening
 from slmops.server import tools
 from slmops.server.errors import APIError, from_slmops
 from slmops.server.protocol import DEFAULT_MAX_TOKENS, ChatRequest, Message, SamplingFields
@@ -54,6 +55,7 @@ class Plan:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     max_new: int | None = None
+    follow: list[int] = field(default_factory=list)  # what a chat's next turn puts after the answer
 
 
 def options_for(request: SamplingFields, max_tokens: int | None = None) -> dict:
@@ -83,7 +85,7 @@ def chat_plan(loaded: Loaded, request: ChatRequest) -> Plan:
         raise from_slmops(exc) from exc
     guidance = mode.guidance() if mode is not None else tools.response_guidance(request.response_format)
     options = options_for(request, request.max_completion_tokens)
-    return Plan(ids, options, guidance, mode)
+    return Plan(ids, options, guidance, mode, follow=next_turn_opening(loaded.model))
 
 
 def history(messages: list[Message]) -> list[dict]:
@@ -228,6 +230,7 @@ def _row(
         matcher=matcher,
         logprobs=plan.logprobs,
         prompt_logprobs=plan.prompt_logprobs,
+        follow=plan.follow,
     )
     return Job(None, loop, sequence=sequence)
 

@@ -2,9 +2,11 @@
 
 One thread per loaded model owns every inference call. Requests become rows of a
 :class:`~slmops.runtime.batched.BatchedDecoder`, where one step advances them all;
-each round prefills the next piece of waiting prompts (first come, first served)
-and then runs one decode step, so a new request's first token waits for the
-prompts ahead of it, never for the running answers to finish. Requests with a
+each round prefills the next piece of waiting prompts (first come, first served;
+requests arriving during a piece join the round's prefill) and then runs one
+decode step, so a new request's first token waits for the prompts ahead of it,
+never for the running answers to finish. When nothing waits or runs, finished
+answers are prefilled again for the prefix cache (:mod:`slmops.runtime.warming`). Requests with a
 grammar (JSON, tools) are rows too, with their tokens masked by llguidance.
 Only what the batch cannot hold (a prompt plus max_tokens beyond a row, or a
 model the batch cannot run) goes to the runtime's own token stream (an
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 from slmops.runtime.batched import BatchedDecoder, Sequence
 from slmops.runtime.generate import Response
 
+log = logging.getLogger("slmops.server")
 DONE = object()  # put on a job's queue after its last response
 
 
@@ -149,17 +153,35 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self.wake:
-                while not self.active and not self.waiting and not self.closed:
+                while not self.active and not self.waiting and not self.closed and not self._warming():
                     self.wake.wait()
                 if self.closed and not self.active and not self.waiting:
                     return
                 joining = self._admit()
                 streams = list(self.running)
+                idle = not joining and not self.active
+            if idle:  # nothing waits or runs: prefill a finished answer again, a chunk at a time
+                self._warm()
+                continue
             self._run_batch(joining)
             for job in streams:
                 if not self._step(job):
                     with self.wake:
                         self.running.remove(job)
+
+    def _warming(self) -> bool:
+        return self.decoder is not None and self.decoder.warming.left
+
+    def _warm(self) -> None:
+        """One piece of the decoder's warming (see :mod:`slmops.runtime.warming`)."""
+        if self.decoder is None:
+            return
+        try:
+            self.decoder.warming.piece()
+        except Exception:  # warming only saves time later: drop it, keep serving
+            log.exception("%s: warming the prefix cache failed", self.name)
+            self.decoder.warming.queue.clear()
+            self.decoder.warming.current = None
 
     def _admit(self) -> list[Job]:
         """Move waiting jobs in while there is room; returns the new rows to prefill."""
@@ -189,6 +211,9 @@ class Scheduler:
                 for sequence, response in piece:
                     job = self.rows.pop(sequence) if response.finish_reason else self.rows[sequence]
                     self._deliver(job, response)
+                with self.wake:  # requests that came during the piece are prefilled in this round too
+                    late = self._admit()
+                self.decoder.add(self._join(late))
         except Exception as exc:  # the batch is broken: fail its requests, keep serving the others
             failed = list(self.rows.values())
             self.rows.clear()
