@@ -34,6 +34,10 @@ from slmops.server.config import ServerConfig
 APP_NAME = "slmops"
 DEPLOYMENT = "SlmopsReplica"
 REPLICA_HEADER = "x-slmops-replica"
+# A streamed answer crosses to Ray's proxy in at most one piece per this many seconds (its
+# first token at once): each piece costs Python time on the decoding cores; 0.1 s halved the
+# proxy's CPU per token at 8 streams (0.6 -> 0.3 ms, docs/scale-out.md).
+STREAM_INTERVAL = 0.1
 BUILDER = "slmops.server.cluster:build"
 MANAGEMENT_PATHS = ("/openai/load/{name:path}", "/openai/unload/{name:path}", "/openai/unloadall")
 NOT_ACROSS_REPLICAS = (
@@ -141,12 +145,14 @@ class Replica:
         from ray import serve
 
         from slmops.server.app import create_app
+        from slmops.server.coalesce import CoalescedStreams
 
         app = create_app(self.config, self.models)
         context = serve.get_replica_context()
         name = context.replica_id.unique_id
         _replace_management(app, name)
         app.add_middleware(ReplicaHeader, name=name)
+        app.add_middleware(CoalescedStreams, interval=STREAM_INTERVAL)
         return app
 
 
