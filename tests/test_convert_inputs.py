@@ -20,8 +20,11 @@ from tests import tiny
 from tests.test_convert import agreement, genai_greedy, torch_greedy, torch_logits
 
 
-def write_gguf(hf_dir: Path, path: Path, kind: str = "F32") -> Path:
-    """A llama GGUF of a tiny HF model, laid out the way llama.cpp's converter writes one."""
+def write_gguf(hf_dir: Path, path: Path, kind: str | dict[str, str] = "F32") -> Path:
+    """A llama GGUF of a tiny HF model, laid out the way llama.cpp's converter writes one.
+
+    kind: the ggml type of every matrix, or a GGUF tensor name -> type map (others F32).
+    """
     import gguf
     from safetensors.numpy import load_file
 
@@ -65,9 +68,11 @@ def write_gguf(hf_dir: Path, path: Path, kind: str = "F32") -> Path:
         else:
             gguf_name = names[name]
         weight = weight.astype(np.float32)
-        if kind == "Q8_0" and weight.ndim == 2:
-            quantized = gguf.quants.quantize(weight, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(gguf_name, quantized, raw_shape=quantized.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        tensor_kind = kind.get(gguf_name, "F32") if isinstance(kind, dict) else kind
+        if tensor_kind != "F32" and weight.ndim == 2:
+            qtype = gguf.GGMLQuantizationType[tensor_kind]
+            quantized = gguf.quants.quantize(weight, qtype)
+            writer.add_tensor(gguf_name, quantized, raw_shape=quantized.shape, raw_dtype=qtype)
         else:
             writer.add_tensor(gguf_name, weight)
     writer.write_header_to_file()
