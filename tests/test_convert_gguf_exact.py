@@ -46,8 +46,9 @@ def test_exact_blocks_give_the_dequantized_models_logits(mixed_gguf, fp32_logits
     routes = report.gguf_weights
     assert set(routes) == {"Q4_0", "Q4_1", "Q8_0"}
     assert all(row["route"].startswith("exact") and row["relative_rms_error"] == 0 for row in routes.values())
-    # tensors are counted per MatMul: layer 0's qkv is one, the tied LM head is the embedding's
-    assert (routes["Q4_0"]["tensors"], routes["Q4_1"]["tensors"], routes["Q8_0"]["tensors"]) == (2, 5, 4)
+    # counted per Hugging Face matrix (q, k and v apart), the tied LM head as the embedding's type
+    assert (routes["Q4_0"]["tensors"], routes["Q4_1"]["tensors"], routes["Q8_0"]["tensors"]) == (4, 7, 4)
+    assert "int4 blocks of 32, zero point 0 plus the block minimum" in routes["Q4_1"]["route"]
     assert routes["Q4_1"]["extra_bytes"] > 0 and routes["Q4_0"]["extra_bytes"] == 0
     assert any("embedding gathers the LM head's GGUF blocks" in note for note in report.notes)
 

@@ -17,15 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from slmops.convert.gguf_blocks import BLOCK, Blocks, hf_blocks
+from slmops.convert.gguf_blocks import GRAPH_BLOCK, Blocks, LazyBlocks, hf_blocks, stack
 from slmops.convert.gguf_families import Family
 from slmops.convert.gguf_file import GGUFFile
 
-ROUTES = {
-    "Q4_0": "exact: int4 blocks of 32, scale d, zero point 8",
-    "Q4_1": "exact: int4 blocks of 32, scale d, zero point 0, plus the block minimum",
-    "Q8_0": "exact: int8 blocks of 32, scale d, zero point 128",
-}
 _LAYER_NODE = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+)/MatMul")
 _EMBED, _HEAD = "model.embed_tokens.weight", "lm_head.weight"
 
@@ -34,7 +29,7 @@ _EMBED, _HEAD = "model.embed_tokens.weight", "lm_head.weight"
 class TypeRoute:
     """What happened to the MatMul weights of one ggml type: a row of the conversion report."""
 
-    route: str
+    routes: list[str] = field(default_factory=list)
     tensors: int = 0
     weights: int = 0
     extra_bytes: int = 0  # Q4_1's block minima
@@ -45,7 +40,13 @@ class TypeRoute:
     def relative_rms_error(self) -> float:
         return float(np.sqrt(self.error_sq / self.reference_sq)) if self.reference_sq else 0.0
 
-    def add(self, weights: int, error_sq: float = 0.0, reference_sq: float = 0.0, extra: int = 0) -> None:
+    @property
+    def exact(self) -> bool:
+        return all(route.startswith("exact") for route in self.routes)
+
+    def add(self, route: str, weights: int, error_sq: float = 0.0, reference_sq: float = 0.0, extra: int = 0) -> None:
+        if route not in self.routes:
+            self.routes.append(route)
         self.tensors += 1
         self.weights += weights
         self.extra_bytes += extra
@@ -54,7 +55,7 @@ class TypeRoute:
 
     def to_json(self) -> dict:
         return {
-            "route": self.route,
+            "route": "; ".join(self.routes),
             "tensors": self.tensors,
             "weights": self.weights,
             "relative_rms_error": round(self.relative_rms_error, 5),
@@ -67,8 +68,8 @@ class ImportResult:
     types: dict[str, TypeRoute] = field(default_factory=dict)
     embedding_from_head: bool = False
 
-    def record(self, ggml_type: str, route: str) -> TypeRoute:
-        return self.types.setdefault(ggml_type, TypeRoute(route))
+    def record(self, ggml_type: str) -> TypeRoute:
+        return self.types.setdefault(ggml_type, TypeRoute())
 
     def to_json(self) -> dict:
         return {name: row.to_json() for name, row in sorted(self.types.items())}
@@ -76,8 +77,9 @@ class ImportResult:
     def notes(self) -> list[str]:
         notes = []
         for name, row in sorted(self.types.items()):
-            cost = "" if row.route.startswith("exact") else f" (weight RMS error {100 * row.relative_rms_error:.1f}%)"
-            notes.append(f"GGUF {name}, {row.tensors} MatMul tensors: {row.route}{cost}")
+            cost = "" if row.exact else f" (weight RMS error {100 * row.relative_rms_error:.1f}%)"
+            count = f"{row.tensors} {'matrices' if row.tensors > 1 else 'matrix'}"
+            notes.append(f"GGUF {name} ({count}): {'; '.join(row.routes)}{cost}")
         if self.embedding_from_head:
             notes.append("tied embeddings: the input embedding gathers the LM head's GGUF blocks")
         return notes
@@ -96,7 +98,7 @@ def import_blocks(gguf_file: GGUFFile, family: Family, config: dict, hf_dir: Pat
     import onnx
 
     model = onnx.load(str(Path(model_dir) / "model.onnx"))
-    table: dict[str, Blocks | str] = dict(hf_blocks(gguf_file, family, config))
+    table: dict[str, LazyBlocks] = dict(hf_blocks(gguf_file, family, config))
     tied = _HEAD not in table and _EMBED in table
     if tied:
         table[_HEAD] = table[_EMBED]
@@ -109,9 +111,9 @@ def import_blocks(gguf_file: GGUFFile, family: Family, config: dict, hf_dir: Pat
         blocks = _stacked(names, table)
         if blocks is not None and _fits(node, blocks):
             graph.swap(node, blocks)
-            result.record(blocks.ggml_type, ROUTES[blocks.ggml_type]).add(
-                blocks.scales.size * BLOCK, extra=0 if blocks.minimum is None else blocks.minimum.size * 4
-            )
+            for name in names:
+                part = table[name]
+                result.record(part.ggml_type).add(_form(blocks), *_sizes(part.load()))
             head = blocks if node.name.startswith("/lm_head/") else head
         elif names:
             _record_requantized(result, node, names, table, graph, reference)
@@ -137,25 +139,24 @@ def weights_of(node_name: str, table: dict) -> list[str]:
     return [name] if name in table else []
 
 
-def _stacked(names: list[str], table: dict) -> Blocks | None:
-    parts = [table.get(name) for name in names]
-    if not parts or not all(isinstance(part, Blocks) for part in parts):
+def _stacked(names: list[str], table: dict[str, LazyBlocks]) -> Blocks | None:
+    if not names:
         return None
-    first = parts[0]
-    assert isinstance(first, Blocks)
-    if any(part.ggml_type != first.ggml_type for part in parts):  # type: ignore[union-attr]
+    parts = [table[name].load() for name in names]
+    if any(part is None for part in parts):
         return None
-    if len(parts) == 1:
-        return first
-    minimum = None if first.minimum is None else np.concatenate([p.minimum for p in parts])  # type: ignore[union-attr]
-    return Blocks(
-        first.ggml_type,
-        first.bits,
-        np.concatenate([p.packed for p in parts]),  # type: ignore[union-attr]
-        np.concatenate([p.scales for p in parts]),  # type: ignore[union-attr]
-        first.zero_point,
-        minimum,
-    )
+    return stack([part for part in parts if part is not None])
+
+
+def _form(blocks: Blocks) -> str:
+    form = f"exact: int{blocks.bits} blocks of {blocks.block}"
+    return form + ", zero point 0 plus the block minimum" if blocks.minimum is not None else form
+
+
+def _sizes(blocks: Blocks | None) -> tuple[int, float, float, int]:
+    """(weights, error², reference², extra bytes) of one exactly taken weight."""
+    assert blocks is not None
+    return blocks.values.size, 0.0, 0.0, 0 if blocks.minimum is None else blocks.minimum.size * 4
 
 
 def _attributes(node) -> dict:
@@ -165,20 +166,23 @@ def _attributes(node) -> dict:
 def _fits(node, blocks: Blocks) -> bool:
     attrs = _attributes(node)
     rows, k_blocks = blocks.scales.shape
-    return attrs.get("block_size") == BLOCK and attrs.get("N") == rows and attrs.get("K") == k_blocks * BLOCK
+    same_shape = attrs.get("N") == rows and attrs.get("K") == k_blocks * blocks.block
+    return attrs.get("block_size") == GRAPH_BLOCK and same_shape
 
 
 def _record_requantized(result: ImportResult, node, names: list[str], table: dict, graph, reference) -> None:
-    types = sorted({part.ggml_type if isinstance(part, Blocks) else str(part) for part in map(table.get, names)})
     attrs = _attributes(node)
     route = f"requantized to int{attrs.get('bits')} blocks of {attrs.get('block_size')}"
-    if len(types) > 1:
-        route += " (one packed MatMul of several types)"
-    expected = reference.weight(names)
-    actual = graph.dequantized(node)
-    error_sq = float(np.sum((actual - expected) ** 2)) / len(types)
-    for name in types:
-        result.record(name, route).add(expected.size // len(types), error_sq, float(np.sum(expected**2)) / len(types))
+    if len({table[name].ggml_type for name in names}) > 1:
+        route += " (in one MatMul with a type that has no exact form)"
+    expected, actual = reference.weight(names), graph.dequantized(node)
+    start = 0
+    for name in names:
+        rows = reference.rows(name)
+        error = actual[start : start + rows] - expected[start : start + rows]
+        part = expected[start : start + rows]
+        result.record(table[name].ggml_type).add(route, part.size, float(np.sum(error**2)), float(np.sum(part**2)))
+        start += rows
 
 
 class _Reference:
@@ -193,7 +197,11 @@ class _Reference:
         with safe_open(str(self.path), framework="numpy") as weights:
             keys = set(weights.keys())
             parts = [weights.get_tensor(_EMBED if name not in keys and self.tied else name) for name in names]
+        self.row_counts = {name: part.shape[0] for name, part in zip(names, parts)}
         return np.concatenate(parts).astype(np.float32)
+
+    def rows(self, name: str) -> int:
+        return self.row_counts[name]
 
 
 class _Graph:
@@ -204,8 +212,7 @@ class _Graph:
         self.initializers = {item.name: item for item in graph.initializer}
         self.after: dict[str, list] = {}  # node name -> nodes to insert after it
         self.before: dict[str, list] = {}
-        self.sums: dict[str, str] = {}  # input -> its block sums
-        self.minima: dict[str, Blocks] = {}  # B initializer -> blocks with a minimum
+        self.sums: dict[str, str] = {}  # "input|block size" -> the input's block sums
 
     def add_initializer(self, array: np.ndarray, name: str) -> str:
         from onnx import numpy_helper
@@ -224,45 +231,54 @@ class _Graph:
         base = node.input[1]
         inputs = [
             node.input[0],
-            self.add_initializer(blocks.packed, f"{base}.gguf"),
+            self.add_initializer(blocks.packed(), f"{base}.gguf"),
             self.add_initializer(blocks.scales, f"{base}.gguf_scales"),
         ]
         if not blocks.neutral:
             inputs.append(self.add_initializer(_zero_points(blocks), f"{base}.gguf_zero_points"))
         del node.input[:]
         node.input.extend(inputs)
-        kept = [a for a in node.attribute if a.name != "bits"]
+        kept = [a for a in node.attribute if a.name not in ("bits", "block_size")]
         del node.attribute[:]
-        node.attribute.extend([*kept, helper.make_attribute("bits", blocks.bits)])
+        node.attribute.extend(
+            [*kept, helper.make_attribute("bits", blocks.bits), helper.make_attribute("block_size", blocks.block)]
+        )
         if blocks.minimum is not None:
-            self.minima[inputs[1]] = blocks
             self._add_minimum(node, blocks)
 
     def _add_minimum(self, node, blocks: Blocks) -> None:
         """y = MatMulNBits(x) + S(x)·M, S(x) the sums of x over each block, shared per input."""
         from onnx import helper
 
+        assert blocks.minimum is not None
         x, y = node.input[0], node.output[0]
-        if x not in self.sums:
-            self.sums[x] = f"{x}/gguf_block_sums"
-            self.before[node.name] = [
-                helper.make_node("Reshape", [x, self._blocks_shape()], [f"{x}/gguf_blocks"], name=f"{x}/gguf_Reshape"),
-                helper.make_node(
-                    "ReduceSum", [f"{x}/gguf_blocks", self._last_axis()], [self.sums[x]], name=f"{x}/gguf_ReduceSum"
-                ),
-            ]
-            self.before[node.name][1].attribute.append(helper.make_attribute("keepdims", 0))
+        key, base = f"{x}|{blocks.block}", f"{x}/gguf_b{blocks.block}"
+        if key not in self.sums:
+            self.sums[key] = f"{base}/sums"
+            reshape = helper.make_node(
+                "Reshape", [x, self._blocks_shape(blocks.block)], [f"{base}/blocks"], name=f"{base}/Reshape"
+            )
+            reduce = helper.make_node(
+                "ReduceSum",
+                [f"{base}/blocks", self._last_axis()],
+                [self.sums[key]],
+                name=f"{base}/ReduceSum",
+                keepdims=0,
+            )
+            self.before[node.name] = [reshape, reduce]
         minimum = self.add_initializer(np.ascontiguousarray(blocks.minimum.T), f"{node.input[1]}_minimum")
         node.output[0] = f"{y}/gguf_scaled"
         self.after[node.name] = [
-            helper.make_node("MatMul", [self.sums[x], minimum], [f"{y}/gguf_minimum"], name=f"{node.name}/gguf_MatMul"),
+            helper.make_node(
+                "MatMul", [self.sums[key], minimum], [f"{y}/gguf_minimum"], name=f"{node.name}/gguf_MatMul"
+            ),
             helper.make_node("Add", [node.output[0], f"{y}/gguf_minimum"], [y], name=f"{node.name}/gguf_Add"),
         ]
 
-    def _blocks_shape(self) -> str:
-        name = "/model/constants/gguf_blocks_shape"
+    def _blocks_shape(self, block: int) -> str:
+        name = f"/model/constants/gguf_blocks_of_{block}"
         if name not in self.initializers:
-            self.add_initializer(np.array([0, 0, -1, BLOCK], dtype=np.int64), name)
+            self.add_initializer(np.array([0, 0, -1, block], dtype=np.int64), name)
         return name
 
     def _last_axis(self) -> str:
@@ -275,7 +291,7 @@ class _Graph:
         """A MatMulNBits node's weight as float32 [N, K]."""
         attrs = _attributes(node)
         bits, rows, columns = attrs["bits"], attrs["N"], attrs["K"]
-        packed = self.array(node.input[1]).reshape(rows, -1, BLOCK * bits // 8)
+        packed = self.array(node.input[1]).reshape(rows, -1, attrs["block_size"] * bits // 8)
         k_blocks = packed.shape[1]
         values = _unpack(packed, bits)
         scales = self.array(node.input[2]).reshape(rows, k_blocks).astype(np.float32)
@@ -288,14 +304,16 @@ class _Graph:
 
     def tie_embedding(self, head: Blocks) -> bool:
         """The embedding lookup (fp32 Gather or GatherBlockQuantized) rebuilt over the LM head's blocks."""
-        lookups = [n for n in self.graph.node if n.op_type in ("Gather", "GatherBlockQuantized") and n.input[1] == "input_ids"]
+        lookups = [
+            n for n in self.graph.node if n.op_type in ("Gather", "GatherBlockQuantized") and n.input[1] == "input_ids"
+        ]
         heads = [n for n in self.graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")]
         if len(lookups) != 1 or len(heads) != 1:
             return False
         lookup, head_node = lookups[0], heads[0]
         table = self.initializers.get(lookup.input[0])
         rows, k_blocks = head.scales.shape
-        if lookup.op_type == "Gather" and (table is None or list(table.dims) != [rows, k_blocks * BLOCK]):
+        if lookup.op_type == "Gather" and (table is None or list(table.dims) != [rows, k_blocks * head.block]):
             return False
         nodes = self._embedding_nodes(lookup, head_node, head)
         position = list(self.graph.node).index(lookup)
@@ -318,7 +336,9 @@ class _Graph:
 
         rows, k_blocks = head.scales.shape
         base, output = "/model/embed_tokens/gguf", lookup.output[0]
-        shape = self.add_initializer(np.array([rows, k_blocks * BLOCK * head.bits // 8], np.int64), f"{base}/shape")
+        shape = self.add_initializer(
+            np.array([rows, k_blocks * head.block * head.bits // 8], np.int64), f"{base}/shape"
+        )
         inputs = [f"{base}/Reshape/output_0", "input_ids", head_node.input[2]]
         if len(head_node.input) > 3:
             inputs.append(head_node.input[3])
@@ -332,7 +352,7 @@ class _Graph:
                 name=f"{base}/GatherBlockQuantized",
                 domain="com.microsoft",
                 bits=head.bits,
-                block_size=BLOCK,
+                block_size=head.block,
                 gather_axis=0,
                 quantize_axis=1,
             ),
@@ -346,14 +366,19 @@ class _Graph:
 
         assert head.minimum is not None
         table = self.add_initializer(head.minimum, f"{base}/minimum")
-        columns = head.scales.shape[1] * BLOCK
+        columns = head.scales.shape[1] * head.block
         flat = self.add_initializer(np.array([0, 0, columns], np.int64), f"{base}/flat_shape")
         return [
             helper.make_node("Gather", [table, "input_ids"], [f"{base}/minimum_rows"], name=f"{base}/Gather"),
             helper.make_node(
-                "Unsqueeze", [f"{base}/minimum_rows", self._last_axis()], [f"{base}/minimum_1"], name=f"{base}/Unsqueeze"
+                "Unsqueeze",
+                [f"{base}/minimum_rows", self._last_axis()],
+                [f"{base}/minimum_1"],
+                name=f"{base}/Unsqueeze",
             ),
-            helper.make_node("Reshape", [gathered, self._blocks_shape()], [f"{base}/blocks"], name=f"{base}/Blocks"),
+            helper.make_node(
+                "Reshape", [gathered, self._blocks_shape(head.block)], [f"{base}/blocks"], name=f"{base}/Blocks"
+            ),
             helper.make_node("Add", [f"{base}/blocks", f"{base}/minimum_1"], [f"{base}/sum"], name=f"{base}/Add"),
             helper.make_node("Reshape", [f"{base}/sum", flat], [output], name=f"{base}/Flat"),
         ]
@@ -376,8 +401,8 @@ def _zero_points(blocks: Blocks) -> np.ndarray:
 
     rows, k_blocks = blocks.scales.shape
     if blocks.bits == 4:
-        return pack_zero_points(np.full(rows * k_blocks, blocks.zero_point), rows, k_blocks)
-    return np.full((rows, k_blocks), blocks.zero_point, dtype=np.uint8)
+        return pack_zero_points(blocks.zero_points.ravel(), rows, k_blocks)
+    return np.ascontiguousarray(blocks.zero_points)
 
 
 def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
