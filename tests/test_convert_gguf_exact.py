@@ -59,3 +59,51 @@ def test_requantized_blocks_differ_and_the_report_says_so(mixed_gguf, fp32_logit
     assert report.gguf_weights == {}
     logits = genai_logits(tmp_path / "requantized")
     assert np.abs(logits - fp32_logits).max() > 1e-3 * np.abs(fp32_logits).max()
+
+
+def test_a_type_without_exact_form_is_requantized_with_its_error_reported(tiny_model_factory, tmp_path):
+    kinds = {**MIXED, "blk.1.ffn_down.weight": "F16", "blk.0.attn_output.weight": "Q5_0"}
+    gguf_path = write_gguf(tiny_model_factory("llama", tie=True), tmp_path / "with-f16.gguf", kind=kinds)
+    report = convert(gguf_path, tmp_path / "int8", precision="int8", log_level=0)
+    routes = report.gguf_weights
+    assert routes["F16"]["route"] == "requantized to int8 blocks of 32" and routes["F16"]["tensors"] == 1
+    assert 0 < routes["F16"]["relative_rms_error"] < 0.05  # int8 of random weights: well under 5%
+    assert routes["Q5_0"]["route"] == "exact: int8 blocks of 32" and routes["Q5_0"]["relative_rms_error"] == 0
+    assert any(note.startswith("GGUF F16 (1 matrix): requantized") for note in report.notes)
+
+
+def _random_blocks(kind, rows: int, columns: int, seed: int = 0) -> np.ndarray:
+    """Valid blocks of any type: random bytes with every fp16 scale set to a small finite value."""
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[kind]
+    raw = np.random.default_rng(seed).integers(0, 256, (rows, columns // block, size), dtype=np.uint8)
+    scale_at = {"Q6_K": (208,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q5_1": (0, 2), "Q4_1": (0, 2)}.get(kind.name, (0,))
+    for start in scale_at:
+        raw[..., start : start + 2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+    return raw.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q8_0", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"])
+def test_every_exact_type_gives_back_ggufs_own_values(name, tmp_path):
+    import gguf
+
+    from slmops.convert.gguf_blocks import tensor_blocks
+    from slmops.convert.gguf_file import dequantize, read_gguf
+
+    kind = gguf.GGMLQuantizationType[name]
+    raw = _random_blocks(kind, 6, 512)
+    writer = gguf.GGUFWriter(str(tmp_path / "one.gguf"), "llama")
+    writer.add_tensor("probe.weight", raw, raw_shape=raw.shape, raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    gguf_file = read_gguf(tmp_path / "one.gguf")
+    tensor = gguf_file.tensor("probe.weight")
+    blocks = tensor_blocks(gguf_file, tensor)
+    assert blocks is not None and blocks.ggml_type == name
+    assert np.array_equal(blocks.weight(), dequantize(gguf_file, tensor))
+    assert blocks.bits == (4 if name in ("Q4_0", "Q4_1", "Q4_K") else 8)
+    assert blocks.block == (16 if name == "Q6_K" else 32)
+    assert (blocks.minimum is not None) == (name in ("Q4_1", "Q5_1", "Q4_K", "Q5_K"))
