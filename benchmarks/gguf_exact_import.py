@@ -8,6 +8,8 @@ the same model come from llama-quantize (e.g. Q4_1 -> F16 with --allow-requantiz
 Q4_0 / Q8_0). Candidates:
 
 - ``exact <type>``: `slmops convert` with its default, the GGUF's blocks taken as they are;
+- ``exact Q4_1, fp32 activations``: the same at accuracy level 1 (the int8 activations of the
+  default level 4 are the only rounding left in ``exact``; this row shows it);
 - ``exact Q4_1, minimum stripped``: the same graph without the block-minimum MatMul + Add
   (wrong values, for timing only: the correction's own cost);
 - ``builder INT4 b32`` / ``... LM head int8`` / ``INT8``: the GGUF dequantized and requantized
@@ -35,6 +37,7 @@ from pathlib import Path
 # name -> (source key, precision, QuantizationOptions fields)
 CANDIDATES: dict[str, tuple[str, str, dict]] = {
     "exact Q4_1": ("q4_1", "int4", {}),
+    "exact Q4_1, fp32 activations": ("q4_1", "int4", {"accuracy_level": 1}),
     "builder INT4 b32": ("q4_1", "int4", {"gguf_blocks": "requantize"}),
     "builder INT4 b32, LM head int8": (
         "q4_1",

@@ -150,7 +150,7 @@ def _stacked(names: list[str], table: dict[str, LazyBlocks]) -> Blocks | None:
 
 def _form(blocks: Blocks) -> str:
     form = f"exact: int{blocks.bits} blocks of {blocks.block}"
-    return form + ", zero point 0 plus the block minimum" if blocks.minimum is not None else form
+    return form + ", plus the block minimum" if blocks.minimum is not None else form
 
 
 def _sizes(blocks: Blocks | None) -> tuple[int, float, float, int]:

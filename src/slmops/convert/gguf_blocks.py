@@ -11,12 +11,12 @@ w = s·(u − z)):
 | Q8_0 | d·q, q signed | 8 bits, s = d, u = q + 128, z = 128 |
 | Q5_0 | d·(q − 16) | 8 bits, u = q + 112, z = 128 |
 | Q6_K | d·sc·(q − 32), 16 a sub-block | 8 bits, blocks of 16, s = d·sc, u = q + 96, z = 128 |
-| Q4_1, Q5_1 | d·q + m | 4 / 8 bits, s = d, z = 0, plus the block minimum m |
-| Q4_K, Q5_K | d·sc·q − dmin·mn, 32 a sub-block | 4 / 8 bits, s = d·sc, z = 0, plus the minimum −dmin·mn |
+| Q4_1, Q5_1 | d·q + m | 4 / 8 bits, s = d, z = round(−m/s), plus the rest of the minimum |
+| Q4_K, Q5_K | d·sc·q − dmin·mn, 32 a sub-block | 4 / 8 bits, s = d·sc, the minimum −dmin·mn as for Q4_1 |
 
 d·sc is exact in float32 (an fp16 times a 6- or 8-bit integer), so the scales lose nothing.
-The fractional minimum of Q4_1 and the K-quants is no zero point; exact_import adds it as
-x·W = MatMulNBits(x) + S(x)·M. Rows are in the Hugging Face order: llama.cpp's Q/K row
+The fractional minimum of Q4_1 and the K-quants is no zero point: its integer part goes into
+the zero point (see centred) and exact_import adds the rest as x·W = MatMulNBits(x) + S(x)·M. Rows are in the Hugging Face order: llama.cpp's Q/K row
 permutation moves whole rows, so blocks stay intact.
 """
 
@@ -189,8 +189,28 @@ def tensor_blocks(gguf_file: GGUFFile, tensor: GGUFTensor) -> Blocks | None:
     if ggml_type not in EXACT_TYPES or len(tensor.shape) != 2:
         return None
     if ggml_type in ("Q4_0", "Q4_1", "Q8_0"):
-        return _simple_blocks(raw_blocks(gguf_file, tensor), ggml_type)
-    return _recovered_blocks(gguf_file, tensor, ggml_type)
+        blocks: Blocks | None = _simple_blocks(raw_blocks(gguf_file, tensor), ggml_type)
+    else:
+        blocks = _recovered_blocks(gguf_file, tensor, ggml_type)
+    return None if blocks is None else centred(blocks)
+
+
+def centred(blocks: Blocks) -> Blocks:
+    """The integer part of each block's minimum moved into its zero point: s·u + m = s·(u − z) + (m + s·z).
+
+    With z = round(−m / s) the stored values straddle the zero point, as a symmetric format's
+    do, and the minimum left for S(x)·M is at most s/2. The int8 activations of MatMulNBits'
+    fast kernel (accuracy level 4) are rounded per block, and that error is multiplied by
+    u − z: centred, it is about half of what u − 0 gives, and S(x)·M, computed on the
+    unrounded x, no longer has to cancel a large offset.
+    """
+    if blocks.minimum is None:
+        return blocks
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.where(blocks.scales != 0, np.rint(-blocks.minimum / blocks.scales), 0)
+    zero_points = np.clip(shift, 0, (1 << blocks.bits) - 1).astype(np.uint8)
+    minimum = (blocks.minimum + blocks.scales * zero_points).astype(np.float32)
+    return Blocks(blocks.ggml_type, blocks.bits, blocks.values, blocks.scales, zero_points, minimum)
 
 
 @dataclass
