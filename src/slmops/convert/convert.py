@@ -220,7 +220,7 @@ def _take_gguf_blocks(src: Source, hf_dir: Path, config: dict, model_dir: Path, 
     from slmops.convert.gguf_families import FAMILIES
 
     family = FAMILIES.get(src.gguf.architecture) if src.gguf is not None else None
-    if family is None or quantization.gguf_blocks != "exact":
+    if src.gguf is None or family is None or quantization.gguf_blocks != "exact":
         return
     if quantization.block_size != 32:
         report.notes.append(f"GGUF weights requantized: --block-size {quantization.block_size} is not the GGUF's 32")

@@ -22,6 +22,7 @@ permutation moves whole rows, so blocks stay intact.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -63,8 +64,8 @@ class Blocks:
     def map_rows(self, change: Callable[[np.ndarray], np.ndarray]) -> Blocks:
         """The same blocks with `change` (a slice or a reordering of the first axis) applied to every array."""
         minimum = None if self.minimum is None else change(self.minimum)
-        parts = (change(self.values), change(self.scales), change(self.zero_points))
-        return Blocks(self.ggml_type, self.bits, *parts, minimum)
+        values, scales, zero_points = change(self.values), change(self.scales), change(self.zero_points)
+        return Blocks(self.ggml_type, self.bits, values, scales, zero_points, minimum)
 
     def as_form(self, bits: int, block: int) -> Blocks:
         """The same weights with more bits or smaller blocks (what another type in the same MatMul needs)."""
@@ -96,8 +97,8 @@ def stack(parts: list[Blocks]) -> Blocks:
         else None
     )
     types = "+".join(dict.fromkeys(p.ggml_type for p in parts))
-    arrays = (np.concatenate([getattr(p, name) for p in same]) for name in ("values", "scales", "zero_points"))
-    return Blocks(types, bits, *arrays, minimum)
+    values, scales = np.concatenate([p.values for p in same]), np.concatenate([p.scales for p in same])
+    return Blocks(types, bits, values, scales, np.concatenate([p.zero_points for p in same]), minimum)
 
 
 # --- reading the GGUF ---------------------------------------------------------------------------
@@ -231,7 +232,7 @@ def hf_blocks(gguf_file: GGUFFile, family: Family, config: dict) -> Iterator[tup
         if name is None or len(tensor.shape) != 2 or not name.endswith(".weight"):
             continue
         ggml_type = gguf.GGMLQuantizationType(tensor.ggml_type).name
-        whole = _cached(lambda tensor=tensor: tensor_blocks(gguf_file, tensor))
+        whole = _cached(functools.partial(tensor_blocks, gguf_file, tensor))
         if ".self_attn.qkv_proj." in name and not family.fused_qkv:
             q, k = heads * head_dim, kv_heads * head_dim
             for part, rows in (("q_proj", slice(0, q)), ("k_proj", slice(q, q + k)), ("v_proj", slice(q + k, None))):
