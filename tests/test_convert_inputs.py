@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmops.convert import convert
+from slmops.convert import QuantizationOptions, convert
 from slmops.convert.gguf_source import gguf_to_hf, read_gguf
 from slmops.errors import ConversionError, UnsupportedArchitecture, UsageError
 from tests import tiny
@@ -141,7 +141,9 @@ def test_quantized_gguf_is_dequantized_and_requantized(tiny_model_factory, tmp_p
     source = tiny_model_factory("llama", tie=False)
     gguf_path = write_gguf(source, tmp_path / "tiny-q8.gguf", kind="Q8_0")
     assert {t.ggml_type for t in read_gguf(gguf_path).tensors} >= {8}  # Q8_0 really is in the file
-    convert(gguf_path, tmp_path / "q8-int4", precision="int4", log_level=0)
+    requantize = QuantizationOptions(gguf_blocks="requantize")  # the exact import: test_convert_gguf_exact.py
+    report = convert(gguf_path, tmp_path / "q8-int4", precision="int4", quantization=requantize, log_level=0)
+    assert report.gguf_weights == {}
     same, correlation = agreement(tmp_path / "q8-int4", torch_logits(source))
     assert same >= 0.3 and correlation > 0.8
 
