@@ -226,7 +226,8 @@ def _take_gguf_blocks(src: Source, hf_dir: Path, config: dict, model_dir: Path, 
         report.notes.append(f"GGUF weights requantized: --block-size {quantization.block_size} is not the GGUF's 32")
         return
     with stages.stage("take the GGUF's blocks"):
-        result = import_blocks(src.gguf, family, config, hf_dir, model_dir)
+        share = quantization.tied_embedding == "lm_head"
+        result = import_blocks(src.gguf, family, config, hf_dir, model_dir, share_embedding=share)
     report.gguf_weights = result.to_json()
     if result.embedding_from_head:
         report.notes = [note for note in report.notes if not note.startswith("tied embeddings:")]

@@ -67,6 +67,7 @@ class TypeRoute:
 class ImportResult:
     types: dict[str, TypeRoute] = field(default_factory=dict)
     embedding_from_head: bool = False
+    unmapped: list[str] = field(default_factory=list)  # MatMuls whose GGUF tensors slmops could not name
 
     def record(self, ggml_type: str) -> TypeRoute:
         return self.types.setdefault(ggml_type, TypeRoute())
@@ -82,10 +83,14 @@ class ImportResult:
             notes.append(f"GGUF {name} ({count}): {'; '.join(row.routes)}{cost}")
         if self.embedding_from_head:
             notes.append("tied embeddings: the input embedding gathers the LM head's GGUF blocks")
+        if self.unmapped:
+            notes.append(f"requantized, their GGUF tensors not found: {', '.join(self.unmapped)}")
         return notes
 
 
-def import_blocks(gguf_file: GGUFFile, family: Family, config: dict, hf_dir: Path, model_dir: Path) -> ImportResult:
+def import_blocks(
+    gguf_file: GGUFFile, family: Family, config: dict, hf_dir: Path, model_dir: Path, share_embedding: bool = True
+) -> ImportResult:
     """Put the GGUF's exact blocks into `model_dir`'s MatMulNBits nodes; returns what each type got.
 
     Args:
@@ -94,6 +99,8 @@ def import_blocks(gguf_file: GGUFFile, family: Family, config: dict, hf_dir: Pat
         config: the config.json written for it.
         hf_dir: the dequantized Hugging Face folder (the reference values of requantized weights).
         model_dir: the builder's output (model.onnx + model.onnx.data), rewritten in place.
+        share_embedding: a tied embedding the builder kept as an fp32 table also reads the LM
+            head's blocks (a lookup the builder already shares always does).
     """
     import onnx
 
@@ -117,8 +124,10 @@ def import_blocks(gguf_file: GGUFFile, family: Family, config: dict, hf_dir: Pat
             head = blocks if node.name.startswith("/lm_head/") else head
         elif names:
             _record_requantized(result, node, names, table, graph, reference)
+        else:
+            result.unmapped.append(node.name)
     if tied and head is not None:
-        result.embedding_from_head = graph.tie_embedding(head)
+        result.embedding_from_head = graph.tie_embedding(head, share_embedding)
     graph.finish()
     _save(model, model_dir)
     return result
@@ -302,7 +311,7 @@ class _Graph:
         weight = (values - zero[..., None]) * scales[..., None]
         return weight.reshape(rows, -1)[:, :columns]
 
-    def tie_embedding(self, head: Blocks) -> bool:
+    def tie_embedding(self, head: Blocks, replace_fp32_table: bool) -> bool:
         """The embedding lookup (fp32 Gather or GatherBlockQuantized) rebuilt over the LM head's blocks."""
         lookups = [
             n for n in self.graph.node if n.op_type in ("Gather", "GatherBlockQuantized") and n.input[1] == "input_ids"
@@ -313,7 +322,8 @@ class _Graph:
         lookup, head_node = lookups[0], heads[0]
         table = self.initializers.get(lookup.input[0])
         rows, k_blocks = head.scales.shape
-        if lookup.op_type == "Gather" and (table is None or list(table.dims) != [rows, k_blocks * head.block]):
+        same_matrix = table is not None and list(table.dims) == [rows, k_blocks * head.block]
+        if lookup.op_type == "Gather" and not (replace_fp32_table and same_matrix):
             return False
         nodes = self._embedding_nodes(lookup, head_node, head)
         position = list(self.graph.node).index(lookup)
