@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -72,7 +74,7 @@ def test_a_type_without_exact_form_is_requantized_with_its_error_reported(tiny_m
     assert any(note.startswith("GGUF F16 (1 matrix): requantized") for note in report.notes)
 
 
-def _random_blocks(kind, rows: int, columns: int, seed: int = 0) -> np.ndarray:
+def _random_blocks(kind, rows: int, columns: int, seed: int = 0, scale: float = 0.01) -> np.ndarray:
     """Valid blocks of any type: random bytes with every fp16 scale set to a small finite value."""
     import gguf
 
@@ -80,8 +82,72 @@ def _random_blocks(kind, rows: int, columns: int, seed: int = 0) -> np.ndarray:
     raw = np.random.default_rng(seed).integers(0, 256, (rows, columns // block, size), dtype=np.uint8)
     scale_at = {"Q6_K": (208,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q5_1": (0, 2), "Q4_1": (0, 2)}.get(kind.name, (0,))
     for start in scale_at:
-        raw[..., start : start + 2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+        raw[..., start : start + 2] = np.frombuffer(np.float16(scale).tobytes(), np.uint8)
     return raw.reshape(rows, -1)
+
+
+@pytest.fixture(scope="module")
+def k_quant_model(tiny_tokenizer, tmp_path_factory):
+    """A 1-layer llama with hidden size 256 (K-quant rows are multiples of 256), tied."""
+    import shutil
+
+    import torch
+    import transformers
+
+    from tests import tiny
+
+    folder = tmp_path_factory.mktemp("kquant") / "model"
+    config = transformers.LlamaConfig(
+        vocab_size=len(tiny.SPECIAL_TOKENS) + 509,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).eval().save_pretrained(folder)
+    for item in tiny_tokenizer.iterdir():
+        shutil.copy(item, folder / item.name)
+    return folder
+
+
+def test_k_quants_and_a_block_16_tied_embedding_are_exact(k_quant_model, tmp_path):
+    import gguf
+
+    from tests.test_convert import PROMPT_IDS
+
+    vocab = json.loads((k_quant_model / "config.json").read_text())["vocab_size"]
+    shapes = {  # GGUF name -> (type, rows, columns): q/k/v of three types in one packed MatMul
+        "token_embd.weight": ("Q6_K", vocab, 256),  # the tied LM head and embedding: int8 blocks of 16
+        "blk.0.attn_q.weight": ("Q4_K", 256, 256),
+        "blk.0.attn_k.weight": ("Q5_K", 128, 256),
+        "blk.0.attn_v.weight": ("Q6_K", 128, 256),
+        "blk.0.attn_output.weight": ("Q5_K", 256, 256),
+        "blk.0.ffn_gate.weight": ("Q4_K", 512, 256),
+        "blk.0.ffn_up.weight": ("Q6_K", 512, 256),
+        "blk.0.ffn_down.weight": ("Q4_K", 256, 512),
+    }
+    raw = {
+        name: (kind, _random_blocks(gguf.GGMLQuantizationType[kind], rows, columns, seed, scale=0.0005))
+        for seed, (name, (kind, rows, columns)) in enumerate(shapes.items())
+    }
+    gguf_path = write_gguf(k_quant_model, tmp_path / "k.gguf", raw=raw)
+    convert(gguf_path, tmp_path / "fp32", precision="fp32", log_level=0)
+    options = QuantizationOptions(accuracy_level=1)
+    report = convert(gguf_path, tmp_path / "exact", precision="int4", quantization=options, log_level=0)
+    assert set(report.gguf_weights) == {"Q4_K", "Q5_K", "Q6_K"}
+    assert all(row["relative_rms_error"] == 0 for row in report.gguf_weights.values())
+    assert "int8 blocks of 16" in report.gguf_weights["Q6_K"]["route"]
+    assert any("embedding gathers the LM head's GGUF blocks" in note for note in report.notes)
+    expected, logits = genai_logits(tmp_path / "fp32"), genai_logits(tmp_path / "exact")
+    assert len(PROMPT_IDS) == logits.shape[0]
+    assert np.abs(logits - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
 @pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q8_0", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"])

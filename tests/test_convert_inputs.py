@@ -20,10 +20,14 @@ from tests import tiny
 from tests.test_convert import agreement, genai_greedy, torch_greedy, torch_logits
 
 
-def write_gguf(hf_dir: Path, path: Path, kind: str | dict[str, str] = "F32") -> Path:
+def write_gguf(
+    hf_dir: Path, path: Path, kind: str | dict[str, str] = "F32", raw: dict[str, tuple[str, np.ndarray]] | None = None
+) -> Path:
     """A llama GGUF of a tiny HF model, laid out the way llama.cpp's converter writes one.
 
     kind: the ggml type of every matrix, or a GGUF tensor name -> type map (others F32).
+    raw: GGUF tensor name -> (type, block bytes) written instead of the model's weight (for
+        the types the gguf library cannot quantize).
     """
     import gguf
     from safetensors.numpy import load_file
@@ -69,7 +73,11 @@ def write_gguf(hf_dir: Path, path: Path, kind: str | dict[str, str] = "F32") -> 
             gguf_name = names[name]
         weight = weight.astype(np.float32)
         tensor_kind = kind.get(gguf_name, "F32") if isinstance(kind, dict) else kind
-        if tensor_kind != "F32" and weight.ndim == 2:
+        if raw and gguf_name in raw:
+            raw_kind, blocks = raw[gguf_name]
+            qtype = gguf.GGMLQuantizationType[raw_kind]
+            writer.add_tensor(gguf_name, blocks, raw_shape=blocks.shape, raw_dtype=qtype)
+        elif tensor_kind != "F32" and weight.ndim == 2:
             qtype = gguf.GGMLQuantizationType[tensor_kind]
             quantized = gguf.quants.quantize(weight, qtype)
             writer.add_tensor(gguf_name, quantized, raw_shape=quantized.shape, raw_dtype=qtype)
