@@ -71,6 +71,9 @@ def test_a_type_without_exact_form_is_requantized_with_its_error_reported(tiny_m
     assert routes["F16"]["route"] == "requantized to int8 blocks of 32" and routes["F16"]["tensors"] == 1
     assert 0 < routes["F16"]["relative_rms_error"] < 0.05  # int8 of random weights: well under 5%
     assert routes["Q5_0"]["route"] == "exact: int8 blocks of 32" and routes["Q5_0"]["relative_rms_error"] == 0
+    # an int8 export takes the 8-bit forms only: 4-bit blocks are requantized to int8, nearly losslessly
+    assert routes["Q4_1"]["route"] == "requantized to int8 blocks of 32"
+    assert 0 < routes["Q4_1"]["relative_rms_error"] < 0.01
     assert any(note.startswith("GGUF F16 (1 matrix): requantized") for note in report.notes)
 
 

@@ -89,7 +89,13 @@ class ImportResult:
 
 
 def import_blocks(
-    gguf_file: GGUFFile, family: Family, config: dict, hf_dir: Path, model_dir: Path, share_embedding: bool = True
+    gguf_file: GGUFFile,
+    family: Family,
+    config: dict,
+    hf_dir: Path,
+    model_dir: Path,
+    share_embedding: bool = True,
+    least_bits: int = 4,
 ) -> ImportResult:
     """Put the GGUF's exact blocks into `model_dir`'s MatMulNBits nodes; returns what each type got.
 
@@ -101,6 +107,8 @@ def import_blocks(
         model_dir: the builder's output (model.onnx + model.onnx.data), rewritten in place.
         share_embedding: a tied embedding the builder kept as an fp32 table also reads the LM
             head's blocks (a lookup the builder already shares always does).
+        least_bits: blocks of fewer bits keep the builder's weights (8 for an int8 export: there,
+            int8 weights decode faster than int4 ones with a block minimum, and are as close).
     """
     import onnx
 
@@ -116,7 +124,7 @@ def import_blocks(
     for node in [n for n in model.graph.node if n.op_type == "MatMulNBits"]:
         names = weights_of(node.name, table)
         blocks = _stacked(names, table)
-        if blocks is not None and _fits(node, blocks):
+        if blocks is not None and blocks.bits >= least_bits and _fits(node, blocks):
             graph.swap(node, blocks)
             for name in names:
                 part = table[name]
