@@ -13,15 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmops.convert import convert
+from slmops.convert import QuantizationOptions, convert
 from slmops.convert.gguf_source import gguf_to_hf, read_gguf
 from slmops.errors import ConversionError, UnsupportedArchitecture, UsageError
 from tests import tiny
 from tests.test_convert import agreement, genai_greedy, torch_greedy, torch_logits
 
 
-def write_gguf(hf_dir: Path, path: Path, kind: str = "F32") -> Path:
-    """A llama GGUF of a tiny HF model, laid out the way llama.cpp's converter writes one."""
+def write_gguf(
+    hf_dir: Path, path: Path, kind: str | dict[str, str] = "F32", raw: dict[str, tuple[str, np.ndarray]] | None = None
+) -> Path:
+    """A llama GGUF of a tiny HF model, laid out the way llama.cpp's converter writes one.
+
+    kind: the ggml type of every matrix, or a GGUF tensor name -> type map (others F32).
+    raw: GGUF tensor name -> (type, block bytes) written instead of the model's weight (for
+        the types the gguf library cannot quantize).
+    """
     import gguf
     from safetensors.numpy import load_file
 
@@ -65,9 +72,15 @@ def write_gguf(hf_dir: Path, path: Path, kind: str = "F32") -> Path:
         else:
             gguf_name = names[name]
         weight = weight.astype(np.float32)
-        if kind == "Q8_0" and weight.ndim == 2:
-            quantized = gguf.quants.quantize(weight, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(gguf_name, quantized, raw_shape=quantized.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        tensor_kind = kind.get(gguf_name, "F32") if isinstance(kind, dict) else kind
+        if raw and gguf_name in raw:
+            raw_kind, blocks = raw[gguf_name]
+            qtype = gguf.GGMLQuantizationType[raw_kind]
+            writer.add_tensor(gguf_name, blocks, raw_shape=blocks.shape, raw_dtype=qtype)
+        elif tensor_kind != "F32" and weight.ndim == 2:
+            qtype = gguf.GGMLQuantizationType[tensor_kind]
+            quantized = gguf.quants.quantize(weight, qtype)
+            writer.add_tensor(gguf_name, quantized, raw_shape=quantized.shape, raw_dtype=qtype)
         else:
             writer.add_tensor(gguf_name, weight)
     writer.write_header_to_file()
@@ -136,7 +149,9 @@ def test_quantized_gguf_is_dequantized_and_requantized(tiny_model_factory, tmp_p
     source = tiny_model_factory("llama", tie=False)
     gguf_path = write_gguf(source, tmp_path / "tiny-q8.gguf", kind="Q8_0")
     assert {t.ggml_type for t in read_gguf(gguf_path).tensors} >= {8}  # Q8_0 really is in the file
-    convert(gguf_path, tmp_path / "q8-int4", precision="int4", log_level=0)
+    requantize = QuantizationOptions(gguf_blocks="requantize")  # the exact import: test_convert_gguf_exact.py
+    report = convert(gguf_path, tmp_path / "q8-int4", precision="int4", quantization=requantize, log_level=0)
+    assert report.gguf_weights == {}
     same, correlation = agreement(tmp_path / "q8-int4", torch_logits(source))
     assert same >= 0.3 and correlation > 0.8
 

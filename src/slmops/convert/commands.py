@@ -63,6 +63,14 @@ log_level_option = click.option(
 )
 @click.option("--mixed-precision", help="Builder matmul_mixed_precision, e.g. 'last_matmul:int8,mixed_layers:int8'.")
 @click.option(
+    "--gguf-blocks",
+    type=click.Choice(["exact", "requantize"]),
+    default="exact",
+    show_default=True,
+    help="A GGUF's Q4_0, Q4_1 and Q8_0 weights: taken into the graph as they are (needs --block-size 32), "
+    "or dequantized and requantized like any other.",
+)
+@click.option(
     "--task",
     type=click.Choice(TASKS),
     default="text-generation",
@@ -86,6 +94,7 @@ def convert(
     algo,
     lm_head_precision,
     mixed_precision,
+    gguf_blocks,
     **options,
 ):
     """Convert SOURCE (a Hugging Face folder, a .gguf file or a LoRA adapter; default: the
@@ -103,6 +112,7 @@ def convert(
         algo=algo,
         matmul_mixed_precision=mixed or None,
         nodes_to_exclude=[LM_HEAD] if lm_head_precision == "fp32" else [],
+        gguf_blocks=gguf_blocks,
     )
     # name, base, task, pooling, force, log_level: convert()'s parameters by name
     report = convert_model(source, output, precision=precision, quantization=quantization, **options)

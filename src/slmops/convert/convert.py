@@ -135,6 +135,8 @@ def _convert_in(
     embedding = embedding_settings(src, config, pooling, report.notes) if task == EMBEDDING_TASK else None
     stages.expect_layers(int(config.get("num_hidden_layers", 0)))
     _build(hf_dir, staging, precision, report, stages, log_level, quantization)
+    if src.kind == "gguf" and precision in ("int4", "int8") and not quantization.post_build(precision):
+        _take_gguf_blocks(src, hf_dir, config, model_dir, precision, quantization, report, stages)
     tied = bool(config.get("tie_word_embeddings", True))  # transformers' default when unset
     if tied and precision in ("int4", "int8") and not quantization.post_build(precision):
         if quantization.tied_embedding == "lm_head":
@@ -210,6 +212,29 @@ def _build(
         report.notes.append(
             f"{precision} weights with fp32 compute: onnxruntime's CPU provider has no {precision} kernels"
         )
+
+
+def _take_gguf_blocks(
+    src: Source, hf_dir: Path, config: dict, model_dir: Path, precision: str, quantization, report, stages
+) -> None:
+    """The GGUF's own Q4_0/Q4_1/Q8_0 blocks instead of the builder's requantized ones (convert/exact_import.py)."""
+    from slmops.convert.exact_import import import_blocks
+    from slmops.convert.gguf_families import FAMILIES
+
+    family = FAMILIES.get(src.gguf.architecture) if src.gguf is not None else None
+    if src.gguf is None or family is None or quantization.gguf_blocks != "exact":
+        return
+    if quantization.block_size != 32:
+        report.notes.append(f"GGUF weights requantized: --block-size {quantization.block_size} is not the GGUF's 32")
+        return
+    with stages.stage("take the GGUF's blocks"):
+        share = quantization.tied_embedding == "lm_head"
+        least_bits = 8 if precision == "int8" else 4
+        result = import_blocks(src.gguf, family, config, hf_dir, model_dir, share, least_bits)
+    report.gguf_weights = result.to_json()
+    if result.embedding_from_head:
+        report.notes = [note for note in report.notes if not note.startswith("tied embeddings:")]
+    report.notes.extend(result.notes())
 
 
 def _share_tied_embedding(model_dir: Path, report: ConversionReport) -> None:

@@ -52,6 +52,11 @@ class QuantizationOptions(BaseModel):
         description="A tied input embedding the builder cannot share: read from the quantized LM head "
         "(lm_head) or kept as an fp32 copy (fp32, +4 bytes a weight of the embedding).",
     )
+    gguf_blocks: Literal["exact", "requantize"] = Field(
+        "exact",
+        description="A GGUF source's Q4_0, Q4_1 and Q8_0 weights: taken as they are (exact, at block size 32) "
+        "or requantized like any other weights.",
+    )
     matmul_mixed_precision: str | None = Field(
         None, description="Groups kept at another bit width, e.g. 'last_matmul:int8,mixed_layers:int8'."
     )

@@ -33,6 +33,8 @@ class ConversionReport:
     stages: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    # a GGUF source's MatMul weights per ggml type: taken exactly or requantized, at what weight error
+    gguf_weights: dict = field(default_factory=dict)
     reused: bool = False
     # what the wall time was measured on (None: a report written before it was recorded)
     cpu_info: dict | None = field(default_factory=lambda: describe_cpu().to_json())
