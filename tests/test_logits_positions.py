@@ -120,6 +120,35 @@ def test_a_softcap_after_the_lm_head_is_walked_through_and_an_unknown_op_is_left
     assert logits_graph.with_positions(unknown, "logits") is None
 
 
+def test_block_sums_beside_the_lm_head_are_picked_too():
+    # An exactly imported GGUF head: MatMul(hidden) + ReduceSum(blocks of hidden) @ minima.
+    hidden = helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["b", "s", 4])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", "s", 6])
+    minima = np.random.default_rng(2).standard_normal((2, 6)).astype(np.float32)
+    initializers = [
+        helper.make_tensor("w", TensorProto.FLOAT, [4, 6], WEIGHT.ravel()),
+        helper.make_tensor("m", TensorProto.FLOAT, [2, 6], minima.ravel()),
+        helper.make_tensor("shape", TensorProto.INT64, [4], [0, 0, -1, 2]),
+        helper.make_tensor("axis", TensorProto.INT64, [1], [-1]),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["hidden", "w"], ["scaled"]),
+        helper.make_node("Reshape", ["hidden", "shape"], ["blocks"]),
+        helper.make_node("ReduceSum", ["blocks", "axis"], ["sums"], keepdims=0),
+        helper.make_node("MatMul", ["sums", "m"], ["minimum"]),
+        helper.make_node("Add", ["scaled", "minimum"], ["logits"]),
+    ]
+    made = helper.make_graph(nodes, "g", [hidden], [logits], initializers)
+    model = helper.make_model(made, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    edited = logits_graph.with_positions(model, "logits")
+    assert edited is not None
+    states = np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)
+    full = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"hidden": states})[0]
+    run = ort.InferenceSession(edited, providers=["CPUExecutionProvider"])
+    picked = run.run(None, {"hidden": states, logits_graph.POSITIONS: np.array([[[4]], [[1]]])})[0]
+    np.testing.assert_allclose(picked[:, 0], np.stack([full[0, 4], full[1, 1]]), rtol=1e-6)
+
+
 def test_a_truncated_graph_is_a_value_error():
     with pytest.raises(ValueError, match="not an ONNX model"):
         logits_graph.with_positions(b"\x3a\x10abc", "logits")

@@ -27,6 +27,9 @@ MATMULS = {"MatMul", "MatMulNBits"}
 # Ops between the LM head and the logits output that treat each position on its own
 # (a cast to fp32, Gemma's soft-capping): the positions can be picked before them.
 POSITIONWISE = {"Cast", "Mul", "Div", "Add", "Sub", "Tanh"}
+# What may be computed from the LM head's input on its way to the logits: also the block
+# sums of an exactly imported GGUF (a Reshape that keeps batch and sequence, a ReduceSum).
+HEAD_OPS = MATMULS | POSITIONWISE | {"Reshape", "ReduceSum"}
 
 
 def with_positions(model: bytes, logits: str) -> bytes | None:
@@ -53,16 +56,40 @@ def _edited(proto: onnx.ModelProto, logits: str) -> bytes | None:
     head = lm_head(graph, logits)
     if head is None:
         return None
-    node = graph.node[head]
+    hidden = graph.node[head].input[0]
+    readers = _head_readers(graph, hidden, logits)
+    if readers is None:
+        return None
     gather = helper.make_node(
-        "GatherND", [node.input[0], POSITIONS], [GATHERED], name="/slmops/logits_positions/GatherND", batch_dims=1
+        "GatherND", [hidden, POSITIONS], [GATHERED], name="/slmops/logits_positions/GatherND", batch_dims=1
     )
-    node.input[0] = GATHERED
-    graph.node.insert(head, gather)
+    for index in readers:
+        node = graph.node[index]
+        for slot, name in enumerate(node.input):
+            if name == hidden:
+                node.input[slot] = GATHERED
+    graph.node.insert(min(readers), gather)
     graph.input.append(
         helper.make_tensor_value_info(POSITIONS, TensorProto.INT64, ["batch_size", "logits_positions", 1])
     )
     return proto.SerializeToString()
+
+
+def _head_readers(graph: onnx.GraphProto, hidden: str, logits: str) -> list[int] | None:
+    """The nodes reading ``hidden``, when everything computed from it is position by position
+    and ends in ``logits`` alone (a GGUF import adds block sums of ``hidden`` to the LM head's
+    MatMul: they must be picked too); else None."""
+    derived, readers = {hidden}, []
+    outputs = {item.name for item in graph.output}
+    for index, node in enumerate(graph.node):  # nodes are in topological order
+        if not derived.intersection(node.input):
+            continue
+        if node.op_type not in HEAD_OPS or outputs.intersection(node.output) - {logits}:
+            return None
+        if hidden in node.input:
+            readers.append(index)
+        derived.update(node.output)
+    return readers
 
 
 def lm_head(graph: onnx.GraphProto, logits: str) -> int | None:
