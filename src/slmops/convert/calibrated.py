@@ -255,11 +255,14 @@ def quantize_calibrated(model_dir: Path, options: CalibratedOptions, echo=lambda
         echo("searching AWQ scales")
         _apply_awq(graph, nodes, weights, moments, options)
     echo(f"quantizing {len(nodes)} MatMuls")
+    added = []
     for node in nodes:
         w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)  # [K, N]
         bits = _bits(node.name, options)
         item = _quantize_matrix(w.T, moments.get(node.input[0]), bits, options)
-        _replace_matmul(graph, node, item, w.shape, options.block_size)
+        added += _replace_matmul(graph, node, item, w.shape, options.block_size)
+    del weights
+    _replace_initializers(graph, added)
     _share_head(graph)
     for stale in Path(model_dir).glob("model.onnx*"):
         stale.unlink()
@@ -332,7 +335,8 @@ def _set(initializer, array: np.ndarray) -> None:
     initializer.CopyFrom(numpy_helper.from_array(array.astype(np.float32), initializer.name))
 
 
-def _replace_matmul(graph, node, item: Quantized, shape: tuple[int, int], block: int) -> None:
+def _replace_matmul(graph, node, item: Quantized, shape: tuple[int, int], block: int) -> list:
+    """Swap ``node`` for a MatMulNBits reading ``item``; returns the initializers it needs."""
     from onnx import helper, numpy_helper
 
     k, n = shape
@@ -363,15 +367,15 @@ def _replace_matmul(graph, node, item: Quantized, shape: tuple[int, int], block:
     position = list(graph.node).index(node)
     graph.node.remove(node)
     graph.node.insert(position, made)
-    graph.initializer.extend(tensors)
-    if not any(base in other.input for other in graph.node):
-        _drop_initializer(graph, base)
+    return tensors
 
 
-def _drop_initializer(graph, name: str) -> None:
-    kept = [item for item in graph.initializer if item.name != name]
+def _replace_initializers(graph, added: list) -> None:
+    """Drop the initializers no node reads any more and add ``added``, in one pass (protobuf copies on extend)."""
+    used = {name for node in graph.node for name in node.input}
+    kept = [item for item in graph.initializer if item.name in used]
     del graph.initializer[:]
-    graph.initializer.extend(kept)
+    graph.initializer.extend([*kept, *added])
 
 
 def _share_head(graph) -> None:
@@ -386,8 +390,6 @@ def _share_head(graph) -> None:
     transpose = producers.get(gathers[0].input[0])
     if transpose is None or transpose.op_type != "Transpose":
         return
-    table = transpose.input[0]
     graph.node.remove(transpose)
     _replace_gather(graph, gathers[0], heads[0])
-    if not any(table in other.input for other in graph.node):
-        _drop_initializer(graph, table)
+    _replace_initializers(graph, [])
