@@ -85,7 +85,9 @@ def build(name: str, hf: Path, out: Path) -> Path:
     staging = folder.with_name(f".{folder.name}")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(out / "fp32", staging)
-    quantize_calibrated(staging, CalibratedOptions(**settings), echo=lambda line: print(f"  {name}: {line}", flush=True))
+    quantize_calibrated(
+        staging, CalibratedOptions(**settings), echo=lambda line: print(f"  {name}: {line}", flush=True)
+    )
     staging.rename(folder)
     return folder
 

@@ -72,7 +72,9 @@ def test_matmulnbits_reads_the_layout_written(bits, tmp_path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
         [numpy_helper.from_array(w, "w")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
     item = quantize_rows(w.T, None, 128, bits, search=False)
     added = _replace_matmul(model.graph, model.graph.node[0], item, (k, n), 128)
     _replace_initializers(model.graph, added)
@@ -107,7 +109,9 @@ def test_awq_scales_fold_without_changing_what_the_fp32_graph_computes(tiny_onnx
     weights = {item.name: item for item in model.graph.initializer}
     untouched = {name: onnx.numpy_helper.to_array(item).copy() for name, item in weights.items()}
     _apply_awq(model.graph, _weight_matmuls(model.graph), weights, moments, CalibratedOptions(block_size=32))
-    changed = [name for name, item in weights.items() if not np.allclose(onnx.numpy_helper.to_array(item), untouched[name])]
+    changed = [
+        name for name, item in weights.items() if not np.allclose(onnx.numpy_helper.to_array(item), untouched[name])
+    ]
     assert any("layernorm" in name for name in changed) and any("down_proj" in name for name in changed)
     for stale in folder.glob("model.onnx*"):
         stale.unlink()

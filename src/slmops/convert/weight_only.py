@@ -36,6 +36,11 @@ def quantize_graph(model_dir: Path, options: QuantizationOptions) -> None:
     """Replace model.onnx(+data) in ``model_dir`` (an FP32 export) by its INT4 version."""
     import onnx
 
+    if options.algo == "calibrated":
+        from slmops.convert.calibrated import quantize_calibrated
+
+        quantize_calibrated(model_dir, calibrated_options(options))
+        return
     path = Path(model_dir) / "model.onnx"
     # The quantizer logs a line per node at INFO.
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
@@ -60,6 +65,13 @@ def quantize_graph(model_dir: Path, options: QuantizationOptions) -> None:
     for stale in Path(model_dir).glob("model.onnx*"):
         stale.unlink()
     quantizer.model.save_model_to_file(str(path), use_external_data_format=True)
+
+
+def calibrated_options(options: QuantizationOptions):
+    """slmops' calibrated quantizer at the block size asked; an excluded LM head stays fp32."""
+    from slmops.convert.calibrated import CalibratedOptions
+
+    return CalibratedOptions(block_size=options.block_size, exclude=tuple(options.nodes_to_exclude))
 
 
 def _quantizer_class():
@@ -173,6 +185,8 @@ def _record(folder: Path, options: QuantizationOptions, name: str) -> None:
 
 def note(options: QuantizationOptions) -> str:
     """What conversion.json says about a post-build quantization."""
+    if options.algo == "calibrated":
+        return calibrated_options(options).describe()
     how = {
         "hqq": "onnxruntime's HQQ (a zero point per block, whatever --symmetric says)",
         "gptq": f"onnxruntime's GPTQ, calibrated on the last {CALIBRATION_WINDOWS} x {CALIBRATION_TOKENS} "
