@@ -231,14 +231,21 @@ def _weight_matmuls(graph) -> list:
 # --- the graph rewrite ---------------------------------------------------------------------------
 
 
-def quantize_calibrated(model_dir: Path, options: CalibratedOptions, echo=lambda line: None) -> None:
-    """Replace ``model_dir``'s FP32 graph (a slmops FP32 export) by its calibrated INT4 version, in place."""
+def quantize_calibrated(
+    model_dir: Path, options: CalibratedOptions, echo=lambda line: None, moments: dict[str, np.ndarray] | None = None
+) -> None:
+    """Replace ``model_dir``'s FP32 graph (a slmops FP32 export) by its calibrated INT4 version, in place.
+
+    ``moments`` (from :func:`second_moments` on the same graph) skips the calibration pass; it is not modified.
+    """
     import onnx
     from onnx import numpy_helper
 
     path = Path(model_dir) / "model.onnx"
-    echo(f"calibrating on {options.calibration_windows} x {options.calibration_tokens} tokens")
-    moments = second_moments(model_dir, options.calibration_windows, options.calibration_tokens)
+    if moments is None:
+        echo(f"calibrating on {options.calibration_windows} x {options.calibration_tokens} tokens")
+        moments = second_moments(model_dir, options.calibration_windows, options.calibration_tokens)
+    moments = dict(moments)  # AWQ rescales entries
     model = onnx.load(str(path))
     graph = model.graph
     weights = {item.name: item for item in graph.initializer}
