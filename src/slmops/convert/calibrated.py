@@ -46,7 +46,8 @@ class CalibratedOptions:
     method: str = "gptq"  # "rtn" (range only), "importance" or "gptq"
     awq: bool = False
     head_bits: int = 8  # the LM head, which the tied embedding shares
-    int8: tuple[str, ...] = ()  # MatMul names (substrings) kept at 8 bits
+    # MatMul names (substrings) kept at 8 bits: the MLP's down projections halve SmolLM2's ΔPPL for +13% size
+    int8: tuple[str, ...] = ("down_proj",)
     exclude: tuple[str, ...] = ()  # MatMul names left in fp32
     calibration_windows: int = 16
     calibration_tokens: int = 256

@@ -23,9 +23,11 @@ from pathlib import Path
 from slmops import settings
 from slmops.machine import describe_cpu
 
-# INT4 settings at the layouts onnxruntime's CPU kernels run fast (integer zero points), from
-# fastest to closest to FP32 (docs/quality.md has the measured frontier); INT8 is measured beside them.
-INT4_CANDIDATES = ("int4-k_quant_mixed-b128", "int4-k_quant_mixed-b16")
+# INT4 settings at the layouts onnxruntime's CPU kernels run fast (integer zero points): slmops'
+# calibrated b128 (GPTQ, down_proj and LM head int8: half k_quant_mixed b128's ΔPPL at its size) and
+# k_quant_mixed b16 (closest to FP32, slower); docs/quality.md has the measured frontier.
+# INT8 is measured beside them.
+INT4_CANDIDATES = ("int4-calibrated-b128", "int4-k_quant_mixed-b16")
 INT8 = "int8"
 TIE = 0.05  # decode speeds within 5% of the fastest are a tie
 SPEED_ROUNDS = 2
