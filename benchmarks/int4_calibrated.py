@@ -43,15 +43,15 @@ CANDIDATES: dict[str, tuple[str, dict, str]] = {
         {"precision": "int4", "algo": "k_quant_mixed", "block_size": 128},
         "kqm-b128",
     ),
-    "calibrated RTN asym b128": ("calibrated", {"method": "rtn"}, "rtn-b128"),
-    "calibrated importance b128": ("calibrated", {"method": "importance"}, "imp-b128"),
-    "calibrated GPTQ b128": ("calibrated", {"method": "gptq"}, "gptq-b128"),
-    "calibrated GPTQ b128, down_proj int8": (
+    "calibrated RTN asym b128": ("calibrated", {"method": "rtn", "int8": []}, "rtn-b128"),
+    "calibrated importance b128": ("calibrated", {"method": "importance", "int8": []}, "imp-b128"),
+    "calibrated GPTQ b128": ("calibrated", {"method": "gptq", "int8": []}, "gptq-b128"),
+    "calibrated GPTQ b128 + down_proj int8": (
         "calibrated",
         {"method": "gptq", "int8": ["down_proj"]},
         "gptq-b128-down8",
     ),
-    "calibrated AWQ+GPTQ b128, down_proj int8": (
+    "calibrated AWQ+GPTQ b128 + down_proj int8": (
         "calibrated",
         {"method": "gptq", "awq": True, "int8": ["down_proj"]},
         "awqgptq-b128-down8",
@@ -216,7 +216,9 @@ def main() -> None:
         llama = [name for name in samples if CANDIDATES[name][0] == "gguf"]
         best_llama = max(llama, key=lambda name: statistics.median(samples[name])) if llama else None
         for name, values in samples.items():
-            results.setdefault(name, {}).update(decode_samples=values, decode_tokens_per_s=round(statistics.median(values), 1))
+            results.setdefault(name, {}).update(
+                decode_samples=values, decode_tokens_per_s=round(statistics.median(values), 1)
+            )
         for key, base in (("vs_int8", INT8), ("vs_llama_best", best_llama)):
             for name, value in ratios(samples, base or "").items():
                 results[name][key] = value
