@@ -138,9 +138,8 @@ def score(name: str, model: Path, out: Path, windows: int) -> dict:
 
 def measure_speed(models: dict[str, Path], rounds: int) -> dict[str, list[float]]:
     """Decode tokens/s per round, interleaved (the order rotates); ONNX models stay loaded, GGUFs run llama-bench."""
-    from runtime_vs_generator import PROMPT, llama_bench_decode, load_bare, run_bare
-
     import slmops
+    from runtime_vs_generator import PROMPT, llama_bench_decode, load_bare, run_bare
 
     loaded = {name: load_bare(str(path), THREADS)[0] for name, path in models.items() if path.is_dir()}
     # the chat prompt slmops renders (22 tokens on SmolLM2), as benchmarks/runtime_vs_generator.py gives
