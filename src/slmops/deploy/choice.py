@@ -24,7 +24,8 @@ from slmops import settings
 from slmops.machine import describe_cpu
 
 # INT4 settings at the layouts onnxruntime's CPU kernels run fast (integer zero points): slmops'
-# calibrated b128 (GPTQ, down_proj and LM head int8: half k_quant_mixed b128's ΔPPL at its size) and
+# calibrated b128 (AWQ scales + GPTQ, down_proj and LM head int8: a third of k_quant_mixed b128's ΔPPL at
+# its size) and
 # k_quant_mixed b16 (closest to FP32, slower); docs/quality.md has the measured frontier.
 # INT8 is measured beside them.
 INT4_CANDIDATES = ("int4-calibrated-b128", "int4-k_quant_mixed-b16")
