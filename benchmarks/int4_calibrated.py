@@ -189,6 +189,7 @@ def markdown(results: dict) -> str:
 
 
 def main() -> None:
+    global THREADS, FLASH
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", nargs="?", type=Path, help="Hugging Face folder (default: the embedded SmolLM2).")
     parser.add_argument("--out", type=Path, required=True)
@@ -199,7 +200,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=THREADS, help="Threads of both runtimes.")
     parser.add_argument("--flash-attention", default=FLASH, help="llama-bench -fa settings tried: 0, 1 or 01.")
     args = parser.parse_args()
-    global THREADS, FLASH
     THREADS, FLASH = args.threads, args.flash_attention
     from slmops.convert import convert
     from slmops.machine import describe_cpu
