@@ -98,7 +98,7 @@ def graph_outputs(folder: Path, feeds: dict) -> np.ndarray:
 def test_awq_scales_fold_without_changing_what_the_fp32_graph_computes(tiny_onnx, tmp_path):
     import onnx
 
-    from slmops.convert.weight_only import CalibrationWindows
+    from slmops.convert.calibration_text import CalibrationWindows
 
     folder = tmp_path / "awq"
     shutil.copytree(tiny_onnx, folder)

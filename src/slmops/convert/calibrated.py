@@ -207,7 +207,7 @@ def second_moments(model_dir: Path, windows: int, tokens: int) -> dict[str, np.n
     import onnx
     import onnxruntime as ort
 
-    from slmops.convert.weight_only import CalibrationWindows
+    from slmops.convert.calibration_text import CalibrationWindows
 
     model = onnx.load(str(Path(model_dir) / "model.onnx"))
     names = sorted({node.input[0] for node in _weight_matmuls(model.graph)})
