@@ -139,7 +139,6 @@ def test_calibrated_export_loads_shares_its_head_and_tracks_torch(tiny_onnx, tin
     assert correlation > 0.8 and same > 4 / 512, (same, correlation)
 
 
-@pytest.mark.slow
 def test_convert_algo_calibrated_records_how(tiny_llama, tmp_path):
     import json
 
