@@ -209,12 +209,18 @@ def second_moments(model_dir: Path, windows: int, tokens: int) -> dict[str, np.n
 
     from slmops.convert.calibration_text import CalibrationWindows
 
-    model = onnx.load(str(Path(model_dir) / "model.onnx"))
+    graph_file = Path(model_dir) / "model.onnx"
+    model = onnx.load(str(graph_file), load_external_data=False)  # weights stay in model.onnx.data
     names = sorted({node.input[0] for node in _weight_matmuls(model.graph)})
     known = {item.name for item in model.graph.output}
     model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    del model
+    # a graph file beside the weights, so no in-memory copy (and no 2 GB protobuf limit)
+    probe = graph_file.with_name("calibration-probe.onnx")
+    onnx.save(model, str(probe))
+    try:
+        session = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
+    finally:
+        probe.unlink()
     sums: dict[str, np.ndarray] = {}
     for feeds in CalibrationWindows(model_dir, windows, tokens):
         outputs = session.run(names, {k: v for k, v in feeds.items() if k not in known})
