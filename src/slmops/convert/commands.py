@@ -53,7 +53,8 @@ log_level_option = click.option(
     default="default",
     show_default=True,
     help="Quantization algorithm: the builder's (default, rtn, k_quant...) or, int4 only, onnxruntime's hqq "
-    "(no calibration) or gptq (calibrated on shipped text) applied to the FP32 graph.",
+    "(no calibration) or gptq (calibrated on shipped text) applied to the FP32 graph, or calibrated (slmops': "
+    "grids and rounding chosen by calibration activations, fast integer zero points, int8 LM head).",
 )
 @click.option(
     "--lm-head-precision",

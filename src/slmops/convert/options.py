@@ -8,8 +8,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 PRECISIONS = ("int4", "int8", "fp16", "bf16", "fp32")
 Precision = Literal["int4", "int8", "fp16", "bf16", "fp32"]
-ALGOS = ("default", "rtn", "k_quant", "k_quant_mixed", "k_quant_last", "rtn_last", "hqq", "gptq")
-POST_BUILD_ALGOS = ("hqq", "gptq")  # onnxruntime quantizers run on the FP32 graph (convert/weight_only.py)
+ALGOS = ("default", "rtn", "k_quant", "k_quant_mixed", "k_quant_last", "rtn_last", "hqq", "gptq", "calibrated")
+POST_BUILD_ALGOS = ("hqq", "gptq", "calibrated")  # run on the FP32 graph (convert/weight_only.py, calibrated.py)
 LM_HEAD = "/lm_head/MatMul"  # the builder's name for the last MatMul
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 
@@ -39,10 +39,13 @@ class QuantizationOptions(BaseModel):
         le=4,
         description="Minimum precision of the activations in quantized MatMuls: 1 fp32, 2 fp16, 3 bf16, 4 int8.",
     )
-    algo: Literal["default", "rtn", "k_quant", "k_quant_mixed", "k_quant_last", "rtn_last", "hqq", "gptq"] = Field(
+    algo: Literal[
+        "default", "rtn", "k_quant", "k_quant_mixed", "k_quant_last", "rtn_last", "hqq", "gptq", "calibrated"
+    ] = Field(
         "default",
         description="Quantization algorithm: the builder's rtn (round to nearest) or k_quant, optionally mixed; "
-        "or, int4 only, onnxruntime's hqq (no calibration) or gptq (calibrated on shipped text) on the FP32 graph.",
+        "or, int4 only, onnxruntime's hqq (no calibration) or gptq (calibrated on shipped text) on the FP32 graph, "
+        "or slmops' calibrated (activation-weighted grids with error feedback, integer zero points, int8 LM head).",
     )
     nodes_to_exclude: list[str] = Field(
         default_factory=list, description=f"MatMul nodes left unquantized, e.g. {LM_HEAD} (the LM head)."
@@ -75,7 +78,7 @@ class QuantizationOptions(BaseModel):
         return value
 
     def post_build(self, precision: str) -> bool:
-        """Whether the builder makes an FP32 graph that slmops then quantizes (hqq, gptq)."""
+        """Whether the builder makes an FP32 graph that slmops then quantizes (hqq, gptq, calibrated)."""
         return precision == "int4" and self.algo in POST_BUILD_ALGOS
 
     def builder_options(self, precision: str, config: dict) -> dict[str, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmops.convert.options import LM_HEAD
+from slmops.convert.options import LM_HEAD, POST_BUILD_ALGOS
 from slmops.errors import UsageError
 
 
@@ -26,7 +26,7 @@ class Variant:
     @property
     def post_build(self) -> bool:
         """Quantized from the FP32 export (hqq, gptq) rather than by the builder."""
-        return self.precision == "int4" and self.quantization.get("algo") in ("hqq", "gptq")
+        return self.precision == "int4" and self.quantization.get("algo") in POST_BUILD_ALGOS
 
     def options(self):
         from slmops.convert import QuantizationOptions
@@ -52,6 +52,8 @@ INT4_VARIANTS = {
         # blocks of 64/128 are the fast layouts of AVX-512 VNNI kernels (docs/quality.md)
         Variant("int4-k_quant_mixed-b64", "int4", {"algo": "k_quant_mixed", "block_size": 64}),
         Variant("int4-k_quant_mixed-b128", "int4", {"algo": "k_quant_mixed", "block_size": 128}),
+        Variant("int4-calibrated-b128", "int4", {"algo": "calibrated", "block_size": 128}),
+        Variant("int4-calibrated-b64", "int4", {"algo": "calibrated", "block_size": 64}),
         Variant(
             "int4-rtn-mixed-b16",
             "int4",

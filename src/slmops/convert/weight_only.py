@@ -19,13 +19,11 @@ import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from slmops.convert.build import failing_node
+from slmops.convert.calibration_text import CalibrationWindows, calibration_windows  # noqa: F401 (re-exported)
 from slmops.convert.options import QuantizationOptions
 from slmops.convert.quantizer_fixes import row_packed_zero_points
 from slmops.errors import ConversionError
-from slmops.modelfolder.folder import read_genai_config
 
 CALIBRATION_WINDOWS = 4
 CALIBRATION_TOKENS = 128
@@ -36,6 +34,11 @@ def quantize_graph(model_dir: Path, options: QuantizationOptions) -> None:
     """Replace model.onnx(+data) in ``model_dir`` (an FP32 export) by its INT4 version."""
     import onnx
 
+    if options.algo == "calibrated":
+        from slmops.convert.calibrated import quantize_calibrated
+
+        quantize_calibrated(model_dir, calibrated_options(options))
+        return
     path = Path(model_dir) / "model.onnx"
     # The quantizer logs a line per node at INFO.
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
@@ -62,6 +65,13 @@ def quantize_graph(model_dir: Path, options: QuantizationOptions) -> None:
     quantizer.model.save_model_to_file(str(path), use_external_data_format=True)
 
 
+def calibrated_options(options: QuantizationOptions):
+    """slmops' calibrated quantizer at the block size asked; an excluded LM head stays fp32."""
+    from slmops.convert.calibrated import CalibratedOptions
+
+    return CalibratedOptions(block_size=options.block_size, exclude=tuple(options.nodes_to_exclude))
+
+
 def _quantizer_class():
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -82,55 +92,11 @@ def _algo_config(options: QuantizationOptions, model_dir: Path):
     if options.algo == "hqq":
         return HQQWeightOnlyQuantConfig(block_size=options.block_size, bits=4)
     if options.algo == "gptq":
-        return GPTQWeightOnlyQuantConfig(calibration_data_reader=CalibrationWindows(model_dir), block_size=GPTQ_BLOCK)
+        return GPTQWeightOnlyQuantConfig(
+            calibration_data_reader=CalibrationWindows(model_dir, CALIBRATION_WINDOWS, CALIBRATION_TOKENS),
+            block_size=GPTQ_BLOCK,
+        )
     raise ValueError(f"{options.algo} is a builder algorithm, not a post-build quantizer")
-
-
-class CalibrationWindows:
-    """Prompts of the shipped eval text's last tokens, as inputs of the FP32 graph (no KV cache yet).
-
-    onnxruntime copies the reader and iterates over it, so it is a plain re-iterable list.
-    """
-
-    def __init__(self, model_dir: Path, windows: int | None = None, tokens: int | None = None):
-        windows, tokens = (
-            windows or CALIBRATION_WINDOWS,
-            tokens or CALIBRATION_TOKENS,
-        )  # read late: benchmarks vary them
-        self.items = [self._inputs(model_dir, window) for window in calibration_windows(model_dir, windows, tokens)]
-
-    @staticmethod
-    def _inputs(model_dir: Path, ids: np.ndarray) -> dict:
-        import onnx
-
-        graph = onnx.load(str(Path(model_dir) / "model.onnx"), load_external_data=False).graph
-        decoder = read_genai_config(model_dir)["model"]["decoder"]
-        empty_cache = np.zeros((1, decoder["num_key_value_heads"], 0, decoder["head_size"]), dtype=np.float32)
-        batch = ids[None, :].astype(np.int64)
-        feeds = {"input_ids": batch, "attention_mask": np.ones_like(batch)}
-        for item in graph.input:
-            if item.name.startswith("past_key_values"):
-                feeds[item.name] = empty_cache
-            elif item.name == "position_ids":
-                feeds[item.name] = np.arange(batch.shape[1], dtype=np.int64)[None, :]
-        return feeds
-
-    def get_next(self):
-        return None  # onnxruntime iterates with __iter__; get_next is its reader interface
-
-    def __iter__(self):
-        return iter(self.items)
-
-
-def calibration_windows(model_dir: Path, windows: int, tokens: int) -> list[np.ndarray]:
-    """``windows`` runs of ``tokens`` token ids from the end of the shipped eval text."""
-    from importlib import resources
-
-    import onnxruntime_genai as og
-
-    text = (resources.files("slmops") / "data" / "eval-text.txt").read_text(encoding="utf-8")
-    ids = np.asarray(og.Tokenizer(og.Model(str(model_dir))).encode(text), dtype=np.int64)
-    return [ids[len(ids) - (k + 1) * tokens : len(ids) - k * tokens] for k in range(windows)]
 
 
 def quantize_export(fp32_folder: Path, output: Path, options: QuantizationOptions, name: str | None = None) -> Path:
@@ -173,6 +139,8 @@ def _record(folder: Path, options: QuantizationOptions, name: str) -> None:
 
 def note(options: QuantizationOptions) -> str:
     """What conversion.json says about a post-build quantization."""
+    if options.algo == "calibrated":
+        return calibrated_options(options).describe()
     how = {
         "hqq": "onnxruntime's HQQ (a zero point per block, whatever --symmetric says)",
         "gptq": f"onnxruntime's GPTQ, calibrated on the last {CALIBRATION_WINDOWS} x {CALIBRATION_TOKENS} "

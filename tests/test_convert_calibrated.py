@@ -1,0 +1,153 @@
+"""Calibrated INT4 (importance search, GPTQ, AWQ scales) at the fast MatMulNBits layouts."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slmops.convert.calibrated import (
+    CalibratedOptions,
+    Quantized,
+    _apply_awq,
+    _replace_initializers,
+    _replace_matmul,
+    _weight_matmuls,
+    gptq_rows,
+    quantize_calibrated,
+    quantize_rows,
+    second_moments,
+)
+from tests.test_convert import agreement, torch_logits
+
+
+def correlated_inputs(k: int, tokens: int = 1024, seed: int = 0) -> np.ndarray:
+    """Activations with a few loud channels, as in trained transformers."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((tokens, k)) * np.exp(rng.standard_normal(k))).astype(np.float32)
+
+
+def output_error(w: np.ndarray, item: Quantized, x: np.ndarray) -> float:
+    delta = w - item.dequantize(w.shape[1])
+    return float(np.mean((x @ delta.T) ** 2))
+
+
+def test_codes_stay_on_the_integer_grid_and_near_the_weights():
+    w = np.random.default_rng(1).standard_normal((8, 320)).astype(np.float32)
+    item = quantize_rows(w, None, 128, 4, search=False)
+    assert item.q.shape == (8, 3, 128) and item.scale.shape == item.zero_point.shape == (8, 3)
+    assert item.q.max() <= 15 and item.zero_point.max() <= 15
+    step = np.repeat(item.scale, 128, axis=1)[:, :320]
+    assert np.all(np.abs(item.dequantize(320) - w) <= step / 2 + 1e-6)
+
+
+def test_importance_search_and_gptq_cut_the_output_error_of_round_to_nearest():
+    rng = np.random.default_rng(2)
+    x = correlated_inputs(256)
+    w = rng.standard_normal((64, 256)).astype(np.float32) * 0.05
+    hessian = x.T.astype(np.float64) @ x
+    plain = output_error(w, quantize_rows(w, None, 64, 4, search=False), x)
+    weighted = output_error(w, quantize_rows(w, np.diag(hessian).astype(np.float32), 64, 4, search=True), x)
+    gptq = output_error(w, gptq_rows(w, hessian, 64, 4), x)
+    assert weighted < plain * 0.9
+    assert gptq < weighted
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_matmulnbits_reads_the_layout_written(bits, tmp_path):
+    """An odd number of blocks per row (K=320, blocks of 128) and zero points, run by onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = 320, 24
+    w = np.random.default_rng(3).standard_normal((k, n)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="/mm/MatMul")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    item = quantize_rows(w.T, None, 128, bits, search=False)
+    added = _replace_matmul(model.graph, model.graph.node[0], item, (k, n), 128)
+    _replace_initializers(model.graph, added)
+    assert [i.name for i in model.graph.initializer if i.name == "w"] == []
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    x = np.random.default_rng(4).standard_normal((1, k)).astype(np.float32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    expected = x @ item.dequantize(k).T
+    # accuracy_level 4 quantizes the activations to int8 blockwise: ~1% of the output's scale
+    assert np.abs(got - expected).max() < 0.03 * np.abs(expected).max()
+
+
+def graph_outputs(folder: Path, feeds: dict) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], feeds)[0]
+
+
+def test_awq_scales_fold_without_changing_what_the_fp32_graph_computes(tiny_onnx, tmp_path):
+    import onnx
+
+    from slmops.convert.calibration_text import CalibrationWindows
+
+    folder = tmp_path / "awq"
+    shutil.copytree(tiny_onnx, folder)
+    feeds = CalibrationWindows(folder, 1, 16).items[0]
+    before = graph_outputs(folder, feeds)
+    moments = second_moments(folder, 2, 16)
+    model = onnx.load(str(folder / "model.onnx"))
+    weights = {item.name: item for item in model.graph.initializer}
+    untouched = {name: onnx.numpy_helper.to_array(item).copy() for name, item in weights.items()}
+    _apply_awq(model.graph, _weight_matmuls(model.graph), weights, moments, CalibratedOptions(block_size=32, int8=()))
+    changed = [
+        name for name, item in weights.items() if not np.allclose(onnx.numpy_helper.to_array(item), untouched[name])
+    ]
+    assert any("layernorm" in name for name in changed) and any("down_proj" in name for name in changed)
+    for stale in folder.glob("model.onnx*"):
+        stale.unlink()
+    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    np.testing.assert_allclose(graph_outputs(folder, feeds), before, rtol=1e-3, atol=1e-3)
+
+
+def test_calibrated_export_loads_shares_its_head_and_tracks_torch(tiny_onnx, tiny_llama, tmp_path):
+    import onnx
+
+    folder = tmp_path / "calibrated"
+    shutil.copytree(tiny_onnx, folder)
+    options = CalibratedOptions(block_size=32, awq=True, calibration_windows=4, calibration_tokens=64)
+    quantize_calibrated(folder, options)
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    ops = Counter(node.op_type for node in graph.node)
+    assert ops["MatMul"] == 0 and ops["MatMulNBits"] == 2 * 5 + 1
+    assert ops["GatherBlockQuantized"] == 1 and ops["Transpose"] == 0  # the embedding reads the int8 head
+    bits = {n.name: {a.name: a.i for a in n.attribute}["bits"] for n in graph.node if n.op_type == "MatMulNBits"}
+    assert bits["/lm_head/MatMul_Q8"] == 8 and bits["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 8
+    assert bits["/model/layers.0/attn/qkv_proj/MatMul_Q4"] == 4
+    # A broken layout gives uncorrelated logits; on a tiny random model the top token itself is a
+    # coin toss at 4 bits (GPTQ fits 256 calibration tokens of text the model never learnt).
+    same, correlation = agreement(folder, torch_logits(tiny_llama))
+    assert correlation > 0.8 and same > 4 / 512, (same, correlation)
+
+
+def test_convert_algo_calibrated_records_how(tiny_llama, tmp_path):
+    import json
+
+    from slmops.convert import QuantizationOptions, convert
+
+    output = tmp_path / "cal"
+    convert(tiny_llama, output, precision="int4", quantization=QuantizationOptions(algo="calibrated"), log_level=0)
+    report = json.loads((output / "conversion.json").read_text())
+    assert report["quantization"]["algo"] == "calibrated"
+    assert any("GPTQ" in note or "gptq" in note for note in report["notes"]), report["notes"]
+    same, correlation = agreement(output, torch_logits(tiny_llama))
+    assert correlation > 0.8, (same, correlation)
