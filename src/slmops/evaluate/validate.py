@@ -219,7 +219,11 @@ def check_lengths(model, lengths: Sequence[int], new_tokens: int = 32, repeats: 
     # Lengths interleaved: a burst of load from other processes hits all of them alike.
     for _ in range(repeats):
         for length in lengths:
-            runs[length].append(model.generate(prompts[length], max_tokens=new_tokens, temperature=0.0))
+            # Without prompt-lookup drafts: the repeated text would make long prompts decode
+            # faster, and this check is about the kernels' time per token as the context grows.
+            runs[length].append(
+                model.generate(prompts[length], max_tokens=new_tokens, temperature=0.0, speculative=False)
+            )
     rows = []
     for length in lengths:
         decoded = [run for run in runs[length] if run.completion_tokens > 2 and run.decode_tokens_per_s > 0]
