@@ -38,7 +38,9 @@ class Variant:
             f"{key}={','.join(value) if isinstance(value, list) else value}" for key, value in self.quantization.items()
         )
         if self.post_build:
-            settings = f"onnxruntime {self.quantization['algo'].upper()} on the FP32 graph, {settings}"
+            algo = self.quantization["algo"]
+            by = "slmops' calibrated quantizer" if algo == "calibrated" else f"onnxruntime {algo.upper()}"
+            settings = f"{by} on the FP32 graph, {settings}"
         return f"{self.precision}" + (f" ({settings})" if settings else " (builder defaults)")
 
 
