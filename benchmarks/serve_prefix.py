@@ -34,13 +34,14 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from serve_throughput import convert, find_llama_server
+from slmops.bench.scenario_serve import Reply, chat, together
+from slmops.bench.scenarios import QUESTIONS, paragraphs
 from slmops.convert import embedded_model
 from slmops.machine import describe_cpu
 from slmops.server.process import ServerProcess
@@ -48,25 +49,6 @@ from slmops.server.process import ServerProcess
 THREADS = 2
 SLOTS = 8
 CONTEXT_PER_SLOT = 2048
-DATA = Path(__file__).resolve().parent.parent / "src/slmops/data/bench_prompts.txt"
-QUESTIONS = [
-    "Summarise the first paragraph in one sentence.",
-    "What is the main idea of the text about bread?",
-    "Name two things the keeper wrote in his logbook.",
-    "Why did the clock run slow?",
-    "What do beekeepers use smoke for?",
-    "How did surveyors measure a base line?",
-    "What does a sourdough starter need?",
-    "Why were maps called arguments?",
-]
-
-
-@dataclass
-class Reply:
-    ttft: float
-    text: str
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
 
 
 @dataclass
@@ -84,61 +66,7 @@ class Contender:
         return statistics.median(self.rows[name])
 
 
-# ---- requests ---------------------------------------------------------------------
-
-
-def chat(client: httpx.Client, contender: Contender, messages: list[dict], max_tokens: int) -> Reply:
-    """One streamed chat request: time to the first text, the text, and the token counts reported."""
-    body = {
-        "model": contender.model,
-        "messages": messages,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    try:
-        return _stream(client, contender, body)
-    except httpx.RemoteProtocolError:  # a pooled connection the server had closed: once more, on a new one
-        return _stream(client, contender, body)
-
-
-def _stream(client: httpx.Client, contender: Contender, body: dict) -> Reply:
-    start, first, pieces, usage = time.perf_counter(), None, [], {}
-    with client.stream("POST", contender.server.url + "/v1/chat/completions", json=body) as response:
-        if response.status_code != 200:
-            raise SystemExit(f"{contender.label}: HTTP {response.status_code}: {response.read()[:300]!r}")
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            for choice in event.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content") or ""
-                if text and first is None:
-                    first = time.perf_counter()
-                pieces.append(text)
-            usage = _usage(event) or usage
-    return Reply((first or time.perf_counter()) - start, "".join(pieces), **usage)
-
-
-def _usage(event: dict) -> dict:
-    usage, timings = event.get("usage") or {}, event.get("timings") or {}
-    if not usage and not timings:
-        return {}
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or timings.get("cache_n") or 0
-    return {"prompt_tokens": usage.get("prompt_tokens") or timings.get("prompt_n", 0), "cached_tokens": cached}
-
-
-def together(client: httpx.Client, contender: Contender, chats: list[list[dict]], max_tokens: int) -> list[Reply]:
-    with ThreadPoolExecutor(len(chats)) as pool:
-        return list(pool.map(lambda messages: chat(client, contender, messages, max_tokens), chats))
-
-
 # ---- the scenarios --------------------------------------------------------------
-
-
-def paragraphs() -> list[str]:
-    return [block.strip() for block in DATA.read_text(encoding="utf-8").split("\n\n") if block.strip()]
 
 
 def system_prompt(tag: str, words: int) -> str:
