@@ -17,7 +17,7 @@ import pytest
 
 from slmops.convert import convert
 from slmops.convert.gguf_source import gguf_to_hf
-from tests import llama_cpp_convert
+from tests import in_process, llama_cpp_convert
 
 pytestmark = pytest.mark.slow
 
@@ -514,7 +514,6 @@ def test_a_base_model_completes_text_and_refuses_chats(ggufs, tmp_path):
     `serve` answers /v1/completions and gives chat requests a clear 400."""
     import subprocess
     import sys
-    import time
 
     from fastapi.testclient import TestClient
 
@@ -540,10 +539,7 @@ def test_a_base_model_completes_text_and_refuses_chats(ggufs, tmp_path):
     assert run.stderr.strip() == "olmo-base has no chat template (a base model): it completes the text it is given."
 
     with TestClient(create_app(ServerConfig(load_wait=60, parallel=1, threads=1), [str(folder)])) as client:
-        for _ in range(600):
-            if client.get("/health").status_code == 200:
-                break
-            time.sleep(0.1)
+        in_process.wait_healthy(client)
         completion = client.post(
             "/v1/completions", json={"model": "olmo-base", "prompt": "The capital of", "max_tokens": 4}
         )

@@ -5,12 +5,12 @@ onnxruntime-genai encodes text without it, and a base Gemma without its BOS answ
 
 import json
 import shutil
-import time
 
 import pytest
 
 from slmops.modelfolder.prompt_template import text_prefix_ids
 from slmops.runtime import load
+from tests import in_process
 
 BOS_TEMPLATE = {
     "type": "TemplateProcessing",
@@ -67,10 +67,7 @@ def test_a_raw_completion_gets_the_bos_its_tokenizer_adds(tiny_onnx, tmp_path):
     assert model.generate(text_ids, max_tokens=2).prompt_tokens == len(text_ids)  # token ids are taken as given
 
     with TestClient(create_app(ServerConfig(load_wait=60, parallel=1, threads=1), [str(folder)])) as client:
-        for _ in range(600):
-            if client.get("/health").status_code == 200:
-                break
-            time.sleep(0.1)
+        in_process.wait_healthy(client)
         body = {"model": "tiny-bos", "prompt": "Hello world", "max_tokens": 2}
         answer = client.post("/v1/completions", json=body)
         assert answer.status_code == 200 and answer.json()["usage"]["prompt_tokens"] == len(text_ids) + 1

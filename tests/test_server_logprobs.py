@@ -7,7 +7,6 @@ to float rounding whatever the CPU.
 """
 
 import json
-import time
 
 import numpy as np
 import openai
@@ -18,23 +17,17 @@ import slmops
 from slmops.cache.resolver import resolve
 from slmops.evaluate.logits import OnnxLogits
 from slmops.runtime import batched
-from slmops.server import ServerConfig, create_app
 from slmops.server.choices import derived_seed
 from slmops.server.logprobs import FLOOR
+from tests import in_process
 
 MODEL = "model"  # the tiny ONNX folder's name
 HI = [{"role": "user", "content": "Hello world, the quick brown fox"}]
 TOL = 2e-4
 
 
-def serve(folder, **config):
-    client = TestClient(create_app(ServerConfig(load_wait=60, parallel=4, threads=1, **config), [str(folder)]))
-    client.__enter__()
-    for _ in range(600):
-        if client.get("/health").status_code == 200:
-            break
-        time.sleep(0.1)
-    return client
+def serve(folder, **config) -> TestClient:
+    return in_process.serve(folder, parallel=4, **config)
 
 
 @pytest.fixture(scope="module")

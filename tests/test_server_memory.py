@@ -4,7 +4,6 @@ On the tiny fp32 model, in-process; every check is what was loaded, never an RSS
 """
 
 import threading
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,19 +11,13 @@ from fastapi.testclient import TestClient
 import slmops
 from slmops.memory import return_large_buffers
 from slmops.runtime.model import Model
-from slmops.server import ServerConfig, create_app
+from tests import in_process
 
 MODEL = "model"  # the tiny ONNX folder's name
 
 
 def serve(folder, **config) -> TestClient:
-    client = TestClient(create_app(ServerConfig(load_wait=60, parallel=2, threads=1, **config), [str(folder)]))
-    client.__enter__()
-    for _ in range(600):
-        if client.get("/health").status_code == 200:
-            break
-        time.sleep(0.1)
-    return client
+    return in_process.serve(folder, parallel=2, **config)
 
 
 def loaded_model(client: TestClient) -> Model:

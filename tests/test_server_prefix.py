@@ -13,6 +13,7 @@ import slmops
 from slmops.runtime import batched
 from slmops.runtime.batched import BatchedDecoder, Sequence
 from slmops.runtime.prefix import MIN_REUSE, PrefixCache
+from tests import in_process
 
 BUDGET = 64 << 20
 
@@ -159,10 +160,7 @@ def test_serve_reports_cached_tokens_and_counts_hits(tiny_onnx):
     config = ServerConfig(load_wait=60, parallel=2, threads=1, prefix_cache=BUDGET)
     text = " ".join(f"word{index}" for index in range(80))
     with TestClient(create_app(config, [str(tiny_onnx)])) as client:
-        for _ in range(600):
-            if client.get("/health").status_code == 200:
-                break
-            time.sleep(0.05)
+        in_process.wait_healthy(client)
         body = {"model": "model", "max_tokens": 4, "temperature": 0}
         cold = client.post("/v1/completions", json={**body, "prompt": text}).json()["usage"]
         warm = client.post("/v1/completions", json={**body, "prompt": text + " and more"}).json()["usage"]
@@ -191,10 +189,7 @@ def test_cached_tokens_count_a_prompt_once_with_n_streamed_and_in_responses(tiny
     config = ServerConfig(load_wait=60, parallel=4, threads=1, prefix_cache=BUDGET)
     text = " ".join(f"word{index}" for index in range(40))
     with TestClient(create_app(config, [str(tiny_onnx)])) as client:
-        for _ in range(600):
-            if client.get("/health").status_code == 200:
-                break
-            time.sleep(0.05)
+        in_process.wait_healthy(client)
         oai = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client, max_retries=0)
 
         def chat(suffix: str, n: int, stream: bool):
