@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -123,13 +122,9 @@ def strip_minimum(exact: Path, stripped: Path) -> None:
 
 def llama_bench(binary: str, gguf: Path, threads: int = 2, tokens: int = 64) -> float:
     """llama.cpp's decode tokens/s, the faster of flash attention on and off."""
-    rates = []
-    for flash in ("on", "off"):
-        command = [binary, "-m", str(gguf), "-t", str(threads), "-p", "0", "-n", str(tokens), "-d", "32"]
-        command += ["-fa", flash, "-r", "1", "-o", "jsonl"]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        rates.append(json.loads(output.splitlines()[0])["avg_ts"])
-    return max(rates)
+    from runtime_vs_generator import llama_bench_decode
+
+    return max(llama_bench_decode(binary, gguf, threads, 32, tokens, flash) for flash in ("on", "off"))
 
 
 def measure_speed(sources: dict, out: Path, names: list[str], results: dict, rounds: int, binary: str | None):
