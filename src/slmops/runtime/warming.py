@@ -116,6 +116,13 @@ class Warming:
         if warm.filled < len(warm.tokens):
             self.queue.appendleft(warm.tokens)
 
+    def drop(self) -> None:
+        """Forget every answer waiting to be warmed, and the one being warmed (its row given back)."""
+        self.queue.clear()
+        warm, self.current = self.current, None
+        if warm is not None:
+            self.decoder.memory.release(warm.row)
+
     def _start(self) -> Warm | None:
         """The next queued answer, its prompt's cached KV copied into a free row (None: nothing to do)."""
         prefix = self.decoder.prefix

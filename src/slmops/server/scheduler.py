@@ -180,8 +180,7 @@ class Scheduler:
             self.decoder.warming.piece()
         except Exception:  # warming only saves time later: drop it, keep serving
             log.exception("%s: warming the prefix cache failed", self.name)
-            self.decoder.warming.queue.clear()
-            self.decoder.warming.current = None
+            self.decoder.warming.drop()
 
     def _admit(self) -> list[Job]:
         """Move waiting jobs in while there is room; returns the new rows to prefill."""
