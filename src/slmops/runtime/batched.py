@@ -260,9 +260,13 @@ class BatchedDecoder:
         self.memory.release(len(self.running))  # a pending prompt fills the row above, never this one
 
     def _move(self, sequence: Sequence, row: int, length: int) -> None:
-        for buffer in self.cache:
-            buffer[row, :, :length] = buffer[sequence.row, :, :length]
+        self._copy_kv(sequence.row, row, length)
         sequence.row = row
+
+    def _copy_kv(self, source: int, row: int, length: int) -> None:
+        """Copy the first ``length`` positions of row ``source``'s KV cache into ``row``."""
+        for buffer in self.cache:
+            buffer[row, :, :length] = buffer[source, :, :length]
 
     # ---- one round ----------------------------------------------------------
 
@@ -332,8 +336,7 @@ class BatchedDecoder:
                 continue
             self.pending.remove(twin)
             twin.row, twin.filled = len(self.running), len(twin.prompt)
-            for buffer in self.cache:
-                buffer[twin.row, :, : twin.filled] = buffer[source.row, :, : twin.filled]
+            self._copy_kv(source.row, twin.row, twin.filled)
             twin.cached = twin.filled
             self.prefix.hits += 1
             self.prefix.reused_tokens += twin.filled
