@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slmops.convert.quantizer_fixes import pack_zero_points
+from slmops.convert.quantizer_fixes import pack_nibbles, pack_zero_points
 
 ACCURACY_LEVEL = 4  # int8 activations: the VNNI kernel
 DAMPING = 0.01  # GPTQ's diagonal damping, as a fraction of the mean of H's diagonal
@@ -349,7 +349,7 @@ def _replace_matmul(graph, node, item: Quantized, shape: tuple[int, int], block:
     base = node.input[1]
     codes = item.q
     if item.bits == 4:
-        codes = (codes[..., 0::2] & 0x0F) | ((codes[..., 1::2] & 0x0F) << 4)
+        codes = pack_nibbles(codes)
         zero_points = pack_zero_points(item.zero_point, n, item.zero_point.shape[1])
     else:
         zero_points = item.zero_point
