@@ -34,14 +34,16 @@ new positions per row only in a batch of one), keeps what greedy decoding keeps,
 the rest by its length alone: positions past a row's length are written over before any
 step reads them.
 
-With a :class:`~slmops.runtime.prefix.PrefixCache`, a prompt's KV cache is kept once it
-is in; a later prompt that begins the same way copies that beginning into its row and
-prefills only the rest, in the same chunks (one forward per row: onnxruntime's CPU attention
-takes several new positions per row after a cached beginning only in a batch of one). Prompts
-waiting together that share a beginning are not prefilled together: the first goes in and
-is kept, the others copy its beginning; a waiting prompt identical to one just prefilled
-copies its whole row and its first token's logits, and runs nothing. A finished answer is
-prefilled again behind its prompt when the engine is idle (:mod:`slmops.runtime.warming`).
+With a :class:`~slmops.runtime.prefix.PrefixCache`, a prompt's KV cache is kept when its
+row is given up (the answer finished or was cancelled), not while the row still holds it, so
+the KV of a prompt lives in one place at a time. A later prompt that begins as a kept one, or
+as the prompt of a running row, copies that beginning into its row and prefills only the
+rest, in the same chunks (one forward per row: onnxruntime's CPU attention takes several new
+positions per row after a cached beginning only in a batch of one). Prompts waiting together
+that share a beginning are not prefilled together: the first goes in, the others copy its
+beginning from its row; a waiting prompt identical to one just prefilled copies its whole row
+and its first token's logits, and runs nothing. A finished answer is prefilled again behind
+its prompt when the engine is idle (:mod:`slmops.runtime.warming`).
 
 The session runs a copy of the graph that computes logits only where they are read
 (:mod:`slmops.runtime.logits_graph`): a prompt's last position, or every position of a
@@ -118,7 +120,7 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)
     row: int = -1
     filled: int = 0  # prompt tokens already in the row's KV cache
-    cached: int = 0  # prompt tokens copied from the prefix cache, not prefilled
+    cached: int = 0  # prompt tokens copied from the prefix cache or a running row, not prefilled
     matcher: LLMatcher | None = None
     logprobs: int | None = None
     prompt_logprobs: int | None = None
@@ -246,18 +248,30 @@ class BatchedDecoder:
         if sequence in self.pending:
             self.pending.remove(sequence)  # a half-filled row above the running ones is simply reused
             if sequence.filled:  # only the head of the line has a row, above the running ones
+                self._keep(sequence)  # what of a long prompt is in serves the client's retry
                 self.memory.release(sequence.row)
         elif sequence in self.running:
             self.remove(sequence)
 
     def remove(self, sequence: Sequence) -> None:
-        """Free a running ``sequence``'s row: the last row moves into it so rows stay packed."""
+        """Free a running ``sequence``'s row, its prompt's KV kept: the last row moves into it so rows stay packed."""
+        self._keep(sequence)
         last = self.running[-1]
         if last is not sequence:
             self._move(last, sequence.row, last.length)
             self.running[sequence.row] = last
         self.running.pop()
         self.memory.release(len(self.running))  # a pending prompt fills the row above, never this one
+
+    def _keep(self, sequence: Sequence) -> None:
+        """Keep the KV of ``sequence``'s prompt (what of it is in its row) before the row is given up.
+
+        Only the prompt: its answer's KV was written one position at a time (see
+        :mod:`slmops.runtime.prefix`). Kept now rather than once the prompt is in, the KV lives
+        in the row or in the cache, never in both; meanwhile others copy it from the row.
+        """
+        if self.prefix.budget and sequence.filled:
+            self.prefix.keep(sequence.prompt[: sequence.filled], self.cache, sequence.row)
 
     def _move(self, sequence: Sequence, row: int, length: int) -> None:
         self._copy_kv(sequence.row, row, length)
@@ -308,13 +322,27 @@ class BatchedDecoder:
         return self._prefill_group(group)
 
     def _shares(self, sequence: Sequence, group: list[Sequence]) -> bool:
-        """Whether ``sequence`` would copy a beginning from the cache, or from a ``group`` member once kept."""
+        """Whether ``sequence`` would copy a beginning from the cache or a running row, or from a
+        ``group`` member once that one runs."""
         if not self.prefix.budget or sequence.prompt_logprobs is not None:
             return False
-        if self.prefix.longest(sequence.prompt)[1] >= MIN_REUSE:
+        if max(self.prefix.longest(sequence.prompt)[1], self._live(sequence.prompt, self.running)[1]) >= MIN_REUSE:
             return True
-        most = len(sequence.prompt) - 2  # the last two tokens are always run
-        return any(min(common_prefix(item.prompt, sequence.prompt), most) >= MIN_REUSE for item in group)
+        return self._live(sequence.prompt, group)[1] >= MIN_REUSE
+
+    @staticmethod
+    def _live(prompt: list[int], rows: list[Sequence]) -> tuple[Sequence | None, int]:
+        """The sequence of ``rows`` whose prompt shares the longest beginning with ``prompt``, and
+        how many tokens it shares, at most ``len(prompt) - 2`` (as :meth:`PrefixCache.longest`).
+
+        Only prompts count: the positions a row decoded hold KV written one at a time.
+        """
+        best, size = None, 0
+        for item in rows:
+            shared = common_prefix(item.prompt, prompt)
+            if shared > size:
+                best, size = item, shared
+        return best, min(size, len(prompt) - 2)
 
     def _twin(self, sequence: Sequence, done: list[Sequence]) -> Sequence | None:
         """The sequence of ``done`` whose row and logits ``sequence`` can copy: the same prompt, nothing else to compute."""
@@ -345,14 +373,22 @@ class BatchedDecoder:
         return copies
 
     def _reuse(self, sequence: Sequence) -> None:
-        """Start ``sequence`` from the longest cached beginning of its prompt, if one is worth copying."""
-        if sequence.prompt_logprobs is not None:  # scoring a prompt needs every position's logits
+        """Start ``sequence`` from the longest beginning of its prompt that is cached or in a running
+        row, if one is worth copying."""
+        if not self.prefix.budget or sequence.prompt_logprobs is not None:  # scoring needs every position
             return
         entry, size = self.prefix.longest(sequence.prompt)
-        if entry is None or size < MIN_REUSE:
+        source, shared = self._live(sequence.prompt, self.running)
+        if max(size, shared) < MIN_REUSE:
             return
         sequence.row = len(self.running)
-        self.prefix.restore(entry, size, self.cache, sequence.row)
+        if source is not None and shared > size:
+            self._copy_kv(source.row, sequence.row, shared)  # rows move as others finish: its row now
+            self.prefix.hits += 1
+            self.prefix.reused_tokens += shared
+            size = shared
+        elif entry is not None:
+            self.prefix.restore(entry, size, self.cache, sequence.row)
         sequence.filled = sequence.cached = size
 
     def _prefill_group(self, group: list[Sequence]) -> list[tuple[Sequence, Response]]:
@@ -369,7 +405,6 @@ class BatchedDecoder:
         logits = self._run_prompt(ids, mask, first, group, lasts, every)
         for offset, sequence in enumerate(group):
             self._score_prompt(sequence, logits[offset], 0, len(sequence.prompt))
-            self.prefix.keep(sequence.prompt, self.cache, sequence.row)
         # Every position's logits, or each row's last prompt position's alone.
         at = lasts if every else [0] * len(group)
         last = [logits[offset, at[offset]] for offset in range(len(group))]
@@ -399,7 +434,6 @@ class BatchedDecoder:
             freed = sequence.row
             self._move(sequence, len(self.running), end)
             self.memory.release(freed)
-        self.prefix.keep(sequence.prompt, self.cache, sequence.row)
         self.running.append(sequence)
         made = [(sequence, row), *self._copy_twins([(sequence, logits[0, -1])])]
         return [(item, self._emit(item, scores)) for item, scores in made]
