@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from serve_prefix import (
     find_llama_server,
     llama_server,
     memory,
+    source_of,
     system_prompt,
     together,
 )
@@ -42,13 +42,6 @@ from slmops.machine import describe_cpu
 from slmops.server.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def source_of(commit: str) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="slmops-before-"))
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "src"], check=True, capture_output=True)
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
-    return folder / "src"
 
 
 def slmops_server(folder: Path, source: Path, label: str, flags: tuple[str, ...] = ()) -> ServerProcess:

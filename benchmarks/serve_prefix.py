@@ -2,7 +2,7 @@
 """Prefix reuse over HTTP: time to first token of prompts that begin as earlier ones did.
 
     .venv/bin/python benchmarks/serve_prefix.py [MODEL_FOLDER] [--rounds 3] [--llama-server PATH]
-        [--gguf PATH] [--json PATH] [--slmops-flag=--prefix-cache=0 ...]
+        [--gguf PATH] [--json PATH] [--slmops-flag=--prefix-cache=0 ...] [--before COMMIT]
 
 Without MODEL_FOLDER, the embedded SmolLM2-135M-Instruct GGUF is converted to INT4 first;
 llama-server (when found) serves the GGUF the INT4 model came from, with 8 slots of 2,048
@@ -22,6 +22,7 @@ medians over the rounds:
    prompts of the same length (nothing to share).
 
 Each server's resident memory after loading and its peak (VmHWM) at the end are reported.
+``--before COMMIT`` adds `slmops serve` as of an earlier commit, in the same rounds.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import json
 import os
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -145,11 +147,23 @@ def _median(replies: list[Reply], attribute: str = "ttft") -> float:
 # ---- the contenders -------------------------------------------------------------
 
 
-def slmops_server(folder: Path, flags: list[str]) -> ServerProcess:
+def slmops_server(folder: Path, flags: list[str], source: Path | None = None, label: str = "") -> ServerProcess:
+    """`slmops serve` of this environment, or of the ``source`` tree (an earlier commit's src)."""
     env = dict(os.environ, SLMOPS_HOME=tempfile.mkdtemp(prefix="slmops-bench-"))
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     command = [sys.executable, "-m", "slmops", "serve", str(folder), "--log-level", "info"]
     command += ["--parallel", str(SLOTS), "--threads", str(THREADS), *flags]
-    return ServerProcess(command, env=env, label=" ".join(["slmops serve", *flags]))
+    return ServerProcess(command, env=env, label=label or " ".join(["slmops serve", *flags]))
+
+
+def source_of(commit: str) -> Path:
+    """The ``src`` folder of this repository as of ``commit``, in a temporary folder."""
+    folder = Path(tempfile.mkdtemp(prefix="slmops-before-"))
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(root), "archive", commit, "src"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder / "src"
 
 
 def llama_server(binary: str, gguf: Path, threads: int) -> ServerProcess:
@@ -188,6 +202,7 @@ def main() -> None:
         "--scenario", action="append", choices=sorted(SCENARIOS), help="run only these (repeatable) [default: all]"
     )
     parser.add_argument("--think", type=float, default=THINK, help="seconds to read an answer in multi-turn-think")
+    parser.add_argument("--before", help="also measure `slmops serve` as of this commit, in the same rounds")
     args = parser.parse_args()
     globals()["THINK"] = args.think
     cpu = describe_cpu().summary()
@@ -198,6 +213,10 @@ def main() -> None:
     if binary is None:
         print("llama-server not found (--llama-server PATH); measuring slmops alone.", flush=True)
     contenders = [Contender("slmops serve", slmops_server(folder, args.slmops_flag), folder.name)]
+    if args.before:
+        label = f"slmops serve at {args.before}"
+        server = slmops_server(folder, args.slmops_flag, source_of(args.before), label)
+        contenders.append(Contender(label, server, folder.name))
     if binary:
         contenders.append(
             Contender(
@@ -278,12 +297,11 @@ def report(contenders: list[Contender], cpu: str, load: list[float], reserved: l
             print(f"  {name:62s} {value:8.0f}")
         result["contenders"][contender.label] = {"rows": contender.rows, "ratios": ratios, "memory_mb": contender.facts}
     turns = [name for name in contenders[0].rows if name.endswith("next turn TTFT (s)")]
-    for name in turns if len(contenders) > 1 else []:
-        ours, theirs = contenders
-        turn = name.split(":")[0]
-        print(
-            f"\n{turn}: next turn TTFT, slmops / llama-server: {ours.median(name) / theirs.median(name):.2f}x (target <= 1)"
-        )
+    theirs = contenders[-1] if contenders[-1].label.startswith("llama-server") else None
+    for ours in [contender for contender in contenders if contender is not theirs] if theirs else []:
+        for name in turns:
+            ratio = ours.median(name) / theirs.median(name)
+            print(f"\n{ours.label}, {name.split(':')[0]}: next turn TTFT / llama-server's: {ratio:.2f}x (target <= 1)")
     if path:
         path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {path}")
