@@ -101,6 +101,7 @@ def test_warming_never_runs_beside_a_waiting_or_decoding_row(tiny, monkeypatch):
     # Once idle, the rest of the first answer and the newcomer's are warmed.
     while made.warming.piece():
         pass
+    made.warming.stop()  # the last one warmed waits in its row: kept now
     assert made.prefix.holds(prompt(40, 50) + answer)[1] == 60
 
 
@@ -207,4 +208,5 @@ def test_an_answer_that_fills_its_row_is_warmed_within_it(tiny):
     assert len(first.prompt) + len(first.tokens) == 64  # the row is full: the opening does not fit
     while made.warming.piece():
         pass
+    made.warming.stop()
     assert made.warming.warmed == 1 and made.prefix.holds(first.prompt + first.tokens + first.follow)[1] == 64

@@ -8,7 +8,7 @@ count (cached tokens, prompt positions run, bytes kept), never a time.
 import pytest
 
 import slmops
-from slmops.runtime import batched
+from slmops.runtime import batched, warming
 from slmops.runtime.batched import BatchedDecoder
 from tests.test_server_prefix import decoder, prompt, run, sequence
 
@@ -33,8 +33,12 @@ def test_the_cache_holds_a_prompt_only_once_its_row_is_given_up(tiny):
     assert made.prefix.holds(ids)[1] == 0 and made.prefix.used == 0
     while made.busy:
         made.advance()
+    # The last row to finish is warmed in place; given back, its prompt goes to the cache, not its
+    # decoded answer.
+    assert made.warming.current.row == live.row and made.prefix.used == 0
+    made.warming.stop()
     assert made.prefix.holds(ids)[1] == 60 and len(made.prefix.entries) == 1
-    assert made.prefix.holds(ids + live.tokens)[1] == 60  # the decoded answer is not kept
+    assert made.prefix.holds(ids + live.tokens)[1] == 60
 
 
 def test_eight_prompts_over_one_system_prompt_prefill_it_once_from_the_first_row(tiny, monkeypatch):
@@ -54,6 +58,7 @@ def test_eight_prompts_over_one_system_prompt_prefill_it_once_from_the_first_row
     assert [item.cached for item in burst] == [0] + [100] * 7
     assert made.prompt_tokens_run == len(asks[0]) + sum(len(ids) - 100 for ids in asks[1:])
     assert made.prefix.hits == 7 and made.prefix.reused_tokens == 700
+    made.warming.stop()  # the last row to finish waits for warming in place
     # Once all are done the cache holds the system prompt once and each question on top of it.
     assert [made.prefix.holds(ids)[1] for ids in asks] == [len(ids) for ids in asks]
     kept = sum(entry.kv.nbytes for entry in made.prefix.entries)
@@ -107,3 +112,50 @@ def test_a_cancelled_half_filled_prompt_keeps_what_is_in(tiny, monkeypatch):
     retry = sequence(tiny, ids, 6)
     assert run(made, retry) == run(decoder(tiny, budget=0), sequence(tiny, ids, 6))
     assert retry.cached == 64
+
+
+@pytest.mark.parametrize("pieces", [0, 1, 9])
+def test_the_next_turn_takes_the_last_answers_row_over_warmed_or_not(tiny, monkeypatch, pieces):
+    monkeypatch.setattr(warming, "WARM_CHUNK", 16)
+    first_ids = prompt(50, 130)
+    made = decoder(tiny)
+    (answer,) = run(made, sequence(tiny, first_ids, 30))
+    for _ in range(pieces):  # none: sent the instant the answer ended; 9: after the warming is done
+        made.warming.piece()
+    warmed = made.warming.current.filled
+    assert warmed == min(50 + 16 * pieces, 80) and made.prefix.used == 0
+    second_ids = first_ids + answer + prompt(8, 131)
+    second = sequence(tiny, second_ids, 10)
+    before = made.prompt_tokens_run
+    assert run(made, second) == run(decoder(tiny, budget=0), sequence(tiny, second_ids, 10))
+    # It started in the warmed row, nothing copied: prefilled what the warming had not, and its own words.
+    assert second.row == 0 and second.cached == warmed and made.prefix.hits == 1
+    assert made.prompt_tokens_run - before == len(second_ids) - warmed
+
+
+def test_another_request_finds_the_waiting_row_kept_in_the_cache(tiny):
+    first_ids = prompt(50, 132)
+    made = decoder(tiny)
+    (answer,) = run(made, sequence(tiny, first_ids, 20))
+    while made.warming.piece():
+        pass
+    other = sequence(tiny, prompt(40, 133), 6)
+    run(made, other)
+    assert other.cached == 0 and made.prefix.holds(first_ids + answer)[1] == 70
+    assert other.tokens == run(decoder(tiny, budget=0), sequence(tiny, prompt(40, 133), 6))[0]
+
+
+def test_queued_answers_warm_newest_first_and_only_while_their_prompt_is_held(tiny):
+    made = decoder(tiny)
+    old, new, gone = prompt(20, 134), prompt(20, 135), prompt(20, 136)
+    for ids in (old, new):
+        made.prefix.keep(ids, made.cache, 0)
+    made.warming.note(old + prompt(6, 137), len(old))
+    made.warming.note(new + prompt(6, 138), len(new))
+    made.warming.note(gone + prompt(6, 139), len(gone))  # its prompt is not in the cache
+    made.warming.piece()
+    assert made.warming.current.tokens[:20] == new and not any(item[0][:20] == gone for item in made.warming.queue)
+    while made.warming.piece():
+        pass
+    made.warming.stop()
+    assert made.warming.warmed == 2 and made.prefix.holds(gone + prompt(6, 139))[1] == 0

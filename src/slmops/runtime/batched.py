@@ -607,12 +607,19 @@ class BatchedDecoder:
         return responses
 
     def _finished(self, sequence: Sequence) -> None:
+        if sequence.error is not None or sequence.max_new <= 0:
+            self.remove(sequence)
+            return
+        follow = sequence.follow
+        if follow and sequence.tokens[-1:] == follow[:1]:  # the answer ended with the template's end of turn
+            follow = follow[1:]
+        tokens, prompt = sequence.prompt + sequence.tokens + follow, len(sequence.prompt)
+        # The last row warms its answer where it is, its prompt's KV in place (see slmops.runtime.warming).
+        if self.running == [sequence] and not self.pending and self.warming.take(tokens, sequence.row, prompt):
+            self.running.pop()
+            return
         self.remove(sequence)
-        if sequence.error is None and sequence.max_new > 0:
-            follow = sequence.follow
-            if follow and sequence.tokens[-1:] == follow[:1]:  # the answer ended with the template's end of turn
-                follow = follow[1:]
-            self.warming.note(sequence.prompt + sequence.tokens + follow)
+        self.warming.note(tokens, prompt)
 
     def _add(self, sequence: Sequence, token: int) -> Response:
         sequence.tokens.append(token)

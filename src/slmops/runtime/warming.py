@@ -12,6 +12,16 @@ Warming is the lowest priority work of the engine: :meth:`Warming.piece` runs on
 sequence waits or decodes, one chunk of :data:`WARM_CHUNK` tokens at a time, so a request
 arriving meanwhile waits at most for that chunk; its arrival stops the warming, keeping the
 part already prefilled.
+
+The answer of the last row to finish is warmed where it is: its row holds its prompt's KV
+already, so it is neither copied into the cache nor copied back out (an 830-token prompt
+took 7 ms to keep and 25 ms to copy into a released row, SmolLM2-135M). Its row then stays
+as it is, warmed, until the next request: one that begins with its tokens (the chat's next
+turn, sent as soon as the answer ends or after its user read it) takes the row over and
+prefills only the rest; any other request has the row kept in the cache and given back
+first. Queued answers (of rows that finished beside others) are warmed newest first, as
+the likeliest to continue, and only while the cache still holds their prompt: warming a
+forgotten chat from its first token would evict fresher prompts.
 """
 
 from __future__ import annotations
@@ -23,14 +33,14 @@ from typing import Protocol
 
 import numpy as np
 
-from slmops.runtime.model import Model
+from slmops.runtime.model import Model, common_prefix
 from slmops.runtime.prefix import MIN_REUSE, PrefixCache
 from slmops.runtime.rows import RowMemory
 
 # Tokens prefilled per piece: what a request arriving meanwhile may wait for (about 0.1 s of
 # SmolLM2-135M INT4 prefill on 2 threads, idle).
 WARM_CHUNK = 64
-# Answers waiting to be warmed; older ones go first out (their chats are the least likely to continue).
+# Answers waiting to be warmed, newest first; older ones go first out (their chats are the least likely to continue).
 QUEUE = 16
 _OPENINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # next_turn_opening, per loaded model
 
@@ -42,6 +52,7 @@ class Engine(Protocol):
     cache: list[np.ndarray]
     memory: RowMemory
     running: list
+    pending: collections.deque
     max_length: int
 
     @property
@@ -61,37 +72,54 @@ class Warm:
     filled: int
     restored: int
 
+    @property
+    def done(self) -> bool:
+        return self.filled >= len(self.tokens)
+
 
 class Warming:
     """The answers a :class:`~slmops.runtime.batched.BatchedDecoder` prefills again when idle.
 
     Attributes:
-        queue: token lists (prompt and answer) still to warm, oldest first.
-        current: the one whose chunks are running, if any.
-        warmed: answers kept whole, for tests and metrics.
+        queue: (tokens, prompt length) of answers still to warm, newest last.
+        current: the one whose chunks are running, or that waits warmed in its row, if any.
+        warmed: answers warmed whole, for tests and metrics.
     """
 
     def __init__(self, decoder: Engine) -> None:
         self.decoder = decoder
-        self.queue: collections.deque[list[int]] = collections.deque(maxlen=QUEUE)
+        self.queue: collections.deque[tuple[list[int], int]] = collections.deque(maxlen=QUEUE)
         self.current: Warm | None = None
         self.warmed = 0
 
     @property
     def left(self) -> bool:
         """Whether there is warming to do."""
-        return self.current is not None or bool(self.queue)
+        return bool(self.queue) or (self.current is not None and not self.current.done)
 
-    def note(self, tokens: list[int]) -> None:
-        """Warm ``tokens`` (a finished answer behind its prompt) when the engine is idle."""
+    def note(self, tokens: list[int], prompt: int) -> None:
+        """Warm ``tokens`` (a finished answer behind its ``prompt`` first tokens) when the engine is idle."""
         tokens = tokens[: self.decoder.max_length]  # the next turn's opening may not fit the row
-        if self.decoder.prefix.budget and tokens not in self.queue:
-            self.queue.append(tokens)
+        if self.decoder.prefix.budget and all(tokens != queued for queued, _ in self.queue):
+            self.queue.append((tokens, prompt))
+
+    def take(self, tokens: list[int], row: int, prompt: int) -> bool:
+        """Warm ``tokens`` in ``row``, which holds their first ``prompt`` tokens' KV, as the last row
+        frees; False (nothing taken) when there is nothing worth warming or no cache to keep it in."""
+        tokens = tokens[: self.decoder.max_length]
+        if not self.decoder.prefix.budget or self.current is not None or len(tokens) - prompt < 2:
+            return False
+        self.current = Warm(tokens, row, prompt, 0)
+        return True
 
     def piece(self) -> bool:
         """Prefill the next chunk, if the decoder is idle; whether warming is left afterwards."""
         if self.decoder.busy:
             return self.left
+        if self.current is not None and self.current.done:
+            if not self.queue:
+                return False  # it waits in its row for the next turn
+            self.stop()
         if self.current is None:
             self.current = self._start()
         warm = self.current
@@ -100,21 +128,38 @@ class Warming:
             ids = np.array([warm.tokens[warm.filled : end]], np.int64)
             self.decoder._run_prompt(ids, np.ones((1, end), np.int64), warm.row, [], [ids.shape[1] - 1], False)
             warm.filled = end
-            if end == len(warm.tokens):
-                self.warmed += 1
-                self.stop()
+            self.warmed += end == len(warm.tokens)
         return self.left
 
     def stop(self) -> None:
-        """Keep what the current answer has prefilled so far and give its row back; the rest waits its turn."""
+        """Hand the current row to the first waiting request that begins with its tokens, or keep
+        what it holds in the cache and give it back; the rest of its answer waits its turn."""
         warm, self.current = self.current, None
         if warm is None:
+            return
+        if not warm.done:
+            self.queue.append((warm.tokens, warm.filled))
+        if self._hand_over(warm):
             return
         if warm.filled > warm.restored:
             self.decoder.prefix.keep(warm.tokens[: warm.filled], self.decoder.cache, warm.row)
         self.decoder.memory.release(warm.row)
-        if warm.filled < len(warm.tokens):
-            self.queue.appendleft(warm.tokens)
+
+    def _hand_over(self, warm: Warm) -> bool:
+        """Start the first waiting request in ``warm``'s row when that row holds the longest
+        beginning of its prompt (counted as a cache hit); whether it did."""
+        if not self.decoder.pending or warm.row != len(self.decoder.running):
+            return False
+        head = self.decoder.pending[0]
+        if head.filled or head.prompt_logprobs is not None:
+            return False
+        size = min(common_prefix(head.prompt, warm.tokens[: warm.filled]), len(head.prompt) - 2)
+        if size < MIN_REUSE or size < self.decoder.prefix.longest(head.prompt)[1]:
+            return False
+        head.row, head.filled, head.cached = warm.row, size, size
+        self.decoder.prefix.hits += 1
+        self.decoder.prefix.reused_tokens += size
+        return True
 
     def drop(self) -> None:
         """Forget every answer waiting to be warmed, and the one being warmed (its row given back)."""
@@ -124,13 +169,14 @@ class Warming:
             self.decoder.memory.release(warm.row)
 
     def _start(self) -> Warm | None:
-        """The next queued answer, its prompt's cached KV copied into a free row (None: nothing to do)."""
+        """The newest queued answer whose prompt the cache still holds, that KV copied into a free
+        row (None: nothing to do)."""
         prefix = self.decoder.prefix
         while self.queue:
-            tokens = self.queue.popleft()
+            tokens, prompt = self.queue.pop()
             entry, shared = prefix.holds(tokens)
-            if shared == len(tokens):
-                continue  # held already (another row gave the same answer, or the next turn came first)
+            if shared == len(tokens) or shared < prompt:
+                continue  # held already (the next turn came first), or its prompt was evicted
             size = min(shared, len(tokens) - 2)  # a rest of one token runs on another kernel: two at least
             warm = Warm(tokens, len(self.decoder.running), 0, 0)
             if entry is not None and size >= MIN_REUSE:
