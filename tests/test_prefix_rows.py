@@ -10,7 +10,7 @@ import pytest
 import slmops
 from slmops.runtime import batched, warming
 from slmops.runtime.batched import BatchedDecoder
-from tests.test_server_prefix import decoder, prompt, run, sequence
+from tests.test_server_prefix import Endless, decoder, prompt, run, sequence
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +159,34 @@ def test_queued_answers_warm_newest_first_and_only_while_their_prompt_is_held(ti
         pass
     made.warming.stop()
     assert made.warming.warmed == 2 and made.prefix.holds(gone + prompt(6, 139))[1] == 0
+
+
+def test_a_request_sharing_only_an_opening_with_the_waiting_row_leaves_its_tokens_cached(tiny):
+    opening = prompt(6, 140)
+    first_ids = opening + prompt(40, 141)
+    made = decoder(tiny)
+    (answer,) = run(made, sequence(tiny, first_ids, 20))
+    while made.warming.piece():
+        pass
+    other_ids = opening + prompt(30, 142)
+    other = sequence(tiny, other_ids, 6)
+    assert run(made, other) == run(decoder(tiny, budget=0), sequence(tiny, other_ids, 6))
+    assert other.cached == 6 and made.prefix.holds(first_ids + answer)[1] == 66
+
+
+def test_chats_sharing_a_template_opening_keep_finding_their_history_in_a_full_cache(tiny):
+    """Every chat opens with the same few tokens; an entry tied to another chat by them was
+    evicted with it, and the next turn of a fresh chat found nothing."""
+    made = BatchedDecoder(tiny, 4, 500, 1500 * BatchedDecoder.token_bytes(tiny))
+    made.model = Endless(made.model)
+    opening, history = prompt(4, 150), prompt(330, 151)
+    for chat in range(5):
+        for think in (False, True):
+            ids = opening + prompt(4, 152 + 2 * chat + think) + history
+            (answer,) = run(made, sequence(tiny, ids, 40))
+            while think and made.warming.piece():
+                pass
+            second = sequence(tiny, ids + answer + prompt(10, 170), 8)
+            run(made, second)
+            assert second.cached >= len(ids)
+    assert made.prefix.evictions and made.prefix.used <= made.prefix.budget

@@ -132,34 +132,35 @@ class Warming:
         return self.left
 
     def stop(self) -> None:
-        """Hand the current row to the first waiting request that begins with its tokens, or keep
-        what it holds in the cache and give it back; the rest of its answer waits its turn."""
+        """Hand the current row to the first waiting request that begins with its tokens, or give
+        it back; what it holds goes to the cache unless that request continues it whole."""
         warm, self.current = self.current, None
         if warm is None:
             return
-        if not warm.done:
-            self.queue.append((warm.tokens, warm.filled))
-        if self._hand_over(warm):
+        size = self._takes_over(warm)
+        if size < warm.filled:
+            if warm.filled > warm.restored:
+                self.decoder.prefix.keep(warm.tokens[: warm.filled], self.decoder.cache, warm.row)
+            if not warm.done:
+                self.queue.append((warm.tokens, warm.filled))
+        if not size:
+            self.decoder.memory.release(warm.row)
             return
-        if warm.filled > warm.restored:
-            self.decoder.prefix.keep(warm.tokens[: warm.filled], self.decoder.cache, warm.row)
-        self.decoder.memory.release(warm.row)
-
-    def _hand_over(self, warm: Warm) -> bool:
-        """Start the first waiting request in ``warm``'s row when that row holds the longest
-        beginning of its prompt (counted as a cache hit); whether it did."""
-        if not self.decoder.pending or warm.row != len(self.decoder.running):
-            return False
         head = self.decoder.pending[0]
-        if head.filled or head.prompt_logprobs is not None:
-            return False
-        size = min(common_prefix(head.prompt, warm.tokens[: warm.filled]), len(head.prompt) - 2)
-        if size < MIN_REUSE or size < self.decoder.prefix.longest(head.prompt)[1]:
-            return False
         head.row, head.filled, head.cached = warm.row, size, size
         self.decoder.prefix.hits += 1
         self.decoder.prefix.reused_tokens += size
-        return True
+
+    def _takes_over(self, warm: Warm) -> int:
+        """How many of ``warm``'s tokens the first waiting request starts from in its row: the
+        longest beginning of its prompt, if none in the cache is longer (0: it does not)."""
+        if not self.decoder.pending or warm.row != len(self.decoder.running):
+            return 0
+        head = self.decoder.pending[0]
+        if head.filled or head.prompt_logprobs is not None:
+            return 0
+        size = min(common_prefix(head.prompt, warm.tokens[: warm.filled]), len(head.prompt) - 2)
+        return size if size >= max(MIN_REUSE, self.decoder.prefix.longest(head.prompt)[1]) else 0
 
     def drop(self) -> None:
         """Forget every answer waiting to be warmed, and the one being warmed (its row given back)."""
