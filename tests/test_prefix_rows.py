@@ -122,7 +122,7 @@ def test_the_next_turn_takes_the_last_answers_row_over_warmed_or_not(tiny, monke
     (answer,) = run(made, sequence(tiny, first_ids, 30))
     for _ in range(pieces):  # none: sent the instant the answer ended; 9: after the warming is done
         made.warming.piece()
-    warmed = made.warming.current.filled
+    warmed = (made.warming.current or made.warming.waiting).filled
     assert warmed == min(50 + 16 * pieces, 80) and made.prefix.used == 0
     second_ids = first_ids + answer + prompt(8, 131)
     second = sequence(tiny, second_ids, 10)
@@ -154,7 +154,7 @@ def test_queued_answers_warm_newest_first_and_only_while_their_prompt_is_held(ti
     made.warming.note(new + prompt(6, 138), len(new))
     made.warming.note(gone + prompt(6, 139), len(gone))  # its prompt is not in the cache
     made.warming.piece()
-    assert made.warming.current.tokens[:20] == new and not any(item[0][:20] == gone for item in made.warming.queue)
+    assert made.warming.waiting.tokens[:20] == new and not any(item[0][:20] == gone for item in made.warming.queue)
     while made.warming.piece():
         pass
     made.warming.stop()
@@ -190,3 +190,19 @@ def test_chats_sharing_a_template_opening_keep_finding_their_history_in_a_full_c
             run(made, second)
             assert second.cached >= len(ids)
     assert made.prefix.evictions and made.prefix.used <= made.prefix.budget
+
+
+def test_queued_answers_warm_above_the_row_waiting_for_its_next_turn(tiny):
+    made = decoder(tiny)
+    first_ids, other = prompt(40, 180), prompt(30, 181)
+    (answer,) = run(made, sequence(tiny, first_ids, 12))
+    made.prefix.keep(other, made.cache, 1)  # an earlier chat's prompt, its answer queued
+    made.warming.note(other + prompt(8, 182), len(other))
+    while made.warming.piece():
+        pass
+    assert made.warming.waiting.row == 0 and made.warming.warmed == 2
+    assert made.prefix.holds(other + prompt(8, 182))[1] == 38  # warmed in row 1, kept, given back
+    second_ids = first_ids + answer + prompt(6, 183)
+    second = sequence(tiny, second_ids, 6)
+    assert run(made, second) == run(decoder(tiny, budget=0), sequence(tiny, second_ids, 6))
+    assert second.row == 0 and second.cached == 52

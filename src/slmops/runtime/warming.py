@@ -19,7 +19,8 @@ took 7 ms to keep and 25 ms to copy into a released row, SmolLM2-135M). Its row 
 as it is, warmed, until the next request: one that begins with its tokens (the chat's next
 turn, sent as soon as the answer ends or after its user read it) takes the row over and
 prefills only the rest; any other request has the row kept in the cache and given back
-first. Queued answers (of rows that finished beside others) are warmed newest first, as
+first. Queued answers (of rows that finished beside others) are warmed meanwhile in the row
+above it, and kept in the cache as each is done, newest first, as
 the likeliest to continue, and only while the cache still holds their prompt: warming a
 forgotten chat from its first token would evict fresher prompts.
 """
@@ -54,6 +55,7 @@ class Engine(Protocol):
     running: list
     pending: collections.deque
     max_length: int
+    rows: int
 
     @property
     def busy(self) -> int: ...
@@ -82,7 +84,8 @@ class Warming:
 
     Attributes:
         queue: (tokens, prompt length) of answers still to warm, newest last.
-        current: the one whose chunks are running, or that waits warmed in its row, if any.
+        current: the one whose chunks are running, if any.
+        waiting: the last one warmed whole, waiting in its row for its next turn, if any.
         warmed: answers warmed whole, for tests and metrics.
     """
 
@@ -90,12 +93,13 @@ class Warming:
         self.decoder = decoder
         self.queue: collections.deque[tuple[list[int], int]] = collections.deque(maxlen=QUEUE)
         self.current: Warm | None = None
+        self.waiting: Warm | None = None
         self.warmed = 0
 
     @property
     def left(self) -> bool:
         """Whether there is warming to do."""
-        return bool(self.queue) or (self.current is not None and not self.current.done)
+        return bool(self.queue) or self.current is not None
 
     def note(self, tokens: list[int], prompt: int) -> None:
         """Warm ``tokens`` (a finished answer behind its ``prompt`` first tokens) when the engine is idle."""
@@ -107,7 +111,7 @@ class Warming:
         """Warm ``tokens`` in ``row``, which holds their first ``prompt`` tokens' KV, as the last row
         frees; False (nothing taken) when there is nothing worth warming or no cache to keep it in."""
         tokens = tokens[: self.decoder.max_length]
-        if not self.decoder.prefix.budget or self.current is not None or len(tokens) - prompt < 2:
+        if not self.decoder.prefix.budget or self.current or self.waiting or len(tokens) - prompt < 2:
             return False
         self.current = Warm(tokens, row, prompt, 0)
         return True
@@ -116,10 +120,6 @@ class Warming:
         """Prefill the next chunk, if the decoder is idle; whether warming is left afterwards."""
         if self.decoder.busy:
             return self.left
-        if self.current is not None and self.current.done:
-            if not self.queue:
-                return False  # it waits in its row for the next turn
-            self.stop()
         if self.current is None:
             self.current = self._start()
         warm = self.current
@@ -128,15 +128,26 @@ class Warming:
             ids = np.array([warm.tokens[warm.filled : end]], np.int64)
             self.decoder._run_prompt(ids, np.ones((1, end), np.int64), warm.row, [], [ids.shape[1] - 1], False)
             warm.filled = end
-            self.warmed += end == len(warm.tokens)
+            if warm.done:
+                self.warmed += 1
+                self.current = None
+                if self.waiting is None:
+                    self.waiting = warm  # it waits in its row for its next turn
+                else:
+                    self._settle(warm)
         return self.left
 
     def stop(self) -> None:
-        """Hand the current row to the first waiting request that begins with its tokens, or give
-        it back; what it holds goes to the cache unless that request continues it whole."""
-        warm, self.current = self.current, None
-        if warm is None:
-            return
+        """Hand the row of the answer warmed last to the first waiting request that begins with its
+        tokens, else give it back, and the row of the one being warmed; what they hold goes to the
+        cache unless that request continues it whole."""
+        for warm in (self.current, self.waiting):
+            if warm is not None:
+                self._settle(warm)
+        self.current = self.waiting = None
+
+    def _settle(self, warm: Warm) -> None:
+        """Hand ``warm``'s row over, or keep what it holds and give it back (the rest queued)."""
         size = self._takes_over(warm)
         if size < warm.filled:
             if warm.filled > warm.restored:
@@ -165,21 +176,25 @@ class Warming:
     def drop(self) -> None:
         """Forget every answer waiting to be warmed, and the one being warmed (its row given back)."""
         self.queue.clear()
-        warm, self.current = self.current, None
-        if warm is not None:
-            self.decoder.memory.release(warm.row)
+        for warm in (self.current, self.waiting):
+            if warm is not None:
+                self.decoder.memory.release(warm.row)
+        self.current = self.waiting = None
 
     def _start(self) -> Warm | None:
         """The newest queued answer whose prompt the cache still holds, that KV copied into a free
         row (None: nothing to do)."""
         prefix = self.decoder.prefix
+        row = len(self.decoder.running) + (self.waiting is not None)  # above the one waiting for its next turn
+        if row >= self.decoder.rows:
+            return None
         while self.queue:
             tokens, prompt = self.queue.pop()
             entry, shared = prefix.holds(tokens)
             if shared == len(tokens) or shared < prompt:
                 continue  # held already (the next turn came first), or its prompt was evicted
             size = min(shared, len(tokens) - 2)  # a rest of one token runs on another kernel: two at least
-            warm = Warm(tokens, len(self.decoder.running), 0, 0)
+            warm = Warm(tokens, row, 0, 0)
             if entry is not None and size >= MIN_REUSE:
                 prefix.restore(entry, size, self.decoder.cache, warm.row, count=False)
                 warm.filled = warm.restored = size
