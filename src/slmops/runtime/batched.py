@@ -66,7 +66,7 @@ from slmops.runtime.guided import Grammars
 from slmops.runtime.logprobs import TokenLogprob, next_token, prompt_tokens
 from slmops.runtime.model import Model, common_prefix
 from slmops.runtime.options import GenerationOptions
-from slmops.runtime.prefix import MIN_REUSE, PrefixCache
+from slmops.runtime.prefix import MIN_REUSE, Entry, PrefixCache
 from slmops.runtime.rows import RowMemory
 from slmops.runtime.sampling import Sampler
 from slmops.runtime.speculative import MAX_DRAFT, RowDrafts, accept, applies
@@ -87,6 +87,13 @@ PREFILL_CHUNK = 256
 # so a burst prefilled as one group hands every first token out at the end; small groups
 # hand the first ones out early, at the price of one more weight pass per group.
 PREFILL_GROUP = 64
+# Waiting prompts whose cached beginnings leave at most this many tokens to run go in together,
+# a position per forward across their rows, like a decode step: onnxruntime's attention on a
+# CPU takes several new positions after a cached beginning only in a batch of one, and a
+# forward costs about the same for 1 row as for 8 (SmolLM2-135M INT4, 2 threads, AVX-512:
+# 8 rows of one token 18 ms, one row's 2 tokens 12 ms), so 8 chat requests asked again
+# (llama-server's slots keep their last prompt too) start after one forward instead of 8.
+REST_STEPS = 4
 
 
 @dataclass(eq=False)
@@ -291,6 +298,9 @@ class BatchedDecoder:
         if not self.pending:
             return []
         head = self.pending[0]
+        rests = [] if head.filled else self._rests()
+        if rests:
+            return self._prefill_rests(rests)
         if not head.filled:
             self._reuse(head)
         if head.filled or len(head.prompt) > PREFILL_CHUNK:
@@ -306,6 +316,45 @@ class BatchedDecoder:
         for sequence in group:
             self.pending.remove(sequence)
         return self._prefill_group(group)
+
+    def _rests(self) -> list[tuple[Sequence, Entry, int]]:
+        """Waiting prompts, from the head on, each with its cached beginning and how much of it to copy,
+        when at least two leave at most :data:`REST_STEPS` tokens to run (no more steps than rows)."""
+        chosen: list[tuple[Sequence, Entry, int]] = []
+        for sequence in self.pending:
+            if self._twin(sequence, [item for item, _, _ in chosen]):
+                continue  # it copies that row once it is in
+            entry, size = self.prefix.holds(sequence.prompt) if sequence.prompt_logprobs is None else (None, 0)
+            size = min(size, len(sequence.prompt) - 1)  # the last token is always run, for its logits
+            if entry is None or size < MIN_REUSE or len(sequence.prompt) - size > REST_STEPS:
+                break
+            chosen.append((sequence, entry, size))
+        rest = max((len(item.prompt) - size for item, _, size in chosen), default=0)
+        return chosen if len(chosen) >= 2 and rest <= len(chosen) else []
+
+    def _prefill_rests(self, chosen: list[tuple[Sequence, Entry, int]]) -> list[tuple[Sequence, Response]]:
+        """Copy each cached beginning into a row of its own, then run the rests a position per forward.
+
+        Every row copies as much as leaves the longest rest to run, so each forward runs one
+        token of every row. The rest's KV is written as a decode step writes it, not as a
+        prefill does, so it is not kept in the prefix cache (see :mod:`slmops.runtime.prefix`).
+        """
+        first, group = len(self.running), [sequence for sequence, _, _ in chosen]
+        rest = max(len(sequence.prompt) - size for sequence, _, size in chosen)
+        for offset, (sequence, entry, _) in enumerate(chosen):
+            self.pending.remove(sequence)
+            sequence.row, sequence.filled = first + offset, len(sequence.prompt) - rest
+            self.prefix.restore(entry, sequence.filled, self.cache, sequence.row)
+            sequence.cached = sequence.filled
+        for step in range(rest):
+            lengths = np.array([sequence.filled for sequence in group])
+            ids = np.array([[sequence.prompt[sequence.filled]] for sequence in group], np.int64)
+            mask = (np.arange(lengths.max() + 1)[None, :] <= lengths[:, None]).astype(np.int64)
+            guided = group if step == rest - 1 else []
+            logits = self._run_prompt(ids, mask, first, guided, [0] * len(group), False)
+            for sequence in group:
+                sequence.filled += 1
+        return self._start(group, [logits[offset, 0] for offset in range(len(group))])
 
     def _shares(self, sequence: Sequence, group: list[Sequence]) -> bool:
         """Whether ``sequence`` would copy a beginning from the cache, or from a ``group`` member once kept."""
@@ -372,7 +421,11 @@ class BatchedDecoder:
             self.prefix.keep(sequence.prompt, self.cache, sequence.row)
         # Every position's logits, or each row's last prompt position's alone.
         at = lasts if every else [0] * len(group)
-        last = [logits[offset, at[offset]] for offset in range(len(group))]
+        return self._start(group, [logits[offset, at[offset]] for offset in range(len(group))])
+
+    def _start(self, group: list[Sequence], last: list[np.ndarray]) -> list[tuple[Sequence, Response]]:
+        """``group``, its prompts in rows from the first free one on, starts decoding from the
+        logits of each prompt's last token; identical waiting prompts copy their rows."""
         rows = [self._mask(sequence, row_logits, sequence.row) for sequence, row_logits in zip(group, last)]
         self.running.extend(group)
         made = [*zip(group, rows), *self._copy_twins(list(zip(group, last)))]
