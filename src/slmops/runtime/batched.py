@@ -63,6 +63,7 @@ import numpy as np
 from slmops.runtime import logits_graph
 from slmops.runtime.generate import Answer, Response
 from slmops.runtime.guided import Grammars
+from slmops.runtime.last_logits import LastLogits
 from slmops.runtime.logprobs import TokenLogprob, next_token, prompt_tokens
 from slmops.runtime.model import Model, common_prefix
 from slmops.runtime.options import GenerationOptions
@@ -87,13 +88,8 @@ PREFILL_CHUNK = 256
 # so a burst prefilled as one group hands every first token out at the end; small groups
 # hand the first ones out early, at the price of one more weight pass per group.
 PREFILL_GROUP = 64
-# Waiting prompts whose cached beginnings leave at most this many tokens to run go in together,
-# a position per forward across their rows, like a decode step: onnxruntime's attention on a
-# CPU takes several new positions after a cached beginning only in a batch of one, and a
-# forward costs about the same for 1 row as for 8 (SmolLM2-135M INT4, 2 threads, AVX-512:
-# 8 rows of one token 18 ms, one row's 2 tokens 12 ms), so 8 chat requests asked again
-# (llama-server's slots keep their last prompt too) start after one forward instead of 8.
-REST_STEPS = 4
+# Of the prefix cache's budget, the share that keeps prompts' last logits (slmops.runtime.last_logits).
+LAST_LOGITS_SHARE = 16
 
 
 @dataclass(eq=False)
@@ -183,6 +179,7 @@ class BatchedDecoder:
         self.steps = 0  # decode steps run, for tests and metrics
         self.prompt_tokens_run = 0  # prompt positions run (padding too): what a round's prefill spends
         self.prefix = PrefixCache(prefix_budget)
+        self.last_logits = LastLogits(prefix_budget // LAST_LOGITS_SHARE)  # a prompt sent again runs nothing
         self.warming = Warming(self)  # finished answers, prefilled again when nothing else runs
         self.masks: np.ndarray | None = None
         # One thread fills grammar masks while onnxruntime computes logits (both leave the GIL).
@@ -298,9 +295,9 @@ class BatchedDecoder:
         if not self.pending:
             return []
         head = self.pending[0]
-        rests = [] if head.filled else self._rests()
-        if rests:
-            return self._prefill_rests(rests)
+        repeated = [] if head.filled else self._repeated()
+        if repeated:
+            return self._start_repeated(repeated)
         if not head.filled:
             self._reuse(head)
         if head.filled or len(head.prompt) > PREFILL_CHUNK:
@@ -317,44 +314,28 @@ class BatchedDecoder:
             self.pending.remove(sequence)
         return self._prefill_group(group)
 
-    def _rests(self) -> list[tuple[Sequence, Entry, int]]:
-        """Waiting prompts, from the head on, each with its cached beginning and how much of it to copy,
-        when at least two leave at most :data:`REST_STEPS` tokens to run (no more steps than rows)."""
-        chosen: list[tuple[Sequence, Entry, int]] = []
+    def _repeated(self) -> list[tuple[Sequence, Entry, np.ndarray]]:
+        """Waiting prompts sent before, whole in the prefix cache with their last logits kept:
+        each with the cache entry to copy and those logits."""
+        found = []
         for sequence in self.pending:
-            if self._twin(sequence, [item for item, _, _ in chosen]):
-                continue  # it copies that row once it is in
-            entry, size = self.prefix.holds(sequence.prompt) if sequence.prompt_logprobs is None else (None, 0)
-            size = min(size, len(sequence.prompt) - 1)  # the last token is always run, for its logits
-            if entry is None or size < MIN_REUSE or len(sequence.prompt) - size > REST_STEPS:
-                break
-            chosen.append((sequence, entry, size))
-        rest = max((len(item.prompt) - size for item, _, size in chosen), default=0)
-        return chosen if len(chosen) >= 2 and rest <= len(chosen) else []
+            if sequence.prompt_logprobs is not None or sequence.matcher is not None:
+                continue  # a score needs every position; a grammar's mask is filled during a forward
+            logits = self.last_logits.get(sequence.prompt)
+            entry, size = self.prefix.holds(sequence.prompt) if logits is not None else (None, 0)
+            if entry is not None and size == len(sequence.prompt):
+                found.append((sequence, entry, logits))
+        return found
 
-    def _prefill_rests(self, chosen: list[tuple[Sequence, Entry, int]]) -> list[tuple[Sequence, Response]]:
-        """Copy each cached beginning into a row of its own, then run the rests a position per forward.
-
-        Every row copies as much as leaves the longest rest to run, so each forward runs one
-        token of every row. The rest's KV is written as a decode step writes it, not as a
-        prefill does, so it is not kept in the prefix cache (see :mod:`slmops.runtime.prefix`).
-        """
-        first, group = len(self.running), [sequence for sequence, _, _ in chosen]
-        rest = max(len(sequence.prompt) - size for sequence, _, size in chosen)
-        for offset, (sequence, entry, _) in enumerate(chosen):
+    def _start_repeated(self, found: list[tuple[Sequence, Entry, np.ndarray]]) -> list[tuple[Sequence, Response]]:
+        """Copy each prompt sent again into a row of its own and start it from its kept logits, running nothing."""
+        first = len(self.running)
+        for offset, (sequence, entry, _) in enumerate(found):
             self.pending.remove(sequence)
-            sequence.row, sequence.filled = first + offset, len(sequence.prompt) - rest
+            sequence.row, sequence.filled = first + offset, len(sequence.prompt)
             self.prefix.restore(entry, sequence.filled, self.cache, sequence.row)
             sequence.cached = sequence.filled
-        for step in range(rest):
-            lengths = np.array([sequence.filled for sequence in group])
-            ids = np.array([[sequence.prompt[sequence.filled]] for sequence in group], np.int64)
-            mask = (np.arange(lengths.max() + 1)[None, :] <= lengths[:, None]).astype(np.int64)
-            guided = group if step == rest - 1 else []
-            logits = self._run_prompt(ids, mask, first, guided, [0] * len(group), False)
-            for sequence in group:
-                sequence.filled += 1
-        return self._start(group, [logits[offset, 0] for offset in range(len(group))])
+        return self._start([sequence for sequence, _, _ in found], [logits.copy() for _, _, logits in found])
 
     def _shares(self, sequence: Sequence, group: list[Sequence]) -> bool:
         """Whether ``sequence`` would copy a beginning from the cache, or from a ``group`` member once kept."""
@@ -426,6 +407,8 @@ class BatchedDecoder:
     def _start(self, group: list[Sequence], last: list[np.ndarray]) -> list[tuple[Sequence, Response]]:
         """``group``, its prompts in rows from the first free one on, starts decoding from the
         logits of each prompt's last token; identical waiting prompts copy their rows."""
+        for sequence, row_logits in zip(group, last):
+            self.last_logits.keep(sequence.prompt, row_logits)
         rows = [self._mask(sequence, row_logits, sequence.row) for sequence, row_logits in zip(group, last)]
         self.running.extend(group)
         made = [*zip(group, rows), *self._copy_twins(list(zip(group, last)))]
@@ -446,6 +429,7 @@ class BatchedDecoder:
         sequence.filled = end
         if not last:
             return []
+        self.last_logits.keep(sequence.prompt, logits[0, -1])  # before a grammar masks them
         row = self._mask(sequence, logits[0, -1], sequence.row)
         self.pending.popleft()
         if sequence.row != len(self.running):  # rows below it were freed meanwhile: keep rows packed
