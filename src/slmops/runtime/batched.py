@@ -40,8 +40,10 @@ prefills only the rest, in the same chunks (one forward per row: onnxruntime's C
 takes several new positions per row after a cached beginning only in a batch of one). Prompts
 waiting together that share a beginning are not prefilled together: the first goes in and
 is kept, the others copy its beginning; a waiting prompt identical to one just prefilled
-copies its whole row and its first token's logits, and runs nothing. A finished answer is
-prefilled again behind its prompt when the engine is idle (:mod:`slmops.runtime.warming`).
+copies its whole row and its first token's logits, and runs nothing; so does a prompt sent
+again, whole in the cache, with the logits its prefill computed (:mod:`slmops.runtime.last_logits`).
+A finished answer is prefilled again behind its prompt when the engine is idle
+(:mod:`slmops.runtime.warming`).
 
 The session runs a copy of the graph that computes logits only where they are read
 (:mod:`slmops.runtime.logits_graph`): a prompt's last position, or every position of a
