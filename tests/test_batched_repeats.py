@@ -9,7 +9,7 @@ import pytest
 
 import slmops
 from slmops.runtime.last_logits import LastLogits
-from tests.test_server_prefix import BUDGET, decoder, prompt, run, sequence
+from tests.test_server_prefix import decoder, prompt, run, sequence
 
 
 @pytest.fixture(scope="module")

@@ -324,7 +324,9 @@ class BatchedDecoder:
             if sequence.prompt_logprobs is not None or sequence.matcher is not None:
                 continue  # a score needs every position; a grammar's mask is filled during a forward
             logits = self.last_logits.get(sequence.prompt)
-            entry, size = self.prefix.holds(sequence.prompt) if logits is not None else (None, 0)
+            if logits is None:
+                continue
+            entry, size = self.prefix.holds(sequence.prompt)
             if entry is not None and size == len(sequence.prompt):
                 found.append((sequence, entry, logits))
         return found
