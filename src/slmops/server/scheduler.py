@@ -4,7 +4,7 @@ One thread per loaded model owns every inference call. Requests become rows of a
 :class:`~slmops.runtime.batched.BatchedDecoder`, where one step advances them all;
 each round prefills the next piece of waiting prompts (first come, first served;
 requests arriving during a piece join the round's prefill, and when the batch was
-idle, those arriving in a quick succession join before the step) and then runs one
+idle, those arriving in quick succession join before the step) and then runs one
 decode step, so a new request's first token waits for the prompts ahead of it,
 never for the running answers to finish. When nothing waits or runs, finished
 answers are prefilled again for the prefix cache (:mod:`slmops.runtime.warming`). Requests with a
