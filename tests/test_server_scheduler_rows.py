@@ -21,6 +21,7 @@ class Rows:
         self.running: list[Sequence] = []
         self.pending: collections.deque[Sequence] = collections.deque()
         self.broken = False
+        self.steps = 0  # rounds run: each is a prefill and a decode step in one
         self.warming = SimpleNamespace(left=False)  # nothing to prefill again when idle
 
     @property
@@ -46,6 +47,7 @@ class Rows:
             raise RuntimeError("the session failed")
         self.running.extend(self.pending)
         self.pending.clear()
+        self.steps += 1
         responses = []
         for sequence in list(self.running):
             sequence.tokens.append(len(sequence.tokens))
@@ -120,3 +122,59 @@ def test_a_broken_batch_fails_every_job_it_held_and_serves_the_next():
     held, later, scheduler = asyncio.run(asyncio.wait_for(main(), 30))
     assert all(isinstance(job.error, RuntimeError) for job in held)
     assert [item.text for item in later] == ["1 ", "2 "] and not scheduler.rows
+
+
+class Pieces(Rows):
+    """Rows whose round is a prefill piece (each waiting row's first token), then a decode step;
+    ``first_at`` records how many decode steps had run when each row got its first token."""
+
+    def __init__(self, rows: int = 4) -> None:
+        super().__init__(rows)
+        self.first_at: dict[int, int] = {}
+
+    def round(self) -> Iterator[list[tuple[Sequence, Response]]]:
+        while self.pending:
+            new = list(self.pending)
+            self.pending.clear()
+            self.running.extend(new)
+            for sequence in new:
+                self.first_at[id(sequence)] = self.steps
+                sequence.tokens.append(0)
+            yield [(sequence, Response("0 ", 0, 1, 1, 0.0, 0.0, 0.0, None)) for sequence in new]
+        yield self.advance()
+
+
+def test_a_burst_arriving_spread_out_joins_before_the_first_decode_step(monkeypatch):
+    from slmops.server import scheduler as scheduling
+
+    monkeypatch.setattr(scheduling, "BURST_GAP", 0.5)  # generous: the test does not race the clock
+    monkeypatch.setattr(scheduling, "BURST_WAIT", 0.5)
+    waits = []
+    original = Scheduler._await_burst
+    monkeypatch.setattr(Scheduler, "_await_burst", lambda self: waits.append(1) or original(self))
+    rows = Pieces()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        scheduler = Scheduler("m", parallel=4, decoder=rows)
+        first = scheduler.submit(row(loop, 3))
+        await first.queue.get()  # its first token is out; the decode step has not run
+        second = scheduler.submit(row(loop, 3))
+        answers = await drain(first), await drain(second)
+        while scheduler.active:  # ended jobs leave their rows a moment later
+            await asyncio.sleep(0.01)
+        third = scheduler.submit(row(loop, 50))
+        await third.queue.get()
+        await third.queue.get()  # a decode step ran: third is decoding
+        fourth = scheduler.submit(row(loop, 2))
+        await drain(fourth)
+        third.cancel()
+        await drain(third)
+        scheduler.close()
+        return first, second, third, fourth, answers
+
+    first, second, third, fourth, answers = asyncio.run(asyncio.wait_for(main(), 30))
+    assert [rows.first_at[id(job.sequence)] for job in (first, second)] == [0, 0]
+    assert [len(items) for items in answers] == [2, 3]
+    # The batch was idle before the first and before the third, never when the fourth came.
+    assert len(waits) == 2 and rows.first_at[id(fourth.sequence)] > rows.first_at[id(third.sequence)]

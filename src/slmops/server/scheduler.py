@@ -3,7 +3,8 @@
 One thread per loaded model owns every inference call. Requests become rows of a
 :class:`~slmops.runtime.batched.BatchedDecoder`, where one step advances them all;
 each round prefills the next piece of waiting prompts (first come, first served;
-requests arriving during a piece join the round's prefill) and then runs one
+requests arriving during a piece join the round's prefill, and when the batch was
+idle, those arriving in quick succession join before the step) and then runs one
 decode step, so a new request's first token waits for the prompts ahead of it,
 never for the running answers to finish. When nothing waits or runs, finished
 answers are prefilled again for the prefix cache (:mod:`slmops.runtime.warming`). Requests with a
@@ -34,6 +35,12 @@ from slmops.runtime.generate import Response
 
 log = logging.getLogger("slmops.server")
 DONE = object()  # put on a job's queue after its last response
+# A burst's requests reach the scheduler a few milliseconds apart (each is parsed, templated and
+# tokenized in turn). When the batch was idle and the first one's prefill took less, the rest
+# would wait for a whole decode step (the first one's second token); so before that step the
+# scheduler takes in requests arriving less than BURST_GAP s apart, for BURST_WAIT s at most.
+BURST_GAP = 0.005
+BURST_WAIT = 0.025
 
 
 class QueueFull(Exception):
@@ -205,6 +212,7 @@ class Scheduler:
                 self.decoder.cancel(sequence)
                 del self.rows[sequence]
                 job.end()
+            fresh, steps = not self.decoder.busy, self.decoder.steps
             self.decoder.add(self._join(joining))
             for piece in self.decoder.round():  # first tokens go out as each prefill group ends
                 for sequence, response in piece:
@@ -213,6 +221,9 @@ class Scheduler:
                 with self.wake:  # requests that came during the piece are prefilled in this round too
                     late = self._admit()
                 self.decoder.add(self._join(late))
+                if fresh and not self.decoder.pending and self.decoder.steps == steps:
+                    fresh = False  # the next piece is the round's decode step
+                    self._await_burst()
         except Exception as exc:  # the batch is broken: fail its requests, keep serving the others
             failed = list(self.rows.values())
             self.rows.clear()
@@ -221,6 +232,17 @@ class Scheduler:
             for job in failed:
                 job.error = exc
                 job.end()
+
+    def _await_burst(self) -> None:
+        """Take in the rest of a burst before the first decode step (see :data:`BURST_GAP`)."""
+        if self.decoder is None:
+            return
+        end = time.perf_counter() + BURST_WAIT
+        with self.wake:
+            while not self.closed and (left := end - time.perf_counter()) > 0:
+                if not self.wake.wait(min(BURST_GAP, left)):
+                    return  # nobody came for BURST_GAP
+                self.decoder.add(self._join(self._admit()))
 
     def _join(self, joining: list[Job]) -> list[Sequence]:
         """The sequences of the ``joining`` jobs that still want an answer; the others end now."""
