@@ -312,8 +312,9 @@ class BatchedDecoder:
         if not self.pending:
             return []
         head = self.pending[0]
-        repeated = [] if head.filled else self._repeated()
-        if repeated:
+        repeated = self._repeated()
+        # A head with a row of its own (a chunk in, or a warmed row taken over) keeps it unless it is sent again too.
+        if repeated and (not head.filled or repeated[0][0] is head):
             return self._start_repeated(repeated)
         if not head.filled:
             self._reuse(head)
@@ -336,8 +337,12 @@ class BatchedDecoder:
         each with the cache entry to copy and those logits."""
         found = []
         for sequence in self.pending:
-            if sequence.prompt_logprobs is not None or sequence.matcher is not None:
-                continue  # a score needs every position; a grammar's mask is filled during a forward
+            if (
+                sequence.prompt_logprobs is not None
+                or sequence.matcher is not None
+                or sequence.filled > sequence.cached
+            ):
+                continue  # a score needs every position; a grammar's mask is filled during a forward; a chunk is in
             logits = self.last_logits.get(sequence.prompt)
             if logits is None:
                 continue
