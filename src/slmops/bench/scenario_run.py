@@ -1,4 +1,4 @@
-"""`slmops bench MODEL --scenario NAME`: the scenarios of real use, each a ratio against the issue's target.
+"""`slmops bench MODEL --scenario NAME`: the scenarios of real use, each a ratio against its target.
 
 The serving scenarios (multi-turn, system-prompt, burst) run over HTTP against a loopback
 `slmops serve` (and llama-server on a GGUF when asked), the decoding ones (grounded, chat)
@@ -88,7 +88,7 @@ class ScenarioSpec:
 
 @dataclass
 class Ratio:
-    """A figure over the one it is compared with, and the target the issue set for it.
+    """A figure over the one it is compared with, and the target set for it.
 
     ``denominator_value`` is None when the comparison was not measured (e.g. no llama-server).
     """
