@@ -20,6 +20,8 @@ A second burst (``--chat-burst``, on by default) sends 8 *different* chat questi
 each with the model's default system prompt (the chat template adds it), to /v1/chat/completions:
 the prompts share their beginning only, and answers end where the model ends them (no
 ignore_eos for either server), so its aggregate counts the tokens each server chose to write.
+A third burst (on with the second) asks the 8 questions with an opening new to each round
+("Round 3. What is …"): no server has seen these prompts, only their template and system prompt.
 ``--pause`` seconds separate the contenders' turns, so work a server does after its answers
 (slmops prefills finished answers again when idle) does not run beside the other's burst.
 """
@@ -75,9 +77,9 @@ QUESTIONS = [
 ]
 
 
-def chat_burst(target: UrlTarget, tokens: int) -> list:
-    """8 different questions at once; answers may end before ``tokens``."""
-    prompts = [Prompt(question, 0, question) for question in QUESTIONS[:STREAMS]]
+def chat_burst(target: UrlTarget, tokens: int, opening: str = "") -> list:
+    """8 different questions at once, each after ``opening``; answers may end before ``tokens``."""
+    prompts = [Prompt(opening + question, 0, opening + question) for question in QUESTIONS[:STREAMS]]
     records, _ = run_batch(target, prompts, tokens, time.perf_counter)
     failed = [record.error for record in records if record.error]
     if failed or len(records) != len(prompts):
@@ -141,6 +143,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {label: [] for label in servers}
     chat_ttfts: dict[str, list[float]] = {label: [] for label in servers}
     chat_rates: dict[str, list[float]] = {label: [] for label in servers}
+    new_ttfts: dict[str, list[float]] = {label: [] for label in servers}
     try:
         for server in servers.values():
             server.wait_ready(300)
@@ -170,6 +173,10 @@ def main() -> None:
                     chat_rates[label].append(aggregate(records))
                     print(f"    8 questions: TTFTs {' '.join(f'{r.ttft:.2f}' for r in records)}", flush=True)
                     time.sleep(args.pause)
+                    records = chat_burst(chats[label], args.tokens, f"Round {index + 1}. ")
+                    new_ttfts[label] += [record.ttft for record in records]
+                    print(f"    8 new questions: TTFTs {' '.join(f'{r.ttft:.2f}' for r in records)}", flush=True)
+                    time.sleep(args.pause)
     finally:
         for server in servers.values():
             server.stop()
@@ -190,6 +197,11 @@ def main() -> None:
             print(
                 f"  {label:32s} TTFT median {statistics.median(chat_ttfts[label]):.3f} s, "
                 f"p95 {_p95(chat_ttfts[label]):.3f} s; aggregate {statistics.median(chat_rates[label]):.1f} tok/s"
+            )
+        print("8 questions no server saw before (a new opening each round), same rounds")
+        for label in servers:
+            print(
+                f"  {label:32s} TTFT median {statistics.median(new_ttfts[label]):.3f} s, p95 {_p95(new_ttfts[label]):.3f} s"
             )
     print("  in this process, " + ", ".join(f"{k}: {v:.3f}" for k, v in parts.items()))
 
