@@ -109,7 +109,7 @@ def test_awq_scales_fold_without_changing_what_the_fp32_graph_computes(tiny_onnx
     model = onnx.load(str(folder / "model.onnx"))
     weights = {item.name: item for item in model.graph.initializer}
     untouched = {name: onnx.numpy_helper.to_array(item).copy() for name, item in weights.items()}
-    options = CalibratedOptions(block_size=32, int8=(), awq_o_proj=True)
+    options = CalibratedOptions(block_size=32, int8=(), int8_share=0, awq_o_proj=True)
     _apply_awq(model.graph, _weight_matmuls(model.graph), weights, moments, options)
     changed = [
         name for name, item in weights.items() if not np.allclose(onnx.numpy_helper.to_array(item), untouched[name])
@@ -127,7 +127,7 @@ def test_calibrated_export_loads_shares_its_head_and_tracks_torch(tiny_onnx, tin
 
     folder = tmp_path / "calibrated"
     shutil.copytree(tiny_onnx, folder)
-    options = CalibratedOptions(block_size=32, awq=True, calibration_windows=4, calibration_tokens=64)
+    options = CalibratedOptions(block_size=32, int8_share=0, calibration_windows=4, calibration_tokens=64)
     quantize_calibrated(folder, options)
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
     ops = Counter(node.op_type for node in graph.node)
