@@ -78,6 +78,16 @@ CANDIDATES: dict[str, tuple[str, dict, str]] = {
         {"block_size": 64, "int8_share": 0.25, "sensitivity_windows": 1},
         "b64-share25-s1",
     ),
+    "calibrated AWQ+GPTQ b64 + 15% int8 by sensitivity": (
+        "calibrated",
+        {"block_size": 64, "int8_share": 0.15, "sensitivity_windows": 1},
+        "b64-share15-s1",
+    ),
+    "calibrated AWQ+GPTQ b64 + 10% int8 by sensitivity": (
+        "calibrated",
+        {"block_size": 64, "int8_share": 0.10, "sensitivity_windows": 1},
+        "b64-share10-s1",
+    ),
     "calibrated AWQ+GPTQ b128 + 25% int8 by sensitivity": (
         "calibrated",
         {"block_size": 128, "int8_share": 0.25, "sensitivity_windows": 1},
@@ -87,6 +97,11 @@ CANDIDATES: dict[str, tuple[str, dict, str]] = {
         "calibrated",
         {"block_size": 128, "int8_share": 0.25, "sensitivity_windows": 1, "head_bits": 4},
         "b128-head4-share25-s1",
+    ),
+    "calibrated AWQ+GPTQ b128, LM head int4, + 45% int8 by sensitivity": (
+        "calibrated",
+        {"block_size": 128, "int8_share": 0.45, "sensitivity_windows": 1, "head_bits": 4},
+        "b128-head4-share45-s1",
     ),
     "llama.cpp Q4_0": ("gguf", {"type": "Q4_0"}, ""),
     "llama.cpp Q4_K_M": ("gguf", {"type": "Q4_K_M"}, ""),
