@@ -44,8 +44,16 @@ CANDIDATES: dict[str, tuple[str, dict, str]] = {
         {"precision": "int4", "algo": "k_quant_mixed", "block_size": 128},
         "kqm-b128",
     ),
-    "calibrated RTN asym b128": ("calibrated", {"method": "rtn", "awq": False, "int8": [], "int8_share": 0}, "rtn-b128"),
-    "calibrated importance b128": ("calibrated", {"method": "importance", "awq": False, "int8": [], "int8_share": 0}, "imp-b128"),
+    "calibrated RTN asym b128": (
+        "calibrated",
+        {"method": "rtn", "awq": False, "int8": [], "int8_share": 0},
+        "rtn-b128",
+    ),
+    "calibrated importance b128": (
+        "calibrated",
+        {"method": "importance", "awq": False, "int8": [], "int8_share": 0},
+        "imp-b128",
+    ),
     "calibrated GPTQ b128": ("calibrated", {"method": "gptq", "awq": False, "int8": [], "int8_share": 0}, "gptq-b128"),
     "calibrated GPTQ b128 + down_proj int8": (
         "calibrated",
@@ -93,12 +101,12 @@ CANDIDATES: dict[str, tuple[str, dict, str]] = {
         {"block_size": 128, "int8_share": 0.25, "sensitivity_windows": 1},
         "b128-share25-s1",
     ),
-    "calibrated AWQ+GPTQ b128, LM head int4, + 25% int8 by sensitivity": (
+    "calibrated AWQ+GPTQ b128 (LM head int4) + 25% int8 by sensitivity": (
         "calibrated",
         {"block_size": 128, "int8_share": 0.25, "sensitivity_windows": 1, "head_bits": 4},
         "b128-head4-share25-s1",
     ),
-    "calibrated AWQ+GPTQ b128, LM head int4, + 45% int8 by sensitivity": (
+    "calibrated AWQ+GPTQ b128 (LM head int4) + 45% int8 by sensitivity": (
         "calibrated",
         {"block_size": 128, "int8_share": 0.45, "sensitivity_windows": 1, "head_bits": 4},
         "b128-head4-share45-s1",

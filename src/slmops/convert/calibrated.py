@@ -264,7 +264,6 @@ def quantize_calibrated(
     ``moments`` (from :func:`second_moments` on the same graph) skips the calibration pass; it is not modified.
     """
     import onnx
-    from onnx import numpy_helper
 
     path = Path(model_dir) / "model.onnx"
     if moments is None:
@@ -280,10 +279,10 @@ def quantize_calibrated(
         _apply_awq(graph, nodes, weights, moments, options)
     echo(f"quantizing {len(nodes)} MatMuls")
     items = {node.name: _quantize_node(node, weights, moments, options) for node in nodes}
-    if options.int8_share:
+    if options.int8_share:  # every layer MatMul is 4-bit so far; measure which ones 8 bits help most
+        by_name = {node.name: node for node in nodes}
         for name in _measured_int8(model_dir, model, nodes, weights, items, options, echo):
-            node = next(node for node in nodes if node.name == name)
-            items[name] = quantize_rows(_weight(node, weights).T, None, options.block_size, 8, search=False)
+            items[name] = quantize_rows(_weight(by_name[name], weights).T, None, options.block_size, 8, search=False)
     added = []
     for node in nodes:
         shape = tuple(weights[node.input[1]].dims)
@@ -325,7 +324,9 @@ def _measured_int8(model_dir: Path, model, nodes, weights, items, options: Calib
     four = {name: items[node.name].dequantize(fp32[name].shape[0]).T.copy() for name, node in by_weight.items()}
     candidates = [name for name, node in by_weight.items() if node.name != LM_HEAD_NODE]
     eight = {
-        name: quantize_rows(fp32[name].T, None, options.block_size, 8, search=False).dequantize(fp32[name].shape[0]).T.copy()
+        name: quantize_rows(fp32[name].T, None, options.block_size, 8, search=False)
+        .dequantize(fp32[name].shape[0])
+        .T.copy()
         for name in candidates
     }
     feeds = CalibrationWindows(model_dir, options.sensitivity_windows, options.sensitivity_tokens).items
