@@ -18,11 +18,12 @@ the shipped eval text, so `slmops eval` never scores a token it was calibrated o
   columns of qkv_proj before o_proj (one scale per value channel, shared by the query heads
   that read it), so the graph computes the same function with weights that quantize better.
 
-MatMuls named in ``int8`` (and the LM head when ``head_bits`` is 8) are quantized to 8 bits
-in the same MatMulNBits layout. With ``int8_share``, the 8-bit MatMuls are chosen by measurement
-instead (:mod:`slmops.convert.sensitivity`): the ones whose 8 bits cut the KL divergence from
-the FP32 graph most per extra byte, on calibration text, until that share of the weights is 8-bit. The tied input embedding then gathers from the quantized LM
-head (:mod:`slmops.convert.tied_head`), so no fp32 table is left.
+The LM head (when ``head_bits`` is 8) and a share of the layer MatMuls are quantized to 8 bits
+in the same MatMulNBits layout: with ``int8_share`` (the default), the ones whose 8 bits cut the
+KL divergence from the FP32 graph most per extra byte on calibration text
+(:mod:`slmops.convert.sensitivity`); with ``int8_share=0``, those named in ``int8``. The tied
+input embedding then gathers from the quantized LM head (:mod:`slmops.convert.tied_head`), so
+no fp32 table is left.
 """
 
 from __future__ import annotations
