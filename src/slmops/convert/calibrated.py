@@ -56,14 +56,14 @@ class CalibratedOptions:
     # halve SmolLM2's ΔPPL for +13% size
     int8: tuple[str, ...] = ("down_proj",)
     # this share of the layer weights is 8-bit, the MatMuls chosen by measured gain per byte: at the
-    # size of all down_proj, SmolLM2 b64 KLD 0.075 -> 0.066, top-1 84.6% -> 86.7% (docs/quality.md)
+    # size of all down_proj, SmolLM2 b64 KLD 0.075 -> 0.063, top-1 84.6% -> 87.0% (docs/quality.md)
     int8_share: float = 0.25
     awq_o_proj: bool = False  # AWQ on o_proj too (folded into qkv_proj's value columns): SmolLM2 b64 KLD 0.075 -> 0.079
     exclude: tuple[str, ...] = ()  # MatMul names left in fp32
     calibration_windows: int = 16
     calibration_tokens: int = 256
     sensitivity_windows: int = 1  # calibration windows scored once per candidate MatMul (int8_share); 2 cost 2x
-    sensitivity_tokens: int = 128
+    sensitivity_tokens: int = 64  # 128: about twice the time, the same KLD (docs/quality.md)
 
     def describe(self) -> str:
         extra = f", int8: {','.join(self.int8)}" if self.int8 and not self.int8_share else ""

@@ -25,7 +25,7 @@ from slmops.machine import describe_cpu
 
 # INT4 settings at the layouts onnxruntime's CPU kernels run fast (integer zero points): slmops'
 # calibrated quantizer at blocks of 64 (AWQ scales + GPTQ, LM head int8 and the quarter of the layer
-# weights whose 8 bits measurably help most: SmolLM2 +4.8% ΔPPL, top-1 86.7% in 111 MB) and the
+# weights whose 8 bits measurably help most: SmolLM2 +4.2% ΔPPL, top-1 87.0% in 111 MB) and the
 # builder's k_quant_mixed at 128; docs/quality.md has the measured frontier. INT8 is measured beside them.
 INT4_CANDIDATES = ("int4-calibrated-b64", "int4-k_quant_mixed-b128")
 INT8 = "int8"
