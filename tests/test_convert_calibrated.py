@@ -15,6 +15,7 @@ from slmops.convert.calibrated import (
     _apply_awq,
     _replace_initializers,
     _replace_matmul,
+    _value_fold,
     _weight_matmuls,
     gptq_rows,
     quantize_calibrated,
@@ -108,11 +109,13 @@ def test_awq_scales_fold_without_changing_what_the_fp32_graph_computes(tiny_onnx
     model = onnx.load(str(folder / "model.onnx"))
     weights = {item.name: item for item in model.graph.initializer}
     untouched = {name: onnx.numpy_helper.to_array(item).copy() for name, item in weights.items()}
-    _apply_awq(model.graph, _weight_matmuls(model.graph), weights, moments, CalibratedOptions(block_size=32, int8=()))
+    options = CalibratedOptions(block_size=32, int8=(), int8_share=0, awq_o_proj=True)
+    _apply_awq(model.graph, _weight_matmuls(model.graph), weights, moments, options)
     changed = [
         name for name, item in weights.items() if not np.allclose(onnx.numpy_helper.to_array(item), untouched[name])
     ]
     assert any("layernorm" in name for name in changed) and any("down_proj" in name for name in changed)
+    assert any("o_proj" in name for name in changed)  # o_proj's scales, folded into qkv_proj's value columns
     for stale in folder.glob("model.onnx*"):
         stale.unlink()
     onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
@@ -124,7 +127,7 @@ def test_calibrated_export_loads_shares_its_head_and_tracks_torch(tiny_onnx, tin
 
     folder = tmp_path / "calibrated"
     shutil.copytree(tiny_onnx, folder)
-    options = CalibratedOptions(block_size=32, awq=True, calibration_windows=4, calibration_tokens=64)
+    options = CalibratedOptions(block_size=32, int8_share=0, calibration_windows=4, calibration_tokens=64)
     quantize_calibrated(folder, options)
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
     ops = Counter(node.op_type for node in graph.node)
@@ -151,3 +154,19 @@ def test_convert_algo_calibrated_records_how(tiny_llama, tmp_path):
     assert any("GPTQ" in note or "gptq" in note for note in report["notes"]), report["notes"]
     same, correlation = agreement(output, torch_logits(tiny_llama))
     assert correlation > 0.8, (same, correlation)
+
+
+def test_o_proj_scales_are_shared_by_the_query_heads_that_read_one_value_head():
+    from onnx import helper
+
+    attention = helper.make_node(
+        "GroupQueryAttention", ["qkv", "", ""], ["out"], domain="com.microsoft", num_heads=4, kv_num_heads=2
+    )
+    qkv = helper.make_node("MatMul", ["x", "qkv_w"], ["qkv"])
+    fold = _value_fold(attention, qkv, width=8)  # 4 heads of 2: q 8 columns, k 4, v 4 from column 12
+    assert fold is not None and fold.first_column == 12
+    assert fold.tie.tolist() == [0, 1, 0, 1, 2, 3, 2, 3]  # heads 0, 1 read value head 0; heads 2, 3 value head 1
+    weight = np.ones((3, 16), dtype=np.float32)
+    scale = np.array([2, 4, 2, 4, 8, 16, 8, 16], dtype=np.float32)
+    folded = fold.apply(weight, scale)
+    np.testing.assert_allclose(folded[0], [1] * 12 + [0.5, 0.25, 0.125, 0.0625])

@@ -14,16 +14,21 @@ the shipped eval text, so `slmops eval` never scores a token it was calibrated o
   second-moment matrix H = XᵀX;
 - ``awq`` (either of the above, after): per-input-channel scales s = E[x²]^(α/2), searched per
   layer over α to minimise the output error trace(ΔW H ΔWᵀ), are folded into the RMSNorm
-  weight before qkv and gate/up, and into up_proj's output before down_proj, so the graph
-  computes the same function with weights that quantize better.
+  weight before qkv and gate/up, into up_proj's output before down_proj, and into the value
+  columns of qkv_proj before o_proj (one scale per value channel, shared by the query heads
+  that read it), so the graph computes the same function with weights that quantize better.
 
-MatMuls named in ``int8`` (and the LM head when ``head_bits`` is 8) are quantized to 8 bits
-in the same MatMulNBits layout. The tied input embedding then gathers from the quantized LM
-head (:mod:`slmops.convert.tied_head`), so no fp32 table is left.
+The LM head (when ``head_bits`` is 8) and a share of the layer MatMuls are quantized to 8 bits
+in the same MatMulNBits layout: with ``int8_share`` (the default), the ones whose 8 bits cut the
+KL divergence from the FP32 graph most per extra byte on calibration text
+(:mod:`slmops.convert.sensitivity`); with ``int8_share=0``, those named in ``int8``. The tied
+input embedding then gathers from the quantized LM head (:mod:`slmops.convert.tied_head`), so
+no fp32 table is left.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +41,7 @@ DAMPING = 0.01  # GPTQ's diagonal damping, as a fraction of the mean of H's diag
 SHRINKS = (1.0, 0.96, 0.92, 0.88, 0.84, 0.8, 0.76, 0.72)  # a block's range is shrunk by these, both ends alike
 ALPHAS = tuple(a / 10 for a in range(0, 9))  # AWQ's exponent grid
 LM_HEAD_NODE = "/lm_head/MatMul"
+SENSITIVITY_FILE = "int8-sensitivity.json"  # what each MatMul's 8 bits bought, written beside the graph
 
 
 @dataclass(frozen=True)
@@ -46,16 +52,24 @@ class CalibratedOptions:
     method: str = "gptq"  # "rtn" (range only), "importance" or "gptq"
     awq: bool = True  # SmolLM2 b128: GPTQ +9.7% ΔPPL, with AWQ scales +6.5% (docs/quality.md)
     head_bits: int = 8  # the LM head, which the tied embedding shares
-    # MatMul names (substrings) kept at 8 bits: the MLP's down projections halve SmolLM2's ΔPPL for +13% size
+    # MatMul names (substrings) kept at 8 bits when ``int8_share`` is 0: the MLP's down projections
+    # halve SmolLM2's ΔPPL for +13% size
     int8: tuple[str, ...] = ("down_proj",)
+    # this share of the layer weights is 8-bit, the MatMuls chosen by measured gain per byte: at the
+    # size of all down_proj, SmolLM2 b64 KLD 0.075 -> 0.063, top-1 84.6% -> 87.0% (docs/quality.md)
+    int8_share: float = 0.25
+    awq_o_proj: bool = False  # AWQ on o_proj too (folded into qkv_proj's value columns): SmolLM2 b64 KLD 0.075 -> 0.079
     exclude: tuple[str, ...] = ()  # MatMul names left in fp32
     calibration_windows: int = 16
     calibration_tokens: int = 256
+    sensitivity_windows: int = 1  # calibration windows scored once per candidate MatMul (int8_share); 2 cost 2x
+    sensitivity_tokens: int = 64  # 128: about twice the time, the same KLD (docs/quality.md)
 
     def describe(self) -> str:
-        extra = f", int8: {','.join(self.int8)}" if self.int8 else ""
+        extra = f", int8: {','.join(self.int8)}" if self.int8 and not self.int8_share else ""
+        extra += f", {self.int8_share:.0%} of the layer weights int8 by measured sensitivity" if self.int8_share else ""
         extra += f", fp32: {','.join(self.exclude)}" if self.exclude else ""
-        awq = "AWQ scales + " if self.awq else ""
+        awq = ("AWQ scales (o_proj too) + " if self.awq_o_proj else "AWQ scales + ") if self.awq else ""
         return (
             f"int4 b{self.block_size} asymmetric, {awq}{self.method}, LM head int{self.head_bits}{extra}; "
             f"calibrated on the last {self.calibration_windows} x {self.calibration_tokens} tokens of the shipped text"
@@ -182,9 +196,14 @@ def _feedback(w, upper, start: int, end: int, scale, zero, top: int) -> np.ndarr
 # --- AWQ: per-channel scales folded into the op before ------------------------------------------
 
 
-def awq_scale(weights: list[np.ndarray], hessian: np.ndarray, quantize) -> np.ndarray:
-    """The per-input-channel scale s = E[x²]^(α/2) (α searched) minimising Σ trace(ΔW H ΔWᵀ) over ``weights`` [N, K]."""
+def awq_scale(weights: list[np.ndarray], hessian: np.ndarray, quantize, tie: np.ndarray | None = None) -> np.ndarray:
+    """The per-input-channel scale s = E[x²]^(α/2) (α searched) minimising Σ trace(ΔW H ΔWᵀ) over ``weights`` [N, K].
+
+    ``tie`` [K] maps each input channel to the scale it must share (o_proj's channels that read one value channel).
+    """
     energy = np.maximum(np.diag(hessian), 1e-12)
+    if tie is not None:  # one energy per shared scale: the mean over the channels that share it
+        energy = (np.bincount(tie, weights=energy) / np.maximum(np.bincount(tie), 1))[tie]
     best, best_error = np.ones_like(energy), np.inf
     for alpha in ALPHAS:
         s = energy ** (alpha / 2)
@@ -246,7 +265,6 @@ def quantize_calibrated(
     ``moments`` (from :func:`second_moments` on the same graph) skips the calibration pass; it is not modified.
     """
     import onnx
-    from onnx import numpy_helper
 
     path = Path(model_dir) / "model.onnx"
     if moments is None:
@@ -261,12 +279,15 @@ def quantize_calibrated(
         echo("searching AWQ scales")
         _apply_awq(graph, nodes, weights, moments, options)
     echo(f"quantizing {len(nodes)} MatMuls")
+    items = {node.name: _quantize_node(node, weights, moments, options) for node in nodes}
+    if options.int8_share:  # every layer MatMul is 4-bit so far; measure which ones 8 bits help most
+        by_name = {node.name: node for node in nodes}
+        for name in _measured_int8(model_dir, model, nodes, weights, items, options, echo):
+            items[name] = quantize_rows(_weight(by_name[name], weights).T, None, options.block_size, 8, search=False)
     added = []
     for node in nodes:
-        w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)  # [K, N]
-        bits = _bits(node.name, options)
-        item = _quantize_matrix(w.T, moments.get(node.input[0]), bits, options)
-        added += _replace_matmul(graph, node, item, w.shape, options.block_size)
+        shape = tuple(weights[node.input[1]].dims)
+        added += _replace_matmul(graph, node, items[node.name], shape, options.block_size)
     del weights
     _replace_initializers(graph, added)
     _share_head(graph)
@@ -278,7 +299,46 @@ def quantize_calibrated(
 def _bits(name: str, options: CalibratedOptions) -> int:
     if name == LM_HEAD_NODE:
         return options.head_bits
+    if options.int8_share:  # chosen after measuring, from 4 bits
+        return 4
     return 8 if any(pattern in name for pattern in options.int8) else 4
+
+
+def _weight(node, weights) -> np.ndarray:
+    """The MatMul's weight [K, N] as the graph holds it now (after AWQ)."""
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
+
+
+def _quantize_node(node, weights, moments, options: CalibratedOptions) -> Quantized:
+    return _quantize_matrix(_weight(node, weights).T, moments.get(node.input[0]), _bits(node.name, options), options)
+
+
+def _measured_int8(model_dir: Path, model, nodes, weights, items, options: CalibratedOptions, echo) -> list[str]:
+    """The layer MatMuls whose 8 bits cut the divergence from FP32 most per byte, up to ``int8_share`` of them."""
+    from slmops.convert.calibration_text import CalibrationWindows
+    from slmops.convert.sensitivity import Divergence, choose_int8, int8_gains, probe_session
+
+    by_weight = {node.input[1]: node for node in nodes}
+    fp32 = {name: _weight(node, weights) for name, node in by_weight.items()}
+    four = {name: items[node.name].dequantize(fp32[name].shape[0]).T.copy() for name, node in by_weight.items()}
+    candidates = [name for name, node in by_weight.items() if node.name != LM_HEAD_NODE]
+    eight = {
+        name: quantize_rows(fp32[name].T, None, options.block_size, 8, search=False)
+        .dequantize(fp32[name].shape[0])
+        .T.copy()
+        for name in candidates
+    }
+    feeds = CalibrationWindows(model_dir, options.sensitivity_windows, options.sensitivity_tokens).items
+    divergence = Divergence(probe_session(model, list(by_weight)), feeds, fp32)
+    gains = int8_gains(divergence, four, eight, echo)
+    chosen = choose_int8(gains, {name: fp32[name].size for name in candidates}, options.int8_share)
+    echo(f"8-bit by measured sensitivity: {len(chosen)} of {len(candidates)} MatMuls")
+    chosen_nodes = [by_weight[name].name for name in chosen]
+    record = {"kld_gain_of_int8": {by_weight[n].name: round(g, 6) for n, g in gains.items()}, "int8": chosen_nodes}
+    (Path(model_dir) / SENSITIVITY_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return chosen_nodes
 
 
 def _quantize_matrix(w: np.ndarray, hessian: np.ndarray | None, bits: int, options: CalibratedOptions) -> Quantized:
@@ -297,42 +357,84 @@ def _apply_awq(graph, nodes, weights, moments, options: CalibratedOptions) -> No
     producers = {output: node for node in graph.node for output in node.output}
     groups: dict[str, list] = {}
     for node in nodes:
-        if node.name != LM_HEAD_NODE and _bits(node.name, options) == 4:
+        if node.name != LM_HEAD_NODE and (options.int8_share or _bits(node.name, options) == 4):
             groups.setdefault(node.input[0], []).append(node)
     matmuls = {node.output[0]: node for node in nodes}
     for name, members in groups.items():
-        fold = _fold_target(name, producers.get(name), matmuls)
-        if fold is None or name not in moments:
+        if name not in moments:
+            continue
+        fold = _fold_target(name, producers.get(name), matmuls, options, moments[name].shape[0])
+        if fold is None:
             continue
         arrays = {m.input[1]: numpy_helper.to_array(weights[m.input[1]]).astype(np.float32) for m in members}
 
         def rtn(w, h):
             return quantize_rows(w, None, options.block_size, 4, search=False)
 
-        s = awq_scale([a.T for a in arrays.values()], moments[name], rtn)
+        s = awq_scale([a.T for a in arrays.values()], moments[name], rtn, fold.tie)
         for key, array in arrays.items():
             _set(weights[key], array * s[:, None])
-        target, axis = fold
-        folded = numpy_helper.to_array(weights[target]).astype(np.float32)
-        _set(weights[target], folded / (s if axis is None else s[None, :]))
+        folded = numpy_helper.to_array(weights[fold.initializer]).astype(np.float32)
+        _set(weights[fold.initializer], fold.apply(folded, s))
         moments[name] = moments[name] / np.outer(s, s)
 
 
-def _fold_target(name: str, producer, matmuls) -> tuple[str, int | None] | None:
-    """(initializer, axis) that absorbs 1/s: an RMSNorm weight, or the columns of up_proj before the MLP's Mul."""
+@dataclass
+class Fold:
+    """Where 1/s goes: an RMSNorm weight (``axis`` None) or output columns of a MatMul weight [K, N] (``axis`` 1)."""
+
+    initializer: str
+    axis: int | None = None
+    first_column: int = 0  # the columns ``tie`` indexes start here (qkv_proj's value part)
+    tie: np.ndarray | None = None  # input channel -> the column whose scale it shares
+
+    def apply(self, array: np.ndarray, s: np.ndarray) -> np.ndarray:
+        if self.axis is None:
+            return array / s
+        if self.tie is None:
+            return array / s[None, :]
+        shared = np.ones(int(self.tie.max()) + 1, dtype=np.float32)
+        shared[self.tie] = s  # channels tied to one column carry the same scale
+        array = array.copy()
+        array[:, self.first_column : self.first_column + shared.size] /= shared[None, :]
+        return array
+
+
+def _fold_target(name: str, producer, matmuls, options: CalibratedOptions, width: int) -> Fold | None:
+    """What absorbs 1/s: an RMSNorm weight, up_proj's columns before the MLP's Mul, or qkv_proj's value columns."""
     if producer is None:
         return None
     if producer.op_type.endswith("SimplifiedLayerNormalization") and name != producer.output[0]:
         return None
     if producer.op_type == "SimplifiedLayerNormalization":
-        return producer.input[1], None
+        return Fold(producer.input[1])
     if producer.op_type == "SkipSimplifiedLayerNormalization":
-        return producer.input[2], None
+        return Fold(producer.input[2])
     if producer.op_type == "Mul":
         ups = [matmuls[i] for i in producer.input if i in matmuls]
         if len(ups) == 1 and "up_proj" in ups[0].name:
-            return ups[0].input[1], 1
+            return Fold(ups[0].input[1], axis=1)
+    if producer.op_type == "GroupQueryAttention" and options.awq_o_proj and producer.input[0] in matmuls:
+        return _value_fold(producer, matmuls[producer.input[0]], width)
     return None
+
+
+def _value_fold(attention, qkv, width: int) -> Fold | None:
+    """o_proj's input channel (head h, dim d) is a weighted sum of value channel (h's kv group, d): scale that column.
+
+    ``width`` is o_proj's input size (heads x head size); qkv_proj's columns are q, then k, then v.
+    """
+    if attention.input[1] or attention.input[2]:  # separate q/k/v inputs: not the packed layout
+        return None
+    heads = {a.name: a.i for a in attention.attribute}
+    num_heads, kv_heads = heads.get("num_heads", 0), heads.get("kv_num_heads", 0)
+    if not num_heads or not kv_heads or width % num_heads or num_heads % kv_heads:
+        return None
+    head_size = width // num_heads
+    channel = np.arange(width)
+    group = (channel // head_size) // (num_heads // kv_heads)
+    tie = group * head_size + channel % head_size
+    return Fold(qkv.input[1], axis=1, first_column=width + kv_heads * head_size, tie=tie)
 
 
 def _set(initializer, array: np.ndarray) -> None:

@@ -1,0 +1,86 @@
+"""Which MatMuls of a calibrated INT4 export keep 8 bits: the ones whose 8 bits measurably buy most.
+
+Keeping every MLP down projection at 8 bits (a fixed rule) halves SmolLM2's ΔPPL, but layers
+differ: some 4-bit matrices cost the model far more than others of the same kind. Here each
+candidate is scored on calibration text (never on what `slmops eval` scores) by the KL divergence
+of the next-token distribution from the FP32 graph's with every layer MatMul at 4 bits, minus the
+same with that one MatMul at 8 bits. The share of weights allowed at 8 bits then goes to the
+largest gains per extra byte.
+
+One onnxruntime session serves every measurement: the FP32 graph with its MatMul weights turned
+into inputs, fed the dequantized weights of each assignment. Activations stay fp32 there (the
+export's kernel rounds them to int8), which shifts every candidate alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+def probe_session(model, weight_names: list[str]):
+    """An onnxruntime session of ``model`` (an FP32 decoder graph) that reads ``weight_names`` as inputs."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    fed = set(weight_names)
+    shapes = {item.name: list(item.dims) for item in graph.initializer if item.name in fed}
+    inputs = [*graph.input, *(helper.make_tensor_value_info(name, TensorProto.FLOAT, shapes[name]) for name in fed)]
+    outputs = [item for item in graph.output if item.name == "logits"]
+    kept = [item for item in graph.initializer if item.name not in fed]
+    probe = helper.make_graph(graph.node, "sensitivity-probe", inputs, outputs, kept)
+    made = helper.make_model(probe, opset_imports=model.opset_import, ir_version=model.ir_version)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(made.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+class Divergence:
+    """Mean KL(FP32 ‖ assignment) of the next-token distribution over the calibration windows."""
+
+    def __init__(self, session, feeds: list[dict], reference: dict[str, np.ndarray]):
+        self.session, self.feeds = session, feeds
+        self.reference_logp = [self._logp(window, reference) for window in feeds]
+
+    def _logp(self, window: dict, weights: dict[str, np.ndarray]) -> np.ndarray:
+        logits = self.session.run(["logits"], {**window, **weights})[0]
+        return log_softmax(logits.reshape(-1, logits.shape[-1]).astype(np.float64))
+
+    def __call__(self, weights: dict[str, np.ndarray]) -> float:
+        total = 0.0
+        for window, reference in zip(self.feeds, self.reference_logp, strict=True):
+            logp = self._logp(window, weights)
+            total += float((np.exp(reference) * (reference - logp)).sum(-1).mean())
+        return total / len(self.feeds)
+
+
+def int8_gains(
+    divergence: Callable[[dict[str, np.ndarray]], float],
+    four: dict[str, np.ndarray],
+    eight: dict[str, np.ndarray],
+    echo=lambda line: None,
+) -> dict[str, float]:
+    """For each weight in ``eight``: the divergence with all of ``four``, minus that with this one at 8 bits."""
+    base = divergence(four)
+    echo(f"KL divergence with every candidate at 4 bits: {base:.4f}; scoring {len(eight)} candidates at 8 bits")
+    return {name: base - divergence({**four, name: upgraded}) for name, upgraded in eight.items()}
+
+
+def choose_int8(gains: dict[str, float], sizes: dict[str, int], share: float) -> list[str]:
+    """The largest gains per weight until ``share`` of the candidates' weights is chosen (positive gains only)."""
+    budget = share * sum(sizes[name] for name in gains)
+    chosen, used = [], 0
+    for name in sorted(gains, key=lambda name: gains[name] / sizes[name], reverse=True):
+        if gains[name] <= 0:
+            break
+        if used + sizes[name] <= budget:
+            chosen.append(name)
+            used += sizes[name]
+    return chosen
