@@ -206,3 +206,13 @@ def test_queued_answers_warm_above_the_row_waiting_for_its_next_turn(tiny):
     second = sequence(tiny, second_ids, 6)
     assert run(made, second) == run(decoder(tiny, budget=0), sequence(tiny, second_ids, 6))
     assert second.row == 0 and second.cached == 52
+
+
+def test_adding_no_request_leaves_the_warming_where_it_is(tiny):
+    # The scheduler adds what arrived during each piece of a round, often nothing.
+    made = decoder(tiny)
+    run(made, sequence(tiny, prompt(40, 134), 12))
+    made.add([])
+    assert made.warming.current is not None and made.warming.current.filled == 40
+    made.warming.piece()
+    assert made.warming.waiting is not None and made.warming.waiting.filled == 52

@@ -248,7 +248,8 @@ class BatchedDecoder:
             if sequence.max_new > 0 and sequence.logprobs is None and applies(sequence.options, sequence.matcher):
                 sequence.drafts = RowDrafts(sequence.prompt)
             self.pending.append(sequence)
-        self.warming.stop()  # its row is the first a newcomer takes
+        if sequences:  # its row is the first a newcomer takes (the scheduler also adds nothing)
+            self.warming.stop()
 
     def cancel(self, sequence: Sequence) -> None:
         """Drop ``sequence``, waiting or decoding."""
