@@ -407,8 +407,7 @@ class BatchedDecoder:
             twin.row, twin.filled = len(self.running), len(twin.prompt)
             self._copy_kv(source.row, twin.row, twin.filled)
             twin.cached = twin.filled
-            self.prefix.hits += 1
-            self.prefix.reused_tokens += twin.filled
+            self.prefix.count_hit(twin.filled)
             self.running.append(twin)
             copies.append((twin, logits[id(source)]))
         return copies
@@ -425,8 +424,7 @@ class BatchedDecoder:
         sequence.row = len(self.running)
         if source is not None and shared > size:
             self._copy_kv(source.row, sequence.row, shared)  # rows move as others finish: its row now
-            self.prefix.hits += 1
-            self.prefix.reused_tokens += shared
+            self.prefix.count_hit(shared)
             size = shared
         elif entry is not None:
             self.prefix.restore(entry, size, self.cache, sequence.row)

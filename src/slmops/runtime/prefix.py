@@ -119,13 +119,18 @@ class PrefixCache:
         ``count`` False leaves the hit out of the counters (the engine's own warming reads it).
         """
         self._touch(entry)
-        self.hits += count
-        self.reused_tokens += size if count else 0
+        if count:
+            self.count_hit(size)
         for part in entry.chain():
             if size > part.start:
                 for block, buffer in zip(part.kv, buffers):
                     buffer[row, :, part.start : size] = block[:, : size - part.start]
             size = min(size, part.start)
+
+    def count_hit(self, size: int) -> None:
+        """Count a request that starts from ``size`` reused tokens (from here, a running row or a warmed one)."""
+        self.hits += 1
+        self.reused_tokens += size
 
     def keep(self, tokens: list[int], buffers: list[np.ndarray], row: int) -> None:
         """Keep ``row``'s KV cache for ``tokens`` (its first ``len(tokens)`` positions).

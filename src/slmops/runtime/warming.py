@@ -159,8 +159,7 @@ class Warming:
             return
         head = self.decoder.pending[0]
         head.row, head.filled, head.cached = warm.row, size, size
-        self.decoder.prefix.hits += 1
-        self.decoder.prefix.reused_tokens += size
+        self.decoder.prefix.count_hit(size)
 
     def _takes_over(self, warm: Warm) -> int:
         """How many of ``warm``'s tokens the first waiting request starts from in its row: the
