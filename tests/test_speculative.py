@@ -135,7 +135,10 @@ def test_lookup_drafts_what_followed_the_latest_earlier_occurrence():
     assert lookup.draft(3) == [7, 8, 6]  # (6, 2, 3) is new; (2, 3) last came before 7
     lookup = PromptLookup([1, 2, 3, 4, 5, 2, 3, 6, 1, 2, 3])
     assert lookup.draft(2) == [4, 5]  # the 3-gram (1, 2, 3) wins over the later 2-gram (2, 3)
-    assert lookup.draft(20) == [4, 5, 2, 3, 6, 1, 2, 3]  # cut where the tokens end
+    # past the last token, the draft goes on from its own tail: (1, 2, 3) again, then 4, 5, ...
+    assert lookup.draft(20) == [4, 5, 2, 3, 6, 1, 2, 3] * 2 + [4, 5, 2, 3]
+    loop = PromptLookup([7, 8, 9, 1, 2, 7, 8, 9, 1, 2, 7, 8])
+    assert loop.draft(9) == [9, 1, 2, 7, 8, 9, 1, 2, 7]  # an answer caught in a loop: whole periods ahead
     assert PromptLookup([5]).draft(4) == []
 
 

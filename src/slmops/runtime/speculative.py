@@ -81,14 +81,27 @@ class PromptLookup:
         tokens.append(token)
 
     def draft(self, most: int) -> list[int]:
-        """Up to ``most`` tokens that followed the latest earlier occurrence of the current tail."""
-        tokens, end = self.tokens, len(self.tokens)
+        """Up to ``most`` tokens that followed the latest earlier occurrence of the current tail.
+
+        A draft that reaches the last token goes on from the tail it has made: an answer caught
+        in a loop repeats a period shorter than a draft, and this drafts whole periods ahead.
+        """
+        tokens, draft = self.tokens, []
+        while len(draft) < most:
+            follows = self._follows((tokens[-NGRAMS[0] :] + draft)[-NGRAMS[0] :])
+            if follows is None:
+                break
+            draft += tokens[follows : follows + most - len(draft)]
+        return draft
+
+    def _follows(self, tail: list[int]) -> int | None:
+        """Where the token after the latest earlier occurrence of ``tail``'s end stands, longest n-gram first."""
         for size in NGRAMS:
-            if end >= size:
-                follows = self.index.get(tuple(tokens[end - size :]))
+            if len(tail) >= size:
+                follows = self.index.get(tuple(tail[-size:]))
                 if follows is not None:
-                    return tokens[follows : follows + most]
-        return []
+                    return follows
+        return None
 
 
 class DraftPolicy:
