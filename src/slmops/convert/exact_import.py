@@ -350,31 +350,12 @@ class _Graph:
         return next((n for n in self.graph.node if n.op_type == "Reshape" and lookup.input[0] in n.output), None)
 
     def _embedding_nodes(self, lookup, head_node, head: Blocks) -> list:
-        from onnx import helper
+        from slmops.convert.tied_head import gather_from_head
 
-        rows, k_blocks = head.scales.shape
         base, output = "/model/embed_tokens/gguf", lookup.output[0]
-        shape = self.add_initializer(
-            np.array([rows, k_blocks * head.block * head.bits // 8], np.int64), f"{base}/shape"
-        )
-        inputs = [f"{base}/Reshape/output_0", "input_ids", head_node.input[2]]
-        if len(head_node.input) > 3:
-            inputs.append(head_node.input[3])
         gathered = output if head.minimum is None else f"{base}/scaled"
-        nodes = [
-            helper.make_node("Reshape", [head_node.input[1], shape], [inputs[0]], name=f"{base}/Reshape"),
-            helper.make_node(
-                "GatherBlockQuantized",
-                inputs,
-                [gathered],
-                name=f"{base}/GatherBlockQuantized",
-                domain="com.microsoft",
-                bits=head.bits,
-                block_size=head.block,
-                gather_axis=0,
-                quantize_axis=1,
-            ),
-        ]
+        nodes, shape = gather_from_head(head_node, "input_ids", gathered, base)
+        self.initializers[shape.name] = shape
         if head.minimum is not None:
             nodes += self._embedding_minimum(base, gathered, output, head)
         return nodes
