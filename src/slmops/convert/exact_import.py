@@ -20,6 +20,7 @@ import numpy as np
 from slmops.convert.gguf_blocks import GRAPH_BLOCK, Blocks, LazyBlocks, hf_blocks, stack
 from slmops.convert.gguf_families import Family
 from slmops.convert.gguf_file import GGUFFile
+from slmops.convert.matmul_nbits import stored_zero_points
 
 _LAYER_NODE = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+)/MatMul")
 _EMBED, _HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -252,7 +253,9 @@ class _Graph:
             self.add_initializer(blocks.scales, f"{base}.gguf_scales"),
         ]
         if not blocks.neutral:
-            inputs.append(self.add_initializer(_zero_points(blocks), f"{base}.gguf_zero_points"))
+            inputs.append(
+                self.add_initializer(stored_zero_points(blocks.zero_points, blocks.bits), f"{base}.gguf_zero_points")
+            )
         del node.input[:]
         node.input.extend(inputs)
         kept = [a for a in node.attribute if a.name not in ("bits", "block_size")]
@@ -392,16 +395,6 @@ class _Graph:
         used = {name for node in self.graph.node for name in node.input}
         del self.graph.initializer[:]
         self.graph.initializer.extend(item for name, item in self.initializers.items() if name in used)
-
-
-def _zero_points(blocks: Blocks) -> np.ndarray:
-    """One zero point per (row, block) as MatMulNBits and GatherBlockQuantized read them."""
-    from slmops.convert.quantizer_fixes import pack_zero_points
-
-    rows, k_blocks = blocks.scales.shape
-    if blocks.bits == 4:
-        return pack_zero_points(blocks.zero_points.ravel(), rows, k_blocks)
-    return np.ascontiguousarray(blocks.zero_points)
 
 
 def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
