@@ -33,6 +33,8 @@ import statistics
 import time
 from pathlib import Path
 
+from int4_frontier import folder_name, size_mb  # this folder's other script
+
 # name -> (source key, precision, QuantizationOptions fields)
 CANDIDATES: dict[str, tuple[str, str, dict]] = {
     "exact Q4_1": ("q4_1", "int4", {}),
@@ -48,10 +50,6 @@ CANDIDATES: dict[str, tuple[str, str, dict]] = {
     "exact Q8_0": ("q8_0", "int8", {}),
 }
 STRIPPED, BASELINE = "exact Q4_1, minimum stripped (timing only)", "builder INT4 b32"
-
-
-def folder_name(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
 
 
 def build(sources: dict[str, Path], out: Path, names: list[str], windows: int, results: dict) -> None:
@@ -91,10 +89,6 @@ def score(source: Path, key: str, folder: Path, out: Path, windows: int, row: di
         same_top_pct=round(figures.same_top_pct, 2),
         kld_mean=round(figures.kld_mean, 5),
     )
-
-
-def size_mb(folder: Path) -> float:
-    return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6, 1)
 
 
 def strip_minimum(exact: Path, stripped: Path) -> None:

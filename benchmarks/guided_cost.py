@@ -132,13 +132,18 @@ def generators_rate(model, rows: int, tokens: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def batch_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a batched decoder's cost benchmark: the model, its rows, rounds and tokens per row."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("model")
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=48)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = batch_arguments(__doc__.splitlines()[0]).parse_args()
     model = load(args.model)
     decoder = BatchedDecoder(model, args.rows, 1024)
     results = {"free": [], "guided": [], "fill": [], "batch": [], "generators": []}

@@ -73,6 +73,10 @@ def build_all(source, out: Path, names: list[str], results: dict) -> None:
         print(name, results[name], flush=True)
 
 
+def size_mb(folder: Path) -> float:
+    return round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6, 1)
+
+
 def score(folder: Path, out: Path, row: dict) -> None:
     from slmops.evaluate.quality import evaluate_quality
 
@@ -81,7 +85,7 @@ def score(folder: Path, out: Path, row: dict) -> None:
         evaluate_quality(out / "models" / "fp32", windows=WINDOWS, save_logits=reference, show_progress=False)
     figures = evaluate_quality(folder, reference=reference, windows=WINDOWS, show_progress=False).figures
     row.update(
-        size_mb=round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6, 1),
+        size_mb=size_mb(folder),
         delta_ppl_pct=round(figures.delta_ppl_pct, 2),
         same_top_pct=round(figures.same_top_pct, 2),
         kld_mean=round(figures.kld_mean, 4),

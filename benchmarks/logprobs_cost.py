@@ -10,11 +10,11 @@ max_tokens 0) against a plain prefill of the same prompt. Prints medians and the
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
 
+from guided_cost import batch_arguments  # this folder's other script
 from slmops.machine import describe_cpu
 from slmops.runtime import load
 from slmops.runtime.batched import BatchedDecoder, Sequence
@@ -52,11 +52,7 @@ def prefill(decoder: BatchedDecoder, model, ids: list[int], top: int | None) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("--rows", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tokens", type=int, default=48)
+    parser = batch_arguments(__doc__.splitlines()[0])
     parser.add_argument("--top", type=int, default=20)
     args = parser.parse_args()
     model = load(args.model)

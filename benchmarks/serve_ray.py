@@ -23,7 +23,6 @@ server spent per token (its whole process tree), which the machine's load moves 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import psutil
 
-from serve_throughput import PROMPT, aggregate, convert, http_batch, slmops_server
+from serve_throughput import PROMPT, aggregate, convert, http_batch, serve_arguments, slmops_server
 from slmops.bench.targets import Prompt, UrlTarget
 from slmops.cache.resolver import resolve
 from slmops.convert import embedded_model
@@ -160,12 +159,7 @@ def proxy_ratios(medians: dict[str, float], stream_counts: tuple[int, ...]) -> d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "folder", type=Path, nargs="?", help="INT4 model folder [default: the embedded GGUF, converted]"
-    )
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tokens", type=int, default=128)
+    parser = serve_arguments(__doc__.splitlines()[0])
     parser.add_argument("--set", choices=("layouts", "proxy"), default="layouts", help="what to compare")
     parser.add_argument("--streams", default="1,8,16", help="concurrent streams, comma-separated")
     parser.add_argument("--out", type=Path, help="JSON results [default: benchmarks/results-serve-ray-CPU.json]")

@@ -25,10 +25,8 @@ The grounded tasks run without a repetition penalty, the open chats with the mod
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -40,10 +38,11 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from slmops.bench.scenario_decode import shuffled_rounds  # noqa: E402
 from slmops.bench.scenarios import TASKS  # noqa: E402
 from slmops.machine import describe_cpu  # noqa: E402
 from slmops.serverprocess import ServerProcess  # noqa: E402
-from speculative import model_folder  # noqa: E402
+from speculative import model_folder, report  # noqa: E402
 
 THREADS = 2
 ROWS = 4
@@ -133,21 +132,17 @@ def served_name(client: httpx.Client, url: str) -> str:
 
 def measure(servers: dict[str, ServerProcess], rounds: int, max_tokens: int) -> dict:
     runs: dict = {name: {mode: [] for mode in servers} for name in scenarios()}
-    picker = random.Random(0)
     with httpx.Client(timeout=600) as client:
         names = {mode: served_name(client, server.url) for mode, server in servers.items()}
         for mode, server in servers.items():  # warm-up: the model loads on first use
             ask(client, server.url, names[mode], "chat-story", 8)
-        for number in range(rounds):
-            order = [(name, mode) for name in scenarios() for mode in servers]
-            picker.shuffle(order)
-            for name, mode in order:
-                before = cpu_seconds(servers[mode].process.pid)
-                streams = together(client, servers[mode].url, names[mode], scenarios()[name], max_tokens)
-                cpu = cpu_seconds(servers[mode].process.pid) - before
-                runs[name][mode].append((streams, sum(stream.tokens for stream in streams) / cpu if cpu else 0.0))
-                rates = ", ".join(f"{stream.decode_tokens_per_s:.1f}" for stream in streams)
-                print(f"round {number + 1} {name:28} {mode:11} tok/s {rates}", file=sys.stderr, flush=True)
+        for number, name, mode in shuffled_rounds(list(scenarios()), list(servers), rounds):
+            before = cpu_seconds(servers[mode].process.pid)
+            streams = together(client, servers[mode].url, names[mode], scenarios()[name], max_tokens)
+            cpu = cpu_seconds(servers[mode].process.pid) - before
+            runs[name][mode].append((streams, sum(stream.tokens for stream in streams) / cpu if cpu else 0.0))
+            rates = ", ".join(f"{stream.decode_tokens_per_s:.1f}" for stream in streams)
+            print(f"round {number} {name:28} {mode:11} tok/s {rates}", file=sys.stderr, flush=True)
     return runs
 
 
@@ -220,23 +215,18 @@ def main() -> None:
             server.stop()
     cpu = describe_cpu()
     summary = summarize(runs)
-    print(f"\n{Path(folder).name}, {ROWS} rows, {THREADS} threads, {args.rounds} rounds, on {cpu.summary()}")
-    print(f"load average (1 min) at start and end: {load[0]:.1f}, {load[-1]:.1f}\n")
-    print(table(summary))
-    if args.json:
-        document = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "model": Path(folder).name,
-            "rows": ROWS,
-            "threads": THREADS,
-            "rounds": args.rounds,
-            "max_tokens": args.max_tokens,
-            "load_average": load,
-            "cpu_info": cpu.to_json(),
-            "scenarios": summary,
-        }
-        args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        print(f"Wrote {args.json}")
+    title = f"\n{Path(folder).name}, {ROWS} rows, {THREADS} threads, {args.rounds} rounds, on {cpu.summary()}"
+    document = {
+        "model": Path(folder).name,
+        "rows": ROWS,
+        "threads": THREADS,
+        "rounds": args.rounds,
+        "max_tokens": args.max_tokens,
+        "load_average": load,
+        "cpu_info": cpu.to_json(),
+        "scenarios": summary,
+    }
+    report(title, load, table(summary), document, args.json)
 
 
 if __name__ == "__main__":

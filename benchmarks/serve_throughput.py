@@ -226,13 +226,19 @@ def measure_round(
     run.add("og Generator, batch of 1 (tok/s)", static_batch(model.og_model, ids, 1, tokens))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def serve_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every serving benchmark of this folder takes: the model folder, rounds and tokens per answer."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "folder", type=Path, nargs="?", help="INT4 model folder [default: the embedded GGUF, converted]"
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128)
+    return parser
+
+
+def main() -> None:
+    parser = serve_arguments(__doc__.splitlines()[0])
     parser.add_argument("--llama-server", help="llama-server binary [default: on PATH or /opt/llama-server/bin]")
     parser.add_argument("--gguf", type=Path, help="GGUF for llama-server [default: the embedded SmolLM2 Q4_1]")
     # llama.cpp syncs its threads at every graph node: on a CPU shared with other work, a

@@ -36,7 +36,6 @@ import argparse
 import datetime
 import json
 import os
-import random
 import re
 import statistics
 import subprocess
@@ -48,6 +47,7 @@ from pathlib import Path
 
 import slmops
 import slmops.runtime
+from slmops.bench.scenario_decode import shuffled_rounds
 from slmops.bench.scenarios import TARGETS, TASKS
 from slmops.machine import describe_cpu
 from slmops.runtime.model import common_prefix
@@ -135,23 +135,19 @@ def _count(log: str, name: str) -> int:
 def measure(model, tasks: list[str], rounds: int, max_tokens: int, llama: LlamaLookup | None = None) -> dict:
     modes = ("speculative", "plain", *(("llama-lookup", "llama-plain") if llama else ()))
     runs: dict = {task: {mode: [] for mode in modes} for task in tasks}
-    picker = random.Random(0)
     answer(model, "chat-story", 8, True)  # warm-up
-    for number in range(rounds):
-        order = [(task, mode) for task in tasks for mode in modes]
-        picker.shuffle(order)
-        for task, mode in order:
-            if mode.startswith("llama") and llama is not None:
-                run = llama.answer(model, task, max_tokens, mode == "llama-lookup")
-            else:
-                run = answer(model, task, max_tokens, mode == "speculative")
-            runs[task][mode].append(run)
-            print(
-                f"round {number + 1} {task:13} {mode:12} {run['decode_tokens_per_s']:7.1f} tok/s "
-                f"{run.get('decode_tokens_per_cpu_s', 0.0):7.1f} tok/CPU-s "
-                f"{run['completion_tokens']:4d} tokens, accepted {run['accepted_tokens']}/{run['drafted_tokens']}",
-                file=sys.stderr,
-            )
+    for number, task, mode in shuffled_rounds(tasks, modes, rounds):
+        if mode.startswith("llama") and llama is not None:
+            run = llama.answer(model, task, max_tokens, mode == "llama-lookup")
+        else:
+            run = answer(model, task, max_tokens, mode == "speculative")
+        runs[task][mode].append(run)
+        print(
+            f"round {number} {task:13} {mode:12} {run['decode_tokens_per_s']:7.1f} tok/s "
+            f"{run.get('decode_tokens_per_cpu_s', 0.0):7.1f} tok/CPU-s "
+            f"{run['completion_tokens']:4d} tokens, accepted {run['accepted_tokens']}/{run['drafted_tokens']}",
+            file=sys.stderr,
+        )
     return runs
 
 
@@ -252,26 +248,32 @@ def main() -> None:
     runs = measure(model, tasks, args.rounds, args.max_tokens, llama)
     load.append(os.getloadavg()[0])
     summary = summarize(runs)
-    print(f"{model.name}, {args.threads} threads, {args.rounds} rounds, on {cpu.summary()}")
+    title = f"{model.name}, {args.threads} threads, {args.rounds} rounds, on {cpu.summary()}"
+    document = {
+        "model": model.name,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "max_tokens": args.max_tokens,
+        "cpu_info": cpu.to_json(),
+        "load_average": load,
+        "llama_lookup": None
+        if llama is None
+        else {"gguf": llama.gguf.name, "threads": llama.threads, "draft": llama.draft},
+        "repetition_penalty": {"grounded": 1.0, "open": model.defaults.repetition_penalty},
+        "tasks": summary,
+    }
+    report(title, load, table(summary), document, args.json)
+
+
+def report(title: str, load: list[float], results: str, document: dict, path: Path | None) -> None:
+    """Print ``results`` under ``title`` and the load average; write ``document``, dated, to ``path`` if given."""
+    print(title)
     print(f"load average (1 min) at start and end: {load[0]:.1f}, {load[-1]:.1f}\n")
-    print(table(summary))
-    if args.json:
-        document = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "model": model.name,
-            "threads": args.threads,
-            "rounds": args.rounds,
-            "max_tokens": args.max_tokens,
-            "cpu_info": cpu.to_json(),
-            "load_average": load,
-            "llama_lookup": None
-            if llama is None
-            else {"gguf": llama.gguf.name, "threads": llama.threads, "draft": llama.draft},
-            "repetition_penalty": {"grounded": 1.0, "open": model.defaults.repetition_penalty},
-            "tasks": summary,
-        }
-        args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        print(f"Wrote {args.json}")
+    print(results)
+    if path:
+        date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        path.write_text(json.dumps({"date": date, **document}, indent=2) + "\n", encoding="utf-8")
+        print(f"Wrote {path}")
 
 
 if __name__ == "__main__":

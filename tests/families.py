@@ -381,6 +381,15 @@ LLAMA3_TOKENS = Tokens(
     add_bos=True,
     stops=("<|end_of_text|>",),
 )
+# Qwen 2 and 3: ChatML turns, no BOS, <|endoftext|> pads and ends a text.
+QWEN_TOKENS = Tokens(
+    "bpe",
+    bos=None,
+    eos="<|im_end|>",
+    specials=("<|endoftext|>", "<|im_start|>"),
+    pad="<|endoftext|>",
+    stops=("<|endoftext|>",),
+)
 
 FAMILIES: dict[str, Family] = {
     family.name: family
@@ -495,14 +504,7 @@ FAMILIES: dict[str, Family] = {
                 use_sliding_window=False,
                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
             ),
-            Tokens(
-                "bpe",
-                bos=None,
-                eos="<|im_end|>",
-                specials=("<|endoftext|>", "<|im_start|>"),
-                pad="<|endoftext|>",
-                stops=("<|endoftext|>",),
-            ),
+            QWEN_TOKENS,
             CHATML,
             seed=5,
             tf4=_without_layer_types,
@@ -523,14 +525,7 @@ FAMILIES: dict[str, Family] = {
                 rms_norm_eps=1e-6,
                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
             ),
-            Tokens(
-                "bpe",
-                bos=None,
-                eos="<|im_end|>",
-                specials=("<|endoftext|>", "<|im_start|>"),
-                pad="<|endoftext|>",
-                stops=("<|endoftext|>",),
-            ),
+            QWEN_TOKENS,
             CHATML,
             seed=4,
             tf4=_without_layer_types,

@@ -113,3 +113,14 @@ def test_smollm2_reuses_the_conversation_and_drafts_from_the_passage(smollm2_int
     assert turn["next turn cached tokens"] >= 0.8 * turn["next turn prompt tokens"]
     copy = document["scenarios"]["grounded"]["figures"]["copy"]
     assert copy["accepted tokens"] > 0 and copy["completion tokens"] == 48
+
+
+def test_shuffled_rounds_run_every_task_in_every_mode_once_a_round_in_a_reproducible_order():
+    from slmops.bench.scenario_decode import shuffled_rounds
+
+    tasks, modes = ["copy", "code", "chat"], ("speculative", "plain")
+    steps = list(shuffled_rounds(tasks, modes, 3))
+    orders = [[(task, mode) for n, task, mode in steps if n == number] for number in (1, 2, 3)]
+    assert all(sorted(order) == sorted((task, mode) for task in tasks for mode in modes) for order in orders)
+    assert len({tuple(order) for order in orders}) > 1  # drawn again each round
+    assert steps == list(shuffled_rounds(tasks, modes, 3))

@@ -55,12 +55,12 @@ def write_config(folder: Path, model: Path, **changes) -> Path:
     return path
 
 
-def test_mission_auto_opt_command_line(tiny_llama, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    code, out, err = cli(
+def mission_command(model: Path) -> list[str]:
+    """MISSION.md's `auto-opt` command line, converting ``model``."""
+    return [
         "auto-opt",
         "--model_name_or_path",
-        str(tiny_llama),
+        str(model),
         "--device",
         "cpu",
         "--provider",
@@ -72,8 +72,12 @@ def test_mission_auto_opt_command_line(tiny_llama, tmp_path, monkeypatch, capsys
         "models/your-model-name/onnx",
         "--log_level",
         "1",
-        capsys=capsys,
-    )
+    ]
+
+
+def test_mission_auto_opt_command_line(tiny_llama, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(*mission_command(tiny_llama), capsys=capsys)
     assert code == 0, err
     output = tmp_path / "models/your-model-name/onnx"
     assert (output / "model.onnx").exists()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from slmops.convert import QuantizationOptions, convert
-from slmops.convert.quantizer_fixes import pack_zero_points
+from slmops.convert.matmul_nbits import pack_zero_points
 from slmops.errors import ConversionError
 from tests.test_convert import MIN_AGREEMENT, agreement, torch_logits
 

@@ -10,35 +10,11 @@ from pathlib import Path
 import pytest
 
 from slmops.convert.gguf_source import gguf_to_hf
+from tests.test_convert_olive import mission_command, write_config
 
 pytestmark = pytest.mark.slow
 
 QUESTION = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-MISSION_COMMAND = [
-    "auto-opt",
-    "--model_name_or_path",
-    "{model}",
-    "--device",
-    "cpu",
-    "--provider",
-    "CPUExecutionProvider",
-    "--use_model_builder",
-    "--precision",
-    "int4",
-    "--output_path",
-    "models/your-model-name/onnx",
-    "--log_level",
-    "1",
-]
-MISSION_CONFIG = """{
-  "input_model": {"type": "HfModel", "model_path": "{model}", "task": "text-generation"},
-  "systems": {"local_system": {"type": "LocalSystem",
-              "accelerators": [{"execution_providers": ["CPUExecutionProvider"]}]}},
-  "passes": {"builder": {"type": "ModelBuilder",
-             "config": {"precision": "int4", "quantization_config": {"block_size": 128, "is_symmetric": false}}}},
-  "host": "local_system", "target": "local_system",
-  "cache_dir": "cache", "output_dir": "models/output/your-finetuned-model-onnx"
-}"""
 
 
 def answer(folder: Path, max_new_tokens: int = 40) -> str:
@@ -76,9 +52,12 @@ def test_embedded_gguf_int4_answers_the_question(smollm2_int4):
 
 
 def test_mission_command_line(smollm2_hf, tmp_path):
-    command = [arg.replace("{model}", str(smollm2_hf)) for arg in MISSION_COMMAND]
     result = subprocess.run(
-        [sys.executable, "-m", "slmops", *command], cwd=tmp_path, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "slmops", *mission_command(smollm2_hf)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     output = tmp_path / "models/your-model-name/onnx"
@@ -87,7 +66,7 @@ def test_mission_command_line(smollm2_hf, tmp_path):
 
 
 def test_mission_config_file(smollm2_hf, tmp_path):
-    (tmp_path / "finetuned_conversion_config.json").write_text(MISSION_CONFIG.replace("{model}", str(smollm2_hf)))
+    write_config(tmp_path, smollm2_hf)
     command = [sys.executable, "-m", "slmops", "run", "--config", "finetuned_conversion_config.json"]
     first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr

@@ -19,6 +19,7 @@ from slmops.runtime.batched import BatchedDecoder, Sequence
 from slmops.runtime.guided import GrammarError
 from slmops.server import tools
 from slmops.server.scheduler import DONE, Job, Scheduler
+from tests.test_server_prefix import Endless, prompt
 
 CITY = {
     "type": "object",
@@ -45,22 +46,6 @@ def sequence(model, ids, max_new=8, matcher=None, **options) -> Sequence:
         time.perf_counter(),
         matcher=matcher,
     )
-
-
-def prompt(length: int, seed: int = 0) -> list[int]:
-    return [int(token) for token in np.random.default_rng(seed).integers(10, 500, length)]
-
-
-class Endless:
-    """The model, but no token ends an answer: only max_tokens does."""
-
-    stop_token_ids = frozenset()
-
-    def __init__(self, model) -> None:
-        self.model = model
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
 
 
 def endless(decoder: BatchedDecoder) -> BatchedDecoder:

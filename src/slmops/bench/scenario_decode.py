@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from slmops.bench import scenarios
@@ -51,19 +51,27 @@ def run_decoding(
 ) -> dict[str, TaskRuns]:
     """Every task in both modes for ``rounds`` shuffled rounds, after one unmeasured answer."""
     runs = {task: TaskRuns() for task in tasks}
-    picker = random.Random(0)
     answer(model, tasks[0], 8, True)  # warm-up: the first run pays one-time costs
-    for number in range(rounds):
-        order = [(task, mode) for task in tasks for mode in MODES]
-        picker.shuffle(order)
-        for task, mode in order:
-            on_step(f"{task}, round {number + 1}, {mode}")
-            result = answer(model, task, max_tokens, mode == "speculative")
-            runs[task].speeds[mode].append(result.decode_tokens_per_s)
-            runs[task].tokens[mode] = list(result.tokens)
-            if mode == "speculative":
-                runs[task].drafted, runs[task].accepted = result.drafted_tokens, result.accepted_tokens
+    for number, task, mode in shuffled_rounds(tasks, MODES, rounds):
+        on_step(f"{task}, round {number}, {mode}")
+        result = answer(model, task, max_tokens, mode == "speculative")
+        runs[task].speeds[mode].append(result.decode_tokens_per_s)
+        runs[task].tokens[mode] = list(result.tokens)
+        if mode == "speculative":
+            runs[task].drafted, runs[task].accepted = result.drafted_tokens, result.accepted_tokens
     return runs
+
+
+def shuffled_rounds(tasks: Sequence[str], modes: Sequence[str], rounds: int) -> Iterator[tuple[int, str, str]]:
+    """(round, from 1; task; mode): every task in every mode once a round, in an order shuffled per round.
+
+    One seeded generator draws the orders, so every run measures in the same order.
+    """
+    picker = random.Random(0)
+    for number in range(1, rounds + 1):
+        order = [(task, mode) for task in tasks for mode in modes]
+        picker.shuffle(order)
+        yield from ((number, task, mode) for task, mode in order)
 
 
 def summary(runs: TaskRuns) -> dict[str, float]:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slmops.convert.quantizer_fixes import pack_nibbles, pack_zero_points
+from slmops.convert.matmul_nbits import stored_codes, stored_zero_points
 
 ACCURACY_LEVEL = 4  # int8 activations: the VNNI kernel
 DAMPING = 0.01  # GPTQ's diagonal damping, as a fraction of the mean of H's diagonal
@@ -449,16 +449,12 @@ def _replace_matmul(graph, node, item: Quantized, shape: tuple[int, int], block:
 
     k, n = shape
     base = node.input[1]
-    codes = item.q
-    if item.bits == 4:
-        codes = pack_nibbles(codes)
-        zero_points = pack_zero_points(item.zero_point, n, item.zero_point.shape[1])
-    else:
-        zero_points = item.zero_point
     tensors = [
-        numpy_helper.from_array(np.ascontiguousarray(codes, dtype=np.uint8), f"{base}_Q{item.bits}"),
+        numpy_helper.from_array(
+            np.ascontiguousarray(stored_codes(item.q, item.bits), np.uint8), f"{base}_Q{item.bits}"
+        ),
         numpy_helper.from_array(item.scale.astype(np.float32), f"{base}_scales"),
-        numpy_helper.from_array(np.ascontiguousarray(zero_points, dtype=np.uint8), f"{base}_zp"),
+        numpy_helper.from_array(stored_zero_points(item.zero_point, item.bits), f"{base}_zp"),
     ]
     made = helper.make_node(
         "MatMulNBits",

@@ -20,6 +20,7 @@ import numpy as np
 from slmops.convert.gguf_blocks import GRAPH_BLOCK, Blocks, LazyBlocks, hf_blocks, stack
 from slmops.convert.gguf_families import Family
 from slmops.convert.gguf_file import GGUFFile
+from slmops.convert.matmul_nbits import stored_zero_points
 
 _LAYER_NODE = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+)/MatMul")
 _EMBED, _HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -252,7 +253,9 @@ class _Graph:
             self.add_initializer(blocks.scales, f"{base}.gguf_scales"),
         ]
         if not blocks.neutral:
-            inputs.append(self.add_initializer(_zero_points(blocks), f"{base}.gguf_zero_points"))
+            inputs.append(
+                self.add_initializer(stored_zero_points(blocks.zero_points, blocks.bits), f"{base}.gguf_zero_points")
+            )
         del node.input[:]
         node.input.extend(inputs)
         kept = [a for a in node.attribute if a.name not in ("bits", "block_size")]
@@ -350,31 +353,12 @@ class _Graph:
         return next((n for n in self.graph.node if n.op_type == "Reshape" and lookup.input[0] in n.output), None)
 
     def _embedding_nodes(self, lookup, head_node, head: Blocks) -> list:
-        from onnx import helper
+        from slmops.convert.tied_head import gather_from_head
 
-        rows, k_blocks = head.scales.shape
         base, output = "/model/embed_tokens/gguf", lookup.output[0]
-        shape = self.add_initializer(
-            np.array([rows, k_blocks * head.block * head.bits // 8], np.int64), f"{base}/shape"
-        )
-        inputs = [f"{base}/Reshape/output_0", "input_ids", head_node.input[2]]
-        if len(head_node.input) > 3:
-            inputs.append(head_node.input[3])
         gathered = output if head.minimum is None else f"{base}/scaled"
-        nodes = [
-            helper.make_node("Reshape", [head_node.input[1], shape], [inputs[0]], name=f"{base}/Reshape"),
-            helper.make_node(
-                "GatherBlockQuantized",
-                inputs,
-                [gathered],
-                name=f"{base}/GatherBlockQuantized",
-                domain="com.microsoft",
-                bits=head.bits,
-                block_size=head.block,
-                gather_axis=0,
-                quantize_axis=1,
-            ),
-        ]
+        nodes, shape = gather_from_head(head_node, "input_ids", gathered, base)
+        self.initializers[shape.name] = shape
         if head.minimum is not None:
             nodes += self._embedding_minimum(base, gathered, output, head)
         return nodes
@@ -411,16 +395,6 @@ class _Graph:
         used = {name for node in self.graph.node for name in node.input}
         del self.graph.initializer[:]
         self.graph.initializer.extend(item for name, item in self.initializers.items() if name in used)
-
-
-def _zero_points(blocks: Blocks) -> np.ndarray:
-    """One zero point per (row, block) as MatMulNBits and GatherBlockQuantized read them."""
-    from slmops.convert.quantizer_fixes import pack_zero_points
-
-    rows, k_blocks = blocks.scales.shape
-    if blocks.bits == 4:
-        return pack_zero_points(blocks.zero_points.ravel(), rows, k_blocks)
-    return np.ascontiguousarray(blocks.zero_points)
 
 
 def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 
 from slmops.convert.gguf_families import Family, hf_name, unpermute
 from slmops.convert.gguf_file import GGUFFile, GGUFTensor, dequantize
-from slmops.convert.quantizer_fixes import pack_nibbles
+from slmops.convert.matmul_nbits import stored_codes
 
 GRAPH_BLOCK = 32  # the block size the builder's graph must have been written with
 EXACT_TYPES = ("Q4_0", "Q4_1", "Q8_0", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
@@ -58,9 +58,7 @@ class Blocks:
 
     def packed(self) -> np.ndarray:
         """MatMulNBits' B: [rows, k_blocks, block·bits/8], weight 2j in the low nibble, 2j + 1 in the high."""
-        if self.bits == 8:
-            return self.values
-        return pack_nibbles(self.values)
+        return stored_codes(self.values, self.bits)
 
     def map_rows(self, change: Callable[[np.ndarray], np.ndarray]) -> Blocks:
         """The same blocks with `change` (a slice or a reordering of the first axis) applied to every array."""

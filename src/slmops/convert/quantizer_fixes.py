@@ -15,21 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-NEUTRAL_ZERO_POINT = 8  # the 4-bit zero point MatMulNBits assumes when none is given
-
-
-def pack_nibbles(values: np.ndarray) -> np.ndarray:
-    """4-bit values in pairs along the last axis as bytes, the first of a pair in the low nibble
-    (how MatMulNBits and GatherBlockQuantized read weights and zero points)."""
-    return ((values[..., 0::2] & 0x0F) | ((values[..., 1::2] & 0x0F) << 4)).astype(np.uint8)
-
-
-def pack_zero_points(zero_point: np.ndarray, rows: int, k_blocks: int) -> np.ndarray:
-    """4-bit zero points, one per (output row, block), as MatMulNBits reads them: [rows, ceil(k_blocks / 2)] bytes."""
-    per_row = np.asarray(zero_point, dtype=np.uint8).reshape(rows, k_blocks)
-    if k_blocks % 2:
-        per_row = np.pad(per_row, ((0, 0), (0, 1)), constant_values=NEUTRAL_ZERO_POINT)
-    return pack_nibbles(per_row)
+from slmops.convert.matmul_nbits import pack_zero_points
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ the build and drops the fp32 table.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,20 +59,44 @@ def _replace_gather(graph, gather, head) -> int:
     from onnx import helper, numpy_helper
 
     attrs = {a.name: a.i for a in head.attribute}
-    vocab, hidden, bits, block = attrs["N"], attrs["K"], attrs["bits"], attrs["block_size"]
-    padded = -(-hidden // block) * block
+    hidden, block = attrs["K"], attrs["block_size"]
     base = gather.name.rsplit("/", 1)[0]
-    shape = numpy_helper.from_array(np.array([vocab, padded * bits // 8], dtype=np.int64), f"{base}/shared_shape")
-    inputs = [f"{base}/Reshape/output_0", gather.input[1], head.input[2]]
+    padded = -(-hidden // block) * block
+    gathered = gather.output[0] if padded == hidden else f"{base}/GatherBlockQuantized/output_0"
+    nodes, shape = gather_from_head(head, gather.input[1], gathered, base)
+    initializers = [shape]
+    if padded != hidden:  # the LM head pads each row to whole blocks
+        bounds = [np.array([value], dtype=np.int64) for value in (0, hidden, -1)]
+        names = [f"{base}/slice_{which}" for which in ("start", "end", "axis")]
+        initializers += [numpy_helper.from_array(value, name) for value, name in zip(bounds, names, strict=True)]
+        nodes.append(helper.make_node("Slice", [gathered, *names], [gather.output[0]], name=f"{base}/Slice"))
+    _swap(graph, gather, nodes, initializers)
+    return attrs["bits"]
+
+
+def gather_from_head(head, ids: str, output: str, base: str) -> tuple[list, Any]:
+    """Nodes that gather the rows ``ids`` of the MatMulNBits ``head``'s matrix into ``output``.
+
+    A Reshape views the head's packed B as one row of bytes per output row, and a
+    GatherBlockQuantized reads it with the head's own scales and zero points; the rows it
+    writes are padded to whole blocks, as the head stores them. Returns the nodes (named
+    under ``base``) and the Reshape's shape, an initializer the caller adds to the graph.
+    """
+    from onnx import helper, numpy_helper
+
+    attrs = {a.name: a.i for a in head.attribute}
+    rows, bits, block = attrs["N"], attrs["bits"], attrs["block_size"]
+    row_bytes = -(-attrs["K"] // block) * block * bits // 8
+    shape = numpy_helper.from_array(np.array([rows, row_bytes], dtype=np.int64), f"{base}/Reshape/shape")
+    inputs = [f"{base}/Reshape/output_0", ids, head.input[2]]
     if len(head.input) > 3 and head.input[3]:
         inputs.append(head.input[3])  # zero points
-    gathered = gather.output[0] if padded == hidden else f"{base}/GatherBlockQuantized/output_0"
     nodes = [
         helper.make_node("Reshape", [head.input[1], shape.name], [inputs[0]], name=f"{base}/Reshape"),
         helper.make_node(
             "GatherBlockQuantized",
             inputs,
-            [gathered],
+            [output],
             name=f"{base}/GatherBlockQuantized",
             domain="com.microsoft",
             bits=bits,
@@ -80,14 +105,7 @@ def _replace_gather(graph, gather, head) -> int:
             quantize_axis=1,
         ),
     ]
-    initializers = [shape]
-    if padded != hidden:  # the LM head pads each row to whole blocks
-        bounds = [np.array([value], dtype=np.int64) for value in (0, hidden, -1)]
-        names = [f"{base}/slice_{which}" for which in ("start", "end", "axis")]
-        initializers += [numpy_helper.from_array(value, name) for value, name in zip(bounds, names, strict=True)]
-        nodes.append(helper.make_node("Slice", [gathered, *names], [gather.output[0]], name=f"{base}/Slice"))
-    _swap(graph, gather, nodes, initializers)
-    return bits
+    return nodes, shape
 
 
 def _swap(graph, old, nodes, initializers) -> None:

@@ -70,7 +70,7 @@ from slmops.runtime.last_logits import LastLogits
 from slmops.runtime.logprobs import TokenLogprob, next_token, prompt_tokens
 from slmops.runtime.model import Model, common_prefix
 from slmops.runtime.options import GenerationOptions
-from slmops.runtime.prefix import MIN_REUSE, Entry, PrefixCache
+from slmops.runtime.prefix import MIN_REUSE, Entry, PrefixCache, reusable
 from slmops.runtime.rows import RowMemory
 from slmops.runtime.sampling import Sampler
 from slmops.runtime.speculative import MAX_DRAFT, RowDrafts, accept, applies
@@ -374,7 +374,7 @@ class BatchedDecoder:
     @staticmethod
     def _live(prompt: list[int], rows: list[Sequence]) -> tuple[Sequence | None, int]:
         """The sequence of ``rows`` whose prompt shares the longest beginning with ``prompt``, and
-        how many tokens it shares, at most ``len(prompt) - 2`` (as :meth:`PrefixCache.longest`).
+        how many tokens it may reuse (:func:`~slmops.runtime.prefix.reusable`).
 
         Only prompts count: the positions a row decoded hold KV written one at a time.
         """
@@ -383,7 +383,7 @@ class BatchedDecoder:
             shared = common_prefix(item.prompt, prompt)
             if shared > size:
                 best, size = item, shared
-        return best, min(size, len(prompt) - 2)
+        return best, reusable(size, prompt)
 
     def _twin(self, sequence: Sequence, done: list[Sequence]) -> Sequence | None:
         """The sequence of ``done`` whose row and logits ``sequence`` can copy: the same prompt, nothing else to compute."""

@@ -48,6 +48,18 @@ import numpy as np
 MIN_REUSE = 4
 
 
+def reusable(shared: int, tokens: list[int]) -> int:
+    """How many of the ``shared`` first tokens of ``tokens`` a sequence may start from: at most ``len(tokens) - 2``.
+
+    The last tokens are always run, for their logits, and at least two of them, because
+    onnxruntime's INT4 MatMulNBits computes one position with another kernel than several: a
+    one-token rest gave first-token logits up to 1.0 away from a cold prefill's on SmolLM2 INT4
+    (greedy answers differed on 2 of 3 prompts), a rest of two or more gave them bit for bit
+    (AVX-512 machine, 2026-11-29).
+    """
+    return min(shared, len(tokens) - 2)
+
+
 @dataclass(eq=False)
 class Entry:
     """The KV cache of ``tokens``: its own part, from ``start`` on, and ``parent``'s before it.
@@ -100,14 +112,10 @@ class PrefixCache:
     def longest(self, prompt: list[int]) -> tuple[Entry | None, int]:
         """The entry sharing the longest beginning with ``prompt``, and how many tokens it shares.
 
-        At most ``len(prompt) - 2``: the last prompt tokens are always run, for their logits,
-        and at least two of them, because onnxruntime's INT4 MatMulNBits computes one position
-        with another kernel than several: a one-token rest gave first-token logits up to 1.0
-        away from a cold prefill's on SmolLM2 INT4 (greedy answers differed on 2 of 3 prompts),
-        a rest of two or more gave them bit for bit (AVX-512 machine, 2026-11-29).
+        At most ``len(prompt) - 2`` (see :func:`reusable`).
         """
         best, size = self._longest(np.asarray(prompt, np.int64))
-        return best, min(size, len(prompt) - 2)
+        return best, reusable(size, prompt)
 
     def holds(self, tokens: list[int]) -> tuple[Entry | None, int]:
         """The entry sharing the longest beginning with ``tokens``, and how many, all of them counted."""

@@ -86,7 +86,8 @@ class PromptLookup:
         A draft that reaches the last token goes on from the tail it has made: an answer caught
         in a loop repeats a period shorter than a draft, and this drafts whole periods ahead.
         """
-        tokens, draft = self.tokens, []
+        tokens = self.tokens
+        draft: list[int] = []
         while len(draft) < most:
             follows = self._follows((tokens[-NGRAMS[0] :] + draft)[-NGRAMS[0] :])
             if follows is None:

@@ -35,7 +35,7 @@ from typing import Protocol
 import numpy as np
 
 from slmops.runtime.model import Model, common_prefix
-from slmops.runtime.prefix import MIN_REUSE, PrefixCache
+from slmops.runtime.prefix import MIN_REUSE, PrefixCache, reusable
 from slmops.runtime.rows import RowMemory
 
 # Tokens prefilled per piece: what a request arriving meanwhile may wait for (about 0.1 s of
@@ -169,7 +169,7 @@ class Warming:
         head = self.decoder.pending[0]
         if head.filled or head.prompt_logprobs is not None:
             return 0
-        size = min(common_prefix(head.prompt, warm.tokens[: warm.filled]), len(head.prompt) - 2)
+        size = reusable(common_prefix(head.prompt, warm.tokens[: warm.filled]), head.prompt)
         return size if size >= max(MIN_REUSE, self.decoder.prefix.longest(head.prompt)[1]) else 0
 
     def drop(self) -> None:
@@ -192,7 +192,7 @@ class Warming:
             entry, shared = prefix.holds(tokens)
             if shared == len(tokens) or shared < prompt:
                 continue  # held already (the next turn came first), or its prompt was evicted
-            size = min(shared, len(tokens) - 2)  # a rest of one token runs on another kernel: two at least
+            size = reusable(shared, tokens)
             warm = Warm(tokens, row, 0, 0)
             if entry is not None and size >= MIN_REUSE:
                 prefix.restore(entry, size, self.decoder.cache, warm.row, count=False)
