@@ -172,10 +172,36 @@ def test_the_next_turns_opening_is_warmed_behind_the_answer(tiny):
     (answer,) = run(made, first)
     while made.warming.piece():
         pass
-    second_ids = first_ids + answer + opening + prompt(6, 82)
+    # the chat's next turn brings the answer back as text: its tokens are the text's, encoded again
+    sent_again = tiny.encode(tiny.decode(answer))
+    second_ids = first_ids + sent_again + opening + prompt(6, 82)
     second = sequence(tiny, second_ids, 10)
     assert run(made, second) == run(decoder(tiny, budget=0), sequence(tiny, second_ids, 10))
-    assert second.cached == 50 + 20 + 4
+    assert second.cached == 50 + len(sent_again) + 4
+
+
+def test_an_answer_is_warmed_as_its_text_encodes():
+    from slmops.runtime.warming import as_sent_again
+
+    class Pieces:
+        """A tokenizer of four pieces that encodes the longest first, as BPE merges do."""
+
+        vocab = {1: " el", 2: "bow", 3: " elbow", 4: " and"}
+
+        def decode(self, ids):
+            return "".join(self.vocab[i] for i in ids)
+
+        def encode(self, text):
+            ids = []
+            while text:
+                piece = max((p for p in self.vocab.items() if text.startswith(p[1])), key=lambda p: len(p[1]))
+                ids.append(piece[0])
+                text = text[len(piece[1]) :]
+            return ids
+
+    assert as_sent_again(Pieces(), [1, 2, 4]) == [3, 4]  # written in pieces, sent back whole
+    assert as_sent_again(Pieces(), [3, 4]) == [3, 4]
+    assert as_sent_again(Pieces(), []) == []
 
 
 class Template:
@@ -204,10 +230,12 @@ def test_an_answer_that_fills_its_row_is_warmed_within_it(tiny):
     made = BatchedDecoder(tiny, 2, 64, 1 << 20)
     made.model = Endless(made.model)
     first = sequence(tiny, prompt(40, 90), 64)
-    first.follow = prompt(5, 91)
+    first.follow = prompt(30, 91)
     run(made, first)
-    assert len(first.prompt) + len(first.tokens) == 64  # the row is full: the opening does not fit
+    assert len(first.prompt) + len(first.tokens) == 64  # the row is full
+    sent_again = tiny.encode(tiny.decode(first.tokens))  # the tiny tokenizer's text may encode shorter
+    assert len(first.prompt) + len(sent_again) + len(first.follow) > 64  # the opening does not fit
     while made.warming.piece():
         pass
     made.warming.stop()
-    assert made.warming.warmed == 1 and made.prefix.holds(first.prompt + first.tokens + first.follow)[1] == 64
+    assert made.warming.warmed == 1 and made.prefix.holds(first.prompt + sent_again + first.follow)[1] == 64

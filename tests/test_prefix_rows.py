@@ -133,6 +133,22 @@ def test_the_next_turn_takes_the_last_answers_row_over_warmed_or_not(tiny, monke
     assert made.prompt_tokens_run - before == len(second_ids) - warmed
 
 
+def test_a_turn_that_leaves_the_answer_midway_takes_the_row_without_a_copy(tiny):
+    # e.g. the answer came back as other tokens than the ones generated (a word in other pieces)
+    first_ids = prompt(50, 134)
+    made = decoder(tiny)
+    (answer,) = run(made, sequence(tiny, first_ids, 20))
+    while made.warming.piece():
+        pass
+    second_ids = first_ids + answer[:12] + prompt(8, 135)
+    second = sequence(tiny, second_ids, 6)
+    assert run(made, second) == run(decoder(tiny, budget=0), sequence(tiny, second_ids, 6))
+    # It continues the chat: the row is its own from the shared tokens on, and the answer's rest
+    # was not copied into the cache while it waited; the row now warms the new turn in its turn.
+    assert second.row == 0 and second.cached == 62 and made.prefix.hits == 1
+    assert made.prefix.used == 0 and (made.warming.current or made.warming.waiting).tokens[:70] == second_ids
+
+
 def test_another_request_finds_the_waiting_row_kept_in_the_cache(tiny):
     first_ids = prompt(50, 132)
     made = decoder(tiny)

@@ -74,7 +74,7 @@ from slmops.runtime.prefix import MIN_REUSE, Entry, PrefixCache, reusable
 from slmops.runtime.rows import RowMemory
 from slmops.runtime.sampling import Sampler
 from slmops.runtime.speculative import MAX_DRAFT, RowDrafts, accept, applies
-from slmops.runtime.warming import Warming
+from slmops.runtime.warming import Warming, as_sent_again
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -656,10 +656,14 @@ class BatchedDecoder:
         if sequence.error is not None or sequence.max_new <= 0:
             self.remove(sequence)
             return
-        follow = sequence.follow
-        if follow and sequence.tokens[-1:] == follow[:1]:  # the answer ended with the template's end of turn
-            follow = follow[1:]
-        tokens, prompt = sequence.prompt + sequence.tokens + follow, len(sequence.prompt)
+        answer = sequence.tokens
+        if answer[-1:] and not sequence.answer.shown(
+            answer[-1]
+        ):  # a stop token is not sent back (a template writes its own)
+            answer = answer[:-1]
+        if self.prefix.budget and sequence.follow:  # a chat: its next turn brings the answer back as text
+            answer = as_sent_again(self.model, answer)
+        tokens, prompt = sequence.prompt + answer + sequence.follow, len(sequence.prompt)
         # The last row warms its answer where it is, its prompt's KV in place (see slmops.runtime.warming).
         if self.running == [sequence] and not self.pending and self.warming.take(tokens, sequence.row, prompt):
             self.running.pop()
