@@ -657,9 +657,8 @@ class BatchedDecoder:
             self.remove(sequence)
             return
         answer = sequence.tokens
-        if answer[-1:] and not sequence.answer.shown(
-            answer[-1]
-        ):  # a stop token is not sent back (a template writes its own)
+        # A stop token is not sent back: the template writes its own end of turn (the follow's first).
+        if answer[-1:] and not sequence.answer.shown(answer[-1]):
             answer = answer[:-1]
         if self.prefix.budget and sequence.follow:  # a chat: its next turn brings the answer back as text
             answer = as_sent_again(self.model, answer)

@@ -18,8 +18,8 @@ SmolLM2-135M INT4 a next turn that reused an answer's KV picked another greedy t
 each, 48 tokens) agreed with cold prefill on 37% of their tokens, 2 of 16 answers whole.
 Decoding beside other rows does not help (a row decoded in a batch of two, M = 2 in every
 MatMulNBits, differed from prefill exactly as much as alone), and layer 0's KV is bit for bit
-a prefill's: the difference enters after the first projections, in the one-position path of
-attention or of the matmuls after it. KV written by prefill
+a prefill's: the difference enters in attention's one-position path (every MatMulNBits gives a
+row the same result at any number of rows). KV written by prefill
 is the same whether a prompt comes whole or in pieces: a reused prompt answers exactly as a
 cold one. An answer's tokens are kept only once prefilled
 again, in time the engine has nothing else to do (:mod:`slmops.runtime.warming`): the next
@@ -52,8 +52,9 @@ def reusable(shared: int, tokens: list[int]) -> int:
     """How many of the ``shared`` first tokens of ``tokens`` a sequence may start from: at most ``len(tokens) - 2``.
 
     The last tokens are always run, for their logits, and at least two of them, because
-    onnxruntime's INT4 MatMulNBits computes one position with another kernel than several: a
-    one-token rest gave first-token logits up to 1.0 away from a cold prefill's on SmolLM2 INT4
+    onnxruntime's attention computes one new position with another product than several (its
+    MatMulNBits give a row the same result at any number of rows), and on INT4 models the int8
+    rounding of the activations after it amplifies the last-bit difference: a one-token rest gave first-token logits up to 1.0 away from a cold prefill's on SmolLM2 INT4
     (greedy answers differed on 2 of 3 prompts), a rest of two or more gave them bit for bit
     (AVX-512 machine, 2026-11-29).
     """

@@ -23,7 +23,7 @@ step); sampled and guided answers decode as before.
 and shrink when they are not, and drafting pauses (for longer each time) while the
 verifies cost more decode steps than they save. It counts tokens, not seconds, so the
 same answer drafts the same way on every run: on INT4 models the positions a verify reads
-go through another kernel than a one-token step, and a policy that followed the clock
+go through another attention path than a one-token step, and a policy that followed the clock
 would make a greedy answer differ between two runs.
 
 The batched decoder (:mod:`slmops.runtime.batched`) drafts its greedy rows with the same
