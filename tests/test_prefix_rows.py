@@ -24,6 +24,15 @@ def until_running(made, *sequences) -> None:
         made.advance()
 
 
+def answered_and_warmed(tiny, first_ids):
+    """A decoder that answered ``first_ids`` (20 tokens) and warmed the answer whole, and the answer."""
+    made = decoder(tiny)
+    (answer,) = run(made, sequence(tiny, first_ids, 20))
+    while made.warming.piece():
+        pass
+    return made, answer
+
+
 def test_the_cache_holds_a_prompt_only_once_its_row_is_given_up(tiny):
     ids = prompt(60, 100)
     made = decoder(tiny)
@@ -136,10 +145,7 @@ def test_the_next_turn_takes_the_last_answers_row_over_warmed_or_not(tiny, monke
 def test_a_turn_that_leaves_the_answer_midway_takes_the_row_without_a_copy(tiny):
     # e.g. the answer came back as other tokens than the ones generated (a word in other pieces)
     first_ids = prompt(50, 134)
-    made = decoder(tiny)
-    (answer,) = run(made, sequence(tiny, first_ids, 20))
-    while made.warming.piece():
-        pass
+    made, answer = answered_and_warmed(tiny, first_ids)
     second_ids = first_ids + answer[:12] + prompt(8, 135)
     second = sequence(tiny, second_ids, 6)
     assert run(made, second) == run(decoder(tiny, budget=0), sequence(tiny, second_ids, 6))
@@ -151,10 +157,7 @@ def test_a_turn_that_leaves_the_answer_midway_takes_the_row_without_a_copy(tiny)
 
 def test_another_request_finds_the_waiting_row_kept_in_the_cache(tiny):
     first_ids = prompt(50, 132)
-    made = decoder(tiny)
-    (answer,) = run(made, sequence(tiny, first_ids, 20))
-    while made.warming.piece():
-        pass
+    made, answer = answered_and_warmed(tiny, first_ids)
     other = sequence(tiny, prompt(40, 133), 6)
     run(made, other)
     assert other.cached == 0 and made.prefix.holds(first_ids + answer)[1] == 70
@@ -180,10 +183,7 @@ def test_queued_answers_warm_newest_first_and_only_while_their_prompt_is_held(ti
 def test_a_request_sharing_only_an_opening_with_the_waiting_row_leaves_its_tokens_cached(tiny):
     opening = prompt(6, 140)
     first_ids = opening + prompt(40, 141)
-    made = decoder(tiny)
-    (answer,) = run(made, sequence(tiny, first_ids, 20))
-    while made.warming.piece():
-        pass
+    made, answer = answered_and_warmed(tiny, first_ids)
     other_ids = opening + prompt(30, 142)
     other = sequence(tiny, other_ids, 6)
     assert run(made, other) == run(decoder(tiny, budget=0), sequence(tiny, other_ids, 6))
