@@ -18,6 +18,12 @@ def tiny(tiny_onnx):
     return slmops.load(tiny_onnx, threads=1)
 
 
+@pytest.fixture(autouse=True)
+def no_grace(monkeypatch):
+    """Warming pieces run when a test calls them (the grace before the first is tested on its own)."""
+    monkeypatch.setattr(warming, "GRACE", 0.0)
+
+
 def until_running(made, *sequences) -> None:
     """Advance ``made`` until every one of ``sequences`` has its prompt in and decodes."""
     while not all(item in made.running for item in sequences):
@@ -153,6 +159,20 @@ def test_a_turn_that_leaves_the_answer_midway_takes_the_row_without_a_copy(tiny)
     # was not copied into the cache while it waited; the row now warms the new turn in its turn.
     assert second.row == 0 and second.cached == 62 and made.prefix.hits == 1
     assert made.prefix.used == 0 and (made.warming.current or made.warming.waiting).tokens[:70] == second_ids
+
+
+def test_a_next_turn_sent_the_moment_the_answer_ends_prefills_it_with_its_own_words(tiny, monkeypatch):
+    monkeypatch.setattr(warming, "GRACE", 60.0)  # the next turn comes before the warming may begin
+    first_ids = prompt(50, 136)
+    made = decoder(tiny)
+    (answer,) = run(made, sequence(tiny, first_ids, 20))
+    assert made.warming.pause() > 0 and made.warming.piece() and made.warming.current.filled == 50  # nothing ran
+    second_ids = first_ids + answer + prompt(8, 137)
+    second = sequence(tiny, second_ids, 6)
+    before = made.prompt_tokens_run
+    assert run(made, second) == run(decoder(tiny, budget=0), sequence(tiny, second_ids, 6))
+    # It took the row at its prompt and prefilled the answer with its own words, nothing twice.
+    assert second.row == 0 and second.cached == 50 and made.prompt_tokens_run - before == 28
 
 
 def test_another_request_finds_the_waiting_row_kept_in_the_cache(tiny):

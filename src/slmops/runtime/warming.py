@@ -28,6 +28,7 @@ forgotten chat from its first token would evict fresher prompts.
 from __future__ import annotations
 
 import collections
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,6 +44,11 @@ from slmops.runtime.rows import RowMemory
 WARM_CHUNK = 64
 # Answers waiting to be warmed, newest first; older ones go first out (their chats are the least likely to continue).
 QUEUE = 16
+# Seconds the last answer's warming waits before its first piece: a next turn sent the moment the
+# answer ended (an agent, a tool loop) arrives a few milliseconds later, and then prefills the
+# answer and its own words in one forward (63 tokens after 812: 110 ms) instead of waiting for
+# the warming piece and running its own (94 + 25 ms; SmolLM2-135M INT4, 2 threads).
+GRACE = 0.01
 _OPENINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # next_turn_opening, per loaded model
 
 
@@ -96,6 +102,7 @@ class Warming:
         self.current: Warm | None = None
         self.waiting: Warm | None = None
         self.warmed = 0
+        self.not_before = 0.0  # when the answer taken last may begin warming
 
     @property
     def left(self) -> bool:
@@ -115,11 +122,16 @@ class Warming:
         if not self.decoder.prefix.budget or self.current or self.waiting or len(tokens) - prompt < 2:
             return False
         self.current = Warm(tokens, row, prompt, 0, prompt)
+        self.not_before = time.perf_counter() + GRACE
         return True
+
+    def pause(self) -> float:
+        """Seconds before the next piece may run (see :data:`GRACE`); 0: now."""
+        return max(0.0, self.not_before - time.perf_counter())
 
     def piece(self) -> bool:
         """Prefill the next chunk, if the decoder is idle; whether warming is left afterwards."""
-        if self.decoder.busy:
+        if self.decoder.busy or self.pause():
             return self.left
         if self.current is None:
             self.current = self._start()

@@ -183,6 +183,12 @@ class Scheduler:
         """One piece of the decoder's warming (see :mod:`slmops.runtime.warming`)."""
         if self.decoder is None:
             return
+        pause = self.decoder.warming.pause()
+        if pause:  # a next turn sent the moment the answer ended may be on its way: let it come first
+            with self.wake:
+                if not self.waiting and not self.closed:
+                    self.wake.wait(pause)
+            return
         try:
             self.decoder.warming.piece()
         except Exception:  # warming only saves time later: drop it, keep serving
