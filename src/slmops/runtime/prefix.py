@@ -54,9 +54,10 @@ def reusable(shared: int, tokens: list[int]) -> int:
     The last tokens are always run, for their logits, and at least two of them, because
     onnxruntime's attention computes one new position with another product than several (its
     MatMulNBits give a row the same result at any number of rows), and on INT4 models the int8
-    rounding of the activations after it amplifies the last-bit difference: a one-token rest gave first-token logits up to 1.0 away from a cold prefill's on SmolLM2 INT4
-    (greedy answers differed on 2 of 3 prompts), a rest of two or more gave them bit for bit
-    (AVX-512 machine, 2026-11-29).
+    rounding of the activations after it amplifies the last-bit difference: a one-token rest
+    gave first-token logits up to 1.0 away from a cold prefill's on SmolLM2 INT4 (greedy answers
+    differed on 2 of 3 prompts), a rest of two or more gave them bit for bit (AVX-512 machine,
+    2026-11-29).
     """
     return min(shared, len(tokens) - 2)
 
