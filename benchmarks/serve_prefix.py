@@ -19,7 +19,9 @@ medians over the rounds:
    different questions; median TTFT of users 2-8 over user 1's (the cold one);
 3. shared system prompt, a burst: 8 users arrive together with one new system prompt;
    their median TTFT over that of 8 users arriving together with 8 different system
-   prompts of the same length (nothing to share).
+   prompts of the same length (nothing to share);
+4. another user: a ~1,000-token chat answered, and while its user reads (``--think``
+   seconds) another user's short question; its TTFT (beside llama-server's: no ratio).
 
 Each server's resident memory after loading and its peak (VmHWM) at the end are reported.
 ``--before COMMIT`` adds `slmops serve` as of an earlier commit, in the same rounds.
@@ -134,6 +136,13 @@ def shared_burst(client: httpx.Client, contender: Contender, tag: str) -> None:
     shared = together(client, contender, [_ask(system, question) for question in QUESTIONS], 16)
     contender.add("burst of 8, different system prompts: median TTFT (s)", _median(alone))
     contender.add("burst of 8, one shared system prompt: median TTFT (s)", _median(shared))
+
+
+def another_user(client: httpx.Client, contender: Contender, tag: str) -> None:
+    chat(client, contender, conversation(f"{tag}-reading", 620), 48)
+    time.sleep(THINK)
+    reply = chat(client, contender, [{"role": "user", "content": f"{tag}: {QUESTIONS[0]}"}], 16)
+    contender.add("another user while a chat is read: TTFT (s)", reply.ttft)
 
 
 def _ask(system: str, question: str) -> list[dict]:
@@ -261,6 +270,7 @@ SCENARIOS = {
     "multi-turn-think": multi_turn_think,
     "one-by-one": shared_in_turn,
     "burst": shared_burst,
+    "another-user": another_user,
 }
 RATIOS = (
     ("multi-turn: next turn TTFT (s)", "multi-turn: first turn TTFT (s)", 0.15),

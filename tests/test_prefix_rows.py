@@ -76,8 +76,8 @@ def test_eight_prompts_over_one_system_prompt_prefill_it_once_from_the_first_row
     made.warming.stop()  # the last row to finish waits for warming in place
     # Once all are done the cache holds the system prompt once and each question on top of it.
     assert [made.prefix.holds(ids)[1] for ids in asks] == [len(ids) for ids in asks]
-    kept = sum(entry.kv.nbytes for entry in made.prefix.entries)
-    assert kept == (100 + sum(len(ids) - 100 for ids in asks)) * BatchedDecoder.token_bytes(tiny)
+    kept = sum(len(entry.tokens) - entry.start for entry in made.prefix.entries)
+    assert kept == 100 + sum(len(ids) - 100 for ids in asks)
 
 
 def test_a_running_row_that_moved_is_copied_from_where_it_is_now(tiny):
@@ -137,8 +137,11 @@ def test_the_next_turn_takes_the_last_answers_row_over_warmed_or_not(tiny, monke
     (answer,) = run(made, sequence(tiny, first_ids, 30))
     for _ in range(pieces):  # none: sent the instant the answer ended; 9: after the warming is done
         made.warming.piece()
-    warmed = (made.warming.current or made.warming.waiting).filled
-    assert warmed == min(50 + 16 * pieces, 80) and made.prefix.used == 0
+    warm = made.warming.current or made.warming.waiting
+    assert warm.filled == min(50 + 16 * pieces, 80)
+    # Nothing is copied into the cache while the warming runs; warmed whole, the row is kept there too.
+    assert made.prefix.holds(warm.tokens)[1] == (80 if pieces == 9 else 0)
+    warmed = warm.filled
     second_ids = first_ids + answer + prompt(8, 131)
     second = sequence(tiny, second_ids, 10)
     before = made.prompt_tokens_run
@@ -155,10 +158,33 @@ def test_a_turn_that_leaves_the_answer_midway_takes_the_row_without_a_copy(tiny)
     second_ids = first_ids + answer[:12] + prompt(8, 135)
     second = sequence(tiny, second_ids, 6)
     assert run(made, second) == run(decoder(tiny, budget=0), sequence(tiny, second_ids, 6))
-    # It continues the chat: the row is its own from the shared tokens on, and the answer's rest
-    # was not copied into the cache while it waited; the row now warms the new turn in its turn.
+    # It continues the chat: the row is its own from the shared tokens on (the cache, which kept the
+    # whole answer while the row waited, has no longer beginning); the row now warms the new turn.
     assert second.row == 0 and second.cached == 62 and made.prefix.hits == 1
-    assert made.prefix.used == 0 and (made.warming.current or made.warming.waiting).tokens[:70] == second_ids
+    assert (made.warming.current or made.warming.waiting).tokens[:70] == second_ids
+
+
+def test_another_chat_takes_the_waiting_row_without_copying_it_on_its_way(tiny):
+    first_ids = prompt(50, 138)
+    made, answer = answered_and_warmed(tiny, first_ids)
+    waiting = made.warming.waiting
+    assert made.prefix.holds(waiting.tokens)[1] == len(waiting.tokens)  # kept while the engine was idle
+    kept = []
+    made.prefix.keep = lambda *args: kept.append(args)  # type: ignore[method-assign]
+    other_ids = prompt(30, 139)
+    other = sequence(tiny, other_ids, 6)
+    made.add([other])
+    made.advance()  # its prompt in and its first token out
+    assert other.tokens and other.row == 0 and not kept and made.warming.waiting is None
+    while made.busy:
+        made.advance()
+    assert other.tokens == run(decoder(tiny, budget=0), sequence(tiny, other_ids, 6))[0]
+    # The next turn of the first chat still finds all of it, from the cache now.
+    del made.prefix.keep
+    second_ids = waiting.tokens + prompt(8, 140)
+    second = sequence(tiny, second_ids, 6)
+    assert run(made, second) == run(decoder(tiny, budget=0), sequence(tiny, second_ids, 6))
+    assert second.cached == len(waiting.tokens)
 
 
 def test_a_next_turn_sent_the_moment_the_answer_ends_prefills_it_with_its_own_words(tiny, monkeypatch):

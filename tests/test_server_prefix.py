@@ -12,7 +12,7 @@ import pytest
 import slmops
 from slmops.runtime import batched
 from slmops.runtime.batched import BatchedDecoder, Sequence
-from slmops.runtime.prefix import MIN_REUSE, PrefixCache
+from slmops.runtime.prefix import MIN_REUSE, PAGE, PrefixCache
 from tests import in_process
 
 BUDGET = 64 << 20
@@ -126,7 +126,7 @@ def test_an_entry_builds_on_the_one_it_begins_with():
     cache.keep(tokens[:45], buffers, 0)  # inside the longer entry: nothing new is kept
     longer, first = cache.entries  # what an entry builds on is used whenever it is: it leaves last
     assert len(first.tokens) == 40 and longer.parent is first and longer.start == 40
-    assert longer.kv.shape[2] == 10  # the KV of its own tokens only
+    assert [len(entry.pages) for entry in cache.entries] == [1, 2]  # the longer one: its own 10 tokens only
     entry, size = cache.longest(tokens[:42] + [7, 8])
     assert entry is longer and size == 42
     target = [np.zeros_like(buffer) for buffer in buffers]
@@ -139,18 +139,21 @@ def test_an_entry_builds_on_the_one_it_begins_with():
 
 def test_an_entry_leaves_before_what_it_builds_on():
     buffers = [np.ones((1, 1, 256, 2), np.float32) for _ in range(2)]
-    kv, ids = 2 * 2 * 4, 8  # bytes of one token: its KV in both buffers, its id
-    cache = PrefixCache(3500)
+    page = PAGE * 2 * 2 * 4  # bytes of a page: PAGE tokens' KV in both buffers
+    cache = PrefixCache(6 * page + page // 2)  # six pages
     system = list(range(1000, 1100))
-    cache.keep(system, buffers, 0)
-    cache.keep(system + [1, 2, 3, 4, 5], buffers, 0)  # the KV of 5 tokens of its own
-    assert len(cache.entries) == 2 and cache.used == 100 * (kv + ids) + 5 * kv + 105 * ids
-    cache.keep(list(range(2000, 2060)), buffers, 0)  # needs room: the child goes, then the system prompt
-    assert cache.evictions == 2 and [len(entry.tokens) for entry in cache.entries] == [60]
+    cache.keep(system, buffers, 0)  # four pages
+    cache.keep(system + [1, 2, 3, 4, 5], buffers, 0)  # the KV of 5 tokens of its own: one page
+    assert len(cache.entries) == 2 and cache.used == 5 * page
+    cache.keep(list(range(2000, 2090)), buffers, 0)  # three pages: the child goes, then the system prompt
+    assert cache.evictions == 2 and [len(entry.tokens) for entry in cache.entries] == [90]
     cache.keep(list(range(3000, 3050)), buffers, 0)
-    cache.keep(list(range(2000, 2060)), buffers, 0)  # held already: now the most recently used
+    cache.keep(list(range(2000, 2090)), buffers, 0)  # held already: now the most recently used
     cache.keep(list(range(4000, 4070)), buffers, 0)  # the 50-token entry is the least recently used
-    assert cache.evictions == 3 and [len(entry.tokens) for entry in cache.entries] == [60, 70]
+    assert cache.evictions == 3 and [len(entry.tokens) for entry in cache.entries] == [90, 70]
+    assert cache.used == 6 * page
+    cache.keep(list(range(5000, 5300)), buffers, 0)  # more than the budget: nothing evicted for it
+    assert cache.evictions == 3 and len(cache.entries) == 2
 
 
 def test_serve_reports_cached_tokens_and_counts_hits(tiny_onnx):

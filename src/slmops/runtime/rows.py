@@ -25,7 +25,7 @@ class RowMemory:
         buffers: the arrays, one per key or value input of the model.
     """
 
-    def __init__(self, count: int, shape: tuple[int, ...], dtype: type) -> None:
+    def __init__(self, count: int, shape: tuple[int, ...], dtype: type | np.dtype) -> None:
         size = int(np.prod(shape)) * np.dtype(dtype).itemsize
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
         self.regions = [mmap.mmap(-1, max(size, 1), flags=flags) for _ in range(count)]
