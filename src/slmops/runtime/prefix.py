@@ -110,7 +110,7 @@ class Pages:
         self.page_bytes = len(buffers) * heads * PAGE * head_size * buffers[0].itemsize
         count = budget // self.page_bytes
         self.memory = RowMemory(1, (count, len(buffers), heads, PAGE, head_size), buffers[0].dtype)
-        self.pages = self.memory.buffers[0]
+        self.store = self.memory.buffers[0]  # page, buffer, head, position, value
         self.free = list(range(count))[::-1]  # taken from the end: the lowest pages first
 
     def write(self, pages: list[int], buffers: list[np.ndarray], row: int, start: int, end: int) -> None:
@@ -118,7 +118,7 @@ class Pages:
         for index, page in enumerate(pages):
             first = start + index * PAGE
             last = min(end, first + PAGE)
-            for part, buffer in zip(self.pages[page], buffers):
+            for part, buffer in zip(self.store[page], buffers):
                 part[:, : last - first] = buffer[row, :, first:last]
 
     def read(self, pages: list[int], buffers: list[np.ndarray], row: int, start: int, end: int) -> None:
@@ -128,7 +128,7 @@ class Pages:
             if first >= end:
                 break
             last = min(end, first + PAGE)
-            for part, buffer in zip(self.pages[page], buffers):
+            for part, buffer in zip(self.store[page], buffers):
                 buffer[row, :, first:last] = part[:, : last - first]
 
 
@@ -204,7 +204,7 @@ class PrefixCache:
             self.pages = Pages(self.budget, buffers)
         needed = -(-(size - start) // PAGE)
         entry = Entry(ids, [], parent, start)
-        if size < MIN_REUSE or needed > len(self.pages.pages) or not self._make_room(entry, needed):
+        if size < MIN_REUSE or needed > len(self.pages.store) or not self._make_room(entry, needed):
             return
         entry.pages = [self.pages.free.pop() for _ in range(needed)]
         self.pages.write(entry.pages, buffers, row, start, size)
@@ -235,11 +235,11 @@ class PrefixCache:
         """Evict the least recently used entries (and what builds on them) until ``pages`` pages
         are free for ``entry``; False when they cannot be (what it builds on fills the budget)."""
         assert self.pages is not None
-        free, kept = self.pages.free, set(entry.chain()[1:])
+        free, chain = self.pages.free, set(entry.chain()[1:])
         for old in list(self.entries):
             if len(free) >= pages:
                 break
-            if old in kept or old not in self.entries:
+            if old in chain or old not in self.entries:
                 continue
             for gone in [item for item in self.entries if old in item.chain()]:
                 self.entries.remove(gone)

@@ -19,10 +19,11 @@ took 7 ms to keep and 25 ms to copy into a released row, SmolLM2-135M). Its row 
 as it is, warmed, until the next request: one that begins with its tokens (the chat's next
 turn, sent as soon as the answer ends or after its user read it) takes the row over and
 prefills only the rest. What the row holds is kept in the cache as soon as the engine is idle
-again, so any other request takes the row at once, rather than after that copy. Queued answers (of rows that finished beside others) are warmed meanwhile in the row
-above it, and kept in the cache as each is done, newest first, as
-the likeliest to continue, and only while the cache still holds their prompt: warming a
-forgotten chat from its first token would evict fresher prompts.
+again, so any other request takes the row at once, rather than after that copy. Queued
+answers (of rows that finished beside others) are warmed meanwhile in the row above it, and
+kept in the cache as each is done, newest first, as the likeliest to continue, and only while
+the cache still holds their prompt: warming a forgotten chat from its first token would evict
+fresher prompts.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class Engine(Protocol):
 
 @dataclass
 class Warm:
-    """One answer being warmed: ``tokens`` (its ``prompt`` first, then the answer) are in ``row`` up to ``filled``."""
+    """One answer being warmed: ``tokens`` (its ``prompt`` first, then the answer) are in ``row`` up to
+    ``filled``, and in the cache too up to ``restored`` (copied from it, or kept there)."""
 
     tokens: list[int]
     row: int
@@ -87,7 +89,7 @@ class Warm:
 
     @property
     def kept(self) -> bool:
-        """Whether the cache holds all it has filled (``restored``: how many it took from the cache or kept there)."""
+        """Whether the cache holds all it has filled."""
         return self.restored >= self.filled
 
 
