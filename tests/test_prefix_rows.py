@@ -176,6 +176,9 @@ def test_another_chat_takes_the_waiting_row_without_copying_it_on_its_way(tiny):
     made.add([other])
     made.advance()  # its prompt in and its first token out
     assert other.tokens and other.row == 0 and not kept and made.warming.waiting is None
+    # Nor were the row's pages given back, to be faulted in again under its prefill: past its
+    # own 31 positions the row still holds the first chat's KV.
+    assert made.cache[0][0, :, 40:70].any()
     while made.busy:
         made.advance()
     assert other.tokens == run(decoder(tiny, budget=0), sequence(tiny, other_ids, 6))[0]
