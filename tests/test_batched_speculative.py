@@ -187,3 +187,77 @@ def test_a_row_alone_verifies_its_last_token_and_draft_in_one_forward(tiny, orac
     oracle(make_rows, size)
     spec, responses = compare(tiny, make_rows)
     assert responses[id(spec[0])][-1].drafted_tokens > 0
+
+
+def run_default(model, make_rows, rows: int = 6) -> tuple[BatchedDecoder, list[Sequence], dict]:
+    """Like :func:`run`, with the decoder's defaults (no drafts beside others unless every row drafts)."""
+    decoder = BatchedDecoder(model, rows, 512)
+    sequences = make_rows()
+    decoder.add(sequences)
+    responses: dict = {id(sequence): [] for sequence in sequences}
+    while decoder.busy:
+        for sequence, response in decoder.advance():
+            responses[id(sequence)].append(response)
+    return decoder, sequences, responses
+
+
+@pytest.mark.parametrize("size", [1, 4, MAX_DRAFT])
+def test_rows_that_all_draft_verify_in_one_step_and_keep_their_tokens(tiny, oracle, size):
+    ids = tiny.completion_ids(COPY * 2)
+
+    def make_rows():
+        return [row(tiny, ids, 60), row(tiny, random_ids(30, 1), 50), row(tiny, ids[5:], 45, stop=("lazy",))]
+
+    oracle(make_rows, size)
+    _, plain, plain_responses = run_default(tiny, lambda: [_plain(sequence) for sequence in make_rows()])
+    decoder, spec, responses = run_default(tiny, make_rows)
+    assert decoder.shares_steps and decoder.shared_steps > 0
+    for before, after in zip(plain, spec):
+        assert pieces(responses[id(after)]) == pieces(plain_responses[id(before)])
+        assert after.drafts.drafted > after.drafts.accepted > 0
+    # Fewer steps than tokens: the drafts that held were read in the steps that verified them.
+    assert decoder.steps < max(len(sequence.tokens) for sequence in spec)
+
+
+def test_a_row_that_cannot_draft_keeps_the_others_from_drafting_beside_it(tiny, oracle):
+    ids = tiny.completion_ids(COPY * 2)
+
+    def make_rows():
+        return [row(tiny, ids, 40), row(tiny, random_ids(20, 3), 40, temperature=0.8, seed=7)]
+
+    oracle(make_rows, 4)
+    _, plain, _ = run_default(tiny, lambda: [_plain(sequence) for sequence in make_rows()])
+    decoder, spec, _ = run_default(tiny, make_rows)
+    # Beside the sampled row the greedy one decodes a token a step, with the same tokens.
+    assert decoder.shared_steps == 0 and spec[1].drafts is None
+    assert spec[0].tokens == plain[0].tokens
+
+
+def test_telling_the_attention_each_rows_new_positions_changes_no_forward(tiny_onnx, tiny):
+    import onnxruntime as ort
+
+    from slmops.runtime import logits_graph, query_lengths
+    from slmops.runtime.batched import _names
+
+    names = _names(tiny.genai_config["model"]["decoder"])
+    plain = logits_graph.load(tiny_onnx / "model.onnx", names["logits"])
+    wired, shares = query_lengths.added(plain, names["input_ids"], names["mask"])
+    assert shares and wired != plain
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(tiny_onnx))
+    sessions = [ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"]) for graph in (plain, wired)]
+    outputs = []
+    for session in sessions:
+        decoder = BatchedDecoder(tiny, 3, 128)
+        decoder.session = session
+        decoder.bindings, decoder.row_bindings = {}, {}
+        # Three prompts prefilled together (right-padded to the longest), then steps of three rows.
+        sequences = [row(tiny, random_ids(length, 20 + length), 20) for length in (30, 17, 25)]
+        decoder.add(sequences)
+        for _ in range(4):
+            decoder.advance()
+        held = [[buffer[item.row, :, : item.length - 1].copy() for buffer in decoder.cache] for item in sequences]
+        outputs.append((decoder.logits[:3].copy(), held))
+    (logits, held), (wired_logits, wired_held) = outputs
+    assert np.array_equal(logits, wired_logits)  # bit for bit
+    assert all(np.array_equal(a, b) for row_a, row_b in zip(held, wired_held) for a, b in zip(row_a, row_b))
