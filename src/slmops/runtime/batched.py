@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from slmops.runtime import logits_graph, query_lengths
+from slmops.runtime import logits_graph
 from slmops.runtime.generate import Answer, Response
 from slmops.runtime.guided import Grammars
 from slmops.runtime.last_logits import LastLogits
@@ -160,7 +160,7 @@ class BatchedDecoder:
     def __init__(self, model: Model, rows: int, max_length: int, prefix_budget: int = 0) -> None:
         decoder = model.genai_config["model"]["decoder"]
         self.layers, self.names = decoder["num_hidden_layers"], _names(decoder)
-        self.session, self.picks_positions, self.shares_steps = _session(model, self.names)
+        self.session, self.picks_positions = _session(model, self.names["logits"])
         inputs = {item.name: item for item in self.session.get_inputs()}
         kv_type = KV_TYPES[inputs[self.names["past"][0]].type]
         shape = (rows, decoder["num_key_value_heads"], max_length, decoder["head_size"])
@@ -179,12 +179,9 @@ class BatchedDecoder:
         self.bindings: dict[int, ort.IOBinding] = {}
         self.firsts: dict[int, np.ndarray] = {}  # each batch size's logits positions: the one new token
         self.row_bindings: dict[int, ort.IOBinding] = {}
-        self.shared_bindings: dict[int, ort.IOBinding] = {}
-        # The logits after each drafting row's last token and after each drafted one (resident
-        # only as far as drafts are verified).
-        self.drafted = np.empty(rows * (MAX_DRAFT + 1) * self.vocab, np.float32)
+        # The logits after a drafting row's last token and after each drafted one.
+        self.drafted = np.empty((MAX_DRAFT + 1) * self.vocab, np.float32)
         self.steps = 0  # decode steps run, for tests and metrics
-        self.shared_steps = 0  # of them, steps in which every row verified a draft
         self.prompt_tokens_run = 0  # prompt positions run (padding too): what a round's prefill spends
         self.prefix = PrefixCache(prefix_budget)
         self.last_logits = LastLogits(prefix_budget // LAST_LOGITS_SHARE)  # a prompt sent again runs nothing
@@ -523,10 +520,6 @@ class BatchedDecoder:
         if count == 1 and drafts[0]:  # a row alone reads its last token and its draft in one forward
             self.steps += 1
             return self._emit_verified(drafts, alone=True)
-        if count > 1 and self.shares_steps and all(drafts):  # every row reads its draft in this step
-            self.steps += 1
-            self.shared_steps += 1
-            return self._emit_shared(drafts)
         lengths = np.array([sequence.length - 1 for sequence in self.running])
         tokens = np.array([[sequence.tokens[-1]] for sequence in self.running], np.int64)
         mask = (np.arange(lengths.max() + 1)[None, :] <= lengths[:, None]).astype(np.int64)
@@ -545,15 +538,8 @@ class BatchedDecoder:
         return [(sequence, self._emit(sequence, row)) for sequence, row in zip(list(self.running), rows)]
 
     def _drafts(self) -> list[list[int]]:
-        """Each running row's draft for this step ([] for rows that do not draft now).
-
-        Beside other rows, drafts go through only when every row drafts, each then cut to the
-        shortest one's length, so that the step reads as many positions in every row and none
-        is padding (:mod:`slmops.runtime.query_lengths`); else no row drafts, unless
-        ``drafts_beside_others``.
-        """
-        count = len(self.running)
-        if count > 1 and not (self.shares_steps or self.drafts_beside_others):
+        """Each running row's draft for this step ([] for rows that do not draft now)."""
+        if len(self.running) > 1 and not self.drafts_beside_others:
             return [[] for _ in self.running]
         drafts: list[list[int]] = []
         for sequence in self.running:
@@ -565,11 +551,6 @@ class BatchedDecoder:
             room = min(self.max_length - sequence.length, sequence.max_new - len(sequence.tokens) - 1)
             size = min(row.policy.next_size(), room, MAX_DRAFT)
             drafts.append(row.lookup.draft(size) if size > 0 else [])
-        if count > 1 and self.shares_steps and all(drafts):
-            shortest = min(len(draft) for draft in drafts)
-            return [draft[:shortest] for draft in drafts]
-        if count > 1 and not self.drafts_beside_others:
-            return [[] for _ in drafts]
         return drafts
 
     def _verify(self, index: int, sequence: Sequence, draft: list[int], alone: bool = False) -> list[int]:
@@ -612,37 +593,6 @@ class BatchedDecoder:
                 sequence.drafts.policy.verified_in_batch(len(draft), kept, len(running), drafting)
                 sequence.drafts.drafted += len(draft)
                 sequence.drafts.accepted += kept
-        return self._emit_picks(running, picked)
-
-    def _emit_shared(self, drafts: list[list[int]]) -> list[tuple[Sequence, Response]]:
-        """The responses of a step in which every row read its last token and its draft, the
-        drafts all of one length (see :meth:`_drafts`)."""
-        running = list(self.running)
-        count, size = len(running), 1 + len(drafts[0])
-        ids = np.array([[sequence.tokens[-1], *draft] for sequence, draft in zip(running, drafts)], np.int64)
-        held = np.array([sequence.length - 1 + size for sequence in running])  # positions after the step
-        logits = self.drafted[: count * size * self.vocab].reshape(count, size, self.vocab)
-        io = self._shared_binding(count)
-        io.bind_cpu_input(self.names["input_ids"], ids)
-        io.bind_cpu_input(self.names["mask"], (np.arange(held.max())[None, :] < held[:, None]).astype(np.int64))
-        io.bind_cpu_input(logits_graph.POSITIONS, np.tile(np.arange(size).reshape(1, size, 1), (count, 1, 1)))
-        io.bind_output(self.names["logits"], "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
-        self.session.run_with_iobinding(io)
-        picked: list[list[int] | np.ndarray] = []
-        for sequence, draft, after in zip(running, drafts, logits):
-            seen = sequence.prompt + sequence.tokens
-            kept, token = accept(after, seen, draft, sequence.options.repetition_penalty)
-            picked.append([*draft[:kept], token])
-            if sequence.drafts is not None:
-                sequence.drafts.policy.verified_together(len(draft), kept, count)
-                sequence.drafts.drafted += len(draft)
-                sequence.drafts.accepted += kept
-        return self._emit_picks(running, picked)
-
-    def _emit_picks(
-        self, running: list[Sequence], picked: list[list[int] | np.ndarray]
-    ) -> list[tuple[Sequence, Response]]:
-        """Each row's responses: the tokens a verify kept, or one token from its logits."""
         # Last row first: a finished row takes the last one's place, which by then holds all its tokens.
         made: list[list[tuple[Sequence, Response]]] = []
         for sequence, pick in reversed(list(zip(running, picked))):
@@ -736,14 +686,6 @@ class BatchedDecoder:
             self.row_bindings[row] = io
         return self.row_bindings[row]
 
-    def _shared_binding(self, count: int) -> ort.IOBinding:
-        """A binding of the first ``count`` rows' KV cache, for a step in which every row verifies a draft."""
-        if count not in self.shared_bindings:
-            io = self.session.io_binding()
-            self._bind_cache(io, 0, count)
-            self.shared_bindings[count] = io
-        return self.shared_bindings[count]
-
     def _binding(self, count: int) -> ort.IOBinding:
         # The cache rows and logits of a batch size never move: bind them once per size.
         if count not in self.bindings:
@@ -766,10 +708,9 @@ class BatchedDecoder:
             io.bind_output(present, "cpu", 0, view.dtype, list(view.shape), view.ctypes.data)
 
 
-def _session(model: Model, names: dict) -> tuple[ort.InferenceSession, bool, bool]:
-    """The decoder's session; whether it computes logits only at the positions asked for
-    (:mod:`slmops.runtime.logits_graph`; a graph it cannot edit runs whole); whether its rows
-    may read several new positions each in one step (:mod:`slmops.runtime.query_lengths`)."""
+def _session(model: Model, logits: str) -> tuple[ort.InferenceSession, bool]:
+    """The decoder's session, and whether it computes logits only at the positions asked for
+    (:mod:`slmops.runtime.logits_graph`; a graph it cannot edit runs whole)."""
     import onnxruntime as ort
 
     path = Path(model.path) / model.genai_config["model"]["decoder"]["filename"]
@@ -778,16 +719,15 @@ def _session(model: Model, names: dict) -> tuple[ort.InferenceSession, bool, boo
     # Without the arena, buffers of a large prefill go back to the system after it.
     options.enable_cpu_mem_arena = False
     try:
-        graph = logits_graph.load(path, names["logits"])
+        graph = logits_graph.load(path, logits)
     except (OSError, ValueError) as exc:
         log.warning("%s: logits at every position (%s)", model.name, exc)
         graph = None
     if graph is None:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), False, False
-    graph, shares = query_lengths.added(graph, names["input_ids"], names["mask"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), False
     # The graph comes from memory: its external weights are found beside the original.
     options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
-    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"]), True, shares
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"]), True
 
 
 def _scored(sequences: list[Sequence]) -> bool:

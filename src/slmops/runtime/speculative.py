@@ -150,17 +150,6 @@ class DraftPolicy:
         else:
             self.verified(drafted, accepted, rows * (1 + EXTRA_POSITION * drafted) / drafting)
 
-    def verified_together(self, drafted: int, accepted: int, rows: int) -> None:
-        """Like :meth:`verified`, for one of ``rows`` rows that each read ``drafted`` drafted tokens in one step.
-
-        Every drafted position costs about what it costs alone (:data:`EXTRA_POSITION` of a
-        one-row step), every row waited for all of them, and the step replaced a plain step of
-        ``rows`` rows, about ``1 + EXTRA_POSITION * (rows - 1)`` one-row steps (SmolLM2-135M INT4,
-        2 threads, AVX-512: 4 rows reading 2 and 4 drafted tokens each took 19.8 and 29.8 ms, a
-        plain 4-row step 9.9 and 10.7).
-        """
-        self.verified(drafted, accepted, EXTRA_POSITION * drafted * rows / (1 + EXTRA_POSITION * (rows - 1)))
-
 
 class RowDrafts:
     """A batch row's drafting: its prompt lookup, its policy, and what it drafted and kept so far.
