@@ -141,9 +141,22 @@ def measure(servers: dict[str, ServerProcess], rounds: int, max_tokens: int) -> 
             streams = together(client, servers[mode].url, names[mode], scenarios()[name], max_tokens)
             cpu = cpu_seconds(servers[mode].process.pid) - before
             runs[name][mode].append((streams, sum(stream.tokens for stream in streams) / cpu if cpu else 0.0))
+            settle(servers[mode].process.pid)
             rates = ", ".join(f"{stream.decode_tokens_per_s:.1f}" for stream in streams)
             print(f"round {number} {name:28} {mode:11} tok/s {rates}", file=sys.stderr, flush=True)
     return runs
+
+
+def settle(pid: int, quiet: float = 0.3, most: float = 10.0) -> None:
+    """Wait until the server is idle again: after its answers it prefills them again for its
+    prefix cache, work that would otherwise run beside the other server's next scenario."""
+    end, last = time.perf_counter() + most, cpu_seconds(pid)
+    while time.perf_counter() < end:
+        time.sleep(quiet)
+        now = cpu_seconds(pid)
+        if now - last < 0.05 * quiet:
+            return
+        last = now
 
 
 def aggregate(streams: list[Stream]) -> float:
