@@ -113,23 +113,29 @@ class Pages:
         self.store = self.memory.buffers[0]  # page, buffer, head, position, value
         self.free = list(range(count))[::-1]  # taken from the end: the lowest pages first
 
+    @property
+    def used(self) -> int:
+        """Bytes of the pages taken."""
+        return (len(self.store) - len(self.free)) * self.page_bytes
+
     def write(self, pages: list[int], buffers: list[np.ndarray], row: int, start: int, end: int) -> None:
         """Copy positions ``start..end-1`` of ``row`` into ``pages``, the first page from ``start``."""
-        for index, page in enumerate(pages):
-            first = start + index * PAGE
-            last = min(end, first + PAGE)
+        for page, first, last in _spans(pages, start, end):
             for part, buffer in zip(self.store[page], buffers):
                 part[:, : last - first] = buffer[row, :, first:last]
 
     def read(self, pages: list[int], buffers: list[np.ndarray], row: int, start: int, end: int) -> None:
         """Copy positions ``start..end-1`` (the first page holding ``start`` on) into ``row``."""
-        for index, page in enumerate(pages):
-            first = start + index * PAGE
-            if first >= end:
-                break
-            last = min(end, first + PAGE)
+        for page, first, last in _spans(pages, start, end):
             for part, buffer in zip(self.store[page], buffers):
                 buffer[row, :, first:last] = part[:, : last - first]
+
+
+def _spans(pages: list[int], start: int, end: int) -> list[tuple[int, int, int]]:
+    """Each of ``pages`` (the first holding ``start`` on) with the positions ``first..last-1`` of
+    ``start..end-1`` it holds; pages past ``end`` left out."""
+    firsts = range(start, end, PAGE)
+    return [(page, first, min(end, first + PAGE)) for page, first in zip(pages, firsts)]
 
 
 class PrefixCache:
@@ -153,8 +159,7 @@ class PrefixCache:
     @property
     def used(self) -> int:
         """Bytes the entries' pages take now."""
-        pages = self.pages
-        return sum(len(entry.pages) for entry in self.entries) * pages.page_bytes if pages else 0
+        return self.pages.used if self.pages else 0
 
     def longest(self, prompt: list[int]) -> tuple[Entry | None, int]:
         """The entry sharing the longest beginning with ``prompt``, and how many tokens it shares.
