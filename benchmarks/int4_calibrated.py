@@ -46,70 +46,86 @@ CANDIDATES: dict[str, tuple[str, dict, str]] = {
     ),
     "calibrated RTN asym b128": (
         "calibrated",
-        {"method": "rtn", "awq": False, "int8": [], "int8_share": 0},
+        {"rotate": False, "method": "rtn", "awq": False, "int8": [], "int8_share": 0},
         "rtn-b128",
     ),
     "calibrated importance b128": (
         "calibrated",
-        {"method": "importance", "awq": False, "int8": [], "int8_share": 0},
+        {"rotate": False, "method": "importance", "awq": False, "int8": [], "int8_share": 0},
         "imp-b128",
     ),
-    "calibrated GPTQ b128": ("calibrated", {"method": "gptq", "awq": False, "int8": [], "int8_share": 0}, "gptq-b128"),
+    "calibrated GPTQ b128": (
+        "calibrated",
+        {"rotate": False, "method": "gptq", "awq": False, "int8": [], "int8_share": 0},
+        "gptq-b128",
+    ),
     "calibrated GPTQ b128 + down_proj int8": (
         "calibrated",
-        {"method": "gptq", "int8": ["down_proj"], "int8_share": 0},
+        {"rotate": False, "awq": True, "method": "gptq", "int8": ["down_proj"], "int8_share": 0},
         "gptq-b128-down8",
     ),
     "calibrated AWQ+GPTQ b128 + down_proj int8": (
         "calibrated",
-        {"method": "gptq", "awq": True, "int8": ["down_proj"], "int8_share": 0},
+        {"rotate": False, "method": "gptq", "awq": True, "int8": ["down_proj"], "int8_share": 0},
         "awqgptq-b128-down8",
     ),
     "calibrated AWQ+GPTQ b64 + down_proj int8": (
         "calibrated",
-        {"method": "gptq", "awq": True, "int8": ["down_proj"], "block_size": 64, "int8_share": 0},
+        {"rotate": False, "method": "gptq", "awq": True, "int8": ["down_proj"], "block_size": 64, "int8_share": 0},
         "awqgptq-b64-down8",
     ),
     "calibrated AWQ(+o_proj)+GPTQ b64 + down_proj int8": (
         "calibrated",
-        {"block_size": 64, "int8": ["down_proj"], "int8_share": 0, "awq_o_proj": True},
+        {"rotate": False, "awq": True, "block_size": 64, "int8": ["down_proj"], "int8_share": 0, "awq_o_proj": True},
         "b64-awqo-down8",
     ),
     # the 8-bit MatMuls chosen by measured sensitivity (convert/sensitivity.py), same budget as all down_proj
     "calibrated AWQ+GPTQ b64 + 25% int8 by sensitivity (2x128 tokens)": (
         "calibrated",
-        {"block_size": 64, "int8_share": 0.25, "sensitivity_windows": 2},
+        {"rotate": False, "awq": True, "block_size": 64, "int8_share": 0.25, "sensitivity_windows": 2},
         "b64-share25",
     ),
     "calibrated AWQ+GPTQ b64 + 25% int8 by sensitivity": (
         "calibrated",
-        {"block_size": 64, "int8_share": 0.25, "sensitivity_windows": 1},
+        {"rotate": False, "awq": True, "block_size": 64, "int8_share": 0.25, "sensitivity_windows": 1},
         "b64-share25-s1",
     ),
     "calibrated AWQ+GPTQ b64 + 15% int8 by sensitivity": (
         "calibrated",
-        {"block_size": 64, "int8_share": 0.15, "sensitivity_windows": 1},
+        {"rotate": False, "awq": True, "block_size": 64, "int8_share": 0.15, "sensitivity_windows": 1},
         "b64-share15-s1",
     ),
     "calibrated AWQ+GPTQ b64 + 10% int8 by sensitivity": (
         "calibrated",
-        {"block_size": 64, "int8_share": 0.10, "sensitivity_windows": 1},
+        {"rotate": False, "awq": True, "block_size": 64, "int8_share": 0.10, "sensitivity_windows": 1},
         "b64-share10-s1",
     ),
     "calibrated AWQ+GPTQ b128 + 25% int8 by sensitivity": (
         "calibrated",
-        {"block_size": 128, "int8_share": 0.25, "sensitivity_windows": 1},
+        {"rotate": False, "awq": True, "block_size": 128, "int8_share": 0.25, "sensitivity_windows": 1},
         "b128-share25-s1",
     ),
     "calibrated AWQ+GPTQ b128 (LM head int4) + 25% int8 by sensitivity": (
         "calibrated",
-        {"block_size": 128, "int8_share": 0.25, "sensitivity_windows": 1, "head_bits": 4},
+        {"rotate": False, "awq": True, "block_size": 128, "int8_share": 0.25, "sensitivity_windows": 1, "head_bits": 4},
         "b128-head4-share25-s1",
     ),
     "calibrated AWQ+GPTQ b128 (LM head int4) + 45% int8 by sensitivity": (
         "calibrated",
-        {"block_size": 128, "int8_share": 0.45, "sensitivity_windows": 1, "head_bits": 4},
+        {"rotate": False, "awq": True, "block_size": 128, "int8_share": 0.45, "sensitivity_windows": 1, "head_bits": 4},
         "b128-head4-share45-s1",
+    ),
+    # the hidden state and value heads rotated first (convert/rotation.py); AWQ off, as by default
+    "calibrated rotated GPTQ b64": ("calibrated", {"block_size": 64, "int8": [], "int8_share": 0}, "rot-gptq-b64"),
+    "calibrated GPTQ b64 (unrotated)": (
+        "calibrated",
+        {"rotate": False, "awq": False, "block_size": 64, "int8": [], "int8_share": 0},
+        "gptq-b64",
+    ),
+    "calibrated rotated GPTQ b64 + 25% int8 by sensitivity (the default)": (
+        "calibrated",
+        {"block_size": 64},
+        "rot-b64-share25",
     ),
     "llama.cpp Q4_0": ("gguf", {"type": "Q4_0"}, ""),
     "llama.cpp Q4_K_M": ("gguf", {"type": "Q4_K_M"}, ""),
@@ -156,14 +172,24 @@ def build(name: str, hf: Path, out: Path) -> Path:
 
 
 def calibration_moments(out: Path, options) -> dict:
-    """The FP32 graph's input second moments, computed once per --out and calibration size (every variant reads them)."""
+    """The FP32 graph's input second moments (of its rotated copy when the variant rotates), computed once per --out
+    and calibration size: every variant reads them."""
     import pickle
 
     from slmops.convert.calibrated import second_moments
+    from slmops.convert.rotation import rotate_export
 
-    saved = out / f"moments-{options.calibration_windows}x{options.calibration_tokens}.pkl"
+    rotated = "-rotated" if options.rotate else ""
+    saved = out / f"moments-{options.calibration_windows}x{options.calibration_tokens}{rotated}.pkl"
     if not saved.exists():
-        moments = second_moments(out / "fp32", options.calibration_windows, options.calibration_tokens)
+        graph = out / f"fp32{rotated}"
+        if not graph.exists():  # the rotation is seeded: quantize_calibrated rotates each staging copy alike
+            staging = graph.with_name(f".{graph.name}")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(out / "fp32", staging)
+            rotate_export(staging)
+            staging.rename(graph)
+        moments = second_moments(graph, options.calibration_windows, options.calibration_tokens)
         saved.write_bytes(pickle.dumps(moments))
     return pickle.loads(saved.read_bytes())
 

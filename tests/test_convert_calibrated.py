@@ -131,10 +131,12 @@ def test_calibrated_export_loads_shares_its_head_and_tracks_torch(tiny_onnx, tin
     quantize_calibrated(folder, options)
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
     ops = Counter(node.op_type for node in graph.node)
-    assert ops["MatMul"] == 0 and ops["MatMulNBits"] == 2 * 5 + 1
+    # 5 MatMuls a layer, the LM head, and the head's view of the rotated hidden state
+    assert ops["MatMul"] == 0 and ops["MatMulNBits"] == 2 * 5 + 2
     assert ops["GatherBlockQuantized"] == 1 and ops["Transpose"] == 0  # the embedding reads the int8 head
     bits = {n.name: {a.name: a.i for a in n.attribute}["bits"] for n in graph.node if n.op_type == "MatMulNBits"}
     assert bits["/lm_head/MatMul_Q8"] == 8 and bits["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 8
+    assert bits["/model/rotation/MatMul_Q8"] == 8
     assert bits["/model/layers.0/attn/qkv_proj/MatMul_Q4"] == 4
     # A broken layout gives uncorrelated logits; on a tiny random model the top token itself is a
     # coin toss at 4 bits (GPTQ fits 256 calibration tokens of text the model never learnt).

@@ -95,3 +95,15 @@ def test_auto_picks_int8_when_it_dominates_and_says_so(tiny_llama, tmp_path, fak
         "INT8 dominates every INT4 candidate within the quality budget on this CPU: int8: 250 tokens/s, ΔPPL +0.5%"
         in shown
     )
+
+
+def test_a_figure_measured_on_another_quantizer_is_measured_again(tmp_path):
+    made = row("int4-calibrated-b64", 150, 4.0, 110)
+    made.how = choice.how("int4-calibrated-b64")
+    assert "rotated" in made.how and "gptq" in made.how  # the quantizer's own settings, not only the variant's
+    book = choice.MeasurementBook(tmp_path / "book.json")
+    book.put("cpu", "model", made)
+    book.save()
+    kept = choice.MeasurementBook(tmp_path / "book.json")
+    assert kept.get("cpu", "model", "int4-calibrated-b64", made.how) == made
+    assert kept.get("cpu", "model", "int4-calibrated-b64", "int4 (an earlier calibrated quantizer)") is None

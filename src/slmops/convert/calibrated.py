@@ -4,7 +4,9 @@ onnxruntime's CPU MatMulNBits runs fast only with integer zero points, and on AV
 fastest at blocks of 64 or 128. Plain round-to-nearest at those blocks loses a lot on a small
 model (SmolLM2 +50-75% ΔPPL), because it weighs every input channel alike. Here every MatMul
 is quantized with the second moment of its input, measured on calibration text (the tail of
-the shipped eval text, so `slmops eval` never scores a token it was calibrated on):
+the shipped eval text, so `slmops eval` never scores a token it was calibrated on), after the
+hidden state and the value heads are rotated so that no input channel stands out
+(:mod:`slmops.convert.rotation`, ``rotate``):
 
 - ``importance``: each block's scale and zero point are searched to minimise the error
   weighted by the mean squared activation of each input channel (the "importance matrix"
@@ -12,7 +14,8 @@ the shipped eval text, so `slmops eval` never scores a token it was calibrated o
 - ``gptq``: the same search per block, then GPTQ's error feedback: each column's rounding
   error is pushed onto the columns not yet quantized, through the inverse of the input's
   second-moment matrix H = XᵀX;
-- ``awq`` (either of the above, after): per-input-channel scales s = E[x²]^(α/2), searched per
+- ``awq`` (either of the above, after; off by default, since on a rotated graph it costs more than
+  it buys): per-input-channel scales s = E[x²]^(α/2), searched per
   layer over α to minimise the output error trace(ΔW H ΔWᵀ), are folded into the RMSNorm
   weight before qkv and gate/up, into up_proj's output before down_proj, and into the value
   columns of qkv_proj before o_proj (one scale per value channel, shared by the query heads
@@ -35,12 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from slmops.convert.matmul_nbits import stored_codes, stored_zero_points
+from slmops.convert.rotation import LM_HEAD_NODE, ROTATION_NODE, rotate_export
 
 ACCURACY_LEVEL = 4  # int8 activations: the VNNI kernel
 DAMPING = 0.01  # GPTQ's diagonal damping, as a fraction of the mean of H's diagonal
 SHRINKS = (1.0, 0.96, 0.92, 0.88, 0.84, 0.8, 0.76, 0.72)  # a block's range is shrunk by these, both ends alike
 ALPHAS = tuple(a / 10 for a in range(0, 9))  # AWQ's exponent grid
-LM_HEAD_NODE = "/lm_head/MatMul"
 SENSITIVITY_FILE = "int8-sensitivity.json"  # what each MatMul's 8 bits bought, written beside the graph
 
 
@@ -50,7 +53,10 @@ class CalibratedOptions:
 
     block_size: int = 128
     method: str = "gptq"  # "rtn" (range only), "importance" or "gptq"
-    awq: bool = True  # SmolLM2 b128: GPTQ +9.7% ΔPPL, with AWQ scales +6.5% (docs/quality.md)
+    # the hidden state and value heads rotated first: SmolLM2 b64 all 4-bit GPTQ KLD 0.143 -> 0.090 (docs/quality.md)
+    rotate: bool = True
+    # unrotated, AWQ helps (SmolLM2 b128: GPTQ +9.7% ΔPPL, with AWQ scales +6.5%); rotated, it hurts (KLD 0.090 -> 0.110)
+    awq: bool = False
     head_bits: int = 8  # the LM head, which the tied embedding shares
     # MatMul names (substrings) kept at 8 bits when ``int8_share`` is 0: the MLP's down projections
     # halve SmolLM2's ΔPPL for +13% size
@@ -70,8 +76,9 @@ class CalibratedOptions:
         extra += f", {self.int8_share:.0%} of the layer weights int8 by measured sensitivity" if self.int8_share else ""
         extra += f", fp32: {','.join(self.exclude)}" if self.exclude else ""
         awq = ("AWQ scales (o_proj too) + " if self.awq_o_proj else "AWQ scales + ") if self.awq else ""
+        rotated = "rotated, " if self.rotate else ""
         return (
-            f"int4 b{self.block_size} asymmetric, {awq}{self.method}, LM head int{self.head_bits}{extra}; "
+            f"int4 b{self.block_size} asymmetric, {rotated}{awq}{self.method}, LM head int{self.head_bits}{extra}; "
             f"calibrated on the last {self.calibration_windows} x {self.calibration_tokens} tokens of the shipped text"
         )
 
@@ -259,14 +266,22 @@ def _weight_matmuls(graph) -> list:
 
 def quantize_calibrated(
     model_dir: Path, options: CalibratedOptions, echo=lambda line: None, moments: dict[str, np.ndarray] | None = None
-) -> None:
+) -> list[str]:
     """Replace ``model_dir``'s FP32 graph (a slmops FP32 export) by its calibrated INT4 version, in place.
 
-    ``moments`` (from :func:`second_moments` on the same graph) skips the calibration pass; it is not modified.
+    Returns what the conversion report should say beyond the options (a rotation that could not be done).
+
+    ``moments`` (from :func:`second_moments` on the same graph, rotated when ``options.rotate``) skips the
+    calibration pass; it is not modified.
     """
     import onnx
 
     path = Path(model_dir) / "model.onnx"
+    notes = []
+    if options.rotate:
+        why = rotate_export(model_dir)
+        notes += [f"the hidden state was not rotated before quantizing: {why}"] if why else []
+        echo(notes[0] if why else "rotated the hidden state and the value heads")
     if moments is None:
         echo(f"calibrating on {options.calibration_windows} x {options.calibration_tokens} tokens")
         moments = second_moments(model_dir, options.calibration_windows, options.calibration_tokens)
@@ -294,11 +309,14 @@ def quantize_calibrated(
     for stale in Path(model_dir).glob("model.onnx*"):
         stale.unlink()
     onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=1024)
+    return notes
 
 
 def _bits(name: str, options: CalibratedOptions) -> int:
     if name == LM_HEAD_NODE:
         return options.head_bits
+    if name == ROTATION_NODE:  # the head's view of the rotated state: 0.3 M weights that every logit reads
+        return 8
     if options.int8_share:  # chosen after measuring, from 4 bits
         return 4
     return 8 if any(pattern in name for pattern in options.int8) else 4
@@ -323,7 +341,7 @@ def _measured_int8(model_dir: Path, model, nodes, weights, items, options: Calib
     by_weight = {node.input[1]: node for node in nodes}
     fp32 = {name: _weight(node, weights) for name, node in by_weight.items()}
     four = {name: items[node.name].dequantize(fp32[name].shape[0]).T.copy() for name, node in by_weight.items()}
-    candidates = [name for name, node in by_weight.items() if node.name != LM_HEAD_NODE]
+    candidates = [name for name, node in by_weight.items() if node.name not in (LM_HEAD_NODE, ROTATION_NODE)]
     eight = {
         name: quantize_rows(fp32[name].T, None, options.block_size, 8, search=False)
         .dequantize(fp32[name].shape[0])
@@ -357,7 +375,7 @@ def _apply_awq(graph, nodes, weights, moments, options: CalibratedOptions) -> No
     producers = {output: node for node in graph.node for output in node.output}
     groups: dict[str, list] = {}
     for node in nodes:
-        if node.name != LM_HEAD_NODE and (options.int8_share or _bits(node.name, options) == 4):
+        if node.name not in (LM_HEAD_NODE, ROTATION_NODE) and (options.int8_share or _bits(node.name, options) == 4):
             groups.setdefault(node.input[0], []).append(node)
     matmuls = {node.output[0]: node for node in nodes}
     for name, members in groups.items():

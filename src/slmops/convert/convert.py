@@ -202,8 +202,8 @@ def _build(
         from slmops.convert.weight_only import note, quantize_graph
 
         with stages.stage(f"quantize ({quantization.algo})"):
-            quantize_graph(model_dir, quantization)
-        report.notes.append(note(quantization))
+            notes = quantize_graph(model_dir, quantization)
+        report.notes += [note(quantization), *notes]
     elif graph_precision != precision:
         from slmops.convert.float_storage import store_weights_as
 

@@ -30,15 +30,14 @@ CALIBRATION_TOKENS = 128
 GPTQ_BLOCK = 128  # columns updated per step of GPTQ's error correction (not the quantization block)
 
 
-def quantize_graph(model_dir: Path, options: QuantizationOptions) -> None:
-    """Replace model.onnx(+data) in ``model_dir`` (an FP32 export) by its INT4 version."""
+def quantize_graph(model_dir: Path, options: QuantizationOptions) -> list[str]:
+    """Replace model.onnx(+data) in ``model_dir`` (an FP32 export) by its INT4 version; returns notes for its report."""
     import onnx
 
     if options.algo == "calibrated":
         from slmops.convert.calibrated import quantize_calibrated
 
-        quantize_calibrated(model_dir, calibrated_options(options))
-        return
+        return quantize_calibrated(model_dir, calibrated_options(options))
     path = Path(model_dir) / "model.onnx"
     # The quantizer logs a line per node at INFO.
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
@@ -63,6 +62,7 @@ def quantize_graph(model_dir: Path, options: QuantizationOptions) -> None:
     for stale in Path(model_dir).glob("model.onnx*"):
         stale.unlink()
     quantizer.model.save_model_to_file(str(path), use_external_data_format=True)
+    return []
 
 
 def calibrated_options(options: QuantizationOptions):
@@ -109,8 +109,8 @@ def quantize_export(fp32_folder: Path, output: Path, options: QuantizationOption
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(fp32_folder, staging)
     try:
-        quantize_graph(staging, options)
-        _record(staging, options, name or output.name)
+        notes = quantize_graph(staging, options)
+        _record(staging, options, name or output.name, notes)
         shutil.rmtree(output, ignore_errors=True)
         staging.rename(output)
     finally:
@@ -118,7 +118,7 @@ def quantize_export(fp32_folder: Path, output: Path, options: QuantizationOption
     return output
 
 
-def _record(folder: Path, options: QuantizationOptions, name: str) -> None:
+def _record(folder: Path, options: QuantizationOptions, name: str, notes: list[str]) -> None:
     from slmops.convert.report import FILENAME as REPORT
     from slmops.modelfolder.inference_model import FILENAME, InferenceModel
 
@@ -133,7 +133,7 @@ def _record(folder: Path, options: QuantizationOptions, name: str) -> None:
             quantization=options.model_dump(),
             output_bytes=sum(item.stat().st_size for item in folder.rglob("*") if item.is_file()),
         )
-        data.setdefault("notes", []).append(note(options))
+        data.setdefault("notes", []).extend([note(options), *notes])
         report.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 

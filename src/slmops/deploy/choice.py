@@ -24,8 +24,8 @@ from slmops import settings
 from slmops.machine import describe_cpu
 
 # INT4 settings at the layouts onnxruntime's CPU kernels run fast (integer zero points): slmops'
-# calibrated quantizer at blocks of 64 (AWQ scales + GPTQ, LM head int8 and the quarter of the layer
-# weights whose 8 bits measurably help most: SmolLM2 +4.2% ΔPPL, top-1 87.0% in 111 MB) and the
+# calibrated quantizer at blocks of 64 (rotated, GPTQ, LM head int8 and the quarter of the layer
+# weights whose 8 bits measurably help most: SmolLM2 +3.9% ΔPPL, top-1 88.5% in 111 MB) and the
 # builder's k_quant_mixed at 128; docs/quality.md has the measured frontier. INT8 is measured beside them.
 INT4_CANDIDATES = ("int4-calibrated-b64", "int4-k_quant_mixed-b128")
 INT8 = "int8"
@@ -46,6 +46,7 @@ class Measured:
     decode_tokens_per_s: float
     speed_samples: list[float] = field(default_factory=list)
     load_average: list[float] = field(default_factory=list)  # of the host while its speed was measured
+    how: str = ""  # how the export was made: a figure measured on another quantizer is measured again
 
     def figures(self) -> str:
         return (
@@ -116,9 +117,9 @@ class MeasurementBook:
         self.path = path or settings.home() / BOOK
         self.data: dict = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
 
-    def get(self, machine: str, model: str, candidate: str) -> Measured | None:
+    def get(self, machine: str, model: str, candidate: str, how: str) -> Measured | None:
         row = self.data.get(machine, {}).get(model, {}).get(candidate)
-        return Measured(**row) if row else None
+        return Measured(**row) if row and row.get("how") == how else None
 
     def put(self, machine: str, model: str, row: Measured) -> None:
         self.data.setdefault(machine, {}).setdefault(model, {})[row.candidate] = asdict(row)
@@ -169,7 +170,7 @@ def choose(
     candidates = candidates or (*INT4_CANDIDATES, INT8)
     machine, model = machine_key(), source_hash(inspect_source(source))
     book = MeasurementBook()
-    known = {candidate: book.get(machine, model, candidate) for candidate in candidates}
+    known = {candidate: book.get(machine, model, candidate, how(candidate)) for candidate in candidates}
     missing = [candidate for candidate, row in known.items() if row is None]
     folders: dict[str, Path] = {}
     if missing:
@@ -193,6 +194,15 @@ def _variant(candidate: str):
     from slmops.convert.variants import INT4_VARIANTS, Variant
 
     return INT4_VARIANTS[candidate] if candidate in INT4_VARIANTS else Variant(candidate, candidate)
+
+
+def how(candidate: str) -> str:
+    """The candidate's conversion as its report says it, the quantizer's settings included."""
+    from slmops.convert.weight_only import note
+
+    variant = _variant(candidate)
+    options = variant.options()
+    return note(options) if variant.post_build and options is not None else variant.describe()
 
 
 def _build(candidate: str, source: Path | None, work: Path, reference: Path, name: str) -> Path:
@@ -220,6 +230,7 @@ def _measure(folders: dict[str, Path], reference: Path, windows: int) -> dict[st
             decode_tokens_per_s=median(speeds[candidate]),
             speed_samples=speeds[candidate],
             load_average=load,
+            how=how(candidate),
         )
         for candidate, folder in folders.items()
     }

@@ -1,0 +1,104 @@
+"""The rotation folded into an FP32 export before INT4 quantization computes what the graph computed."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slmops.convert.rotation import ROTATION_NODE, orthogonal, rotate_export, rotate_graph
+
+
+def logits(folder: Path, feeds: dict) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], feeds)[0]
+
+
+def weights(folder: Path) -> dict[str, np.ndarray]:
+    import onnx
+
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    return {item.name: onnx.numpy_helper.to_array(item) for item in graph.initializer}
+
+
+def fp32_export(source: Path, out: Path) -> Path:
+    from slmops.convert import convert
+
+    convert(source, out, precision="fp32", log_level=0)
+    return out
+
+
+def assert_rotated_alike(folder: Path, tmp_path: Path) -> dict[str, np.ndarray]:
+    from slmops.convert.calibration_text import CalibrationWindows
+
+    rotated = tmp_path / "rotated"
+    shutil.copytree(folder, rotated)
+    feeds = CalibrationWindows(rotated, 1, 32).items[0]
+    before, original = logits(rotated, feeds), weights(rotated)
+    assert rotate_export(rotated) is None
+    after = weights(rotated)
+    np.testing.assert_allclose(logits(rotated, feeds), before, rtol=1e-3, atol=2e-4 * np.abs(before).max())
+    norms = [name for name in after if "layernorm" in name]
+    assert norms and all(np.allclose(after[name], 1.0) for name in norms)  # folded into the readers
+    moved = [name for name in original if not np.allclose(original[name], after[name], atol=1e-6)]
+    assert any("o_proj" in name for name in moved) and any("down_proj" in name for name in moved)
+    assert any("qkv_proj" in name for name in moved) and any("gate_proj" in name for name in moved)
+    return after
+
+
+def test_a_rotated_tied_model_computes_the_same_logits_through_one_extra_matmul(tiny_onnx, tmp_path):
+    after = assert_rotated_alike(tiny_onnx, tmp_path)
+    rotation = after["model.rotation.MatMul.weight"]
+    assert rotation.shape[0] == rotation.shape[1] == after["lm_head.MatMul.weight"].shape[0]
+
+
+def test_a_rotated_untied_model_needs_no_extra_matmul(tiny_model_factory, tmp_path):
+    folder = fp32_export(tiny_model_factory("llama", tie=False), tmp_path / "untied")
+    after = assert_rotated_alike(folder, tmp_path)
+    assert "model.rotation.MatMul.weight" not in after
+
+
+def test_a_layout_it_does_not_know_is_left_as_it_is(tiny_onnx):
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(tiny_onnx / "model.onnx"))
+    norm = next(n for n in model.graph.node if n.op_type == "SkipSimplifiedLayerNormalization")
+    model.graph.node.append(helper.make_node("Identity", [norm.output[0]], ["peek"], name="peek"))
+    before = {item.name: onnx.numpy_helper.to_array(item).copy() for item in model.graph.initializer}
+    why = rotate_graph(model.graph)
+    assert why is not None and norm.name in why
+    assert all(np.array_equal(onnx.numpy_helper.to_array(item), before[item.name]) for item in model.graph.initializer)
+    assert not any(n.name == ROTATION_NODE for n in model.graph.node)
+
+
+@pytest.mark.parametrize("n", [8, 576])
+def test_rotations_are_orthogonal_and_differ_by_seed(n):
+    first, second = (orthogonal(n, np.random.default_rng(seed)) for seed in (0, 1))
+    np.testing.assert_allclose(first @ first.T, np.eye(n), atol=1e-10)
+    assert not np.allclose(first, second)
+
+
+def test_an_export_left_unrotated_says_why(tiny_onnx, tmp_path):
+    import onnx
+    from onnx import helper
+
+    from slmops.convert.calibrated import CalibratedOptions, quantize_calibrated
+
+    folder = tmp_path / "peek"
+    shutil.copytree(tiny_onnx, folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    norm = next(n for n in model.graph.node if n.op_type == "SimplifiedLayerNormalization")
+    model.graph.node.append(helper.make_node("Identity", [norm.output[0]], ["peek"], name="peek"))
+    model.graph.output.append(helper.make_tensor_value_info("peek", onnx.TensorProto.FLOAT, None))
+    for stale in folder.glob("model.onnx*"):
+        stale.unlink()
+    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    options = CalibratedOptions(block_size=32, int8_share=0, calibration_windows=2, calibration_tokens=32)
+    notes = quantize_calibrated(folder, options)
+    assert len(notes) == 1 and "not rotated" in notes[0] and norm.name in notes[0]
+    assert quantize_calibrated(shutil.copytree(tiny_onnx, tmp_path / "plain"), options) == []
