@@ -5,7 +5,8 @@ A decoder's hidden state meets its weights only through RMSNorm, which a rotatio
 ``down_proj`` times Q) and reading it back through Qᵀ (every MatMul after a norm, with the norm's
 weight folded in) computes the same function, while every weight column the quantizer sees now
 mixes all input channels: no channel carries an outlier for GPTQ to spend its rounding on
-(SmolLM2 b64, every MatMul 4-bit: KLD from FP32 0.143 -> 0.090; docs/quality.md).
+(b64, every MatMul 4-bit, KLD from FP32: SmolLM2 0.143 -> 0.098-0.105, a model off the 4-bit
+grid 0.145 -> 0.097; docs/quality.md).
 
 Attention is linear in its values, so each value head gets a rotation of its own as well: the
 value columns of ``qkv_proj`` times R, the rows of ``o_proj`` that read the head times Rᵀ.
