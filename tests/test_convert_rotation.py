@@ -62,13 +62,17 @@ def test_a_rotated_untied_model_needs_no_extra_matmul(tiny_model_factory, tmp_pa
     assert "model.rotation.MatMul.weight" not in after
 
 
-def test_a_layout_it_does_not_know_is_left_as_it_is(tiny_onnx):
+@pytest.mark.parametrize("change", ["a norm read by another op", "hidden states as a graph output"])
+def test_a_layout_it_does_not_know_is_left_as_it_is(tiny_onnx, change):
     import onnx
     from onnx import helper
 
     model = onnx.load(str(tiny_onnx / "model.onnx"))
     norm = next(n for n in model.graph.node if n.op_type == "SkipSimplifiedLayerNormalization")
-    model.graph.node.append(helper.make_node("Identity", [norm.output[0]], ["peek"], name="peek"))
+    if change == "a norm read by another op":
+        model.graph.node.append(helper.make_node("Identity", [norm.output[0]], ["peek"], name="peek"))
+    else:  # what an embedding model exposes
+        model.graph.output.append(helper.make_tensor_value_info(norm.output[0], onnx.TensorProto.FLOAT, None))
     before = {item.name: onnx.numpy_helper.to_array(item).copy() for item in model.graph.initializer}
     why = rotate_graph(model.graph)
     assert why is not None and norm.name in why

@@ -16,8 +16,9 @@ reads the rotated state through one extra H x H MatMul, Qᵀ · diag(final norm 
 (:data:`ROTATION_NODE`, 0.3 M weights beside SmolLM2's 28 M of head).
 
 Only the graph layout slmops' FP32 exports have is rotated (RMSNorms whose outputs feed weight
-MatMuls alone, a residual stream written by weight MatMuls without bias); anything else is left
-as it is and :func:`rotate_export` says so.
+MatMuls alone, each with its own weight, a residual stream written by weight MatMuls without bias
+and never a graph output, as an embedding model's hidden states are); anything else is left as it
+is and :func:`rotate_export` says so.
 """
 
 from __future__ import annotations
@@ -109,12 +110,17 @@ class _Plan:
         else:
             return "the embedding table is not a weight"
         plan.hidden = int(plan.weights[plan.embedding].dims[0 if plan.tied else 1])
+        outputs = {item.name for item in graph.output}
         for node in graph.node:
             if node.op_type not in NORMS:
                 continue
             gamma = node.input[1] if node.op_type == NORMS[0] else node.input[2]
             if gamma not in plan.weights or (node.op_type == NORMS[1] and len(node.input) > 3 and node.input[3]):
                 return f"{node.name} is not a plain RMSNorm"
+            if any(gamma == seen for _, seen in plan.norms):
+                return f"{node.name} shares its weight with another norm"
+            if outputs & {*node.input, *node.output}:
+                return f"the graph outputs the hidden state around {node.name}"
             if not all(plan._weight_matmul(r) for r in plan.readers.get(node.output[0], [])):
                 return f"{node.name} feeds something other than weight MatMuls"
             plan.norms.append((node, gamma))
