@@ -275,7 +275,10 @@ def test_a_base_model_is_checked_on_raw_completions():
     model = BaseDouble()
     report = validate(model, soak=10, show_progress=False)
     assert report.mode == "completion" and report.to_json()["mode"] == "completion"
-    assert [check.status for check in report.checks] == [PASS] * 5, [c.summary for c in report.checks]
+    # item 3 reads this test process's RSS: over 8 generations the allocator's own drift can reach
+    # its WARN slope (+170 KB a generation, seen once in a full run), never its FAIL rise
+    statuses = {check.item: check.status for check in report.checks}
+    assert statuses.pop(3) != FAIL and list(statuses.values()) == [PASS] * 4, [c.summary for c in report.checks]
     assert report.suite.pass_rate == 1.0
     # a one-message case is given verbatim; a few-shot conversation as its lines, the answer the next one
     assert "What is the capital of France?" in model.prompts
