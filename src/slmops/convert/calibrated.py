@@ -37,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.convert.graph_file import save_graph, set_weight
 from slmops.convert.matmul_nbits import stored_codes, stored_zero_points
-from slmops.convert.rotation import LM_HEAD_NODE, ROTATION_NODE, rotate_export
+from slmops.convert.rotation import LM_HEAD_NODE, ROTATION_NODE, rotate_export, value_heads
 
 ACCURACY_LEVEL = 4  # int8 activations: the VNNI kernel
 DAMPING = 0.01  # GPTQ's diagonal damping, as a fraction of the mean of H's diagonal
@@ -307,9 +308,7 @@ def quantize_calibrated(
     del weights
     _replace_initializers(graph, added)
     _share_head(graph)
-    for stale in Path(model_dir).glob("model.onnx*"):
-        stale.unlink()
-    onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=1024)
+    save_graph(model, model_dir)
     return notes
 
 
@@ -392,9 +391,9 @@ def _apply_awq(graph, nodes, weights, moments, options: CalibratedOptions) -> No
 
         s = awq_scale([a.T for a in arrays.values()], moments[name], rtn, fold.tie)
         for key, array in arrays.items():
-            _set(weights[key], array * s[:, None])
+            set_weight(weights[key], array * s[:, None])
         folded = numpy_helper.to_array(weights[fold.initializer]).astype(np.float32)
-        _set(weights[fold.initializer], fold.apply(folded, s))
+        set_weight(weights[fold.initializer], fold.apply(folded, s))
         moments[name] = moments[name] / np.outer(s, s)
 
 
@@ -443,23 +442,14 @@ def _value_fold(attention, qkv, width: int) -> Fold | None:
 
     ``width`` is o_proj's input size (heads x head size); qkv_proj's columns are q, then k, then v.
     """
-    if attention.input[1] or attention.input[2]:  # separate q/k/v inputs: not the packed layout
+    heads = value_heads(attention, width)
+    if heads is None:
         return None
-    heads = {a.name: a.i for a in attention.attribute}
-    num_heads, kv_heads = heads.get("num_heads", 0), heads.get("kv_num_heads", 0)
-    if not num_heads or not kv_heads or width % num_heads or num_heads % kv_heads:
-        return None
-    head_size = width // num_heads
+    num_heads, kv_heads, head_size = heads
     channel = np.arange(width)
     group = (channel // head_size) // (num_heads // kv_heads)
     tie = group * head_size + channel % head_size
     return Fold(qkv.input[1], axis=1, first_column=width + kv_heads * head_size, tie=tie)
-
-
-def _set(initializer, array: np.ndarray) -> None:
-    from onnx import numpy_helper
-
-    initializer.CopyFrom(numpy_helper.from_array(array.astype(np.float32), initializer.name))
 
 
 def _replace_matmul(graph, node, item: Quantized, shape: tuple[int, int], block: int) -> list:

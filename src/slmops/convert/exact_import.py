@@ -20,6 +20,7 @@ import numpy as np
 from slmops.convert.gguf_blocks import GRAPH_BLOCK, Blocks, LazyBlocks, hf_blocks, stack
 from slmops.convert.gguf_families import Family
 from slmops.convert.gguf_file import GGUFFile
+from slmops.convert.graph_file import save_graph
 from slmops.convert.matmul_nbits import stored_zero_points
 
 _LAYER_NODE = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+)/MatMul")
@@ -138,7 +139,7 @@ def import_blocks(
     if tied and head is not None:
         result.embedding_from_head = graph.tie_embedding(head, share_embedding)
     graph.finish()
-    _save(model, model_dir)
+    save_graph(model, model_dir)
     return result
 
 
@@ -403,12 +404,3 @@ def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
         return packed.astype(np.float32)
     values = np.stack([packed & 0x0F, packed >> 4], axis=-1)
     return values.reshape(*packed.shape[:-1], -1).astype(np.float32)
-
-
-def _save(model, model_dir: Path) -> None:
-    import onnx
-
-    path = Path(model_dir) / "model.onnx"
-    for stale in Path(model_dir).glob("model.onnx*"):
-        stale.unlink()
-    onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=1024)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.convert.graph_file import save_graph
+
 MIN_ELEMENTS = 1024  # norms and biases stay fp32: they are tiny and precision-sensitive
 
 
@@ -41,16 +43,7 @@ def store_weights_as(model_dir: Path, precision: str) -> int:
     nodes = casts + list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    for stale in Path(model_dir).glob("model.onnx*"):
-        stale.unlink()
-    onnx.save(
-        model,
-        str(path),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location="model.onnx.data",
-        size_threshold=1024,
-    )
+    save_graph(model, model_dir)
     return len(casts)
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.convert.graph_file import save_graph, set_weight
+
 ROTATION_NODE = "/model/rotation/MatMul"
 LM_HEAD_NODE = "/lm_head/MatMul"
 NORMS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization")
@@ -42,13 +44,10 @@ def rotate_export(model_dir: Path, seed: int = 0) -> str | None:
     """Rotate ``model_dir``'s FP32 graph in place; None when done, else why it was left as it is."""
     import onnx
 
-    path = Path(model_dir) / "model.onnx"
-    model = onnx.load(str(path))
+    model = onnx.load(str(Path(model_dir) / "model.onnx"))
     why = rotate_graph(model.graph, seed)
     if why is None:
-        for stale in Path(model_dir).glob("model.onnx*"):
-            stale.unlink()
-        onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=1024)
+        save_graph(model, model_dir)
     return why
 
 
@@ -82,7 +81,6 @@ class _Plan:
         from onnx import numpy_helper
 
         self._to_array = numpy_helper.to_array
-        self._from_array = numpy_helper.from_array
         self.weights = {item.name: item for item in graph.initializer}
         self.producers = {output: node for node in graph.node for output in node.output}
         self.readers: dict[str, list] = {}
@@ -143,7 +141,7 @@ class _Plan:
         return self._to_array(self.weights[name]).astype(np.float64)
 
     def put(self, name: str, array: np.ndarray) -> None:
-        self.weights[name].CopyFrom(self._from_array(array.astype(np.float32), name))
+        set_weight(self.weights[name], array)
 
 
 def _insert_rotation(graph, norm, head, matrix: np.ndarray) -> None:
@@ -157,18 +155,29 @@ def _insert_rotation(graph, norm, head, matrix: np.ndarray) -> None:
     graph.node.insert(list(graph.node).index(head), node)
 
 
-def _rotate_values(plan: _Plan, attention, rng: np.random.Generator) -> None:
-    """Rotate each value head of a packed-QKV GroupQueryAttention by its own R; undo it in o_proj's rows."""
+def value_heads(attention, width: int) -> tuple[int, int, int] | None:
+    """(query heads, value heads, head size) of a GroupQueryAttention reading one packed q/k/v input and
+    writing ``width`` values a position; None for any other layout."""
+    if attention.input[1] or attention.input[2]:  # separate q/k/v inputs
+        return None
     heads = {a.name: a.i for a in attention.attribute}
     num_heads, kv_heads = heads.get("num_heads", 0), heads.get("kv_num_heads", 0)
+    if not num_heads or not kv_heads or width % num_heads or num_heads % kv_heads:
+        return None
+    return num_heads, kv_heads, width // num_heads
+
+
+def _rotate_values(plan: _Plan, attention, rng: np.random.Generator) -> None:
+    """Rotate each value head of a packed-QKV GroupQueryAttention by its own R; undo it in o_proj's rows."""
     qkv = plan.producers.get(attention.input[0])
     readers = plan.readers.get(attention.output[0], [])
-    if attention.input[1] or attention.input[2] or qkv is None or not plan._weight_matmul(qkv):
-        return
-    if len(readers) != 1 or not plan._weight_matmul(readers[0]) or not kv_heads or num_heads % kv_heads:
+    if qkv is None or not plan._weight_matmul(qkv) or len(readers) != 1 or not plan._weight_matmul(readers[0]):
         return
     packed, o_proj = plan.get(qkv.input[1]), plan.get(readers[0].input[1])
-    size = o_proj.shape[0] // num_heads
+    heads = value_heads(attention, o_proj.shape[0])
+    if heads is None:
+        return
+    num_heads, kv_heads, size = heads
     first_value = (num_heads + kv_heads) * size
     if packed.shape[1] != first_value + kv_heads * size:
         return

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from slmops.convert.graph_file import save_graph
+
 NOTE = (
     "tied embeddings: the input embedding reads the quantized LM head ({bits}-bit GatherBlockQuantized), no fp32 copy"
 )
@@ -33,9 +35,7 @@ def share_quantized_lm_head(model_dir: Path) -> int | None:
     model = onnx.load(str(path))
     gather, head = _embedding_and_head(model.graph) or found
     bits = _replace_gather(model.graph, gather, head)
-    for stale in Path(model_dir).glob("model.onnx*"):
-        stale.unlink()
-    onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data", size_threshold=1024)
+    save_graph(model, model_dir)
     return bits
 
 

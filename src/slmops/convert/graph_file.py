@@ -1,0 +1,29 @@
+"""The FP32 or quantized graph of a model folder, rewritten in place: ``model.onnx`` and its weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def save_graph(model, model_dir: Path) -> None:
+    """Write ``model`` as ``model_dir``'s graph, its weights in ``model.onnx.data``, in place of the old files."""
+    import onnx
+
+    for stale in Path(model_dir).glob("model.onnx*"):
+        stale.unlink()
+    onnx.save(
+        model,
+        str(Path(model_dir) / "model.onnx"),
+        save_as_external_data=True,
+        location="model.onnx.data",
+        size_threshold=1024,
+    )
+
+
+def set_weight(initializer, array: np.ndarray) -> None:
+    """Replace an initializer's values by ``array``, as float32, under the same name."""
+    from onnx import numpy_helper
+
+    initializer.CopyFrom(numpy_helper.from_array(array.astype(np.float32), initializer.name))
