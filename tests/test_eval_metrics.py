@@ -65,6 +65,16 @@ def test_window_plan_scores_every_target_exactly_once():
     assert len(WindowPlan.make(100, 20, 5, limit=3).starts) == 3
 
 
+def test_window_plan_without_overlap_scores_all_but_each_later_window_start():
+    plan = WindowPlan.make(n_tokens=100, size=20, stride=20)
+    scored = []
+    for index, start in enumerate(plan.starts):
+        first = plan.first_scored(index)
+        scored += [start + position + 1 for position in range(first, plan.size - 1)]
+    assert scored == [token for token in range(1, 100) if token % 20]
+    assert plan.scored_count() == len(scored) == 95
+
+
 def test_window_plan_rejects_a_text_shorter_than_a_window():
     with pytest.raises(UsageError, match="fewer than one window"):
         WindowPlan.make(n_tokens=10, size=32)

@@ -32,6 +32,8 @@ class WindowPlan:
 
     Every window after the first scores only its last ``stride`` predictions, so each of
     them sees at least ``size - stride`` tokens of context (the sliding-window perplexity).
+    Windows that do not overlap (``stride == size``) leave each later window's first token
+    unscored: nothing in its window predicts it.
     """
 
     size: int
@@ -52,7 +54,7 @@ class WindowPlan:
 
     def first_scored(self, index: int) -> int:
         """Index in window ``index`` of the first position whose prediction counts."""
-        return 0 if index == 0 else self.size - self.stride - 1
+        return 0 if index == 0 else max(0, self.size - self.stride - 1)
 
     def windows(self, tokens: np.ndarray):
         for index, start in enumerate(self.starts):
