@@ -7,7 +7,10 @@ SOURCE is a Hugging Face folder (default: the embedded SmolLM2, written as one).
 the FP32 export (the reference), every slmops candidate, and llama.cpp's Q4_0 and Q4_K_M made by
 ``llama-quantize`` from an F16 GGUF of the same weights (``convert_hf_to_gguf.py`` of --llama-cpp).
 Quality: `slmops eval` against the FP32 export on the first --windows windows of the shipped text
-(calibration reads its last tokens: disjoint). A GGUF's quality is measured on its own weights:
+(calibration reads its last tokens: disjoint); with --stride (e.g. 32 windows of 512 tokens,
+``--windows 32 --stride 512``: 16,352 scored tokens instead of 2,303), the FP32 export is run
+beside each candidate instead of its saved log-probs, and the results go to
+calibrated-WINDOWSxSTRIDE.json/.md. A GGUF's quality is measured on its own weights:
 slmops imports it (dequantizing exactly) to an FP32 export and scores that.
 Speed: --rounds interleaved rounds; each round decodes 128 tokens after a 22-token prompt with every
 ONNX model (a bare onnxruntime-genai Generator, 2 intra-op threads) and runs ``llama-bench -t 2``
@@ -127,6 +130,16 @@ CANDIDATES: dict[str, tuple[str, dict, str]] = {
         {"block_size": 64},
         "rot-b64-share25",
     ),
+    "calibrated rotated GPTQ b64 + 25% int8 by sensitivity, rotation seed 1": (
+        "calibrated",
+        {"block_size": 64, "rotation_seed": 1},
+        "rot1-b64-share25",
+    ),
+    "calibrated rotated GPTQ b64 + 25% int8 by sensitivity, rotation seed 2": (
+        "calibrated",
+        {"block_size": 64, "rotation_seed": 2},
+        "rot2-b64-share25",
+    ),
     "llama.cpp Q4_0": ("gguf", {"type": "Q4_0"}, ""),
     "llama.cpp Q4_K_M": ("gguf", {"type": "Q4_K_M"}, ""),
 }
@@ -179,7 +192,9 @@ def calibration_moments(out: Path, options) -> dict:
     from slmops.convert.calibrated import second_moments
     from slmops.convert.rotation import rotate_export
 
-    rotated = "-rotated" if options.rotate else ""
+    rotated = (
+        ("-rotated" + (f"-seed{options.rotation_seed}" if options.rotation_seed else "")) if options.rotate else ""
+    )
     saved = out / f"moments-{options.calibration_windows}x{options.calibration_tokens}{rotated}.pkl"
     if not saved.exists():
         graph = out / f"fp32{rotated}"
@@ -187,7 +202,7 @@ def calibration_moments(out: Path, options) -> dict:
             staging = graph.with_name(f".{graph.name}")
             shutil.rmtree(staging, ignore_errors=True)
             shutil.copytree(out / "fp32", staging)
-            rotate_export(staging)
+            rotate_export(staging, options.rotation_seed)
             staging.rename(graph)
         moments = second_moments(graph, options.calibration_windows, options.calibration_tokens)
         saved.write_bytes(pickle.dumps(moments))
@@ -208,11 +223,11 @@ def gguf(hf: Path, out: Path, kind: str) -> Path:
     return quant
 
 
-def score(name: str, model: Path, out: Path, windows: int) -> dict:
+def score(name: str, model: Path, out: Path, windows: int, stride: int | None) -> dict:
     from slmops.convert import convert
     from slmops.evaluate.quality import evaluate_quality
 
-    reference = out / "reference-logits"
+    reference = out / "reference-logits" if stride is None else out / "fp32"  # saved: 98 KB a scored token
     if not reference.exists():
         evaluate_quality(out / "fp32", windows=windows, save_logits=reference, show_progress=False)
     size = model.stat().st_size if model.is_file() else sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
@@ -221,7 +236,7 @@ def score(name: str, model: Path, out: Path, windows: int) -> dict:
         scored = out / "models" / f"gguf-{CANDIDATES[name][1]['type']}-fp32"
         if not scored.exists():
             convert(model, scored, precision="fp32", log_level=0)
-    figures = evaluate_quality(scored, reference=reference, windows=windows, show_progress=False).figures
+    figures = evaluate_quality(scored, reference=reference, windows=windows, stride=stride, show_progress=False).figures
     return {
         "size_mb": round(size / 1e6, 1),
         "delta_ppl_pct": round(figures.delta_ppl_pct, 2),
@@ -282,6 +297,7 @@ def main() -> None:
     parser.add_argument("source", nargs="?", type=Path, help="Hugging Face folder (default: the embedded SmolLM2).")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--windows", type=int, default=8)
+    parser.add_argument("--stride", type=int, help="Tokens between windows (default: half a window, saved reference).")
     parser.add_argument("--rounds", type=int, default=5, help="Interleaved speed rounds (0: no speed).")
     parser.add_argument("--only", help="Comma-separated candidate names (default: all).")
     parser.add_argument("--speed-only", action="store_true", help="Measure the speed of models built earlier.")
@@ -294,7 +310,8 @@ def main() -> None:
 
     names = [n.strip() for n in args.only.split(",")] if args.only else list(CANDIDATES)
     args.out.mkdir(parents=True, exist_ok=True)
-    saved = args.out / "calibrated.json"
+    report = "calibrated" if args.stride is None else f"calibrated-{args.windows}x{args.stride}"
+    saved = args.out / f"{report}.json"
     results: dict = json.loads(saved.read_text())["candidates"] if saved.exists() else {}
     hf = hf_source(args.source, args.out)
     if not (args.out / "fp32").exists():
@@ -305,9 +322,9 @@ def main() -> None:
         models[name] = build(name, hf, args.out)
         if "delta_ppl_pct" not in results.get(name, {}) and not args.speed_only:
             results[name] = {"build_s": round(time.perf_counter() - started, 1), "build_load": os.getloadavg()[0]}
-            results[name].update(score(name, models[name], args.out, args.windows))
+            results[name].update(score(name, models[name], args.out, args.windows, args.stride))
             print(name, results[name], flush=True)
-            save(args.out, results, args.windows)
+            save(saved, results, args.windows, args.stride)
     if args.rounds:
         samples = measure_speed(models, args.rounds)
         llama = [name for name in samples if CANDIDATES[name][0] == "gguf"]
@@ -326,17 +343,23 @@ def main() -> None:
             "load_average_after": os.getloadavg(),
             "llama_best": best_llama,
         }
-        save(args.out, results, args.windows, results_speed)
+        save(saved, results, args.windows, args.stride, results_speed)
     table = markdown({name: results[name] for name in names if name in results})
     print(f"{describe_cpu().summary()}\n{table}")
-    (args.out / "calibrated.md").write_text(table, encoding="utf-8")
+    saved.with_suffix(".md").write_text(table, encoding="utf-8")
 
 
-def save(out: Path, results: dict, windows: int, speed: dict | None = None) -> None:
+def save(path: Path, results: dict, windows: int, stride: int | None, speed: dict | None = None) -> None:
     from slmops.machine import describe_cpu
 
-    document = {"cpu": describe_cpu().summary(), "windows": windows, "candidates": results, "speed": speed}
-    (out / "calibrated.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    document = {
+        "cpu": describe_cpu().summary(),
+        "windows": windows,
+        "stride": stride,
+        "candidates": results,
+        "speed": speed,
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

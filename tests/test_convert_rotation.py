@@ -106,3 +106,19 @@ def test_an_export_left_unrotated_says_why(tiny_onnx, tmp_path):
     notes = quantize_calibrated(folder, options)
     assert len(notes) == 1 and "not rotated" in notes[0] and norm.name in notes[0]
     assert quantize_calibrated(shutil.copytree(tiny_onnx, tmp_path / "plain"), options) == []
+
+
+def test_the_rotation_seed_picks_another_rotation(tiny_onnx, tmp_path):
+    from dataclasses import replace
+
+    from slmops.convert.calibrated import CalibratedOptions, quantize_calibrated
+
+    options = CalibratedOptions(block_size=32, int8_share=0, calibration_windows=2, calibration_tokens=32)
+    built = {}
+    for seed in (0, 1):
+        folder = shutil.copytree(tiny_onnx, tmp_path / f"seed{seed}")
+        assert quantize_calibrated(folder, replace(options, rotation_seed=seed)) == []
+        built[seed] = weights(folder)
+    scales = [name for name in built[0] if name.endswith("_scales")]
+    assert scales and any(not np.array_equal(built[0][name], built[1][name]) for name in scales)
+    assert "rotated (seed 1)" in replace(options, rotation_seed=1).describe() and "seed" not in options.describe()
