@@ -130,12 +130,12 @@ CANDIDATES: dict[str, tuple[str, dict, str]] = {
         {"block_size": 64},
         "rot-b64-share25",
     ),
-    "calibrated rotated GPTQ b64 + 25% int8 by sensitivity, rotation seed 1": (
+    "calibrated rotated (seed 1) GPTQ b64 + 25% int8 by sensitivity": (
         "calibrated",
         {"block_size": 64, "rotation_seed": 1},
         "rot1-b64-share25",
     ),
-    "calibrated rotated GPTQ b64 + 25% int8 by sensitivity, rotation seed 2": (
+    "calibrated rotated (seed 2) GPTQ b64 + 25% int8 by sensitivity": (
         "calibrated",
         {"block_size": 64, "rotation_seed": 2},
         "rot2-b64-share25",
