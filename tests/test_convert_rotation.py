@@ -62,6 +62,20 @@ def test_a_rotated_untied_model_needs_no_extra_matmul(tiny_model_factory, tmp_pa
     assert "model.rotation.MatMul.weight" not in after
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "phi3"])
+def test_other_families_rotate_to_the_same_logits(arch, tiny_model_factory, tmp_path):
+    """Qwen2's q/k/v biases stay as they are (the rotation reads the state, not the projections' outputs)."""
+    assert_rotated_alike(fp32_export(tiny_model_factory(arch), tmp_path / arch), tmp_path)
+
+
+def test_a_scaled_embedding_is_left_unrotated(tiny_model_factory, tmp_path):
+    """Gemma scales the embedding (a Mul before the first layer) and norms what it adds to the residual."""
+    folder = fp32_export(tiny_model_factory("gemma2"), tmp_path / "gemma2")
+    before = weights(folder)
+    assert "the hidden state is written by" in (rotate_export(folder) or "")
+    assert all(np.array_equal(array, before[name]) for name, array in weights(folder).items())
+
+
 @pytest.mark.parametrize("change", ["a norm read by another op", "hidden states as a graph output"])
 def test_a_layout_it_does_not_know_is_left_as_it_is(tiny_onnx, change):
     import onnx
