@@ -37,6 +37,7 @@ from serve_prefix import (
     system_prompt,
     together,
 )
+from slmops.bench.scenario_serve import ready
 from slmops.convert import embedded_model
 from slmops.machine import describe_cpu
 from slmops.server.process import ServerProcess
@@ -67,17 +68,16 @@ def main() -> None:
     gguf = args.gguf or embedded_model()
     folder = args.folder or convert(gguf)
     label = " ".join(["slmops serve", *args.slmops_flag])
-    contenders = [Contender(label, slmops_server(folder, ROOT / "src", label, tuple(args.slmops_flag)), folder.name)]
+    contenders = [Contender(label, slmops_server(folder, ROOT / "src", label, tuple(args.slmops_flag)))]
     if args.before:
         label = f"slmops serve at {args.before}"
-        contenders.append(Contender(label, slmops_server(folder, source_of(args.before), label), folder.name))
+        contenders.append(Contender(label, slmops_server(folder, source_of(args.before), label)))
     binary = find_llama_server(args.llama_server)
     if binary:
-        contenders.append(Contender("llama-server", llama_server(binary, gguf, 1), "smollm2"))
+        contenders.append(Contender("llama-server", llama_server(binary, gguf, 1)))
     try:
-        for contender in contenders:
-            contender.server.wait_ready(600)
         with httpx.Client(timeout=1800, limits=httpx.Limits(max_connections=None)) as client:
+            ready(client, contenders, 600)  # the model names they serve, and a first short answer
             for contender in contenders:
                 measure(client, contender)
     finally:

@@ -44,7 +44,7 @@ from pathlib import Path
 import httpx
 
 from serve_throughput import convert, find_llama_server
-from slmops.bench.scenario_serve import Reply, chat, together
+from slmops.bench.scenario_serve import Reply, chat, ready, together
 from slmops.bench.scenarios import QUESTIONS, paragraphs
 from slmops.convert import embedded_model
 from slmops.machine import describe_cpu
@@ -59,7 +59,7 @@ CONTEXT_PER_SLOT = 2048
 class Contender:
     label: str
     server: ServerProcess
-    model: str
+    model: str = ""  # learnt from the server by ready()
     rows: dict[str, list[float]] = field(default_factory=dict)
     facts: dict[str, float] = field(default_factory=dict)
 
@@ -221,21 +221,19 @@ def main() -> None:
     binary = find_llama_server(args.llama_server)
     if binary is None:
         print("llama-server not found (--llama-server PATH); measuring slmops alone.", flush=True)
-    contenders = [Contender("slmops serve", slmops_server(folder, args.slmops_flag), folder.name)]
+    contenders = [Contender("slmops serve", slmops_server(folder, args.slmops_flag))]
     if args.before:
         label = f"slmops serve at {args.before}"
         server = slmops_server(folder, args.slmops_flag, source_of(args.before), label)
-        contenders.append(Contender(label, server, folder.name))
+        contenders.append(Contender(label, server))
     if binary:
         contenders.append(
-            Contender(
-                f"llama-server -t {args.llama_threads}", llama_server(binary, gguf, args.llama_threads), "smollm2"
-            )
+            Contender(f"llama-server -t {args.llama_threads}", llama_server(binary, gguf, args.llama_threads))
         )
     load = [os.getloadavg()[0]]
     try:
-        for contender in contenders:
-            contender.server.wait_ready(300)
+        with httpx.Client(timeout=600) as client:
+            ready(client, contenders)  # the model names they serve, and a first short answer
         time.sleep(2)  # let the loads settle before reading their memory
         for contender in contenders:
             contender.facts |= {f"after load: {k}": v for k, v in memory(contender.server.process.pid).items()}
@@ -252,8 +250,6 @@ def main() -> None:
 
 def measure(contenders: list[Contender], rounds: int, scenarios: list) -> None:
     with httpx.Client(timeout=600, limits=httpx.Limits(max_connections=None)) as client:
-        for contender in contenders:  # warm-up: first requests pay for lazy initialisation
-            chat(client, contender, [{"role": "user", "content": "Hello"}], 4)
         for index in range(rounds):
             tag = secrets.token_hex(4)
             order = contenders if index % 2 == 0 else contenders[::-1]
