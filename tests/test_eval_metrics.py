@@ -54,12 +54,17 @@ def test_uniform_model_has_perplexity_equal_to_vocabulary_size():
     assert figures.kld_mean is None
 
 
+def scored_targets(plan: WindowPlan) -> list[int]:
+    """The text positions whose tokens ``plan`` scores, in order."""
+    targets = []
+    for index, start in enumerate(plan.starts):
+        targets += [start + position + 1 for position in range(plan.first_scored(index), plan.size - 1)]
+    return targets
+
+
 def test_window_plan_scores_every_target_exactly_once():
     plan = WindowPlan.make(n_tokens=100, size=20, stride=5)
-    scored = []
-    for index, start in enumerate(plan.starts):
-        first = plan.first_scored(index)
-        scored += [start + position + 1 for position in range(first, plan.size - 1)]
+    scored = scored_targets(plan)
     assert scored == list(range(1, plan.starts[-1] + plan.size))
     assert plan.scored_count() == len(scored)
     assert len(WindowPlan.make(100, 20, 5, limit=3).starts) == 3
@@ -67,10 +72,7 @@ def test_window_plan_scores_every_target_exactly_once():
 
 def test_window_plan_without_overlap_scores_all_but_each_later_window_start():
     plan = WindowPlan.make(n_tokens=100, size=20, stride=20)
-    scored = []
-    for index, start in enumerate(plan.starts):
-        first = plan.first_scored(index)
-        scored += [start + position + 1 for position in range(first, plan.size - 1)]
+    scored = scored_targets(plan)
     assert scored == [token for token in range(1, 100) if token % 20]
     assert plan.scored_count() == len(scored) == 95
 
