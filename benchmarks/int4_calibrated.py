@@ -192,9 +192,8 @@ def calibration_moments(out: Path, options) -> dict:
     from slmops.convert.calibrated import second_moments
     from slmops.convert.rotation import rotate_export
 
-    rotated = (
-        ("-rotated" + (f"-seed{options.rotation_seed}" if options.rotation_seed else "")) if options.rotate else ""
-    )
+    seed = f"-seed{options.rotation_seed}" if options.rotation_seed else ""
+    rotated = f"-rotated{seed}" if options.rotate else ""
     saved = out / f"moments-{options.calibration_windows}x{options.calibration_tokens}{rotated}.pkl"
     if not saved.exists():
         graph = out / f"fp32{rotated}"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slmops.convert.graph_file import save_graph
 from slmops.convert.rotation import ROTATION_NODE, orthogonal, rotate_export, rotate_graph
 
 
@@ -113,9 +114,7 @@ def test_an_export_left_unrotated_says_why(tiny_onnx, tmp_path):
     norm = next(n for n in model.graph.node if n.op_type == "SimplifiedLayerNormalization")
     model.graph.node.append(helper.make_node("Identity", [norm.output[0]], ["peek"], name="peek"))
     model.graph.output.append(helper.make_tensor_value_info("peek", onnx.TensorProto.FLOAT, None))
-    for stale in folder.glob("model.onnx*"):
-        stale.unlink()
-    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    save_graph(model, folder)
     options = CalibratedOptions(block_size=32, int8_share=0, calibration_windows=2, calibration_tokens=32)
     notes = quantize_calibrated(folder, options)
     assert len(notes) == 1 and "not rotated" in notes[0] and norm.name in notes[0]

@@ -46,6 +46,7 @@ DAMPING = 0.01  # GPTQ's diagonal damping, as a fraction of the mean of H's diag
 SHRINKS = (1.0, 0.96, 0.92, 0.88, 0.84, 0.8, 0.76, 0.72)  # a block's range is shrunk by these, both ends alike
 ALPHAS = tuple(a / 10 for a in range(0, 9))  # AWQ's exponent grid
 SENSITIVITY_FILE = "int8-sensitivity.json"  # what each MatMul's 8 bits bought, written beside the graph
+HEAD_NODES = (LM_HEAD_NODE, ROTATION_NODE)  # the MatMuls every logit reads: 8-bit, neither int8 candidates nor AWQ's
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,8 @@ class CalibratedOptions:
         extra += f", {self.int8_share:.0%} of the layer weights int8 by measured sensitivity" if self.int8_share else ""
         extra += f", fp32: {','.join(self.exclude)}" if self.exclude else ""
         awq = ("AWQ scales (o_proj too) + " if self.awq_o_proj else "AWQ scales + ") if self.awq else ""
-        rotated = (
-            ("rotated, " if not self.rotation_seed else f"rotated (seed {self.rotation_seed}), ") if self.rotate else ""
-        )
+        seed = f" (seed {self.rotation_seed})" if self.rotation_seed else ""
+        rotated = f"rotated{seed}, " if self.rotate else ""
         return (
             f"int4 b{self.block_size} asymmetric, {rotated}{awq}{self.method}, LM head int{self.head_bits}{extra}; "
             f"calibrated on the last {self.calibration_windows} x {self.calibration_tokens} tokens of the shipped text"
@@ -345,7 +345,7 @@ def _measured_int8(model_dir: Path, model, nodes, weights, items, options: Calib
     by_weight = {node.input[1]: node for node in nodes}
     fp32 = {name: _weight(node, weights) for name, node in by_weight.items()}
     four = {name: items[node.name].dequantize(fp32[name].shape[0]).T.copy() for name, node in by_weight.items()}
-    candidates = [name for name, node in by_weight.items() if node.name not in (LM_HEAD_NODE, ROTATION_NODE)]
+    candidates = [name for name, node in by_weight.items() if node.name not in HEAD_NODES]
     eight = {
         name: quantize_rows(fp32[name].T, None, options.block_size, 8, search=False)
         .dequantize(fp32[name].shape[0])
@@ -379,7 +379,7 @@ def _apply_awq(graph, nodes, weights, moments, options: CalibratedOptions) -> No
     producers = {output: node for node in graph.node for output in node.output}
     groups: dict[str, list] = {}
     for node in nodes:
-        if node.name not in (LM_HEAD_NODE, ROTATION_NODE) and (options.int8_share or _bits(node.name, options) == 4):
+        if node.name not in HEAD_NODES and (options.int8_share or _bits(node.name, options) == 4):
             groups.setdefault(node.input[0], []).append(node)
     matmuls = {node.output[0]: node for node in nodes}
     for name, members in groups.items():
