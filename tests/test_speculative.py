@@ -127,6 +127,17 @@ def test_only_greedy_answers_without_a_grammar_speculate():
     assert not speculative.applies(greedy.replace(speculative=False))
 
 
+def test_lookup_drafts_from_the_occurrence_that_agrees_furthest_back():
+    # (1, 2, 3) came twice: after 5, then 4; after 9, then 6. The answer's tail is 5, 1, 2, 3,
+    # so the first occurrence is where it copies from, though the second is later.
+    lookup = PromptLookup([5, 1, 2, 3, 4, 9, 1, 2, 3, 6, 8, 5, 1, 2, 3])
+    assert lookup.draft(2) == [4, 9]
+    lookup.append(7)  # the tail (2, 3, 7) is new, and so is (3, 7): nothing to draft
+    assert lookup.draft(2) == []
+    # on a tie the latest occurrence wins: both (1, 2, 3) agree with the tail 3 tokens back
+    assert PromptLookup([0, 1, 2, 3, 4, 0, 1, 2, 3, 6, 1, 2, 3]).draft(1) == [6]
+
+
 def test_lookup_drafts_what_followed_the_latest_earlier_occurrence():
     lookup = PromptLookup([1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 6])
     assert lookup.draft(3) == []  # the tail (8, 6) never came before

@@ -6,8 +6,8 @@ extraction to JSON, an edit of code), slmops guesses the next tokens and checks 
 all in one forward:
 
 1. Draft: the last few tokens (3, else 2) are looked up among the prompt and the answer
-   so far; the tokens that followed their latest earlier occurrence are the draft.
-   No draft model is needed.
+   so far; the tokens that followed the earlier occurrence that agrees furthest back with
+   the answer (the latest on a tie) are the draft. No draft model is needed.
 2. Verify: the last token shown (not yet read) and the draft go through the model together
    (``append_tokens``), which gives the logits of every position.
 3. Accept the longest run of drafted tokens that greedy decoding picks itself, plus
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 NGRAMS = (3, 2)  # lengths of the looked-up tail, longest first
 MAX_DRAFT = 12  # tokens drafted at most per verify
+OCCURRENCES = 8  # latest occurrences of each n-gram kept to draft from
+AGREE = 32  # tokens compared, at most, to choose among them
 FIRST_DRAFT = 4
 LONGEST_PAUSE = 64  # plain steps between attempts, at most, while drafts do not pay
 # What a verify costs per drafted position, in decode steps. SmolLM2-135M INT4, 2 threads
@@ -68,8 +70,8 @@ class PromptLookup:
 
     def __init__(self, tokens: list[int]) -> None:
         self.tokens: list[int] = []
-        # an n-gram -> where the token after its latest occurrence stands
-        self.index: dict[tuple[int, ...], int] = {}
+        # an n-gram -> where the tokens after its latest occurrences stand, oldest first
+        self.index: dict[tuple[int, ...], list[int]] = {}
         for token in tokens:
             self.append(token)
 
@@ -77,11 +79,14 @@ class PromptLookup:
         tokens, end = self.tokens, len(self.tokens)
         for size in NGRAMS:
             if end >= size:
-                self.index[tuple(tokens[end - size : end])] = end
+                places = self.index.setdefault(tuple(tokens[end - size : end]), [])
+                places.append(end)
+                if len(places) > OCCURRENCES:
+                    del places[0]
         tokens.append(token)
 
     def draft(self, most: int) -> list[int]:
-        """Up to ``most`` tokens that followed the latest earlier occurrence of the current tail.
+        """Up to ``most`` tokens that followed an earlier occurrence of the current tail.
 
         A draft that reaches the last token goes on from the tail it has made: an answer caught
         in a loop repeats a period shorter than a draft, and this drafts whole periods ahead.
@@ -89,20 +94,28 @@ class PromptLookup:
         tokens = self.tokens
         draft: list[int] = []
         while len(draft) < most:
-            follows = self._follows((tokens[-NGRAMS[0] :] + draft)[-NGRAMS[0] :])
+            follows = self._follows((tokens[-AGREE:] + draft)[-AGREE:])
             if follows is None:
                 break
             draft += tokens[follows : follows + most - len(draft)]
         return draft
 
     def _follows(self, tail: list[int]) -> int | None:
-        """Where the token after the latest earlier occurrence of ``tail``'s end stands, longest n-gram first."""
+        """Where the token after an earlier occurrence of ``tail``'s end stands, longest n-gram first:
+        of its occurrences, the one whose tokens before it match ``tail`` furthest back, then the latest."""
         for size in NGRAMS:
             if len(tail) >= size:
-                follows = self.index.get(tuple(tail[-size:]))
-                if follows is not None:
-                    return follows
+                places = self.index.get(tuple(tail[-size:]))
+                if places:
+                    return max(reversed(places), key=lambda follows: self._agrees(tail, follows))
         return None
+
+    def _agrees(self, tail: list[int], follows: int) -> int:
+        """How many tokens before ``follows`` equal the last ones of ``tail``."""
+        tokens, count = self.tokens, 0
+        while count < min(len(tail), follows) and tokens[follows - 1 - count] == tail[-1 - count]:
+            count += 1
+        return count
 
 
 class DraftPolicy:
