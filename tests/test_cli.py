@@ -50,3 +50,24 @@ def test_a_commands_exit_code_reaches_the_shell(monkeypatch):
         assert exc.code == 3
     else:
         raise AssertionError("main() did not exit")
+
+
+def test_a_full_disk_is_one_line_that_says_what_to_do(monkeypatch, capsys):
+    import click
+
+    @click.command()
+    def writes():
+        # safetensors reports a full disk in its own exception type, with the OS's message inside
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setitem(COMMANDS, "writes-for-test", "tests.test_cli:_unused")
+    monkeypatch.setattr("slmops.cli.LazyGroup.get_command", lambda self, ctx, name: writes)
+    try:
+        main(["writes-for-test"])
+    except SystemExit as exc:
+        assert exc.code == 1
+    else:
+        raise AssertionError("main() did not exit")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the disk is full" in err and "SLMOPS_HOME" in err
+    assert "Traceback" not in err

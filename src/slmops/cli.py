@@ -7,6 +7,7 @@ run` never pays for the conversion stack (torch, transformers).
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
 import sys
@@ -85,7 +86,25 @@ def main(argv: list[str] | None = None) -> None:
     except SlmopsError as exc:
         _fail(str(exc), exc.exit_code, verbose)
     except Exception as exc:  # a bug: still one line unless asked for more
+        if _disk_full(exc):
+            _fail(DISK_FULL, 1, verbose)
         _fail(f"{type(exc).__name__}: {exc} (run with --verbose for the traceback)", 1, verbose)
+
+
+DISK_FULL = (
+    "the disk is full (no space left on device). "
+    "Free some space, or write elsewhere (--output, SLMOPS_HOME), and run it again."
+)
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an exception behind it ran out of disk: libraries that write files
+    (safetensors, onnx, numpy) raise their own types, with the OS's message inside."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _fail(message: str, code: int, verbose: bool) -> None:
