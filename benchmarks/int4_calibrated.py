@@ -128,17 +128,22 @@ CANDIDATES: dict[str, tuple[str, dict, str]] = {
     "calibrated rotated GPTQ b64 + 25% int8 by sensitivity (the default)": (
         "calibrated",
         {"block_size": 64},
-        "rot-b64-share25",
+        "rot-b64-share25-damp10",
+    ),
+    "calibrated rotated GPTQ b64 (damping 1%, the previous default) + 25% int8 by sensitivity": (
+        "calibrated",
+        {"block_size": 64, "damping": 0.01},
+        "rot-b64-share25-damp1",
     ),
     "calibrated rotated (seed 1) GPTQ b64 + 25% int8 by sensitivity": (
         "calibrated",
         {"block_size": 64, "rotation_seed": 1},
-        "rot1-b64-share25",
+        "rot1-b64-share25-damp10",
     ),
     "calibrated rotated (seed 2) GPTQ b64 + 25% int8 by sensitivity": (
         "calibrated",
         {"block_size": 64, "rotation_seed": 2},
-        "rot2-b64-share25",
+        "rot2-b64-share25-damp10",
     ),
     "llama.cpp Q4_0": ("gguf", {"type": "Q4_0"}, ""),
     "llama.cpp Q4_K_M": ("gguf", {"type": "Q4_K_M"}, ""),

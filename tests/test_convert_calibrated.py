@@ -57,6 +57,20 @@ def test_importance_search_and_gptq_cut_the_output_error_of_round_to_nearest():
     assert gptq < weighted
 
 
+def test_gptq_damping_trades_fit_to_the_calibration_inputs_for_distance_from_the_weights():
+    rng = np.random.default_rng(4)
+    x = correlated_inputs(256, tokens=300)  # few tokens for the width, as calibration is
+    w = rng.standard_normal((64, 256)).astype(np.float32) * 0.05
+    hessian = x.T.astype(np.float64) @ x
+    tight, loose = gptq_rows(w, hessian, 64, 4, damping=0.001), gptq_rows(w, hessian, 64, 4, damping=10.0)
+    assert output_error(w, tight, x) < output_error(w, loose, x)
+    weight_error = lambda item: float(np.mean((w - item.dequantize(256)) ** 2))  # noqa: E731
+    assert weight_error(loose) < weight_error(tight)
+    options = CalibratedOptions()
+    assert "gptq (damping 0.1)" in options.describe()
+    assert "damping 0.01" in CalibratedOptions(damping=0.01).describe()
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_matmulnbits_reads_the_layout_written(bits, tmp_path):
     """An odd number of blocks per row (K=320, blocks of 128) and zero points, run by onnxruntime."""

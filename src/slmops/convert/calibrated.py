@@ -42,7 +42,6 @@ from slmops.convert.matmul_nbits import stored_codes, stored_zero_points
 from slmops.convert.rotation import LM_HEAD_NODE, ROTATION_NODE, rotate_export, value_heads
 
 ACCURACY_LEVEL = 4  # int8 activations: the VNNI kernel
-DAMPING = 0.01  # GPTQ's diagonal damping, as a fraction of the mean of H's diagonal
 SHRINKS = (1.0, 0.96, 0.92, 0.88, 0.84, 0.8, 0.76, 0.72)  # a block's range is shrunk by these, both ends alike
 ALPHAS = tuple(a / 10 for a in range(0, 9))  # AWQ's exponent grid
 SENSITIVITY_FILE = "int8-sensitivity.json"  # what each MatMul's 8 bits bought, written beside the graph
@@ -69,6 +68,10 @@ class CalibratedOptions:
     # this share of the layer weights is 8-bit, the MatMuls chosen by measured gain per byte: at the
     # size of all down_proj, SmolLM2 b64 KLD 0.075 -> 0.063, top-1 84.6% -> 87.0% (docs/quality.md)
     int8_share: float = 0.25
+    # GPTQ's diagonal damping, a fraction of the mean of H's diagonal. 4,096 calibration tokens let
+    # 0.01 fit them too closely: on 16,352 held-out tokens SmolLM2's KLD was 0.089 at 0.01, 0.082 at
+    # 0.1, 0.087 at 0.3, 0.100 at 1.0 (0.0915 at both 0.01 and 0.1 off the 4-bit grid; docs/quality.md)
+    damping: float = 0.1
     awq_o_proj: bool = False  # AWQ on o_proj too (folded into qkv_proj's value columns): SmolLM2 b64 KLD 0.075 -> 0.079
     exclude: tuple[str, ...] = ()  # MatMul names left in fp32
     calibration_windows: int = 16
@@ -83,8 +86,9 @@ class CalibratedOptions:
         awq = ("AWQ scales (o_proj too) + " if self.awq_o_proj else "AWQ scales + ") if self.awq else ""
         seed = f" (seed {self.rotation_seed})" if self.rotation_seed else ""
         rotated = f"rotated{seed}, " if self.rotate else ""
+        method = f"gptq (damping {self.damping:g})" if self.method == "gptq" else self.method
         return (
-            f"int4 b{self.block_size} asymmetric, {rotated}{awq}{self.method}, LM head int{self.head_bits}{extra}; "
+            f"int4 b{self.block_size} asymmetric, {rotated}{awq}{method}, LM head int{self.head_bits}{extra}; "
             f"calibrated on the last {self.calibration_windows} x {self.calibration_tokens} tokens of the shipped text"
         )
 
@@ -168,16 +172,17 @@ def _merge(old: Quantized, new: Quantized, better: np.ndarray) -> Quantized:
 # --- GPTQ: error feedback through the inverse Hessian -------------------------------------------
 
 
-def gptq_rows(w: np.ndarray, hessian: np.ndarray, block: int, bits: int) -> Quantized:
-    """GPTQ on ``w`` [N, K] with H = XᵀX [K, K]; each block's grid is searched (importance = diag H)
-    on the error-corrected weights when the first column of the block is reached."""
+def gptq_rows(w: np.ndarray, hessian: np.ndarray, block: int, bits: int, damping: float = 0.1) -> Quantized:
+    """GPTQ on ``w`` [N, K] with H = XᵀX [K, K], ``damping`` x mean(diag H) added to its diagonal; each
+    block's grid is searched (importance = diag H) on the error-corrected weights when the first
+    column of the block is reached."""
     n, k = w.shape
     w = w.astype(np.float64).copy()
     h = hessian.astype(np.float64).copy()
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    h += np.eye(k) * DAMPING * np.mean(np.diag(h))
+    h += np.eye(k) * damping * np.mean(np.diag(h))
     upper = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H⁻¹
     importance = np.diag(hessian).astype(np.float32)
     blocks = -(-k // block)
@@ -368,7 +373,7 @@ def _quantize_matrix(w: np.ndarray, hessian: np.ndarray | None, bits: int, optio
     if bits == 8 or options.method == "rtn" or hessian is None:
         return quantize_rows(w, None, options.block_size, bits, search=False)
     if options.method == "gptq":
-        return gptq_rows(w, hessian, options.block_size, bits)
+        return gptq_rows(w, hessian, options.block_size, bits, options.damping)
     return quantize_rows(w, np.diag(hessian).astype(np.float32), options.block_size, bits, search=True)
 
 
