@@ -101,7 +101,7 @@ def _disk_full(exc: BaseException | None) -> bool:
     """Whether ``exc`` or an exception behind it ran out of disk: libraries that write files
     (safetensors, onnx, numpy) raise their own types, with the OS's message inside."""
     while exc is not None:
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left on device" in str(exc):
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc):
             return True
         exc = exc.__cause__ or exc.__context__
     return False

@@ -112,8 +112,8 @@ class PromptLookup:
 
     def _agrees(self, tail: list[int], follows: int) -> int:
         """How many tokens before ``follows`` equal the last ones of ``tail``."""
-        tokens, count = self.tokens, 0
-        while count < min(len(tail), follows) and tokens[follows - 1 - count] == tail[-1 - count]:
+        tokens, count, most = self.tokens, 0, min(len(tail), follows)
+        while count < most and tokens[follows - 1 - count] == tail[-1 - count]:
             count += 1
         return count
 
