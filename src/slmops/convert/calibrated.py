@@ -68,9 +68,9 @@ class CalibratedOptions:
     # this share of the layer weights is 8-bit, the MatMuls chosen by measured gain per byte: at the
     # size of all down_proj, SmolLM2 b64 KLD 0.075 -> 0.063, top-1 84.6% -> 87.0% (docs/quality.md)
     int8_share: float = 0.25
-    # GPTQ's diagonal damping, a fraction of the mean of H's diagonal. 4,096 calibration tokens let
-    # 0.01 fit them too closely: on 16,352 held-out tokens SmolLM2's KLD was 0.089 at 0.01, 0.082 at
-    # 0.1, 0.087 at 0.3, 0.100 at 1.0 (0.0915 at both 0.01 and 0.1 off the 4-bit grid; docs/quality.md)
+    # GPTQ's diagonal damping, a fraction of the mean of H's diagonal: on 16,352 held-out tokens
+    # SmolLM2's KLD was 0.089 at 0.001 and 0.01, 0.082-0.084 at 0.05-0.1, 0.087-0.091 at 0.2-0.3,
+    # 0.100 at 1.0; off the 4-bit grid 0.092 at 0.01 and 0.1 (docs/quality.md, the fifth round)
     damping: float = 0.1
     awq_o_proj: bool = False  # AWQ on o_proj too (folded into qkv_proj's value columns): SmolLM2 b64 KLD 0.075 -> 0.079
     exclude: tuple[str, ...] = ()  # MatMul names left in fp32
