@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from slmops.runtime.model import common_prefix
 from slmops.runtime.speculative import DraftPolicy, PromptLookup
 
 VERIFY_SIZES = (1, 2, 4, 8, 12, 16)
@@ -68,10 +69,8 @@ def bound(prompt: list[int], answer: list[int], cost: Callable[[int], float], mo
 
 
 def _kept(draft: list[int], answer: list[int], done: int) -> int:
-    kept = 0
-    while kept < len(draft) and done + kept < len(answer) and draft[kept] == answer[done + kept]:
-        kept += 1
-    return kept
+    """How many drafted tokens the recorded answer has next."""
+    return common_prefix(draft, answer[done : done + len(draft)])
 
 
 def cost_in_steps(measured: dict[int, float]) -> Callable[[int], float]:

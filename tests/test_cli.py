@@ -42,14 +42,18 @@ def test_a_commands_exit_code_reaches_the_shell(monkeypatch):
     def fails():
         click.get_current_context().exit(3)
 
-    monkeypatch.setitem(COMMANDS, "fails-for-test", "tests.test_cli:_unused")
-    monkeypatch.setattr("slmops.cli.LazyGroup.get_command", lambda self, ctx, name: fails)
+    assert exit_code_of(monkeypatch, fails) == 3
+
+
+def exit_code_of(monkeypatch, command) -> int:
+    """The exit code main() gives when ``command`` is what the group runs."""
+    monkeypatch.setitem(COMMANDS, "command-for-test", "tests.test_cli:_unused")
+    monkeypatch.setattr("slmops.cli.LazyGroup.get_command", lambda self, ctx, name: command)
     try:
-        main(["fails-for-test"])
+        main(["command-for-test"])
     except SystemExit as exc:
-        assert exc.code == 3
-    else:
-        raise AssertionError("main() did not exit")
+        return exc.code
+    raise AssertionError("main() did not exit")
 
 
 def test_a_full_disk_is_one_line_that_says_what_to_do(monkeypatch, capsys):
@@ -60,14 +64,7 @@ def test_a_full_disk_is_one_line_that_says_what_to_do(monkeypatch, capsys):
         # safetensors reports a full disk in its own exception type, with the OS's message inside
         raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setitem(COMMANDS, "writes-for-test", "tests.test_cli:_unused")
-    monkeypatch.setattr("slmops.cli.LazyGroup.get_command", lambda self, ctx, name: writes)
-    try:
-        main(["writes-for-test"])
-    except SystemExit as exc:
-        assert exc.code == 1
-    else:
-        raise AssertionError("main() did not exit")
+    assert exit_code_of(monkeypatch, writes) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the disk is full" in err and "SLMOPS_HOME" in err
     assert "Traceback" not in err

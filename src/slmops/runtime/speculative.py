@@ -32,6 +32,7 @@ The batched decoder (:mod:`slmops.runtime.batched`) drafts its greedy rows with 
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +72,7 @@ class PromptLookup:
     def __init__(self, tokens: list[int]) -> None:
         self.tokens: list[int] = []
         # an n-gram -> where the tokens after its latest occurrences stand, oldest first
-        self.index: dict[tuple[int, ...], list[int]] = {}
+        self.index: dict[tuple[int, ...], collections.deque[int]] = {}
         for token in tokens:
             self.append(token)
 
@@ -79,10 +80,8 @@ class PromptLookup:
         tokens, end = self.tokens, len(self.tokens)
         for size in NGRAMS:
             if end >= size:
-                places = self.index.setdefault(tuple(tokens[end - size : end]), [])
-                places.append(end)
-                if len(places) > OCCURRENCES:
-                    del places[0]
+                key = tuple(tokens[end - size : end])
+                self.index.setdefault(key, collections.deque(maxlen=OCCURRENCES)).append(end)
         tokens.append(token)
 
     def draft(self, most: int) -> list[int]:
