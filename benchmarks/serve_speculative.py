@@ -2,7 +2,7 @@
 """Prompt-lookup speculation in `slmops serve`'s batched rows, over HTTP, against `--no-speculative`.
 
     .venv/bin/python benchmarks/serve_speculative.py [MODEL_FOLDER] [--rounds 3] [--max-tokens 300]
-        [--json out.json]
+        [--only extract] [--json out.json]
 
 Without MODEL_FOLDER, the embedded SmolLM2 GGUF is converted to INT4 first. Two servers run
 the same folder, one with `--no-speculative`, each with 4 rows; inside every round each
@@ -10,7 +10,9 @@ scenario asks both, in an order shuffled per round, so load from other processes
 alike. Scenarios (greedy answers, streamed):
 
 - 1 stream: each of the four input-grounded tasks of ``slmops.bench.scenarios`` (copy,
-  rewrite with corrections, extract to JSON, change one function) and the open chats, alone;
+  rewrite with corrections, extract to JSON, change one function), the extraction again held
+  to a JSON schema of its eight fields (``response_format``, "extract-schema"), and the open
+  chats, alone;
 - 4 streams: the four grounded tasks at once, and four open chats at once.
 
 Reported per scenario: the median over streams and rounds of each stream's decode tokens/s
@@ -39,7 +41,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from slmops.bench.scenario_decode import shuffled_rounds  # noqa: E402
-from slmops.bench.scenarios import TASKS  # noqa: E402
+from slmops.bench.scenarios import FIELDS_SCHEMA, TASKS  # noqa: E402
 from slmops.machine import describe_cpu  # noqa: E402
 from slmops.serverprocess import ServerProcess  # noqa: E402
 from speculative import model_folder, report  # noqa: E402
@@ -53,6 +55,7 @@ OPEN = {
     "chat-poem": "Write a poem about the sea at night.",
 }
 GROUNDED = [task for task, (kind, _) in TASKS.items() if kind == "grounded"]
+SCHEMAS = {"extract-schema": ("extract", FIELDS_SCHEMA)}  # a task held to a JSON schema: (task, schema)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -76,7 +79,7 @@ def prompt_of(task: str) -> tuple[str, bool]:
     """The task's user message, and whether it is grounded in its input (no repetition penalty)."""
     if task in OPEN:
         return OPEN[task], False
-    return TASKS[task][1], True
+    return TASKS[SCHEMAS[task][0] if task in SCHEMAS else task][1], True
 
 
 def ask(client: httpx.Client, url: str, model: str, task: str, max_tokens: int) -> Stream:
@@ -91,6 +94,8 @@ def ask(client: httpx.Client, url: str, model: str, task: str, max_tokens: int) 
     }
     if grounded:
         body["repetition_penalty"] = 1.0
+    if task in SCHEMAS:
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": task, "schema": SCHEMAS[task][1]}}
     first = last = None
     tokens = 0
     with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
@@ -114,9 +119,11 @@ def together(client: httpx.Client, url: str, model: str, tasks: list[str], max_t
         return list(pool.map(lambda task: ask(client, url, model, task, max_tokens), tasks))
 
 
-def scenarios() -> dict[str, list[str]]:
-    alone = {f"1 stream: {task}": [task] for task in [*GROUNDED, "chat-story", "chat-explain"]}
-    return {**alone, "4 streams: grounded": GROUNDED, "4 streams: open chat": list(OPEN)}
+def scenarios(only: str | None = None) -> dict[str, list[str]]:
+    """The scenarios by name, the streams each asks at once; ``only``: those whose name contains it."""
+    alone = {f"1 stream: {task}": [task] for task in [*GROUNDED, *SCHEMAS, "chat-story", "chat-explain"]}
+    every = {**alone, "4 streams: grounded": GROUNDED, "4 streams: open chat": list(OPEN)}
+    return {name: tasks for name, tasks in every.items() if only is None or only in name}
 
 
 def start(folder: str, speculative: bool) -> ServerProcess:
@@ -130,15 +137,16 @@ def served_name(client: httpx.Client, url: str) -> str:
     return client.get(url + "/v1/models").json()["data"][0]["id"]
 
 
-def measure(servers: dict[str, ServerProcess], rounds: int, max_tokens: int) -> dict:
-    runs: dict = {name: {mode: [] for mode in servers} for name in scenarios()}
+def measure(servers: dict[str, ServerProcess], rounds: int, max_tokens: int, only: str | None = None) -> dict:
+    chosen = scenarios(only)
+    runs: dict = {name: {mode: [] for mode in servers} for name in chosen}
     with httpx.Client(timeout=600) as client:
         names = {mode: served_name(client, server.url) for mode, server in servers.items()}
         for mode, server in servers.items():  # warm-up: the model loads on first use
             ask(client, server.url, names[mode], "chat-story", 8)
-        for number, name, mode in shuffled_rounds(list(scenarios()), list(servers), rounds):
+        for number, name, mode in shuffled_rounds(list(chosen), list(servers), rounds):
             before = cpu_seconds(servers[mode].process.pid)
-            streams = together(client, servers[mode].url, names[mode], scenarios()[name], max_tokens)
+            streams = together(client, servers[mode].url, names[mode], chosen[name], max_tokens)
             cpu = cpu_seconds(servers[mode].process.pid) - before
             runs[name][mode].append((streams, sum(stream.tokens for stream in streams) / cpu if cpu else 0.0))
             settle(servers[mode].process.pid)
@@ -211,6 +219,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=300)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "slmops-speculative")
+    parser.add_argument("--only", help="Run only the scenarios whose name contains this, e.g. extract.")
     parser.add_argument("--json", type=Path, help="Write the result as JSON.")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +230,7 @@ def main() -> None:
         for server in servers.values():
             server.wait_ready()
         load.append(os.getloadavg()[0])
-        runs = measure(servers, args.rounds, args.max_tokens)
+        runs = measure(servers, args.rounds, args.max_tokens, args.only)
         load.append(os.getloadavg()[0])
     finally:
         for server in servers.values():

@@ -1,7 +1,7 @@
 """Prompt-lookup speculation in the batched decoder: the same greedy tokens, rows drafting or not.
 
-On the tiny fp32 model a greedy row's tokens must be those of the same batch without
-speculation, beside rows that copy, rows that do not, a sampled row and a guided row.
+On the tiny fp32 model a greedy row's tokens, guided or not, must be those of the same batch
+without speculation, beside rows that copy, rows that do not and a sampled row.
 A random model seldom copies, so besides the real lookup an oracle drafts each row's
 plain answer with one token in three drafts wrong: every verify then keeps some tokens
 and drops the rest, which exercises acceptance and the roll-back of every row's length.
@@ -69,19 +69,21 @@ def pieces(responses) -> list[tuple]:
 
 @pytest.fixture
 def oracle(tiny, monkeypatch):
-    """Drafts each row's plain answer (from a batch without speculation), some drafts with a wrong token."""
+    """Drafts each row's plain answer (from a batch without speculation), some drafts with a wrong
+    token: each row's first draft, then seven in ten."""
 
     def use(make_rows, size: int = 6) -> dict:
         plain, _ = run(tiny, lambda: [_plain(sequence) for sequence in make_rows()])
         answers = {tuple(sequence.prompt): sequence.tokens for sequence in plain}
-        picker = random.Random(0)
+        picker, spoilt = random.Random(0), set()
 
-        def draft(lookup, most):
+        def draft(lookup, most, ahead=None):
             for prompt, tokens in answers.items():
                 if tuple(lookup.tokens[: len(prompt)]) == prompt:
                     done = len(lookup.tokens) - len(prompt)
                     found = tokens[done : done + most]
-                    if found and picker.random() < 0.7:  # else the whole draft is right
+                    if found and (prompt not in spoilt or picker.random() < 0.7):  # else the whole draft is right
+                        spoilt.add(prompt)
                         wrong = picker.randrange(len(found))
                         found[wrong] = (found[wrong] + 1) % 500
                     return found
@@ -116,7 +118,7 @@ def compare(tiny, make_rows) -> tuple[list[Sequence], dict]:
     plain, plain_responses = run(tiny, lambda: [_plain(sequence) for sequence in make_rows()])
     spec, spec_responses = run(tiny, make_rows)
     for before, after in zip(plain, spec):
-        if after.options.temperature == 0 and after.matcher is None:
+        if after.options.temperature == 0:
             assert pieces(spec_responses[id(after)]) == pieces(plain_responses[id(before)]), after.prompt[:5]
         assert len(spec_responses[id(after)]) == len(after.tokens) <= after.max_new
     return spec, spec_responses
@@ -126,8 +128,10 @@ def test_lookup_speculation_keeps_every_greedy_rows_tokens(tiny):
     grammars = BatchedDecoder(tiny, 1, 64).grammars
     spec, responses = compare(tiny, mixed(tiny, grammars))
     sampled, guided = spec[4], spec[5]
-    assert sampled.drafts is None and guided.drafts is None
+    assert sampled.drafts is None and guided.drafts is not None
     assert json.loads(tiny.decode(guided.tokens))["city"] in ("Oslo", "Rome")
+    # The schema forces nearly every token of the answer: drafted, and kept.
+    assert responses[id(guided)][-1].accepted_tokens >= len(guided.tokens) // 2
 
 
 @pytest.mark.parametrize("size", [1, 4, MAX_DRAFT])
@@ -138,6 +142,8 @@ def test_verified_drafts_keep_each_rows_tokens(tiny, oracle, size):
     for sequence in spec[:4]:
         last = responses[id(sequence)][-1]
         assert last.drafted_tokens == sequence.drafts.drafted > last.accepted_tokens == sequence.drafts.accepted > 0
+    # A guided row's wrong drafts that its grammar refuses are cut before the verify.
+    assert responses[id(spec[5])][-1].drafted_tokens >= responses[id(spec[5])][-1].accepted_tokens > 0
     assert all(response.drafted_tokens == 0 for response in responses[id(spec[4])])
 
 
@@ -187,3 +193,13 @@ def test_a_row_alone_verifies_its_last_token_and_draft_in_one_forward(tiny, orac
     oracle(make_rows, size)
     spec, responses = compare(tiny, make_rows)
     assert responses[id(spec[0])][-1].drafted_tokens > 0
+
+
+def test_a_guided_row_alone_drafts_what_its_grammar_forces(tiny):
+    grammars = BatchedDecoder(tiny, 1, 64).grammars
+    make_rows = lambda: [row(tiny, random_ids(9, 4), 40, grammars.matcher(tools.grammar(CITY)))]  # noqa: E731
+    spec, responses = compare(tiny, make_rows)
+    # A random model copies nothing: every kept draft came from the schema ('{"city": "' and the rest).
+    last = responses[id(spec[0])][-1]
+    assert last.finish_reason == "stop" and last.accepted_tokens > 0
+    assert json.loads(tiny.decode(spec[0].tokens))["city"] in ("Oslo", "Rome")

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 import slmops
 from slmops.runtime import speculative
 from slmops.runtime.options import GenerationOptions
-from slmops.runtime.speculative import MAX_DRAFT, DraftPolicy, PromptLookup
+from slmops.runtime.speculative import MAX_DRAFT, DraftPolicy, PromptLookup, RowDrafts
 
 COPY = (
     "Copy this exactly: The quick brown fox jumps over the lazy dog. Hello world, this is a test of a tiny "
@@ -151,6 +151,23 @@ def test_lookup_drafts_what_followed_the_latest_earlier_occurrence():
     loop = PromptLookup([7, 8, 9, 1, 2, 7, 8, 9, 1, 2, 7, 8])
     assert loop.draft(9) == [9, 1, 2, 7, 8, 9, 1, 2, 7]  # an answer caught in a loop: whole periods ahead
     assert PromptLookup([5]).draft(4) == []
+    # after tokens already drafted (a grammar's forced ones), from the tail they make
+    assert PromptLookup([1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 6]).draft(2, after=[2, 3]) == [7, 8]
+
+
+def test_a_row_weighs_only_its_looked_up_tokens():
+    row, looked_up_only = RowDrafts([1, 2, 3]), RowDrafts([1, 2, 3])
+    row.looked_up = [False, False, False, True, True]  # three forced tokens, then two looked up
+    row.verified(5, 3)  # the forced ones kept, the looked-up ones not
+    looked_up_only.looked_up = [True, True]
+    looked_up_only.verified(2, 0)
+    assert (row.drafted, row.accepted) == (5, 3)
+    assert vars(row.policy) == vars(looked_up_only.policy)
+    assert row.policy.pause  # two looked-up tokens lost: a pause
+    before = dict(vars(row.policy))
+    row.looked_up = [False] * 4  # forced tokens alone leave the policy as it was
+    row.verified(4, 4)
+    assert vars(row.policy) == before and (row.drafted, row.accepted) == (9, 7)
 
 
 def test_the_policy_grows_shrinks_and_pauses_while_drafts_cost_steps():

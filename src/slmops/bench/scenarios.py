@@ -211,6 +211,13 @@ DOCUMENT = (
     "01496 302 118.\n\nKind regards,\nHarbour Supplies Ltd"
 )
 FIELDS = "supplier, customer, contact_person, invoice_number, invoice_date, delivery_date, total_amount, due_date"
+# The extraction's fields as a JSON schema, for answers held to it (``response_format``).
+FIELDS_SCHEMA = {
+    "type": "object",
+    "properties": {field: {"type": "string"} for field in FIELDS.split(", ")},
+    "required": FIELDS.split(", "),
+    "additionalProperties": False,
+}
 FUNCTIONS = [
     ("parse_line", "line", "    key, _, value = line.partition('=')\n    return key.strip(), value.strip()"),
     (

@@ -24,9 +24,10 @@ grammar (JSON, tools) carries an llguidance matcher (:mod:`slmops.runtime.guided
 its logits are masked before sampling, a token it rejects fails the sequence, and
 it ends when the grammar is complete.
 
-A greedy row without a grammar or log-probabilities drafts by prompt lookup
-(:mod:`slmops.runtime.speculative`, the generator path's drafting and policy) while it is
-alone in the batch, reading its last token and its draft in one forward. Beside other rows
+A greedy row without log-probabilities drafts by prompt lookup (:mod:`slmops.runtime.speculative`,
+the generator path's drafting and policy) while it is alone in the batch, reading its last
+token and its draft in one forward. A guided row drafts its grammar's forced tokens first,
+drafts only what its grammar accepts, and masks every verified position's logits. Beside other rows
 (``drafts_beside_others``, off: it measured slower on open chat), every row,
 drafting or not, reads its last token in the shared step; a drafting row then reads its
 draft in a forward of its own, in its own KV row (onnxruntime's CPU attention takes several
@@ -115,8 +116,8 @@ class Sequence:
             with ``max_new`` 0 the prompt is only scored.
         sampler, answer: what picks its tokens and what makes them responses; set by
             :meth:`BatchedDecoder.add`.
-        drafts: its prompt lookup and draft policy, when it speculates (greedy, without a
-            grammar or log-probabilities); set by :meth:`BatchedDecoder.add`.
+        drafts: its prompt lookup and draft policy, when it speculates (greedy, without
+            log-probabilities); set by :meth:`BatchedDecoder.add`.
     """
 
     prompt: list[int]
@@ -245,7 +246,7 @@ class BatchedDecoder:
                 sequence.max_new,
                 sequence.matcher,
             )
-            if sequence.max_new > 0 and sequence.logprobs is None and applies(sequence.options, sequence.matcher):
+            if sequence.max_new > 0 and sequence.logprobs is None and applies(sequence.options):
                 sequence.drafts = RowDrafts(sequence.prompt)
             self.pending.append(sequence)
         if sequences:  # its row is the first a newcomer takes (the scheduler also adds nothing)
@@ -549,9 +550,39 @@ class BatchedDecoder:
                 continue
             # The draft must fit in the row after this step's token, and no token past max_tokens is worth it.
             room = min(self.max_length - sequence.length, sequence.max_new - len(sequence.tokens) - 1)
-            size = min(row.policy.next_size(), room, MAX_DRAFT)
-            drafts.append(row.lookup.draft(size) if size > 0 else [])
+            drafts.append(self._draft(sequence, row, min(room, MAX_DRAFT)))
         return drafts
+
+    def _draft(self, sequence: Sequence, row: RowDrafts, most: int) -> list[int]:
+        """Up to ``most`` tokens drafted for ``sequence``: by its lookup, or with its grammar (:meth:`_guided_draft`)."""
+        if sequence.matcher is not None:
+            return self._guided_draft(sequence.matcher, row, most)
+        size = min(row.policy.next_size(), most)
+        draft = row.lookup.draft(size) if size > 0 else []
+        row.looked_up = [True] * len(draft)
+        return draft
+
+    def _guided_draft(self, matcher: LLMatcher, row: RowDrafts, most: int) -> list[int]:
+        """Forced tokens and at most one looked-up piece (cut where the grammar refuses it), in the
+        order the grammar takes them; ``matcher`` is left where it was."""
+        grammars = self._guides()[0]
+        draft: list[int] = []
+        looked_up: list[bool] = []
+        size = None  # the policy's allowance, asked for once, when the grammar leaves a choice
+        while len(draft) < most:
+            piece = grammars.forced(matcher)[: most - len(draft)]
+            if not piece and size is None:
+                size = min(row.policy.next_size(), most - len(draft))
+                piece = grammars.cut(matcher, row.lookup.draft(size, draft)) if size > 0 else []
+                looked_up += [True] * len(piece)
+            else:
+                looked_up += [False] * len(piece)
+            if not piece or not matcher.consume_tokens(piece):
+                break
+            draft += piece
+        matcher.rollback(len(draft))
+        row.looked_up = looked_up[: len(draft)]
+        return draft
 
     def _verify(self, index: int, sequence: Sequence, draft: list[int], alone: bool = False) -> list[int]:
         """The tokens greedy decoding keeps of a row's ``draft``, and its own token after them.
@@ -572,7 +603,13 @@ class BatchedDecoder:
         if self.picks_positions:
             io.bind_cpu_input(logits_graph.POSITIONS, np.arange(len(ids)).reshape(1, -1, 1))
         io.bind_output(self.names["logits"], "cpu", 0, np.float32, [1, *out.shape], out.ctypes.data)
-        self.session.run_with_iobinding(io)
+        if sequence.matcher is None:
+            self.session.run_with_iobinding(io)
+        else:  # the masks of every verified position, filled while the model runs
+            grammars = self._guides()[0]
+            filling = self.pool.submit(grammars.draft_masks, sequence.matcher, draft)
+            self.session.run_with_iobinding(io)
+            grammars.apply_rows(logits, filling.result())
         seen = sequence.prompt + sequence.tokens
         kept, token = accept(logits, seen, draft, sequence.options.repetition_penalty)
         return [*draft[:kept], token]
@@ -589,10 +626,7 @@ class BatchedDecoder:
         drafting = sum(1 for draft in drafts if draft)
         for sequence, draft, pick in zip(running, drafts, picked):
             if draft and sequence.drafts is not None:
-                kept = len(pick) - 1
-                sequence.drafts.policy.verified_in_batch(len(draft), kept, len(running), drafting)
-                sequence.drafts.drafted += len(draft)
-                sequence.drafts.accepted += kept
+                sequence.drafts.verified(len(draft), len(pick) - 1, len(running), drafting)
         # Last row first: a finished row takes the last one's place, which by then holds all its tokens.
         made: list[list[tuple[Sequence, Response]]] = []
         for sequence, pick in reversed(list(zip(running, picked))):

@@ -78,6 +78,30 @@ class Grammars:
         if matchers:
             self.executor.unsafe_compute_mask_ptr(matchers, masks.ctypes.data, masks.shape[1] * 4, masks.shape[0])
 
+    def draft_masks(self, matcher: LLMatcher, draft: list[int]) -> np.ndarray:
+        """The masks of the next token and of the token after each of ``draft``'s, which the
+        grammar must accept (:meth:`cut`); ``matcher`` is left where it was."""
+        masks = self.masks(1 + len(draft))
+        self.executor.unsafe_compute_mask_ptr_with_draft_token(
+            [(matcher, 0, draft)], masks.ctypes.data, masks.shape[1] * 4, masks.shape[0]
+        )
+        return masks
+
+    @staticmethod
+    def cut(matcher: LLMatcher, draft: list[int]) -> list[int]:
+        """``draft`` up to its first token the grammar would refuse."""
+        return draft[: matcher.validate_tokens(draft)] if draft else draft
+
+    @staticmethod
+    def forced(matcher: LLMatcher) -> list[int]:
+        """The tokens the grammar allows nothing but, next (a JSON schema's keys, its punctuation)."""
+        return matcher.compute_ff_tokens()
+
+    def apply_rows(self, logits: np.ndarray, masks: np.ndarray) -> None:
+        """Set every token ``masks[i]`` forbids to -inf in ``logits[i]``, in place."""
+        allowed = np.unpackbits(masks.view(np.uint8), axis=1, bitorder="little")[:, : logits.shape[1]]
+        logits[allowed == 0] = -np.inf
+
     def apply(self, logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """``logits`` with every token the mask forbids at -inf."""
         allowed = np.unpackbits(mask.view(np.uint8), bitorder="little")[: len(logits)].astype(bool)

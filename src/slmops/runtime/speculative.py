@@ -16,8 +16,8 @@ all in one forward:
 The tokens are exactly the ones greedy decoding gives one at a time (the logits of a
 position do not depend on the positions after it, and a repetition penalty is applied
 to each position as onnxruntime-genai's step applies it), so speculation runs only at
-temperature 0 and without a grammar (onnxruntime-genai follows grammars inside its own
-step); sampled and guided answers decode as before.
+temperature 0; on a generator, only without a grammar (onnxruntime-genai follows grammars
+inside its own step), sampled and guided answers decode as before.
 
 :class:`DraftPolicy` keeps it from costing time: drafts grow while they are accepted
 and shrink when they are not, and drafting pauses (for longer each time) while the
@@ -27,7 +27,13 @@ go through another attention path than a one-token step, and a policy that follo
 would make a greedy answer differ between two runs.
 
 The batched decoder (:mod:`slmops.runtime.batched`) drafts its greedy rows with the same
-:class:`PromptLookup`, :class:`DraftPolicy` and :func:`accept` (a :class:`RowDrafts` per row).
+:class:`PromptLookup`, :class:`DraftPolicy` and :func:`accept` (a :class:`RowDrafts` per row),
+guided rows too. There, where the grammar allows one thing only (a JSON schema's keys and
+punctuation), its forced tokens are drafted whatever the policy says (they are kept unless the
+model spells the same text in other tokens), and the policy weighs only the looked-up tokens;
+a looked-up piece is cut where the grammar would refuse it, and forced tokens may follow it (the
+whitespace before a key, then the key); every drafted position's logits are masked as a plain
+step's would be before greedy decoding picks from them.
 """
 
 from __future__ import annotations
@@ -57,8 +63,8 @@ EXTRA_POSITION = 0.25
 
 
 def applies(options: GenerationOptions, guidance: Any = None) -> bool:
-    """Whether an answer with ``options`` (and ``guidance``) speculates: it asked to, and it is greedy
-    without a grammar, so the accepted tokens are exactly greedy decoding's."""
+    """Whether an answer with ``options`` speculates: it asked to, and it is greedy, so the accepted
+    tokens are exactly greedy decoding's. On a generator, ``guidance`` (its grammar) rules it out."""
     return options.speculative and options.temperature == 0 and not guidance
 
 
@@ -84,20 +90,21 @@ class PromptLookup:
                 self.index.setdefault(key, collections.deque(maxlen=OCCURRENCES)).append(end)
         tokens.append(token)
 
-    def draft(self, most: int) -> list[int]:
-        """Up to ``most`` tokens that followed an earlier occurrence of the current tail.
+    def draft(self, most: int, after: list[int] | None = None) -> list[int]:
+        """Up to ``most`` tokens that followed an earlier occurrence of the current tail (``after``
+        appended to it: tokens already drafted).
 
         A draft that reaches the last token goes on from the tail it has made: an answer caught
         in a loop repeats a period shorter than a draft, and this drafts whole periods ahead.
         """
-        tokens = self.tokens
-        draft: list[int] = []
-        while len(draft) < most:
+        tokens, start = self.tokens, list(after or ())
+        draft, end = start[:], len(start) + most
+        while len(draft) < end:
             follows = self._follows((tokens[-AGREE:] + draft)[-AGREE:])
             if follows is None:
                 break
-            draft += tokens[follows : follows + most - len(draft)]
-        return draft
+            draft += tokens[follows : follows + end - len(draft)]
+        return draft[len(start) :]
 
     def _follows(self, tail: list[int]) -> int | None:
         """Where the token after an earlier occurrence of ``tail``'s end stands, longest n-gram first:
@@ -174,6 +181,17 @@ class RowDrafts:
         self.lookup = PromptLookup(tokens)
         self.policy = DraftPolicy()
         self.drafted = self.accepted = 0
+        # which tokens of the draft under way were looked up (the rest a grammar forced)
+        self.looked_up: list[bool] = []
+
+    def verified(self, drafted: int, kept: int, rows: int = 1, drafting: int = 1) -> None:
+        """The draft under way: ``kept`` of its ``drafted`` tokens kept, in a step of ``rows`` rows of
+        which ``drafting`` drafted; the policy weighs its looked-up tokens."""
+        looked_up = sum(self.looked_up)
+        if looked_up:
+            self.policy.verified_in_batch(looked_up, sum(self.looked_up[:kept]), rows, drafting)
+        self.drafted += drafted
+        self.accepted += kept
 
 
 def speculative_loop(
