@@ -577,9 +577,10 @@ class BatchedDecoder:
                 looked_up += [True] * len(piece)
             else:
                 looked_up += [False] * len(piece)
-            if not piece or not matcher.consume_tokens(piece):
+            taken = matcher.try_consume_tokens(piece) if piece else 0
+            draft += piece[:taken]
+            if not taken or taken < len(piece):
                 break
-            draft += piece
         matcher.rollback(len(draft))
         row.looked_up = looked_up[: len(draft)]
         return draft
