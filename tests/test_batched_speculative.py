@@ -77,7 +77,7 @@ def oracle(tiny, monkeypatch):
         answers = {tuple(sequence.prompt): sequence.tokens for sequence in plain}
         picker, spoilt = random.Random(0), set()
 
-        def draft(lookup, most, ahead=None):
+        def draft(lookup, most, after=None):
             for prompt, tokens in answers.items():
                 if tuple(lookup.tokens[: len(prompt)]) == prompt:
                     done = len(lookup.tokens) - len(prompt)

@@ -27,7 +27,8 @@ class GenerationOptions:
         stop: strings that end the answer (not included in it).
         speculative: draft tokens from the prompt and the answer so far and verify them in
             one step (:mod:`slmops.runtime.speculative`); it only applies to greedy answers
-            without a grammar, and never changes their tokens.
+            (on a generator, without a grammar; in `serve`'s batch, with one too), and never
+            changes their tokens.
     """
 
     max_tokens: int | None = None
