@@ -9,6 +9,7 @@ which exercises acceptance and the rewind of the rejected KV on every step.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 
@@ -45,8 +46,8 @@ def oracle(tiny, monkeypatch):
         ids = tiny._completion_ids(prompt)
         picker = random.Random(0)
 
-        def draft(lookup, most):
-            done = len(lookup.tokens) - len(ids)
+        def draft(lookup, most, after=None):
+            done = len(lookup.tokens) - len(ids) + len(after or ())
             tokens = plain.tokens[done : done + most]
             if tokens and picker.random() < 0.7:  # else the whole draft is right
                 wrong = picker.randrange(len(tokens))
@@ -119,12 +120,42 @@ def test_speculative_false_and_sampling_decode_one_token_per_step(tiny, oracle):
     assert "".join(tiny.stream([{"role": "user", "content": COPY}], temperature=0, max_tokens=5, speculative=False))
 
 
-def test_only_greedy_answers_without_a_grammar_speculate():
+def test_only_greedy_answers_speculate():
     greedy = GenerationOptions(temperature=0.0, repetition_penalty=1.2)
     assert speculative.applies(greedy)
-    assert not speculative.applies(greedy, ("regex", "[ab]+"))
     assert not speculative.applies(greedy.replace(temperature=0.5))
     assert not speculative.applies(greedy.replace(speculative=False))
+
+
+CITY = '{"type": "object", "properties": {"city": {"type": "string", "enum": ["Oslo", "Rome"]}}, "required": ["city"]}'
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_a_guided_answer_speculates_with_its_grammar_and_keeps_its_tokens(tiny, penalty):
+    # The plain answer follows onnxruntime-genai's guidance; the speculative one slmops' own
+    # matcher, which drafts the schema's forced tokens and masks every verified position.
+    guidance = ("json_schema", CITY)
+    options = {"temperature": 0, "guidance": guidance, "repetition_penalty": penalty, "max_tokens": 40}
+    plain = list(tiny.stream_generate(COPY, speculative=False, **options))
+    drafted = list(tiny.stream_generate(COPY, **options))
+    # onnxruntime-genai's guided answer ends on an end-of-text token after the grammar is complete
+    # (shown as nothing); slmops' ends with the grammar, one step sooner.
+    if plain[-1].text == "" and plain[-1].finish_reason == "stop":
+        plain = plain[:-1]
+    assert [(r.token, r.text) for r in drafted] == [(r.token, r.text) for r in plain]
+    assert json.loads("".join(r.text for r in drafted))["city"] in ("Oslo", "Rome")
+    assert drafted[-1].finish_reason == "stop" and drafted[-1].accepted_tokens > 0
+
+
+def test_a_guided_answer_drafts_only_what_its_grammar_accepts(tiny, oracle):
+    # The oracle's drafts are the plain answer with a wrong token now and then: the grammar cuts
+    # each draft before its wrong token, so nothing it refuses is ever verified.
+    guidance = ("json_schema", CITY)
+    plain = oracle(COPY, 6, guidance=guidance, max_tokens=40)
+    drafted = tiny.generate(COPY, temperature=0, guidance=guidance, max_tokens=40)
+    assert drafted.tokens == plain[: len(drafted.tokens)] and drafted.finish_reason == "stop"
+    assert json.loads(drafted.text)["city"] in ("Oslo", "Rome")
+    assert drafted.accepted_tokens == drafted.drafted_tokens > 0
 
 
 def test_lookup_drafts_from_the_occurrence_that_agrees_furthest_back():

@@ -74,7 +74,7 @@ from slmops.runtime.options import GenerationOptions
 from slmops.runtime.prefix import MIN_REUSE, Entry, PrefixCache, reusable
 from slmops.runtime.rows import RowMemory
 from slmops.runtime.sampling import Sampler
-from slmops.runtime.speculative import MAX_DRAFT, RowDrafts, accept, applies
+from slmops.runtime.speculative import MAX_DRAFT, RowDrafts, accept, applies, guided_draft
 from slmops.runtime.warming import Warming, as_sent_again
 
 if TYPE_CHECKING:
@@ -554,35 +554,13 @@ class BatchedDecoder:
         return drafts
 
     def _draft(self, sequence: Sequence, row: RowDrafts, most: int) -> list[int]:
-        """Up to ``most`` tokens drafted for ``sequence``: by its lookup, or with its grammar (:meth:`_guided_draft`)."""
+        """Up to ``most`` tokens drafted for ``sequence``: by its lookup, or with its grammar too."""
         if sequence.matcher is not None:
-            return self._guided_draft(sequence.matcher, row, most)
+            draft, row.looked_up = guided_draft(self._guides()[0], sequence.matcher, row.lookup, row.policy, most)
+            return draft
         size = min(row.policy.next_size(), most)
         draft = row.lookup.draft(size) if size > 0 else []
         row.looked_up = [True] * len(draft)
-        return draft
-
-    def _guided_draft(self, matcher: LLMatcher, row: RowDrafts, most: int) -> list[int]:
-        """Forced tokens and at most one looked-up piece (cut where the grammar refuses it), in the
-        order the grammar takes them; ``matcher`` is left where it was."""
-        grammars = self._guides()[0]
-        draft: list[int] = []
-        looked_up: list[bool] = []
-        size = None  # the policy's allowance, asked for once, when the grammar leaves a choice
-        while len(draft) < most:
-            piece = grammars.forced(matcher)[: most - len(draft)]
-            if not piece and size is None:
-                size = min(row.policy.next_size(), most - len(draft))
-                piece = grammars.cut(matcher, row.lookup.draft(size, draft)) if size > 0 else []
-                looked_up += [True] * len(piece)
-            else:
-                looked_up += [False] * len(piece)
-            taken = matcher.try_consume_tokens(piece) if piece else 0
-            draft += piece[:taken]
-            if not taken or taken < len(piece):
-                break
-        matcher.rollback(len(draft))
-        row.looked_up = looked_up[: len(draft)]
         return draft
 
     def _verify(self, index: int, sequence: Sequence, draft: list[int], alone: bool = False) -> list[int]:

@@ -222,6 +222,7 @@ def stream_tokens(
     prompt_logprobs: int | None = None,
     mask: LogitsMask | None = None,
     loop: Callable[[og.Generator, Answer], Iterator[Response]] | None = None,
+    matcher: Matcher | None = None,
 ) -> Iterator[Response]:
     """Generate from prompt token ids on a fresh ``og.Generator``, one :class:`Response` per token.
 
@@ -240,22 +241,24 @@ def stream_tokens(
         mask: the ``guidance`` grammar's mask, applied to the logits the log-probabilities come from.
         loop: what steps the generator once the prompt is in (default :func:`decode_loop`;
             :func:`slmops.runtime.speculative.speculative_loop` for greedy answers).
+        matcher: the ``guidance`` grammar's matcher when ``loop`` follows it itself: the
+            generator then gets no guidance of its own, and the answer ends with the grammar.
     """
     start = time.perf_counter() if start is None else start
     params = og.GeneratorParams(og_model)
     params.set_search_options(**options.search_options(len(ids), context_length))
-    if guidance:
+    if guidance and matcher is None:
         params.set_guidance(*guidance)
     generator = og.Generator(og_model, params)
     generator.append_tokens(ids)
-    answer = Answer(tokenizer.create_stream(), len(ids), start, stop_ids, options.stop)
+    answer = Answer(tokenizer.create_stream(), len(ids), start, stop_ids, options.stop, matcher=matcher)
     scores = None
     if prompt_logprobs is not None:  # appending the prompt computed the logits of all its positions
         scores = prompt_tokens(generator.get_output("logits")[0], ids, prompt_logprobs)
-    if loop is None or logprobs is not None or scores is not None or mask is not None:
-        yield from decode_loop(generator, answer, logprobs, scores, mask)  # log-probabilities: one token a step
-    else:
+    if loop is not None and (matcher is not None or (logprobs is None and scores is None and mask is None)):
         yield from loop(generator, answer)
+    else:  # log-probabilities: one token a step
+        yield from decode_loop(generator, answer, logprobs, scores, mask)
 
 
 def score_prompt(og_model: og.Model, ids: list[int], top: int, start: float | None = None) -> Iterator[Response]:

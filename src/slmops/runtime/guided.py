@@ -9,16 +9,31 @@ llguidance's own threads, while the model computes the step's logits.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from slmops.errors import UsageError
-from slmops.runtime.model import Model
 
 if TYPE_CHECKING:
     from llguidance import LLMatcher
+
+
+class Vocabulary(Protocol):
+    """What :class:`Grammars` reads of a model (a :class:`slmops.runtime.Model`, which uses
+    grammars itself: this module does not import it)."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def genai_config(self) -> Mapping[str, Any]: ...
+
+    @property
+    def stop_token_ids(self) -> Iterable[int]: ...
+
 
 COMPILERS = {
     "json_schema": "grammar_from_json_schema",
@@ -39,7 +54,7 @@ class Grammars:
         threads: threads llguidance fills masks with.
     """
 
-    def __init__(self, model: Model, threads: int = 1) -> None:
+    def __init__(self, model: Vocabulary, threads: int = 1) -> None:
         import llguidance
 
         self.vocab = model.genai_config["model"]["vocab_size"]

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnxruntime_genai as og
 
@@ -23,6 +23,9 @@ from slmops.runtime import speculative
 from slmops.runtime.generate import Answer, Response, Result, collect, decode_loop, stream_tokens, strip_leading
 from slmops.runtime.options import GenerationOptions, model_defaults
 from slmops.runtime.threads import default_threads
+
+if TYPE_CHECKING:
+    from slmops.runtime.guided import Grammars
 
 
 def load(name_or_path: str | Path, threads: int | None = None) -> Model:
@@ -151,6 +154,13 @@ class Model:
         return self.defaults.replace(**overrides)
 
     @cached_property
+    def grammars(self) -> Grammars:
+        """llguidance's view of this model's vocabulary, built on first use (a guided greedy answer)."""
+        from slmops.runtime.guided import Grammars
+
+        return Grammars(self)
+
+    @cached_property
     def has_chat_template(self) -> bool:
         """False for a base model: no PromptTemplate and no tokenizer chat template to render chats with."""
         from slmops.modelfolder.prompt_template import chat_template_of
@@ -223,11 +233,17 @@ class Model:
             ids = [self._start_token()]
         if len(ids) >= self.context_length:
             raise self._too_long(len(ids), False)
-        loop = None
-        if speculative.applies(chosen, guidance):
+        loop = matcher = None
+        if speculative.applies(chosen):
             max_length = chosen.search_options(len(ids), self.context_length)["max_length"]
             penalty = chosen.repetition_penalty
-            loop = functools.partial(speculative.speculative_loop, ids=ids, max_length=max_length, penalty=penalty)
+            guide = None
+            if guidance:  # slmops follows the grammar itself, to mask the drafted positions too
+                matcher = self.grammars.matcher(guidance)
+                guide = (self.grammars, matcher)
+            loop = functools.partial(
+                speculative.speculative_loop, ids=ids, max_length=max_length, penalty=penalty, guide=guide
+            )
         return stream_tokens(
             self.og_model,
             self.tokenizer,
@@ -238,6 +254,7 @@ class Model:
             start,
             guidance,
             loop=loop,
+            matcher=matcher,
         )
 
     def generate(self, prompt: str | list[int], **options) -> Result:

@@ -27,8 +27,7 @@ class GenerationOptions:
         stop: strings that end the answer (not included in it).
         speculative: draft tokens from the prompt and the answer so far and verify them in
             one step (:mod:`slmops.runtime.speculative`); it only applies to greedy answers
-            (on a generator, without a grammar; in `serve`'s batch, with one too), and never
-            changes their tokens.
+            (guided ones too), and never changes their tokens.
     """
 
     max_tokens: int | None = None

@@ -16,8 +16,7 @@ all in one forward:
 The tokens are exactly the ones greedy decoding gives one at a time (the logits of a
 position do not depend on the positions after it, and a repetition penalty is applied
 to each position as onnxruntime-genai's step applies it), so speculation runs only at
-temperature 0; on a generator, only without a grammar (onnxruntime-genai follows grammars
-inside its own step), sampled and guided answers decode as before.
+temperature 0; sampled answers decode as before.
 
 :class:`DraftPolicy` keeps it from costing time: drafts grow while they are accepted
 and shrink when they are not, and drafting pauses (for longer each time) while the
@@ -26,14 +25,18 @@ same answer drafts the same way on every run: on INT4 models the positions a ver
 go through another attention path than a one-token step, and a policy that followed the clock
 would make a greedy answer differ between two runs.
 
-The batched decoder (:mod:`slmops.runtime.batched`) drafts its greedy rows with the same
-:class:`PromptLookup`, :class:`DraftPolicy` and :func:`accept` (a :class:`RowDrafts` per row),
-guided rows too. There, where the grammar allows one thing only (a JSON schema's keys and
-punctuation), its forced tokens are drafted whatever the policy says (they are kept unless the
-model spells the same text in other tokens), and the policy weighs only the looked-up tokens;
-a looked-up piece is cut where the grammar would refuse it, and forced tokens may follow it (the
-whitespace before a key, then the key); every drafted position's logits are masked as a plain
-step's would be before greedy decoding picks from them.
+A guided answer (a JSON schema, a regex, tools) drafts with its grammar (:func:`guided_draft`):
+where the grammar allows one thing only (a JSON schema's keys and punctuation), its forced
+tokens are drafted whatever the policy says (they are kept unless the model spells the same
+text in other tokens), and the policy weighs only the looked-up tokens; a looked-up piece is
+cut where the grammar would refuse it, and forced tokens may follow it (the whitespace before a
+key, then the key); every position's logits are masked as the grammar's own step would mask
+them before greedy decoding picks from them. On a generator slmops then follows the grammar
+itself (llguidance, :class:`GuidedSteps`) instead of onnxruntime-genai's guidance.
+
+The batched decoder (:mod:`slmops.runtime.batched`) drafts its greedy rows, guided or not, with
+the same :class:`PromptLookup`, :class:`DraftPolicy`, :func:`guided_draft` and :func:`accept` (a
+:class:`RowDrafts` per row).
 """
 
 from __future__ import annotations
@@ -47,7 +50,10 @@ import numpy as np
 from slmops.runtime.sampling import penalize
 
 if TYPE_CHECKING:
+    from llguidance import LLMatcher
+
     from slmops.runtime.generate import Answer, Response
+    from slmops.runtime.guided import Grammars
     from slmops.runtime.options import GenerationOptions
 
 NGRAMS = (3, 2)  # lengths of the looked-up tail, longest first
@@ -62,10 +68,10 @@ LONGEST_PAUSE = 64  # plain steps between attempts, at most, while drafts do not
 EXTRA_POSITION = 0.25
 
 
-def applies(options: GenerationOptions, guidance: Any = None) -> bool:
+def applies(options: GenerationOptions) -> bool:
     """Whether an answer with ``options`` speculates: it asked to, and it is greedy, so the accepted
-    tokens are exactly greedy decoding's. On a generator, ``guidance`` (its grammar) rules it out."""
-    return options.speculative and options.temperature == 0 and not guidance
+    tokens are exactly greedy decoding's."""
+    return options.speculative and options.temperature == 0
 
 
 class PromptLookup:
@@ -194,8 +200,38 @@ class RowDrafts:
         self.accepted += kept
 
 
+def guided_draft(
+    grammars: Grammars, matcher: LLMatcher, lookup: PromptLookup, policy: DraftPolicy, most: int
+) -> tuple[list[int], list[bool]]:
+    """Up to ``most`` tokens for an answer that follows ``matcher``'s grammar: forced tokens and at most
+    one looked-up piece (cut where the grammar refuses it), in the order the grammar takes them; and
+    which of them were looked up. ``matcher`` is left where it was."""
+    draft: list[int] = []
+    looked_up: list[bool] = []
+    size = None  # the policy's allowance, asked for once, when the grammar leaves a choice
+    while len(draft) < most:
+        piece = grammars.forced(matcher)[: most - len(draft)]
+        if not piece and size is None:
+            size = min(policy.next_size(), most - len(draft))
+            piece = grammars.cut(matcher, lookup.draft(size, draft)) if size > 0 else []
+            looked_up += [True] * len(piece)
+        else:
+            looked_up += [False] * len(piece)
+        taken = matcher.try_consume_tokens(piece) if piece else 0
+        draft += piece[:taken]
+        if not taken or taken < len(piece):
+            break
+    matcher.rollback(len(draft))
+    return draft, looked_up[: len(draft)]
+
+
 def speculative_loop(
-    generator: Any, answer: Answer, ids: list[int], max_length: int, penalty: float = 1.0
+    generator: Any,
+    answer: Answer,
+    ids: list[int],
+    max_length: int,
+    penalty: float = 1.0,
+    guide: tuple[Grammars, LLMatcher] | None = None,
 ) -> Iterator[Response]:
     """Greedy decoding with prompt-lookup drafts, until ``answer`` ends.
 
@@ -210,8 +246,12 @@ def speculative_loop(
         ids: every token the generator holds, the prompt's included.
         max_length: tokens the generator may hold (its ``max_length``).
         penalty: the repetition penalty (1: none).
+        guide: the grammars and the matcher of a guided answer (the ``answer``'s own, which
+            follows its tokens), on a generator without guidance of its own: every step is then
+            a :class:`GuidedSteps` one, and drafts come from :func:`guided_draft`.
     """
-    lookup, policy, steps = PromptLookup(ids), DraftPolicy(), Steps(generator, len(ids), penalty)
+    lookup, policy = PromptLookup(ids), DraftPolicy()
+    steps = Steps(generator, len(ids), penalty) if guide is None else GuidedSteps(generator, lookup, penalty, *guide)
     tokens = [steps.first()]
     drafted = accepted = 0
     while True:
@@ -223,15 +263,21 @@ def speculative_loop(
             if response.finish_reason:
                 return
         # The verify reads the last token shown and the draft: room for both.
-        size = min(policy.next_size(), max_length - len(lookup.tokens)) if steps.rewinds else 0
-        draft = lookup.draft(size) if size > 0 else []
+        room = max_length - len(lookup.tokens) if steps.rewinds else 0
+        if guide is not None:
+            draft, looked_up = guided_draft(*guide, lookup, policy, min(room, MAX_DRAFT)) if room > 0 else ([], [])
+        else:
+            size = min(policy.next_size(), room)
+            draft = lookup.draft(size) if size > 0 else []
+            looked_up = [True] * len(draft)
         verified = steps.verify(tokens[-1], draft, lookup.tokens) if draft else None
         if verified is None:
             tokens = [steps.plain(tokens[-1])]
         else:
             kept, token = verified
             tokens = [*draft[:kept], token]
-            policy.verified(len(draft), kept)
+            if any(looked_up):
+                policy.verified(sum(looked_up), sum(looked_up[:kept]))
             drafted, accepted = drafted + len(draft), accepted + kept
 
 
@@ -275,11 +321,48 @@ class Steps:
                 return None
             self.held = False
         generator.append_tokens([last, *draft])
-        kept, token = accept(generator.get_output("logits")[0], seen, draft, self.penalty)
+        kept, token = accept(self.masked(generator.get_output("logits")[0], draft), seen, draft, self.penalty)
         if kept < len(draft):
             generator.rewind_to(self.read + 1 + kept)
         self.read += 1 + kept
         return kept, token
+
+    def masked(self, logits: np.ndarray, draft: list[int]) -> np.ndarray:
+        """The logits a verify picks from (a grammar's steps mask them)."""
+        return logits
+
+
+class GuidedSteps(Steps):
+    """The steps of a generator without guidance of its own for an answer that follows a grammar:
+    each step appends the last token and picks from the logits the grammar's mask leaves.
+
+    Args:
+        generator: the generator, its prompt appended.
+        lookup: the prompt and the answer so far (the tokens a repetition penalty weighs).
+        penalty: the repetition penalty (1: none).
+        grammars, matcher: the grammar's matcher, which the answer's tokens advance.
+    """
+
+    def __init__(self, generator: Any, lookup: PromptLookup, penalty: float, grammars: Grammars, matcher: LLMatcher):
+        super().__init__(generator, len(lookup.tokens), penalty)
+        self.seen, self.grammars, self.matcher = lookup.tokens, grammars, matcher
+        self.mask = grammars.masks(1)
+
+    def first(self) -> int:
+        """The token after what the generator read last."""
+        logits = self.generator.get_output("logits")[0][-1:]
+        self.grammars.fill([(self.matcher, 0)], self.mask)
+        self.grammars.apply_rows(logits, self.mask)
+        return _pick(logits[0], self.seen, self.penalty)
+
+    def plain(self, last: int) -> int:
+        self.generator.append_tokens([last])
+        self.read += 1
+        return self.first()
+
+    def masked(self, logits: np.ndarray, draft: list[int]) -> np.ndarray:
+        self.grammars.apply_rows(logits, self.grammars.draft_masks(self.matcher, draft))
+        return logits
 
 
 def accept(logits: np.ndarray, seen: list[int], draft: list[int], penalty: float = 1.0) -> tuple[int, int]:
