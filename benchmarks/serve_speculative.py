@@ -9,11 +9,10 @@ the same folder, one with `--no-speculative`, each with 4 rows; inside every rou
 scenario asks both, in an order shuffled per round, so load from other processes hits both
 alike. Scenarios (greedy answers, streamed):
 
-- 1 stream: each of the four input-grounded tasks of ``slmops.bench.scenarios`` (copy,
-  rewrite with corrections, extract to JSON, change one function), the extraction again held
-  to a JSON schema of its eight fields (``response_format``, "extract-schema"), and the open
-  chats, alone;
-- 4 streams: the four grounded tasks at once, and four open chats at once.
+- 1 stream: each of the input-grounded tasks of ``slmops.bench.scenarios`` (copy, rewrite
+  with corrections, extract to JSON, the extraction held to a JSON schema of its eight fields
+  by ``response_format``, change one function) and the open chats, alone;
+- 4 streams: the four grounded tasks without a schema at once, and four open chats at once.
 
 Reported per scenario: the median over streams and rounds of each stream's decode tokens/s
 (its completion tokens after the first, over the time from its first text to its last),
@@ -41,7 +40,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from slmops.bench.scenario_decode import shuffled_rounds  # noqa: E402
-from slmops.bench.scenarios import FIELDS_SCHEMA, TASKS  # noqa: E402
+from slmops.bench.scenarios import TASKS  # noqa: E402
 from slmops.machine import describe_cpu  # noqa: E402
 from slmops.serverprocess import ServerProcess  # noqa: E402
 from speculative import model_folder, report  # noqa: E402
@@ -54,8 +53,7 @@ OPEN = {
     "chat-advice": "Give me some advice for my first week at a new job.",
     "chat-poem": "Write a poem about the sea at night.",
 }
-GROUNDED = [task for task, (kind, _) in TASKS.items() if kind == "grounded"]
-SCHEMAS = {"extract-schema": ("extract", FIELDS_SCHEMA)}  # a task held to a JSON schema: (task, schema)
+GROUNDED = [name for name, task in TASKS.items() if task.kind == "grounded"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -79,7 +77,7 @@ def prompt_of(task: str) -> tuple[str, bool]:
     """The task's user message, and whether it is grounded in its input (no repetition penalty)."""
     if task in OPEN:
         return OPEN[task], False
-    return TASKS[SCHEMAS[task][0] if task in SCHEMAS else task][1], True
+    return TASKS[task].prompt, True
 
 
 def ask(client: httpx.Client, url: str, model: str, task: str, max_tokens: int) -> Stream:
@@ -94,8 +92,9 @@ def ask(client: httpx.Client, url: str, model: str, task: str, max_tokens: int) 
     }
     if grounded:
         body["repetition_penalty"] = 1.0
-    if task in SCHEMAS:
-        body["response_format"] = {"type": "json_schema", "json_schema": {"name": task, "schema": SCHEMAS[task][1]}}
+    schema = TASKS[task].schema if task in TASKS else None
+    if schema:
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": task, "schema": schema}}
     first = last = None
     tokens = 0
     with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
@@ -121,8 +120,9 @@ def together(client: httpx.Client, url: str, model: str, tasks: list[str], max_t
 
 def scenarios(only: str | None = None) -> dict[str, list[str]]:
     """The scenarios by name, the streams each asks at once; ``only``: those whose name contains it."""
-    alone = {f"1 stream: {task}": [task] for task in [*GROUNDED, *SCHEMAS, "chat-story", "chat-explain"]}
-    every = {**alone, "4 streams: grounded": GROUNDED, "4 streams: open chat": list(OPEN)}
+    alone = {f"1 stream: {task}": [task] for task in [*GROUNDED, "chat-story", "chat-explain"]}
+    unguided = [task for task in GROUNDED if TASKS[task].schema is None]
+    every = {**alone, "4 streams: grounded": unguided, "4 streams: open chat": list(OPEN)}
     return {name: tasks for name, tasks in every.items() if only is None or only in name}
 
 

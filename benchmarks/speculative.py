@@ -65,13 +65,14 @@ def model_folder(name: str | None, workdir: Path) -> str:
 
 
 def answer(model, task: str, max_tokens: int, speculative: bool) -> dict:
-    kind, prompt = TASKS[task]
+    chosen = TASKS[task]
     stream = model.stream_chat(
-        [{"role": "user", "content": prompt}],
+        [{"role": "user", "content": chosen.prompt}],
         temperature=0.0,
-        repetition_penalty=1.0 if kind == "grounded" else None,
+        repetition_penalty=1.0 if chosen.kind == "grounded" else None,
         max_tokens=max_tokens,
         speculative=speculative,
+        guidance=chosen.guidance,
     )
     # CPU seconds of this process (every onnxruntime thread) from the first token to the last: less
     # swayed than wall time by other processes on a shared machine.
@@ -102,7 +103,7 @@ class LlamaLookup:
     draft: int
 
     def answer(self, model, task: str, max_tokens: int, lookup: bool) -> dict:
-        kind, prompt = TASKS[task]
+        kind, prompt, _ = TASKS[task]  # llama-lookup takes no JSON schema: a schema's task runs without it
         text = model.render([{"role": "user", "content": prompt}])
         penalty = 1.0 if kind == "grounded" else model.defaults.repetition_penalty
         command = [self.binary, "-m", str(self.gguf), "-p", text, "-n", str(max_tokens), "-t", str(self.threads)]

@@ -74,7 +74,7 @@ def test_the_decoding_scenarios_compare_speculative_with_plain(tiny_onnx, monkey
     document = run_scenarios(spec, callbacks=None)
     assert list(document["scenarios"]) == ["grounded", "chat"]
     grounded = document["scenarios"]["grounded"]["figures"]
-    assert set(grounded) == {"copy", "rewrite", "extract", "code"}
+    assert set(grounded) == {"copy", "rewrite", "extract", "extract-schema", "code"}
     for figures in grounded.values():
         assert figures["speculative decode tok/s"] > 0 and figures["plain decode tok/s"] > 0
         assert figures["accepted tokens"] <= figures["drafted tokens"]

@@ -34,14 +34,15 @@ class TaskRuns:
 
 def answer(model: Model, task: str, max_tokens: int, speculative: bool):
     """One greedy answer to ``task``, collected (timings, drafted and accepted tokens)."""
-    kind, prompt = scenarios.TASKS[task]
+    chosen = scenarios.TASKS[task]
     return collect(
         model.stream_chat(
-            [{"role": "user", "content": prompt}],
+            [{"role": "user", "content": chosen.prompt}],
             temperature=0.0,
-            repetition_penalty=1.0 if kind == "grounded" else None,
+            repetition_penalty=1.0 if chosen.kind == "grounded" else None,
             max_tokens=max_tokens,
             speculative=speculative,
+            guidance=chosen.guidance,
         )
     )
 

@@ -8,10 +8,11 @@ tiny test model and SmolLM2 alike.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 # ---- the scenarios and their targets ------------------------------------------------
 
@@ -37,7 +38,11 @@ SCENARIOS = {
         Scenario("multi-turn", "serve", "a ~1,000-token chat: TTFT of its next turn over its first turn's"),
         Scenario("system-prompt", "serve", "8 users, one ~500-token system prompt: median TTFT over the cold one"),
         Scenario("burst", "serve", "8 streams arriving together: median and p95 TTFT, aggregate tok/s"),
-        Scenario("grounded", "runtime", "copy, rewrite, extract to JSON, edit code: decode tok/s speculative/plain"),
+        Scenario(
+            "grounded",
+            "runtime",
+            "copy, rewrite, extract to JSON (also held to a schema), edit code: decode tok/s speculative/plain",
+        ),
         Scenario("chat", "runtime", "open chat: decode tok/s speculative/plain"),
     )
 }
@@ -161,10 +166,17 @@ def burst_chats(tag: str, count: Count, tokens: int) -> list[list[dict]]:
 
 
 class Task(NamedTuple):
-    """A task of the decoding scenarios: "grounded" (its answer copies from its prompt) or "open"."""
+    """A task of the decoding scenarios: "grounded" (its answer copies from its prompt) or "open";
+    with a ``schema``, its answer is held to that JSON schema (``response_format``, ``guidance``)."""
 
     kind: str
     prompt: str
+    schema: dict[str, Any] | None = None
+
+    @property
+    def guidance(self) -> tuple[str, str] | None:
+        """The schema as the runtime takes it, ``("json_schema", text)``."""
+        return ("json_schema", json.dumps(self.schema)) if self.schema else None
 
 
 PASSAGE = (
@@ -279,6 +291,9 @@ TASKS = {
         "grounded", f"Rewrite this passage with its spelling mistakes corrected. Change nothing else.\n\n{misspelt()}"
     ),
     "extract": Task("grounded", f"Extract these fields from the document as a JSON object: {FIELDS}.\n\n{DOCUMENT}"),
+    "extract-schema": Task(
+        "grounded", f"Extract these fields from the document as a JSON object: {FIELDS}.\n\n{DOCUMENT}", FIELDS_SCHEMA
+    ),
     "code": Task(
         "grounded",
         "Change the function `average` so that it returns None for an empty list. Reply with the whole "
