@@ -146,7 +146,7 @@ def _job(loaded: Loaded, plan: Plan) -> Job:
         grammars = decoder.grammars
         if grammars is not None:
             return _row(loop, plan, options, max_new, _matcher(grammars, plan.guidance, plan.tool_mode))
-    # What a row cannot hold runs alone, on the runtime's generator and its own guidance.
+    # What a row cannot hold runs alone, on the runtime's generator, guided there too.
     if not model.generator_loaded:  # its weights load in the scheduler's thread, not on the event loop
         return Job(_later(lambda: _stream(model, plan, options, max_new, decoder)), loop)
     return Job(_stream(model, plan, options, max_new, decoder), loop)
