@@ -172,15 +172,23 @@ def test_two_nodes_answer_and_a_node_without_the_model_is_named(tmp_path, tiny_o
             wait_for(lambda: server.poll() is not None or _ready(url), 180, "the replicas on both nodes")
             assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             seen: dict[str, str] = {}
+            last: list[str] = []  # the last answer, for the message when no replica ever shows
 
             def both_nodes() -> bool:
-                text = httpx.get(url + "/metrics", timeout=10).text
-                info = next(line for line in text.splitlines() if line.startswith("slmops_replica_info{"))
+                answer = httpx.get(url + "/metrics", timeout=10)
+                last[:] = [f"{answer.status_code}: {answer.text[:300]}"]
+                lines = answer.text.splitlines()
+                info = next((line for line in lines if line.startswith("slmops_replica_info{")), None)
+                if info is None:  # a replica still settling in answered, or the proxy did: ask again
+                    return False
                 labels = dict(part.split("=", 1) for part in info[info.index("{") + 1 : info.index("}")].split(","))
                 seen[labels["node_id"].strip('"')] = labels["replica"].strip('"')
                 return len(seen) == 2
 
-            wait_for(both_nodes, 30, "/metrics from a replica on each node")
+            try:
+                wait_for(both_nodes, 30, "/metrics from a replica on each node")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; replicas seen {seen}, last answer {last}") from None
             assert set(seen) == {nodes.node_a, nodes.node_b}, seen
             key = {"Authorization": f"Bearer {KEY}"}
             body = {"model": tiny_onnx.name, "prompt": "1, 2,", "max_tokens": 4}
