@@ -4,7 +4,7 @@
 processes and wait for them the same way, by what /health documents: 200 ("ok") once
 the models named at start-up are loaded, 503 with status "loading" before and
 "failed" when one of them could not load. A server that is not slmops (llama-server)
-is ready at its first 200 too.
+is ready at its first 200 with status "ok" too.
 
 It sits below ``server`` and ``bench`` (beside ``client``) and imports neither, so that
 ``slmops bench`` can start a server without importing the server's app.
@@ -13,6 +13,7 @@ It sits below ``server`` and ``bench`` (beside ``client``) and imports neither, 
 from __future__ import annotations
 
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -27,24 +28,52 @@ from typing import Literal
 from slmops.errors import ServiceError
 
 LOOPBACK = "127.0.0.1"
+FIRST_PORT = 20000  # above Ray's worker ports (10002-19999)
 
 POLL_S = 0.2
 Outcome = Literal["ok", "failed", "exited", "timeout"]
 
 
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port nothing listens on at this moment, picked by the OS."""
+    """A TCP port nothing listens on at this moment.
+
+    A server binds its port seconds after it is chosen (after Ray has started, for one), and
+    every process that asks the OS for any port gets one from the ephemeral range: so the port
+    is picked below that range (and above Ray's worker ports, 10002-19999), where nothing else
+    lands in the meantime; the OS picks when that leaves no room.
+    """
+    end = _ephemeral_start()
+    for port in random.sample(range(FIRST_PORT, end), min(64, end - FIRST_PORT)) if end > FIRST_PORT else []:
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
+def _ephemeral_start() -> int:
+    """The first port of the range the OS hands out to whoever asks for any port."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def health(url: str, timeout: float = 2.0) -> tuple[str, dict]:
     """The status /health gives at ``url`` ("ok", "loading", "failed", ...; "down" when
-    nothing answers it), and the models that failed to load, with why."""
+    nothing answers it, or something that is no such server: a metrics exporter answers 200
+    at every path), and the models that failed to load, with why."""
     try:
-        with urllib.request.urlopen(url + "/health", timeout=timeout):
-            return "ok", {}
+        with urllib.request.urlopen(url + "/health", timeout=timeout) as answer:
+            try:
+                body = json.loads(answer.read() or b"{}")
+            except ValueError:
+                body = {}
+            return ("ok", {}) if isinstance(body, dict) and body.get("status") == "ok" else ("down", {})
     except urllib.error.HTTPError as exc:
         try:
             body = json.loads(exc.read() or b"{}")
