@@ -285,15 +285,14 @@ def code_file() -> str:
     return "import os\nimport sys\n\n\n" + "\n\n".join(functions)
 
 
+EXTRACT = Task("grounded", f"Extract these fields from the document as a JSON object: {FIELDS}.\n\n{DOCUMENT}")
 TASKS = {
     "copy": Task("grounded", f"Repeat the following passage exactly, word for word:\n\n{PASSAGE}"),
     "rewrite": Task(
         "grounded", f"Rewrite this passage with its spelling mistakes corrected. Change nothing else.\n\n{misspelt()}"
     ),
-    "extract": Task("grounded", f"Extract these fields from the document as a JSON object: {FIELDS}.\n\n{DOCUMENT}"),
-    "extract-schema": Task(
-        "grounded", f"Extract these fields from the document as a JSON object: {FIELDS}.\n\n{DOCUMENT}", FIELDS_SCHEMA
-    ),
+    "extract": EXTRACT,
+    "extract-schema": EXTRACT._replace(schema=FIELDS_SCHEMA),
     "code": Task(
         "grounded",
         "Change the function `average` so that it returns None for an empty list. Reply with the whole "
