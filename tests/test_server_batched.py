@@ -16,7 +16,7 @@ import pytest
 import slmops
 from slmops.runtime import batched
 from slmops.runtime.batched import BatchedDecoder, Sequence
-from slmops.runtime.guided import GrammarError
+from slmops.runtime.guided import GrammarError, grammars_for
 from slmops.server import tools
 from slmops.server.scheduler import DONE, Job, Scheduler
 from tests.test_server_prefix import Endless, prompt
@@ -328,7 +328,7 @@ def test_auto_tool_choice_text_can_never_open_a_call(tiny):
 
 def test_grammars_need_the_tokenizer_file(tmp_path):
     model = SimpleNamespace(genai_config={"model": {"vocab_size": 8}}, path=Path(tmp_path), stop_token_ids={2})
-    assert batched._grammars(model) is None  # such a model's guided requests use the generator instead
+    assert grammars_for(model) is None  # such a model's guided requests use the generator instead
 
 
 @pytest.mark.parametrize("step", [1, 4, 100])

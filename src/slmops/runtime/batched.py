@@ -190,7 +190,7 @@ class BatchedDecoder:
         self.masks: np.ndarray | None = None
         # One thread fills grammar masks while onnxruntime computes logits (both leave the GIL).
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="slmops-grammar")
-        self._grammars = self.pool.submit(_grammars, model)
+        self._grammars = self.pool.submit(lambda: model.grammars)
 
     @staticmethod
     def token_bytes(model: Model) -> int:
@@ -746,15 +746,6 @@ def _session(model: Model, logits: str) -> tuple[ort.InferenceSession, bool]:
 def _scored(sequences: list[Sequence]) -> bool:
     """Whether any of ``sequences`` scores its prompt, which needs every position's logits."""
     return any(sequence.prompt_logprobs is not None for sequence in sequences)
-
-
-def _grammars(model: Model) -> Grammars | None:
-    """Grammars for ``model``, or None: its guided requests then run on onnxruntime-genai's guidance."""
-    try:
-        return Grammars(model)
-    except Exception as exc:  # no tokenizer.json, a tokenizer llguidance does not read, no llguidance
-        log.warning("%s: grammars run outside the batch: %s", getattr(model, "name", "model"), exc)
-        return None
 
 
 def _names(decoder: dict) -> dict:

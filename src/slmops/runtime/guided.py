@@ -9,6 +9,7 @@ llguidance's own threads, while the model computes the step's logits.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,11 +36,23 @@ class Vocabulary(Protocol):
     def stop_token_ids(self) -> Iterable[int]: ...
 
 
+log = logging.getLogger("slmops.server")
+
 COMPILERS = {
     "json_schema": "grammar_from_json_schema",
     "lark_grammar": "grammar_from_lark",
     "regex": "grammar_from_regex",
 }
+
+
+def grammars_for(model: Vocabulary) -> Grammars | None:
+    """Grammars for ``model``, or None when llguidance cannot read its tokenizer: its grammars then
+    run in onnxruntime-genai's own step (a generator's guidance, one token a step)."""
+    try:
+        return Grammars(model)
+    except Exception as exc:  # no tokenizer.json, a tokenizer llguidance does not read, no llguidance
+        log.warning("%s: slmops cannot follow grammars itself: %s", getattr(model, "name", "model"), exc)
+        return None
 
 
 class GrammarError(UsageError):

@@ -154,11 +154,13 @@ class Model:
         return self.defaults.replace(**overrides)
 
     @cached_property
-    def grammars(self) -> Grammars:
-        """llguidance's view of this model's vocabulary, built on first use (a guided greedy answer)."""
-        from slmops.runtime.guided import Grammars
+    def grammars(self) -> Grammars | None:
+        """llguidance's view of this model's vocabulary, built on first use and shared by all that
+        follows a grammar itself (the batch's rows, a generator's guided greedy answers, masked
+        log-probabilities); None when llguidance cannot read the tokenizer."""
+        from slmops.runtime.guided import grammars_for
 
-        return Grammars(self)
+        return grammars_for(self)
 
     @cached_property
     def has_chat_template(self) -> bool:
@@ -233,14 +235,14 @@ class Model:
             ids = [self._start_token()]
         if len(ids) >= self.context_length:
             raise self._too_long(len(ids), False)
-        loop = matcher = None
-        if speculative.applies(chosen):
+        loop = matcher = guide = None
+        # slmops follows a guided answer's grammar itself, to mask the drafted positions too
+        if speculative.applies(chosen) and guidance and (grammars := self.grammars) is not None:
+            matcher = grammars.matcher(guidance)
+            guide = (grammars, matcher)
+        if speculative.applies(chosen) and (guide or not guidance):
             max_length = chosen.search_options(len(ids), self.context_length)["max_length"]
             penalty = chosen.repetition_penalty
-            guide = None
-            if guidance:  # slmops follows the grammar itself, to mask the drafted positions too
-                matcher = self.grammars.matcher(guidance)
-                guide = (self.grammars, matcher)
             loop = functools.partial(
                 speculative.speculative_loop, ids=ids, max_length=max_length, penalty=penalty, guide=guide
             )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from slmops.errors import SlmopsError
-from slmops.runtime.batched import BatchedDecoder, Sequence
+from slmops.runtime.batched import Sequence
 from slmops.runtime.generate import LeadingWhitespace, Response, score_prompt, stream_tokens
 from slmops.runtime.guided import GrammarError, Grammars
 from slmops.runtime.model import Model
@@ -148,17 +147,15 @@ def _job(loaded: Loaded, plan: Plan) -> Job:
             return _row(loop, plan, options, max_new, _matcher(grammars, plan.guidance, plan.tool_mode))
     # What a row cannot hold runs alone, on the runtime's generator, guided there too.
     if not model.generator_loaded:  # its weights load in the scheduler's thread, not on the event loop
-        return Job(_later(lambda: _stream(model, plan, options, max_new, decoder)), loop)
-    return Job(_stream(model, plan, options, max_new, decoder), loop)
+        return Job(_later(lambda: _stream(model, plan, options, max_new)), loop)
+    return Job(_stream(model, plan, options, max_new), loop)
 
 
 def _later(make: Callable[[], Iterator[Response]]) -> Iterator[Response]:
     yield from make()
 
 
-def _stream(
-    model: Model, plan: Plan, options: GenerationOptions, max_new: int, decoder: BatchedDecoder | None
-) -> Iterator[Response]:
+def _stream(model: Model, plan: Plan, options: GenerationOptions, max_new: int) -> Iterator[Response]:
     start = time.perf_counter()
     if max_new <= 0:
         return score_prompt(model.og_model, plan.ids, plan.prompt_logprobs or 0, start)
@@ -166,7 +163,7 @@ def _stream(
         return model.stream_generate(plan.ids, guidance=plan.guidance, **plan.options)
     mask = None
     if plan.guidance is not None and plan.logprobs is not None:
-        mask = _grammar_mask(model, plan, decoder)
+        mask = _grammar_mask(model, plan)
     return stream_tokens(
         model.og_model,
         model.tokenizer,
@@ -197,26 +194,12 @@ class GrammarMask:
         self.matcher.consume_token(token)
 
 
-_GRAMMARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _grammar_mask(model: Model, plan: Plan, decoder: BatchedDecoder | None) -> GrammarMask | None:
+def _grammar_mask(model: Model, plan: Plan) -> GrammarMask | None:
     """The mask of ``plan``'s grammar, or None when llguidance cannot read the model's tokenizer."""
-    grammars = decoder.grammars if decoder is not None else None
-    if grammars is None:
-        if model not in _GRAMMARS:
-            _GRAMMARS[model] = _own_grammars(model)
-        grammars = _GRAMMARS[model]
+    grammars = model.grammars
     if grammars is None or plan.guidance is None:
         return None
     return GrammarMask(grammars, _matcher(grammars, plan.guidance, plan.tool_mode))
-
-
-def _own_grammars(model: Model) -> Grammars | None:
-    try:
-        return Grammars(model)
-    except Exception:  # no tokenizer.json, or one llguidance cannot read: logprobs stay unmasked
-        return None
 
 
 def _row(
