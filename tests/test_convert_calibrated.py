@@ -91,7 +91,7 @@ def test_matmulnbits_reads_the_layout_written(bits, tmp_path):
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     )
     item = quantize_rows(w.T, None, 128, bits, search=False)
-    added = _replace_matmul(model.graph, model.graph.node[0], item, (k, n), 128)
+    added = _replace_matmul(model.graph, model.graph.node[0], item, (k, n))
     _replace_initializers(model.graph, added)
     assert [i.name for i in model.graph.initializer if i.name == "w"] == []
     path = tmp_path / "m.onnx"
@@ -152,6 +152,12 @@ def test_calibrated_export_loads_shares_its_head_and_tracks_torch(tiny_onnx, tin
     assert bits["/lm_head/MatMul_Q8"] == 8 and bits["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 8
     assert bits["/model/rotation/MatMul_Q8"] == 8
     assert bits["/model/layers.0/attn/qkv_proj/MatMul_Q4"] == 4
+    blocks = {
+        n.name: {a.name: a.i for a in n.attribute}["block_size"] for n in graph.node if n.op_type == "MatMulNBits"
+    }
+    # 8-bit matrices keep blocks of 64 (finer ones add bytes for nothing), which the embedding's gather follows
+    assert blocks["/lm_head/MatMul_Q8"] == blocks["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 64
+    assert blocks["/model/layers.0/attn/qkv_proj/MatMul_Q4"] == 32
     # A broken layout gives uncorrelated logits; on a tiny random model the top token itself is a
     # coin toss at 4 bits (GPTQ fits 256 calibration tokens of text the model never learnt).
     same, correlation = agreement(folder, torch_logits(tiny_llama))
