@@ -1,6 +1,6 @@
 """SmolLM2 moved off its Q4_1 grid: a model for judging 4-bit methods on weights that never were 4-bit.
 
-    .venv/bin/python benchmarks/off_grid_smollm2.py /tmp/smollm2-off-grid --fraction 0.3
+    .venv/bin/python benchmarks/off_grid_smollm2.py /tmp/smollm2-off-grid
 
 The embedded SmolLM2 is a Q4_1 GGUF, so its weights sit on an asymmetric 4-bit grid in blocks
 of 32 that some quantizers reproduce almost exactly. This writes a Hugging Face folder of the
@@ -35,7 +35,8 @@ def off_grid(weight: np.ndarray, fraction: float, rng: np.random.Generator) -> n
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=Path, help="Hugging Face folder to write.")
-    parser.add_argument("--fraction", type=float, default=0.3, help="Noise standard deviation in grid steps.")
+    # 0.08 steps: PPL +2.6% over the original, top-1 agreement 90% (0.3 moved it +45%: another model)
+    parser.add_argument("--fraction", type=float, default=0.08, help="Noise standard deviation in grid steps.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
