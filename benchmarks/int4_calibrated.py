@@ -156,6 +156,16 @@ CANDIDATES: dict[str, tuple[str, dict, str]] = {
         {"block_size": 32, "int8_share": 0.15},
         "rot-b32-share15-int8b64",
     ),
+    "calibrated rotated GPTQ b16 (no int8 layers)": (
+        "calibrated",
+        {"block_size": 16, "int8_share": 0, "int8": ()},
+        "rot-b16-int8b64",
+    ),
+    "calibrated rotated GPTQ b16 + 5% int8 by sensitivity": (
+        "calibrated",
+        {"block_size": 16, "int8_share": 0.05},
+        "rot-b16-share5-int8b64",
+    ),
     "llama.cpp Q4_0": ("gguf", {"type": "Q4_0"}, ""),
     "llama.cpp Q4_K_M": ("gguf", {"type": "Q4_K_M"}, ""),
 }
