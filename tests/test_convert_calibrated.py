@@ -158,6 +158,8 @@ def test_calibrated_export_loads_shares_its_head_and_tracks_torch(tiny_onnx, tin
     # 8-bit matrices keep blocks of 64 (finer ones add bytes for nothing), which the embedding's gather follows
     assert blocks["/lm_head/MatMul_Q8"] == blocks["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 64
     assert blocks["/model/layers.0/attn/qkv_proj/MatMul_Q4"] == 32
+    assert "8-bit matrices in blocks of 64" in options.describe()  # what conversion.json says
+    assert "8-bit matrices" not in CalibratedOptions(block_size=64).describe()
     # A broken layout gives uncorrelated logits; on a tiny random model the top token itself is a
     # coin toss at 4 bits (GPTQ fits 256 calibration tokens of text the model never learnt).
     same, correlation = agreement(folder, torch_logits(tiny_llama))

@@ -92,6 +92,7 @@ class CalibratedOptions:
         extra = f", int8: {','.join(self.int8)}" if self.int8 and not self.int8_share else ""
         extra += f", {self.int8_share:.0%} of the layer weights int8 by measured sensitivity" if self.int8_share else ""
         extra += f", fp32: {','.join(self.exclude)}" if self.exclude else ""
+        extra += f", 8-bit matrices in blocks of {self.int8_block}" if self.int8_block != self.block_size else ""
         awq = ("AWQ scales (o_proj too) + " if self.awq_o_proj else "AWQ scales + ") if self.awq else ""
         seed = f" (seed {self.rotation_seed})" if self.rotation_seed else ""
         rotated = f"rotated{seed}, " if self.rotate else ""
