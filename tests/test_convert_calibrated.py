@@ -194,3 +194,20 @@ def test_o_proj_scales_are_shared_by_the_query_heads_that_read_one_value_head():
     scale = np.array([2, 4, 2, 4, 8, 16, 8, 16], dtype=np.float32)
     folded = fold.apply(weight, scale)
     np.testing.assert_allclose(folded[0], [1] * 12 + [0.5, 0.25, 0.125, 0.0625])
+
+
+@pytest.mark.parametrize("block", [16, 128, 256])
+def test_calibrated_export_at_any_block_size_the_cli_offers_predicts(tiny_onnx, tiny_llama, tmp_path, block):
+    # 16: 8-bit matrices at 64 beside 4-bit ones at 16; 128 and 256: one block per row of a hidden
+    # size of 64, padded, at both widths.
+    import onnx
+
+    folder = tmp_path / f"b{block}"
+    shutil.copytree(tiny_onnx, folder)
+    options = CalibratedOptions(block_size=block, calibration_windows=2, calibration_tokens=64)
+    quantize_calibrated(folder, options)
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    layouts = [{a.name: a.i for a in n.attribute} for n in graph.node if n.op_type == "MatMulNBits"]
+    assert {(layout["bits"], layout["block_size"]) for layout in layouts} == {(4, block), (8, max(block, 64))}
+    same, correlation = agreement(folder, torch_logits(tiny_llama))
+    assert correlation > 0.8, (same, correlation)
