@@ -319,7 +319,7 @@ def quantize_calibrated(
     if options.int8_share:  # every layer MatMul is 4-bit so far; measure which ones 8 bits help most
         by_name = {node.name: node for node in nodes}
         for name in _measured_int8(model_dir, model, nodes, weights, items, options, echo):
-            items[name] = quantize_rows(_weight(by_name[name], weights).T, None, options.int8_block, 8, search=False)
+            items[name] = _quantize_matrix(_weight(by_name[name], weights).T, None, 8, options)
     added = []
     for node in nodes:
         shape = tuple(weights[node.input[1]].dims)
@@ -362,9 +362,7 @@ def _measured_int8(model_dir: Path, model, nodes, weights, items, options: Calib
     four = {name: items[node.name].dequantize(fp32[name].shape[0]).T.copy() for name, node in by_weight.items()}
     candidates = [name for name, node in by_weight.items() if node.name not in HEAD_NODES]
     eight = {
-        name: quantize_rows(fp32[name].T, None, options.int8_block, 8, search=False)
-        .dequantize(fp32[name].shape[0])
-        .T.copy()
+        name: _quantize_matrix(fp32[name].T, None, 8, options).dequantize(fp32[name].shape[0]).T.copy()
         for name in candidates
     }
     feeds = CalibrationWindows(model_dir, options.sensitivity_windows, options.sensitivity_tokens).items
