@@ -211,3 +211,29 @@ def test_calibrated_export_at_any_block_size_the_cli_offers_predicts(tiny_onnx, 
     assert {(layout["bits"], layout["block_size"]) for layout in layouts} == {(4, block), (8, max(block, 64))}
     same, correlation = agreement(folder, torch_logits(tiny_llama))
     assert correlation > 0.8, (same, correlation)
+
+
+def test_an_untied_embedding_gathers_its_own_8_bit_table(tiny_model_factory, tmp_path):
+    # A checkpoint that stores the embedding apart from the LM head (a GGUF with both token_embd and
+    # output) kept it as an fp32 table: on a 0.5B model with a 152k vocabulary, 545 of 960 MB.
+    import onnx
+
+    from slmops.convert import QuantizationOptions, convert
+
+    untied = tiny_model_factory("llama", tie=False)
+    output = tmp_path / "untied"
+    convert(untied, output, precision="int4", quantization=QuantizationOptions(algo="calibrated"), log_level=0)
+    graph = onnx.load(str(output / "model.onnx"), load_external_data=False).graph
+    lookups = [node for node in graph.node if "input_ids" in node.input]
+    assert [node.op_type for node in lookups] == ["GatherBlockQuantized"]
+    gather = lookups[0]
+    head = next(node for node in graph.node if node.name.startswith("/lm_head/"))
+    assert {a.name: a.i for a in gather.attribute}["bits"] == 8
+    assert not set(gather.input) & set(head.input)  # its own table, not the head's
+    shape = [{a.name: a.i for a in head.attribute}[dim] for dim in ("N", "K")]  # [vocab, hidden]
+    fp32_tables = [
+        item.name for item in graph.initializer if item.data_type == onnx.TensorProto.FLOAT and list(item.dims) == shape
+    ]
+    assert fp32_tables == []
+    same, correlation = agreement(output, torch_logits(untied))
+    assert correlation > 0.8, (same, correlation)

@@ -24,9 +24,9 @@ hidden state and the value heads are rotated so that no input channel stands out
 The LM head (when ``head_bits`` is 8) and a share of the layer MatMuls are quantized to 8 bits
 in the same MatMulNBits layout: with ``int8_share`` (the default), the ones whose 8 bits cut the
 KL divergence from the FP32 graph most per extra byte on calibration text
-(:mod:`slmops.convert.sensitivity`); with ``int8_share=0``, those named in ``int8``. The tied
-input embedding then gathers from the quantized LM head (:mod:`slmops.convert.tied_head`), so
-no fp32 table is left.
+(:mod:`slmops.convert.sensitivity`); with ``int8_share=0``, those named in ``int8``. The input
+embedding then gathers 8-bit rows (:mod:`slmops.convert.tied_head`): from the quantized LM head
+when the two are tied, else from its own table quantized alike, so no fp32 table is left.
 """
 
 from __future__ import annotations
@@ -326,7 +326,7 @@ def quantize_calibrated(
         added += _replace_matmul(graph, node, items[node.name], shape)
     del weights
     _replace_initializers(graph, added)
-    _share_head(graph)
+    _quantized_embedding(graph, options)
     save_graph(model, model_dir)
     return notes
 
@@ -473,18 +473,11 @@ def _value_fold(attention, qkv, width: int) -> Fold | None:
 
 def _replace_matmul(graph, node, item: Quantized, shape: tuple[int, int]) -> list:
     """Swap ``node`` for a MatMulNBits reading ``item``; returns the initializers it needs."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     k, n = shape
     block = item.q.shape[-1]
-    base = node.input[1]
-    tensors = [
-        numpy_helper.from_array(
-            np.ascontiguousarray(stored_codes(item.q, item.bits), np.uint8), f"{base}_Q{item.bits}"
-        ),
-        numpy_helper.from_array(item.scale.astype(np.float32), f"{base}_scales"),
-        numpy_helper.from_array(stored_zero_points(item.zero_point, item.bits), f"{base}_zp"),
-    ]
+    tensors = _stored(item, node.input[1])
     made = helper.make_node(
         "MatMulNBits",
         [node.input[0], *(t.name for t in tensors)],
@@ -503,6 +496,18 @@ def _replace_matmul(graph, node, item: Quantized, shape: tuple[int, int]) -> lis
     return tensors
 
 
+def _stored(item: Quantized, base: str) -> list:
+    """``item``'s codes, scales and zero points as MatMulNBits (and GatherBlockQuantized) read them."""
+    from onnx import numpy_helper
+
+    codes = np.ascontiguousarray(stored_codes(item.q, item.bits), np.uint8)
+    return [
+        numpy_helper.from_array(codes, f"{base}_Q{item.bits}"),
+        numpy_helper.from_array(item.scale.astype(np.float32), f"{base}_scales"),
+        numpy_helper.from_array(stored_zero_points(item.zero_point, item.bits), f"{base}_zp"),
+    ]
+
+
 def _replace_initializers(graph, added: list) -> None:
     """Drop the initializers no node reads any more and add ``added``, in one pass (protobuf copies on extend)."""
     used = {name for node in graph.node for name in node.input}
@@ -511,18 +516,35 @@ def _replace_initializers(graph, added: list) -> None:
     graph.initializer.extend([*kept, *added])
 
 
-def _share_head(graph) -> None:
-    """Point the tied embedding (Gather of the transposed LM head weight) at the quantized LM head."""
-    from slmops.convert.tied_head import _replace_gather
+def _quantized_embedding(graph, options: CalibratedOptions) -> None:
+    """The embedding gathers 8-bit rows: from the quantized LM head when tied, else from its own table.
+
+    A checkpoint may store the head and the embedding apart even when they hold nearly the same
+    matrix (a GGUF with both ``token_embd`` and ``output``): left in fp32 its table is 4 bytes a
+    weight, more than every 4-bit layer together on a 0.5B model with a 152k vocabulary.
+    """
+    from onnx import numpy_helper
+
+    from slmops.convert.tied_head import RowBlocks, replace_gather
 
     producers = {output: node for node in graph.node for output in node.output}
-    heads = [n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith(LM_HEAD_NODE)]
     gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"]
-    if len(heads) != 1 or len(gathers) != 1:
+    if len(gathers) != 1:
         return
-    transpose = producers.get(gathers[0].input[0])
-    if transpose is None or transpose.op_type != "Transpose":
+    gather = gathers[0]
+    transpose = producers.get(gather.input[0])
+    heads = [n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith(LM_HEAD_NODE)]
+    if transpose is not None and transpose.op_type == "Transpose" and len(heads) == 1:
+        graph.node.remove(transpose)
+        replace_gather(graph, gather, RowBlocks.of(heads[0]))
+        _replace_initializers(graph, [])
         return
-    graph.node.remove(transpose)
-    _replace_gather(graph, gathers[0], heads[0])
-    _replace_initializers(graph, [])
+    tables = [item for item in graph.initializer if item.name == gather.input[0]]
+    if len(tables) != 1 or len(tables[0].dims) != 2 or tables[0].data_type != 1:  # an fp32 [vocab, hidden] table
+        return
+    item = _quantize_matrix(numpy_helper.to_array(tables[0]).astype(np.float32), None, 8, options)
+    rows, hidden = tables[0].dims
+    codes, scales, zero_points = _stored(item, tables[0].name)
+    layout = RowBlocks(codes.name, scales.name, zero_points.name, rows, hidden, item.bits, item.q.shape[-1])
+    replace_gather(graph, gather, layout)
+    graph.initializer.extend([codes, scales, zero_points])

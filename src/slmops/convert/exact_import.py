@@ -354,11 +354,11 @@ class _Graph:
         return next((n for n in self.graph.node if n.op_type == "Reshape" and lookup.input[0] in n.output), None)
 
     def _embedding_nodes(self, lookup, head_node, head: Blocks) -> list:
-        from slmops.convert.tied_head import gather_from_head
+        from slmops.convert.tied_head import RowBlocks, gather_rows
 
         base, output = "/model/embed_tokens/gguf", lookup.output[0]
         gathered = output if head.minimum is None else f"{base}/scaled"
-        nodes, shape = gather_from_head(head_node, "input_ids", gathered, base)
+        nodes, shape = gather_rows(RowBlocks.of(head_node), "input_ids", gathered, base)
         self.initializers[shape.name] = shape
         if head.minimum is not None:
             nodes += self._embedding_minimum(base, gathered, output, head)

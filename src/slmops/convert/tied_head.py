@@ -11,6 +11,7 @@ the build and drops the fp32 table.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def share_quantized_lm_head(model_dir: Path) -> int | None:
         return None
     model = onnx.load(str(path))
     gather, head = _embedding_and_head(model.graph) or found
-    bits = _replace_gather(model.graph, gather, head)
+    bits = replace_gather(model.graph, gather, RowBlocks.of(head))
     save_graph(model, model_dir)
     return bits
 
@@ -55,52 +56,69 @@ def _embedding_and_head(graph):
     return gathers[0], head
 
 
-def _replace_gather(graph, gather, head) -> int:
+@dataclass(frozen=True)
+class RowBlocks:
+    """A [rows, hidden] matrix stored as MatMulNBits stores its B: the initializers' names and the layout."""
+
+    codes: str
+    scales: str
+    zero_points: str | None
+    rows: int
+    hidden: int
+    bits: int
+    block: int
+
+    @classmethod
+    def of(cls, matmul) -> RowBlocks:
+        """The matrix a MatMulNBits node reads, one output row per row."""
+        attrs = {a.name: a.i for a in matmul.attribute}
+        zero_points = matmul.input[3] if len(matmul.input) > 3 and matmul.input[3] else None
+        return cls(
+            matmul.input[1], matmul.input[2], zero_points, attrs["N"], attrs["K"], attrs["bits"], attrs["block_size"]
+        )
+
+
+def replace_gather(graph, gather, table: RowBlocks) -> int:
+    """Swap the fp32 embedding ``gather`` (and its table) for a lookup into ``table``; returns its bits."""
     from onnx import helper, numpy_helper
 
-    attrs = {a.name: a.i for a in head.attribute}
-    hidden, block = attrs["K"], attrs["block_size"]
     base = gather.name.rsplit("/", 1)[0]
-    padded = -(-hidden // block) * block
-    gathered = gather.output[0] if padded == hidden else f"{base}/GatherBlockQuantized/output_0"
-    nodes, shape = gather_from_head(head, gather.input[1], gathered, base)
+    padded = -(-table.hidden // table.block) * table.block
+    gathered = gather.output[0] if padded == table.hidden else f"{base}/GatherBlockQuantized/output_0"
+    nodes, shape = gather_rows(table, gather.input[1], gathered, base)
     initializers = [shape]
-    if padded != hidden:  # the LM head pads each row to whole blocks
-        bounds = [np.array([value], dtype=np.int64) for value in (0, hidden, -1)]
+    if padded != table.hidden:  # rows are stored padded to whole blocks
+        bounds = [np.array([value], dtype=np.int64) for value in (0, table.hidden, -1)]
         names = [f"{base}/slice_{which}" for which in ("start", "end", "axis")]
         initializers += [numpy_helper.from_array(value, name) for value, name in zip(bounds, names, strict=True)]
         nodes.append(helper.make_node("Slice", [gathered, *names], [gather.output[0]], name=f"{base}/Slice"))
     _swap(graph, gather, nodes, initializers)
-    return attrs["bits"]
+    return table.bits
 
 
-def gather_from_head(head, ids: str, output: str, base: str) -> tuple[list, Any]:
-    """Nodes that gather the rows ``ids`` of the MatMulNBits ``head``'s matrix into ``output``.
+def gather_rows(table: RowBlocks, ids: str, output: str, base: str) -> tuple[list, Any]:
+    """Nodes that gather the rows ``ids`` of ``table`` into ``output``.
 
-    A Reshape views the head's packed B as one row of bytes per output row, and a
-    GatherBlockQuantized reads it with the head's own scales and zero points; the rows it
-    writes are padded to whole blocks, as the head stores them. Returns the nodes (named
+    A Reshape views the packed codes as one row of bytes per matrix row, and a
+    GatherBlockQuantized reads it with the table's own scales and zero points; the rows it
+    writes are padded to whole blocks, as MatMulNBits stores them. Returns the nodes (named
     under ``base``) and the Reshape's shape, an initializer the caller adds to the graph.
     """
     from onnx import helper, numpy_helper
 
-    attrs = {a.name: a.i for a in head.attribute}
-    rows, bits, block = attrs["N"], attrs["bits"], attrs["block_size"]
-    row_bytes = -(-attrs["K"] // block) * block * bits // 8
-    shape = numpy_helper.from_array(np.array([rows, row_bytes], dtype=np.int64), f"{base}/Reshape/shape")
-    inputs = [f"{base}/Reshape/output_0", ids, head.input[2]]
-    if len(head.input) > 3 and head.input[3]:
-        inputs.append(head.input[3])  # zero points
+    row_bytes = -(-table.hidden // table.block) * table.block * table.bits // 8
+    shape = numpy_helper.from_array(np.array([table.rows, row_bytes], dtype=np.int64), f"{base}/Reshape/shape")
+    inputs = [f"{base}/Reshape/output_0", ids, table.scales, *([table.zero_points] if table.zero_points else [])]
     nodes = [
-        helper.make_node("Reshape", [head.input[1], shape.name], [inputs[0]], name=f"{base}/Reshape"),
+        helper.make_node("Reshape", [table.codes, shape.name], [inputs[0]], name=f"{base}/Reshape"),
         helper.make_node(
             "GatherBlockQuantized",
             inputs,
             [output],
             name=f"{base}/GatherBlockQuantized",
             domain="com.microsoft",
-            bits=bits,
-            block_size=block,
+            bits=table.bits,
+            block_size=table.block,
             gather_axis=0,
             quantize_axis=1,
         ),
