@@ -237,3 +237,45 @@ def test_an_untied_embedding_gathers_its_own_8_bit_table(tiny_model_factory, tmp
     assert fp32_tables == []
     same, correlation = agreement(output, torch_logits(untied))
     assert correlation > 0.8, (same, correlation)
+
+
+def test_calibration_passes_cut_where_the_second_moments_outgrow_the_budget():
+    from onnx import helper
+
+    from slmops.convert.calibrated import _runs_within
+
+    def matmul(name, source):
+        return helper.make_node("MatMul", [source, f"{name}.weight"], [f"{name}.out"], name=name)
+
+    nodes = [matmul("qkv", "a"), matmul("o", "b"), matmul("gate", "c"), matmul("up", "c"), matmul("down", "d")]
+    widths = {"a": 4, "b": 4, "c": 4, "d": 8}  # XᵀX of 128, 128, 128 and 512 bytes; "up" reads c again
+    assert [[n.name for n in run] for run in _runs_within(nodes, widths, 10_000)] == [
+        ["qkv", "o", "gate", "up", "down"]
+    ]
+    assert [[n.name for n in run] for run in _runs_within(nodes, widths, 384)] == [
+        ["qkv", "o", "gate", "up"],
+        ["down"],
+    ]
+    # an input alone over the budget still gets its pass; a node without moments (8-bit) rides along
+    assert [[n.name for n in run] for run in _runs_within(nodes, {"a": 4, "d": 8}, 100)] == [
+        ["qkv", "o", "gate", "up"],
+        ["down"],
+    ]
+
+
+def test_an_export_calibrated_in_several_passes_is_the_one_pass_export(tiny_onnx, tmp_path, monkeypatch):
+    # Passes trade time for memory: the same windows give each MatMul the same XᵀX.
+    import slmops.convert.calibrated as calibrated
+
+    options = CalibratedOptions(block_size=32, int8_share=0, calibration_windows=2, calibration_tokens=32)
+    exports = {}
+    for share in (0.25, 1e-12):  # the default; and so little that every MatMul input gets its own pass
+        folder = tmp_path / f"share-{share}"
+        shutil.copytree(tiny_onnx, folder)
+        monkeypatch.setattr(calibrated, "MOMENTS_MEMORY_SHARE", share)
+        said: list[str] = []
+        quantize_calibrated(folder, options, said.append)
+        exports[share] = (folder / "model.onnx.data").read_bytes()
+        passes = [line for line in said if line.startswith("calibration pass")]
+        assert (len(passes) > 3) == (share < 0.01), said
+    assert exports[0.25] == exports[1e-12]

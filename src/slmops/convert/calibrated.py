@@ -46,7 +46,8 @@ SHRINKS = (1.0, 0.96, 0.92, 0.88, 0.84, 0.8, 0.76, 0.72)  # a block's range is s
 ALPHAS = tuple(a / 10 for a in range(0, 9))  # AWQ's exponent grid
 SENSITIVITY_FILE = "int8-sensitivity.json"  # what each MatMul's 8 bits bought, written beside the graph
 INT8_MIN_BLOCK = 64
-HEAD_NODES = (LM_HEAD_NODE, ROTATION_NODE)  # the MatMuls every logit reads: 8-bit, neither int8 candidates nor AWQ's
+HEAD_NODES = (LM_HEAD_NODE, ROTATION_NODE)
+MOMENTS_MEMORY_SHARE = 0.25  # of the memory available when calibration starts, for the XᵀX held at once  # the MatMuls every logit reads: 8-bit, neither int8 candidates nor AWQ's
 
 
 @dataclass(frozen=True)
@@ -249,8 +250,9 @@ def awq_scale(weights: list[np.ndarray], hessian: np.ndarray, quantize, tie: np.
 # --- calibration: H = XᵀX of every MatMul input --------------------------------------------------
 
 
-def second_moments(model_dir: Path, windows: int, tokens: int) -> dict[str, np.ndarray]:
-    """XᵀX [K, K] (float64) of every MatMul input with a constant weight, over the calibration windows."""
+def second_moments(model_dir: Path, windows: int, tokens: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """XᵀX [K, K] (float64) of every MatMul input with a constant weight (or of ``names``), over the calibration
+    windows. The graph is cut after the last of them, so a pass over the first layers runs those layers only."""
     import onnx
     import onnxruntime as ort
 
@@ -258,8 +260,9 @@ def second_moments(model_dir: Path, windows: int, tokens: int) -> dict[str, np.n
 
     graph_file = Path(model_dir) / "model.onnx"
     model = onnx.load(str(graph_file), load_external_data=False)  # weights stay in model.onnx.data
-    names = sorted({node.input[0] for node in _weight_matmuls(model.graph)})
+    names = sorted({node.input[0] for node in _weight_matmuls(model.graph)}) if names is None else names
     known = {item.name for item in model.graph.output}
+    del model.graph.output[:]  # onnxruntime then drops every node none of ``names`` needs
     model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
     # a graph file beside the weights, so no in-memory copy (and no 2 GB protobuf limit)
     probe = graph_file.with_name("calibration-probe.onnx")
@@ -293,7 +296,7 @@ def quantize_calibrated(
     Returns what the conversion report should say beyond the options (a rotation that could not be done).
 
     ``moments`` (from :func:`second_moments` on the same graph, rotated when ``options.rotate``) skips the
-    calibration pass; it is not modified.
+    calibration passes; it is not modified.
     """
     import onnx
 
@@ -303,19 +306,17 @@ def quantize_calibrated(
         why = rotate_export(model_dir, options.rotation_seed)
         notes += [f"the hidden state was not rotated before quantizing: {why}"] if why else []
         echo(notes[0] if why else "rotated the hidden state and the value heads")
-    if moments is None:
-        echo(f"calibrating on {options.calibration_windows} x {options.calibration_tokens} tokens")
-        moments = second_moments(model_dir, options.calibration_windows, options.calibration_tokens)
-    moments = dict(moments)  # AWQ rescales entries
     model = onnx.load(str(path))
     graph = model.graph
     weights = {item.name: item for item in graph.initializer}
     nodes = [node for node in _weight_matmuls(graph) if node.name not in options.exclude]
-    if options.awq:
+    if options.awq:  # its scales are searched over every MatMul group: every XᵀX at once
+        moments = dict(moments if moments is not None else _calibrate(model_dir, options, None, echo))  # rescaled
         echo("searching AWQ scales")
         _apply_awq(graph, nodes, weights, moments, options)
     echo(f"quantizing {len(nodes)} MatMuls")
-    items = {node.name: _quantize_node(node, weights, moments, options) for node in nodes}
+    items = _quantize_nodes(model_dir, nodes, weights, moments, options, echo)
+    del moments
     if options.int8_share:  # every layer MatMul is 4-bit so far; measure which ones 8 bits help most
         by_name = {node.name: node for node in nodes}
         for name in _measured_int8(model_dir, model, nodes, weights, items, options, echo):
@@ -329,6 +330,55 @@ def quantize_calibrated(
     _quantized_embedding(graph, options)
     save_graph(model, model_dir)
     return notes
+
+
+def _calibrate(model_dir: Path, options: CalibratedOptions, names: list[str] | None, echo) -> dict[str, np.ndarray]:
+    echo(f"calibrating on {options.calibration_windows} x {options.calibration_tokens} tokens")
+    return second_moments(model_dir, options.calibration_windows, options.calibration_tokens, names)
+
+
+def _quantize_nodes(model_dir: Path, nodes, weights, moments, options: CalibratedOptions, echo) -> dict[str, Quantized]:
+    """Every node's weight quantized, with the XᵀX of its input; each pass's XᵀX freed once its run is done."""
+    items = {}
+    for run, run_moments in _calibration_passes(model_dir, nodes, weights, moments, options, echo):
+        items.update({node.name: _quantize_node(node, weights, run_moments, options) for node in run})
+        del run_moments  # before the next pass calibrates
+    return items
+
+
+def _calibration_passes(model_dir: Path, nodes, weights, moments, options: CalibratedOptions, echo):
+    """``nodes`` in runs, each with the XᵀX of its inputs: one run when ``moments`` are given, else as
+    many calibration passes as keep the XᵀX held at once within :data:`MOMENTS_MEMORY_SHARE` of the
+    memory available. (A 0.5B model's take 5 GB in float64, a 1.5B model's 18 GB: down_proj's input is
+    the MLP's intermediate width, squared, in every layer.)"""
+    import psutil
+
+    if moments is not None:
+        yield nodes, moments
+        return
+    needs = {node.name for node in nodes if _bits(node.name, options) == 4 and options.method != "rtn"}
+    widths = {node.input[0]: int(weights[node.input[1]].dims[0]) for node in nodes if node.name in needs}
+    runs = _runs_within(nodes, widths, MOMENTS_MEMORY_SHARE * psutil.virtual_memory().available)
+    for number, run in enumerate(runs, start=1):
+        names = sorted({node.input[0] for node in run if node.name in needs})
+        if len(runs) > 1:
+            echo(f"calibration pass {number} of {len(runs)}")
+        yield run, _calibrate(model_dir, options, names, echo) if names else {}
+
+
+def _runs_within(nodes: list, widths: dict[str, int], budget: float) -> list[list]:
+    """``nodes`` in order, cut where the float64 XᵀX of the inputs in ``widths`` a run reads would pass ``budget`` bytes."""
+    runs: list[list] = [[]]
+    held: set[str] = set()
+    for node in nodes:
+        name = node.input[0]
+        grows = name in widths and name not in held
+        if grows and runs[-1] and sum(8 * widths[n] ** 2 for n in held | {name}) > budget:
+            runs.append([])
+            held = set()
+        runs[-1].append(node)
+        held |= {name} if grows else set()
+    return [run for run in runs if run]
 
 
 def _bits(name: str, options: CalibratedOptions) -> int:
@@ -355,20 +405,23 @@ def _quantize_node(node, weights, moments, options: CalibratedOptions) -> Quanti
 def _measured_int8(model_dir: Path, model, nodes, weights, items, options: CalibratedOptions, echo) -> list[str]:
     """The layer MatMuls whose 8 bits cut the divergence from FP32 most per byte, up to ``int8_share`` of them."""
     from slmops.convert.calibration_text import CalibrationWindows
-    from slmops.convert.sensitivity import Divergence, choose_int8, int8_gains, probe_session
+    from slmops.convert.sensitivity import Divergence, LazyWeights, choose_int8, int8_gains, probe_session
 
     by_weight = {node.input[1]: node for node in nodes}
-    fp32 = {name: _weight(node, weights) for name, node in by_weight.items()}
-    four = {name: items[node.name].dequantize(fp32[name].shape[0]).T.copy() for name, node in by_weight.items()}
+    shapes = {name: tuple(weights[name].dims) for name in by_weight}  # [K, N]
+    four = {name: items[node.name].dequantize(shapes[name][0]).T.copy() for name, node in by_weight.items()}
     candidates = [name for name, node in by_weight.items() if node.name not in HEAD_NODES]
-    eight = {
-        name: _quantize_matrix(fp32[name].T, None, 8, options).dequantize(fp32[name].shape[0]).T.copy()
-        for name in candidates
-    }
+    # One fp32 or 8-bit matrix at a time beside the 4-bit set: all three sets at once held three
+    # copies of the model's weights (18.7 GB at the peak of a 0.5B model's conversion).
+    fp32 = LazyWeights(list(by_weight), lambda name: _weight(by_weight[name], weights))
+    eight = LazyWeights(
+        candidates,
+        lambda name: _quantize_matrix(fp32[name].T, None, 8, options).dequantize(shapes[name][0]).T.copy(),
+    )
     feeds = CalibrationWindows(model_dir, options.sensitivity_windows, options.sensitivity_tokens).items
     divergence = Divergence(probe_session(model, list(by_weight)), feeds, fp32)
     gains = int8_gains(divergence, four, eight, echo)
-    chosen = choose_int8(gains, {name: fp32[name].size for name in candidates}, options.int8_share)
+    chosen = choose_int8(gains, {name: int(np.prod(shapes[name])) for name in candidates}, options.int8_share)
     echo(f"8-bit by measured sensitivity: {len(chosen)} of {len(candidates)} MatMuls")
     chosen_nodes = [by_weight[name].name for name in chosen]
     record = {"kld_gain_of_int8": {by_weight[n].name: round(g, 6) for n, g in gains.items()}, "int8": chosen_nodes}

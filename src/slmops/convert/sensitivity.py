@@ -14,9 +14,27 @@ export's kernel rounds them to int8), which shifts every candidate alike.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
+
+
+class LazyWeights(Mapping[str, np.ndarray]):
+    """Weights by name, each made when it is read and not kept: one matrix in memory at a time."""
+
+    def __init__(self, names: list[str], make: Callable[[str], np.ndarray]) -> None:
+        self.names, self.make = names, make
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.names:
+            raise KeyError(name)
+        return self.make(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def probe_session(model, weight_names: list[str]):
@@ -45,11 +63,11 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 class Divergence:
     """Mean KL(FP32 ‖ assignment) of the next-token distribution over the calibration windows."""
 
-    def __init__(self, session, feeds: list[dict], reference: dict[str, np.ndarray]):
+    def __init__(self, session, feeds: list[dict], reference: Mapping[str, np.ndarray]):
         self.session, self.feeds = session, feeds
         self.reference_logp = [self._logp(window, reference) for window in feeds]
 
-    def _logp(self, window: dict, weights: dict[str, np.ndarray]) -> np.ndarray:
+    def _logp(self, window: dict, weights: Mapping[str, np.ndarray]) -> np.ndarray:
         logits = self.session.run(["logits"], {**window, **weights})[0]
         return log_softmax(logits.reshape(-1, logits.shape[-1]).astype(np.float64))
 
@@ -64,7 +82,7 @@ class Divergence:
 def int8_gains(
     divergence: Callable[[dict[str, np.ndarray]], float],
     four: dict[str, np.ndarray],
-    eight: dict[str, np.ndarray],
+    eight: Mapping[str, np.ndarray],
     echo=lambda line: None,
 ) -> dict[str, float]:
     """For each weight in ``eight``: the divergence with all of ``four``, minus that with this one at 8 bits."""
