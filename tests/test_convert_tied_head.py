@@ -47,8 +47,17 @@ def test_tied_embedding_reads_the_quantized_lm_head(tiny_llama, tmp_path, precis
     assert same >= MIN_AGREEMENT[precision] and correlation > 0.8, (same, correlation)
 
 
-def test_an_untied_embedding_is_left_alone(tiny_model_factory, tmp_path):
+@pytest.mark.parametrize(
+    ("precision", "settings"), [("int8", {}), ("int4", {"algo": "k_quant_mixed", "block_size": 128})]
+)
+def test_an_untied_embedding_gathers_its_own_8_bit_table(tiny_model_factory, tmp_path, precision, settings):
+    # An untied model's embedding was left in fp32 beside the quantized layers: for Qwen2.5-Coder-0.5B
+    # from its GGUF (token_embd and output stored apart), 545 MB of INT8's 1,127.
     source = tiny_model_factory("llama", tie=False)
-    report = convert(source, tmp_path / "u", precision="int8", log_level=0)
-    assert embedding_lookup(tmp_path / "u")[0] == "Gather"
-    assert not any("GatherBlockQuantized" in note for note in report.notes)
+    report = convert(source, tmp_path / "u", precision=precision, quantization=QuantizationOptions(**settings))
+    lookup, bits, tables = embedding_lookup(tmp_path / "u")
+    assert (lookup, bits) == ("GatherBlockQuantized", 8)
+    assert "model.embed_tokens.weight" not in tables and "model.embed_tokens.weight_scales" in tables  # its own
+    assert any(note.startswith("untied embeddings: ") for note in report.notes)
+    same, correlation = agreement(tmp_path / "u", torch_logits(source))
+    assert same >= MIN_AGREEMENT[precision] and correlation > 0.8, (same, correlation)

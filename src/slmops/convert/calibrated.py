@@ -570,34 +570,42 @@ def _replace_initializers(graph, added: list) -> None:
 
 
 def _quantized_embedding(graph, options: CalibratedOptions) -> None:
-    """The embedding gathers 8-bit rows: from the quantized LM head when tied, else from its own table.
-
-    A checkpoint may store the head and the embedding apart even when they hold nearly the same
-    matrix (a GGUF with both ``token_embd`` and ``output``): left in fp32 its table is 4 bytes a
-    weight, more than every 4-bit layer together on a 0.5B model with a 152k vocabulary.
-    """
-    from onnx import numpy_helper
-
+    """The embedding gathers 8-bit rows: from the quantized LM head when tied, else from its own table."""
     from slmops.convert.tied_head import RowBlocks, replace_gather
 
     producers = {output: node for node in graph.node for output in node.output}
     gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"]
-    if len(gathers) != 1:
-        return
-    gather = gathers[0]
-    transpose = producers.get(gather.input[0])
     heads = [n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith(LM_HEAD_NODE)]
+    transpose = producers.get(gathers[0].input[0]) if len(gathers) == 1 else None
     if transpose is not None and transpose.op_type == "Transpose" and len(heads) == 1:
         graph.node.remove(transpose)
-        replace_gather(graph, gather, RowBlocks.of(heads[0]))
+        replace_gather(graph, gathers[0], RowBlocks.of(heads[0]))
         _replace_initializers(graph, [])
-        return
-    tables = [item for item in graph.initializer if item.name == gather.input[0]]
-    if len(tables) != 1 or len(tables[0].dims) != 2 or tables[0].data_type != 1:  # an fp32 [vocab, hidden] table
-        return
-    item = _quantize_matrix(numpy_helper.to_array(tables[0]).astype(np.float32), None, 8, options)
+    else:
+        embedding_table_8bit(graph, options.int8_block)
+
+
+def embedding_table_8bit(graph, block: int = INT8_MIN_BLOCK) -> bool:
+    """An fp32 embedding table of its own (not the LM head's) becomes 8-bit rows that a
+    GatherBlockQuantized reads; False when the graph has none.
+
+    A checkpoint may store the head and the embedding apart even when they hold nearly the same
+    matrix (a GGUF with both ``token_embd`` and ``output``): left in fp32 its table is 4 bytes a
+    weight, more than every 4-bit layer together on a 0.5B model with a 152k vocabulary. A lookup
+    reads one row a token, so 8 bits cost nothing in speed.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    from slmops.convert.tied_head import RowBlocks, replace_gather
+
+    gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"]
+    tables = [item for item in graph.initializer if len(gathers) == 1 and item.name == gathers[0].input[0]]
+    if len(tables) != 1 or len(tables[0].dims) != 2 or tables[0].data_type != TensorProto.FLOAT:
+        return False
+    item = quantize_rows(numpy_helper.to_array(tables[0]).astype(np.float32), None, block, 8, search=False)
     rows, hidden = tables[0].dims
     codes, scales, zero_points = _stored(item, tables[0].name)
-    layout = RowBlocks(codes.name, scales.name, zero_points.name, rows, hidden, item.bits, item.q.shape[-1])
-    replace_gather(graph, gather, layout)
+    layout = RowBlocks(codes.name, scales.name, zero_points.name, rows, hidden, item.bits, block)
+    replace_gather(graph, gathers[0], layout)
     graph.initializer.extend([codes, scales, zero_points])
+    return True

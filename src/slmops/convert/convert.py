@@ -44,6 +44,7 @@ from slmops.modelfolder.inference_model import (
 )
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty")
+EMBEDDING_NOTE = "untied embeddings: the input embedding gathers its own 8-bit table (GatherBlockQuantized), not fp32"
 _STAGING = ".{name}.partial-{pid}"
 
 
@@ -142,6 +143,9 @@ def _convert_in(
         if quantization.tied_embedding == "lm_head":
             with stages.stage("share the tied embedding"):
                 _share_tied_embedding(staging / "model", report)
+    elif not tied and precision in ("int4", "int8") and quantization.algo != "calibrated":
+        with stages.stage("quantize the embedding"):
+            _quantize_embedding(staging / "model", report)
     with stages.stage("write metadata"):
         if embedding is not None:
             _write_embedding_model(model_dir, report.name, src, precision, embedding)
@@ -245,6 +249,19 @@ def _share_tied_embedding(model_dir: Path, report: ConversionReport) -> None:
     if bits is not None:
         report.notes = [note for note in report.notes if not note.startswith("tied embeddings:")]
         report.notes.append(NOTE.format(bits=bits))
+
+
+def _quantize_embedding(model_dir: Path, report: ConversionReport) -> None:
+    """An untied embedding the quantizer left in fp32 becomes an 8-bit table (calibrated INT4 does this itself)."""
+    import onnx
+
+    from slmops.convert.calibrated import embedding_table_8bit
+    from slmops.convert.graph_file import save_graph
+
+    model = onnx.load(str(model_dir / "model.onnx"))
+    if embedding_table_8bit(model.graph):
+        save_graph(model, model_dir)
+        report.notes.append(EMBEDDING_NOTE)
 
 
 def _check_quantization(quantization: QuantizationOptions, precision: str) -> None:
