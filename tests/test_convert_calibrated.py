@@ -12,6 +12,7 @@ import pytest
 from slmops.convert.calibrated import (
     CalibratedOptions,
     Quantized,
+    Weights,
     _apply_awq,
     _replace_initializers,
     _replace_matmul,
@@ -121,7 +122,7 @@ def test_awq_scales_fold_without_changing_what_the_fp32_graph_computes(tiny_onnx
     before = graph_outputs(folder, feeds)
     moments = second_moments(folder, 2, 16)
     model = onnx.load(str(folder / "model.onnx"))
-    weights = {item.name: item for item in model.graph.initializer}
+    weights = Weights(folder, model.graph)
     untouched = {name: onnx.numpy_helper.to_array(item).copy() for name, item in weights.items()}
     options = CalibratedOptions(block_size=32, int8=(), int8_share=0, awq_o_proj=True)
     _apply_awq(model.graph, _weight_matmuls(model.graph), weights, moments, options)

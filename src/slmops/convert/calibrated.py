@@ -306,9 +306,11 @@ def quantize_calibrated(
         why = rotate_export(model_dir, options.rotation_seed)
         notes += [f"the hidden state was not rotated before quantizing: {why}"] if why else []
         echo(notes[0] if why else "rotated the hidden state and the value heads")
-    model = onnx.load(str(path))
+    # The weights stay in model.onnx.data and are read one at a time: in memory, the graph's
+    # 4 bytes a parameter would sit beside every pass and scoring below (2 GB on a 0.5B model).
+    model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
-    weights = {item.name: item for item in graph.initializer}
+    weights = Weights(model_dir, graph)
     nodes = [node for node in _weight_matmuls(graph) if node.name not in options.exclude]
     if options.awq:  # its scales are searched over every MatMul group: every XᵀX at once
         moments = dict(moments if moments is not None else _calibrate(model_dir, options, None, echo))  # rescaled
@@ -327,6 +329,7 @@ def quantize_calibrated(
         added += _replace_matmul(graph, node, items[node.name], shape)
     del weights
     _replace_initializers(graph, added)
+    onnx.load_external_data_for_model(model, str(model_dir))  # what is left (norms, the embedding), before saving
     _quantized_embedding(graph, options)
     save_graph(model, model_dir)
     return notes
@@ -391,11 +394,37 @@ def _bits(name: str, options: CalibratedOptions) -> int:
     return 8 if any(pattern in name for pattern in options.int8) else 4
 
 
-def _weight(node, weights) -> np.ndarray:
-    """The MatMul's weight [K, N] as the graph holds it now (after AWQ)."""
-    from onnx import numpy_helper
+class Weights(dict):
+    """A graph's initializers by name, their values read from the model folder's weights file when asked
+    (:meth:`array`) and not kept in the graph."""
 
-    return numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
+    def __init__(self, model_dir: Path, graph) -> None:
+        super().__init__({item.name: item for item in graph.initializer})
+        self.base = str(model_dir)
+
+    def array(self, name: str) -> np.ndarray:
+        """The initializer's values as float32 (a copy of the tensor is loaded, so the graph keeps none)."""
+        from onnx import TensorProto, numpy_helper
+
+        tensor = TensorProto()
+        tensor.CopyFrom(self[name])
+        return numpy_helper.to_array(tensor, base_dir=self.base).astype(np.float32)
+
+    def in_memory(self, name: str) -> None:
+        """Load the initializer's values into the graph (for a session made from the graph's bytes)."""
+        from onnx import TensorProto
+        from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+        tensor = self[name]
+        if uses_external_data(tensor):
+            load_external_data_for_tensor(tensor, self.base)
+            tensor.data_location = TensorProto.DEFAULT
+            del tensor.external_data[:]
+
+
+def _weight(node, weights: Weights) -> np.ndarray:
+    """The MatMul's weight [K, N] as the graph holds it now (after AWQ)."""
+    return weights.array(node.input[1])
 
 
 def _quantize_node(node, weights, moments, options: CalibratedOptions) -> Quantized:
@@ -419,6 +448,8 @@ def _measured_int8(model_dir: Path, model, nodes, weights, items, options: Calib
         lambda name: _quantize_matrix(fp32[name].T, None, 8, options).dequantize(shapes[name][0]).T.copy(),
     )
     feeds = CalibrationWindows(model_dir, options.sensitivity_windows, options.sensitivity_tokens).items
+    for name in weights.keys() - by_weight.keys():  # the probe session is made from the graph's bytes
+        weights.in_memory(name)
     divergence = Divergence(probe_session(model, list(by_weight)), feeds, fp32)
     gains = int8_gains(divergence, four, eight, echo)
     chosen = choose_int8(gains, {name: int(np.prod(shapes[name])) for name in candidates}, options.int8_share)
@@ -440,10 +471,8 @@ def _quantize_matrix(w: np.ndarray, hessian: np.ndarray | None, bits: int, optio
     return quantize_rows(w, np.diag(hessian).astype(np.float32), options.block_size, bits, search=True)
 
 
-def _apply_awq(graph, nodes, weights, moments, options: CalibratedOptions) -> None:
+def _apply_awq(graph, nodes, weights: Weights, moments, options: CalibratedOptions) -> None:
     """Scale each foldable group of MatMuls sharing an input; fold 1/s into the op that produced it."""
-    from onnx import numpy_helper
-
     producers = {output: node for node in graph.node for output in node.output}
     groups: dict[str, list] = {}
     for node in nodes:
@@ -456,7 +485,7 @@ def _apply_awq(graph, nodes, weights, moments, options: CalibratedOptions) -> No
         fold = _fold_target(name, producers.get(name), matmuls, options, moments[name].shape[0])
         if fold is None:
             continue
-        arrays = {m.input[1]: numpy_helper.to_array(weights[m.input[1]]).astype(np.float32) for m in members}
+        arrays = {m.input[1]: weights.array(m.input[1]) for m in members}
 
         def rtn(w, h):
             return quantize_rows(w, None, options.block_size, 4, search=False)
@@ -464,7 +493,7 @@ def _apply_awq(graph, nodes, weights, moments, options: CalibratedOptions) -> No
         s = awq_scale([a.T for a in arrays.values()], moments[name], rtn, fold.tie)
         for key, array in arrays.items():
             set_weight(weights[key], array * s[:, None])
-        folded = numpy_helper.to_array(weights[fold.initializer]).astype(np.float32)
+        folded = weights.array(fold.initializer)
         set_weight(weights[fold.initializer], fold.apply(folded, s))
         moments[name] = moments[name] / np.outer(s, s)
 
