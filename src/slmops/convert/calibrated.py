@@ -46,8 +46,8 @@ SHRINKS = (1.0, 0.96, 0.92, 0.88, 0.84, 0.8, 0.76, 0.72)  # a block's range is s
 ALPHAS = tuple(a / 10 for a in range(0, 9))  # AWQ's exponent grid
 SENSITIVITY_FILE = "int8-sensitivity.json"  # what each MatMul's 8 bits bought, written beside the graph
 INT8_MIN_BLOCK = 64
-HEAD_NODES = (LM_HEAD_NODE, ROTATION_NODE)
-MOMENTS_MEMORY_SHARE = 0.25  # of the memory available when calibration starts, for the XᵀX held at once  # the MatMuls every logit reads: 8-bit, neither int8 candidates nor AWQ's
+HEAD_NODES = (LM_HEAD_NODE, ROTATION_NODE)  # the MatMuls every logit reads: 8-bit, neither int8 candidates nor AWQ's
+MOMENTS_MEMORY_SHARE = 0.25  # of the memory available when calibration starts, for the XᵀX held at once
 
 
 @dataclass(frozen=True)
@@ -329,8 +329,8 @@ def quantize_calibrated(
         added += _replace_matmul(graph, node, items[node.name], shape)
     del weights
     _replace_initializers(graph, added)
-    onnx.load_external_data_for_model(model, str(model_dir))  # what is left (norms, the embedding), before saving
-    _quantized_embedding(graph, options)
+    _quantized_embedding(graph, options, model_dir)
+    onnx.load_external_data_for_model(model, str(model_dir))  # what is left (norms, rotary caches), before saving
     save_graph(model, model_dir)
     return notes
 
@@ -598,7 +598,7 @@ def _replace_initializers(graph, added: list) -> None:
     graph.initializer.extend([*kept, *added])
 
 
-def _quantized_embedding(graph, options: CalibratedOptions) -> None:
+def _quantized_embedding(graph, options: CalibratedOptions, model_dir: Path) -> None:
     """The embedding gathers 8-bit rows: from the quantized LM head when tied, else from its own table."""
     from slmops.convert.tied_head import RowBlocks, replace_gather
 
@@ -611,17 +611,18 @@ def _quantized_embedding(graph, options: CalibratedOptions) -> None:
         replace_gather(graph, gathers[0], RowBlocks.of(heads[0]))
         _replace_initializers(graph, [])
     else:
-        embedding_table_8bit(graph, options.int8_block)
+        embedding_table_8bit(graph, options.int8_block, model_dir)
 
 
-def embedding_table_8bit(graph, block: int = INT8_MIN_BLOCK) -> bool:
+def embedding_table_8bit(graph, block: int = INT8_MIN_BLOCK, model_dir: Path | None = None) -> bool:
     """An fp32 embedding table of its own (not the LM head's) becomes 8-bit rows that a
     GatherBlockQuantized reads; False when the graph has none.
 
     A checkpoint may store the head and the embedding apart even when they hold nearly the same
     matrix (a GGUF with both ``token_embd`` and ``output``): left in fp32 its table is 4 bytes a
     weight, more than every 4-bit layer together on a 0.5B model with a 152k vocabulary. A lookup
-    reads one row a token, so 8 bits cost nothing in speed.
+    reads one row a token, so 8 bits cost nothing in speed. ``model_dir``: where the table's values
+    are when the graph was loaded without them.
     """
     from onnx import TensorProto, numpy_helper
 
@@ -631,7 +632,8 @@ def embedding_table_8bit(graph, block: int = INT8_MIN_BLOCK) -> bool:
     tables = [item for item in graph.initializer if len(gathers) == 1 and item.name == gathers[0].input[0]]
     if len(tables) != 1 or len(tables[0].dims) != 2 or tables[0].data_type != TensorProto.FLOAT:
         return False
-    item = quantize_rows(numpy_helper.to_array(tables[0]).astype(np.float32), None, block, 8, search=False)
+    table = numpy_helper.to_array(tables[0], base_dir=str(model_dir or "")).astype(np.float32)
+    item = quantize_rows(table, None, block, 8, search=False)
     rows, hidden = tables[0].dims
     codes, scales, zero_points = _stored(item, tables[0].name)
     layout = RowBlocks(codes.name, scales.name, zero_points.name, rows, hidden, item.bits, block)
