@@ -258,8 +258,11 @@ def _quantize_embedding(model_dir: Path, report: ConversionReport) -> None:
     from slmops.convert.calibrated import embedding_table_8bit
     from slmops.convert.graph_file import save_graph
 
-    model = onnx.load(str(model_dir / "model.onnx"))
-    if embedding_table_8bit(model.graph):
+    # Weights stay on disk until there is a table to replace: a graph whose embedding the quantizer
+    # already took is not read in full for nothing.
+    model = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    if embedding_table_8bit(model.graph, model_dir=model_dir):
+        onnx.load_external_data_for_model(model, str(model_dir))
         save_graph(model, model_dir)
         report.notes.append(EMBEDDING_NOTE)
 
