@@ -181,6 +181,19 @@ def test_convert_algo_calibrated_records_how(tiny_llama, tmp_path):
     assert correlation > 0.8, (same, correlation)
 
 
+def test_the_8bit_share_is_a_setting_of_the_calibrated_quantizer_only():
+    from pydantic import ValidationError
+
+    from slmops.convert import QuantizationOptions
+    from slmops.convert.weight_only import calibrated_options, note
+
+    half = QuantizationOptions(algo="calibrated", block_size=64, int8_share=0.5)
+    assert calibrated_options(half).int8_share == 0.5 and "50% of the layer weights int8" in note(half)
+    assert calibrated_options(QuantizationOptions(algo="calibrated")).int8_share == 0.25
+    with pytest.raises(ValidationError, match="int8_share is a setting of algo=calibrated, not of algo=k_quant"):
+        QuantizationOptions(algo="k_quant", int8_share=0.5)
+
+
 def test_o_proj_scales_are_shared_by_the_query_heads_that_read_one_value_head():
     from onnx import helper
 

@@ -51,3 +51,22 @@ def test_a_quantizer_crash_names_the_layer_the_settings_and_a_working_setting(ti
     log = message.rsplit("full log: ", 1)[1].rstrip(")")
     assert list((tmp_path / "models").iterdir()) == []  # nothing half-written
     assert "Reading layer" in open(log, encoding="utf-8").read()  # the log outlives the staging folder
+
+
+def test_the_quantizers_misleading_lines_stay_out_of_the_terminal_and_others_do_not(capsys):
+    import logging
+
+    from slmops.convert.build import _quiet_logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        with _quiet_logging(logging.getLogger("onnxruntime.quantization"), echo=False):
+            # what k_quant's module does on import, inside the build: a handler made after the filters
+            root.addHandler(logging.StreamHandler())
+            logging.getLogger("neural_compressor").warning("Model size > 2GB. Please use model path instead")
+            logging.getLogger("neural_compressor").warning("a warning slmops has not judged")
+    finally:
+        root.handlers = before
+    shown = capsys.readouterr().err
+    assert "Model size > 2GB" not in shown and "a warning slmops has not judged" in shown

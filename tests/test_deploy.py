@@ -11,7 +11,7 @@ import pytest
 
 from slmops.cache import store
 from slmops.deploy import pipeline as deploys
-from slmops.deploy.choice import INT4_CANDIDATES
+from slmops.deploy.choice import GGUF_EXACT, INT4_CANDIDATES
 from slmops.deploy.commands import parse_quantization, usage_lines
 from slmops.errors import UsageError
 from slmops.machine import describe_cpu
@@ -182,7 +182,8 @@ def test_deploy_smollm2_end_to_end(capsys):
     entry = store.find("smollm2-135m-instruct")
     report = json.loads((entry.path / "deploy-report.json").read_text())
     assert report["variant"] == report["choice"]["pick"] and report["quality"]["figures"]["same_top_pct"] > 50
-    assert {row["candidate"] for row in report["choice"]["rows"]} == {*INT4_CANDIDATES, "int8"}
+    # the embedded GGUF is Q4_1: its exact blocks are a candidate beside the requantized ones
+    assert {row["candidate"] for row in report["choice"]["rows"]} == {*INT4_CANDIDATES, GGUF_EXACT, "int8"}
     # Greedy: the deployed defaults sample (temperature 0.7), and a sampled answer once missed Paris.
     answer = slmops.load("smollm2-135m-instruct").chat(
         [{"role": "user", "content": "What is the capital of France?"}], max_tokens=24, temperature=0

@@ -43,6 +43,60 @@ def test_int8_dominates_only_when_faster_and_closer_than_every_int4():
     assert int8_verdict([row("a", 150, 20.0, 90)]) is None
 
 
+def test_a_quantized_gguf_adds_its_exact_blocks_as_a_candidate(tiny_model_factory, tmp_path):
+    from slmops.convert.sources import inspect_source
+    from tests.test_convert_inputs import write_gguf
+
+    hf = tiny_model_factory("llama", tie=True)
+    q4 = write_gguf(hf, tmp_path / "q4.gguf", kind={"blk.0.ffn_down.weight": "Q4_0"})
+    f32 = write_gguf(hf, tmp_path / "f32.gguf")
+    assert choice.default_candidates(inspect_source(q4)) == (*choice.INT4_CANDIDATES, choice.GGUF_EXACT, INT8)
+    assert choice.default_candidates(inspect_source(f32)) == (*choice.INT4_CANDIDATES, INT8)
+    assert choice.default_candidates(inspect_source(hf)) == (*choice.INT4_CANDIDATES, INT8)
+    assert "gguf_blocks=exact" in choice.how(choice.GGUF_EXACT)
+
+
+def test_a_calibrated_export_over_the_budget_is_made_again_with_more_8bit_weights(tiny_llama, tmp_path, monkeypatch):
+    figures = {  # speed, ΔPPL
+        "int4-calibrated-b64": (150, 12.0),
+        "int4-k_quant_mixed-b128": (110, 2.0),  # within every budget below, but slow
+        INT8: (100, 0.1),
+        "int4-calibrated-b64-int8-50": (130, 9.0),
+        "int4-calibrated-b64-int8-75": (120, 6.0),
+    }
+    built: list[str] = []
+    monkeypatch.setattr(choice, "_build", lambda candidate, *args: built.append(candidate) or tmp_path / candidate)
+    timed: list[list[str]] = []
+
+    def scored(folders, reference, windows):
+        rows = {
+            name: row(name, 0, figures[name][1], 100, precision=INT8 if name == INT8 else "int4") for name in folders
+        }
+        for name, measured in rows.items():
+            measured.how = choice.how(name)  # as the book keys its figures
+        return rows
+
+    def measure_speeds(folders, rounds=2):
+        timed.append(sorted(folders))
+        return {name: [float(figures[name][0])] * rounds for name in folders}
+
+    monkeypatch.setattr(choice, "_scored", scored)
+    monkeypatch.setattr(choice, "measure_speeds", measure_speeds)
+
+    def choose(budget):
+        built.clear()
+        return choice.choose(
+            tiny_llama, tmp_path, tmp_path / "ref", name="t", any_precision=False, max_ppl_increase=budget, windows=1
+        )[0]
+
+    assert choose(10).pick == "int4-calibrated-b64-int8-50"
+    assert built == [*choice.INT4_CANDIDATES, INT8, "int4-calibrated-b64-int8-50"]  # the 75% step was not needed
+    first = sorted([*choice.INT4_CANDIDATES, INT8])
+    assert timed == [first, sorted([*first, "int4-calibrated-b64-int8-50"])]  # the step timed beside the others
+    assert choose(5).pick == "int4-k_quant_mixed-b128" and built == ["int4-calibrated-b64-int8-75"]  # from the book
+    assert choose(15).pick == "int4-calibrated-b64" and built == []
+
+
 @pytest.fixture
 def fake_speeds(monkeypatch):
     """Decode speeds by candidate, so the test never depends on this CPU; records what was measured."""
@@ -88,7 +142,7 @@ def test_auto_picks_int8_when_it_dominates_and_says_so(tiny_llama, tmp_path, fak
         "int4": row("int4", 150, 30.0, 80),
         INT8: row(INT8, 250, 0.5, 157, precision="int8"),
     }
-    monkeypatch.setattr(choice, "_measure", lambda folders, reference, windows: {n: rows[n] for n in folders})
+    monkeypatch.setattr(choice, "_scored", lambda folders, reference, windows: {n: rows[n] for n in folders})
     result, shown = _deploy(tiny_llama, tmp_path, "tiny-auto", precision="auto", max_ppl_increase=None)
     assert result.precision == "int8" and result.variant == "int8"
     assert (

@@ -107,20 +107,27 @@ def _quiet_logging(logger: logging.Logger, echo: bool):
     if not echo:
         for handler in handlers:
             handler.setLevel(logging.WARNING)
-    for handler in handlers:
-        handler.addFilter(_embedding_left_to_slmops)
+    # k_quant's logger: a handler made after this point (its module's basicConfig) has no filter
+    filtered = [*handlers, logging.getLogger("neural_compressor")]
+    for item in filtered:
+        item.addFilter(_not_misleading)
     try:
         yield
     finally:
         for handler, level in saved:
             handler.setLevel(level)
-            handler.removeFilter(_embedding_left_to_slmops)
+        for item in filtered:
+            item.removeFilter(_not_misleading)
 
 
-def _embedding_left_to_slmops(record: logging.LogRecord) -> bool:
-    # An int8 build's quantizer logs an ERROR for the embedding Gather it skips; slmops then
-    # shares the LM head's int8 blocks with it (convert/tied_head.py), so the line misleads.
-    return not record.getMessage().startswith("Gather only supports 4 bits")
+# Lines of the quantizers that mislead a user of slmops: an int8 build logs an ERROR for the
+# embedding Gather it skips, whose LM head's int8 blocks slmops then shares (convert/tied_head.py);
+# k_quant warns about a >2 GB graph, advice to its caller that slmops cannot act on.
+_MISLEADING = ("Gather only supports 4 bits", "Model size > 2GB")
+
+
+def _not_misleading(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_MISLEADING)
 
 
 def _failure(exc: Exception, precision: str, extra_options: dict[str, str], stage: str | None, log: Path) -> str:

@@ -195,6 +195,16 @@ def tensor_blocks(gguf_file: GGUFFile, tensor: GGUFTensor) -> Blocks | None:
     return None if blocks is None else centred(blocks)
 
 
+def has_exact_blocks(gguf_file: GGUFFile) -> bool:
+    """Whether any of the GGUF's matrices is stored in a type with an exact MatMulNBits form."""
+    import gguf
+
+    return any(
+        len(tensor.shape) == 2 and gguf.GGMLQuantizationType(tensor.ggml_type).name in EXACT_TYPES
+        for tensor in gguf_file.tensors
+    )
+
+
 def centred(blocks: Blocks) -> Blocks:
     """The integer part of each block's minimum moved into its zero point: s·u + m = s·(u − z) + (m + s·z).
 

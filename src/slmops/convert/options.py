@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PRECISIONS = ("int4", "int8", "fp16", "bf16", "fp32")
 Precision = Literal["int4", "int8", "fp16", "bf16", "fp32"]
@@ -47,6 +47,13 @@ class QuantizationOptions(BaseModel):
         "or, int4 only, onnxruntime's hqq (no calibration) or gptq (calibrated on shipped text) on the FP32 graph, "
         "or slmops' calibrated (activation-weighted grids with error feedback, integer zero points, int8 LM head).",
     )
+    int8_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="calibrated only: the share of the layer weights kept 8-bit, the MatMuls whose 8 bits "
+        "measurably help most (default 0.25).",
+    )
     nodes_to_exclude: list[str] = Field(
         default_factory=list, description=f"MatMul nodes left unquantized, e.g. {LM_HEAD} (the LM head)."
     )
@@ -76,6 +83,12 @@ class QuantizationOptions(BaseModel):
                     f"'{pair}' is not SELECTOR:TYPE with SELECTOR last_matmul|mixed_layers|linear_attn and TYPE int4|int8"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _share_is_calibrated(self) -> QuantizationOptions:
+        if self.int8_share is not None and self.algo != "calibrated":
+            raise ValueError(f"int8_share is a setting of algo=calibrated, not of algo={self.algo}")
+        return self
 
     def post_build(self, precision: str) -> bool:
         """Whether the builder makes an FP32 graph that slmops then quantizes (hqq, gptq, calibrated)."""

@@ -56,9 +56,14 @@ INT4_VARIANTS = {
         Variant("int4-k_quant_mixed-b128", "int4", {"algo": "k_quant_mixed", "block_size": 128}),
         Variant("int4-calibrated-b128", "int4", {"algo": "calibrated", "block_size": 128}),
         Variant("int4-calibrated-b64", "int4", {"algo": "calibrated", "block_size": 64}),
+        # more of the layer weights 8-bit, for models that lose too much at 25% (deploy tries them then)
+        Variant("int4-calibrated-b64-int8-50", "int4", {"algo": "calibrated", "block_size": 64, "int8_share": 0.5}),
+        Variant("int4-calibrated-b64-int8-75", "int4", {"algo": "calibrated", "block_size": 64, "int8_share": 0.75}),
         # where block size does not change the kernel's speed (AVX2, Zen 5), finer scales: SmolLM2 KLD
         # 0.082 -> 0.070, top-1 85.8% -> 86.9% on 16,352 held-out tokens, for 111 -> 116 MB (docs/quality.md)
         Variant("int4-calibrated-b32", "int4", {"algo": "calibrated", "block_size": 32}),
+        # a quantized GGUF's own blocks, exact (blocks of 32, convert/exact_import.py); requantizes any other source
+        Variant("int4-gguf-exact", "int4", {"gguf_blocks": "exact", "block_size": 32}),
         Variant(
             "int4-rtn-mixed-b16",
             "int4",
@@ -77,9 +82,12 @@ INT4_VARIANTS = {
         ),
     )
 }
-# GPTQ runs the whole FP32 graph once per distinct MatMul input and calibration window
-# (~120 x 4 passes on SmolLM2): tried only when named.
-DEFAULT_INT4_SET = tuple(name for name in INT4_VARIANTS if "gptq" not in name)
+# Tried only when named: GPTQ runs the whole FP32 graph once per distinct MatMul input and calibration
+# window (~120 x 4 passes on SmolLM2); int4-gguf-exact is what "int4" builds; the calibrated exports
+# with more 8-bit weights are int4-calibrated-b64's slower, closer steps.
+DEFAULT_INT4_SET = tuple(
+    name for name in INT4_VARIANTS if "gptq" not in name and "-int8-" not in name and name != "int4-gguf-exact"
+)
 
 
 def parse_variants(spec: str) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from slmops.convert.build import failing_node
@@ -69,7 +70,8 @@ def calibrated_options(options: QuantizationOptions):
     """slmops' calibrated quantizer at the block size asked; an excluded LM head stays fp32."""
     from slmops.convert.calibrated import CalibratedOptions
 
-    return CalibratedOptions(block_size=options.block_size, exclude=tuple(options.nodes_to_exclude))
+    chosen = CalibratedOptions(block_size=options.block_size, exclude=tuple(options.nodes_to_exclude))
+    return chosen if options.int8_share is None else replace(chosen, int8_share=options.int8_share)
 
 
 def _quantizer_class():

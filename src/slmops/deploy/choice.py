@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,14 @@ from slmops.machine import describe_cpu
 # windows of 512 tokens, in 111 MB) and the builder's k_quant_mixed at 128; docs/quality.md has the measured
 # frontier. INT8 is measured beside them.
 INT4_CANDIDATES = ("int4-calibrated-b64", "int4-k_quant_mixed-b128")
+# A quantized GGUF's own blocks (exact, blocks of 32): no rounding beyond the source's. Qwen2.5-Coder-0.5B
+# Q4_K_M: ΔPPL +0.15% where every requantized INT4 was over +12% (docs/quality.md).
+GGUF_EXACT = "int4-gguf-exact"
 INT8 = "int8"
+# While the calibrated export is over the budget, the next step keeps more of the layer weights 8-bit
+# (25%, 50%, 75%): slower, closer, usually still faster than INT8. Qwen2.5-Coder-0.5B (AVX-512):
+# ΔPPL +12.4%, +9.0%, +6.2% at 1.44x, 1.27x, 1.14x INT8's decode speed (docs/quality.md).
+CALIBRATED_STEPS = ("int4-calibrated-b64", "int4-calibrated-b64-int8-50", "int4-calibrated-b64-int8-75")
 TIE = 0.05  # decode speeds within 5% of the fastest are a tie
 SPEED_ROUNDS = 2
 BOOK = "deploy-measurements.json"
@@ -164,31 +172,75 @@ def choose(
     """Measure the candidates not yet measured on this machine, then pick; returns the folders built.
 
     INT8 is always measured, so `deploy` can say when it beats every INT4 candidate; it is
-    picked only with ``any_precision`` (`--precision auto`).
+    picked only with ``any_precision`` (`--precision auto`). While the calibrated export is over
+    the budget, it is made again with more 8-bit weights (CALIBRATED_STEPS).
     """
     from slmops.convert.sources import inspect_source, source_hash
 
-    candidates = candidates or (*INT4_CANDIDATES, INT8)
-    machine, model = machine_key(), source_hash(inspect_source(source))
+    info = inspect_source(source)
     book = MeasurementBook()
-    known = {candidate: book.get(machine, model, candidate, how(candidate)) for candidate in candidates}
-    missing = [candidate for candidate, row in known.items() if row is None]
-    folders: dict[str, Path] = {}
-    if missing:
-        echo(f"    measuring {', '.join(missing)} on this CPU (kept in {book.path} for the next deploy)")
-        folders = {candidate: _build(candidate, source, work, reference, name) for candidate in missing}
-        for candidate, row in _measure(folders, reference, windows).items():
-            known[candidate] = row
-            book.put(machine, model, row)
-        book.save()
-    rows = [row for row in known.values() if row is not None]
+    measure = _Measurer(book, machine_key(), source_hash(info), (source, work, reference, name, windows), echo)
+    rows = measure(candidates or default_candidates(info))
+    for previous, candidate in zip(CALIBRATED_STEPS, CALIBRATED_STEPS[1:]):
+        last = next((row for row in rows if row.candidate == previous), None)
+        if max_ppl_increase is None or last is None or last.delta_ppl_pct <= max_ppl_increase:
+            break
+        echo(f"    {previous} is over ΔPPL ≤ {max_ppl_increase:g}%: {candidate} keeps more weights 8-bit")
+        rows += measure((candidate,))
     eligible = rows if any_precision else [row for row in rows if row.precision == "int4"]
     best, reason = pick(eligible, max_ppl_increase)
-    choice = Choice(best.candidate if best else None, reason, rows, machine, reused=not missing)
+    choice = Choice(best.candidate if best else None, reason, rows, measure.machine, reused=not measure.folders)
     # INT4 exports over the budget are out of the race: INT8 is weighed against the others.
     within = [row for row in rows if max_ppl_increase is None or row.delta_ppl_pct <= max_ppl_increase]
     choice.int8_verdict = int8_verdict([row for row in rows if row.candidate == INT8 or row in within])
-    return choice, folders
+    return choice, measure.folders
+
+
+@dataclass
+class _Measurer:
+    """Figures of candidates: from the book when this machine measured them, else built and measured now."""
+
+    book: MeasurementBook
+    machine: str
+    model: str
+    job: tuple  # source, work folder, reference folder, model name, eval windows
+    echo: Callable[[str], object]
+    folders: dict[str, Path] = field(default_factory=dict)  # the candidates built
+    rows: dict[str, Measured] = field(default_factory=dict)  # and their figures
+
+    def __call__(self, candidates: tuple[str, ...]) -> list[Measured]:
+        source, work, reference, name, windows = self.job
+        known = {
+            candidate: self.book.get(self.machine, self.model, candidate, how(candidate)) for candidate in candidates
+        }
+        missing = [candidate for candidate, row in known.items() if row is None]
+        if missing:
+            self.echo(f"    measuring {', '.join(missing)} on this CPU (kept in {self.book.path} for the next deploy)")
+            built = {candidate: _build(candidate, source, work, reference, name) for candidate in missing}
+            for candidate, row in _scored(built, reference, windows).items():
+                known[candidate] = self.rows[candidate] = row
+            self.folders.update(built)
+            self._time_all()
+        return [row for row in known.values() if row is not None]
+
+    def _time_all(self) -> None:
+        """Decode speeds of every export built so far, in one interleaved run: a shared host's speed
+        drifts by tens of percent within minutes, so speeds measured apart do not compare."""
+        speeds = measure_speeds(self.folders)
+        load = [round(value, 2) for value in os.getloadavg()]
+        for candidate, samples in speeds.items():
+            row = self.rows[candidate]
+            row.decode_tokens_per_s, row.speed_samples, row.load_average = median(samples), samples, load
+            self.book.put(self.machine, self.model, row)
+        self.book.save()
+
+
+def default_candidates(info) -> tuple[str, ...]:
+    """The INT4 candidates, the GGUF's exact blocks when the source has any, and INT8."""
+    from slmops.convert.gguf_blocks import has_exact_blocks
+
+    exact = (GGUF_EXACT,) if info.gguf is not None and has_exact_blocks(info.gguf) else ()
+    return (*INT4_CANDIDATES, *exact, INT8)
 
 
 def _variant(candidate: str):
@@ -212,15 +264,14 @@ def _build(candidate: str, source: Path | None, work: Path, reference: Path, nam
     return build(_variant(candidate), source, work / "candidates" / candidate, reference, name=name)
 
 
-def _measure(folders: dict[str, Path], reference: Path, windows: int) -> dict[str, Measured]:
+def _scored(folders: dict[str, Path], reference: Path, windows: int) -> dict[str, Measured]:
+    """Size and quality against the reference; the speed is timed afterwards (``_Measurer._time_all``)."""
     from slmops.evaluate.quality import evaluate_quality
 
     quality = {
         candidate: evaluate_quality(folder, reference=reference, windows=windows, show_progress=False).figures
         for candidate, folder in folders.items()
     }
-    speeds = measure_speeds(folders)
-    load = [round(value, 2) for value in os.getloadavg()]
     return {
         candidate: Measured(
             candidate=candidate,
@@ -228,9 +279,7 @@ def _measure(folders: dict[str, Path], reference: Path, windows: int) -> dict[st
             size_mb=round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6, 1),
             delta_ppl_pct=round(quality[candidate].delta_ppl_pct or 0.0, 2),
             same_top_pct=round(quality[candidate].same_top_pct or 0.0, 2),
-            decode_tokens_per_s=median(speeds[candidate]),
-            speed_samples=speeds[candidate],
-            load_average=load,
+            decode_tokens_per_s=0.0,
             how=how(candidate),
         )
         for candidate, folder in folders.items()
