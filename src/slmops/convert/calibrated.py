@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slmops.convert.graph_file import save_graph, set_weight
+from slmops.convert.graph_file import quantized_lm_heads, save_graph, set_weight, token_lookups
 from slmops.convert.matmul_nbits import stored_codes, stored_zero_points
 from slmops.convert.rotation import LM_HEAD_NODE, ROTATION_NODE, rotate_export, value_heads
 
@@ -603,8 +603,7 @@ def _quantized_embedding(graph, options: CalibratedOptions, model_dir: Path) -> 
     from slmops.convert.tied_head import RowBlocks, replace_gather
 
     producers = {output: node for node in graph.node for output in node.output}
-    gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"]
-    heads = [n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith(LM_HEAD_NODE)]
+    gathers, heads = token_lookups(graph), quantized_lm_heads(graph)
     transpose = producers.get(gathers[0].input[0]) if len(gathers) == 1 else None
     if transpose is not None and transpose.op_type == "Transpose" and len(heads) == 1:
         graph.node.remove(transpose)
@@ -628,7 +627,7 @@ def embedding_table_8bit(graph, block: int = INT8_MIN_BLOCK, model_dir: Path | N
 
     from slmops.convert.tied_head import RowBlocks, replace_gather
 
-    gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"]
+    gathers = token_lookups(graph)
     tables = [item for item in graph.initializer if len(gathers) == 1 and item.name == gathers[0].input[0]]
     if len(tables) != 1 or len(tables[0].dims) != 2 or tables[0].data_type != TensorProto.FLOAT:
         return False

@@ -20,7 +20,7 @@ import numpy as np
 from slmops.convert.gguf_blocks import GRAPH_BLOCK, Blocks, LazyBlocks, hf_blocks, stack
 from slmops.convert.gguf_families import Family
 from slmops.convert.gguf_file import GGUFFile
-from slmops.convert.graph_file import save_graph
+from slmops.convert.graph_file import quantized_lm_heads, save_graph, token_lookups
 from slmops.convert.matmul_nbits import stored_zero_points
 
 _LAYER_NODE = re.compile(r"^/model/layers\.(\d+)/(attn|mlp)/(\w+)/MatMul")
@@ -325,10 +325,8 @@ class _Graph:
 
     def tie_embedding(self, head: Blocks, replace_fp32_table: bool) -> bool:
         """The embedding lookup (fp32 Gather or GatherBlockQuantized) rebuilt over the LM head's blocks."""
-        lookups = [
-            n for n in self.graph.node if n.op_type in ("Gather", "GatherBlockQuantized") and n.input[1] == "input_ids"
-        ]
-        heads = [n for n in self.graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")]
+        lookups = token_lookups(self.graph, ("Gather", "GatherBlockQuantized"))
+        heads = quantized_lm_heads(self.graph)
         if len(lookups) != 1 or len(heads) != 1:
             return False
         lookup, head_node = lookups[0], heads[0]

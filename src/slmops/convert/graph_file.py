@@ -27,3 +27,13 @@ def set_weight(initializer, array: np.ndarray) -> None:
     from onnx import numpy_helper
 
     initializer.CopyFrom(numpy_helper.from_array(array.astype(np.float32), initializer.name))
+
+
+def token_lookups(graph, ops: tuple[str, ...] = ("Gather",)) -> list:
+    """The nodes that look the input ids up in an embedding table (one in a builder's graph)."""
+    return [node for node in graph.node if node.op_type in ops and len(node.input) > 1 and node.input[1] == "input_ids"]
+
+
+def quantized_lm_heads(graph) -> list:
+    """The builder's LM head when it is a MatMulNBits (one node, or none)."""
+    return [node for node in graph.node if node.op_type == "MatMulNBits" and node.name.startswith("/lm_head/")]

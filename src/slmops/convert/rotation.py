@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slmops.convert.graph_file import save_graph, set_weight
+from slmops.convert.graph_file import save_graph, set_weight, token_lookups
 
 ROTATION_NODE = "/model/rotation/MatMul"
 LM_HEAD_NODE = "/lm_head/MatMul"
@@ -97,7 +97,7 @@ class _Plan:
     @classmethod
     def of(cls, graph) -> _Plan | str:
         plan = cls(graph)
-        gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[1] == "input_ids"]
+        gathers = token_lookups(graph)
         if len(gathers) != 1:
             return "no single embedding Gather"
         table = plan.producers.get(gathers[0].input[0])

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from slmops.convert.graph_file import save_graph
+from slmops.convert.graph_file import quantized_lm_heads, save_graph, token_lookups
 
 NOTE = (
     "tied embeddings: the input embedding reads the quantized LM head ({bits}-bit GatherBlockQuantized), no fp32 copy"
@@ -43,10 +43,8 @@ def share_quantized_lm_head(model_dir: Path) -> int | None:
 def _embedding_and_head(graph):
     """The fp32 embedding Gather and the MatMulNBits LM head when they hold the same [vocab, hidden] matrix."""
     initializers = {item.name: item for item in graph.initializer}
-    gathers = [
-        n for n in graph.node if n.op_type == "Gather" and n.input[0] in initializers and n.input[1] == "input_ids"
-    ]
-    heads = [n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")]
+    gathers = [node for node in token_lookups(graph) if node.input[0] in initializers]
+    heads = quantized_lm_heads(graph)
     if len(gathers) != 1 or len(heads) != 1:
         return None
     table, head = initializers[gathers[0].input[0]], heads[0]
