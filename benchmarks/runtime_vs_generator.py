@@ -9,7 +9,8 @@ MODEL is a cached model name or a model folder. Configurations measured:
 - ``bare-default``: the loop with the folder's session options as they are;
 - ``bare-tN``: the loop with N intra-op threads (N from --threads, default 1,2,3);
 - ``slmops``: ``slmops.load(MODEL)`` (thread count detected) through
-  ``Model.stream_generate``, the path every slmops command uses;
+  ``Model.stream_generate``, the path every slmops command uses, without prompt lookup
+  (``benchmarks/speculative.py`` measures that);
 - ``slmops-tN``: the same with N threads, to separate the runtime's own cost from
   its choice of thread count.
 
@@ -76,7 +77,10 @@ def run_bare(loaded, ids: list[int], max_tokens: int) -> tuple[float, float, int
 
 def run_slmops(model, ids: list[int], max_tokens: int) -> tuple[float, float, int]:
     last = None
-    for last in model.stream_generate(ids, max_tokens=max_tokens, temperature=0, repetition_penalty=1.0):  # noqa: B007
+    # one token a step, as the bare loop and llama-bench decode: prompt lookup (on by default for
+    # greedy answers) would draft a repeating answer and time the text, not the runtime
+    options = {"max_tokens": max_tokens, "temperature": 0, "repetition_penalty": 1.0, "speculative": False}
+    for last in model.stream_generate(ids, **options):  # noqa: B007
         pass
     return last.ttft_s, last.decode_tokens_per_s, last.completion_tokens
 

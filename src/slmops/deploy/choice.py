@@ -35,11 +35,15 @@ INT4_CANDIDATES = ("int4-calibrated-b64", "int4-k_quant_mixed-b128")
 GGUF_EXACT = "int4-gguf-exact"
 INT8 = "int8"
 # While the calibrated export is over the budget, the next step keeps more of the layer weights 8-bit
-# (25%, 50%, 75%): slower, closer, usually still faster than INT8. Qwen2.5-Coder-0.5B (AVX-512):
-# ΔPPL +12.4%, +9.0%, +6.2% at 1.44x, 1.27x, 1.14x INT8's decode speed (docs/quality.md).
+# (25%, 50%, 75%): slower, closer, still faster than INT8. Qwen2.5-Coder-0.5B (Zen 5, AVX-512):
+# ΔPPL +12.4%, +9.0%, +6.2%, decoding about 1.3x, 1.25x, 1.2x INT8 (medians of per-round ratios; docs/quality.md).
 CALIBRATED_STEPS = ("int4-calibrated-b64", "int4-calibrated-b64-int8-50", "int4-calibrated-b64-int8-75")
 TIE = 0.05  # decode speeds within 5% of the fastest are a tie
 SPEED_ROUNDS = 2
+SPEED_TOKENS = 64
+# Earlier figures were timed with prompt lookup on, which a looping answer speeds up: kept figures
+# without this mark are timed again.
+TIMING = f"{SPEED_TOKENS} greedy tokens, one a step"
 BOOK = "deploy-measurements.json"
 
 
@@ -56,6 +60,7 @@ class Measured:
     speed_samples: list[float] = field(default_factory=list)
     load_average: list[float] = field(default_factory=list)  # of the host while its speed was measured
     how: str = ""  # how the export was made: a figure measured on another quantizer is measured again
+    timing: str = ""  # how its speed was timed: a figure timed otherwise is timed again
 
     def figures(self) -> str:
         return (
@@ -128,7 +133,7 @@ class MeasurementBook:
 
     def get(self, machine: str, model: str, candidate: str, how: str) -> Measured | None:
         row = self.data.get(machine, {}).get(model, {}).get(candidate)
-        return Measured(**row) if row and row.get("how") == how else None
+        return Measured(**row) if row and row.get("how") == how and row.get("timing") == TIMING else None
 
     def put(self, machine: str, model: str, row: Measured) -> None:
         self.data.setdefault(machine, {}).setdefault(model, {})[row.candidate] = asdict(row)
@@ -149,7 +154,9 @@ def measure_speeds(folders: dict[str, Path], rounds: int = SPEED_ROUNDS) -> dict
     for index in range(rounds):
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
-            samples[name].append(round(measure(folders[name], new_tokens=64, repeats=2).decode_tokens_per_s, 1))
+            samples[name].append(
+                round(measure(folders[name], new_tokens=SPEED_TOKENS, repeats=2).decode_tokens_per_s, 1)
+            )
     return samples
 
 
@@ -231,6 +238,7 @@ class _Measurer:
         for candidate, samples in speeds.items():
             row = self.rows[candidate]
             row.decode_tokens_per_s, row.speed_samples, row.load_average = median(samples), samples, load
+            row.timing = TIMING
             self.book.put(self.machine, self.model, row)
         self.book.save()
 
