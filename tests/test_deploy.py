@@ -130,6 +130,21 @@ def test_parse_quantization():
         parse_quantization("k_quant", "int4")
 
 
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        ({"block_size": 7}, "block_size: 7 is not supported; supported: 16, 32, 64, 128, 256"),
+        ({"algo": "k_quant", "int8_share": 0.5}, "int8_share is a setting of algo=calibrated, not of algo=k_quant"),
+    ],
+)
+def test_bad_quantization_settings_stop_the_deploy_in_one_line_before_any_work(tiny_llama, monkeypatch, settings, said):
+    monkeypatch.setattr(deploys, "build", lambda *args: pytest.fail("built with settings that cannot work"))
+    before = _cache_files()
+    with pytest.raises(UsageError) as stopped:
+        deploys.deploy(tiny_llama, name="tiny-bad", quantization=settings, echo=lambda line: None)
+    assert str(stopped.value) == said and _cache_files() == before
+
+
 def test_deploy_killed_mid_way_leaves_the_cache_unchanged(tiny_llama, tmp_path):
     before = _cache_files()
     command = [

@@ -100,13 +100,12 @@ def convert(
 ):
     """Convert SOURCE (a Hugging Face folder, a .gguf file or a LoRA adapter; default: the
     embedded SmolLM2-135M-Instruct) to an ONNX model folder for onnxruntime-genai."""
-    from slmops.convert import QuantizationOptions
     from slmops.convert import convert as convert_model
+    from slmops.convert.options import quantization_options
 
     lm_head = f"last_matmul:{lm_head_precision}" if lm_head_precision in ("int4", "int8") else ""
     mixed = ",".join(part for part in (lm_head, mixed_precision or "") if part)
-    quantization = _quantization(
-        QuantizationOptions,
+    quantization = quantization_options(
         block_size=int(block_size),
         is_symmetric=symmetric,
         accuracy_level=accuracy_level,
@@ -209,18 +208,6 @@ def run_config(config_path, log_level):
 
     report = run(config_path, log_level=log_level, echo=click.echo)
     _summary(report)
-
-
-def _quantization(factory, **values):
-    from pydantic import ValidationError
-
-    from slmops.errors import UsageError
-
-    try:
-        return factory(**values)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        raise UsageError(f"{error['loc'][0]}: {error['msg'].removeprefix('Value error, ')}") from exc
 
 
 def _summary(report) -> None:

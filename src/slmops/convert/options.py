@@ -129,3 +129,18 @@ class QuantizationOptions(BaseModel):
             or "last_matmul" in (self.matmul_mixed_precision or "")
             or LM_HEAD in self.nodes_to_exclude
         )
+
+
+def quantization_options(**settings) -> QuantizationOptions:
+    """QuantizationOptions from a user's settings; a bad one is a one-line UsageError naming it."""
+    from pydantic import ValidationError
+
+    from slmops.errors import UsageError
+
+    try:
+        return QuantizationOptions(**settings)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])  # empty for a rule across settings
+        message = error["msg"].removeprefix("Value error, ")
+        raise UsageError(f"{where}: {message}" if where else message) from exc

@@ -130,6 +130,7 @@ def deploy(
 
 def _variant(precision: str, quantization: dict | str | None):
     """What to build: a named sweep variant, or a precision with QuantizationOptions fields."""
+    from slmops.convert.options import quantization_options
     from slmops.convert.variants import INT4_VARIANTS, Variant
 
     if precision == "int4" and isinstance(quantization, str):
@@ -140,6 +141,8 @@ def _variant(precision: str, quantization: dict | str | None):
     if isinstance(quantization, str):
         raise UsageError(f"--quantization {quantization} names an INT4 variant, but the precision is {precision}.")
     settings_ = quantization if precision in ("int4", "int8") and quantization else {}
+    if settings_:
+        quantization_options(**settings_)  # a bad setting stops the deploy now, in one line
     return Variant(precision if not settings_ else f"{precision}-custom", precision, dict(settings_))
 
 
