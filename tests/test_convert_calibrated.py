@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +294,26 @@ def test_an_export_calibrated_in_several_passes_is_the_one_pass_export(tiny_onnx
         passes = [line for line in said if line.startswith("calibration pass")]
         assert (len(passes) > 3) == (share < 0.01), said
     assert exports[0.25] == exports[1e-12]
+
+
+def test_a_step_with_more_8bit_weights_from_the_one_before_is_that_export_made_alone(tiny_onnx, tmp_path):
+    # deploy's steps differ only in int8_share: the 4-bit matrices and the gains carry over
+    options = CalibratedOptions(block_size=32, calibration_windows=2, calibration_tokens=32, sensitivity_tokens=16)
+    steps = tmp_path / "steps"
+
+    def export(name: str, share: float, shared: bool, block: int = 32) -> tuple[bytes, list[str]]:
+        folder = tmp_path / name
+        shutil.copytree(tiny_onnx, folder)
+        said: list[str] = []
+        chosen = replace(options, int8_share=share, block_size=block)
+        quantize_calibrated(folder, chosen, said.append, steps=steps if shared else None)
+        return (folder / "model.onnx.data").read_bytes(), said
+
+    first, said = export("quarter", 0.25, shared=True)
+    assert not any("from the export before" in line for line in said)
+    half, said = export("half", 0.5, shared=True)
+    assert any("from the export before" in line for line in said) and not any("calibrating" in line for line in said)
+    alone, _ = export("half-alone", 0.5, shared=False)
+    assert half == alone and half != first
+    _, said = export("other-blocks", 0.5, shared=True, block=64)  # other settings: nothing carries over
+    assert not any("from the export before" in line for line in said)

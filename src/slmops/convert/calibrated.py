@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -289,14 +290,20 @@ def _weight_matmuls(graph) -> list:
 
 
 def quantize_calibrated(
-    model_dir: Path, options: CalibratedOptions, echo=lambda line: None, moments: dict[str, np.ndarray] | None = None
+    model_dir: Path,
+    options: CalibratedOptions,
+    echo=lambda line: None,
+    moments: dict[str, np.ndarray] | None = None,
+    steps: Path | None = None,
 ) -> list[str]:
     """Replace ``model_dir``'s FP32 graph (a slmops FP32 export) by its calibrated INT4 version, in place.
 
     Returns what the conversion report should say beyond the options (a rotation that could not be done).
 
     ``moments`` (from :func:`second_moments` on the same graph, rotated when ``options.rotate``) skips the
-    calibration passes; it is not modified.
+    calibration passes; it is not modified. ``steps``: a folder shared by exports of one model that differ
+    only in ``int8_share``: the first keeps its 4-bit matrices and measured gains there, the next ones
+    start from them (calibration, GPTQ and the sensitivity scoring are most of the time).
     """
     import onnx
 
@@ -316,12 +323,22 @@ def quantize_calibrated(
         moments = dict(moments if moments is not None else _calibrate(model_dir, options, None, echo))  # rescaled
         echo("searching AWQ scales")
         _apply_awq(graph, nodes, weights, moments, options)
-    echo(f"quantizing {len(nodes)} MatMuls")
-    items = _quantize_nodes(model_dir, nodes, weights, moments, options, echo)
+    kept = SharedSteps(steps, options) if steps is not None and options.int8_share and not options.awq else None
+    earlier = kept.load() if kept is not None else None
+    if earlier is not None:
+        items, gains = earlier
+        echo(f"the {len(items)} MatMuls' 4-bit blocks and 8-bit gains from the export before")
+    else:
+        echo(f"quantizing {len(nodes)} MatMuls")
+        items = _quantize_nodes(model_dir, nodes, weights, moments, options, echo)
+        # every layer MatMul is 4-bit so far; measure which ones 8 bits help most
+        gains = _int8_gains(model_dir, model, nodes, weights, items, options, echo) if options.int8_share else {}
+        if kept is not None:
+            kept.save(items, gains)
     del moments
-    if options.int8_share:  # every layer MatMul is 4-bit so far; measure which ones 8 bits help most
+    if options.int8_share:
         by_name = {node.name: node for node in nodes}
-        for name in _measured_int8(model_dir, model, nodes, weights, items, options, echo):
+        for name in _chosen_int8(model_dir, nodes, weights, gains, options, echo):
             items[name] = _quantize_matrix(_weight(by_name[name], weights).T, None, 8, options)
     added = []
     for node in nodes:
@@ -431,10 +448,10 @@ def _quantize_node(node, weights, moments, options: CalibratedOptions) -> Quanti
     return _quantize_matrix(_weight(node, weights).T, moments.get(node.input[0]), _bits(node.name, options), options)
 
 
-def _measured_int8(model_dir: Path, model, nodes, weights, items, options: CalibratedOptions, echo) -> list[str]:
-    """The layer MatMuls whose 8 bits cut the divergence from FP32 most per byte, up to ``int8_share`` of them."""
+def _int8_gains(model_dir: Path, model, nodes, weights, items, options: CalibratedOptions, echo) -> dict[str, float]:
+    """How much each layer MatMul's 8 bits cut the divergence from FP32, by MatMul name."""
     from slmops.convert.calibration_text import CalibrationWindows
-    from slmops.convert.sensitivity import Divergence, LazyWeights, choose_int8, int8_gains, probe_session
+    from slmops.convert.sensitivity import Divergence, LazyWeights, int8_gains, probe_session
 
     by_weight = {node.input[1]: node for node in nodes}
     shapes = {name: tuple(weights[name].dims) for name in by_weight}  # [K, N]
@@ -452,12 +469,55 @@ def _measured_int8(model_dir: Path, model, nodes, weights, items, options: Calib
         weights.in_memory(name)
     divergence = Divergence(probe_session(model, list(by_weight)), feeds, fp32)
     gains = int8_gains(divergence, four, eight, echo)
-    chosen = choose_int8(gains, {name: int(np.prod(shapes[name])) for name in candidates}, options.int8_share)
-    echo(f"8-bit by measured sensitivity: {len(chosen)} of {len(candidates)} MatMuls")
-    chosen_nodes = [by_weight[name].name for name in chosen]
-    record = {"kld_gain_of_int8": {by_weight[n].name: round(g, 6) for n, g in gains.items()}, "int8": chosen_nodes}
+    return {by_weight[name].name: gain for name, gain in gains.items()}
+
+
+def _chosen_int8(
+    model_dir: Path, nodes, weights, gains: dict[str, float], options: CalibratedOptions, echo
+) -> list[str]:
+    """The layer MatMuls whose 8 bits cut the divergence most per byte, up to ``int8_share`` of them."""
+    from slmops.convert.sensitivity import choose_int8
+
+    sizes = {node.name: int(np.prod(tuple(weights[node.input[1]].dims))) for node in nodes if node.name in gains}
+    chosen = choose_int8(gains, sizes, options.int8_share)
+    echo(f"8-bit by measured sensitivity: {len(chosen)} of {len(gains)} MatMuls")
+    record = {"kld_gain_of_int8": {name: round(gain, 6) for name, gain in gains.items()}, "int8": chosen}
     (Path(model_dir) / SENSITIVITY_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    return chosen_nodes
+    return chosen
+
+
+class SharedSteps:
+    """The 4-bit matrices and 8-bit gains of one calibrated run, kept for the runs that differ only in
+    ``int8_share`` (deploy's steps): both depend on every other option, not on the share."""
+
+    def __init__(self, folder: Path, options: CalibratedOptions):
+        from dataclasses import replace
+
+        self.folder = Path(folder)
+        self.key = repr(replace(options, int8_share=0.0))  # every other setting, the scoring's included
+
+    def load(self) -> tuple[dict[str, Quantized], dict[str, float]] | None:
+        index = self.folder / "steps.json"
+        if not index.exists():
+            return None
+        record = json.loads(index.read_text(encoding="utf-8"))
+        if record["key"] != self.key:
+            return None
+        arrays = np.load(self.folder / "matrices.npz")
+        items = {
+            name: Quantized(arrays[f"{i}.q"], arrays[f"{i}.scale"], arrays[f"{i}.zero_point"], bits)
+            for i, (name, bits) in enumerate(record["matrices"])
+        }
+        return items, record["gains"]
+
+    def save(self, items: dict[str, Quantized], gains: dict[str, float]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, Any] = {}
+        for i, item in enumerate(items.values()):
+            arrays.update({f"{i}.q": item.q, f"{i}.scale": item.scale, f"{i}.zero_point": item.zero_point})
+        np.savez(self.folder / "matrices.npz", **arrays)
+        record = {"key": self.key, "matrices": [[name, item.bits] for name, item in items.items()], "gains": gains}
+        (self.folder / "steps.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
 
 
 def _quantize_matrix(w: np.ndarray, hessian: np.ndarray | None, bits: int, options: CalibratedOptions) -> Quantized:

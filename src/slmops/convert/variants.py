@@ -104,14 +104,20 @@ def parse_variants(spec: str) -> tuple[str, ...]:
 
 
 def build(
-    variant: Variant, source: Path | None, output: Path, fp32_folder: Path | None = None, name: str | None = None
+    variant: Variant,
+    source: Path | None,
+    output: Path,
+    fp32_folder: Path | None = None,
+    name: str | None = None,
+    steps: Path | None = None,
 ) -> Path:
-    """Convert ``source`` as ``variant`` into ``output``; HQQ and GPTQ start from ``fp32_folder`` when given."""
+    """Convert ``source`` as ``variant`` into ``output``; HQQ, GPTQ and calibrated start from ``fp32_folder``
+    when given, calibrated variants sharing their work in ``steps`` (see calibrated.SharedSteps)."""
     from slmops.convert import convert
     from slmops.convert.weight_only import quantize_export
 
     if variant.post_build and fp32_folder is not None:
-        return quantize_export(fp32_folder, output, variant.options(), name)
+        return quantize_export(fp32_folder, output, variant.options(), name, steps)
     convert(
         source,
         output,

@@ -31,14 +31,17 @@ CALIBRATION_TOKENS = 128
 GPTQ_BLOCK = 128  # columns updated per step of GPTQ's error correction (not the quantization block)
 
 
-def quantize_graph(model_dir: Path, options: QuantizationOptions) -> list[str]:
-    """Replace model.onnx(+data) in ``model_dir`` (an FP32 export) by its INT4 version; returns notes for its report."""
+def quantize_graph(model_dir: Path, options: QuantizationOptions, steps: Path | None = None) -> list[str]:
+    """Replace model.onnx(+data) in ``model_dir`` (an FP32 export) by its INT4 version; returns notes for its report.
+
+    ``steps``: where calibrated exports of one model share their work (calibrated.SharedSteps).
+    """
     import onnx
 
     if options.algo == "calibrated":
         from slmops.convert.calibrated import quantize_calibrated
 
-        return quantize_calibrated(model_dir, calibrated_options(options))
+        return quantize_calibrated(model_dir, calibrated_options(options), steps=steps)
     path = Path(model_dir) / "model.onnx"
     # The quantizer logs a line per node at INFO.
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
@@ -101,7 +104,9 @@ def _algo_config(options: QuantizationOptions, model_dir: Path):
     raise ValueError(f"{options.algo} is a builder algorithm, not a post-build quantizer")
 
 
-def quantize_export(fp32_folder: Path, output: Path, options: QuantizationOptions, name: str | None = None) -> Path:
+def quantize_export(
+    fp32_folder: Path, output: Path, options: QuantizationOptions, name: str | None = None, steps: Path | None = None
+) -> Path:
     """An INT4 model folder at ``output`` from an FP32 slmops export, without building again.
 
     ``slmops convert --algo hqq|gptq`` builds the FP32 graph and quantizes it the same way;
@@ -111,7 +116,7 @@ def quantize_export(fp32_folder: Path, output: Path, options: QuantizationOption
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(fp32_folder, staging)
     try:
-        notes = quantize_graph(staging, options)
+        notes = quantize_graph(staging, options, steps)
         _record(staging, options, name or output.name, notes)
         shutil.rmtree(output, ignore_errors=True)
         staging.rename(output)

@@ -269,7 +269,9 @@ def how(candidate: str) -> str:
 def _build(candidate: str, source: Path | None, work: Path, reference: Path, name: str) -> Path:
     from slmops.convert.variants import build
 
-    return build(_variant(candidate), source, work / "candidates" / candidate, reference, name=name)
+    # the calibrated steps differ only in their share of 8-bit weights: each starts from the one before
+    steps = work / "calibrated-steps"
+    return build(_variant(candidate), source, work / "candidates" / candidate, reference, name=name, steps=steps)
 
 
 def _scored(folders: dict[str, Path], reference: Path, windows: int) -> dict[str, Measured]:
