@@ -21,7 +21,7 @@ from slmops.convert.options import ALGOS, PRECISIONS, BlockSize, QuantizationOpt
 from slmops.convert.report import FILENAME as REPORT_FILE
 from slmops.convert.report import ConversionReport
 from slmops.convert.sources import inspect_source, source_hash
-from slmops.errors import UsageError
+from slmops.errors import UsageError, first_problem
 
 CPU_PROVIDER = "CPUExecutionProvider"
 
@@ -228,13 +228,13 @@ def load_config(path: Path) -> OliveConfig:
 
 
 def _describe(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"]) or "config"
-    if error["type"] == "extra_forbidden":
-        return f"key '{where}' is not supported by slmops; remove it (supported: {_supported_at(error['loc'])})."
-    if error["type"] == "missing":
+    where, message, kind, loc = first_problem(exc)
+    where = where or "config"
+    if kind == "extra_forbidden":
+        return f"key '{where}' is not supported by slmops; remove it (supported: {_supported_at(loc)})."
+    if kind == "missing":
         return f"key '{where}' is required."
-    return f"key '{where}': {error['msg'].removeprefix('Value error, ')}."
+    return f"key '{where}': {message}."
 
 
 def _supported_at(loc: tuple) -> str:

@@ -135,12 +135,10 @@ def quantization_options(**settings) -> QuantizationOptions:
     """QuantizationOptions from a user's settings; a bad one is a one-line UsageError naming it."""
     from pydantic import ValidationError
 
-    from slmops.errors import UsageError
+    from slmops.errors import UsageError, first_problem
 
     try:
         return QuantizationOptions(**settings)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])  # empty for a rule across settings
-        message = error["msg"].removeprefix("Value error, ")
+        where, message, _, _ = first_problem(exc)
         raise UsageError(f"{where}: {message}" if where else message) from exc

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from slmops.errors import UsageError
+from slmops.errors import UsageError, first_problem
 from slmops.evaluate.completion import COMPLETION, conversation_prompt, mode_of
 from slmops.evaluate.progress import progress_bar
 
@@ -217,9 +217,7 @@ def _as_list(value: str | list[str] | None) -> list[str]:
 
 
 def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
+    where, message, kind, _ = first_problem(exc)
+    if kind == "extra_forbidden":
         return f"unknown key {where!r}; known keys: {', '.join(Case.model_fields)}"
     return f"{where}: {message}" if where else message
