@@ -6,8 +6,9 @@
 MODEL answers the tasks of ``slmops.bench.scenarios`` greedily, once, without speculation; the
 time a verify of k drafted tokens takes is measured on its onnxruntime-genai generator, in plain
 steps, at the rewrite prompt's length. Then each answer is replayed through slmops' own
-``PromptLookup`` and ``DraftPolicy``: every draft is checked against the recorded answer, a plain
-step costs 1 and a verify of k tokens its measured cost. Reported per task: the replayed ratio
+``PromptLookup`` and ``DraftPolicy`` (weighing a drafted position at the measured slope, as after
+`deploy` on this CPU): every draft is checked against the recorded answer, a plain step costs 1 and
+a verify of k tokens its measured cost. Reported per task: the replayed ratio
 (decode time of the plain loop over the speculative one), tokens drafted and accepted, and the
 bound of this lookup: drafts cut to exactly the tokens that will be accepted.
 
@@ -22,21 +23,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
 
 from slmops.runtime.model import common_prefix
-from slmops.runtime.speculative import DraftPolicy, PromptLookup
+from slmops.runtime.speculative import EXTRA_POSITION, DraftPolicy, PromptLookup, position_cost, verify_times
 
 VERIFY_SIZES = (1, 2, 4, 8, 12, 16)
 
 
-def replay(prompt: list[int], answer: list[int], cost: Callable[[int], float]) -> dict:
-    """The speculative loop on ``answer`` (after its first token, as ``decode_tokens_per_s`` counts)."""
-    lookup, policy = PromptLookup(prompt), DraftPolicy()
+def replay(
+    prompt: list[int], answer: list[int], cost: Callable[[int], float], position_cost: float = EXTRA_POSITION
+) -> dict:
+    """The speculative loop on ``answer`` (after its first token, as ``decode_tokens_per_s`` counts), its
+    policy weighing a drafted position at ``position_cost`` decode steps."""
+    lookup, policy = PromptLookup(prompt), DraftPolicy(position_cost)
     lookup.append(answer[0])
     done, steps, drafted, accepted = 1, 0.0, 0, 0
     while done < len(answer):
@@ -87,25 +89,6 @@ def cost_in_steps(measured: dict[int, float]) -> Callable[[int], float]:
     return cost
 
 
-def verify_costs(model, prompt: list[int], repeats: int = 15) -> dict[int, float]:
-    """Median ms of a plain step and of verifies of VERIFY_SIZES drafted tokens, after ``prompt``."""
-    import onnxruntime_genai as og
-
-    params = og.GeneratorParams(model.og_model)
-    params.set_search_options(max_length=len(prompt) + 64)
-    generator = og.Generator(model.og_model, params)
-    generator.append_tokens(prompt)
-    times: dict[int, list[float]] = {k: [] for k in (0, *VERIFY_SIZES)}
-    for _ in range(repeats):
-        for k in times:
-            generator.rewind_to(len(prompt))
-            start = time.perf_counter()
-            generator.append_tokens(prompt[-1:] * (k + 1))
-            generator.get_output("logits")
-            times[k].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def main() -> None:
     import slmops
     from slmops.bench import scenarios
@@ -134,14 +117,16 @@ def main() -> None:
             )
         )
         answers[task] = (model.prompt_ids(messages), list(plain.tokens))
-    measured = verify_costs(model, answers.get("rewrite", next(iter(answers.values())))[0])
+    measured = verify_times(model.og_model, answers.get("rewrite", next(iter(answers.values())))[0], VERIFY_SIZES)
     results["verify_ms"] = {str(k): round(v, 3) for k, v in measured.items()}
     cost = cost_in_steps(measured)
-    print("verify cost in plain steps:", {k: round(cost(k), 2) for k in VERIFY_SIZES})
+    # the policy weighs drafts as after `deploy` on this CPU (it keeps this slope in the model folder)
+    results["position_cost"] = drafted_cost = position_cost(measured)
+    print("verify cost in plain steps:", {k: round(cost(k), 2) for k in VERIFY_SIZES}, f"(slope {drafted_cost})")
     print("| task | replayed ratio | accepted / drafted | bound of the lookup |")
     print("|---|---:|---:|---:|")
     for task, (prompt, answer) in answers.items():
-        row = replay(prompt, answer, cost) | {"bound": bound(prompt, answer, cost)}
+        row = replay(prompt, answer, cost, drafted_cost) | {"bound": bound(prompt, answer, cost)}
         results["tasks"][task] = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
         print(f"| {task} | {row['ratio']:.2f}× | {row['accepted']} / {row['drafted']} | {row['bound']:.2f}× |")
     if args.json:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,12 +10,15 @@ import time
 
 import pytest
 
+import slmops
+from slmops import machine
 from slmops.cache import store
 from slmops.deploy import pipeline as deploys
 from slmops.deploy.choice import GGUF_EXACT, INT4_CANDIDATES
 from slmops.deploy.commands import parse_quantization, usage_lines
 from slmops.errors import UsageError
 from slmops.machine import describe_cpu
+from slmops.modelfolder import draft_cost
 
 PASSING_SUITE = '{"name": "answers", "prompt": "hello", "not_contains": "zzzz-never-said"}\n'
 FAILING_SUITE = '{"name": "impossible", "prompt": "hello", "exact": "this exact sentence will not come out"}\n'
@@ -56,7 +60,10 @@ def test_deploy_tiny_model_registers_it_with_its_report(tiny_llama, tmp_path):
     assert report["cpu_info"] == report["quality"]["cpu_info"] == report["validation"]["cpu_info"] == cpu
     assert f"CPU: {describe_cpu().summary()}." in markdown
     assert [check["item"] for check in report["validation"]["checks"]] == [1, 2, 3, 4, 5]
-    assert any(line.startswith("[4] register") for line in lines)
+    assert any(line.startswith("[5] register") for line in lines)
+    kept = json.loads((entry.path / draft_cost.FILENAME).read_text())
+    assert kept["cpu"] == machine.key() and kept["position_cost"] > 0 and set(kept["verify_ms"]) >= {"0", "1", "8"}
+    assert slmops.load(entry.path, threads=1).position_cost == kept["position_cost"]
     assert not list((deploys.settings.home() / "tmp").iterdir()), "the work folder is removed"
     assert "slmops model run tiny-int4" in "\n".join(usage_lines("tiny-int4"))
 
@@ -169,14 +176,14 @@ def test_deploy_killed_mid_way_leaves_the_cache_unchanged(tiny_llama, tmp_path):
     try:
         deadline = time.monotonic() + 180
         for line in process.stdout:  # kill it while it validates: after conversion, before registering
-            if line.startswith("[2] validate") or time.monotonic() > deadline:
+            if re.match(r"\[\d\] validate", line) or time.monotonic() > deadline:
                 break
         time.sleep(1.0)
         process.send_signal(signal.SIGKILL)
     finally:
         process.kill()
         process.wait(30)
-    assert line.startswith("[2] validate"), line
+    assert re.match(r"\[\d\] validate", line), line
     assert _cache_files() == before
     work = deploys.settings.home() / "tmp"
     assert len(list(work.iterdir())) == 1, "the killed deploy's work folder is left behind"
@@ -188,7 +195,6 @@ def test_deploy_killed_mid_way_leaves_the_cache_unchanged(tiny_llama, tmp_path):
 def test_deploy_smollm2_end_to_end(capsys):
     from click.testing import CliRunner
 
-    import slmops
     from slmops.cli import cli
 
     result = CliRunner().invoke(cli, ["deploy", "--name", "smollm2-135m-instruct", "--windows", "1", "--soak", "10"])

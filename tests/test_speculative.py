@@ -9,15 +9,20 @@ which exercises acceptance and the rewind of the rejected KV on every step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+import shutil
 import time
 
 import pytest
 from click.testing import CliRunner
 
 import slmops
+from slmops import machine
+from slmops.modelfolder import draft_cost
 from slmops.runtime import speculative
+from slmops.runtime.batched import BatchedDecoder, Sequence
 from slmops.runtime.options import GenerationOptions
 from slmops.runtime.speculative import MAX_DRAFT, DraftPolicy, PromptLookup, RowDrafts
 
@@ -221,6 +226,53 @@ def test_the_policy_grows_shrinks_and_pauses_while_drafts_cost_steps():
         while policy.next_size() == 0:
             pass
     assert policy.backoff <= speculative.LONGEST_PAUSE
+
+
+def test_a_cheaper_drafted_position_keeps_drafting_where_a_dearer_one_pauses():
+    cheap, dear = DraftPolicy(0.1), DraftPolicy(0.25)
+    for policy in (cheap, dear):
+        policy.verified(4, 1)  # one token gained for four positions read
+        policy.verified(2, 0)
+    assert cheap.next_size() == 1 and dear.next_size() == 0
+
+
+def test_the_position_cost_is_the_slope_of_the_verify_times_in_plain_steps():
+    assert speculative.position_cost({0: 10.0, 1: 11.0, 2: 12.0, 4: 14.0, 8: 18.0}) == 0.1
+    # verifies timed below a plain step (noise) count as cheap, never as free
+    assert speculative.position_cost({0: 10.0, 1: 9.0, 2: 9.5}) == 0.01
+
+
+def test_a_model_drafts_by_the_cost_measured_on_its_cpu(tiny_onnx, tmp_path, monkeypatch):
+    folder = tmp_path / "tiny"
+    shutil.copytree(tiny_onnx, folder)
+    model = slmops.load(folder, threads=1)
+    assert model.position_cost == speculative.EXTRA_POSITION  # nothing measured yet
+    measured = speculative.measured_draft_cost(model.og_model, model.encode(COPY))
+    assert measured.cpu == machine.key() and measured.position_cost > 0
+    assert set(measured.verify_ms) == {"0", *map(str, speculative.MEASURED_DRAFTS)}
+
+    draft_cost.write(folder, dataclasses.replace(measured, position_cost=0.07))
+    kept = slmops.load(folder, threads=1)
+    costs = []
+    original = DraftPolicy.__init__
+
+    def spy(self, position_cost=speculative.EXTRA_POSITION):
+        costs.append(position_cost)
+        original(self, position_cost)
+
+    monkeypatch.setattr(DraftPolicy, "__init__", spy)
+    kept.generate(COPY, temperature=0, max_tokens=4)
+    list(kept.conversation(temperature=0, max_tokens=4).stream([{"role": "user", "content": COPY}]))
+    decoder = BatchedDecoder(kept, 1, 256)
+    decoder.add([Sequence(kept.encode(COPY), kept.options(temperature=0, max_tokens=4), 4, time.perf_counter())])
+    while decoder.busy:
+        decoder.advance()
+    assert costs == [0.07, 0.07, 0.07]  # generate, a conversation, a batch row
+
+    draft_cost.write(folder, dataclasses.replace(measured, cpu="another CPU [avx2]"))
+    assert slmops.load(folder, threads=1).position_cost == speculative.EXTRA_POSITION
+    (folder / draft_cost.FILENAME).write_text("{not json", encoding="utf-8")
+    assert slmops.load(folder, threads=1).position_cost == speculative.EXTRA_POSITION
 
 
 def test_an_answer_drafts_the_same_way_whatever_the_clock(tiny, monkeypatch):

@@ -121,6 +121,12 @@ def cpu_summary(cpu_info: dict) -> str:
     return f"{cpu_info['label']} ({model}flags: {flags})"
 
 
+def key() -> str:
+    """This CPU's model and flags as one string: what a figure measured here is kept under."""
+    cpu = describe_cpu()
+    return f"{cpu.model} [{' '.join(sorted(cpu.flags))}]"
+
+
 @functools.lru_cache(maxsize=1)
 def describe_cpu() -> CpuInfo:
     """The CPU this process runs on (read once)."""

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slmops import settings
-from slmops.machine import describe_cpu
+from slmops.machine import key as machine_key
 
 # INT4 settings at the layouts onnxruntime's CPU kernels run fast (integer zero points): slmops'
 # calibrated quantizer at blocks of 64 (rotated, GPTQ, LM head int8 and the quarter of the layer
@@ -86,11 +86,6 @@ class Choice:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def machine_key() -> str:
-    cpu = describe_cpu()
-    return f"{cpu.model} [{' '.join(sorted(cpu.flags))}]"
 
 
 def pick(rows: list[Measured], max_ppl_increase: float | None) -> tuple[Measured | None, str]:

@@ -1,8 +1,9 @@
 """`slmops deploy`: the whole last mile in one command.
 
 convert (INT4 chosen by its decode speed measured on this CPU within the quality budget,
-see slmops.deploy.choice, or another precision) -> eval against the FP32 export -> validate -> register in the cache -> how to chat and
-serve. Everything is built in a private work folder; the cache changes only in the
+see slmops.deploy.choice, or another precision) -> eval against the FP32 export -> measure what a
+drafted token costs on this CPU (speculation's policy reads it) -> validate -> register in the cache ->
+how to chat and serve. Everything is built in a private work folder; the cache changes only in the
 last step, atomically, so a failed, interrupted or killed deploy leaves it as it was.
 """
 
@@ -22,11 +23,13 @@ import click
 from slmops import settings
 from slmops.errors import SlmopsError, UsageError
 from slmops.machine import cpu_summary, describe_cpu
+from slmops.modelfolder.folder import read_model_folder
 
 REFERENCE = "reference-fp32"
 DEPLOY_WINDOWS = 4
 DEPLOY_SOAK = 40
 DEPLOY_LENGTHS = (32, 256)
+DRAFT_COST_CONTEXT = 256  # tokens before the verifies that measure what a drafted token costs
 # The quality budget a plain deploy chooses within, and fails above. 10%, not more: the fastest
 # INT4 export on an AVX-512 CPU (k_quant_mixed block 128) measured +17% on SmolLM2 against
 # +5.8% for block 16, and a plain deploy should give the faithful one.
@@ -116,6 +119,9 @@ def deploy(
         if not skip_eval and precision != "fp32":
             with _step(result, f"eval against FP32 ({windows} windows of 512 tokens)", echo) as step:
                 step["summary"] = _evaluate(result, work, source, model_dir, windows, max_ppl_increase)
+        if not read_model_folder(model_dir).is_embedding:
+            with _step(result, "measure what a drafted token costs on this CPU", echo) as step:
+                step["summary"] = _measure_draft_cost(model_dir)
         with _step(result, f"validate (soak {soak})", echo) as step:
             step["summary"] = _validate(result, model_dir, suite, min_pass, soak)
         _write_report(result, model_dir)
@@ -195,6 +201,19 @@ def _validate(result: DeployResult, model_dir: Path, suite, min_pass: float, soa
         failed = "; ".join(f"item {c.item} {c.name}: {c.summary}" for c in report.checks if c.status == "FAIL")
         raise DeployFailed(f"validation failed: {failed}")
     return summary
+
+
+def _measure_draft_cost(model_dir: Path) -> str:
+    """Keep in the folder what a verify's drafted position costs here (modelfolder/draft_cost.py)."""
+    from slmops.bench.prompts import shipped_paragraphs
+    from slmops.modelfolder import draft_cost
+    from slmops.runtime.model import Model
+    from slmops.runtime.speculative import measured_draft_cost
+
+    model = Model.from_folder(read_model_folder(model_dir))
+    cost = measured_draft_cost(model.og_model, model.encode("\n\n".join(shipped_paragraphs()))[:DRAFT_COST_CONTEXT])
+    draft_cost.write(model_dir, cost)
+    return f"{cost.position_cost:.2f} decode steps a drafted token"
 
 
 def _choose(result: DeployResult, work: Path, source, windows: int, max_ppl_increase, echo) -> tuple[str, str]:

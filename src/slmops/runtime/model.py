@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import onnxruntime_genai as og
 
+from slmops import machine
 from slmops.cache.resolver import resolve
 from slmops.errors import ContextTooLong, SlmopsError, UsageError
+from slmops.modelfolder import draft_cost
 from slmops.modelfolder.folder import ModelFolder
 from slmops.modelfolder.messages import normalize
 from slmops.runtime import prompt as prompts
@@ -71,6 +73,8 @@ class Model:
         stop_token_ids: tokens that end an answer (EOS and the template's end marker).
         threads: intra-op threads its session runs on.
         load_s: seconds the load took.
+        position_cost: what a drafted token costs a verify, in decode steps: measured on this CPU
+            by `deploy` (``draft-cost.json``), else :data:`~slmops.runtime.speculative.EXTRA_POSITION`.
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class Model:
         self.context_length = folder.context_length
         self.defaults = model_defaults(folder.search, folder.model_config)
         self.stop_token_ids = self._stop_ids()
+        self.position_cost = draft_cost.read(folder.path, machine.key()) or speculative.EXTRA_POSITION
 
     @classmethod
     def from_folder(cls, folder: ModelFolder, threads: int | None = None, defer_generator: bool = False) -> Model:
@@ -244,7 +249,12 @@ class Model:
             max_length = chosen.search_options(len(ids), self.context_length)["max_length"]
             penalty = chosen.repetition_penalty
             loop = functools.partial(
-                speculative.speculative_loop, ids=ids, max_length=max_length, penalty=penalty, guide=guide
+                speculative.speculative_loop,
+                ids=ids,
+                max_length=max_length,
+                penalty=penalty,
+                guide=guide,
+                position_cost=self.position_cost,
             )
         return stream_tokens(
             self.og_model,
@@ -393,7 +403,9 @@ class Conversation:
         generator = self._prepare(ids)
         if speculative.applies(self.options):
             penalty = self.options.repetition_penalty
-            yield from speculative.speculative_loop(generator, answer, ids, self.model.context_length, penalty)
+            yield from speculative.speculative_loop(
+                generator, answer, ids, self.model.context_length, penalty, position_cost=self.model.position_cost
+            )
         else:
             yield from decode_loop(generator, answer)
 

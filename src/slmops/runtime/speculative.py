@@ -42,11 +42,15 @@ the same :class:`PromptLookup`, :class:`DraftPolicy`, :func:`guided_draft` and :
 from __future__ import annotations
 
 import collections
+import statistics
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from slmops import machine
+from slmops.modelfolder.draft_cost import DraftCost
 from slmops.runtime.sampling import penalize
 
 if TYPE_CHECKING:
@@ -62,10 +66,13 @@ OCCURRENCES = 8  # latest occurrences of each n-gram kept to draft from
 AGREE = 32  # tokens compared, at most, to choose among them
 FIRST_DRAFT = 4
 LONGEST_PAUSE = 64  # plain steps between attempts, at most, while drafts do not pay
-# What a verify costs per drafted position, in decode steps. SmolLM2-135M INT4, 2 threads
-# (AVX-512): reading 1, 2, 4, 8 and 16 positions took 6.6, 9.1, 12.3, 18.7 and 31.9 ms, about
-# a quarter of a step each; larger models, whose LM head is a smaller share, pay less.
+# What a verify costs per drafted position, in decode steps, where `deploy` measured nothing on
+# this CPU (modelfolder/draft_cost.py). SmolLM2-135M INT4, 2 threads, Zen 4 class: reading 1, 2, 4, 8
+# and 16 positions took 6.6, 9.1, 12.3, 18.7 and 31.9 ms, about a quarter of a step each; on a Zen 5
+# class CPU about a tenth, for it and for Qwen2.5-0.5B.
 EXTRA_POSITION = 0.25
+# Drafted positions a measurement verifies, beside the plain step
+MEASURED_DRAFTS = (1, 2, 4, 8)
 
 
 def applies(options: GenerationOptions) -> bool:
@@ -134,12 +141,13 @@ class DraftPolicy:
     """How many tokens to draft next, from what the drafts have gained so far.
 
     Every verify is weighed in decode steps: the tokens it accepted beyond the one a plain
-    step gives, against what reading its drafted positions costs (:data:`EXTRA_POSITION`
-    each). While that balance is negative, drafting pauses, twice as long after each loss,
-    so an answer that copies nothing runs at the plain loop's speed.
+    step gives, against what reading its drafted positions costs (``position_cost`` each, in
+    decode steps). While that balance is negative, drafting pauses, twice as long after each
+    loss, so an answer that copies nothing runs at the plain loop's speed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, position_cost: float = EXTRA_POSITION) -> None:
+        self.position_cost = position_cost
         self.size = FIRST_DRAFT
         self.balance = 0.0  # decode steps saved by recent verifies (negative: lost)
         self.pause = 0
@@ -155,7 +163,7 @@ class DraftPolicy:
     def verified(self, drafted: int, accepted: int, cost: float | None = None) -> None:
         """A verify of ``drafted`` tokens accepted ``accepted`` of them; ``cost``: the decode
         steps it took beyond the one it replaced (default: its drafted positions' share)."""
-        cost = EXTRA_POSITION * drafted if cost is None else cost
+        cost = self.position_cost * drafted if cost is None else cost
         self.balance = 0.5 * self.balance + accepted - cost
         self.size = min(MAX_DRAFT, 2 * self.size) if accepted == drafted else max(1, accepted + 1)
         if self.balance < 0:
@@ -173,7 +181,7 @@ class DraftPolicy:
         if rows == 1:
             self.verified(drafted, accepted)
         else:
-            self.verified(drafted, accepted, rows * (1 + EXTRA_POSITION * drafted) / drafting)
+            self.verified(drafted, accepted, rows * (1 + self.position_cost * drafted) / drafting)
 
 
 class RowDrafts:
@@ -181,11 +189,12 @@ class RowDrafts:
 
     Args:
         tokens: the row's prompt.
+        position_cost: what a drafted position costs a verify, in decode steps.
     """
 
-    def __init__(self, tokens: list[int]) -> None:
+    def __init__(self, tokens: list[int], position_cost: float = EXTRA_POSITION) -> None:
         self.lookup = PromptLookup(tokens)
-        self.policy = DraftPolicy()
+        self.policy = DraftPolicy(position_cost)
         self.drafted = self.accepted = 0
         # which tokens of the draft under way were looked up (the rest a grammar forced)
         self.looked_up: list[bool] = []
@@ -232,6 +241,7 @@ def speculative_loop(
     max_length: int,
     penalty: float = 1.0,
     guide: tuple[Grammars, LLMatcher] | None = None,
+    position_cost: float = EXTRA_POSITION,
 ) -> Iterator[Response]:
     """Greedy decoding with prompt-lookup drafts, until ``answer`` ends.
 
@@ -249,8 +259,9 @@ def speculative_loop(
         guide: the grammars and the matcher of a guided answer (the ``answer``'s own, which
             follows its tokens), on a generator without guidance of its own: every step is then
             a :class:`GuidedSteps` one, and drafts come from :func:`guided_draft`.
+        position_cost: what a drafted position costs a verify, in decode steps.
     """
-    lookup, policy = PromptLookup(ids), DraftPolicy()
+    lookup, policy = PromptLookup(ids), DraftPolicy(position_cost)
     steps = Steps(generator, len(ids), penalty) if guide is None else GuidedSteps(generator, lookup, penalty, *guide)
     tokens = [steps.first()]
     drafted = accepted = 0
@@ -382,3 +393,41 @@ def _pick(logits: np.ndarray, seen: list[int], penalty: float) -> int:
     if penalty != 1.0:
         logits = penalize(logits, np.array(seen, np.int64), penalty)
     return int(np.argmax(logits))
+
+
+def verify_times(
+    og_model: Any, prompt: list[int], drafts: tuple[int, ...] = MEASURED_DRAFTS, repeats: int = 15
+) -> dict[int, float]:
+    """Median milliseconds of a forward that reads 1 + k positions after ``prompt`` and returns their
+    logits, for k = 0 (a plain step) and each of ``drafts``; the sizes interleave in each repeat,
+    so load from other processes weighs on all of them alike."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(og_model)
+    params.set_search_options(max_length=len(prompt) + max(drafts) + 2)
+    generator = og.Generator(og_model, params)
+    generator.append_tokens(prompt)
+    times: dict[int, list[float]] = {k: [] for k in (0, *drafts)}
+    for _ in range(repeats):
+        for k, samples in times.items():
+            generator.rewind_to(len(prompt))
+            start = time.perf_counter()
+            generator.append_tokens(prompt[-1:] * (k + 1))
+            generator.get_output("logits")
+            samples.append((time.perf_counter() - start) * 1e3)
+    return {k: statistics.median(samples) for k, samples in times.items()}
+
+
+def position_cost(verify_ms: dict[int, float]) -> float:
+    """Decode steps a drafted position adds to a verify: the least-squares slope through a plain
+    step of the verify times :func:`verify_times` measured, in plain steps."""
+    step = verify_ms[0]
+    drafts = [k for k in verify_ms if k]
+    slope = sum(k * (verify_ms[k] / step - 1) for k in drafts) / sum(k * k for k in drafts)
+    return round(min(1.0, max(0.01, slope)), 3)
+
+
+def measured_draft_cost(og_model: Any, prompt: list[int]) -> DraftCost:
+    """What a drafted position costs a verify of ``og_model`` on this CPU, after ``prompt``."""
+    verify_ms = verify_times(og_model, prompt)
+    return DraftCost(machine.key(), position_cost(verify_ms), {str(k): round(ms, 3) for k, ms in verify_ms.items()})
