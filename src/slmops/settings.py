@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from slmops.errors import SlmopsError
+from slmops.files import write_json
 
 
 def home() -> Path:
@@ -35,11 +36,7 @@ def read_config() -> dict:
 
 
 def write_config(config: dict) -> None:
-    path = config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(config_path(), config)
 
 
 def cache_dir() -> Path:

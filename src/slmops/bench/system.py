@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from slmops import settings
+from slmops.files import write_json
 from slmops.machine import describe_cpu
 
 PROBE_MB = 256  # well above any L3 cache, so the copy streams from RAM
@@ -65,10 +66,7 @@ def memory_bandwidth(refresh: bool = False, size_mb: int = PROBE_MB) -> float:
     if stored and not refresh:
         return stored
     value = max(probe_bandwidth(size_mb), stored or 0.0)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(".tmp")
-    partial.write_text(json.dumps({"key": key, "gb_s": value, "measured": time.time()}) + "\n")
-    partial.replace(cache)
+    write_json(cache, {"key": key, "gb_s": value, "measured": time.time()})
     return value
 
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slmops import settings
+from slmops.files import write_json
 from slmops.machine import key as machine_key
 
 # INT4 settings at the layouts onnxruntime's CPU kernels run fast (integer zero points): slmops'
@@ -134,10 +135,7 @@ class MeasurementBook:
         self.data.setdefault(machine, {}).setdefault(model, {})[row.candidate] = asdict(row)
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial")
-        partial.write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
-        os.replace(partial, self.path)
+        write_json(self.path, self.data)
 
 
 def measure_speeds(folders: dict[str, Path], rounds: int = SPEED_ROUNDS) -> dict[str, list[float]]:

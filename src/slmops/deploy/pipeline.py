@@ -9,7 +9,6 @@ last step, atomically, so a failed, interrupted or killed deploy leaves it as it
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -22,8 +21,9 @@ import click
 
 from slmops import settings
 from slmops.errors import SlmopsError, UsageError
+from slmops.files import write_json
 from slmops.machine import cpu_summary, describe_cpu
-from slmops.modelfolder.folder import read_model_folder
+from slmops.modelfolder.folder import ModelFolder, read_model_folder
 
 REFERENCE = "reference-fp32"
 DEPLOY_WINDOWS = 4
@@ -119,9 +119,9 @@ def deploy(
         if not skip_eval and precision != "fp32":
             with _step(result, f"eval against FP32 ({windows} windows of 512 tokens)", echo) as step:
                 step["summary"] = _evaluate(result, work, source, model_dir, windows, max_ppl_increase)
-        if not read_model_folder(model_dir).is_embedding:
+        if not (folder := read_model_folder(model_dir)).is_embedding:
             with _step(result, "measure what a drafted token costs on this CPU", echo) as step:
-                step["summary"] = _measure_draft_cost(model_dir)
+                step["summary"] = _measure_draft_cost(folder)
         with _step(result, f"validate (soak {soak})", echo) as step:
             step["summary"] = _validate(result, model_dir, suite, min_pass, soak)
         _write_report(result, model_dir)
@@ -203,16 +203,16 @@ def _validate(result: DeployResult, model_dir: Path, suite, min_pass: float, soa
     return summary
 
 
-def _measure_draft_cost(model_dir: Path) -> str:
+def _measure_draft_cost(folder: ModelFolder) -> str:
     """Keep in the folder what a verify's drafted position costs here (modelfolder/draft_cost.py)."""
     from slmops.bench.prompts import shipped_paragraphs
     from slmops.modelfolder import draft_cost
     from slmops.runtime.model import Model
     from slmops.runtime.speculative import measured_draft_cost
 
-    model = Model.from_folder(read_model_folder(model_dir))
+    model = Model.from_folder(folder)
     cost = measured_draft_cost(model.og_model, model.encode("\n\n".join(shipped_paragraphs()))[:DRAFT_COST_CONTEXT])
-    draft_cost.write(model_dir, cost)
+    draft_cost.write(folder.path, cost)
     return f"{cost.position_cost:.2f} decode steps a drafted token"
 
 
@@ -282,9 +282,7 @@ def settings_text(quantization: dict | None) -> str:
 
 def _write_report(result: DeployResult, folder: Path) -> None:
     """The report travels inside the model folder, so the cache entry carries its evidence."""
-    (folder / "deploy-report.json").write_text(
-        json.dumps(result.to_json(), indent=2, default=str) + "\n", encoding="utf-8"
-    )
+    write_json(folder / "deploy-report.json", result.to_json(), default=str)
     (folder / "deploy-report.md").write_text(report_markdown(result), encoding="utf-8")
 
 
@@ -317,11 +315,8 @@ def report_markdown(result: DeployResult) -> str:
 
 
 def _save_failure(result: DeployResult) -> Path:
-    folder = settings.home() / "reports"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"deploy-{result.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result.to_json(), indent=2, default=str) + "\n", encoding="utf-8")
-    return path
+    path = settings.home() / "reports" / f"deploy-{result.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    return write_json(path, result.to_json(), default=str)
 
 
 def _refuse_existing(name: str, force: bool) -> None:

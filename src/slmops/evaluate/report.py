@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
+from slmops import files
 from slmops.evaluate.completion import COMPLETION
 from slmops.evaluate.metrics import QualityFigures
 from slmops.evaluate.quality import QualityReport
@@ -14,13 +13,8 @@ from slmops.machine import cpu_summary
 
 
 def write_json(data: dict, path: str | Path) -> Path:
-    """Atomic, so a report file is never half written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """A report as JSON, written whole (values JSON has no type for, such as paths, as text)."""
+    return files.write_json(path, data, default=str)
 
 
 def write_text(text: str, path: str | Path) -> Path:

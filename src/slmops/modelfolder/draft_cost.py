@@ -12,9 +12,10 @@ greedy answer drafts the same way, and gives the same tokens, run after run.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from slmops.files import write_json
 
 FILENAME = "draft-cost.json"
 
@@ -50,9 +51,5 @@ def read(folder: Path, cpu: str) -> float | None:
 
 
 def write(folder: Path, cost: DraftCost) -> Path:
-    """Keep ``cost`` in ``folder`` (written whole, then renamed into place)."""
-    path = Path(folder) / FILENAME
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(asdict(cost), indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
-    return path
+    """Keep ``cost`` in ``folder``, written whole."""
+    return write_json(Path(folder) / FILENAME, asdict(cost))

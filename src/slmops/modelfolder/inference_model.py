@@ -27,7 +27,6 @@ How :meth:`InferenceModel.render` builds a prompt from ``PromptTemplate``:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from slmops.errors import CacheError
+from slmops.files import write_json
 from slmops.modelfolder.messages import ROLES, normalize
 
 FILENAME = "inference_model.json"
@@ -201,11 +201,7 @@ class InferenceModel(BaseModel):
 
     def write(self, folder: Path) -> Path:
         """Write atomically: a reader sees the old file or the new one, never half of one."""
-        path = Path(folder) / FILENAME
-        tmp = path.with_name(f".{FILENAME}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_json(Path(folder) / FILENAME, self.to_json())
 
     def to_json(self) -> dict:
         return self.model_dump(mode="json", exclude_none=True)
