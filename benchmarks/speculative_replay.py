@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from slmops.runtime.json_drafts import TokenText
 from slmops.runtime.model import common_prefix
 from slmops.runtime.speculative import EXTRA_POSITION, DraftPolicy, PromptLookup, position_cost, verify_times
 
@@ -34,11 +35,16 @@ VERIFY_SIZES = (1, 2, 4, 8, 12, 16)
 
 
 def replay(
-    prompt: list[int], answer: list[int], cost: Callable[[int], float], position_cost: float = EXTRA_POSITION
+    prompt: list[int],
+    answer: list[int],
+    cost: Callable[[int], float],
+    position_cost: float = EXTRA_POSITION,
+    text: TokenText | None = None,
 ) -> dict:
     """The speculative loop on ``answer`` (after its first token, as ``decode_tokens_per_s`` counts), its
-    policy weighing a drafted position at ``position_cost`` decode steps."""
-    lookup, policy = PromptLookup(prompt), DraftPolicy(position_cost)
+    policy weighing a drafted position at ``position_cost`` decode steps; ``text``: the tokenizer's
+    pieces, to draft JSON by its text too, as the runtime does."""
+    lookup, policy = PromptLookup(prompt, text), DraftPolicy(position_cost)
     lookup.append(answer[0])
     done, steps, drafted, accepted = 1, 0.0, 0, 0
     while done < len(answer):
@@ -55,9 +61,11 @@ def replay(
     return {"ratio": (len(answer) - 1) / steps if steps else 1.0, "drafted": drafted, "accepted": accepted}
 
 
-def bound(prompt: list[int], answer: list[int], cost: Callable[[int], float], most: int = 16) -> float:
+def bound(
+    prompt: list[int], answer: list[int], cost: Callable[[int], float], text: TokenText | None = None, most: int = 16
+) -> float:
     """The ratio if every draft of the lookup were cut to the length that pays best, knowing the answer."""
-    lookup = PromptLookup(prompt)
+    lookup = PromptLookup(prompt, text)
     lookup.append(answer[0])
     done, steps = 1, 0.0
     while done < len(answer):
@@ -102,6 +110,7 @@ def main() -> None:
     unguided = [name for name, task in scenarios.TASKS.items() if task.schema is None]
     parser.add_argument("--tasks", default=",".join(unguided))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tokens-only", action="store_true", help="draft by token lookup alone (no JSON drafts)")
     parser.add_argument("--json")
     args = parser.parse_args()
     model = slmops.load(args.model, threads=args.threads)
@@ -125,8 +134,9 @@ def main() -> None:
     print("verify cost in plain steps:", {k: round(cost(k), 2) for k in VERIFY_SIZES}, f"(slope {drafted_cost})")
     print("| task | replayed ratio | accepted / drafted | bound of the lookup |")
     print("|---|---:|---:|---:|")
+    pieces = None if args.tokens_only else model.token_text
     for task, (prompt, answer) in answers.items():
-        row = replay(prompt, answer, cost, drafted_cost) | {"bound": bound(prompt, answer, cost)}
+        row = replay(prompt, answer, cost, drafted_cost, pieces) | {"bound": bound(prompt, answer, cost, pieces)}
         results["tasks"][task] = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
         print(f"| {task} | {row['ratio']:.2f}× | {row['accepted']} / {row['drafted']} | {row['bound']:.2f}× |")
     if args.json:

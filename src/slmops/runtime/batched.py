@@ -247,7 +247,7 @@ class BatchedDecoder:
                 sequence.matcher,
             )
             if sequence.max_new > 0 and sequence.logprobs is None and applies(sequence.options):
-                sequence.drafts = RowDrafts(sequence.prompt, self.model.position_cost)
+                sequence.drafts = RowDrafts(sequence.prompt, self.model.position_cost, self.model.token_text)
             self.pending.append(sequence)
         if sequences:  # its row is the first a newcomer takes (the scheduler also adds nothing)
             self.warming.stop()

@@ -23,6 +23,7 @@ from slmops.modelfolder.messages import normalize
 from slmops.runtime import prompt as prompts
 from slmops.runtime import speculative
 from slmops.runtime.generate import Answer, Response, Result, collect, decode_loop, stream_tokens, strip_leading
+from slmops.runtime.json_drafts import TokenText
 from slmops.runtime.options import GenerationOptions, model_defaults
 from slmops.runtime.threads import default_threads
 
@@ -196,6 +197,11 @@ class Model:
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode(list(ids))
 
+    @cached_property
+    def token_text(self) -> TokenText:
+        """The text of each token, kept as drafting asks for it (:mod:`slmops.runtime.json_drafts`)."""
+        return TokenText(self.decode, self.encode)
+
     def render(self, messages: Iterable[Any]) -> str:
         """The prompt text for a chat: the PromptTemplate if the model has one, else its chat template."""
         if not self.has_chat_template:  # a base model: asking it to chat is the caller's mistake
@@ -255,6 +261,7 @@ class Model:
                 penalty=penalty,
                 guide=guide,
                 position_cost=self.position_cost,
+                text=self.token_text,
             )
         return stream_tokens(
             self.og_model,
@@ -404,7 +411,13 @@ class Conversation:
         if speculative.applies(self.options):
             penalty = self.options.repetition_penalty
             yield from speculative.speculative_loop(
-                generator, answer, ids, self.model.context_length, penalty, position_cost=self.model.position_cost
+                generator,
+                answer,
+                ids,
+                self.model.context_length,
+                penalty,
+                position_cost=self.model.position_cost,
+                text=self.model.token_text,
             )
         else:
             yield from decode_loop(generator, answer)

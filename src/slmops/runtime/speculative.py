@@ -7,7 +7,9 @@ all in one forward:
 
 1. Draft: the last few tokens (3, else 2) are looked up among the prompt and the answer
    so far; the tokens that followed the earlier occurrence that agrees furthest back with
-   the answer (the latest on a tie) are the draft. No draft model is needed.
+   the answer (the latest on a tie) are the draft. No draft model is needed. A JSON answer
+   drafts by its text too (:mod:`slmops.runtime.json_drafts`): the next key from the prompt's
+   list of fields, and a value's text copied from the prompt in the answer's own tokens.
 2. Verify: the last token shown (not yet read) and the draft go through the model together
    (``append_tokens``), which gives the logits of every position.
 3. Accept the longest run of drafted tokens that greedy decoding picks itself, plus
@@ -51,6 +53,7 @@ import numpy as np
 
 from slmops import machine
 from slmops.modelfolder.draft_cost import DraftCost
+from slmops.runtime.json_drafts import JsonFields, TokenText
 from slmops.runtime.sampling import penalize
 
 if TYPE_CHECKING:
@@ -86,16 +89,22 @@ class PromptLookup:
 
     Args:
         tokens: the prompt's token ids.
+        text: the tokenizer's pieces, to draft JSON answers by their text too (:mod:`slmops.runtime.json_drafts`).
     """
 
-    def __init__(self, tokens: list[int]) -> None:
+    def __init__(self, tokens: list[int], text: TokenText | None = None) -> None:
         self.tokens: list[int] = []
         # an n-gram -> where the tokens after its latest occurrences stand, oldest first
         self.index: dict[tuple[int, ...], collections.deque[int]] = {}
+        self.fields: JsonFields | None = None
         for token in tokens:
             self.append(token)
+        if text is not None:
+            self.fields = JsonFields(text, tokens)
 
     def append(self, token: int) -> None:
+        if self.fields is not None:
+            self.fields.append(token)
         tokens, end = self.tokens, len(self.tokens)
         for size in NGRAMS:
             if end >= size:
@@ -117,6 +126,8 @@ class PromptLookup:
             if follows is None:
                 break
             draft += tokens[follows : follows + end - len(draft)]
+        if self.fields is not None and not start:
+            return self.fields.draft(draft, most)
         return draft[len(start) :]
 
     def _follows(self, tail: list[int]) -> int | None:
@@ -190,10 +201,11 @@ class RowDrafts:
     Args:
         tokens: the row's prompt.
         position_cost: what a drafted position costs a verify, in decode steps.
+        text: the tokenizer's pieces, to draft JSON answers by their text too.
     """
 
-    def __init__(self, tokens: list[int], position_cost: float = EXTRA_POSITION) -> None:
-        self.lookup = PromptLookup(tokens)
+    def __init__(self, tokens: list[int], position_cost: float = EXTRA_POSITION, text: TokenText | None = None) -> None:
+        self.lookup = PromptLookup(tokens, text)
         self.policy = DraftPolicy(position_cost)
         self.drafted = self.accepted = 0
         # which tokens of the draft under way were looked up (the rest a grammar forced)
@@ -242,6 +254,7 @@ def speculative_loop(
     penalty: float = 1.0,
     guide: tuple[Grammars, LLMatcher] | None = None,
     position_cost: float = EXTRA_POSITION,
+    text: TokenText | None = None,
 ) -> Iterator[Response]:
     """Greedy decoding with prompt-lookup drafts, until ``answer`` ends.
 
@@ -260,8 +273,9 @@ def speculative_loop(
             follows its tokens), on a generator without guidance of its own: every step is then
             a :class:`GuidedSteps` one, and drafts come from :func:`guided_draft`.
         position_cost: what a drafted position costs a verify, in decode steps.
+        text: the tokenizer's pieces, to draft JSON answers by their text too.
     """
-    lookup, policy = PromptLookup(ids), DraftPolicy(position_cost)
+    lookup, policy = PromptLookup(ids, text), DraftPolicy(position_cost)
     steps = Steps(generator, len(ids), penalty) if guide is None else GuidedSteps(generator, lookup, penalty, *guide)
     tokens = [steps.first()]
     drafted = accepted = 0
