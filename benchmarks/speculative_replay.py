@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Prompt-lookup drafting replayed over recorded answers: what a change to the drafting gains, in seconds, without noise.
 
-    python benchmarks/speculative_replay.py MODEL [--max-tokens 300] [--tasks copy,rewrite,...] [--json out.json]
+    python benchmarks/speculative_replay.py MODEL [--max-tokens 300] [--tasks copy,rewrite,...] [--tokens-only] [--json out.json]
 
 MODEL answers the tasks of ``slmops.bench.scenarios`` greedily, once, without speculation; the
 time a verify of k drafted tokens takes is measured on its onnxruntime-genai generator, in plain
 steps, at the rewrite prompt's length. Then each answer is replayed through slmops' own
-``PromptLookup`` and ``DraftPolicy`` (weighing a drafted position at the measured slope, as after
-`deploy` on this CPU): every draft is checked against the recorded answer, a plain step costs 1 and
+``PromptLookup`` (with its JSON drafts, as the runtime drafts; ``--tokens-only``: the token lookup
+alone) and ``DraftPolicy`` (weighing a drafted position at the measured slope, as after `deploy` on
+this CPU): every draft is checked against the recorded answer, a plain step costs 1 and
 a verify of k tokens its measured cost. Reported per task: the replayed ratio
 (decode time of the plain loop over the speculative one), tokens drafted and accepted, and the
 bound of this lookup: drafts cut to exactly the tokens that will be accepted.
