@@ -99,6 +99,11 @@ def test_the_prompts_lists_give_each_item_the_next():
     assert first == "name"
     assert field_lists("a; b; c")[0] == {"a": "b", "b": "c"}
     assert field_lists("Hello, world") == ({}, None)  # two items are not a list
+    quoted = field_lists("Return \"name\", `city` and 'zip' as JSON.")
+    assert quoted == ({"name": "city", "city": "zip"}, "name")
+    described = "Extract:\n- **supplier**: who sent it\n\n- customer: who pays\n2. `due_date` (a date)\nThanks, Ann"
+    assert field_lists(described) == ({"supplier": "customer", "customer": "due_date"}, "supplier")
+    assert field_lists("1. one\n\nSome text.\n- two\n")[0] == {}  # a list of one, twice
 
 
 def test_token_text_keeps_the_leading_space_and_spells_text_after_a_character(tiny_onnx):

@@ -10,8 +10,8 @@ nothing where the answer moves from one field to the next, nor while a value beg
 
 - at a key's place (after the ``{`` or ``,`` that ends a value, its whitespace, the key's opening
   quote, or the first characters of the key), the field that follows the answer's last key in a
-  list of the prompt (``a, b and c``, ``a; b; c``, a bulleted or numbered list), then the separator
-  the answer wrote after its last key (``": "``);
+  list of the prompt (``a, b and c``, ``a; b; c``, or one name a line, bulleted or numbered), then
+  the separator the answer wrote after its last key (``": "``);
 - inside a string value where the lookup has nothing, what followed the longest earlier occurrence
   (3 characters at least) of the text's end, in the tokens the tokenizer gives that text; in a
   string, never a line break before its closing quote, and nothing for a value's first token;
@@ -34,8 +34,12 @@ KEY = re.compile(r'"([^"\n]{1,64})"\s*:')
 # Inside a string value: after a key's `": "` (or a value list's `["`), no closing quote yet.
 IN_STRING_VALUE = re.compile(r'[:\[,]\s*"[^"\n]*$')
 ITEM = r"[A-Za-z_][\w\-]*"
-SEPARATOR = r"(?:\s*[,;]\s*(?:and\s+|or\s+)?|\s+(?:and|or)\s+|\s*\n\s*(?:[-*]|\d+[.)])\s*)"
-FIELD_LIST = re.compile(rf"{ITEM}(?:{SEPARATOR}{ITEM}){{2,}}")
+QUOTED_ITEM = rf"[`\"']?{ITEM}[`\"']?"
+SEPARATOR = r"(?:\s*[,;]\s*(?:and\s+|or\s+)?|\s+(?:and|or)\s+)"
+# `a, b, c`, `"a", "b" and "c"`: three items at least (two are as often prose)
+INLINE_LIST = re.compile(rf"{QUOTED_ITEM}(?:{SEPARATOR}{QUOTED_ITEM}){{2,}}")
+# a bulleted or numbered line that opens with a name (`- supplier: who sent it`, `2. **due_date**`)
+LIST_LINE = re.compile(rf"^[ \t]*(?:[-*+]|\d+[.)])[ \t]+[`\"'*]*({ITEM})")
 TAIL = 64  # characters of the answer's end that decide where it stands
 SHORTEST_MATCH = 3  # characters of the text's end a value's continuation must match
 CHARACTERS_PER_TOKEN = 8  # text taken to encode a continuation of ``most`` tokens, per token
@@ -175,15 +179,25 @@ def _in_string(text: str) -> bool:
 
 
 def field_lists(text: str) -> tuple[dict[str, str], str | None]:
-    """The prompt's lists of three or more one-word items (``a, b, c``, ``a; b and c``, bulleted or numbered):
-    each item's next one, and the first item of the longest list."""
+    """The prompt's lists of names: inline (``a, b and c``, three at least) or one a line (bulleted or
+    numbered, each line opening with the name): each name's next one, and the first of the longest list."""
+    lists = [
+        [item for item in re.findall(ITEM, match.group(0)) if item not in ("and", "or")]
+        for match in INLINE_LIST.finditer(text)
+    ]
+    run: list[str] = []
+    for line in text.splitlines():
+        name = LIST_LINE.match(line)
+        if name:
+            run.append(name.group(1))
+        elif line.strip():  # a blank line inside a list does not end it
+            lists.append(run)
+            run = []
+    lists.append(run)
+    lists = [items for items in lists if len(items) > 1]
     following: dict[str, str] = {}
-    first, longest = None, 0
-    for match in FIELD_LIST.finditer(text):
-        items = re.findall(ITEM, match.group(0))
-        items = [item for item in items if item not in ("and", "or")]
+    for items in lists:
         for item, after in zip(items, items[1:]):
             following.setdefault(item, after)
-        if len(items) > longest:
-            first, longest = items[0], len(items)
-    return following, first
+    longest = max(lists, key=len, default=[])
+    return following, longest[0] if longest else None
