@@ -74,6 +74,13 @@ def test_a_value_spelt_in_other_tokens_goes_on_as_the_prompt_does(vocabulary):
     answer = '{\n  "supplier": "Har'
     assert lookup_after(vocabulary, answer, text=False).draft(3) == []  # ' Harbour' is another token
     assert lookup_after(vocabulary, answer).draft(3) == vocabulary.encode("bour Supplies Ltd")
+    # a key begun is finished; a value's first token is not guessed; a string holds no line break
+    assert lookup_after(vocabulary, '{\n  "supplier": "Ltd",\n  "cust').draft(12) == vocabulary.encode('omer": "')
+    assert lookup_after(vocabulary, '{"supplier": "Ltd", "customer": "').draft(12) == []
+    assert lookup_after(vocabulary, '{"supplier": "Extract supplier as JSON', text=False).draft(2) == vocabulary.encode(
+        ".\nFrom"
+    )
+    assert lookup_after(vocabulary, '{"supplier": "Extract supplier as JSON').draft(2) == []
 
 
 def test_a_looked_up_piece_that_ends_a_value_is_followed_by_the_next_key(vocabulary):
