@@ -245,3 +245,27 @@ def test_interactive_chat_in_a_terminal(smollm2_int4):
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_ctrl_c_while_a_token_is_decoded_stops_like_ctrl_c(tiny_onnx):
+    # The tokenizer's binding converts a list of ids to an array; a SIGINT landing in that
+    # conversion came out as a TypeError ("incompatible function arguments") about a third of the
+    # time, which the chat reported as an error instead of stopping the answer.
+    import slmops
+
+    model = slmops.load(tiny_onnx, threads=1)
+    previous = signal.signal(signal.SIGALRM, signal.default_int_handler)
+    caught: dict[str, int] = {}
+    try:
+        for trial in range(300):
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0.0003 + (trial % 17) * 0.00003)
+                while True:
+                    model.decode([81, 655])
+            except BaseException as exc:  # noqa: BLE001 - counting what a Ctrl-C turns into
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                caught[type(exc).__name__] = caught.get(type(exc).__name__, 0) + 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert caught == {"KeyboardInterrupt": 300}
