@@ -22,8 +22,10 @@ from slmops.convert.calibrated import (
     gptq_rows,
     quantize_calibrated,
     quantize_rows,
+    screened_rows,
     second_moments,
 )
+from slmops.runtime import logits_graph
 from tests.test_convert import agreement, torch_logits
 
 
@@ -93,7 +95,7 @@ def test_matmulnbits_reads_the_layout_written(bits, tmp_path):
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     )
     item = quantize_rows(w.T, None, 128, bits, search=False)
-    added = _replace_matmul(model.graph, model.graph.node[0], item, (k, n))
+    added, _ = _replace_matmul(model.graph, model.graph.node[0], item, (k, n))
     _replace_initializers(model.graph, added)
     assert [i.name for i in model.graph.initializer if i.name == "w"] == []
     path = tmp_path / "m.onnx"
@@ -103,6 +105,57 @@ def test_matmulnbits_reads_the_layout_written(bits, tmp_path):
     expected = x @ item.dequantize(k).T
     # accuracy_level 4 quantizes the activations to int8 blockwise: ~1% of the output's scale
     assert np.abs(got - expected).max() < 0.03 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("k", [320, 100])  # rows of whole blocks of 64, and rows padded to whole blocks
+def test_a_screened_head_rescores_its_top_candidates_with_the_residual(k, tmp_path):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from slmops.convert.screened_head import TOP_K
+
+    n, positions = 300, 3
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["hidden", "w"], ["logits"], name="/lm_head/MatMul")],
+        "g",
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, positions, k])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, positions, n])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    item = screened_rows(w.T, None, CalibratedOptions(block_size=32))
+    assert item.residual is not None and item.q.shape[-1] == item.residual.q.shape[-1] == 64  # the 8-bit blocks
+    added, residual = _replace_matmul(model.graph, model.graph.node[0], item, (k, n))
+    assert residual is not None and residual.bits == item.bits == 4
+    _replace_initializers(model.graph, added)
+    x = rng.standard_normal((1, positions, k)).astype(np.float32)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"hidden": x})[
+        0
+    ]
+    coarse = x[0] @ replace(item, residual=None).dequantize(k).T
+    full = x[0] @ item.dequantize(k).T
+    top = np.argsort(-coarse, axis=-1)[:, :TOP_K]
+    rest = np.ones_like(coarse, dtype=bool)
+    np.put_along_axis(rest, top, False, axis=-1)
+    scale = np.abs(full).max()
+    # int8 activations (accuracy_level 4) cost ~1% of the output's scale; the residual's share is larger
+    assert np.abs(np.take_along_axis(coarse - full, top, -1)).max() > 0.03 * scale
+    np.testing.assert_allclose(
+        np.take_along_axis(got[0], top, -1), np.take_along_axis(full, top, -1), atol=0.02 * scale
+    )
+    np.testing.assert_allclose(got[0][rest], coarse[rest], atol=0.02 * scale)
+    assert (got[0].argmax(-1) == full.argmax(-1)).all()
+    # the batched decoder's copy computes the same logits at the positions it picks
+    picked = logits_graph.with_positions(model.SerializeToString(), "logits")
+    assert picked is not None
+    at = np.array([[[2], [0]]], dtype=np.int64)
+    session = ort.InferenceSession(picked, providers=["CPUExecutionProvider"])
+    some = session.run(None, {"hidden": x, logits_graph.POSITIONS: at})[0]
+    np.testing.assert_allclose(some[0], got[0][[2, 0]], rtol=1e-5, atol=1e-5)
 
 
 def graph_outputs(folder: Path, feeds: dict) -> np.ndarray:
@@ -147,18 +200,22 @@ def test_calibrated_export_loads_shares_its_head_and_tracks_torch(tiny_onnx, tin
     quantize_calibrated(folder, options)
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
     ops = Counter(node.op_type for node in graph.node)
-    # 5 MatMuls a layer, the LM head, and the head's view of the rotated hidden state
-    assert ops["MatMul"] == 0 and ops["MatMulNBits"] == 2 * 5 + 2
-    assert ops["GatherBlockQuantized"] == 1 and ops["Transpose"] == 0  # the embedding reads the int8 head
+    # 5 MatMuls a layer, the LM head, and the head's view of the rotated hidden state; the screened head
+    # multiplies its top candidates' residual rows (one MatMul)
+    assert ops["MatMul"] == 1 and ops["MatMulNBits"] == 2 * 5 + 2
+    # the embedding reads the head's codes and residual, and the head its top candidates' residual rows
+    assert ops["GatherBlockQuantized"] == 3 and ops["Transpose"] == 0 and ops["TopK"] == 1
     bits = {n.name: {a.name: a.i for a in n.attribute}["bits"] for n in graph.node if n.op_type == "MatMulNBits"}
-    assert bits["/lm_head/MatMul_Q8"] == 8 and bits["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 8
+    assert bits["/lm_head/MatMul_Q4"] == 4 and bits["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 8
+    # the batched engine still computes the screened logits only where they are read
+    assert logits_graph.load(folder / "model.onnx", "logits") is not None
     assert bits["/model/rotation/MatMul_Q8"] == 8
     assert bits["/model/layers.0/attn/qkv_proj/MatMul_Q4"] == 4
     blocks = {
         n.name: {a.name: a.i for a in n.attribute}["block_size"] for n in graph.node if n.op_type == "MatMulNBits"
     }
     # 8-bit matrices keep blocks of 64 (finer ones add bytes for nothing), which the embedding's gather follows
-    assert blocks["/lm_head/MatMul_Q8"] == blocks["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 64
+    assert blocks["/lm_head/MatMul_Q4"] == blocks["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 64
     assert blocks["/model/layers.0/attn/qkv_proj/MatMul_Q4"] == 32
     assert "8-bit matrices in blocks of 64" in options.describe()  # what conversion.json says
     assert "8-bit matrices" not in CalibratedOptions(block_size=64).describe()
@@ -213,7 +270,7 @@ def test_o_proj_scales_are_shared_by_the_query_heads_that_read_one_value_head():
 
 @pytest.mark.parametrize("block", [16, 128, 256])
 def test_calibrated_export_at_any_block_size_the_cli_offers_predicts(tiny_onnx, tiny_llama, tmp_path, block):
-    # 16: 8-bit matrices at 64 beside 4-bit ones at 16; 128 and 256: one block per row of a hidden
+    # 16: 8-bit matrices (and the head) at 64 beside 4-bit ones at 16; 128 and 256: one block per row of a hidden
     # size of 64, padded, at both widths.
     import onnx
 
@@ -223,7 +280,8 @@ def test_calibrated_export_at_any_block_size_the_cli_offers_predicts(tiny_onnx, 
     quantize_calibrated(folder, options)
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
     layouts = [{a.name: a.i for a in n.attribute} for n in graph.node if n.op_type == "MatMulNBits"]
-    assert {(layout["bits"], layout["block_size"]) for layout in layouts} == {(4, block), (8, max(block, 64))}
+    eight = max(block, 64)  # the screened head's 4-bit codes keep the 8-bit matrices' blocks
+    assert {(layout["bits"], layout["block_size"]) for layout in layouts} == {(4, block), (4, eight), (8, eight)}
     same, correlation = agreement(folder, torch_logits(tiny_llama))
     assert correlation > 0.8, (same, correlation)
 

@@ -21,18 +21,20 @@ hidden state and the value heads are rotated so that no input channel stands out
   columns of qkv_proj before o_proj (one scale per value channel, shared by the query heads
   that read it), so the graph computes the same function with weights that quantize better.
 
-The LM head (when ``head_bits`` is 8) and a share of the layer MatMuls are quantized to 8 bits
-in the same MatMulNBits layout: with ``int8_share`` (the default), the ones whose 8 bits cut the
-KL divergence from the FP32 graph most per extra byte on calibration text
-(:mod:`slmops.convert.sensitivity`); with ``int8_share=0``, those named in ``int8``. The input
-embedding then gathers 8-bit rows (:mod:`slmops.convert.tied_head`): from the quantized LM head
-when the two are tied, else from its own table quantized alike, so no fp32 table is left.
+A share of the layer MatMuls is quantized to 8 bits in the same MatMulNBits layout: with
+``int8_share`` (the default), the ones whose 8 bits cut the KL divergence from the FP32 graph
+most per extra byte on calibration text (:mod:`slmops.convert.sensitivity`); with
+``int8_share=0``, those named in ``int8``. The LM head is read at 4 bits and its top candidates
+rescored with a 4-bit residual (``head="screened"``, :mod:`slmops.convert.screened_head`), or
+kept at 8 or 4 bits. The input embedding then gathers the head's rows
+(:mod:`slmops.convert.tied_head`) when the two are tied, else 8-bit rows of its own table, so no
+fp32 table is left.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +43,15 @@ import numpy as np
 from slmops.convert.graph_file import quantized_lm_heads, save_graph, set_weight, token_lookups
 from slmops.convert.matmul_nbits import stored_codes, stored_zero_points
 from slmops.convert.rotation import LM_HEAD_NODE, ROTATION_NODE, rotate_export, value_heads
+from slmops.convert.screened_head import TOP_K, screened_head_nodes
+from slmops.convert.tied_head import RowBlocks, replace_gather
 
 ACCURACY_LEVEL = 4  # int8 activations: the VNNI kernel
 SHRINKS = (1.0, 0.96, 0.92, 0.88, 0.84, 0.8, 0.76, 0.72)  # a block's range is shrunk by these, both ends alike
 ALPHAS = tuple(a / 10 for a in range(0, 9))  # AWQ's exponent grid
 SENSITIVITY_FILE = "int8-sensitivity.json"  # what each MatMul's 8 bits bought, written beside the graph
 INT8_MIN_BLOCK = 64
-HEAD_NODES = (LM_HEAD_NODE, ROTATION_NODE)  # the MatMuls every logit reads: 8-bit, neither int8 candidates nor AWQ's
+HEAD_NODES = (LM_HEAD_NODE, ROTATION_NODE)  # the MatMuls every logit reads: neither int8 candidates nor AWQ's
 MOMENTS_MEMORY_SHARE = 0.25  # of the memory available when calibration starts, for the XᵀX held at once
 
 
@@ -64,7 +68,10 @@ class CalibratedOptions:
     rotation_seed: int = 0
     # unrotated, AWQ helps (SmolLM2 b128: GPTQ +9.7% ΔPPL, with AWQ scales +6.5%); rotated, it hurts (KLD 0.090 -> 0.111)
     awq: bool = False
-    head_bits: int = 8  # the LM head, which the tied embedding shares
+    # the LM head, which the tied embedding shares: "screened" (4-bit codes read for every logit, the top
+    # candidates rescored with a 4-bit residual), "int8" or "int4". SmolLM2 b64, 16,352 held-out tokens:
+    # KLD 0.084 / 0.082 / 0.095, decoding ~10% faster screened than int8 (docs/quality.md)
+    head: str = "screened"
     # MatMul names (substrings) kept at 8 bits when ``int8_share`` is 0: the MLP's down projections
     # halve SmolLM2's ΔPPL for +13% size
     int8: tuple[str, ...] = ("down_proj",)
@@ -100,24 +107,32 @@ class CalibratedOptions:
         rotated = f"rotated{seed}, " if self.rotate else ""
         method = f"gptq (damping {self.damping:g})" if self.method == "gptq" else self.method
         return (
-            f"int4 b{self.block_size} asymmetric, {rotated}{awq}{method}, LM head int{self.head_bits}{extra}; "
+            f"int4 b{self.block_size} asymmetric, {rotated}{awq}{method}, LM head {self.describe_head()}{extra}; "
             f"calibrated on the last {self.calibration_windows} x {self.calibration_tokens} tokens of the shipped text"
         )
+
+    def describe_head(self) -> str:
+        if self.head == "screened":
+            return f"int4 read for every logit, its top {TOP_K} rescored with a 4-bit residual"
+        return self.head
 
 
 @dataclass
 class Quantized:
-    """One matrix in MatMulNBits' layout: ``q`` [N, blocks, block] codes, ``scale``/``zero_point`` [N, blocks]."""
+    """One matrix in MatMulNBits' layout: ``q`` [N, blocks, block] codes, ``scale``/``zero_point`` [N, blocks];
+    ``residual``: what a screened head's codes miss, quantized again (:mod:`slmops.convert.screened_head`)."""
 
     q: np.ndarray
     scale: np.ndarray
     zero_point: np.ndarray
     bits: int
+    residual: Quantized | None = None
 
     def dequantize(self, k: int) -> np.ndarray:
-        """[N, K] weights as the kernel sees them."""
+        """[N, K] weights as the kernel sees them (with the residual, as the rescored logits and the embedding do)."""
         values = (self.q.astype(np.float32) - self.zero_point[..., None]) * self.scale[..., None]
-        return values.reshape(self.q.shape[0], -1)[:, :k]
+        values = values.reshape(self.q.shape[0], -1)[:, :k]
+        return values if self.residual is None else values + self.residual.dequantize(k)
 
 
 # --- the search for each block's scale and zero point -------------------------------------------
@@ -340,13 +355,15 @@ def quantize_calibrated(
         by_name = {node.name: node for node in nodes}
         for name in _chosen_int8(model_dir, nodes, weights, gains, options, echo):
             items[name] = _quantize_matrix(_weight(by_name[name], weights).T, None, 8, options)
-    added = []
+    added: list = []
+    residual = None
     for node in nodes:
         shape = tuple(weights[node.input[1]].dims)
-        added += _replace_matmul(graph, node, items[node.name], shape)
+        tensors, table = _replace_matmul(graph, node, items[node.name], shape)
+        added, residual = added + tensors, table or residual
     del weights
     _replace_initializers(graph, added)
-    _quantized_embedding(graph, options, model_dir)
+    _quantized_embedding(graph, options, model_dir, residual)
     onnx.load_external_data_for_model(model, str(model_dir))  # what is left (norms, rotary caches), before saving
     save_graph(model, model_dir)
     return notes
@@ -403,7 +420,7 @@ def _runs_within(nodes: list, widths: dict[str, int], budget: float) -> list[lis
 
 def _bits(name: str, options: CalibratedOptions) -> int:
     if name == LM_HEAD_NODE:
-        return options.head_bits
+        return 8 if options.head == "int8" else 4
     if name == ROTATION_NODE:  # the head's view of the rotated state: 0.3 M weights that every logit reads
         return 8
     if options.int8_share:  # chosen after measuring, from 4 bits
@@ -445,7 +462,19 @@ def _weight(node, weights: Weights) -> np.ndarray:
 
 
 def _quantize_node(node, weights, moments, options: CalibratedOptions) -> Quantized:
-    return _quantize_matrix(_weight(node, weights).T, moments.get(node.input[0]), _bits(node.name, options), options)
+    w, hessian = _weight(node, weights).T, moments.get(node.input[0])
+    if node.name == LM_HEAD_NODE and options.head == "screened":
+        return screened_rows(w, hessian, options)
+    return _quantize_matrix(w, hessian, _bits(node.name, options), options)
+
+
+def screened_rows(w: np.ndarray, hessian: np.ndarray | None, options: CalibratedOptions) -> Quantized:
+    """``w`` [N, K] as 4-bit codes fitted like a layer's and a 4-bit residual, both in the 8-bit matrices'
+    blocks (a screened head has 8-bit rows' worth of bytes; finer blocks would add scales to both)."""
+    blocks = replace(options, block_size=options.int8_block)
+    codes = _quantize_matrix(w, hessian, 4, blocks)
+    residual = quantize_rows(w - codes.dequantize(w.shape[1]), None, options.int8_block, 4, search=False)
+    return replace(codes, residual=residual)
 
 
 def _int8_gains(model_dir: Path, model, nodes, weights, items, options: CalibratedOptions, echo) -> dict[str, float]:
@@ -491,8 +520,6 @@ class SharedSteps:
     ``int8_share`` (deploy's steps): both depend on every other option, not on the share."""
 
     def __init__(self, folder: Path, options: CalibratedOptions):
-        from dataclasses import replace
-
         self.folder = Path(folder)
         self.key = repr(replace(options, int8_share=0.0))  # every other setting, the scoring's included
 
@@ -504,17 +531,23 @@ class SharedSteps:
         if record["key"] != self.key:
             return None
         arrays = np.load(self.folder / "matrices.npz")
-        items = {
-            name: Quantized(arrays[f"{i}.q"], arrays[f"{i}.scale"], arrays[f"{i}.zero_point"], bits)
-            for i, (name, bits) in enumerate(record["matrices"])
-        }
+
+        def stored(key: str, bits: int) -> Quantized:
+            residual = stored(f"{key}.residual", bits) if f"{key}.residual.q" in arrays else None
+            return Quantized(arrays[f"{key}.q"], arrays[f"{key}.scale"], arrays[f"{key}.zero_point"], bits, residual)
+
+        items = {name: stored(str(i), bits) for i, (name, bits) in enumerate(record["matrices"])}
         return items, record["gains"]
 
     def save(self, items: dict[str, Quantized], gains: dict[str, float]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Any] = {}
+        part: Quantized | None
         for i, item in enumerate(items.values()):
-            arrays.update({f"{i}.q": item.q, f"{i}.scale": item.scale, f"{i}.zero_point": item.zero_point})
+            key, part = str(i), item  # a screened head's residual under the key's ".residual"
+            while part is not None:
+                arrays.update({f"{key}.q": part.q, f"{key}.scale": part.scale, f"{key}.zero_point": part.zero_point})
+                key, part = f"{key}.residual", part.residual
         np.savez(self.folder / "matrices.npz", **arrays)
         record = {"key": self.key, "matrices": [[name, item.bits] for name, item in items.items()], "gains": gains}
         (self.folder / "steps.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
@@ -613,36 +646,51 @@ def _value_fold(attention, qkv, width: int) -> Fold | None:
     return Fold(qkv.input[1], axis=1, first_column=width + kv_heads * head_size, tie=tie)
 
 
-def _replace_matmul(graph, node, item: Quantized, shape: tuple[int, int]) -> list:
-    """Swap ``node`` for a MatMulNBits reading ``item``; returns the initializers it needs."""
+def _replace_matmul(graph, node, item: Quantized, shape: tuple[int, int]) -> tuple[list, RowBlocks | None]:
+    """Swap ``node`` for a MatMulNBits reading ``item`` (and, for a screened head, the nodes that rescore
+    its top candidates); returns the initializers they need and the residual's table, if any."""
     from onnx import helper
 
     k, n = shape
     block = item.q.shape[-1]
     tensors = _stored(item, node.input[1])
-    made = helper.make_node(
-        "MatMulNBits",
-        [node.input[0], *(t.name for t in tensors)],
-        list(node.output),
-        name=f"{node.name}_Q{item.bits}",
-        domain="com.microsoft",
-        K=k,
-        N=n,
-        bits=item.bits,
-        block_size=block,
-        accuracy_level=ACCURACY_LEVEL,
-    )
+    if item.residual is None:
+        made = [
+            helper.make_node(
+                "MatMulNBits",
+                [node.input[0], *(t.name for t in tensors)],
+                list(node.output),
+                name=f"{node.name}_Q{item.bits}",
+                domain="com.microsoft",
+                K=k,
+                N=n,
+                bits=item.bits,
+                block_size=block,
+                accuracy_level=ACCURACY_LEVEL,
+            )
+        ]
+        residual = None
+    else:
+        codes = RowBlocks(tensors[0].name, tensors[1].name, tensors[2].name, n, k, item.bits, block)
+        parts = _stored(item.residual, f"{node.input[1]}_residual", rows_of_bytes=True)
+        layout = (n, k, item.residual.bits, item.residual.q.shape[-1])
+        residual = RowBlocks(parts[0].name, parts[1].name, parts[2].name, *layout)
+        made, constants = screened_head_nodes(node.name, node.input[0], node.output[0], codes, residual, ACCURACY_LEVEL)
+        tensors += parts + constants
     position = list(graph.node).index(node)
     graph.node.remove(node)
-    graph.node.insert(position, made)
-    return tensors
+    for offset, new in enumerate(made):
+        graph.node.insert(position + offset, new)
+    return tensors, residual
 
 
-def _stored(item: Quantized, base: str) -> list:
-    """``item``'s codes, scales and zero points as MatMulNBits (and GatherBlockQuantized) read them."""
+def _stored(item: Quantized, base: str, rows_of_bytes: bool = False) -> list:
+    """``item``'s codes, scales and zero points as MatMulNBits (and GatherBlockQuantized) read them;
+    ``rows_of_bytes``: the codes as one row of bytes per matrix row, for a table only gathered from."""
     from onnx import numpy_helper
 
     codes = np.ascontiguousarray(stored_codes(item.q, item.bits), np.uint8)
+    codes = codes.reshape(codes.shape[0], -1) if rows_of_bytes else codes
     return [
         numpy_helper.from_array(codes, f"{base}_Q{item.bits}"),
         numpy_helper.from_array(item.scale.astype(np.float32), f"{base}_scales"),
@@ -658,16 +706,16 @@ def _replace_initializers(graph, added: list) -> None:
     graph.initializer.extend([*kept, *added])
 
 
-def _quantized_embedding(graph, options: CalibratedOptions, model_dir: Path) -> None:
-    """The embedding gathers 8-bit rows: from the quantized LM head when tied, else from its own table."""
-    from slmops.convert.tied_head import RowBlocks, replace_gather
+def _quantized_embedding(graph, options: CalibratedOptions, model_dir: Path, residual: RowBlocks | None) -> None:
+    """The embedding gathers the quantized LM head's rows (with its ``residual`` when screened) when tied,
+    else 8-bit rows of its own table."""
 
     producers = {output: node for node in graph.node for output in node.output}
     gathers, heads = token_lookups(graph), quantized_lm_heads(graph)
     transpose = producers.get(gathers[0].input[0]) if len(gathers) == 1 else None
     if transpose is not None and transpose.op_type == "Transpose" and len(heads) == 1:
         graph.node.remove(transpose)
-        replace_gather(graph, gathers[0], RowBlocks.of(heads[0]))
+        replace_gather(graph, gathers[0], RowBlocks.of(heads[0]), residual)
         _replace_initializers(graph, [])
     else:
         embedding_table_8bit(graph, options.int8_block, model_dir)
@@ -684,8 +732,6 @@ def embedding_table_8bit(graph, block: int = INT8_MIN_BLOCK, model_dir: Path | N
     are when the graph was loaded without them.
     """
     from onnx import TensorProto, numpy_helper
-
-    from slmops.convert.tied_head import RowBlocks, replace_gather
 
     gathers = token_lookups(graph)
     tables = [item for item in graph.initializer if len(gathers) == 1 and item.name == gathers[0].input[0]]

@@ -11,7 +11,7 @@ the build and drops the fp32 table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,20 +76,29 @@ class RowBlocks:
         )
 
 
-def replace_gather(graph, gather, table: RowBlocks) -> int:
-    """Swap the fp32 embedding ``gather`` (and its table) for a lookup into ``table``; returns its bits."""
+def replace_gather(graph, gather, table: RowBlocks, residual: RowBlocks | None = None) -> int:
+    """Swap the fp32 embedding ``gather`` (and its table) for a lookup into ``table``; returns its bits.
+
+    ``residual``: a second table of the same rows (rows of bytes, :func:`gather_node`'s layout)
+    added to the first, as a screened LM head stores its weights (:mod:`slmops.convert.screened_head`)."""
     from onnx import helper, numpy_helper
 
     base = gather.name.rsplit("/", 1)[0]
     padded = -(-table.hidden // table.block) * table.block
-    gathered = gather.output[0] if padded == table.hidden else f"{base}/GatherBlockQuantized/output_0"
-    nodes, shape = gather_rows(table, gather.input[1], gathered, base)
+    rows = f"{base}/GatherBlockQuantized/output_0"
+    nodes, shape = gather_rows(table, gather.input[1], rows, base)
     initializers = [shape]
+    if residual is not None:
+        nodes.append(gather_node(residual, gather.input[1], f"{base}/residual/output_0", f"{base}/residual"))
+        nodes.append(helper.make_node("Add", [rows, f"{base}/residual/output_0"], [f"{rows}/sum"], name=f"{base}/Add"))
+        rows = f"{rows}/sum"
     if padded != table.hidden:  # rows are stored padded to whole blocks
         bounds = [np.array([value], dtype=np.int64) for value in (0, table.hidden, -1)]
         names = [f"{base}/slice_{which}" for which in ("start", "end", "axis")]
         initializers += [numpy_helper.from_array(value, name) for value, name in zip(bounds, names, strict=True)]
-        nodes.append(helper.make_node("Slice", [gathered, *names], [gather.output[0]], name=f"{base}/Slice"))
+        nodes.append(helper.make_node("Slice", [rows, *names], [gather.output[0]], name=f"{base}/Slice"))
+    else:
+        nodes[-1].output[0] = gather.output[0]
     _swap(graph, gather, nodes, initializers)
     return table.bits
 
@@ -106,22 +115,28 @@ def gather_rows(table: RowBlocks, ids: str, output: str, base: str) -> tuple[lis
 
     row_bytes = -(-table.hidden // table.block) * table.block * table.bits // 8
     shape = numpy_helper.from_array(np.array([table.rows, row_bytes], dtype=np.int64), f"{base}/Reshape/shape")
-    inputs = [f"{base}/Reshape/output_0", ids, table.scales, *([table.zero_points] if table.zero_points else [])]
-    nodes = [
-        helper.make_node("Reshape", [table.codes, shape.name], [inputs[0]], name=f"{base}/Reshape"),
-        helper.make_node(
-            "GatherBlockQuantized",
-            inputs,
-            [output],
-            name=f"{base}/GatherBlockQuantized",
-            domain="com.microsoft",
-            bits=table.bits,
-            block_size=table.block,
-            gather_axis=0,
-            quantize_axis=1,
-        ),
-    ]
-    return nodes, shape
+    reshape = helper.make_node(
+        "Reshape", [table.codes, shape.name], [f"{base}/Reshape/output_0"], name=f"{base}/Reshape"
+    )
+    return [reshape, gather_node(replace(table, codes=reshape.output[0]), ids, output, base)], shape
+
+
+def gather_node(table: RowBlocks, ids: str, output: str, base: str):
+    """A GatherBlockQuantized of the rows ``ids`` of ``table``, whose codes are one row of bytes per matrix row."""
+    from onnx import helper
+
+    inputs = [table.codes, ids, table.scales, *([table.zero_points] if table.zero_points else [])]
+    return helper.make_node(
+        "GatherBlockQuantized",
+        inputs,
+        [output],
+        name=f"{base}/GatherBlockQuantized",
+        domain="com.microsoft",
+        bits=table.bits,
+        block_size=table.block,
+        gather_axis=0,
+        quantize_axis=1,
+    )
 
 
 def _swap(graph, old, nodes, initializers) -> None:

@@ -26,10 +26,13 @@ GATHERED = "slmops_logits_positions/hidden"
 MATMULS = {"MatMul", "MatMulNBits"}
 # Ops between the LM head and the logits output that treat each position on its own
 # (a cast to fp32, Gemma's soft-capping): the positions can be picked before them.
-POSITIONWISE = {"Cast", "Mul", "Div", "Add", "Sub", "Tanh"}
+# A screened head's ScatterElements writes the rescored top candidates into its first input.
+POSITIONWISE = {"Cast", "Mul", "Div", "Add", "Sub", "Tanh", "ScatterElements"}
 # What may be computed from the LM head's input on its way to the logits: also the block
-# sums of an exactly imported GGUF (a Reshape that keeps batch and sequence, a ReduceSum).
-HEAD_OPS = MATMULS | POSITIONWISE | {"Reshape", "ReduceSum"}
+# sums of an exactly imported GGUF (a Reshape that keeps batch and sequence, a ReduceSum),
+# and a screened head's rescoring of each position's top candidates.
+SCREENING = {"TopK", "GatherBlockQuantized", "Slice", "Unsqueeze", "Squeeze"}
+HEAD_OPS = MATMULS | POSITIONWISE | SCREENING | {"Reshape", "ReduceSum"}
 
 
 def with_positions(model: bytes, logits: str) -> bytes | None:
