@@ -709,7 +709,6 @@ def _replace_initializers(graph, added: list) -> None:
 def _quantized_embedding(graph, options: CalibratedOptions, model_dir: Path, residual: RowBlocks | None) -> None:
     """The embedding gathers the quantized LM head's rows (with its ``residual`` when screened) when tied,
     else 8-bit rows of its own table."""
-
     producers = {output: node for node in graph.node for output in node.output}
     gathers, heads = token_lookups(graph), quantized_lm_heads(graph)
     transpose = producers.get(gathers[0].input[0]) if len(gathers) == 1 else None
