@@ -45,7 +45,7 @@ class QuantizationOptions(BaseModel):
         "default",
         description="Quantization algorithm: the builder's rtn (round to nearest) or k_quant, optionally mixed; "
         "or, int4 only, onnxruntime's hqq (no calibration) or gptq (calibrated on shipped text) on the FP32 graph, "
-        "or slmops' calibrated (activation-weighted grids with error feedback, integer zero points, an LM head read at 4 bits and its top tokens rescored).",
+        "or slmops' calibrated (activation-weighted grids with error feedback, integer zero points, int8 LM head).",
     )
     int8_share: float | None = Field(
         None,
