@@ -17,7 +17,8 @@ KLD 0.084 against the 8-bit head's 0.082, the same top-1, decoding 9-13% faster 
 A graph run over a whole prompt screens every position, and ScatterElements writes a second
 logits-sized tensor: the batched engine picks the positions it reads and pays nothing, but the
 single-stream generator's prefill does (Qwen 0.5B, 1,923 tokens: TTFT 4.2 -> 6.7 s, peak RSS
-2.1 -> 3.5 GB), so the calibrated exports ask for it (``CalibratedOptions(head="screened")``).
+2.1 -> 3.5 GB), so a calibrated export is screened only when asked
+(``CalibratedOptions(head="screened")``).
 """
 
 from __future__ import annotations
