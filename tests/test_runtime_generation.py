@@ -238,3 +238,31 @@ def test_a_seed_reproduces_the_draws():
         return [picker.sample(logits, [], []) for _ in range(30)]
 
     assert draws(3) == draws(3) and draws(3) != draws(4)
+
+
+def test_a_prompt_appended_in_chunks_answers_as_one_appended_whole(tiny_onnx, monkeypatch):
+    # The generator computes the logits of every position it reads: long prompts are read a
+    # chunk at a time (generate.PREFILL_CHUNK), which must not change what follows them.
+    import onnxruntime_genai as og
+
+    import slmops
+
+    model = slmops.load(tiny_onnx, threads=1)
+    ids = [int(token) for token in np.random.default_rng(3).integers(10, 500, 23)]
+
+    def last_logits(chunk: int) -> np.ndarray:
+        monkeypatch.setattr(generate, "PREFILL_CHUNK", chunk)
+        params = og.GeneratorParams(model.og_model)
+        params.set_search_options(max_length=len(ids) + 4)
+        generator = og.Generator(model.og_model, params)
+        generate.append_prompt(generator, ids)
+        assert list(generator.get_sequence(0)) == ids
+        return np.array(generator.get_output("logits"))[0, -1].copy()
+
+    whole = last_logits(len(ids))
+    for chunk in (1, 5, 8):
+        np.testing.assert_allclose(last_logits(chunk), whole, rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr(generate, "PREFILL_CHUNK", 5)
+    chunked = model.generate(ids, max_tokens=6, temperature=0).tokens
+    monkeypatch.setattr(generate, "PREFILL_CHUNK", 1000)
+    assert chunked == model.generate(ids, max_tokens=6, temperature=0).tokens

@@ -250,7 +250,10 @@ def stream_tokens(
     if guidance and matcher is None:
         params.set_guidance(*guidance)
     generator = og.Generator(og_model, params)
-    generator.append_tokens(ids)
+    if prompt_logprobs is None:
+        append_prompt(generator, ids)
+    else:  # every position's logits are read below
+        generator.append_tokens(ids)
     answer = Answer(tokenizer.create_stream(), len(ids), start, stop_ids, options.stop, matcher=matcher)
     scores = None
     if prompt_logprobs is not None:  # appending the prompt computed the logits of all its positions
@@ -259,6 +262,20 @@ def stream_tokens(
         yield from loop(generator, answer)
     else:  # log-probabilities: one token a step
         yield from decode_loop(generator, answer, logprobs, scores, mask)
+
+
+# Prompt tokens a generator reads at once. onnxruntime-genai computes the logits of every position it
+# reads, a [positions, vocabulary] float tensor, though generation reads the last one only. Qwen2.5-0.5B,
+# 1,911-token prompt, 2 threads: all at once 13.2 s and 4.3 GB peak RSS; 512 at a time 7.3 s, 1.5 GB;
+# 256 at a time 7.0 s, 1.0 GB (the same last logits).
+PREFILL_CHUNK = 256
+
+
+def append_prompt(generator: og.Generator, ids: list[int]) -> None:
+    """Append ``ids`` to ``generator`` :data:`PREFILL_CHUNK` tokens at a time (whole when every
+    position's logits are read, as for prompt log-probabilities)."""
+    for start in range(0, len(ids), PREFILL_CHUNK):
+        generator.append_tokens(ids[start : start + PREFILL_CHUNK])
 
 
 def score_prompt(og_model: og.Model, ids: list[int], top: int, start: float | None = None) -> Iterator[Response]:

@@ -23,7 +23,16 @@ from slmops.modelfolder.folder import ModelFolder
 from slmops.modelfolder.messages import normalize
 from slmops.runtime import prompt as prompts
 from slmops.runtime import speculative
-from slmops.runtime.generate import Answer, Response, Result, collect, decode_loop, stream_tokens, strip_leading
+from slmops.runtime.generate import (
+    Answer,
+    Response,
+    Result,
+    append_prompt,
+    collect,
+    decode_loop,
+    stream_tokens,
+    strip_leading,
+)
 from slmops.runtime.json_drafts import TokenText
 from slmops.runtime.options import GenerationOptions, model_defaults
 from slmops.runtime.threads import default_threads
@@ -435,7 +444,7 @@ class Conversation:
             if keep > 0:
                 try:
                     self.generator.rewind_to(keep)
-                    self.generator.append_tokens(ids[keep:])
+                    append_prompt(self.generator, ids[keep:])
                     return self.generator
                 except RuntimeError:
                     pass  # a model that cannot rewind: start over below
@@ -444,7 +453,7 @@ class Conversation:
         search["max_length"] = self.model.context_length  # room for the turns to come
         params.set_search_options(**search)
         self.generator = og.Generator(self.model.og_model, params)
-        self.generator.append_tokens(ids)
+        append_prompt(self.generator, ids)
         return self.generator
 
 
