@@ -71,8 +71,8 @@ class CalibratedOptions:
     # the LM head, which the tied embedding shares: "int8", "screened" (4-bit codes read for every logit, the
     # top candidates rescored with a 4-bit residual) or "int4". SmolLM2 b64, 16,352 held-out tokens: KLD 0.082 /
     # 0.084 / 0.095; screened decodes ~10% faster than int8, but a graph run at every prompt position (the
-    # single-stream generator's prefill) screens every position: Qwen 0.5B at 1,923 tokens, TTFT 4.2 -> 6.7 s,
-    # peak RSS 2.1 -> 3.5 GB (docs/quality.md). The default once prefill computes logits only where read.
+    # single-stream generator's prefill) screens every position: Qwen 0.5B at 1,923 tokens, TTFT 3.7 -> 4.1 s,
+    # peak RSS 0.96 -> 1.26 GB (docs/quality.md). The default once prefill computes logits only where read.
     head: str = "int8"
     # MatMul names (substrings) kept at 8 bits when ``int8_share`` is 0: the MLP's down projections
     # halve SmolLM2's ΔPPL for +13% size

@@ -16,8 +16,8 @@ Measured on the embedded SmolLM2 (docs/quality.md, "A screened LM head"; 16,352 
 KLD 0.084 against the 8-bit head's 0.082, the same top-1, decoding 9-13% faster for 1.8 MB more.
 A graph run over a whole prompt screens every position, and ScatterElements writes a second
 logits-sized tensor: the batched engine picks the positions it reads and pays nothing, but the
-single-stream generator's prefill does (Qwen 0.5B, 1,923 tokens: TTFT 4.2 -> 6.7 s, peak RSS
-2.1 -> 3.5 GB), so a calibrated export is screened only when asked
+single-stream generator's prefill does (Qwen 0.5B, 1,923 tokens read 256 at a time: TTFT 3.7 ->
+4.1 s, peak RSS 0.96 -> 1.26 GB), so a calibrated export is screened only when asked
 (``CalibratedOptions(head="screened")``).
 """
 
