@@ -362,7 +362,8 @@ def quantize_calibrated(
     for node in nodes:
         shape = tuple(weights[node.input[1]].dims)
         tensors, table = _replace_matmul(graph, node, items[node.name], shape)
-        added, residual = added + tensors, table or residual
+        added += tensors
+        residual = table or residual
     del weights
     _replace_initializers(graph, added)
     _quantized_embedding(graph, options, model_dir, residual)
@@ -654,31 +655,30 @@ def _replace_matmul(graph, node, item: Quantized, shape: tuple[int, int]) -> tup
     from onnx import helper
 
     k, n = shape
-    block = item.q.shape[-1]
     tensors = _stored(item, node.input[1])
-    if item.residual is None:
-        made = [
-            helper.make_node(
-                "MatMulNBits",
-                [node.input[0], *(t.name for t in tensors)],
-                list(node.output),
-                name=f"{node.name}_Q{item.bits}",
-                domain="com.microsoft",
-                K=k,
-                N=n,
-                bits=item.bits,
-                block_size=block,
-                accuracy_level=ACCURACY_LEVEL,
-            )
-        ]
-        residual = None
-    else:
-        codes = RowBlocks(tensors[0].name, tensors[1].name, tensors[2].name, n, k, item.bits, block)
+    # a screened head's MatMulNBits writes the coarse logits its top candidates are rescored from
+    output = node.output[0] if item.residual is None else f"{node.name.rsplit('/', 1)[0]}/coarse/output_0"
+    made = [
+        helper.make_node(
+            "MatMulNBits",
+            [node.input[0], *(t.name for t in tensors)],
+            [output],
+            name=f"{node.name}_Q{item.bits}",
+            domain="com.microsoft",
+            K=k,
+            N=n,
+            bits=item.bits,
+            block_size=item.q.shape[-1],
+            accuracy_level=ACCURACY_LEVEL,
+        )
+    ]
+    residual = None
+    if item.residual is not None:
         parts = _stored(item.residual, f"{node.input[1]}_residual", rows_of_bytes=True)
         layout = (n, k, item.residual.bits, item.residual.q.shape[-1])
         residual = RowBlocks(parts[0].name, parts[1].name, parts[2].name, *layout)
-        made, constants = screened_head_nodes(node.name, node.input[0], node.output[0], codes, residual, ACCURACY_LEVEL)
-        tensors += parts + constants
+        rescoring, constants = screened_head_nodes(node.name, node.input[0], output, node.output[0], residual)
+        made, tensors = made + rescoring, tensors + parts + constants
     position = list(graph.node).index(node)
     graph.node.remove(node)
     for offset, new in enumerate(made):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slmops.convert.tied_head import RowBlocks, gather_node
+from slmops.convert.tied_head import RowBlocks, gather_node, unpadded_rows
 
 # Candidates rescored a position: SmolLM2's KLD 0.086 at 8, 0.084 at 32, 0.084 at 64. The TopK and
 # the rescoring cost ~1% of a step at 32 on SmolLM2's 49,152 tokens, ~5% on Qwen's 151,936, and at
@@ -33,51 +33,26 @@ from slmops.convert.tied_head import RowBlocks, gather_node
 TOP_K = 32
 
 
-def screened_head_nodes(
-    name: str, hidden: str, logits: str, codes: RowBlocks, residual: RowBlocks, accuracy_level: int
-) -> tuple[list, list]:
-    """The nodes that compute ``logits`` from ``hidden`` with the 4-bit ``codes`` (MatMulNBits' layout)
-    and rescore the top candidates with ``residual`` (rows of bytes, GatherBlockQuantized's layout).
+def screened_head_nodes(name: str, hidden: str, coarse: str, logits: str, residual: RowBlocks) -> tuple[list, list]:
+    """The nodes that write ``logits``: the 4-bit ``coarse`` logits of ``hidden`` (the head's MatMulNBits
+    output), the top candidates' rescored with ``residual`` (rows of bytes, GatherBlockQuantized's layout).
 
     ``name``: the MatMul being replaced; the new nodes are named under its scope. Returns the nodes
-    and the initializers they add (the TopK's k and two axes).
+    and the initializers they add (the TopK's k, an axis, the bounds of padded rows).
     """
     from onnx import helper, numpy_helper
 
     base = name.rsplit("/", 1)[0]
-    coarse, top_values, top_ids = f"{base}/coarse/output_0", f"{base}/top/values", f"{base}/top/ids"
-    k = numpy_helper.from_array(np.array([min(TOP_K, codes.rows)], dtype=np.int64), f"{base}/top/k")
+    top_values, top_ids = f"{base}/top/values", f"{base}/top/ids"
+    k = numpy_helper.from_array(np.array([min(TOP_K, residual.rows)], dtype=np.int64), f"{base}/top/k")
     last = numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{base}/last_axis")
-    rows = f"{base}/residual/rows"
+    padded_rows, rows = f"{base}/residual/rows", f"{base}/residual/rows/cut"
+    cut, bounds = unpadded_rows(residual, padded_rows, rows, f"{base}/residual")
+    rows = rows if cut else padded_rows
     nodes = [
-        helper.make_node(
-            "MatMulNBits",
-            [hidden, codes.codes, codes.scales, *([codes.zero_points] if codes.zero_points else [])],
-            [coarse],
-            name=f"{name}_Q{codes.bits}",
-            domain="com.microsoft",
-            K=codes.hidden,
-            N=codes.rows,
-            bits=codes.bits,
-            block_size=codes.block,
-            accuracy_level=accuracy_level,
-        ),
         helper.make_node("TopK", [coarse, k.name], [top_values, top_ids], name=f"{base}/top/TopK", axis=-1, sorted=0),
-        gather_node(residual, top_ids, rows, f"{base}/residual"),
-    ]
-    padded = -(-residual.hidden // residual.block) * residual.block
-    if padded != residual.hidden:  # the gathered rows are padded to whole blocks: cut them to the hidden size
-        bounds = [np.array([value], dtype=np.int64) for value in (0, residual.hidden)]
-        cut = [numpy_helper.from_array(value, f"{base}/residual/{end}") for value, end in zip(bounds, ("start", "end"))]
-        nodes.append(
-            helper.make_node(
-                "Slice", [rows, cut[0].name, cut[1].name, last.name], [f"{rows}/cut"], name=f"{base}/Slice"
-            )
-        )
-        rows = f"{rows}/cut"
-    else:
-        cut = []
-    nodes += [
+        gather_node(residual, top_ids, padded_rows, f"{base}/residual"),
+        *cut,
         helper.make_node("Unsqueeze", [hidden, last.name], [f"{base}/hidden/column"], name=f"{base}/Unsqueeze"),
         helper.make_node("MatMul", [rows, f"{base}/hidden/column"], [f"{base}/residual/dot"], name=f"{base}/MatMul"),
         helper.make_node(
@@ -88,4 +63,4 @@ def screened_head_nodes(
             "ScatterElements", [coarse, top_ids, f"{base}/top/rescored"], [logits], name=f"{base}/Scatter", axis=-1
         ),
     ]
-    return nodes, [k, last, *cut]
+    return nodes, [k, last, *bounds]

@@ -81,10 +81,9 @@ def replace_gather(graph, gather, table: RowBlocks, residual: RowBlocks | None =
 
     ``residual``: a second table of the same rows (rows of bytes, :func:`gather_node`'s layout)
     added to the first, as a screened LM head stores its weights (:mod:`slmops.convert.screened_head`)."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     base = gather.name.rsplit("/", 1)[0]
-    padded = -(-table.hidden // table.block) * table.block
     rows = f"{base}/GatherBlockQuantized/output_0"
     nodes, shape = gather_rows(table, gather.input[1], rows, base)
     initializers = [shape]
@@ -92,15 +91,24 @@ def replace_gather(graph, gather, table: RowBlocks, residual: RowBlocks | None =
         nodes.append(gather_node(residual, gather.input[1], f"{base}/residual/output_0", f"{base}/residual"))
         nodes.append(helper.make_node("Add", [rows, f"{base}/residual/output_0"], [f"{rows}/sum"], name=f"{base}/Add"))
         rows = f"{rows}/sum"
-    if padded != table.hidden:  # rows are stored padded to whole blocks
-        bounds = [np.array([value], dtype=np.int64) for value in (0, table.hidden, -1)]
-        names = [f"{base}/slice_{which}" for which in ("start", "end", "axis")]
-        initializers += [numpy_helper.from_array(value, name) for value, name in zip(bounds, names, strict=True)]
-        nodes.append(helper.make_node("Slice", [rows, *names], [gather.output[0]], name=f"{base}/Slice"))
-    else:
+    cut, constants = unpadded_rows(table, rows, gather.output[0], base)
+    if not cut:
         nodes[-1].output[0] = gather.output[0]
-    _swap(graph, gather, nodes, initializers)
+    _swap(graph, gather, nodes + cut, initializers + constants)
     return table.bits
+
+
+def unpadded_rows(table: RowBlocks, rows: str, output: str, base: str) -> tuple[list, list]:
+    """A Slice of gathered ``rows`` to ``table``'s hidden size into ``output``, and its bounds (none of either
+    when its rows are whole blocks): GatherBlockQuantized writes rows padded to whole blocks."""
+    from onnx import helper, numpy_helper
+
+    if table.hidden % table.block == 0:
+        return [], []
+    bounds = [np.array([value], dtype=np.int64) for value in (0, table.hidden, -1)]
+    names = [f"{base}/slice_{which}" for which in ("start", "end", "axis")]
+    constants = [numpy_helper.from_array(value, name) for value, name in zip(bounds, names, strict=True)]
+    return [helper.make_node("Slice", [rows, *names], [output], name=f"{base}/Slice")], constants
 
 
 def gather_rows(table: RowBlocks, ids: str, output: str, base: str) -> tuple[list, Any]:

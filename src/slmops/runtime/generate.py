@@ -272,8 +272,8 @@ PREFILL_CHUNK = 256
 
 
 def append_prompt(generator: og.Generator, ids: list[int]) -> None:
-    """Append ``ids`` to ``generator`` :data:`PREFILL_CHUNK` tokens at a time (whole when every
-    position's logits are read, as for prompt log-probabilities)."""
+    """Append ``ids`` to ``generator`` :data:`PREFILL_CHUNK` tokens at a time; a caller that reads every
+    position's logits (prompt log-probabilities) appends them whole instead."""
     for start in range(0, len(ids), PREFILL_CHUNK):
         generator.append_tokens(ids[start : start + PREFILL_CHUNK])
 
