@@ -145,7 +145,7 @@ CANDIDATES: dict[str, tuple[str, dict, str]] = {
         {"rotate": False, "awq": False, "block_size": 64, "int8": [], "int8_share": 0, "head": "int8"},
         "gptq-b64",
     ),
-    "calibrated rotated GPTQ b64 + 25% int8 by sensitivity (8-bit LM head, the default)": (
+    "calibrated rotated GPTQ b64 + 25% int8 by sensitivity (8-bit LM head)": (
         "calibrated",
         {"block_size": 64, "head": "int8"},
         "rot-b64-share25-damp10",
@@ -187,14 +187,14 @@ CANDIDATES: dict[str, tuple[str, dict, str]] = {
         "rot-b16-share5-int8b64",
     ),
     # the LM head read at 4 bits, its top candidates rescored with a 4-bit residual (convert/screened_head.py)
-    "calibrated rotated GPTQ b64 + 25% int8 by sensitivity + screened head": (
+    "calibrated rotated GPTQ b64 + 25% int8 by sensitivity + screened head (the default)": (
         "calibrated",
-        {"block_size": 64, "head": "screened"},
+        {"block_size": 64},
         "rot-b64-share25-screened",
     ),
     "calibrated rotated GPTQ b32 + 25% int8 by sensitivity + screened head": (
         "calibrated",
-        {"block_size": 32, "head": "screened"},
+        {"block_size": 32},
         "rot-b32-share25-screened",
     ),
     "llama.cpp Q4_0": ("gguf", {"type": "Q4_0"}, ""),

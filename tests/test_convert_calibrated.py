@@ -200,20 +200,25 @@ def test_calibrated_export_loads_shares_its_head_and_tracks_torch(tiny_onnx, tin
     quantize_calibrated(folder, options)
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
     ops = Counter(node.op_type for node in graph.node)
-    # 5 MatMuls a layer, the LM head, and the head's view of the rotated hidden state
-    assert ops["MatMul"] == 0 and ops["MatMulNBits"] == 2 * 5 + 2
-    assert ops["GatherBlockQuantized"] == 1 and ops["Transpose"] == 0  # the embedding reads the int8 head
+    # 5 MatMuls a layer, the LM head, and the head's view of the rotated hidden state; the screened head
+    # multiplies its top candidates' residual rows (one MatMul)
+    assert ops["MatMul"] == 1 and ops["MatMulNBits"] == 2 * 5 + 2
+    # the embedding reads the head's codes and residual, and the head its top candidates' residual rows
+    assert ops["GatherBlockQuantized"] == 3 and ops["Transpose"] == 0 and ops["TopK"] == 1
     bits = {n.name: {a.name: a.i for a in n.attribute}["bits"] for n in graph.node if n.op_type == "MatMulNBits"}
-    assert bits["/lm_head/MatMul_Q8"] == 8 and bits["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 8
+    assert bits["/lm_head/MatMul_Q4"] == 4 and bits["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 8
+    # the batched engine still computes the screened logits only where they are read
+    assert logits_graph.load(folder / "model.onnx", "logits") is not None
     assert bits["/model/rotation/MatMul_Q8"] == 8
     assert bits["/model/layers.0/attn/qkv_proj/MatMul_Q4"] == 4
     blocks = {
         n.name: {a.name: a.i for a in n.attribute}["block_size"] for n in graph.node if n.op_type == "MatMulNBits"
     }
     # 8-bit matrices keep blocks of 64 (finer ones add bytes for nothing), which the embedding's gather follows
-    assert blocks["/lm_head/MatMul_Q8"] == blocks["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 64
+    assert blocks["/lm_head/MatMul_Q4"] == blocks["/model/layers.0/mlp/down_proj/MatMul_Q8"] == 64
     assert blocks["/model/layers.0/attn/qkv_proj/MatMul_Q4"] == 32
     assert "8-bit matrices in blocks of 64" in options.describe()  # what conversion.json says
+    assert "top 32 rescored" in options.describe()
     assert "8-bit matrices" not in CalibratedOptions(block_size=64).describe()
     # A broken layout gives uncorrelated logits; on a tiny random model the top token itself is a
     # coin toss at 4 bits (GPTQ fits 256 calibration tokens of text the model never learnt).
@@ -221,23 +226,21 @@ def test_calibrated_export_loads_shares_its_head_and_tracks_torch(tiny_onnx, tin
     assert correlation > 0.8 and same > 4 / 512, (same, correlation)
 
 
-def test_a_screened_calibrated_export_loads_and_tracks_torch(tiny_onnx, tiny_llama, tmp_path):
+def test_a_calibrated_export_with_an_8bit_head_loads_and_tracks_torch(tiny_onnx, tiny_llama, tmp_path):
     import onnx
 
-    folder = tmp_path / "screened"
+    folder = tmp_path / "int8-head"
     shutil.copytree(tiny_onnx, folder)
-    options = CalibratedOptions(block_size=32, head="screened", calibration_windows=4, calibration_tokens=64)
+    options = CalibratedOptions(block_size=32, head="int8", calibration_windows=4, calibration_tokens=64)
     quantize_calibrated(folder, options)
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
     ops = Counter(node.op_type for node in graph.node)
-    # the head multiplies its top candidates' residual rows (one MatMul); the embedding gathers the head's
-    # codes and residual, the head its top candidates' residual rows
-    assert ops["MatMul"] == 1 and ops["MatMulNBits"] == 2 * 5 + 2 and ops["TopK"] == 1
-    assert ops["GatherBlockQuantized"] == 3 and ops["Transpose"] == 0
+    # no rescoring: the embedding reads the 8-bit head's rows, nothing else gathers
+    assert ops["MatMul"] == 0 and ops["MatMulNBits"] == 2 * 5 + 2 and ops["TopK"] == 0
+    assert ops["GatherBlockQuantized"] == 1 and ops["Transpose"] == 0
     layout = {n.name: {a.name: a.i for a in n.attribute} for n in graph.node if n.op_type == "MatMulNBits"}
-    assert (layout["/lm_head/MatMul_Q4"]["bits"], layout["/lm_head/MatMul_Q4"]["block_size"]) == (4, 64)
-    assert "top 32 rescored" in options.describe()
-    # the batched engine still computes the screened logits only where they are read
+    assert (layout["/lm_head/MatMul_Q8"]["bits"], layout["/lm_head/MatMul_Q8"]["block_size"]) == (8, 64)
+    assert "rescored" not in options.describe()
     assert logits_graph.load(folder / "model.onnx", "logits") is not None
     same, correlation = agreement(folder, torch_logits(tiny_llama))
     assert correlation > 0.8 and same > 4 / 512, (same, correlation)
@@ -270,6 +273,21 @@ def test_the_8bit_share_is_a_setting_of_the_calibrated_quantizer_only():
         QuantizationOptions(algo="k_quant", int8_share=0.5)
 
 
+def test_lm_head_precision_picks_the_calibrated_head_and_nothing_else_mixes():
+    from slmops.convert import QuantizationOptions
+    from slmops.convert.convert import _check_quantization
+    from slmops.convert.weight_only import calibrated_options, note
+    from slmops.errors import UsageError
+
+    assert calibrated_options(QuantizationOptions(algo="calibrated")).head == "screened"
+    for bits in ("int8", "int4"):  # `--lm-head-precision int8` / `int4`
+        options = QuantizationOptions(algo="calibrated", matmul_mixed_precision=f"last_matmul:{bits}")
+        _check_quantization(options, "int4")
+        assert calibrated_options(options).head == bits and f"LM head {bits}" in note(options)
+    with pytest.raises(UsageError, match="has no mixed precision"):
+        _check_quantization(QuantizationOptions(algo="calibrated", matmul_mixed_precision="mixed_layers:int8"), "int4")
+
+
 def test_o_proj_scales_are_shared_by_the_query_heads_that_read_one_value_head():
     from onnx import helper
 
@@ -288,7 +306,7 @@ def test_o_proj_scales_are_shared_by_the_query_heads_that_read_one_value_head():
 
 @pytest.mark.parametrize("block", [16, 128, 256])
 def test_calibrated_export_at_any_block_size_the_cli_offers_predicts(tiny_onnx, tiny_llama, tmp_path, block):
-    # 16: 8-bit matrices at 64 beside 4-bit ones at 16; 128 and 256: one block per row of a hidden
+    # 16: 8-bit matrices (and the head) at 64 beside 4-bit ones at 16; 128 and 256: one block per row of a hidden
     # size of 64, padded, at both widths.
     import onnx
 
@@ -298,7 +316,8 @@ def test_calibrated_export_at_any_block_size_the_cli_offers_predicts(tiny_onnx, 
     quantize_calibrated(folder, options)
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
     layouts = [{a.name: a.i for a in n.attribute} for n in graph.node if n.op_type == "MatMulNBits"]
-    assert {(layout["bits"], layout["block_size"]) for layout in layouts} == {(4, block), (8, max(block, 64))}
+    eight = max(block, 64)  # the screened head's 4-bit codes keep the 8-bit matrices' blocks
+    assert {(layout["bits"], layout["block_size"]) for layout in layouts} == {(4, block), (4, eight), (8, eight)}
     same, correlation = agreement(folder, torch_logits(tiny_llama))
     assert correlation > 0.8, (same, correlation)
 
@@ -372,11 +391,8 @@ def test_an_export_calibrated_in_several_passes_is_the_one_pass_export(tiny_onnx
 
 
 def test_a_step_with_more_8bit_weights_from_the_one_before_is_that_export_made_alone(tiny_onnx, tmp_path):
-    # deploy's steps differ only in int8_share: the 4-bit matrices (a screened head's residual too) and the
-    # gains carry over
-    options = CalibratedOptions(
-        block_size=32, head="screened", calibration_windows=2, calibration_tokens=32, sensitivity_tokens=16
-    )
+    # deploy's steps differ only in int8_share: the 4-bit matrices and the gains carry over
+    options = CalibratedOptions(block_size=32, calibration_windows=2, calibration_tokens=32, sensitivity_tokens=16)
     steps = tmp_path / "steps"
 
     def export(name: str, share: float, shared: bool, block: int = 32) -> tuple[bytes, list[str]]:

@@ -47,11 +47,11 @@ def test_measured_share_keeps_the_chosen_matmuls_at_8_bits(tiny_onnx, tiny_llama
     )
     quantize_calibrated(folder, options)
     record = json.loads((folder / SENSITIVITY_FILE).read_text())
-    # every layer MatMul scored; the LM head and the head's view of the rotated state are 8-bit, not candidates
+    # every layer MatMul scored; the LM head (screened) and the head's view of the rotated state (8-bit) are not candidates
     assert len(record["kld_gain_of_int8"]) == 2 * 5
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
     bits = {n.name: {a.name: a.i for a in n.attribute}["bits"] for n in graph.node if n.op_type == "MatMulNBits"}
-    assert Counter(bits.values())[8] == len(record["int8"]) + 2  # the chosen ones, the LM head, the rotation
+    assert Counter(bits.values())[8] == len(record["int8"]) + 1  # the chosen ones and the rotation
     assert all(bits[f"{name}_Q8"] == 8 for name in record["int8"]) and record["int8"]
     same, correlation = agreement(folder, torch_logits(tiny_llama))
     assert correlation > 0.8, (same, correlation)

@@ -24,9 +24,9 @@ hidden state and the value heads are rotated so that no input channel stands out
 A share of the layer MatMuls is quantized to 8 bits in the same MatMulNBits layout: with
 ``int8_share`` (the default), the ones whose 8 bits cut the KL divergence from the FP32 graph
 most per extra byte on calibration text (:mod:`slmops.convert.sensitivity`); with
-``int8_share=0``, those named in ``int8``. The LM head is 8-bit, or read at 4 bits with its top
-candidates rescored with a 4-bit residual (``head="screened"``, :mod:`slmops.convert.screened_head`),
-or 4-bit. The input embedding then gathers the head's rows
+``int8_share=0``, those named in ``int8``. The LM head is read at 4 bits and its top candidates
+rescored with a 4-bit residual (``head="screened"``, :mod:`slmops.convert.screened_head`), or
+kept at 8 or 4 bits. The input embedding then gathers the head's rows
 (:mod:`slmops.convert.tied_head`) when the two are tied, else 8-bit rows of its own table, so no
 fp32 table is left.
 """
@@ -68,12 +68,11 @@ class CalibratedOptions:
     rotation_seed: int = 0
     # unrotated, AWQ helps (SmolLM2 b128: GPTQ +9.7% ΔPPL, with AWQ scales +6.5%); rotated, it hurts (KLD 0.090 -> 0.111)
     awq: bool = False
-    # the LM head, which the tied embedding shares: "int8", "screened" (4-bit codes read for every logit, the
-    # top candidates rescored with a 4-bit residual) or "int4". SmolLM2 b64, 16,352 held-out tokens: KLD 0.082 /
-    # 0.084 / 0.095; screened decodes ~10% faster than int8, but a graph run at every prompt position (the
-    # single-stream generator's prefill) screens every position: Qwen 0.5B at 1,923 tokens, TTFT 3.7 -> 4.1 s,
-    # peak RSS 0.96 -> 1.26 GB (docs/quality.md). The default once prefill computes logits only where read.
-    head: str = "int8"
+    # the LM head, which the tied embedding shares: "screened" (4-bit codes read for every logit, the top
+    # candidates rescored with a 4-bit residual), "int8" or "int4". SmolLM2 b64, 16,352 held-out tokens:
+    # KLD 0.084 / 0.082 / 0.095, decoding ~10% faster screened than int8; a single stream's prefill screens
+    # every position, ~10% longer on long prompts (docs/quality.md)
+    head: str = "screened"
     # MatMul names (substrings) kept at 8 bits when ``int8_share`` is 0: the MLP's down projections
     # halve SmolLM2's ΔPPL for +13% size
     int8: tuple[str, ...] = ("down_proj",)

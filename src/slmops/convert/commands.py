@@ -54,7 +54,7 @@ log_level_option = click.option(
     show_default=True,
     help="Quantization algorithm: the builder's (default, rtn, k_quant...) or, int4 only, onnxruntime's hqq "
     "(no calibration) or gptq (calibrated on shipped text) applied to the FP32 graph, or calibrated (slmops': "
-    "grids and rounding chosen by calibration activations, fast integer zero points, int8 LM head).",
+    "grids and rounding chosen by calibration activations, fast integer zero points, an LM head read at 4 bits and its top tokens rescored).",
 )
 @click.option(
     "--lm-head-precision",

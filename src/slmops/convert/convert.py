@@ -27,7 +27,7 @@ from slmops.convert.embedding import (
     check_task,
     embedding_settings,
 )
-from slmops.convert.options import POST_BUILD_ALGOS, PRECISIONS, QuantizationOptions
+from slmops.convert.options import CALIBRATED_HEADS, POST_BUILD_ALGOS, PRECISIONS, QuantizationOptions
 from slmops.convert.progress import Stages
 from slmops.convert.report import ConversionReport, library_versions
 from slmops.convert.sources import Source, inspect_source, size_of, source_hash
@@ -272,7 +272,8 @@ def _check_quantization(quantization: QuantizationOptions, precision: str) -> No
         raise UsageError(
             f"--algo {quantization.algo} quantizes to int4 only; use --precision int4, or another --algo for int8."
         )
-    if quantization.post_build(precision) and quantization.matmul_mixed_precision:
+    head_only = quantization.algo == "calibrated" and quantization.matmul_mixed_precision in CALIBRATED_HEADS
+    if quantization.post_build(precision) and quantization.matmul_mixed_precision and not head_only:
         raise UsageError(
             f"--algo {quantization.algo} has no mixed precision; leave the LM head unquantized with "
             "--lm-head-precision fp32 instead."

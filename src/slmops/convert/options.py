@@ -10,6 +10,8 @@ PRECISIONS = ("int4", "int8", "fp16", "bf16", "fp32")
 Precision = Literal["int4", "int8", "fp16", "bf16", "fp32"]
 ALGOS = ("default", "rtn", "k_quant", "k_quant_mixed", "k_quant_last", "rtn_last", "hqq", "gptq", "calibrated")
 POST_BUILD_ALGOS = ("hqq", "gptq", "calibrated")  # run on the FP32 graph (convert/weight_only.py, calibrated.py)
+# The LM head a calibrated export gets for each `--lm-head-precision` (none given: screened, calibrated.py).
+CALIBRATED_HEADS = {"last_matmul:int8": "int8", "last_matmul:int4": "int4"}
 LM_HEAD = "/lm_head/MatMul"  # the builder's name for the last MatMul
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 
@@ -45,7 +47,7 @@ class QuantizationOptions(BaseModel):
         "default",
         description="Quantization algorithm: the builder's rtn (round to nearest) or k_quant, optionally mixed; "
         "or, int4 only, onnxruntime's hqq (no calibration) or gptq (calibrated on shipped text) on the FP32 graph, "
-        "or slmops' calibrated (activation-weighted grids with error feedback, integer zero points, int8 LM head).",
+        "or slmops' calibrated (activation-weighted grids with error feedback, integer zero points, an LM head read at 4 bits and its top tokens rescored).",
     )
     int8_share: float | None = Field(
         None,

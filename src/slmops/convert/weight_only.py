@@ -22,7 +22,7 @@ from pathlib import Path
 
 from slmops.convert.build import failing_node
 from slmops.convert.calibration_text import CalibrationWindows, calibration_windows  # noqa: F401 (re-exported)
-from slmops.convert.options import QuantizationOptions
+from slmops.convert.options import CALIBRATED_HEADS, QuantizationOptions
 from slmops.convert.quantizer_fixes import row_packed_zero_points
 from slmops.errors import ConversionError
 
@@ -70,10 +70,11 @@ def quantize_graph(model_dir: Path, options: QuantizationOptions, steps: Path | 
 
 
 def calibrated_options(options: QuantizationOptions):
-    """slmops' calibrated quantizer at the block size asked; an excluded LM head stays fp32."""
+    """slmops' calibrated quantizer at the block size asked, with the LM head asked; an excluded LM head stays fp32."""
     from slmops.convert.calibrated import CalibratedOptions
 
-    chosen = CalibratedOptions(block_size=options.block_size, exclude=tuple(options.nodes_to_exclude))
+    head = CALIBRATED_HEADS.get(options.matmul_mixed_precision or "", "screened")
+    chosen = CalibratedOptions(block_size=options.block_size, exclude=tuple(options.nodes_to_exclude), head=head)
     return chosen if options.int8_share is None else replace(chosen, int8_share=options.int8_share)
 
 
