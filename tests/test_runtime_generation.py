@@ -210,15 +210,39 @@ def test_the_repetition_penalty_weakens_seen_tokens_either_sign():
 
 def test_top_k_and_top_p_keep_the_most_likely_tokens():
     scaled = np.log(np.array([0.2, 0.5, 0.3]))
-    keep, probs = nucleus(scaled, top_k=0, top_p=1.0)
+    keep, probs = nucleus(scaled, 1.0, top_k=0, top_p=1.0)
     assert keep.tolist() == [1, 2, 0] and np.allclose(probs, [0.5, 0.3, 0.2])
-    keep, probs = nucleus(scaled, top_k=2, top_p=1.0)
+    keep, probs = nucleus(scaled, 1.0, top_k=2, top_p=1.0)
     assert keep.tolist() == [1, 2] and np.allclose(probs, [0.625, 0.375])
-    keep, probs = nucleus(scaled, top_k=0, top_p=0.6)  # 0.5 is short of 0.6: the next token joins
+    keep, probs = nucleus(scaled, 1.0, top_k=0, top_p=0.6)  # 0.5 is short of 0.6: the next token joins
     assert keep.tolist() == [1, 2] and np.allclose(probs, [0.625, 0.375])
-    keep, _ = nucleus(scaled, top_k=0, top_p=0.5)
+    keep, _ = nucleus(scaled, 1.0, top_k=0, top_p=0.5)
     assert keep.tolist() == [1]
     assert sampler(temperature=1.0, top_k=1).sample(scaled, [], []) == 1
+
+
+def full_sort_nucleus(logits, temperature, top_k, top_p):
+    """The kept tokens and probabilities by the definition: every token sorted."""
+    scaled = logits.astype(np.float64) / temperature
+    keep = np.argsort(scaled, kind="stable")[::-1]
+    keep = keep[:top_k] if 0 < top_k < len(keep) else keep
+    probs = np.exp(scaled[keep] - scaled[keep[0]])
+    probs /= probs.sum()
+    if top_p < 1.0:
+        cut = int(np.searchsorted(np.cumsum(probs), top_p)) + 1
+        keep, probs = keep[:cut], probs[:cut] / probs[:cut].sum()
+    return keep, probs
+
+
+@pytest.mark.parametrize("spread", [0.3, 3.0, 12.0])  # flat (top-p needs thousands of tokens) to peaked
+def test_sorting_only_the_head_keeps_what_sorting_everything_keeps(spread):
+    logits = (np.random.default_rng(7).standard_normal(20_000) * spread).astype(np.float32)
+    logits[::97] = -np.inf  # a grammar's mask
+    for temperature, top_k, top_p in [(0.7, 50, 1.0), (1.0, 0, 0.9), (0.7, 0, 0.95), (1.3, 300, 0.8), (1.0, 0, 1.0)]:
+        keep, probs = nucleus(logits, temperature, top_k, top_p)
+        want_keep, want_probs = full_sort_nucleus(logits, temperature, top_k, top_p)
+        assert keep.tolist() == want_keep.tolist(), (temperature, top_k, top_p)
+        np.testing.assert_allclose(probs, want_probs, rtol=1e-6)
 
 
 def test_draws_follow_the_probabilities_and_never_pick_a_masked_token():

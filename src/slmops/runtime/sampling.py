@@ -13,6 +13,11 @@ import numpy as np
 
 from slmops.runtime.options import GenerationOptions
 
+# The most likely tokens sorted first when top-p alone limits a draw (see nucleus).
+HEAD = 64
+# Every how-many-th logit a threshold for the top tokens is taken from (see _top).
+STRIDE = 16
+
 
 class Sampler:
     """Picks the tokens of one answer: the repetition penalty first, then the most likely
@@ -34,7 +39,12 @@ class Sampler:
             logits = penalize(logits, np.array(prompt + tokens, np.int64), options.repetition_penalty)
         if options.temperature <= 0:
             return int(np.argmax(logits))
-        keep, probs = nucleus(logits.astype(np.float64) / options.temperature, options.top_k, options.top_p)
+        if not 0 < options.top_k < len(logits) and options.top_p >= 1.0:
+            # Every token may be drawn: in vocabulary order, no sort needed.
+            kind = logits.dtype.type
+            probs = np.exp((logits - logits.max()) * kind(1 / options.temperature)).astype(np.float64)
+            return int(self.rng.choice(len(probs), p=probs / probs.sum()))
+        keep, probs = nucleus(logits, options.temperature, options.top_k, options.top_p)
         return int(keep[self.rng.choice(len(keep), p=probs)])
 
 
@@ -48,22 +58,58 @@ def penalize(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray
     return logits
 
 
-def nucleus(scaled: np.ndarray, top_k: int, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+def nucleus(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> tuple[np.ndarray, np.ndarray]:
     """The tokens worth drawing, most likely first, and their probabilities (summing to 1).
 
     Args:
-        scaled: logits divided by the temperature.
+        logits: one position's logits.
+        temperature: what they are divided by (above 0).
         top_k: keep the k most likely tokens (0, or the vocabulary size or more: all).
         top_p: then the fewest most likely tokens whose probability reaches ``top_p`` (1: all).
+
+    Only the head of the distribution is sorted: the top k, or for top-p alone the first
+    :data:`HEAD` tokens, four times more while they hold less than ``top_p``. Sorting a whole
+    vocabulary took 1.1 ms a token at 49,152 tokens and 7 ms at 151,936 (Qwen2.5), which
+    batched decoding pays once per row and step.
     """
-    if 0 < top_k < len(scaled):
-        top = np.argpartition(scaled, -top_k)[-top_k:]
-        keep = top[np.argsort(scaled[top])[::-1]]
-    else:
-        keep = np.argsort(scaled)[::-1]
-    probs = np.exp(scaled[keep] - scaled[keep[0]])
-    probs /= probs.sum()
+    vocab = len(logits)
+    limited = 0 < top_k < vocab
+    size = top_k if limited else (min(HEAD, vocab) if top_p < 1.0 else vocab)
+    best = float(logits.max())
+    # top-p alone is a share of every token's probability: the whole vocabulary's sum (float32 terms, a
+    # float64 sum: 0.12 ms at 151,936 tokens where float64 terms took 1.05)
+    kind = logits.dtype.type
+    total = None if limited else np.exp((logits - kind(best)) * kind(1 / temperature)).sum(dtype=np.float64)
+    while True:
+        keep = _largest(logits, size)
+        probs = np.exp((logits[keep].astype(np.float64) - best) / temperature)
+        probs /= probs.sum() if total is None else total
+        if limited or size == vocab or top_p >= 1.0 or probs.sum() >= top_p:
+            break
+        size = min(4 * size, vocab)
     if top_p < 1.0:
         cut = int(np.searchsorted(np.cumsum(probs), top_p)) + 1
-        keep, probs = keep[:cut], probs[:cut] / probs[:cut].sum()
-    return keep, probs
+        keep, probs = keep[:cut], probs[:cut]
+    return keep, probs / probs.sum()
+
+
+def _largest(logits: np.ndarray, size: int) -> np.ndarray:
+    """The indices of the ``size`` largest ``logits``, largest first."""
+    if size < len(logits):
+        top = _top(logits, size)
+        return top[np.argsort(logits[top], kind="stable")[::-1]]
+    return np.argsort(logits, kind="stable")[::-1]
+
+
+def _top(logits: np.ndarray, size: int) -> np.ndarray:
+    """The indices of the ``size`` largest ``logits``, in no order.
+
+    The ``size``-th largest of every :data:`STRIDE`-th logit is no larger than the ``size``-th largest
+    of all, so the logits at or above it hold the answer: about ``STRIDE x size`` of them to partition
+    instead of the vocabulary (151,936 logits, top 50: 0.32 -> 0.1 ms).
+    """
+    sample = logits[::STRIDE]
+    if len(sample) > size:
+        candidates = np.flatnonzero(logits >= np.partition(sample, -size)[-size])
+        return candidates[np.argpartition(logits[candidates], -size)[-size:]]
+    return np.argpartition(logits, -size)[-size:]
