@@ -288,6 +288,24 @@ def test_lm_head_precision_picks_the_calibrated_head_and_nothing_else_mixes():
         _check_quantization(QuantizationOptions(algo="calibrated", matmul_mixed_precision="mixed_layers:int8"), "int4")
 
 
+def test_larger_models_calibrate_on_fewer_windows_within_the_budget(tiny_onnx, tmp_path, monkeypatch):
+    import onnx
+
+    from slmops.convert import calibrated
+
+    graph = onnx.load(str(tiny_onnx / "model.onnx"), load_external_data=False).graph
+    weights = calibrated.Weights(tiny_onnx, graph)
+    options = CalibratedOptions(calibration_windows=8, calibration_tokens=32)
+    assert calibrated.calibration_windows_within_budget(graph, weights, options) == 8  # a tiny model reads them all
+    monkeypatch.setattr(calibrated, "CALIBRATION_BUDGET", 1.0)
+    monkeypatch.setattr(calibrated, "MIN_CALIBRATION_TOKENS", 96)
+    assert calibrated.calibration_windows_within_budget(graph, weights, options) == 3  # the least: 96 tokens
+    folder = tmp_path / "budget"
+    shutil.copytree(tiny_onnx, folder)
+    notes = quantize_calibrated(folder, replace(options, block_size=32, int8_share=0))
+    assert "calibrated on 3 x 32 tokens, what the calibration budget allows" in notes
+
+
 def test_o_proj_scales_are_shared_by_the_query_heads_that_read_one_value_head():
     from onnx import helper
 

@@ -96,6 +96,12 @@ def test_calibration_windows_come_from_the_end_of_the_eval_text(tiny_llama, tmp_
     ids = og.Tokenizer(og.Model(str(tmp_path / "fp32"))).encode(shipped_text().read_text(encoding="utf-8"))
     assert [len(window) for window in windows] == [64, 64]
     assert list(windows[0]) == list(ids[-64:]) and list(windows[1]) == list(ids[-128:-64])
+    # asked for more than the text holds, it stops short of the tokens eval scores
+    from slmops.convert.calibration_text import SCORED_TOKENS
+
+    many = calibration_windows(tmp_path / "fp32", 1000, 512)
+    assert len(many) == (len(ids) - SCORED_TOKENS) // 512 > 0
+    assert len(ids) - 512 * len(many) >= SCORED_TOKENS
 
 
 @pytest.mark.parametrize(

@@ -45,12 +45,18 @@ class CalibrationWindows:
         return iter(self.items)
 
 
+# The first tokens of the text that `eval` and the benchmarks score (32 windows of 512): never calibrated on.
+SCORED_TOKENS = 32 * 512
+
+
 def calibration_windows(model_dir: Path, windows: int, tokens: int) -> list[np.ndarray]:
-    """``windows`` runs of ``tokens`` token ids from the end of the shipped eval text."""
+    """``windows`` runs of ``tokens`` token ids from the end of the shipped eval text, as many as fit
+    after its first :data:`SCORED_TOKENS` (one at least)."""
     from importlib import resources
 
     import onnxruntime_genai as og
 
     text = (resources.files("slmops") / "data" / "eval-text.txt").read_text(encoding="utf-8")
     ids = np.asarray(og.Tokenizer(og.Model(str(model_dir))).encode(text), dtype=np.int64)
+    windows = min(windows, max(1, (len(ids) - SCORED_TOKENS) // tokens))
     return [ids[len(ids) - (k + 1) * tokens : len(ids) - k * tokens] for k in range(windows)]
