@@ -288,6 +288,19 @@ def test_lm_head_precision_picks_the_calibrated_head_and_nothing_else_mixes():
         _check_quantization(QuantizationOptions(algo="calibrated", matmul_mixed_precision="mixed_layers:int8"), "int4")
 
 
+def test_convert_calibrated_with_an_8bit_lm_head(tiny_llama, tmp_path):
+    import onnx
+
+    from slmops.convert import QuantizationOptions, convert
+
+    output = tmp_path / "cal-int8-head"
+    options = QuantizationOptions(algo="calibrated", matmul_mixed_precision="last_matmul:int8", int8_share=0)
+    convert(tiny_llama, output, precision="int4", quantization=options, log_level=0)
+    graph = onnx.load(str(output / "model.onnx"), load_external_data=False).graph
+    bits = {n.name: {a.name: a.i for a in n.attribute}["bits"] for n in graph.node if n.op_type == "MatMulNBits"}
+    assert bits["/lm_head/MatMul_Q8"] == 8 and not any(n.op_type == "TopK" for n in graph.node)
+
+
 def test_larger_models_calibrate_on_fewer_windows_within_the_budget(tiny_onnx, tmp_path, monkeypatch):
     import onnx
 
