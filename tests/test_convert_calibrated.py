@@ -301,22 +301,24 @@ def test_convert_calibrated_with_an_8bit_lm_head(tiny_llama, tmp_path):
     assert bits["/lm_head/MatMul_Q8"] == 8 and not any(n.op_type == "TopK" for n in graph.node)
 
 
-def test_larger_models_calibrate_on_fewer_windows_within_the_budget(tiny_onnx, tmp_path, monkeypatch):
+def test_a_model_over_the_calibration_budget_calibrates_on_the_small_setting(tiny_onnx, tmp_path, monkeypatch):
     import onnx
 
     from slmops.convert import calibrated
 
     graph = onnx.load(str(tiny_onnx / "model.onnx"), load_external_data=False).graph
     weights = calibrated.Weights(tiny_onnx, graph)
-    options = CalibratedOptions(calibration_windows=8, calibration_tokens=32)
-    assert calibrated.calibration_windows_within_budget(graph, weights, options) == 8  # a tiny model reads them all
+    options = CalibratedOptions(block_size=32, int8_share=0, calibration_windows=8, calibration_tokens=32)
+    assert calibrated.calibration_within_budget(graph, weights, options)  # a tiny model reads them all
     monkeypatch.setattr(calibrated, "CALIBRATION_BUDGET", 1.0)
-    monkeypatch.setattr(calibrated, "MIN_CALIBRATION_TOKENS", 96)
-    assert calibrated.calibration_windows_within_budget(graph, weights, options) == 3  # the least: 96 tokens
+    monkeypatch.setattr(calibrated, "SMALL_CALIBRATION", (3, 16))
+    assert not calibrated.calibration_within_budget(graph, weights, options)
     folder = tmp_path / "budget"
     shutil.copytree(tiny_onnx, folder)
-    notes = quantize_calibrated(folder, replace(options, block_size=32, int8_share=0))
-    assert "calibrated on 3 x 32 tokens, what the calibration budget allows" in notes
+    lines: list[str] = []
+    notes = quantize_calibrated(folder, options, echo=lines.append)
+    assert "calibrating on 3 x 16 tokens" in lines
+    assert "calibrated on 3 x 16 tokens: 8 x 32 would pass the calibration budget" in notes
 
 
 def test_o_proj_scales_are_shared_by_the_query_heads_that_read_one_value_head():

@@ -52,11 +52,12 @@ ALPHAS = tuple(a / 10 for a in range(0, 9))  # AWQ's exponent grid
 SENSITIVITY_FILE = "int8-sensitivity.json"  # what each MatMul's 8 bits bought, written beside the graph
 INT8_MIN_BLOCK = 64
 HEAD_NODES = (LM_HEAD_NODE, ROTATION_NODE)  # the MatMuls every logit reads: neither int8 candidates nor AWQ's
-# Multiply-adds a calibration may spend (its forward passes and XᵀX): all 64 windows of 512 tokens on
-# SmolLM2-135M (0.24 G a token: 8 T; its build 56 -> 105 s on 2 cores), 31 on Qwen2.5-0.5B (1.1 G a token;
-# all 64 made its build 332 -> 624 s), about 9 on a 1.5B model, never fewer than 4,096 tokens.
+# Multiply-adds a calibration may spend (its forward passes and XᵀX). 64 windows of 512 tokens cost
+# SmolLM2-135M 8 T (0.24 G a token; its build 56 -> 105 s on 2 cores) and Qwen2.5-0.5B 37 T (1.1 G a token;
+# 332 -> 624 s). Over the budget, a model calibrates on SMALL_CALIBRATION: 31 windows of 512, which the
+# budget would have allowed Qwen, scored no better than 16 x 256 (docs/quality.md).
 CALIBRATION_BUDGET = 18e12
-MIN_CALIBRATION_TOKENS = 4096
+SMALL_CALIBRATION = (16, 256)  # windows, tokens
 MOMENTS_MEMORY_SHARE = 0.25  # of the memory available when calibration starts, for the XᵀX held at once
 
 
@@ -91,10 +92,10 @@ class CalibratedOptions:
     damping: float = 0.1
     awq_o_proj: bool = False  # AWQ on o_proj too (folded into qkv_proj's value columns): SmolLM2 b64 KLD 0.075 -> 0.079
     exclude: tuple[str, ...] = ()  # MatMul names left in fp32
-    # The last 64 x 512 tokens of the shipped text (32,768) at most, fewer windows for larger models (see
-    # CALIBRATION_BUDGET). Against 16 x 256, screened b64, 16,352 held-out tokens, KLD: SmolLM2 0.084 -> 0.082
-    # (rotation seed 1: 0.088 -> 0.077), off the grid 0.094 -> 0.080, Qwen2.5-Coder-0.5B's deploy pick at 64
-    # windows 0.035 -> 0.032; top-1 +0.5 to +1.1 points on all four (docs/quality.md)
+    # The last 64 x 512 tokens of the shipped text (32,768), or 16 x 256 where that passes CALIBRATION_BUDGET.
+    # Against 16 x 256, screened b64, 16,352 held-out tokens, KLD: SmolLM2 0.084 -> 0.082 (rotation seed 1:
+    # 0.088 -> 0.077), off the grid 0.094 -> 0.080, Qwen2.5-Coder-0.5B's deploy pick 0.035 -> 0.032; top-1
+    # +0.5 to +1.1 points on all four. 32 windows of 512 were no better than 16 x 256 (docs/quality.md)
     calibration_windows: int = 64
     calibration_tokens: int = 512
     sensitivity_windows: int = 1  # calibration windows scored once per candidate MatMul (int8_share); 2 cost 2x
@@ -344,11 +345,12 @@ def quantize_calibrated(
     graph = model.graph
     weights = Weights(model_dir, graph)
     nodes = [node for node in _weight_matmuls(graph) if node.name not in options.exclude]
-    windows = calibration_windows_within_budget(graph, weights, options)
-    if windows < options.calibration_windows and moments is None:
-        options = replace(options, calibration_windows=windows)
+    if moments is None and not calibration_within_budget(graph, weights, options):
+        asked = f"{options.calibration_windows} x {options.calibration_tokens}"
+        options = replace(options, calibration_windows=SMALL_CALIBRATION[0], calibration_tokens=SMALL_CALIBRATION[1])
         notes.append(
-            f"calibrated on {windows} x {options.calibration_tokens} tokens, what the calibration budget allows"
+            f"calibrated on {options.calibration_windows} x {options.calibration_tokens} tokens: "
+            f"{asked} would pass the calibration budget"
         )
     if options.awq:  # its scales are searched over every MatMul group: every XᵀX at once
         moments = dict(moments if moments is not None else _calibrate(model_dir, options, None, echo))  # rescaled
@@ -386,16 +388,13 @@ def quantize_calibrated(
     return notes
 
 
-def calibration_windows_within_budget(graph, weights, options: CalibratedOptions) -> int:
-    """How many of ``options.calibration_windows`` a calibration of this graph reads: as many as
-    :data:`CALIBRATION_BUDGET` multiply-adds allow (a token costs each MatMul's K x N, and each
-    distinct input's K x K for its XᵀX), never fewer than :data:`MIN_CALIBRATION_TOKENS` hold."""
+def calibration_within_budget(graph, weights, options: CalibratedOptions) -> bool:
+    """Whether calibrating this graph on ``options``' tokens costs at most :data:`CALIBRATION_BUDGET`
+    multiply-adds: a token costs each MatMul's K x N, and each distinct input's K x K for its XᵀX."""
     matmuls = _weight_matmuls(graph)
     widths = {node.input[0]: int(weights[node.input[1]].dims[0]) for node in matmuls}
     per_token = sum(int(np.prod(weights[node.input[1]].dims)) for node in matmuls) + sum(k * k for k in widths.values())
-    affordable = int(CALIBRATION_BUDGET // max(per_token * options.calibration_tokens, 1))
-    least = -(-MIN_CALIBRATION_TOKENS // options.calibration_tokens)
-    return min(options.calibration_windows, max(affordable, least))
+    return per_token * options.calibration_windows * options.calibration_tokens <= CALIBRATION_BUDGET
 
 
 def _calibrate(model_dir: Path, options: CalibratedOptions, names: list[str] | None, echo) -> dict[str, np.ndarray]:
