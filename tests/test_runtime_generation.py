@@ -245,6 +245,16 @@ def test_sorting_only_the_head_keeps_what_sorting_everything_keeps(spread):
         np.testing.assert_allclose(probs, want_probs, rtol=1e-6)
 
 
+def test_a_grammar_that_allows_few_tokens_keeps_only_those():
+    logits = np.full(20_000, -np.inf, np.float32)
+    allowed = np.array([3, 700, 4_001, 19_999])
+    logits[allowed] = [1.0, 2.0, 0.5, 1.5]
+    keep, probs = nucleus(logits, 0.7, 50, 1.0)  # more tokens asked than allowed: the rest weigh nothing
+    assert keep[:4].tolist() == [700, 19_999, 3, 4_001] and probs[4:].sum() == 0
+    keep, _ = nucleus(logits, 1.0, 0, 0.99)
+    assert sorted(keep.tolist()) == sorted(allowed.tolist())
+
+
 def test_draws_follow_the_probabilities_and_never_pick_a_masked_token():
     logits = np.log(np.array([0.6, 0.3, 0.1, 1e-3], np.float32))
     logits[3] = -np.inf  # what a grammar's mask does
