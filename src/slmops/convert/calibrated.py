@@ -119,7 +119,8 @@ class CalibratedOptions:
         method = f"gptq (damping {self.damping:g})" if self.method == "gptq" else self.method
         return (
             f"int4 b{self.block_size} asymmetric, {rotated}{awq}{method}, LM head {self.describe_head()}{extra}; "
-            f"calibrated on up to the last {self.calibration_windows} x {self.calibration_tokens} tokens of the shipped text"
+            f"calibrated on the last {self.calibration_windows} x {self.calibration_tokens} tokens of the shipped text "
+            f"({SMALL_CALIBRATION[0]} x {SMALL_CALIBRATION[1]} over the calibration budget)"
         )
 
     def describe_head(self) -> str:
