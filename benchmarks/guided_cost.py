@@ -142,6 +142,22 @@ def batch_arguments(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def step_times(decoder: BatchedDecoder, rows: list[Sequence]) -> list[float]:
+    """Seconds of each decode step in which all of ``rows`` are live: they are added and prefilled first,
+    and run to their end after."""
+    decoder.add(rows)
+    while decoder.pending:
+        decoder.advance()
+    times = []
+    while len(decoder.running) == len(rows):
+        start = time.perf_counter()
+        decoder.step()
+        times.append(time.perf_counter() - start)
+    while decoder.busy:
+        decoder.advance()
+    return times
+
+
 def main() -> None:
     args = batch_arguments(__doc__.splitlines()[0]).parse_args()
     model = load(args.model)

@@ -14,7 +14,7 @@ import os
 import statistics
 import time
 
-from guided_cost import batch_arguments  # this folder's other script
+from guided_cost import batch_arguments, step_times  # this folder's other script
 from slmops.machine import describe_cpu
 from slmops.runtime import load
 from slmops.runtime.batched import BatchedDecoder, Sequence
@@ -27,18 +27,9 @@ TEXT = (
 
 def decode_steps(decoder: BatchedDecoder, model, prompts: list[list[int]], tokens: int, top: int | None) -> list[float]:
     options = model.options(temperature=0, max_tokens=tokens, repetition_penalty=1.0)
-    rows = [Sequence(list(ids), options, tokens, time.perf_counter(), logprobs=top) for ids in prompts]
-    decoder.add(rows)
-    while decoder.pending:
-        decoder.advance()
-    times = []
-    while len(decoder.running) == len(rows):
-        start = time.perf_counter()
-        decoder.step()
-        times.append(time.perf_counter() - start)
-    while decoder.busy:
-        decoder.advance()
-    return times
+    return step_times(
+        decoder, [Sequence(list(ids), options, tokens, time.perf_counter(), logprobs=top) for ids in prompts]
+    )
 
 
 def prefill(decoder: BatchedDecoder, model, ids: list[int], top: int | None) -> float:

@@ -20,7 +20,7 @@ import numpy as np
 
 import slmops.runtime.batched as batched
 import slmops.runtime.sampling as sampling
-from guided_cost import batch_arguments  # this folder's other script
+from guided_cost import batch_arguments, step_times  # this folder's other script
 from slmops.machine import describe_cpu
 from slmops.runtime import load
 from slmops.runtime.batched import BatchedDecoder, Sequence
@@ -79,18 +79,7 @@ def sampler_time(logits: np.ndarray, option: tuple, kind: type) -> float:
 def decode_steps(decoder: BatchedDecoder, model, prompts: list[list[int]], tokens: int, option: tuple) -> list[float]:
     temperature, top_k, top_p = option
     options = model.options(temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=tokens, seed=1)
-    rows = [Sequence(list(ids), options, tokens, time.perf_counter()) for ids in prompts]
-    decoder.add(rows)
-    while decoder.pending:
-        decoder.advance()
-    times = []
-    while len(decoder.running) == len(rows):
-        start = time.perf_counter()
-        decoder.step()
-        times.append(time.perf_counter() - start)
-    while decoder.busy:
-        decoder.advance()
-    return times
+    return step_times(decoder, [Sequence(list(ids), options, tokens, time.perf_counter()) for ids in prompts])
 
 
 def main() -> None:
