@@ -7,7 +7,7 @@ import pytest
 from slmops.runtime import generate
 from slmops.runtime.generate import Answer, LeadingWhitespace, Response, Result, collect, decode_loop, strip_leading
 from slmops.runtime.options import GenerationOptions
-from slmops.runtime.sampling import Sampler, nucleus, penalize
+from slmops.runtime.sampling import CHUNK, Sampler, draw, nucleus, penalize
 
 EOS = 0
 WORDS = {EOS: "<eos>", 1: "Hello", 2: " wor", 3: "ld", 4: " #", 5: "#", 6: "# more", 7: " \n", 8: "\n"}
@@ -262,6 +262,21 @@ def test_draws_follow_the_probabilities_and_never_pick_a_masked_token():
     counts = np.bincount([draw.sample(logits, [], []) for _ in range(4000)], minlength=4)
     assert counts[3] == 0
     np.testing.assert_allclose(counts[:3] / 4000, [0.6, 0.3, 0.1], atol=0.03)
+
+
+def test_a_draw_over_the_whole_vocabulary_inverts_its_cumulative_distribution():
+    logits = (np.random.default_rng(5).standard_normal(3 * CHUNK + 77) * 4).astype(np.float32)  # a partial last chunk
+    logits[CHUNK : 2 * CHUNK] = -np.inf  # a chunk masked whole, and tokens scattered in the others
+    logits[::13] = -np.inf
+    logits[-40:] = -np.inf  # the tail too, so a uniform near 1 must not run past the last allowed token
+    weights = np.exp((logits.astype(np.float64) - logits.max()) / 0.8)
+    cumulative = np.cumsum(weights) / weights.sum()
+    uniforms = (np.arange(20_000) + 0.5) / 20_000
+    drawn = np.array([draw(logits, 0.8, u) for u in uniforms])
+    wanted = np.minimum(np.searchsorted(cumulative, uniforms, side="right"), len(logits) - 1)
+    assert np.mean(drawn == wanted) > 0.999  # apart from float rounding at a boundary, the same token
+    assert np.all(np.isfinite(logits[drawn]))
+    assert np.isfinite(logits[draw(logits, 0.8, np.nextafter(1.0, 0.0))])
 
 
 def test_a_seed_reproduces_the_draws():

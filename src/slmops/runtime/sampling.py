@@ -17,6 +17,8 @@ from slmops.runtime.options import GenerationOptions
 HEAD = 64
 # Every how-many-th logit a threshold for the top tokens is taken from (see _top).
 STRIDE = 16
+# Tokens summed together when every token may be drawn (see draw).
+CHUNK = 1024
 
 
 class Sampler:
@@ -40,10 +42,7 @@ class Sampler:
         if options.temperature <= 0:
             return int(np.argmax(logits))
         if not 0 < options.top_k < len(logits) and options.top_p >= 1.0:
-            # Every token may be drawn: in vocabulary order, no sort needed.
-            kind = logits.dtype.type
-            probs = np.exp((logits - logits.max()) * kind(1 / options.temperature)).astype(np.float64)
-            return int(self.rng.choice(len(probs), p=probs / probs.sum()))
+            return draw(logits, options.temperature, self.rng.random())
         keep, probs = nucleus(logits, options.temperature, options.top_k, options.top_p)
         return int(keep[self.rng.choice(len(keep), p=probs)])
 
@@ -91,6 +90,33 @@ def nucleus(logits: np.ndarray, temperature: float, top_k: int, top_p: float) ->
         cut = int(np.searchsorted(np.cumsum(probs), top_p)) + 1
         keep, probs = keep[:cut], probs[:cut]
     return keep, probs / probs.sum()
+
+
+def draw(logits: np.ndarray, temperature: float, uniform: float) -> int:
+    """The token at ``uniform`` (in [0, 1)) of the cumulative distribution of softmax(logits / temperature),
+    in vocabulary order: no sort.
+
+    The weights are summed in chunks of :data:`CHUNK`, a chunk is found by its cumulative sum and the
+    token within it by the chunk's own: float64 sums of float32 terms, 0.2 ms at 151,936 tokens where
+    one float64 cumulative sum over the vocabulary took ~1 ms. A token of weight 0 (a masked -inf
+    logit) is never drawn.
+    """
+    kind = logits.dtype.type
+    weights = np.exp((logits - logits.max()) * kind(1 / temperature))
+    whole = len(weights) - len(weights) % CHUNK
+    sums = weights[:whole].reshape(-1, CHUNK).sum(axis=1, dtype=np.float64)
+    if whole < len(weights):
+        sums = np.append(sums, weights[whole:].sum(dtype=np.float64))
+    cumulative = np.cumsum(sums)
+    target = uniform * cumulative[-1]
+    chunk = min(int(np.searchsorted(cumulative, target, side="right")), len(sums) - 1)
+    while sums[chunk] == 0:  # past the last chunk with weight, by rounding
+        chunk -= 1
+    start = chunk * CHUNK
+    inside = weights[start : start + CHUNK]
+    before = cumulative[chunk] - sums[chunk]
+    position = int(np.searchsorted(np.cumsum(inside, dtype=np.float64), target - before, side="right"))
+    return start + min(position, int(np.flatnonzero(inside)[-1]))
 
 
 def _largest(logits: np.ndarray, size: int) -> np.ndarray:
