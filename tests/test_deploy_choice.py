@@ -73,7 +73,7 @@ def test_a_calibrated_export_over_the_budget_is_made_again_with_more_8bit_weight
             name: row(name, 0, figures[name][1], 100, precision=INT8 if name == INT8 else "int4") for name in folders
         }
         for name, measured in rows.items():
-            measured.how = choice.how(name)  # as the book keys its figures
+            measured.how, measured.windows = choice.how(name), windows  # as the book keys its figures
         return rows
 
     def measure_speeds(folders, rounds=2):
@@ -151,16 +151,35 @@ def test_auto_picks_int8_when_it_dominates_and_says_so(tiny_llama, tmp_path, fak
     )
 
 
-def test_a_figure_measured_on_another_quantizer_or_timed_otherwise_is_measured_again(tmp_path):
+def test_a_figure_measured_on_another_quantizer_or_timed_or_scored_otherwise_is_measured_again(tmp_path):
     made = row("int4-calibrated-b64", 150, 4.0, 110)
-    made.how, made.timing = choice.how("int4-calibrated-b64"), choice.TIMING
+    made.how, made.timing, made.windows = choice.how("int4-calibrated-b64"), choice.TIMING, 8
     assert "rotated" in made.how and "gptq" in made.how  # the quantizer's own settings, not only the variant's
     book = choice.MeasurementBook(tmp_path / "book.json")
     book.put("cpu", "model", made)
     book.save()
     kept = choice.MeasurementBook(tmp_path / "book.json")
-    assert kept.get("cpu", "model", "int4-calibrated-b64", made.how) == made
-    assert kept.get("cpu", "model", "int4-calibrated-b64", "int4 (an earlier calibrated quantizer)") is None
+    assert kept.get("cpu", "model", "int4-calibrated-b64", made.how, 8) == made
+    assert kept.get("cpu", "model", "int4-calibrated-b64", "int4 (an earlier calibrated quantizer)", 8) is None
+    assert kept.get("cpu", "model", "int4-calibrated-b64", made.how, 4) is None  # its ΔPPL was on 8 windows
     made.timing = ""  # timed before deploy turned prompt lookup off: a looping answer drafted itself
     book.put("cpu", "model", made)
-    assert book.get("cpu", "model", "int4-calibrated-b64", made.how) is None
+    assert book.get("cpu", "model", "int4-calibrated-b64", made.how, 8) is None
+
+
+def test_candidates_are_scored_against_fp32_log_probs_computed_once(tiny_llama, tmp_path, monkeypatch):
+    from slmops.convert import convert
+    from slmops.evaluate import quality
+
+    reference = tmp_path / "work" / deploys.REFERENCE
+    convert(tiny_llama, reference, precision="fp32", name="reference", log_level=0)
+    int8 = tmp_path / "int8"
+    convert(tiny_llama, int8, precision="int8", name="int8", log_level=0)
+    scored = quality.evaluate_quality
+    runs: list[str] = []
+    monkeypatch.setattr(quality, "evaluate_quality", lambda model, **kw: runs.append(model.name) or scored(model, **kw))
+    rows = choice._scored({"a": int8, "b": int8}, reference, windows=2)
+    assert runs == [deploys.REFERENCE, "int8", "int8"], "the FP32 graph ran once for both candidates"
+    direct = scored(int8, reference=reference, windows=2).figures
+    assert rows["a"].windows == 2 and rows["a"].same_top_pct == pytest.approx(direct.same_top_pct, abs=0.01)
+    assert rows["a"].delta_ppl_pct == pytest.approx(direct.delta_ppl_pct, abs=0.05)  # saved as float16

@@ -46,6 +46,7 @@ SPEED_TOKENS = 64
 # without this mark are timed again.
 TIMING = f"{SPEED_TOKENS} greedy tokens, one a step"
 BOOK = "deploy-measurements.json"
+REFERENCE_LOGPROBS = "reference-logprobs"  # beside the FP32 export in deploy's work folder
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Measured:
     load_average: list[float] = field(default_factory=list)  # of the host while its speed was measured
     how: str = ""  # how the export was made: a figure measured on another quantizer is measured again
     timing: str = ""  # how its speed was timed: a figure timed otherwise is timed again
+    windows: int = 0  # the eval windows its quality was scored on: other windows, scored again
 
     def figures(self) -> str:
         return (
@@ -127,9 +129,11 @@ class MeasurementBook:
         self.path = path or settings.home() / BOOK
         self.data: dict = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
 
-    def get(self, machine: str, model: str, candidate: str, how: str) -> Measured | None:
+    def get(self, machine: str, model: str, candidate: str, how: str, windows: int) -> Measured | None:
         row = self.data.get(machine, {}).get(model, {}).get(candidate)
-        return Measured(**row) if row and row.get("how") == how and row.get("timing") == TIMING else None
+        if not row or row.get("how") != how or row.get("timing") != TIMING or row.get("windows") != windows:
+            return None
+        return Measured(**row)
 
     def put(self, machine: str, model: str, row: Measured) -> None:
         self.data.setdefault(machine, {}).setdefault(model, {})[row.candidate] = asdict(row)
@@ -211,7 +215,8 @@ class _Measurer:
     def __call__(self, candidates: tuple[str, ...]) -> list[Measured]:
         source, work, reference, name, windows = self.job
         known = {
-            candidate: self.book.get(self.machine, self.model, candidate, how(candidate)) for candidate in candidates
+            candidate: self.book.get(self.machine, self.model, candidate, how(candidate), windows)
+            for candidate in candidates
         }
         missing = [candidate for candidate, row in known.items() if row is None]
         if missing:
@@ -267,12 +272,24 @@ def _build(candidate: str, source: Path | None, work: Path, reference: Path, nam
     return build(_variant(candidate), source, work / "candidates" / candidate, reference, name=name, steps=steps)
 
 
+def saved_reference(reference: Path, windows: int) -> Path:
+    """The FP32 export's log-probs on the first ``windows`` eval windows, saved beside it once: every
+    candidate is scored against them, so the FP32 graph runs once a deploy, not once a candidate."""
+    from slmops.evaluate.quality import evaluate_quality
+
+    saved = reference.with_name(REFERENCE_LOGPROBS)
+    if not (saved / "meta.json").exists():
+        evaluate_quality(reference, windows=windows, save_logits=saved, show_progress=False)
+    return saved
+
+
 def _scored(folders: dict[str, Path], reference: Path, windows: int) -> dict[str, Measured]:
     """Size and quality against the reference; the speed is timed afterwards (``_Measurer._time_all``)."""
     from slmops.evaluate.quality import evaluate_quality
 
+    logprobs = saved_reference(reference, windows)
     quality = {
-        candidate: evaluate_quality(folder, reference=reference, windows=windows, show_progress=False).figures
+        candidate: evaluate_quality(folder, reference=logprobs, show_progress=False).figures
         for candidate, folder in folders.items()
     }
     return {
@@ -284,6 +301,7 @@ def _scored(folders: dict[str, Path], reference: Path, windows: int) -> dict[str
             same_top_pct=round(quality[candidate].same_top_pct or 0.0, 2),
             decode_tokens_per_s=0.0,
             how=how(candidate),
+            windows=windows,
         )
         for candidate, folder in folders.items()
     }
