@@ -198,17 +198,23 @@ CANDIDATES: dict[str, tuple[str, dict, str]] = {
         "rot-b32-share25-screened",
     ),
     # calibrated on the last 64 x 512 tokens instead of 16 x 256
-    "calibrated rotated GPTQ b64 + 25% int8 by sensitivity + screened head on 64 x 512 tokens (the default)": (
+    "calibrated rotated GPTQ b64 + 25% int8 by sensitivity + screened head on 64 x 512 tokens": (
+        "calibrated",
+        {"block_size": 64, "calibration_windows": 64, "calibration_tokens": 512},
+        "rot-b64-share25-screened-64x512",
+    ),
+    # each MatMul fitted in graph order to the inputs the quantized ones before it give (convert/sequential.py)
+    "calibrated rotated GPTQ b64 in graph order + 25% int8 by sensitivity + screened head (the default)": (
         "calibrated",
         {"block_size": 64},
-        "rot-b64-share25-screened-64x512",
+        "rot-b64-share25-screened-in-order",
     ),
     "llama.cpp Q4_0": ("gguf", {"type": "Q4_0"}, ""),
     "llama.cpp Q4_K_M": ("gguf", {"type": "Q4_K_M"}, ""),
 }
 INT8, BUILDER = "int8", "int4 builder default (RTN sym b32)"
-# What every calibrated row but the default was calibrated on (the default reads up to 64 x 512 tokens)
-EARLIER_CALIBRATION = {"calibration_windows": 16, "calibration_tokens": 256}
+# How every calibrated row but the default was calibrated: on the FP32 graph's inputs, 16 x 256 tokens unless it says
+EARLIER_CALIBRATION = {"calibration_windows": 16, "calibration_tokens": 256, "in_order": False}
 
 
 def hf_source(source: Path | None, out: Path) -> Path:
@@ -245,7 +251,8 @@ def build(name: str, hf: Path, out: Path) -> Path:
     settings = {**EARLIER_CALIBRATION, **settings} if "(the default)" not in name else settings
     options = CalibratedOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
     echo = lambda line: print(f"  {name}: {line}", flush=True)  # noqa: E731
-    quantize_calibrated(staging, options, echo=echo, moments=calibration_moments(out, options))
+    moments = None if options.in_order else calibration_moments(out, options)  # in order, every input is its own
+    quantize_calibrated(staging, options, echo=echo, moments=moments)
     staging.rename(folder)
     return folder
 

@@ -317,8 +317,9 @@ def test_a_model_over_the_calibration_budget_calibrates_on_the_small_setting(tin
     shutil.copytree(tiny_onnx, folder)
     lines: list[str] = []
     notes = quantize_calibrated(folder, options, echo=lines.append)
-    assert "calibrating on 3 x 16 tokens" in lines
-    assert "calibrated on 3 x 16 tokens: 8 x 32 would pass the calibration budget" in notes
+    assert "calibrating on 3 x 16 tokens" in lines, lines  # on FP32 inputs: a fit in order wants more text
+    assert not any("in graph order" in line for line in lines)
+    assert "calibrated on 3 x 16 tokens, on the FP32 graph's inputs: 8 x 32 would pass the calibration budget" in notes
 
 
 def test_o_proj_scales_are_shared_by_the_query_heads_that_read_one_value_head():
@@ -406,10 +407,12 @@ def test_calibration_passes_cut_where_the_second_moments_outgrow_the_budget():
 
 
 def test_an_export_calibrated_in_several_passes_is_the_one_pass_export(tiny_onnx, tmp_path, monkeypatch):
-    # Passes trade time for memory: the same windows give each MatMul the same XᵀX.
+    # Passes trade time for memory: the same windows give each MatMul the same XᵀX (of the FP32 graph).
     import slmops.convert.calibrated as calibrated
 
-    options = CalibratedOptions(block_size=32, int8_share=0, calibration_windows=2, calibration_tokens=32)
+    options = CalibratedOptions(
+        block_size=32, int8_share=0, calibration_windows=2, calibration_tokens=32, in_order=False
+    )
     exports = {}
     for share in (0.25, 1e-12):  # the default; and so little that every MatMul input gets its own pass
         folder = tmp_path / f"share-{share}"
@@ -423,9 +426,12 @@ def test_an_export_calibrated_in_several_passes_is_the_one_pass_export(tiny_onnx
     assert exports[0.25] == exports[1e-12]
 
 
-def test_a_step_with_more_8bit_weights_from_the_one_before_is_that_export_made_alone(tiny_onnx, tmp_path):
-    # deploy's steps differ only in int8_share: the 4-bit matrices and the gains carry over
-    options = CalibratedOptions(block_size=32, calibration_windows=2, calibration_tokens=32, sensitivity_tokens=16)
+@pytest.mark.parametrize("in_order", [True, False])
+def test_a_step_with_more_8bit_weights_from_the_one_before_is_that_export_made_alone(tiny_onnx, tmp_path, in_order):
+    # deploy's steps differ only in int8_share: the measured 8-bit gains carry over (and on FP32 inputs, the 4-bit matrices)
+    options = CalibratedOptions(
+        block_size=32, calibration_windows=2, calibration_tokens=32, sensitivity_tokens=16, in_order=in_order
+    )
     steps = tmp_path / "steps"
 
     def export(name: str, share: float, shared: bool, block: int = 32) -> tuple[bytes, list[str]]:
@@ -439,7 +445,8 @@ def test_a_step_with_more_8bit_weights_from_the_one_before_is_that_export_made_a
     first, said = export("quarter", 0.25, shared=True)
     assert not any("from the export before" in line for line in said)
     half, said = export("half", 0.5, shared=True)
-    assert any("from the export before" in line for line in said) and not any("calibrating" in line for line in said)
+    assert any("from the export before" in line for line in said) and not any("scoring" in line for line in said)
+    assert any("calibrating" in line for line in said) == in_order  # in order, each share is fitted anew
     alone, _ = export("half-alone", 0.5, shared=False)
     assert half == alone and half != first
     _, said = export("other-blocks", 0.5, shared=True, block=64)  # other settings: nothing carries over

@@ -14,6 +14,9 @@ hidden state and the value heads are rotated so that no input channel stands out
 - ``gptq``: the same search per block, then GPTQ's error feedback: each column's rounding
   error is pushed onto the columns not yet quantized, through the inverse of the input's
   second-moment matrix H = XᵀX;
+- with ``in_order`` (the default), either of the above in graph order, each MatMul fitted to the
+  inputs the quantized MatMuls before it give and to the weights that undo what they moved
+  (:mod:`slmops.convert.sequential`), instead of to the FP32 graph's inputs;
 - ``awq`` (either of the above, after; off by default, since on a rotated graph it costs more than
   it buys): per-input-channel scales s = E[x²]^(α/2), searched per
   layer over α to minimise the output error trace(ΔW H ΔWᵀ), are folded into the RMSNorm
@@ -23,7 +26,9 @@ hidden state and the value heads are rotated so that no input channel stands out
 
 A share of the layer MatMuls is quantized to 8 bits in the same MatMulNBits layout: with
 ``int8_share`` (the default), the ones whose 8 bits cut the KL divergence from the FP32 graph
-most per extra byte on calibration text (:mod:`slmops.convert.sensitivity`); with
+most per extra byte on calibration text (:mod:`slmops.convert.sensitivity`; in order, measured with
+every MatMul rounded to nearest first, since a MatMul fitted in order undoes what the ones before it
+did at the bits they had); with
 ``int8_share=0``, those named in ``int8``. The LM head is read at 4 bits and its top candidates
 rescored with a 4-bit residual (``head="screened"``, :mod:`slmops.convert.screened_head`), or
 kept at 8 or 4 bits. The input embedding then gathers the head's rows
@@ -52,10 +57,11 @@ ALPHAS = tuple(a / 10 for a in range(0, 9))  # AWQ's exponent grid
 SENSITIVITY_FILE = "int8-sensitivity.json"  # what each MatMul's 8 bits bought, written beside the graph
 INT8_MIN_BLOCK = 64
 HEAD_NODES = (LM_HEAD_NODE, ROTATION_NODE)  # the MatMuls every logit reads: neither int8 candidates nor AWQ's
-# Multiply-adds a calibration may spend (its forward passes and XᵀX). 64 windows of 512 tokens cost
-# SmolLM2-135M 8 T (0.24 G a token; its build 56 -> 105 s on 2 cores) and Qwen2.5-0.5B 37 T (1.1 G a token;
-# 332 -> 624 s). Over the budget, a model calibrates on SMALL_CALIBRATION: 31 windows of 512, which the
-# budget would have allowed Qwen, scored no better than 16 x 256 (docs/quality.md).
+# Multiply-adds a calibration may spend (its forward passes and XᵀX; in graph order twice that). 64 windows of
+# 512 tokens cost SmolLM2-135M 8 T (0.24 G a token; its build 56 -> 105 s on 2 cores, in order 206 s) and
+# Qwen2.5-0.5B 37 T (1.1 G a token; 332 -> 624 s). Over the budget, a model calibrates on SMALL_CALIBRATION,
+# on the FP32 graph's inputs: 31 windows of 512, which the budget would have allowed Qwen, scored no better
+# than 16 x 256 (docs/quality.md).
 CALIBRATION_BUDGET = 18e12
 SMALL_CALIBRATION = (16, 256)  # windows, tokens
 MOMENTS_MEMORY_SHARE = 0.25  # of the memory available when calibration starts, for the XᵀX held at once
@@ -90,6 +96,11 @@ class CalibratedOptions:
     # 0.100 at 1.0 (0.01 -> 0.1 at rotation seeds 0/1/2: -8/-5/-3%); off the 4-bit grid 0.01 -> 0.1
     # gave 0.092 -> 0.092, 0.091 -> 0.096, 0.103 -> 0.097 at seeds 0/1/2 (docs/quality.md, the fifth round)
     damping: float = 0.1
+    # each MatMul quantized in graph order on the inputs the quantized MatMuls before it give, to the weights
+    # that undo what they moved (:mod:`slmops.convert.sequential`): SmolLM2 b64 on 16,352 held-out tokens,
+    # ΔPPL +3.2% -> +1.1%, KLD 0.082 -> 0.046, top-1 86.3% -> 88.8%. The fit wants text: on 32 x 512 tokens
+    # KLD 0.066, on 16 x 256 0.090, so a model over the calibration budget is quantized on FP32 inputs (docs/quality.md)
+    in_order: bool = True
     awq_o_proj: bool = False  # AWQ on o_proj too (folded into qkv_proj's value columns): SmolLM2 b64 KLD 0.075 -> 0.079
     exclude: tuple[str, ...] = ()  # MatMul names left in fp32
     # The last 64 x 512 tokens of the shipped text (32,768), or 16 x 256 where that passes CALIBRATION_BUDGET.
@@ -117,11 +128,17 @@ class CalibratedOptions:
         seed = f" (seed {self.rotation_seed})" if self.rotation_seed else ""
         rotated = f"rotated{seed}, " if self.rotate else ""
         method = f"gptq (damping {self.damping:g})" if self.method == "gptq" else self.method
+        method += " in graph order on the quantized model's inputs" if self._in_order else ""
         return (
             f"int4 b{self.block_size} asymmetric, {rotated}{awq}{method}, LM head {self.describe_head()}{extra}; "
             f"calibrated on the last {self.calibration_windows} x {self.calibration_tokens} tokens of the shipped text "
-            f"({SMALL_CALIBRATION[0]} x {SMALL_CALIBRATION[1]} over the calibration budget)"
+            f"({SMALL_CALIBRATION[0]} x {SMALL_CALIBRATION[1]}{' on FP32 inputs' if self._in_order else ''} "
+            "over the calibration budget)"
         )
+
+    @property
+    def _in_order(self) -> bool:
+        return self.in_order and self.method != "rtn"
 
     def describe_head(self) -> str:
         if self.head == "screened":
@@ -348,32 +365,44 @@ def quantize_calibrated(
     nodes = [node for node in _weight_matmuls(graph) if node.name not in options.exclude]
     if moments is None and not calibration_within_budget(graph, weights, options):
         asked = f"{options.calibration_windows} x {options.calibration_tokens}"
-        options = replace(options, calibration_windows=SMALL_CALIBRATION[0], calibration_tokens=SMALL_CALIBRATION[1])
+        # in order, a fit to 16 x 256 tokens undoes noise: SmolLM2 KLD 0.090 against 0.082 on FP32 inputs
+        order = ", on the FP32 graph's inputs" if options._in_order else ""
+        windows, tokens = SMALL_CALIBRATION
+        options = replace(options, calibration_windows=windows, calibration_tokens=tokens, in_order=False)
         notes.append(
-            f"calibrated on {options.calibration_windows} x {options.calibration_tokens} tokens: "
+            f"calibrated on {options.calibration_windows} x {options.calibration_tokens} tokens{order}: "
             f"{asked} would pass the calibration budget"
         )
     if options.awq:  # its scales are searched over every MatMul group: every XᵀX at once
         moments = dict(moments if moments is not None else _calibrate(model_dir, options, None, echo))  # rescaled
         echo("searching AWQ scales")
         _apply_awq(graph, nodes, weights, moments, options)
+    in_order = options._in_order and moments is None
     kept = SharedSteps(steps, options) if steps is not None and options.int8_share and not options.awq else None
     earlier = kept.load() if kept is not None else None
     if earlier is not None:
         items, gains = earlier
-        echo(f"the {len(items)} MatMuls' 4-bit blocks and 8-bit gains from the export before")
+        echo(f"the {len(items) or 'measured'} MatMuls' 4-bit blocks and 8-bit gains from the export before")
     else:
         echo(f"quantizing {len(nodes)} MatMuls")
-        items = _quantize_nodes(model_dir, nodes, weights, moments, options, echo)
+        # in order, the 8-bit gains are measured on every MatMul rounded to nearest (SmolLM2: the 8-bit
+        # choice made so scored KLD 0.046 in the end, the one made on GPTQ's 4 bits 0.045)
+        items = (
+            _rounded(nodes, weights, options)
+            if in_order
+            else _quantize_nodes(model_dir, nodes, weights, moments, options, echo)
+        )
         # every layer MatMul is 4-bit so far; measure which ones 8 bits help most
         gains = _int8_gains(model_dir, model, nodes, weights, items, options, echo) if options.int8_share else {}
+        items = {} if in_order else items
         if kept is not None:
             kept.save(items, gains)
     del moments
-    if options.int8_share:
-        by_name = {node.name: node for node in nodes}
-        for name in _chosen_int8(model_dir, nodes, weights, gains, options, echo):
-            items[name] = _quantize_matrix(_weight(by_name[name], weights).T, None, 8, options)
+    eight_bit = _chosen_int8(model_dir, nodes, weights, gains, options, echo) if options.int8_share else []
+    if in_order:
+        items = _quantize_in_order(model_dir, model, nodes, weights, set(eight_bit), options, echo)
+    for name in eight_bit if not in_order else []:
+        items[name] = _quantize_matrix(_weight(next(n for n in nodes if n.name == name), weights).T, None, 8, options)
     added: list = []
     residual = None
     for node in nodes:
@@ -401,6 +430,33 @@ def calibration_within_budget(graph, weights, options: CalibratedOptions) -> boo
 def _calibrate(model_dir: Path, options: CalibratedOptions, names: list[str] | None, echo) -> dict[str, np.ndarray]:
     echo(f"calibrating on {options.calibration_windows} x {options.calibration_tokens} tokens")
     return second_moments(model_dir, options.calibration_windows, options.calibration_tokens, names)
+
+
+def _rounded(nodes, weights, options: CalibratedOptions) -> dict[str, Quantized]:
+    """Every node's weight at its bits, rounded to nearest."""
+    return {node.name: _quantize_weight(node.name, _weight(node, weights).T, None, options) for node in nodes}
+
+
+def _quantize_in_order(
+    model_dir: Path, model, nodes, weights, eight_bit: set[str], options: CalibratedOptions, echo
+) -> dict[str, Quantized]:
+    """Every node's weight (``eight_bit`` ones at 8 bits) quantized on the inputs the quantized nodes before
+    it give (:mod:`slmops.convert.sequential`)."""
+    from slmops.convert.calibration_text import CalibrationWindows
+    from slmops.convert.sequential import quantize_in_order
+
+    windows, tokens = options.calibration_windows, options.calibration_tokens
+    echo(f"calibrating on {windows} x {tokens} tokens, in graph order")
+    feeds = CalibrationWindows(model_dir, windows, tokens).items
+    head = next((node for node in nodes if node.name == LM_HEAD_NODE), None)
+    # the embedding gathers the head's rows when the two are tied: the head keeps the weights it was given
+    tied = head is not None and any(n.op_type == "Transpose" and n.input[0] == head.input[1] for n in model.graph.node)
+
+    def quantize(node, w: np.ndarray, hessian: np.ndarray) -> Quantized:
+        return _quantize_weight(node.name, w, hessian, options, 8 if node.name in eight_bit else None)
+
+    kept = {LM_HEAD_NODE} if tied else set()
+    return quantize_in_order(model, nodes, weights, feeds, quantize, options.damping, kept, echo)
 
 
 def _quantize_nodes(model_dir: Path, nodes, weights, moments, options: CalibratedOptions, echo) -> dict[str, Quantized]:
@@ -491,10 +547,16 @@ def _weight(node, weights: Weights) -> np.ndarray:
 
 
 def _quantize_node(node, weights, moments, options: CalibratedOptions) -> Quantized:
-    w, hessian = _weight(node, weights).T, moments.get(node.input[0])
-    if node.name == LM_HEAD_NODE and options.head == "screened":
+    return _quantize_weight(node.name, _weight(node, weights).T, moments.get(node.input[0]), options)
+
+
+def _quantize_weight(
+    name: str, w: np.ndarray, hessian: np.ndarray | None, options: CalibratedOptions, bits: int | None = None
+) -> Quantized:
+    """The MatMul ``name``'s weight ``w`` [N, K] at ``bits`` (None: its own), with the second moment of its input."""
+    if name == LM_HEAD_NODE and options.head == "screened":
         return screened_rows(w, hessian, options)
-    return _quantize_matrix(w, hessian, _bits(node.name, options), options)
+    return _quantize_matrix(w, hessian, bits or _bits(name, options), options)
 
 
 def screened_rows(w: np.ndarray, hessian: np.ndarray | None, options: CalibratedOptions) -> Quantized:
