@@ -382,16 +382,18 @@ def quantize_calibrated(
     earlier = kept.load() if kept is not None else None
     if earlier is not None:
         items, gains = earlier
-        echo(f"the {len(items) or 'measured'} MatMuls' 4-bit blocks and 8-bit gains from the export before")
+        echo(
+            "the 8-bit gains from the export before"
+            if in_order
+            else f"the {len(items)} MatMuls' 4-bit blocks and 8-bit gains from the export before"
+        )
     else:
         echo(f"quantizing {len(nodes)} MatMuls")
-        # in order, the 8-bit gains are measured on every MatMul rounded to nearest (SmolLM2: the 8-bit
-        # choice made so scored KLD 0.046 in the end, the one made on GPTQ's 4 bits 0.045)
-        items = (
-            _rounded(nodes, weights, options)
-            if in_order
-            else _quantize_nodes(model_dir, nodes, weights, moments, options, echo)
-        )
+        if not in_order:
+            items = _quantize_nodes(model_dir, nodes, weights, moments, options, echo)
+        else:  # the 8-bit gains are measured on weights rounded to nearest (SmolLM2: the choice so made
+            # scored KLD 0.046 in the end, the one made on GPTQ's 4 bits of FP32 inputs 0.045)
+            items = _rounded(nodes, weights, options) if options.int8_share else {}
         # every layer MatMul is 4-bit so far; measure which ones 8 bits help most
         gains = _int8_gains(model_dir, model, nodes, weights, items, options, echo) if options.int8_share else {}
         items = {} if in_order else items
@@ -401,8 +403,10 @@ def quantize_calibrated(
     eight_bit = _chosen_int8(model_dir, nodes, weights, gains, options, echo) if options.int8_share else []
     if in_order:
         items = _quantize_in_order(model_dir, model, nodes, weights, set(eight_bit), options, echo)
-    for name in eight_bit if not in_order else []:
-        items[name] = _quantize_matrix(_weight(next(n for n in nodes if n.name == name), weights).T, None, 8, options)
+    else:
+        by_name = {node.name: node for node in nodes}
+        for name in eight_bit:
+            items[name] = _quantize_matrix(_weight(by_name[name], weights).T, None, 8, options)
     added: list = []
     residual = None
     for node in nodes:

@@ -26,9 +26,10 @@ from slmops.files import write_json
 from slmops.machine import key as machine_key
 
 # INT4 settings at the layouts onnxruntime's CPU kernels run fast (integer zero points): slmops'
-# calibrated quantizer at blocks of 64 (rotated, GPTQ, the LM head read at 4 bits with its top tokens
-# rescored, and the quarter of the layer weights whose 8 bits measurably help most: SmolLM2 +3.2% ΔPPL,
-# top-1 86.3%, KLD 0.082 on 32 windows of 512 tokens, in 113 MB) and the builder's k_quant_mixed at 128;
+# calibrated quantizer at blocks of 64 (rotated, GPTQ in graph order on the quantized model's inputs, the
+# LM head read at 4 bits with its top tokens rescored, and the quarter of the layer weights whose 8 bits
+# measurably help most: SmolLM2 +1.1% ΔPPL, top-1 88.8%, KLD 0.046 on 32 windows of 512 tokens, in 113 MB)
+# and the builder's k_quant_mixed at 128;
 # docs/quality.md has the measured frontier. INT8 is measured beside them.
 INT4_CANDIDATES = ("int4-calibrated-b64", "int4-k_quant_mixed-b128")
 # A quantized GGUF's own blocks (exact, blocks of 32): no rounding beyond the source's. Qwen2.5-Coder-0.5B
