@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from slmops.convert.graph_file import quantized_lm_heads, save_graph, set_weight, token_lookups
+from slmops.convert.graph_file import quantized_lm_heads, save_graph, set_weight, token_lookups, transposed_table
 from slmops.convert.matmul_nbits import stored_codes, stored_zero_points
 from slmops.convert.rotation import LM_HEAD_NODE, ROTATION_NODE, rotate_export, value_heads
 from slmops.convert.screened_head import TOP_K, screened_head_nodes
@@ -454,7 +454,7 @@ def _quantize_in_order(
     feeds = CalibrationWindows(model_dir, windows, tokens).items
     head = next((node for node in nodes if node.name == LM_HEAD_NODE), None)
     # the embedding gathers the head's rows when the two are tied: the head keeps the weights it was given
-    tied = head is not None and any(n.op_type == "Transpose" and n.input[0] == head.input[1] for n in model.graph.node)
+    tied = head is not None and transposed_table(model.graph) == head.input[1]
 
     def quantize(node, w: np.ndarray, hessian: np.ndarray) -> Quantized:
         return _quantize_weight(node.name, w, hessian, options, 8 if node.name in eight_bit else None)

@@ -34,6 +34,14 @@ def token_lookups(graph, ops: tuple[str, ...] = ("Gather",)) -> list:
     return [node for node in graph.node if node.op_type in ops and len(node.input) > 1 and node.input[1] == "input_ids"]
 
 
+def transposed_table(graph) -> str | None:
+    """The weight the embedding gathers through a Transpose (the LM head's, when the two are tied), if any."""
+    gathers = token_lookups(graph)
+    producers = {output: node for node in graph.node for output in node.output}
+    table = producers.get(gathers[0].input[0]) if len(gathers) == 1 else None
+    return table.input[0] if table is not None and table.op_type == "Transpose" else None
+
+
 def quantized_lm_heads(graph) -> list:
     """The builder's LM head when it is a MatMulNBits (one node, or none)."""
     return [node for node in graph.node if node.op_type == "MatMulNBits" and node.name.startswith("/lm_head/")]

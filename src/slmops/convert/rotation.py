@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slmops.convert.graph_file import save_graph, set_weight, token_lookups
+from slmops.convert.graph_file import save_graph, set_weight, token_lookups, transposed_table
 
 ROTATION_NODE = "/model/rotation/MatMul"
 LM_HEAD_NODE = "/lm_head/MatMul"
@@ -100,9 +100,9 @@ class _Plan:
         gathers = token_lookups(graph)
         if len(gathers) != 1:
             return "no single embedding Gather"
-        table = plan.producers.get(gathers[0].input[0])
-        if table is not None and table.op_type == "Transpose" and table.input[0] in plan.weights:
-            plan.embedding, plan.tied = table.input[0], True  # the head's [H, V] weight, gathered transposed
+        tied = transposed_table(graph)
+        if tied is not None and tied in plan.weights:
+            plan.embedding, plan.tied = tied, True  # the head's [H, V] weight, gathered transposed
         elif gathers[0].input[0] in plan.weights:
             plan.embedding = gathers[0].input[0]
         else:

@@ -77,8 +77,7 @@ def nucleus(logits: np.ndarray, temperature: float, top_k: int, top_p: float) ->
     best = float(logits.max())
     # top-p alone is a share of every token's probability: the whole vocabulary's sum (float32 terms, a
     # float64 sum: 0.12 ms at 151,936 tokens where float64 terms took 1.05)
-    kind = logits.dtype.type
-    total = None if limited else np.exp((logits - kind(best)) * kind(1 / temperature)).sum(dtype=np.float64)
+    total = None if limited else _weights(logits, temperature).sum(dtype=np.float64)
     while True:
         keep = _largest(logits, size)
         probs = np.exp((logits[keep].astype(np.float64) - best) / temperature)
@@ -97,12 +96,11 @@ def draw(logits: np.ndarray, temperature: float, uniform: float) -> int:
     in vocabulary order: no sort.
 
     The weights are summed in chunks of :data:`CHUNK`, a chunk is found by its cumulative sum and the
-    token within it by the chunk's own: float64 sums of float32 terms, 0.2 ms at 151,936 tokens where
-    one float64 cumulative sum over the vocabulary took ~1 ms. A token of weight 0 (a masked -inf
+    token within it by the chunk's own: float64 sums of float32 terms, 0.14 ms at 151,936 tokens where
+    one float64 cumulative sum over the vocabulary took 1.0 ms. A token of weight 0 (a masked -inf
     logit) is never drawn.
     """
-    kind = logits.dtype.type
-    weights = np.exp((logits - logits.max()) * kind(1 / temperature))
+    weights = _weights(logits, temperature)
     whole = len(weights) - len(weights) % CHUNK
     sums = weights[:whole].reshape(-1, CHUNK).sum(axis=1, dtype=np.float64)
     if whole < len(weights):
@@ -117,6 +115,13 @@ def draw(logits: np.ndarray, temperature: float, uniform: float) -> int:
     before = cumulative[chunk] - sums[chunk]
     position = int(np.searchsorted(np.cumsum(inside, dtype=np.float64), target - before, side="right"))
     return start + min(position, int(np.flatnonzero(inside)[-1]))
+
+
+def _weights(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """exp((logits - max) / temperature) in the logits' own precision (float32 terms cost a quarter of
+    float64's at 151,936 tokens; their sums are taken in float64)."""
+    kind = logits.dtype.type
+    return np.exp((logits - logits.max()) * kind(1 / temperature))
 
 
 def _largest(logits: np.ndarray, size: int) -> np.ndarray:
