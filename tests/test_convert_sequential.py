@@ -52,13 +52,13 @@ def test_the_compensated_weights_undo_a_moved_input():
     moved = (x @ (np.eye(24) + 0.1 * rng.standard_normal((24, 24)))).astype(np.float32)  # what earlier layers did
     w = rng.standard_normal((24, 16)).astype(np.float32)
     moment, cross = moved.T.astype(np.float64) @ moved, moved.T.astype(np.float64) @ x
-    fitted = compensated(w, moment, cross, damping=1e-4)
+    fitted = compensated(w, moment, cross @ w, damping=1e-4)
     before, after = np.linalg.norm(moved @ w - x @ w), np.linalg.norm(moved @ fitted - x @ w)
     assert after < 0.05 * before
     np.testing.assert_allclose(
-        compensated(w, x.T.astype(np.float64) @ x, x.T.astype(np.float64) @ x, 0.1), w, atol=1e-5
+        compensated(w, x.T.astype(np.float64) @ x, x.T.astype(np.float64) @ x @ w, 0.1), w, atol=1e-5
     )
-    assert compensated(w, np.zeros((24, 24)), np.zeros((24, 24)), 0.1) is w  # an input that is always zero
+    assert compensated(w, np.zeros((24, 24)), np.zeros((24, 16)), 0.1) is w  # an input that is always zero
 
 
 def test_weights_kept_are_quantized_as_they_are_and_the_others_undo_what_came_before(tiny_onnx):
@@ -81,6 +81,29 @@ def test_weights_kept_are_quantized_as_they_are_and_the_others_undo_what_came_be
     np.testing.assert_allclose(targets[first], original[first], rtol=1e-4, atol=1e-5)
     moved = [name for name in original if name not in (first, "/lm_head/MatMul")]
     assert all(not np.allclose(targets[name], original[name], atol=1e-3) for name in moved)
+
+
+def test_what_the_weights_make_of_the_inputs_is_the_same_summed_through_their_outputs(tiny_onnx, monkeypatch):
+    import onnx
+
+    model = onnx.load(str(tiny_onnx / "model.onnx"), load_external_data=False)
+    weights = Weights(tiny_onnx, model.graph)
+    nodes = _weight_matmuls(model.graph)
+    feeds = CalibrationWindows(tiny_onnx, 2, 32).items
+    joined = sequential._joined_weights
+    fits = []
+    for rule in (lambda group, weights, width: None, lambda group, weights, width: joined(group, weights, 10**9)):
+        monkeypatch.setattr(sequential, "_joined_weights", rule)  # X̃ᵀX times W, or X̃ᵀ(XW), for every group
+        targets: dict[str, np.ndarray] = {}
+
+        def shrunk(node, w, moment, targets=targets):  # moves every later input, smoothly (no rounding to flip)
+            targets[node.name] = w
+            return Exact(0.9 * w)
+
+        quantize_in_order(model, nodes, weights, feeds, shrunk, 0.1, {"/lm_head/MatMul"})
+        fits.append(targets)
+    for name, target in fits[0].items():
+        np.testing.assert_allclose(fits[1][name], target, rtol=1e-3, atol=1e-4 * np.abs(target).max())
 
 
 def test_the_calibrated_default_fits_in_order_and_says_so(tiny_onnx, tmp_path):

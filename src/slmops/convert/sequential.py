@@ -71,7 +71,10 @@ def quantize_in_order(
         )
         session, inputs = _segment_session(model, weights, start, end, set(fp32), outputs, types)
         width = int(weights[group[0].input[1]].dims[0])
-        moment, cross = np.zeros((width, width)), np.zeros((width, width))
+        fitted = [node for node in group if node.name not in keep_weights]
+        joined = _joined_weights(fitted, weights, width)
+        moment = np.zeros((width, width))
+        cross = np.zeros((width, width if joined is None else joined.shape[1])) if fitted else None
         for batch, (clean, shifted) in enumerate(zip(exact, moved, strict=True)):
             clean.update(zip(outputs, session.run(outputs, {name: fp32.get(name, clean.get(name)) for name in inputs})))
             shifted.update(
@@ -83,12 +86,22 @@ def quantize_in_order(
             x = clean[group[0].input[0]].reshape(-1, width)
             x_moved = shifted[group[0].input[0]].reshape(-1, width)
             moment += (x_moved.T @ x_moved).astype(np.float64)  # float32 products, float64 sums
-            cross += (x_moved.T @ x).astype(np.float64)
+            if cross is not None:
+                cross += (x_moved.T @ (x if joined is None else x @ joined)).astype(np.float64)
         del session
         fp32, quantized = {}, {}
+        column = 0
         for node in group:
             w = weights.array(node.input[1])  # [K, N]
-            target = w if node.name in keep_weights else compensated(w, moment, cross, damping)
+            if node.name in keep_weights:
+                target = w
+            else:
+                assert cross is not None
+                if joined is None:
+                    seen = cross @ w.astype(np.float64)
+                else:
+                    seen, column = cross[:, column : column + w.shape[1]], column + w.shape[1]
+                target = compensated(w, moment, seen, damping)
             items[node.name] = quantize(node, np.ascontiguousarray(target.T), moment)
             fp32[node.input[1]] = w
             quantized[node.input[1]] = items[node.name].dequantize(width).T.astype(np.float32)
@@ -97,15 +110,26 @@ def quantize_in_order(
     return items
 
 
-def compensated(w: np.ndarray, moment: np.ndarray, cross: np.ndarray, damping: float) -> np.ndarray:
+def compensated(w: np.ndarray, moment: np.ndarray, seen: np.ndarray, damping: float) -> np.ndarray:
     """The weights [K, N] that map the moved inputs closest to what ``w`` makes of the FP32 ones:
-    (X̃ᵀX̃ + λI)⁻¹ (X̃ᵀX w + λ w), from ``moment`` X̃ᵀX̃ and ``cross`` X̃ᵀX."""
+    (X̃ᵀX̃ + λI)⁻¹ (X̃ᵀXw + λw), from ``moment`` X̃ᵀX̃ and ``seen`` X̃ᵀXw [K, N]."""
     ridge = damping * float(np.mean(np.diag(moment)))
     if ridge <= 0:  # an input that is always zero: nothing to fit
         return w
     w64 = w.astype(np.float64)
     lhs = moment + ridge * np.eye(len(moment))
-    return np.linalg.solve(lhs, cross @ w64 + ridge * w64).astype(np.float32)
+    return np.linalg.solve(lhs, seen + ridge * w64).astype(np.float32)
+
+
+def _joined_weights(nodes: list, weights, width: int) -> np.ndarray | None:
+    """The group's weights side by side [K, ΣN] when X̃ᵀ(XW) costs fewer multiply-adds than X̃ᵀX (2·ΣN
+    against K a token: a down projection's outputs are a fraction of its inputs, 896 of Qwen2.5-0.5B's
+    4,864; its build in order 640 -> 532 s), else None: X̃ᵀX is summed and multiplied by each weight once
+    at the end."""
+    outputs = sum(int(weights[node.input[1]].dims[1]) for node in nodes)
+    if not nodes or 2 * outputs >= width:
+        return None
+    return np.concatenate([weights.array(node.input[1]) for node in nodes], axis=1)
 
 
 def _batched(feeds: list[dict]) -> list[dict]:
