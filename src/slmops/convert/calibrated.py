@@ -45,7 +45,14 @@ from typing import Any
 
 import numpy as np
 
-from slmops.convert.graph_file import quantized_lm_heads, save_graph, set_weight, token_lookups, transposed_table
+from slmops.convert.graph_file import (
+    calibration_options,
+    quantized_lm_heads,
+    save_graph,
+    set_weight,
+    token_lookups,
+    transposed_table,
+)
 from slmops.convert.matmul_nbits import stored_codes, stored_zero_points
 from slmops.convert.rotation import LM_HEAD_NODE, ROTATION_NODE, rotate_export, value_heads
 from slmops.convert.screened_head import TOP_K, screened_head_nodes
@@ -313,7 +320,7 @@ def second_moments(model_dir: Path, windows: int, tokens: int, names: list[str] 
     probe = graph_file.with_name("calibration-probe.onnx")
     onnx.save(model, str(probe))
     try:
-        session = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(probe), calibration_options(), providers=["CPUExecutionProvider"])
     finally:
         probe.unlink()
     sums: dict[str, np.ndarray] = {}

@@ -42,6 +42,8 @@ def probe_session(model, weight_names: list[str]):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
+    from slmops.convert.graph_file import calibration_options
+
     graph = model.graph
     fed = set(weight_names)
     shapes = {item.name: list(item.dims) for item in graph.initializer if item.name in fed}
@@ -50,9 +52,7 @@ def probe_session(model, weight_names: list[str]):
     kept = [item for item in graph.initializer if item.name not in fed]
     probe = helper.make_graph(graph.node, "sensitivity-probe", inputs, outputs, kept)
     made = helper.make_model(probe, opset_imports=model.opset_import, ir_version=model.ir_version)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(made.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(made.SerializeToString(), calibration_options(), providers=["CPUExecutionProvider"])
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -146,6 +146,8 @@ def _segment_session(model, weights, start: int, end: int, fed: set[str], output
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 
+    from slmops.convert.graph_file import calibration_options
+
     nodes = list(model.graph.node)[start:end]
     made = {name for node in nodes for name in node.output}
     read = list(dict.fromkeys(name for node in nodes for name in node.input if name and name not in made))
@@ -163,9 +165,9 @@ def _segment_session(model, weights, start: int, end: int, fed: set[str], output
         constants,
     )
     segment = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(segment.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        segment.SerializeToString(), calibration_options(), providers=["CPUExecutionProvider"]
+    )
     return session, inputs
 
 
