@@ -92,7 +92,7 @@ def test_what_the_weights_make_of_the_inputs_is_the_same_summed_through_their_ou
     feeds = CalibrationWindows(tiny_onnx, 2, 32).items
     joined = sequential._joined_weights
     fits = []
-    for rule in (lambda group, weights, width: None, lambda group, weights, width: joined(group, weights, 10**9)):
+    for rule in (lambda fitted, width: None, lambda fitted, width: joined(fitted, 10**9)):
         monkeypatch.setattr(sequential, "_joined_weights", rule)  # X̃ᵀX times W, or X̃ᵀ(XW), for every group
         targets: dict[str, np.ndarray] = {}
 

@@ -71,8 +71,9 @@ def quantize_in_order(
         )
         session, inputs = _segment_session(model, weights, start, end, set(fp32), outputs, types)
         width = int(weights[group[0].input[1]].dims[0])
-        fitted = [node for node in group if node.name not in keep_weights]
-        joined = _joined_weights(fitted, weights, width)
+        arrays = {node.name: weights.array(node.input[1]) for node in group}  # [K, N] each
+        fitted = [arrays[node.name] for node in group if node.name not in keep_weights]
+        joined = _joined_weights(fitted, width)
         moment = np.zeros((width, width))
         cross = np.zeros((width, width if joined is None else joined.shape[1])) if fitted else None
         for batch, (clean, shifted) in enumerate(zip(exact, moved, strict=True)):
@@ -92,7 +93,7 @@ def quantize_in_order(
         fp32, quantized = {}, {}
         column = 0
         for node in group:
-            w = weights.array(node.input[1])  # [K, N]
+            w = arrays[node.name]
             if node.name in keep_weights:
                 target = w
             else:
@@ -121,15 +122,14 @@ def compensated(w: np.ndarray, moment: np.ndarray, seen: np.ndarray, damping: fl
     return np.linalg.solve(lhs, seen + ridge * w64).astype(np.float32)
 
 
-def _joined_weights(nodes: list, weights, width: int) -> np.ndarray | None:
-    """The group's weights side by side [K, ΣN] when X̃ᵀ(XW) costs fewer multiply-adds than X̃ᵀX (2·ΣN
-    against K a token: a down projection's outputs are a fraction of its inputs, 896 of Qwen2.5-0.5B's
-    4,864; its build in order 640 -> 532 s), else None: X̃ᵀX is summed and multiplied by each weight once
-    at the end."""
-    outputs = sum(int(weights[node.input[1]].dims[1]) for node in nodes)
-    if not nodes or 2 * outputs >= width:
+def _joined_weights(fitted: list[np.ndarray], width: int) -> np.ndarray | None:
+    """The group's weights [K, N] side by side [K, ΣN] when X̃ᵀ(XW) costs fewer multiply-adds than X̃ᵀX
+    (2·ΣN against K a token: a down projection's outputs are a fraction of its inputs, 896 of
+    Qwen2.5-0.5B's 4,864; its build in order 640 -> 532 s), else None: X̃ᵀX is summed and multiplied by
+    each weight once at the end."""
+    if not fitted or 2 * sum(w.shape[1] for w in fitted) >= width:
         return None
-    return np.concatenate([weights.array(node.input[1]) for node in nodes], axis=1)
+    return np.concatenate(fitted, axis=1)
 
 
 def _batched(feeds: list[dict]) -> list[dict]:
