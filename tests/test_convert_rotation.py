@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from slmops.convert.graph_file import save_graph
-from slmops.convert.rotation import ROTATION_NODE, orthogonal, rotate_export, rotate_graph
+from slmops.convert.rotation import BLOCK, BLOCK_ROTATION, ROTATION_NODE, orthogonal, rotate_export, rotate_graph
 
 
 def logits(folder: Path, feeds: dict) -> np.ndarray:
@@ -55,6 +55,25 @@ def test_a_rotated_tied_model_computes_the_same_logits_through_one_extra_matmul(
     after = assert_rotated_alike(tiny_onnx, tmp_path)
     rotation = after["model.rotation.MatMul.weight"]
     assert rotation.shape[0] == rotation.shape[1] == after["lm_head.MatMul.weight"].shape[0]
+
+
+def test_the_down_projections_read_their_input_rotated_in_blocks_by_a_constant(tiny_onnx, tmp_path):
+    """The product a down projection reads is rotated where it runs, by a Constant that no quantizer
+    takes for a weight; the logits stay the same (assert_rotated_alike)."""
+    import onnx
+
+    from slmops.convert.calibrated import _weight_matmuls
+
+    assert_rotated_alike(tiny_onnx, tmp_path)
+    graph = onnx.load(str(tmp_path / "rotated" / "model.onnx")).graph
+    downs = [node for node in graph.node if node.name.endswith("down_proj/MatMul")]
+    assert downs and all(node.input[0].endswith("/input_rotation/output_0") for node in downs)
+    constants = {node.output[0]: node for node in graph.node if node.op_type == "Constant"}
+    r = onnx.numpy_helper.to_array(constants[f"{BLOCK_ROTATION}/R"].attribute[0].t)
+    assert r.shape == (BLOCK, BLOCK)
+    np.testing.assert_allclose(r @ r.T, np.eye(BLOCK), atol=1e-6)
+    readers = {node.name for node in graph.node if f"{BLOCK_ROTATION}/R" in node.input}
+    assert len(readers) == len(downs) and not readers & {node.name for node in _weight_matmuls(graph)}
 
 
 def test_a_rotated_untied_model_needs_no_extra_matmul(tiny_model_factory, tmp_path):

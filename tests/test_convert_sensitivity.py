@@ -13,14 +13,17 @@ from slmops.convert.sensitivity import choose_int8, int8_gains, log_softmax
 from tests.test_convert import agreement, torch_logits
 
 
-def test_gains_are_measured_against_everything_at_four_bits():
-    four = {"a": np.zeros(2), "b": np.zeros(2)}
-    eight = {"a": np.ones(2), "b": np.full(2, 3.0)}
+def test_each_candidate_is_scored_at_four_bits_beside_the_fp32_weights():
+    fp32 = {"a": np.zeros(2), "b": np.zeros(2), "head": np.zeros(2)}
+    four = {"a": np.ones(2), "b": np.full(2, 3.0)}
+    seen = []
 
-    def divergence(weights):  # each weight's sum lowers the divergence
-        return 10.0 - sum(float(w.sum()) for w in weights.values())
+    def divergence(weights):  # how far the weights are from FP32
+        seen.append(sorted(weights))
+        return sum(float(np.abs(w - fp32[name]).sum()) for name, w in weights.items())
 
-    assert int8_gains(divergence, four, eight) == {"a": 2.0, "b": 6.0}
+    assert int8_gains(divergence, fp32, four) == {"a": 2.0, "b": 6.0}
+    assert seen == [["a", "b", "head"]] * 2  # every weight fed each time, one of them at 4 bits
 
 
 def test_choice_spends_the_share_on_the_largest_gains_per_weight():

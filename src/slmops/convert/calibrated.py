@@ -5,8 +5,8 @@ fastest at blocks of 64 or 128. Plain round-to-nearest at those blocks loses a l
 model (SmolLM2 +50-75% ΔPPL), because it weighs every input channel alike. Here every MatMul
 is quantized with the second moment of its input, measured on calibration text (the tail of
 the shipped eval text, so `slmops eval` never scores a token it was calibrated on), after the
-hidden state and the value heads are rotated so that no input channel stands out
-(:mod:`slmops.convert.rotation`, ``rotate``):
+hidden state, the value heads and the down projections' inputs are rotated so that no input
+channel stands out (:mod:`slmops.convert.rotation`, ``rotate``):
 
 - ``importance``: each block's scale and zero point are searched to minimise the error
   weighted by the mean squared activation of each input channel (the "importance matrix"
@@ -81,7 +81,9 @@ class CalibratedOptions:
     block_size: int = 128
     method: str = "gptq"  # "rtn" (range only), "importance" or "gptq"
     # the hidden state and value heads rotated first: all 4-bit GPTQ b64 KLD 0.143 -> 0.098-0.105 on SmolLM2,
-    # 0.145 -> 0.097 off the 4-bit grid; with 25% int8, 0.072 -> 0.062-0.067 off-grid, a wash on SmolLM2 (docs/quality.md)
+    # 0.145 -> 0.097 off the 4-bit grid; with 25% int8, 0.072 -> 0.062-0.067 off-grid, a wash on SmolLM2. The down
+    # projections' inputs too, in blocks of 64 (in order, 25% int8: SmolLM2 KLD 0.046 -> 0.044, off-grid 0.049 ->
+    # 0.046; Qwen2.5-Coder-0.5B on FP32 inputs 0.052 -> 0.045; docs/quality.md)
     rotate: bool = True
     # which random rotation: seeds 0/1/2 gave SmolLM2 top-1 85.7/85.0/85.4% on 16,352 tokens (88.5/86.7/84.6% on 2,303)
     rotation_seed: int = 0
@@ -96,8 +98,11 @@ class CalibratedOptions:
     # halve SmolLM2's ΔPPL for +13% size
     int8: tuple[str, ...] = ("down_proj",)
     # this share of the layer weights is 8-bit, the MatMuls chosen by measured gain per byte: at the
-    # size of all down_proj, SmolLM2 b64 KLD 0.075 -> 0.063, top-1 84.6% -> 87.0% (docs/quality.md)
-    int8_share: float = 0.25
+    # size of all down_proj, SmolLM2 b64 KLD 0.075 -> 0.063, top-1 84.6% -> 87.0%; each scored alone beside FP32
+    # weights rather than beside the others at 4 bits, 0.044 -> 0.041, off-grid 0.046 -> 0.042. 32% rather than
+    # 25% fills SmolLM2's export to 1.3x the builder's INT4 (116.5 MB): KLD 0.041 -> 0.038, top-1 89.7% -> 90.1%,
+    # off-grid 0.042 -> 0.039 and 89.6% -> 90.0%, for ~3% of decode speed (docs/quality.md)
+    int8_share: float = 0.32
     # GPTQ's diagonal damping, a fraction of the mean of H's diagonal: on 16,352 held-out tokens
     # SmolLM2's KLD was 0.089 at 0.001 and 0.01, 0.082-0.084 at 0.05-0.1, 0.087-0.091 at 0.2-0.3,
     # 0.100 at 1.0 (0.01 -> 0.1 at rotation seeds 0/1/2: -8/-5/-3%); off the 4-bit grid 0.01 -> 0.1
@@ -363,7 +368,7 @@ def quantize_calibrated(
     if options.rotate:
         why = rotate_export(model_dir, options.rotation_seed)
         notes += [f"the hidden state was not rotated before quantizing: {why}"] if why else []
-        echo(notes[0] if why else "rotated the hidden state and the value heads")
+        echo(notes[0] if why else "rotated the hidden state, the value heads and the down projections' inputs")
     # The weights stay in model.onnx.data and are read one at a time: in memory, the graph's
     # 4 bytes a parameter would sit beside every pass and scoring below (2 GB on a 0.5B model).
     model = onnx.load(str(path), load_external_data=False)
@@ -444,8 +449,12 @@ def _calibrate(model_dir: Path, options: CalibratedOptions, names: list[str] | N
 
 
 def _rounded(nodes, weights, options: CalibratedOptions) -> dict[str, Quantized]:
-    """Every node's weight at its bits, rounded to nearest."""
-    return {node.name: _quantize_weight(node.name, _weight(node, weights).T, None, options) for node in nodes}
+    """Every layer node's weight at its bits, rounded to nearest (the 8-bit candidates' 4 bits)."""
+    return {
+        node.name: _quantize_weight(node.name, _weight(node, weights).T, None, options)
+        for node in nodes
+        if node.name not in HEAD_NODES
+    }
 
 
 def _quantize_in_order(
@@ -586,20 +595,16 @@ def _int8_gains(model_dir: Path, model, nodes, weights, items, options: Calibrat
 
     by_weight = {node.input[1]: node for node in nodes}
     shapes = {name: tuple(weights[name].dims) for name in by_weight}  # [K, N]
-    four = {name: items[node.name].dequantize(shapes[name][0]).T.copy() for name, node in by_weight.items()}
     candidates = [name for name, node in by_weight.items() if node.name not in HEAD_NODES]
-    # One fp32 or 8-bit matrix at a time beside the 4-bit set: all three sets at once held three
-    # copies of the model's weights (18.7 GB at the peak of a 0.5B model's conversion).
-    fp32 = LazyWeights(list(by_weight), lambda name: _weight(by_weight[name], weights))
-    eight = LazyWeights(
-        candidates,
-        lambda name: _quantize_matrix(fp32[name].T, None, 8, options).dequantize(shapes[name][0]).T.copy(),
-    )
+    fp32 = {name: _weight(node, weights) for name, node in by_weight.items()}
+    # One 4-bit matrix at a time beside the FP32 set: all of a model's sets at once held three copies
+    # of its weights (18.7 GB at the peak of a 0.5B model's conversion).
+    four = LazyWeights(candidates, lambda name: items[by_weight[name].name].dequantize(shapes[name][0]).T.copy())
     feeds = CalibrationWindows(model_dir, options.sensitivity_windows, options.sensitivity_tokens).items
     for name in weights.keys() - by_weight.keys():  # the probe session is made from the graph's bytes
         weights.in_memory(name)
     divergence = Divergence(probe_session(model, list(by_weight)), feeds, fp32)
-    gains = int8_gains(divergence, four, eight, echo)
+    gains = int8_gains(divergence, fp32, four, echo)
     return {by_weight[name].name: gain for name, gain in gains.items()}
 
 

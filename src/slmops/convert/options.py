@@ -54,7 +54,7 @@ class QuantizationOptions(BaseModel):
         ge=0,
         le=1,
         description="calibrated only: the share of the layer weights kept 8-bit, the MatMuls whose 8 bits "
-        "measurably help most (default 0.25).",
+        "measurably help most (default 0.32).",
     )
     nodes_to_exclude: list[str] = Field(
         default_factory=list, description=f"MatMul nodes left unquantized, e.g. {LM_HEAD} (the LM head)."

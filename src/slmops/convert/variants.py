@@ -56,7 +56,7 @@ INT4_VARIANTS = {
         Variant("int4-k_quant_mixed-b128", "int4", {"algo": "k_quant_mixed", "block_size": 128}),
         Variant("int4-calibrated-b128", "int4", {"algo": "calibrated", "block_size": 128}),
         Variant("int4-calibrated-b64", "int4", {"algo": "calibrated", "block_size": 64}),
-        # more of the layer weights 8-bit, for models that lose too much at 25% (deploy tries them then)
+        # more of the layer weights 8-bit, for models that lose too much at 32% (deploy tries them then)
         Variant("int4-calibrated-b64-int8-50", "int4", {"algo": "calibrated", "block_size": 64, "int8_share": 0.5}),
         Variant("int4-calibrated-b64-int8-75", "int4", {"algo": "calibrated", "block_size": 64, "int8_share": 0.75}),
         # where block size does not change the kernel's speed (AVX2, Zen 5), finer scales: SmolLM2 KLD
