@@ -54,6 +54,7 @@ from slmops.convert.graph_file import (
     transposed_table,
 )
 from slmops.convert.matmul_nbits import stored_codes, stored_zero_points
+from slmops.convert.rotation import BLOCK as ROTATION_BLOCK
 from slmops.convert.rotation import LM_HEAD_NODE, ROTATION_NODE, rotate_export, value_heads
 from slmops.convert.screened_head import TOP_K, screened_head_nodes
 from slmops.convert.tied_head import RowBlocks, replace_gather
@@ -138,7 +139,9 @@ class CalibratedOptions:
         extra += f", 8-bit matrices in blocks of {self.int8_block}" if self.int8_block != self.block_size else ""
         awq = ("AWQ scales (o_proj too) + " if self.awq_o_proj else "AWQ scales + ") if self.awq else ""
         seed = f" (seed {self.rotation_seed})" if self.rotation_seed else ""
-        rotated = f"rotated{seed}, " if self.rotate else ""
+        rotated = (
+            f"rotated{seed} with the down projections' inputs in blocks of {ROTATION_BLOCK}, " if self.rotate else ""
+        )
         method = f"gptq (damping {self.damping:g})" if self.method == "gptq" else self.method
         method += " in graph order on the quantized model's inputs" if self._in_order else ""
         return (

@@ -28,7 +28,7 @@ from slmops.machine import key as machine_key
 # INT4 settings at the layouts onnxruntime's CPU kernels run fast (integer zero points): slmops'
 # calibrated quantizer at blocks of 64 (rotated, GPTQ in graph order on the quantized model's inputs, the
 # LM head read at 4 bits with its top tokens rescored, and the 32% of the layer weights whose 8 bits
-# measurably help most: SmolLM2 +1.5% ΔPPL, top-1 90.1%, KLD 0.038 on 32 windows of 512 tokens, in 117 MB)
+# measurably help most: SmolLM2 +1.5% ΔPPL, top-1 90.1%, KLD 0.038 on 32 windows of 512 tokens, in 116.5 MB)
 # and the builder's k_quant_mixed at 128;
 # docs/quality.md has the measured frontier. INT8 is measured beside them.
 INT4_CANDIDATES = ("int4-calibrated-b64", "int4-k_quant_mixed-b128")
