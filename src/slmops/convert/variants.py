@@ -60,7 +60,8 @@ INT4_VARIANTS = {
         Variant("int4-calibrated-b64-int8-50", "int4", {"algo": "calibrated", "block_size": 64, "int8_share": 0.5}),
         Variant("int4-calibrated-b64-int8-75", "int4", {"algo": "calibrated", "block_size": 64, "int8_share": 0.75}),
         # where block size does not change the kernel's speed (AVX2, Zen 5), finer scales: SmolLM2 KLD
-        # 0.082 -> 0.070, top-1 85.8% -> 86.9% on 16,352 held-out tokens, for 111 -> 116 MB (docs/quality.md)
+        # 0.082 -> 0.070, top-1 85.8% -> 86.9% on 16,352 held-out tokens, for 111 -> 116 MB (25% int8 and an
+        # 8-bit head then; at the 32% default it passes 117 MB, and 22% int8 fills it: docs/quality.md)
         Variant("int4-calibrated-b32", "int4", {"algo": "calibrated", "block_size": 32}),
         # a quantized GGUF's own blocks, exact (blocks of 32, convert/exact_import.py); requantizes any other source
         Variant("int4-gguf-exact", "int4", {"gguf_blocks": "exact", "block_size": 32}),
