@@ -130,10 +130,18 @@ def test_deploy_measures_once_per_machine_and_picks_by_the_rule(tiny_llama, tmp_
     assert set(model) == {"int4-k_quant_mixed-b128", "int4", INT8}
     report = json.loads((store.find("tiny-chosen").path / "deploy-report.json").read_text())
     assert report["choice"]["pick"] == "int4-k_quant_mixed-b128" and "delta_ppl_pct" in report["quality"]["figures"]
+    picked = model["int4-k_quant_mixed-b128"]
+    # the pick was scored while choosing, on the same windows: its eval reads that report
+    assert report["steps"][2]["summary"].endswith(", scored while choosing")
+    assert round(report["quality"]["figures"]["delta_ppl_pct"], 2) == picked["delta_ppl_pct"]
 
     second, shown = _deploy(tiny_llama, tmp_path, "tiny-chosen-again", max_ppl_increase=None)
     assert fake_speeds == [["int4", "int4-k_quant_mixed-b128", INT8]], "the second deploy measured nothing"
     assert second.variant == first.variant and "measured by an earlier deploy" in shown
+    # built after choosing from the book, so scored now: the same figures
+    again = json.loads((store.find("tiny-chosen-again").path / "deploy-report.json").read_text())
+    assert "scored while choosing" not in again["steps"][2]["summary"]
+    assert again["quality"]["figures"]["delta_ppl_pct"] == pytest.approx(report["quality"]["figures"]["delta_ppl_pct"])
 
 
 def test_auto_picks_int8_when_it_dominates_and_says_so(tiny_llama, tmp_path, fake_speeds, monkeypatch):

@@ -285,15 +285,22 @@ def saved_reference(reference: Path, windows: int) -> Path:
     return saved
 
 
+def scored_report(folder: Path) -> Path:
+    """Where a candidate's quality report is kept, beside its folder: deploy's eval of the pick reads it
+    rather than scoring the same windows against the same reference again."""
+    return folder.with_name(f"{folder.name}.quality.json")
+
+
 def _scored(folders: dict[str, Path], reference: Path, windows: int) -> dict[str, Measured]:
     """Size and quality against the reference; the speed is timed afterwards (``_Measurer._time_all``)."""
     from slmops.evaluate.quality import evaluate_quality
 
     logprobs = saved_reference(reference, windows)
-    quality = {
-        candidate: evaluate_quality(folder, reference=logprobs, show_progress=False).figures
-        for candidate, folder in folders.items()
-    }
+    quality = {}
+    for candidate, folder in folders.items():
+        report = evaluate_quality(folder, reference=logprobs, show_progress=False)
+        write_json(scored_report(folder), report.to_json())
+        quality[candidate] = report.figures
     return {
         candidate: Measured(
             candidate=candidate,

@@ -9,6 +9,7 @@ last step, atomically, so a failed, interrupted or killed deploy leaves it as it
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -107,9 +108,11 @@ def deploy(
             precision, quantization = result.precision, (picked if result.precision == "int4" else None)
         variant = _variant(precision, quantization)
         result.precision, result.quantization, result.variant = precision, dict(variant.quantization), variant.name
+        scored = None  # the pick's quality report, when it was scored while choosing
         with _step(result, f"convert to {variant.describe()}", echo):
             built = work / "candidates" / variant.name
             if built.exists():  # measured while choosing
+                scored = _read_scored(built)
                 built.rename(model_dir)
             else:
                 if variant.post_build and not (work / REFERENCE).exists():  # its FP32 graph is the eval's reference
@@ -118,7 +121,7 @@ def deploy(
             shutil.rmtree(work / "candidates", ignore_errors=True)
         if not skip_eval and precision != "fp32":
             with _step(result, f"eval against FP32 ({windows} windows of 512 tokens)", echo) as step:
-                step["summary"] = _evaluate(result, work, source, model_dir, windows, max_ppl_increase)
+                step["summary"] = _evaluate(result, work, source, model_dir, windows, max_ppl_increase, scored)
         if not (folder := read_model_folder(model_dir)).is_embedding:
             with _step(result, "measure what a drafted token costs on this CPU", echo) as step:
                 step["summary"] = _measure_draft_cost(folder)
@@ -165,28 +168,41 @@ def build(variant, source, folder: Path, fp32_folder: Path) -> None:
     build_variant(variant, source, folder, fp32_folder, name=folder.name)
 
 
-def _evaluate(result: DeployResult, work: Path, source, model_dir: Path, windows: int, max_ppl_increase) -> str:
-    from slmops.deploy.choice import saved_reference
+def _read_scored(candidate: Path) -> dict | None:
+    from slmops.deploy.choice import scored_report
+
+    report = scored_report(candidate)
+    return json.loads(report.read_text(encoding="utf-8")) if report.exists() else None
+
+
+def _evaluate(
+    result: DeployResult, work: Path, source, model_dir: Path, windows: int, max_ppl_increase, scored: dict | None
+) -> str:
+    from slmops.deploy.choice import REFERENCE_LOGPROBS, saved_reference
     from slmops.evaluate.quality import evaluate_quality
 
     reference = work / REFERENCE
-    if not reference.exists():
-        _convert(source, reference, "fp32", REFERENCE, None)
-    logprobs = saved_reference(reference, windows)  # saved while choosing, when deploy chose
-    quality = evaluate_quality(model_dir, reference=logprobs)
+    reused = False
+    if scored is not None and scored["windows"] == windows:  # the same windows, the same saved reference
+        quality, reused = {**scored, "model": str(model_dir)}, True
+    else:
+        if not reference.exists():
+            _convert(source, reference, "fp32", REFERENCE, None)
+        logprobs = saved_reference(reference, windows)  # saved while choosing, when deploy chose
+        quality = evaluate_quality(model_dir, reference=logprobs).to_json()
     shutil.rmtree(reference, ignore_errors=True)
-    shutil.rmtree(logprobs, ignore_errors=True)
-    result.quality = quality.to_json()
-    figures = quality.figures
+    shutil.rmtree(work / REFERENCE_LOGPROBS, ignore_errors=True)
+    result.quality = quality
+    figures = quality["figures"]
     summary = (
-        f"PPL {figures.ppl:.2f} vs {figures.ref_ppl:.2f} (ΔPPL {figures.delta_ppl_pct:+.1f}%), "
-        f"KLD {figures.kld_mean:.3f}, same top token {figures.same_top_pct:.1f}%"
+        f"PPL {figures['ppl']:.2f} vs {figures['ref_ppl']:.2f} (ΔPPL {figures['delta_ppl_pct']:+.1f}%), "
+        f"KLD {figures['kld_mean']:.3f}, same top token {figures['same_top_pct']:.1f}%"
     )
-    if max_ppl_increase is not None and figures.delta_ppl_pct > max_ppl_increase:
+    if max_ppl_increase is not None and figures["delta_ppl_pct"] > max_ppl_increase:
         raise DeployFailed(
             f"{summary}: ΔPPL is above the {max_ppl_increase:g}% limit; try --precision int8 or --max-ppl-increase."
         )
-    return summary
+    return summary + (", scored while choosing" if reused else "")
 
 
 def _validate(result: DeployResult, model_dir: Path, suite, min_pass: float, soak: int) -> str:
