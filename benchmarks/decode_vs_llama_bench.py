@@ -57,8 +57,8 @@ def main() -> None:
             rates[name].append(llama_bench(args.llama_bench, path, args.threads))
         print(f"round {number + 1}: " + ", ".join(f"{name} {v[-1]:.1f}" for name, v in rates.items()), flush=True)
     fastest = [max(rates[name][index] for name in ggufs) for index in range(args.rounds)]
-    report = {"cpu": describe_cpu().summary(), "threads": args.threads, "gguf": [str(p) for p in ggufs.values()]}
-    report["results"] = {}
+    gguf = [str(path) for path in ggufs.values()]
+    report = {"cpu": describe_cpu().summary(), "threads": args.threads, "gguf": gguf, "results": {}}
     print(report["cpu"])
     for name, values in rates.items():
         ratio = statistics.median(a / b for a, b in zip(values, fastest, strict=True))

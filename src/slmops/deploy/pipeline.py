@@ -182,9 +182,8 @@ def _evaluate(
     from slmops.evaluate.quality import evaluate_quality
 
     reference = work / REFERENCE
-    reused = False
-    if scored is not None and scored["windows"] == windows:  # the same windows, the same saved reference
-        quality, reused = {**scored, "model": str(model_dir)}, True
+    if scored is not None:  # scored while choosing: the same windows against the same saved log-probs
+        quality = {**scored, "model": str(model_dir)}
     else:
         if not reference.exists():
             _convert(source, reference, "fp32", REFERENCE, None)
@@ -202,7 +201,7 @@ def _evaluate(
         raise DeployFailed(
             f"{summary}: ΔPPL is above the {max_ppl_increase:g}% limit; try --precision int8 or --max-ppl-increase."
         )
-    return summary + (", scored while choosing" if reused else "")
+    return summary + (", scored while choosing" if scored is not None else "")
 
 
 def _validate(result: DeployResult, model_dir: Path, suite, min_pass: float, soak: int) -> str:
