@@ -10,8 +10,15 @@ The Python API under the `slmops` command::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+# OpenBLAS (numpy's BLAS) keeps its threads spinning for ~0.1 s after each product; a calibrated
+# build alternates numpy products with onnxruntime runs, whose threads then share cores with the
+# spinners (SmolLM2's build on a 2-core AVX2 Zen 3: 448 -> 417 s, the same bytes). Read once, when
+# numpy first loads OpenBLAS; a value the user set wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 if TYPE_CHECKING:
     from slmops.runtime import Embedder, Model
