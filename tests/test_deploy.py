@@ -119,7 +119,7 @@ def test_existing_name_is_refused_before_any_work(tiny_llama, tmp_path, monkeypa
         suite=_suite(tmp_path, PASSING_SUITE),
         echo=lambda line: None,
     )
-    monkeypatch.setattr(deploys, "_convert", lambda *args: pytest.fail("converted although the name is taken"))
+    monkeypatch.setattr(deploys, "build", lambda *args: pytest.fail("converted although the name is taken"))
     with pytest.raises(UsageError, match="already in the cache.*--force"):
         deploys.deploy(tiny_llama, name="TINY-twice", echo=lambda line: None)
 
@@ -224,3 +224,41 @@ def test_deploy_builds_the_hqq_variant_from_the_fp32_export(tiny_llama, tmp_path
     assert result.variant == "int4-hqq-b32-lm_head-fp32" and entry.inference_model.Name == "tiny-hqq"
     assert json.loads((entry.path / "conversion.json").read_text())["quantization"]["algo"] == "hqq"
     assert 0 < result.quality["figures"]["kld_mean"] < 1
+
+
+def test_a_deploy_built_the_same_way_before_is_copied_not_built_again(tiny_llama, tmp_path, monkeypatch):
+    first = deploys.deploy(tiny_llama, name="tiny-first", quantization={}, echo=lambda line: None, **_cheap(tmp_path))
+    built: list[str] = []
+    build = deploys.build
+    monkeypatch.setattr(deploys, "build", lambda variant, *args: built.append(variant.name) or build(variant, *args))
+    lines: list[str] = []
+    again = deploys.deploy(tiny_llama, name="tiny-again", quantization={}, echo=lines.append, **_cheap(tmp_path))
+    assert built == [] and again.build == first.build and again.build["source_sha256"]
+    shown = "\n".join(lines)
+    assert "the export of tiny-first in the cache, built from the same source with the same settings" in shown
+    assert "scored when tiny-first was deployed" in shown
+    old, new = store.find("tiny-first").path, store.find("tiny-again").path
+    assert (old / "model.onnx.data").read_bytes() == (new / "model.onnx.data").read_bytes()
+    assert again.quality["figures"] == first.quality["figures"] and again.quality["model"] != first.quality["model"]
+    assert store.find("tiny-again").inference_model.Name == "tiny-again" and (new / draft_cost.FILENAME).exists()
+    assert store.find("tiny-first").valid, "the earlier model is left as it was"
+
+    # other eval windows: the same export, scored again
+    more = deploys.deploy(
+        tiny_llama,
+        name="tiny-first",
+        quantization={},
+        force=True,
+        echo=lambda line: None,
+        **{**_cheap(tmp_path), "windows": 2},
+    )
+    assert built == [] and more.quality["windows"] == 2 and "scored when" not in more.steps[2]["summary"]
+
+    # built by other libraries than the installed ones: built again
+    for entry in ("tiny-first", "tiny-again"):
+        path = store.find(entry).path / "deploy-report.json"
+        report = json.loads(path.read_text())
+        report["build"]["versions"]["onnxruntime"] = "0.0.1"
+        path.write_text(json.dumps(report))
+    deploys.deploy(tiny_llama, name="tiny-third", quantization={}, echo=lambda line: None, **_cheap(tmp_path))
+    assert built == ["int4"]

@@ -9,7 +9,8 @@ model in a fresh process) and picks by one rule: **within the quality budget
 
 What was measured is kept in ``$SLMOPS_HOME/deploy-measurements.json``, keyed by the CPU
 (model and flags), the model (its source's sha256) and the candidate, so a second deploy of
-the same model on the same machine builds only the one it picks.
+the same model on the same machine builds only the one it picks, and not even that while the
+cache holds it (slmops.deploy.reuse).
 """
 
 from __future__ import annotations
@@ -173,19 +174,22 @@ def choose(
     max_ppl_increase: float | None,
     windows: int,
     candidates: tuple[str, ...] | None = None,
+    source_sha: str | None = None,
     echo=lambda line: None,
 ) -> tuple[Choice, dict[str, Path]]:
     """Measure the candidates not yet measured on this machine, then pick; returns the folders built.
 
     INT8 is always measured, so `deploy` can say when it beats every INT4 candidate; it is
     picked only with ``any_precision`` (`--precision auto`). While the calibrated export is over
-    the budget, it is made again with more 8-bit weights (CALIBRATED_STEPS).
+    the budget, it is made again with more 8-bit weights (CALIBRATED_STEPS). ``source_sha``: the
+    source's sha256, when the caller has it already.
     """
     from slmops.convert.sources import inspect_source, source_hash
 
     info = inspect_source(source)
     book = MeasurementBook()
-    measure = _Measurer(book, machine_key(), source_hash(info), (source, work, reference, name, windows), echo)
+    model = source_sha or source_hash(info)
+    measure = _Measurer(book, machine_key(), model, (source, work, reference, name, windows), echo)
     rows = measure(candidates or default_candidates(info))
     for previous, candidate in zip(CALIBRATED_STEPS, CALIBRATED_STEPS[1:]):
         last = next((row for row in rows if row.candidate == previous), None)
@@ -223,6 +227,7 @@ class _Measurer:
         missing = [candidate for candidate, row in known.items() if row is None]
         if missing:
             self.echo(f"    measuring {', '.join(missing)} on this CPU (kept in {self.book.path} for the next deploy)")
+            reference_export(source, reference)
             built = {candidate: _build(candidate, source, work, reference, name) for candidate in missing}
             for candidate, row in _scored(built, reference, windows).items():
                 known[candidate] = self.rows[candidate] = row
@@ -259,11 +264,25 @@ def _variant(candidate: str):
 
 def how(candidate: str) -> str:
     """The candidate's conversion as its report says it, the quantizer's settings included."""
+    return build_note(_variant(candidate))
+
+
+def build_note(variant) -> str:
+    """A variant's conversion as its report says it, the quantizer's settings included."""
     from slmops.convert.weight_only import note
 
-    variant = _variant(candidate)
     options = variant.options()
     return note(options) if variant.post_build and options is not None else variant.describe()
+
+
+def reference_export(source: Path | None, reference: Path) -> Path:
+    """The FP32 export the candidates are scored against and the post-build quantizers start from,
+    converted the first time a deploy needs it."""
+    if not reference.exists():
+        from slmops.convert import convert
+
+        convert(source, reference, precision="fp32", name=reference.name, log_level=0)
+    return reference
 
 
 def _build(candidate: str, source: Path | None, work: Path, reference: Path, name: str) -> Path:

@@ -51,6 +51,7 @@ class DeployResult:
     quality: dict | None = None
     validation: dict | None = None
     choice: dict | None = None  # the candidates measured on this CPU and the rule's pick
+    build: dict | None = None  # what made the export's bytes: a later deploy with the same copies it (deploy/reuse.py)
     cached_path: str | None = None
     report_path: str | None = None
     # the eval and validation figures hold for this CPU: onnxruntime picks its kernels by instruction set
@@ -95,6 +96,8 @@ def deploy(
         DeployFailed: a step failed; its report is saved and the cache is unchanged.
     """
     from slmops.cache import store
+    from slmops.convert.sources import inspect_source, source_hash
+    from slmops.deploy import reuse
 
     store.check_name(name)
     _refuse_existing(name, force)
@@ -102,22 +105,29 @@ def deploy(
     try:
         result = DeployResult(name, precision, {})
         model_dir = work / name
+        source_sha = source_hash(inspect_source(source))
         if precision == "auto" or (precision == "int4" and quantization is None):
             with _step(result, "choose on this CPU", echo) as step:
-                picked, step["summary"] = _choose(result, work, source, windows, max_ppl_increase, echo)
+                picked, step["summary"] = _choose(result, work, source, source_sha, windows, max_ppl_increase, echo)
             precision, quantization = result.precision, (picked if result.precision == "int4" else None)
         variant = _variant(precision, quantization)
         result.precision, result.quantization, result.variant = precision, dict(variant.quantization), variant.name
-        scored = None  # the pick's quality report, when it was scored while choosing
-        with _step(result, f"convert to {variant.describe()}", echo):
+        result.build = reuse.build_key(source_sha, variant)
+        scored = None  # the pick's quality report and where it comes from, when it was scored already
+        with _step(result, f"convert to {variant.describe()}", echo) as step:
             built = work / "candidates" / variant.name
             if built.exists():  # measured while choosing
-                scored = _read_scored(built)
+                scored = _scored_as(_read_scored(built), "scored while choosing")
                 built.rename(model_dir)
+            elif earlier := reuse.find_earlier(result.build):
+                reuse.copy_export(earlier.path, model_dir)
+                scored = _scored_as(reuse.scores_on(earlier, windows), f"scored when {earlier.name} was deployed")
+                step["summary"] = (
+                    f"the export of {earlier.name} in the cache, built from the same source with the same settings "
+                    "and libraries on this CPU, copied (`slmops cache remove` it to build afresh)"
+                )
             else:
-                if variant.post_build and not (work / REFERENCE).exists():  # its FP32 graph is the eval's reference
-                    _convert(source, work / REFERENCE, "fp32", REFERENCE, None)
-                build(variant, source, model_dir, work / REFERENCE)
+                build(variant, source, model_dir, _reference(source, work) if variant.post_build else None)
             shutil.rmtree(work / "candidates", ignore_errors=True)
         if not skip_eval and precision != "fp32":
             with _step(result, f"eval against FP32 ({windows} windows of 512 tokens)", echo) as step:
@@ -155,17 +165,16 @@ def _variant(precision: str, quantization: dict | str | None):
     return Variant(precision if not settings_ else f"{precision}-custom", precision, dict(settings_))
 
 
-def _convert(source, folder: Path, precision: str, name: str, quantization: dict | None) -> None:
-    from slmops.convert import QuantizationOptions, convert
-
-    options = QuantizationOptions(**quantization) if quantization and precision in ("int4", "int8") else None
-    convert(source, folder, precision=precision, name=name, quantization=options, log_level=0)
-
-
-def build(variant, source, folder: Path, fp32_folder: Path) -> None:
+def build(variant, source, folder: Path, fp32_folder: Path | None) -> None:
     from slmops.convert.variants import build as build_variant
 
     build_variant(variant, source, folder, fp32_folder, name=folder.name)
+
+
+def _reference(source, work: Path) -> Path:
+    from slmops.deploy.choice import reference_export
+
+    return reference_export(source, work / REFERENCE)
 
 
 def _read_scored(candidate: Path) -> dict | None:
@@ -175,19 +184,28 @@ def _read_scored(candidate: Path) -> dict | None:
     return json.loads(report.read_text(encoding="utf-8")) if report.exists() else None
 
 
+def _scored_as(quality: dict | None, how: str) -> tuple[dict, str] | None:
+    """An eval report of the pick made before this step, and how the eval step names it."""
+    return (quality, how) if quality is not None else None
+
+
 def _evaluate(
-    result: DeployResult, work: Path, source, model_dir: Path, windows: int, max_ppl_increase, scored: dict | None
+    result: DeployResult,
+    work: Path,
+    source,
+    model_dir: Path,
+    windows: int,
+    max_ppl_increase,
+    scored: tuple[dict, str] | None,
 ) -> str:
     from slmops.deploy.choice import REFERENCE_LOGPROBS, saved_reference
     from slmops.evaluate.quality import evaluate_quality
 
     reference = work / REFERENCE
-    if scored is not None:  # scored while choosing: the same windows against the same saved log-probs
-        quality = {**scored, "model": str(model_dir)}
+    if scored is not None:  # the same bytes on the same windows against the same FP32 log-probs
+        quality = {**scored[0], "model": str(model_dir)}
     else:
-        if not reference.exists():
-            _convert(source, reference, "fp32", REFERENCE, None)
-        logprobs = saved_reference(reference, windows)  # saved while choosing, when deploy chose
+        logprobs = saved_reference(_reference(source, work), windows)  # saved while choosing, when deploy chose
         quality = evaluate_quality(model_dir, reference=logprobs).to_json()
     shutil.rmtree(reference, ignore_errors=True)
     shutil.rmtree(work / REFERENCE_LOGPROBS, ignore_errors=True)
@@ -201,7 +219,7 @@ def _evaluate(
         raise DeployFailed(
             f"{summary}: ΔPPL is above the {max_ppl_increase:g}% limit; try --precision int8 or --max-ppl-increase."
         )
-    return summary + (", scored while choosing" if scored is not None else "")
+    return summary + (f", {scored[1]}" if scored is not None else "")
 
 
 def _validate(result: DeployResult, model_dir: Path, suite, min_pass: float, soak: int) -> str:
@@ -234,13 +252,13 @@ def _measure_draft_cost(folder: ModelFolder) -> str:
     return f"{cost.position_cost:.2f} decode steps a drafted token"
 
 
-def _choose(result: DeployResult, work: Path, source, windows: int, max_ppl_increase, echo) -> tuple[str, str]:
+def _choose(
+    result: DeployResult, work: Path, source, source_sha: str, windows: int, max_ppl_increase, echo
+) -> tuple[str, str]:
     """Pick the export by its measured speed here; returns the candidate's name and the step's summary."""
     from slmops.deploy.choice import choose
 
     any_precision = result.precision == "auto"
-    if not (work / REFERENCE).exists():
-        _convert(source, work / REFERENCE, "fp32", REFERENCE, None)
     choice, _ = choose(
         source,
         work,
@@ -249,6 +267,7 @@ def _choose(result: DeployResult, work: Path, source, windows: int, max_ppl_incr
         any_precision=any_precision,
         max_ppl_increase=max_ppl_increase,
         windows=windows,
+        source_sha=source_sha,
         echo=echo,
     )
     result.choice = choice.to_json()
