@@ -262,3 +262,15 @@ def test_a_deploy_built_the_same_way_before_is_copied_not_built_again(tiny_llama
         path.write_text(json.dumps(report))
     deploys.deploy(tiny_llama, name="tiny-third", quantization={}, echo=lambda line: None, **_cheap(tmp_path))
     assert built == ["int4"]
+
+
+def test_a_source_that_is_not_a_model_stops_the_deploy_in_one_line_before_any_work(tmp_path):
+    from slmops.errors import SlmopsError
+
+    broken = tmp_path / "broken.gguf"
+    broken.write_text("{", encoding="utf-8")
+    before = _cache_files()
+    with pytest.raises(SlmopsError) as stopped:
+        deploys.deploy(broken, name="tiny-broken", echo=lambda line: None)
+    assert str(stopped.value) == f"{broken} is not a GGUF file; pass a .gguf file or a Hugging Face model folder."
+    assert _cache_files() == before and not list((deploys.settings.home() / "tmp").iterdir())

@@ -146,6 +146,22 @@ def test_deploy_measures_once_per_machine_and_picks_by_the_rule(tiny_llama, tmp_
     assert again["quality"]["figures"] == report["quality"]["figures"] and again["build"] == report["build"]
 
 
+def test_measuring_again_copies_the_candidates_the_cache_holds(tiny_llama, tmp_path, fake_speeds, monkeypatch):
+    from slmops.convert import variants
+
+    first, _ = _deploy(tiny_llama, tmp_path, "tiny-first", max_ppl_increase=None)
+    (deploys.settings.home() / choice.BOOK).unlink()  # measure again, say on an idle machine
+    built: list[str] = []
+    build = variants.build
+    monkeypatch.setattr(
+        variants, "build", lambda variant, *args, **kw: built.append(variant.name) or build(variant, *args, **kw)
+    )
+    again, _ = _deploy(tiny_llama, tmp_path, "tiny-measured-again", max_ppl_increase=None)
+    assert fake_speeds[-1] == ["int4", "int4-k_quant_mixed-b128", INT8], "every candidate timed again"
+    assert built == ["int4", INT8], "the pick was copied from the cache, the others built"
+    assert again.variant == first.variant and again.build == first.build
+
+
 def test_auto_picks_int8_when_it_dominates_and_says_so(tiny_llama, tmp_path, fake_speeds, monkeypatch):
     rows = {
         "int4-k_quant_mixed-b128": row("int4-k_quant_mixed-b128", 200, 20.0, 90),

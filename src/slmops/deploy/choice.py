@@ -228,7 +228,7 @@ class _Measurer:
         if missing:
             self.echo(f"    measuring {', '.join(missing)} on this CPU (kept in {self.book.path} for the next deploy)")
             reference_export(source, reference)
-            built = {candidate: _build(candidate, source, work, reference, name) for candidate in missing}
+            built = {candidate: _build(candidate, source, work, reference, name, self.model) for candidate in missing}
             for candidate, row in _scored(built, reference, windows).items():
                 known[candidate] = self.rows[candidate] = row
             self.folders.update(built)
@@ -264,15 +264,9 @@ def _variant(candidate: str):
 
 def how(candidate: str) -> str:
     """The candidate's conversion as its report says it, the quantizer's settings included."""
+    from slmops.deploy.reuse import build_note
+
     return build_note(_variant(candidate))
-
-
-def build_note(variant) -> str:
-    """A variant's conversion as its report says it, the quantizer's settings included."""
-    from slmops.convert.weight_only import note
-
-    options = variant.options()
-    return note(options) if variant.post_build and options is not None else variant.describe()
 
 
 def reference_export(source: Path | None, reference: Path) -> Path:
@@ -285,12 +279,18 @@ def reference_export(source: Path | None, reference: Path) -> Path:
     return reference
 
 
-def _build(candidate: str, source: Path | None, work: Path, reference: Path, name: str) -> Path:
+def _build(candidate: str, source: Path | None, work: Path, reference: Path, name: str, model: str) -> Path:
+    """The candidate's export: copied from the cache when a deploy built it the same way here, else built."""
     from slmops.convert.variants import build
+    from slmops.deploy import reuse
 
+    folder = work / "candidates" / candidate
+    if earlier := reuse.find_earlier(reuse.build_key(model, _variant(candidate))):
+        reuse.copy_export(earlier.path, folder)
+        return folder
     # the calibrated steps differ only in their share of 8-bit weights: each starts from the one before
     steps = work / "calibrated-steps"
-    return build(_variant(candidate), source, work / "candidates" / candidate, reference, name=name, steps=steps)
+    return build(_variant(candidate), source, folder, reference, name=name, steps=steps)
 
 
 def saved_reference(reference: Path, windows: int) -> Path:

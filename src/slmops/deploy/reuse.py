@@ -1,4 +1,5 @@
-"""A deploy of a source already deployed the same way on this CPU copies that export instead of building it.
+"""A deploy of a source already deployed the same way on this CPU copies that export instead of building it
+(its pick, or a candidate it measures again).
 
 The calibrated INT4 build is most of a first deploy (SmolLM2 on a 2-core AVX2 Zen 3: 422 of 633 s).
 A cached model whose deploy report records the same build (the source's sha256, the variant, the
@@ -28,10 +29,17 @@ class EarlierExport:
     quality: dict | None  # its eval against the FP32 export, as its deploy report keeps it
 
 
+def build_note(variant) -> str:
+    """A variant's conversion as its report says it, the quantizer's settings included."""
+    from slmops.convert.weight_only import note
+
+    options = variant.options()
+    return note(options) if variant.post_build and options is not None else variant.describe()
+
+
 def build_key(source_sha: str, variant) -> dict:
     """What makes an export's bytes: two deploys with the same key build the same files."""
     from slmops.convert.report import library_versions
-    from slmops.deploy.choice import build_note
     from slmops.machine import key as machine_key
 
     return {
