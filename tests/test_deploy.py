@@ -274,3 +274,14 @@ def test_a_source_that_is_not_a_model_stops_the_deploy_in_one_line_before_any_wo
         deploys.deploy(broken, name="tiny-broken", echo=lambda line: None)
     assert str(stopped.value) == f"{broken} is not a GGUF file; pass a .gguf file or a Hugging Face model folder."
     assert _cache_files() == before and not list((deploys.settings.home() / "tmp").iterdir())
+
+
+def test_the_calibrated_build_says_what_it_is_doing(tiny_llama, tmp_path):
+    lines: list[str] = []
+    deploys.deploy(
+        tiny_llama, name="tiny-calibrated", quantization="int4-calibrated-b64", echo=lines.append, **_cheap(tmp_path)
+    )
+    step = lines.index(next(line for line in lines if line.startswith("[1] convert")))
+    said = lines[step + 1 : lines.index(next(line for line in lines if line.startswith("[2]")))]
+    assert any(line.startswith("    calibrating on ") for line in said), said
+    assert said[-1].startswith("    done in ")

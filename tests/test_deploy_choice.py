@@ -124,6 +124,8 @@ def _deploy(tiny_llama, tmp_path, name, **options):
 def test_deploy_measures_once_per_machine_and_picks_by_the_rule(tiny_llama, tmp_path, fake_speeds):
     first, shown = _deploy(tiny_llama, tmp_path, "tiny-chosen", max_ppl_increase=None)
     assert first.variant == "int4-k_quant_mixed-b128"  # the fastest INT4; INT8 is faster but not an INT4
+    # minutes of building on a small CPU: each export says when it starts and ends
+    assert "    int4: building\n    int4: built in " in shown and "    scoring 3 against the FP32 export" in shown
     book = json.loads((deploys.settings.home() / choice.BOOK).read_text())
     [machine] = book
     assert machine == choice.machine_key()

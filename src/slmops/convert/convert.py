@@ -206,7 +206,7 @@ def _build(
         from slmops.convert.weight_only import note, quantize_graph
 
         with stages.stage(f"quantize ({quantization.algo})"):
-            notes = quantize_graph(model_dir, quantization)
+            notes = quantize_graph(model_dir, quantization, echo=stages.say)
         report.notes += [note(quantization), *notes]
     elif graph_precision != precision:
         from slmops.convert.float_storage import store_weights_as

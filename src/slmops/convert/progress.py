@@ -55,6 +55,11 @@ class Stages:
         if layer is not None and self._current is not None:
             self.progress.update(self._current[1], completed=layer + 1)
 
+    def say(self, line: str) -> None:
+        """A line about the current stage, above the bars (a stage of minutes says what it is doing)."""
+        if self.log_level >= 1:
+            self.progress.console.print(f"  {line}")
+
     def durations(self) -> dict[str, float]:
         self._finish()
         return {name: round(seconds, 2) for name, seconds in self._times.items()}

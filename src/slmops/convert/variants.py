@@ -8,6 +8,7 @@ instead of building it again (:func:`slmops.convert.weight_only.quantize_export`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,14 +112,16 @@ def build(
     fp32_folder: Path | None = None,
     name: str | None = None,
     steps: Path | None = None,
+    echo: Callable[[str], object] = lambda line: None,
 ) -> Path:
     """Convert ``source`` as ``variant`` into ``output``; HQQ, GPTQ and calibrated start from ``fp32_folder``
-    when given, calibrated variants sharing their work in ``steps`` (see calibrated.SharedSteps)."""
+    when given, calibrated variants sharing their work in ``steps`` (see calibrated.SharedSteps) and
+    saying what they do through ``echo``."""
     from slmops.convert import convert
     from slmops.convert.weight_only import quantize_export
 
     if variant.post_build and fp32_folder is not None:
-        return quantize_export(fp32_folder, output, variant.options(), name, steps)
+        return quantize_export(fp32_folder, output, variant.options(), name, steps, echo)
     convert(
         source,
         output,

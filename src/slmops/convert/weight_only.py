@@ -31,17 +31,20 @@ CALIBRATION_TOKENS = 128
 GPTQ_BLOCK = 128  # columns updated per step of GPTQ's error correction (not the quantization block)
 
 
-def quantize_graph(model_dir: Path, options: QuantizationOptions, steps: Path | None = None) -> list[str]:
+def quantize_graph(
+    model_dir: Path, options: QuantizationOptions, steps: Path | None = None, echo=lambda line: None
+) -> list[str]:
     """Replace model.onnx(+data) in ``model_dir`` (an FP32 export) by its INT4 version; returns notes for its report.
 
-    ``steps``: where calibrated exports of one model share their work (calibrated.SharedSteps).
+    ``steps``: where calibrated exports of one model share their work (calibrated.SharedSteps); ``echo``:
+    where the calibrated quantizer says what it is doing (minutes on a small CPU).
     """
     import onnx
 
     if options.algo == "calibrated":
         from slmops.convert.calibrated import quantize_calibrated
 
-        return quantize_calibrated(model_dir, calibrated_options(options), steps=steps)
+        return quantize_calibrated(model_dir, calibrated_options(options), echo, steps=steps)
     path = Path(model_dir) / "model.onnx"
     # The quantizer logs a line per node at INFO.
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
@@ -106,7 +109,12 @@ def _algo_config(options: QuantizationOptions, model_dir: Path):
 
 
 def quantize_export(
-    fp32_folder: Path, output: Path, options: QuantizationOptions, name: str | None = None, steps: Path | None = None
+    fp32_folder: Path,
+    output: Path,
+    options: QuantizationOptions,
+    name: str | None = None,
+    steps: Path | None = None,
+    echo=lambda line: None,
 ) -> Path:
     """An INT4 model folder at ``output`` from an FP32 slmops export, without building again.
 
@@ -117,7 +125,7 @@ def quantize_export(
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(fp32_folder, staging)
     try:
-        notes = quantize_graph(staging, options, steps)
+        notes = quantize_graph(staging, options, steps, echo)
         _record(staging, options, name or output.name, notes)
         shutil.rmtree(output, ignore_errors=True)
         staging.rename(output)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -228,7 +229,11 @@ class _Measurer:
         if missing:
             self.echo(f"    measuring {', '.join(missing)} on this CPU (kept in {self.book.path} for the next deploy)")
             reference_export(source, reference)
-            built = {candidate: _build(candidate, source, work, reference, name, self.model) for candidate in missing}
+            built = {
+                candidate: _build(candidate, source, work, reference, name, self.model, self.echo)
+                for candidate in missing
+            }
+            self.echo(f"    scoring {len(built)} against the FP32 export ({windows} windows of 512 tokens)")
             for candidate, row in _scored(built, reference, windows).items():
                 known[candidate] = self.rows[candidate] = row
             self.folders.update(built)
@@ -238,6 +243,7 @@ class _Measurer:
     def _time_all(self) -> None:
         """Decode speeds of every export built so far, in one interleaved run: a shared host's speed
         drifts by tens of percent within minutes, so speeds measured apart do not compare."""
+        self.echo(f"    timing the decode speeds of {len(self.folders)} ({SPEED_ROUNDS} interleaved rounds)")
         speeds = measure_speeds(self.folders)
         load = [round(value, 2) for value in os.getloadavg()]
         for candidate, samples in speeds.items():
@@ -279,7 +285,9 @@ def reference_export(source: Path | None, reference: Path) -> Path:
     return reference
 
 
-def _build(candidate: str, source: Path | None, work: Path, reference: Path, name: str, model: str) -> Path:
+def _build(
+    candidate: str, source: Path | None, work: Path, reference: Path, name: str, model: str, echo=lambda line: None
+) -> Path:
     """The candidate's export: copied from the cache when a deploy built it the same way here, else built."""
     from slmops.convert.variants import build
     from slmops.deploy import reuse
@@ -287,10 +295,17 @@ def _build(candidate: str, source: Path | None, work: Path, reference: Path, nam
     folder = work / "candidates" / candidate
     if earlier := reuse.find_earlier(reuse.build_key(model, _variant(candidate))):
         reuse.copy_export(earlier.path, folder)
+        echo(f"    {candidate}: copied from {earlier.name} in the cache, built the same way")
         return folder
+    echo(f"    {candidate}: building")
+    started = time.perf_counter()
     # the calibrated steps differ only in their share of 8-bit weights: each starts from the one before
     steps = work / "calibrated-steps"
-    return build(_variant(candidate), source, folder, reference, name=name, steps=steps)
+    build(
+        _variant(candidate), source, folder, reference, name=name, steps=steps, echo=lambda line: echo(f"      {line}")
+    )
+    echo(f"    {candidate}: built in {time.perf_counter() - started:.0f} s")
+    return folder
 
 
 def saved_reference(reference: Path, windows: int) -> Path:

@@ -127,7 +127,8 @@ def deploy(
                     "and libraries on this CPU, copied (`slmops cache remove` it to build afresh)"
                 )
             else:
-                build(variant, source, model_dir, _reference(source, work) if variant.post_build else None)
+                fp32 = _reference(source, work) if variant.post_build else None
+                build(variant, source, model_dir, fp32, lambda line: echo(f"    {line}"))
             shutil.rmtree(work / "candidates", ignore_errors=True)
         if not skip_eval and precision != "fp32":
             with _step(result, f"eval against FP32 ({windows} windows of 512 tokens)", echo) as step:
@@ -165,10 +166,10 @@ def _variant(precision: str, quantization: dict | str | None):
     return Variant(precision if not settings_ else f"{precision}-custom", precision, dict(settings_))
 
 
-def build(variant, source, folder: Path, fp32_folder: Path | None) -> None:
+def build(variant, source, folder: Path, fp32_folder: Path | None, echo=lambda line: None) -> None:
     from slmops.convert.variants import build as build_variant
 
-    build_variant(variant, source, folder, fp32_folder, name=folder.name)
+    build_variant(variant, source, folder, fp32_folder, name=folder.name, echo=echo)
 
 
 def _reference(source, work: Path) -> Path:
