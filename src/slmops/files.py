@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,3 +19,12 @@ def write_json(path: str | Path, data: Any, default: Callable[[Any], Any] | None
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=default) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def link_or_copy(source: str | Path, destination: str | Path) -> None:
+    """A hard link to ``source`` at ``destination`` (no bytes copied), or a copy where the file system
+    cannot link (another device); for files nothing writes in place."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)

@@ -22,6 +22,7 @@ from slmops.convert.report import FILENAME as REPORT_FILE
 from slmops.convert.report import ConversionReport
 from slmops.convert.sources import inspect_source, source_hash
 from slmops.errors import UsageError, first_problem
+from slmops.files import link_or_copy
 
 CPU_PROVIDER = "CPUExecutionProvider"
 
@@ -291,14 +292,7 @@ def _publish(entry: Path, output: Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.publish-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(entry, staging, copy_function=_link_or_copy)
+    shutil.copytree(entry, staging, copy_function=link_or_copy)
     if output.exists():
         shutil.rmtree(output)
     os.replace(staging, output)
-
-
-def _link_or_copy(source: str, destination: str) -> None:
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copy2(source, destination)

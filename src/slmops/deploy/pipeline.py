@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from slmops import settings
+from slmops.deploy.reuse import REPORT, REPORT_MARKDOWN
 from slmops.errors import SlmopsError, UsageError
 from slmops.files import write_json
 from slmops.machine import cpu_summary, describe_cpu
@@ -144,7 +145,7 @@ def deploy(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result.cached_path = str(entry.path)
-    result.report_path = str(Path(entry.path) / "deploy-report.json")
+    result.report_path = str(Path(entry.path) / REPORT)
     return result
 
 
@@ -320,8 +321,8 @@ def settings_text(quantization: dict | None) -> str:
 
 def _write_report(result: DeployResult, folder: Path) -> None:
     """The report travels inside the model folder, so the cache entry carries its evidence."""
-    write_json(folder / "deploy-report.json", result.to_json(), default=str)
-    (folder / "deploy-report.md").write_text(report_markdown(result), encoding="utf-8")
+    write_json(folder / REPORT, result.to_json(), default=str)
+    (folder / REPORT_MARKDOWN).write_text(report_markdown(result), encoding="utf-8")
 
 
 def report_markdown(result: DeployResult) -> str:

@@ -11,12 +11,14 @@ the same eval windows, its scores kept. `slmops cache remove NAME` makes the nex
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from slmops.files import link_or_copy
+
 REPORT = "deploy-report.json"
+REPORT_MARKDOWN = "deploy-report.md"
 LINKED_FROM_BYTES = 1 << 20  # files this large (the weights) are hard-linked: nothing writes them
 
 
@@ -75,7 +77,7 @@ def copy_export(earlier: Path, folder: Path) -> None:
     from slmops.modelfolder import draft_cost
     from slmops.modelfolder.inference_model import FILENAME
 
-    made_again = {REPORT, "deploy-report.md", draft_cost.FILENAME, FILENAME, MARKER}
+    made_again = {REPORT, REPORT_MARKDOWN, draft_cost.FILENAME, FILENAME, MARKER}
     folder.mkdir(parents=True)
     for item in sorted(earlier.iterdir()):
         target = folder / item.name
@@ -84,7 +86,7 @@ def copy_export(earlier: Path, folder: Path) -> None:
         if item.is_dir():
             shutil.copytree(item, target)
         elif item.stat().st_size >= LINKED_FROM_BYTES:
-            _link_or_copy(item, target)
+            link_or_copy(item, target)
         else:
             shutil.copy2(item, target)
 
@@ -93,10 +95,3 @@ def scores_on(earlier: EarlierExport, windows: int) -> dict | None:
     """Its eval report when it was scored on ``windows`` windows, as this deploy would score it."""
     quality = earlier.quality
     return quality if isinstance(quality, dict) and quality.get("windows") == windows else None
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source.resolve(), target)
-    except OSError:
-        shutil.copy2(source, target)
