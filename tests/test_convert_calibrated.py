@@ -20,6 +20,7 @@ from slmops.convert.calibrated import (
     _value_fold,
     _weight_matmuls,
     gptq_rows,
+    inverse_factor,
     quantize_calibrated,
     quantize_rows,
     screened_rows,
@@ -59,6 +60,15 @@ def test_importance_search_and_gptq_cut_the_output_error_of_round_to_nearest():
     gptq = output_error(w, gptq_rows(w, hessian, 64, 4), x)
     assert weighted < plain * 0.9
     assert gptq < weighted
+
+
+def test_gptq_feeds_errors_through_the_upper_cholesky_factor_of_the_inverse():
+    x = correlated_inputs(96, tokens=400)
+    h = x.T.astype(np.float64) @ x + np.eye(96)
+    upper = inverse_factor(h)
+    assert np.allclose(np.tril(upper, -1), 0) and np.all(np.diag(upper) > 0)
+    assert np.allclose(upper.T @ upper, np.linalg.inv(h), rtol=1e-8, atol=1e-12)
+    assert np.allclose(upper, np.linalg.cholesky(np.linalg.inv(h)).T, rtol=1e-7, atol=1e-12)
 
 
 def test_gptq_damping_trades_fit_to_the_calibration_inputs_for_distance_from_the_weights():

@@ -70,6 +70,7 @@ class Divergence:
     def __init__(self, session, feeds: list[dict], reference: Mapping[str, np.ndarray]):
         self.session, self.feeds = session, feeds
         self.reference_logp = [self._logp(window, reference) for window in feeds]
+        self.reference_p = [np.exp(logp) for logp in self.reference_logp]  # once, not once a candidate
 
     def _logp(self, window: dict, weights: Mapping[str, np.ndarray]) -> np.ndarray:
         logits = self.session.run(["logits"], {**window, **weights})[0]
@@ -77,9 +78,9 @@ class Divergence:
 
     def __call__(self, weights: dict[str, np.ndarray]) -> float:
         total = 0.0
-        for window, reference in zip(self.feeds, self.reference_logp, strict=True):
+        for window, reference, p in zip(self.feeds, self.reference_logp, self.reference_p, strict=True):
             logp = self._logp(window, weights)
-            total += float((np.exp(reference) * (reference - logp)).sum(-1).mean())
+            total += float((p * (reference - logp)).sum(-1).mean())
         return total / len(self.feeds)
 
 
