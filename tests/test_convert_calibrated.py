@@ -71,6 +71,31 @@ def test_gptq_feeds_errors_through_the_upper_cholesky_factor_of_the_inverse():
     assert np.allclose(upper, np.linalg.cholesky(np.linalg.inv(h)).T, rtol=1e-7, atol=1e-12)
 
 
+def test_a_tall_matrix_is_quantized_a_slice_of_rows_a_thread_to_the_same_bytes(monkeypatch):
+    import os
+
+    import slmops.convert.calibrated as calibrated
+
+    x = correlated_inputs(128, tokens=500)
+    w = np.random.default_rng(6).standard_normal((90, 128)).astype(np.float32) * 0.05
+    hessian = x.T.astype(np.float64) @ x
+    whole = gptq_rows(w, hessian, 64, 4)
+    rows: set[int] = set()
+    feedback = calibrated._feedback
+
+    def seen(w, *args):
+        rows.add(len(w))
+        return feedback(w, *args)
+
+    monkeypatch.setattr(calibrated, "ROWS_PER_THREAD", 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(calibrated, "_feedback", seen)
+    sliced = gptq_rows(w, hessian, 64, 4)
+    assert rows == {30}  # three cores, three slices of the 90 rows
+    for part in ("q", "scale", "zero_point"):
+        assert np.array_equal(getattr(whole, part), getattr(sliced, part))
+
+
 def test_gptq_damping_trades_fit_to_the_calibration_inputs_for_distance_from_the_weights():
     rng = np.random.default_rng(4)
     x = correlated_inputs(256, tokens=300)  # few tokens for the width, as calibration is
