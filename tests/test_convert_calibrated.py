@@ -72,9 +72,8 @@ def test_gptq_feeds_errors_through_the_upper_cholesky_factor_of_the_inverse():
 
 
 def test_a_tall_matrix_is_quantized_a_slice_of_rows_a_thread_to_the_same_bytes(monkeypatch):
-    import os
-
     import slmops.convert.calibrated as calibrated
+    import slmops.runtime.threads
 
     x = correlated_inputs(128, tokens=500)
     w = np.random.default_rng(6).standard_normal((90, 128)).astype(np.float32) * 0.05
@@ -88,7 +87,7 @@ def test_a_tall_matrix_is_quantized_a_slice_of_rows_a_thread_to_the_same_bytes(m
         return feedback(w, *args)
 
     monkeypatch.setattr(calibrated, "ROWS_PER_THREAD", 16)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(slmops.runtime.threads, "default_threads", lambda: 3)
     monkeypatch.setattr(calibrated, "_feedback", seen)
     sliced = gptq_rows(w, hessian, 64, 4)
     assert rows == {30}  # three cores, three slices of the 90 rows

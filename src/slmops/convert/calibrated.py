@@ -279,16 +279,17 @@ def gptq_rows(w: np.ndarray, hessian: np.ndarray, block: int, bits: int, damping
 
 
 def _over_rows(work, n: int) -> None:
-    """``work(rows)`` over all ``n`` rows: in one call, or one thread a core for a matrix :data:`ROWS_PER_THREAD`
-    rows a core tall."""
-    import os
+    """``work(rows)`` over all ``n`` rows: in one call, or one thread a usable CPU for a matrix
+    :data:`ROWS_PER_THREAD` rows a CPU tall."""
     from concurrent.futures import ThreadPoolExecutor
 
-    threads = max(1, min(len(os.sched_getaffinity(0)), n // ROWS_PER_THREAD))
-    cuts = [n * i // threads for i in range(threads + 1)]
+    from slmops.runtime.threads import default_threads
+
+    threads = max(1, min(default_threads(), n // ROWS_PER_THREAD))
     if threads == 1:
         work(slice(0, n))
         return
+    cuts = [n * i // threads for i in range(threads + 1)]
     with ThreadPoolExecutor(threads) as pool:
         for done in [pool.submit(work, slice(a, b)) for a, b in zip(cuts, cuts[1:])]:
             done.result()
