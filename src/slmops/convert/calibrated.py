@@ -73,7 +73,7 @@ HEAD_NODES = (LM_HEAD_NODE, ROTATION_NODE)  # the MatMuls every logit reads: nei
 CALIBRATION_BUDGET = 18e12
 SMALL_CALIBRATION = (16, 256)  # windows, tokens
 MOMENTS_MEMORY_SHARE = 0.25  # of the memory available when calibration starts, for the XᵀX held at once
-# GPTQ's rows never meet: a matrix this many rows a core or taller is quantized a slice of rows a thread. Each
+# GPTQ's rows never meet: a matrix this many rows a usable CPU or taller is quantized a slice of rows a thread. Each
 # column step then has rows enough for numpy's loops, which release the interpreter, to do most of the work:
 # on 2 cores SmolLM2's 49,152 x 576 LM head 16.7-17.3 -> 8.9-11.5 s and Qwen2.5-0.5B's 151,936 x 896 one
 # 106-111 -> 61-63 s, the same bytes. A layer's 576-4,864 rows gained nothing or lost.
