@@ -14,7 +14,7 @@ import slmops
 from slmops import machine
 from slmops.cache import store
 from slmops.deploy import pipeline as deploys
-from slmops.deploy.choice import GGUF_EXACT, INT4_CANDIDATES
+from slmops.deploy.choice import CALIBRATED_STEPS, GGUF_EXACT
 from slmops.deploy.commands import parse_quantization, usage_lines
 from slmops.errors import UsageError
 from slmops.machine import describe_cpu
@@ -203,8 +203,11 @@ def test_deploy_smollm2_end_to_end(capsys):
     entry = store.find("smollm2-135m-instruct")
     report = json.loads((entry.path / "deploy-report.json").read_text())
     assert report["variant"] == report["choice"]["pick"] and report["quality"]["figures"]["same_top_pct"] > 50
-    # the embedded GGUF is Q4_1: its exact blocks are a candidate beside the requantized ones
-    assert {row["candidate"] for row in report["choice"]["rows"]} == {*INT4_CANDIDATES, GGUF_EXACT, "int8"}
+    # the embedded GGUF is Q4_1: its exact blocks are a candidate beside the requantized one, at the layout
+    # this CPU's kernels chose
+    [calibrated] = {row["candidate"] for row in report["choice"]["rows"]} - {GGUF_EXACT, "int8"}
+    block = next(block for block, steps in CALIBRATED_STEPS.items() if steps[0] == calibrated)
+    assert report["choice"]["layout"].startswith(f"4-bit blocks of {block} ")
     # Greedy: the deployed defaults sample (temperature 0.7), and a sampled answer once missed Paris.
     answer = slmops.load("smollm2-135m-instruct").chat(
         [{"role": "user", "content": "What is the capital of France?"}], max_tokens=24, temperature=0

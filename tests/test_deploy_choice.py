@@ -7,6 +7,7 @@ import json
 import pytest
 
 from slmops.cache import store
+from slmops.convert import layouts as layouts_
 from slmops.deploy import choice
 from slmops.deploy import pipeline as deploys
 from slmops.deploy.choice import INT8, Measured, int8_verdict, pick
@@ -50,19 +51,33 @@ def test_a_quantized_gguf_adds_its_exact_blocks_as_a_candidate(tiny_model_factor
     hf = tiny_model_factory("llama", tie=True)
     q4 = write_gguf(hf, tmp_path / "q4.gguf", kind={"blk.0.ffn_down.weight": "Q4_0"})
     f32 = write_gguf(hf, tmp_path / "f32.gguf")
-    assert choice.default_candidates(inspect_source(q4)) == (*choice.INT4_CANDIDATES, choice.GGUF_EXACT, INT8)
-    assert choice.default_candidates(inspect_source(f32)) == (*choice.INT4_CANDIDATES, INT8)
-    assert choice.default_candidates(inspect_source(hf)) == (*choice.INT4_CANDIDATES, INT8)
+    steps = choice.CALIBRATED_STEPS[64]
+    assert choice.default_candidates(inspect_source(q4), steps) == (steps[0], choice.GGUF_EXACT, INT8)
+    assert choice.default_candidates(inspect_source(f32), steps) == (steps[0], INT8)
+    assert choice.default_candidates(inspect_source(hf), steps) == (steps[0], INT8)
     assert "gguf_blocks=exact" in choice.how(choice.GGUF_EXACT)
 
 
-def test_a_calibrated_export_over_the_budget_is_made_again_with_more_8bit_weights(tiny_llama, tmp_path, monkeypatch):
-    figures = {  # speed, ΔPPL
-        "int4-calibrated-b64": (150, 12.0),
-        INT8: (100, 0.1),
-        "int4-calibrated-b64-int8-50": (130, 9.0),
-        "int4-calibrated-b64-int8-75": (120, 6.0),
-    }
+# kernel times (ms a token) as an AVX2 Zen 3 class CPU measured them, and with blocks of 32 as slow as a Zen 4's
+AS_FAST = {"4-32": [6.86, 6.9], "4-64": [6.48, 6.5], "8-64": [10.56, 10.6]}
+SLOWER = {"4-32": [12.0, 12.1], "4-64": [6.5, 6.6], "8-64": [10.5, 10.4]}
+
+
+def keep_kernel_times(source, times) -> None:
+    from slmops.convert.sources import inspect_source, source_hash
+
+    book = choice.MeasurementBook()
+    book.put_kernel_times(choice.machine_key(), source_hash(inspect_source(source)), times)
+    book.save()
+
+
+@pytest.mark.parametrize("block, times", [(64, SLOWER), (32, AS_FAST)])
+def test_a_calibrated_export_over_the_budget_is_made_again_with_more_8bit_weights(
+    tiny_llama, tmp_path, monkeypatch, block, times
+):
+    first, half, three_quarters = choice.CALIBRATED_STEPS[block]
+    figures = {first: (150, 12.0), INT8: (100, 0.1), half: (130, 9.0), three_quarters: (120, 6.0)}  # speed, ΔPPL
+    keep_kernel_times(tiny_llama, times)  # the layout this CPU's kernels chose
     built: list[str] = []
     monkeypatch.setattr(choice, "_build", lambda candidate, *args: built.append(candidate) or tmp_path / candidate)
     monkeypatch.setattr(choice, "reference_export", lambda source, reference: reference)
@@ -89,14 +104,49 @@ def test_a_calibrated_export_over_the_budget_is_made_again_with_more_8bit_weight
             tiny_llama, tmp_path, tmp_path / "ref", name="t", any_precision=False, max_ppl_increase=budget, windows=1
         )[0]
 
-    assert choose(10).pick == "int4-calibrated-b64-int8-50"
-    assert built == [*choice.INT4_CANDIDATES, INT8, "int4-calibrated-b64-int8-50"]  # the 75% step was not needed
-    first = sorted([*choice.INT4_CANDIDATES, INT8])
-    assert timed == [first, sorted([*first, "int4-calibrated-b64-int8-50"])]  # the step timed beside the others
+    made = choose(10)
+    assert made.pick == half and made.layout.startswith(f"4-bit blocks of {block} ")
+    assert built == [first, INT8, half]  # the 75% step was not needed
+    assert timed == [sorted([first, INT8]), sorted([first, INT8, half])]  # the step timed beside the others
     over = choose(5)  # every step over the budget: the last is built, and none is picked
-    assert over.pick is None and built == ["int4-calibrated-b64-int8-75"]
-    assert over.reason.startswith("no candidate is within ΔPPL ≤ 5%; the closest is int4-calibrated-b64-int8-75")
-    assert choose(15).pick == "int4-calibrated-b64" and built == []
+    assert over.pick is None and built == [three_quarters]
+    assert over.reason.startswith(f"no candidate is within ΔPPL ≤ 5%; the closest is {three_quarters}")
+    assert choose(15).pick == first and built == []
+
+
+def test_the_layout_is_timed_on_the_models_layer_shapes_once_per_machine(tiny_llama, tmp_path, monkeypatch):
+    from slmops.convert import layouts
+
+    timed: list[list[tuple[int, int]]] = []
+    monkeypatch.setattr(layouts, "time_kernels", lambda shapes, threads: timed.append(shapes) or dict(AS_FAST))
+    reference = tmp_path / "ref"
+
+    def steps():
+        return choice.calibrated_steps(choice.MeasurementBook(), "cpu", "model", tiny_llama, reference, print)
+
+    first, why = steps()
+    assert first == choice.CALIBRATED_STEPS[32] and why.endswith("ms a token), within 5%, so the closer layout")
+    assert timed == [layouts.layer_shapes(reference)]  # the FP32 export made for the timing, the head left out
+    assert steps() == (first, why) and len(timed) == 1, "kept in the book: not timed again"
+    keep = choice.MeasurementBook()
+    keep.put_kernel_times("cpu", "model", SLOWER)
+    keep.save()
+    assert steps()[0] == choice.CALIBRATED_STEPS[64]
+
+
+@pytest.mark.parametrize("layout", [layouts_.COARSE, layouts_.FINE])
+def test_each_layouts_steps_build_it(layout):
+    from slmops.convert.variants import INT4_VARIANTS
+    from slmops.convert.weight_only import calibrated_options
+
+    first, *more = (
+        calibrated_options(INT4_VARIANTS[name].options()) for name in choice.CALIBRATED_STEPS[layout.block_size]
+    )
+    assert (first.block_size, first.int8_share) == (layout.block_size, layout.int8_share)
+    assert [(options.block_size, options.int8_share) for options in more] == [
+        (layout.block_size, 0.5),
+        (layout.block_size, 0.75),
+    ]
 
 
 @pytest.fixture
@@ -110,7 +160,8 @@ def fake_speeds(monkeypatch):
         return {name: [speeds[name]] * rounds for name in folders}
 
     monkeypatch.setattr(choice, "measure_speeds", measure_speeds)
-    monkeypatch.setattr(choice, "INT4_CANDIDATES", ("int4-k_quant_mixed-b128", "int4"))
+    monkeypatch.setattr(choice, "calibrated_steps", lambda *args: (("int4-k_quant_mixed-b128",), ""))
+    monkeypatch.setattr(choice, "default_candidates", lambda info, steps: (*steps, "int4", INT8))
     return measured
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slmops.convert.layouts import FINE
 from slmops.convert.options import LM_HEAD, POST_BUILD_ALGOS
 from slmops.errors import UsageError
 
@@ -60,10 +61,12 @@ INT4_VARIANTS = {
         # more of the layer weights 8-bit, for models that lose too much at 32% (deploy tries them then)
         Variant("int4-calibrated-b64-int8-50", "int4", {"algo": "calibrated", "block_size": 64, "int8_share": 0.5}),
         Variant("int4-calibrated-b64-int8-75", "int4", {"algo": "calibrated", "block_size": 64, "int8_share": 0.75}),
-        # where block size does not change the kernel's speed (AVX2, Zen 5), finer scales: SmolLM2 KLD
-        # 0.082 -> 0.070, top-1 85.8% -> 86.9% on 16,352 held-out tokens, for 111 -> 116 MB (25% int8 and an
-        # 8-bit head then; at the 32% default it passes 117 MB, and 22% int8 fills it: docs/quality.md)
-        Variant("int4-calibrated-b32", "int4", {"algo": "calibrated", "block_size": 32}),
+        # the same bytes with finer scales: 4-bit blocks of 32 and 22% of the layer weights 8-bit; ~5% less KLD
+        # (SmolLM2 0.036 against 0.038 on 16,352 held-out tokens), as fast where this CPU's kernels do not care
+        # about the block size (AVX2, Zen 5 class): `deploy` takes it where they measure so (convert/layouts.py)
+        Variant("int4-calibrated-b32", "int4", {"algo": "calibrated", "block_size": 32, "int8_share": FINE.int8_share}),
+        Variant("int4-calibrated-b32-int8-50", "int4", {"algo": "calibrated", "block_size": 32, "int8_share": 0.5}),
+        Variant("int4-calibrated-b32-int8-75", "int4", {"algo": "calibrated", "block_size": 32, "int8_share": 0.75}),
         # a quantized GGUF's own blocks, exact (blocks of 32, convert/exact_import.py); requantizes any other source
         Variant("int4-gguf-exact", "int4", {"gguf_blocks": "exact", "block_size": 32}),
         Variant(
@@ -86,7 +89,7 @@ INT4_VARIANTS = {
 }
 # Tried only when named: GPTQ runs the whole FP32 graph once per distinct MatMul input and calibration
 # window (~120 x 4 passes on SmolLM2); int4-gguf-exact is what "int4" builds; the calibrated exports
-# with more 8-bit weights are int4-calibrated-b64's slower, closer steps.
+# with more 8-bit weights are the slower, closer steps of int4-calibrated-b64 and -b32.
 DEFAULT_INT4_SET = tuple(
     name for name in INT4_VARIANTS if "gptq" not in name and "-int8-" not in name and name != "int4-gguf-exact"
 )

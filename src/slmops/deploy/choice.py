@@ -24,28 +24,35 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slmops import settings
+from slmops.convert.layouts import COARSE, FINE
 from slmops.files import write_json
 from slmops.machine import key as machine_key
 
 # INT4 at the layouts onnxruntime's CPU kernels run fast (integer zero points): slmops' calibrated quantizer
-# at blocks of 64 (rotated, GPTQ in graph order on the quantized model's inputs, the LM head read at 4 bits
-# with its top tokens rescored, and the 32% of the layer weights whose 8 bits measurably help most: SmolLM2
-# +1.5% ΔPPL, top-1 90.1%, KLD 0.038 on 32 windows of 512 tokens, in 116.5 MB); docs/quality.md has the
-# measured frontier. The builder's k_quant_mixed at blocks of 128 was a candidate too, and on every model
+# (rotated, GPTQ in graph order on the quantized model's inputs, the LM head read at 4 bits with its top tokens
+# rescored, and the share of the layer weights whose 8 bits measurably help most). Its layout is chosen by
+# timing this CPU's kernels on the model's layer shapes (slmops.convert.layouts): 4-bit blocks of 64 with 32%
+# 8-bit (SmolLM2 +0.6% ΔPPL, top-1 90.0%, KLD 0.038 on 32 windows of 512 tokens, in 116.5 MB), or, where its
+# kernels run them as fast, blocks of 32 with 22% 8-bit in the same bytes (KLD 0.036). docs/quality.md has
+# the measured frontier. The builder's k_quant_mixed at blocks of 128 was a candidate too, and on every model
 # and CPU measured it was over the default budget (SmolLM2 +20%, off the grid +24%, Qwen2.5-Coder-0.5B
 # +18%) at about the calibrated export's speed, while building, scoring and timing it took a tenth of a
 # first deploy of SmolLM2 and a fifth of the 0.5B model's (on a 2-core AVX2 CPU, ~65 s and ~5 min):
 # `--quantization int4-k_quant_mixed-b128` still builds it, and `slmops sweep` measures it beside the others.
-INT4_CANDIDATES = ("int4-calibrated-b64",)
+# While the calibrated export is over the budget, the next step keeps more of the layer weights 8-bit
+# (50%, 75%) at the same 4-bit blocks: slower, closer, still faster than INT8. Qwen2.5-Coder-0.5B (Zen 5,
+# AVX-512), before its down projections' inputs were rotated: 25% ΔPPL +12.4%, 50% +9.0%, 75% +6.2%,
+# decoding about 1.3x, 1.25x, 1.2x INT8 (medians of per-round ratios); since, its 25% export measured +8.6%,
+# within budget (docs/quality.md).
+CALIBRATED_STEPS = {
+    block: (f"int4-calibrated-b{block}", f"int4-calibrated-b{block}-int8-50", f"int4-calibrated-b{block}-int8-75")
+    for block in (COARSE.block_size, FINE.block_size)
+}
+KERNELS = "kernel times"  # beside a model's candidates in the book: its layer mixes timed on this CPU (ms)
 # A quantized GGUF's own blocks (exact, blocks of 32): no rounding beyond the source's. Qwen2.5-Coder-0.5B
 # Q4_K_M: ΔPPL +0.15% where every requantized INT4 was over +12% (docs/quality.md).
 GGUF_EXACT = "int4-gguf-exact"
 INT8 = "int8"
-# While the calibrated export is over the budget, the next step keeps more of the layer weights 8-bit
-# (32%, 50%, 75%): slower, closer, still faster than INT8. Qwen2.5-Coder-0.5B (Zen 5, AVX-512), before its
-# down projections' inputs were rotated: 25% ΔPPL +12.4%, 50% +9.0%, 75% +6.2%, decoding about 1.3x, 1.25x,
-# 1.2x INT8 (medians of per-round ratios); since, its 25% export measured +8.6%, within budget (docs/quality.md).
-CALIBRATED_STEPS = ("int4-calibrated-b64", "int4-calibrated-b64-int8-50", "int4-calibrated-b64-int8-75")
 TIE = 0.05  # decode speeds within 5% of the fastest are a tie
 SPEED_ROUNDS = 2
 SPEED_TOKENS = 64
@@ -89,6 +96,7 @@ class Choice:
     machine: str
     reused: bool  # every figure came from an earlier deploy on this machine
     int8_verdict: str | None = None  # set when INT8 beats every INT4 candidate here
+    layout: str = ""  # the calibrated layout this CPU's kernels chose, with their times
 
     @property
     def precision(self) -> str:
@@ -145,6 +153,12 @@ class MeasurementBook:
     def put(self, machine: str, model: str, row: Measured) -> None:
         self.data.setdefault(machine, {}).setdefault(model, {})[row.candidate] = asdict(row)
 
+    def kernel_times(self, machine: str, model: str) -> dict[str, list[float]] | None:
+        return self.data.get(machine, {}).get(model, {}).get(KERNELS)
+
+    def put_kernel_times(self, machine: str, model: str, times: dict[str, list[float]]) -> None:
+        self.data.setdefault(machine, {}).setdefault(model, {})[KERNELS] = times
+
     def save(self) -> None:
         write_json(self.path, self.data)
 
@@ -177,7 +191,6 @@ def choose(
     any_precision: bool,
     max_ppl_increase: float | None,
     windows: int,
-    candidates: tuple[str, ...] | None = None,
     source_sha: str | None = None,
     echo=lambda line: None,
 ) -> tuple[Choice, dict[str, Path]]:
@@ -193,9 +206,11 @@ def choose(
     info = inspect_source(source)
     book = MeasurementBook()
     model = source_sha or source_hash(info)
-    measure = _Measurer(book, machine_key(), model, (source, work, reference, name, windows), echo)
-    rows = measure(candidates or default_candidates(info))
-    for previous, candidate in zip(CALIBRATED_STEPS, CALIBRATED_STEPS[1:]):
+    machine = machine_key()
+    steps, layout = calibrated_steps(book, machine, model, source, reference, echo)
+    measure = _Measurer(book, machine, model, (source, work, reference, name, windows), echo)
+    rows = measure(default_candidates(info, steps))
+    for previous, candidate in zip(steps, steps[1:]):
         last = next((row for row in rows if row.candidate == previous), None)
         if max_ppl_increase is None or last is None or last.delta_ppl_pct <= max_ppl_increase:
             break
@@ -203,11 +218,31 @@ def choose(
         rows += measure((candidate,))
     eligible = rows if any_precision else [row for row in rows if row.precision == "int4"]
     best, reason = pick(eligible, max_ppl_increase)
-    choice = Choice(best.candidate if best else None, reason, rows, measure.machine, reused=not measure.folders)
+    choice = Choice(best.candidate if best else None, reason, rows, machine, reused=not measure.folders, layout=layout)
     # INT4 exports over the budget are out of the race: INT8 is weighed against the others.
     within = [row for row in rows if max_ppl_increase is None or row.delta_ppl_pct <= max_ppl_increase]
     choice.int8_verdict = int8_verdict([row for row in rows if row.candidate == INT8 or row in within])
     return choice, measure.folders
+
+
+def calibrated_steps(
+    book: MeasurementBook, machine: str, model: str, source: Path | None, reference: Path, echo
+) -> tuple[tuple[str, ...], str]:
+    """The calibrated candidates at the layout this CPU's kernels run as fast (slmops.convert.layouts), and
+    why; the layer mixes are timed on the FP32 export's shapes once per machine and model, then kept."""
+    from slmops.convert import layouts
+    from slmops.runtime.threads import default_threads
+
+    times = book.kernel_times(machine, model)
+    if times is None:
+        shapes = layouts.layer_shapes(reference_export(source, reference))
+        echo("    timing this CPU's 4-bit kernels at blocks of 32 and 64 on the model's layer shapes")
+        times = layouts.time_kernels(shapes, default_threads())
+        book.put_kernel_times(machine, model, times)
+        book.save()
+    why = layouts.verdict(times)
+    echo(f"    {why}")
+    return CALIBRATED_STEPS[layouts.faster_layout(times).block_size], why
 
 
 @dataclass
@@ -257,12 +292,12 @@ class _Measurer:
         self.book.save()
 
 
-def default_candidates(info) -> tuple[str, ...]:
-    """The INT4 candidates, the GGUF's exact blocks when the source has any, and INT8."""
+def default_candidates(info, steps: tuple[str, ...]) -> tuple[str, ...]:
+    """The calibrated export's first step, the GGUF's exact blocks when the source has any, and INT8."""
     from slmops.convert.gguf_blocks import has_exact_blocks
 
     exact = (GGUF_EXACT,) if info.gguf is not None and has_exact_blocks(info.gguf) else ()
-    return (*INT4_CANDIDATES, *exact, INT8)
+    return (steps[0], *exact, INT8)
 
 
 def _variant(candidate: str):
