@@ -33,8 +33,8 @@ from slmops.machine import key as machine_key
 # rescored, and the share of the layer weights whose 8 bits measurably help most). Its layout is chosen by
 # timing this CPU's kernels on the model's layer shapes (slmops.convert.layouts): 4-bit blocks of 64 with 32%
 # 8-bit (SmolLM2 +0.6% ΔPPL, top-1 90.0%, KLD 0.038 on 32 windows of 512 tokens, in 116.5 MB), or, where its
-# kernels run them as fast, blocks of 32 with 22% 8-bit in the same bytes (KLD 0.036). docs/quality.md has
-# the measured frontier. The builder's k_quant_mixed at blocks of 128 was a candidate too, and on every model
+# kernels run them as fast, blocks of 32 with 22% 8-bit in the same bytes (KLD 0.036; Qwen2.5-Coder-0.5B
+# 0.040 -> 0.036, top-1 90.8% -> 91.5%). docs/quality.md has the measured frontier. The builder's k_quant_mixed at blocks of 128 was a candidate too, and on every model
 # and CPU measured it was over the default budget (SmolLM2 +20%, off the grid +24%, Qwen2.5-Coder-0.5B
 # +18%) at about the calibrated export's speed, while building, scoring and timing it took a tenth of a
 # first deploy of SmolLM2 and a fifth of the 0.5B model's (on a 2-core AVX2 CPU, ~65 s and ~5 min):
