@@ -6,9 +6,10 @@ finer scales are 5-11% closer to FP32 by KLD on every model, seed and CPU measur
 Zen 3 class CPU, SmolLM2 0.0361 and 0.0360 against 0.0382 and 0.0377 over two rotation seeds,
 off the 4-bit grid 0.0377 against 0.0398, Qwen2.5-Coder-0.5B 0.0355 against 0.0397; SmolLM2 on
 a Zen 5 class CPU 0.0349 against 0.0378), and decode as fast where MatMulNBits' kernels do not
-care about the block size (those two CPUs). On the Zen 4 class CPU blocks of 32 were the slow layout. So `deploy` times both layer mixes here, on
-the model's own layer shapes, before it builds, and takes blocks of 32 only when they are within
-the 5% its rule counts as a tie (docs/quality.md).
+care about the block size (those two CPUs). On the Zen 4 class CPU blocks of 32 were the slow
+layout. So `deploy` times both layer mixes here, on the model's own layer shapes, before it
+builds, and takes blocks of 32 only when they are within the 5% its rule counts as a tie
+(docs/quality.md, "Choosing the layout by this CPU's kernels").
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class Layout:
 
 
 COARSE = Layout(64, 0.32)
-FINE = Layout(32, 0.22)  # the same bytes as COARSE: 4 + 32/32 + 4/32 bits a weight against 4 + 32/64 + 4/64
+# COARSE's bytes: a 4-bit weight costs 0.56 bits more at blocks of 32 (a float scale and a 4-bit zero point a
+# block), and ten points fewer of the weights are 8-bit (8.6 bits a weight)
+FINE = Layout(32, 0.22)
 TIE = 0.05  # as deploy's rule: speeds within 5% are a tie, here won by the closer layout
 INT8_BLOCK = 64  # the calibrated export's 8-bit matrices, at either layout
 # Enough of the model's layers that no cache holds them, so each pass streams the weights as a decode step

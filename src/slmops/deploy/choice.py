@@ -34,10 +34,11 @@ from slmops.machine import key as machine_key
 # timing this CPU's kernels on the model's layer shapes (slmops.convert.layouts): 4-bit blocks of 64 with 32%
 # 8-bit (SmolLM2 +0.6% ΔPPL, top-1 90.0%, KLD 0.038 on 32 windows of 512 tokens, in 116.5 MB), or, where its
 # kernels run them as fast, blocks of 32 with 22% 8-bit in the same bytes (KLD 0.036; Qwen2.5-Coder-0.5B
-# 0.040 -> 0.036, top-1 90.8% -> 91.5%). docs/quality.md has the measured frontier. The builder's k_quant_mixed at blocks of 128 was a candidate too, and on every model
-# and CPU measured it was over the default budget (SmolLM2 +20%, off the grid +24%, Qwen2.5-Coder-0.5B
-# +18%) at about the calibrated export's speed, while building, scoring and timing it took a tenth of a
-# first deploy of SmolLM2 and a fifth of the 0.5B model's (on a 2-core AVX2 CPU, ~65 s and ~5 min):
+# 0.040 -> 0.036, top-1 90.8% -> 91.5%). docs/quality.md has the measured frontier. The builder's
+# k_quant_mixed at blocks of 128 was a candidate too, and on every model and CPU measured it was over the
+# default budget (SmolLM2 +20%, off the grid +24%, Qwen2.5-Coder-0.5B +18%) at about the calibrated export's
+# speed, while building, scoring and timing it took a tenth of a first deploy of SmolLM2 and a fifth of the
+# 0.5B model's (on a 2-core AVX2 CPU, ~65 s and ~5 min):
 # `--quantization int4-k_quant_mixed-b128` still builds it, and `slmops sweep` measures it beside the others.
 # While the calibrated export is over the budget, the next step keeps more of the layer weights 8-bit
 # (50%, 75%) at the same 4-bit blocks: slower, closer, still faster than INT8. Qwen2.5-Coder-0.5B (Zen 5,
@@ -196,6 +197,7 @@ def choose(
 ) -> tuple[Choice, dict[str, Path]]:
     """Measure the candidates not yet measured on this machine, then pick; returns the folders built.
 
+    The calibrated export's layout is the one this CPU's kernels run as fast (calibrated_steps).
     INT8 is always measured, so `deploy` can say when it beats every INT4 candidate; it is
     picked only with ``any_precision`` (`--precision auto`). While the calibrated export is over
     the budget, it is made again with more 8-bit weights (CALIBRATED_STEPS). ``source_sha``: the
