@@ -120,13 +120,12 @@ def faster_layout(samples: dict[str, list[float]]) -> Layout:
 
 def verdict(samples: dict[str, list[float]]) -> str:
     """The choice and its figures, as deploy reports them."""
-    chosen, ratio = faster_layout(samples), slowdown(samples)
-    median = {name: statistics.median(values) for name, values in samples.items()}
+    chosen = faster_layout(samples)
     why = "within 5%, so the closer layout" if chosen == FINE else "more than 5% slower, so the coarser layout"
     return (
         f"{chosen.describe()}: this CPU's kernels run the layers at blocks of {FINE.block_size} in "
-        f"{ratio:.2f}x the time of blocks of {COARSE.block_size} ({mix_ms(median, FINE):.2f} against "
-        f"{mix_ms(median, COARSE):.2f} ms a token), {why}"
+        f"{slowdown(samples):.2f}x the time of blocks of {COARSE.block_size} (the median of "
+        f"{len(samples['8-64'])} interleaved rounds), {why}"
     )
 
 
