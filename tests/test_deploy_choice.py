@@ -108,8 +108,11 @@ def test_a_calibrated_export_over_the_budget_is_made_again_with_more_8bit_weight
     assert made.pick == half and made.layout.startswith(f"4-bit blocks of {block} ")
     assert built == [first, INT8, half]  # the 75% step was not needed
     assert timed == [sorted([first, INT8]), sorted([first, INT8, half])]  # the step timed beside the others
+    timed.clear()
     over = choose(5)  # every step over the budget: the last is built, and none is picked
-    assert over.pick is None and built == [three_quarters]
+    # INT8, measured by the first deploy and quick to convert again, is timed beside it; the calibrated steps,
+    # neither in the cache nor quick to build, keep the speeds of their own run
+    assert over.pick is None and built == [three_quarters, INT8] and timed == [sorted([three_quarters, INT8])]
     assert over.reason.startswith(f"no candidate is within ΔPPL ≤ 5%; the closest is {three_quarters}")
     assert choose(15).pick == first and built == []
 
@@ -216,6 +219,28 @@ def test_measuring_again_copies_the_candidates_the_cache_holds(tiny_llama, tmp_p
     assert fake_speeds[-1] == ["int4", "int4-k_quant_mixed-b128", INT8], "every candidate timed again"
     assert built == ["int4", INT8], "the pick was copied from the cache, the others built"
     assert again.variant == first.variant and again.build == first.build
+
+
+def test_a_new_candidate_is_timed_beside_the_kept_ones_built_again(tiny_llama, tmp_path, fake_speeds, monkeypatch):
+    from slmops.convert import variants
+
+    _deploy(tiny_llama, tmp_path, "tiny-kept", max_ppl_increase=None)
+    path = deploys.settings.home() / choice.BOOK
+    book = json.loads(path.read_text())
+    [model] = book[choice.machine_key()].values()
+    model["int4"]["how"] = "int4 (an earlier builder)"  # its figures no longer hold: measured again
+    path.write_text(json.dumps(book))
+    built: list[str] = []
+    build = variants.build
+    monkeypatch.setattr(
+        variants, "build", lambda variant, *args, **kw: built.append(variant.name) or build(variant, *args, **kw)
+    )
+    again, shown = _deploy(tiny_llama, tmp_path, "tiny-kept-again", max_ppl_increase=None)
+    # a host's speed moves between runs: the kept candidates are had again (the pick copied from the cache,
+    # INT8 converted) and timed in the same rounds as the new one
+    assert "int4-k_quant_mixed-b128, int8: measured before; built again to be timed beside the new" in shown
+    assert built == ["int4", INT8] and fake_speeds[-1] == ["int4", "int4-k_quant_mixed-b128", INT8]
+    assert again.variant == "int4-k_quant_mixed-b128"
 
 
 def test_auto_picks_int8_when_it_dominates_and_says_so(tiny_llama, tmp_path, fake_speeds, monkeypatch):
