@@ -7,7 +7,7 @@ import json
 import pytest
 
 from slmops.cache import store
-from slmops.convert import layouts as layouts_
+from slmops.convert import layouts
 from slmops.deploy import choice
 from slmops.deploy import pipeline as deploys
 from slmops.deploy.choice import INT8, Measured, int8_verdict, pick
@@ -118,8 +118,6 @@ def test_a_calibrated_export_over_the_budget_is_made_again_with_more_8bit_weight
 
 
 def test_the_layout_is_timed_on_the_models_layer_shapes_once_per_machine(tiny_llama, tmp_path, monkeypatch):
-    from slmops.convert import layouts
-
     timed: list[list[tuple[int, int]]] = []
     monkeypatch.setattr(layouts, "time_kernels", lambda shapes, threads: timed.append(shapes) or dict(AS_FAST))
     reference = tmp_path / "ref"
@@ -139,7 +137,7 @@ def test_the_layout_is_timed_on_the_models_layer_shapes_once_per_machine(tiny_ll
     assert steps()[0] == choice.CALIBRATED_STEPS[64]
 
 
-@pytest.mark.parametrize("layout", [layouts_.COARSE, layouts_.FINE])
+@pytest.mark.parametrize("layout", [layouts.COARSE, layouts.FINE])
 def test_each_layouts_steps_build_it(layout):
     from slmops.convert.variants import INT4_VARIANTS
     from slmops.convert.weight_only import calibrated_options
