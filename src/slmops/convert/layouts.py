@@ -2,7 +2,7 @@
 
 The calibrated export fills the same bytes two ways: 4-bit blocks of 64 with 32% of the layer
 weights at 8 bits, or 4-bit blocks of 32 (a scale every 32 weights) with 22% at 8 bits. The
-finer scales are 5-11% closer to FP32 by KLD on every model, seed and CPU measured (on an AVX2
+finer scales are 4.5-11% closer to FP32 by KLD on every model, seed and CPU measured (on an AVX2
 Zen 3 class CPU, SmolLM2 0.0361 and 0.0360 against 0.0382 and 0.0377 over two rotation seeds,
 off the 4-bit grid 0.0377 against 0.0398, Qwen2.5-Coder-0.5B 0.0355 against 0.0397; SmolLM2 on
 a Zen 5 class CPU 0.0349 against 0.0378), and decode as fast where MatMulNBits' kernels do not
