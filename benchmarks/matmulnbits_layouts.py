@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,40 +28,15 @@ SHAPES = (("qkv", 576, 960), ("o", 576, 576), ("gate", 576, 1536), ("up", 576, 1
 STEPS = 30  # passes a round
 
 
-def build(layout: str, path: Path) -> float:
-    """Write the layer stack in ``layout`` to ``path``; returns its weights' megabytes."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+def build(layout: str):
+    """The layer stack in ``layout`` (slmops' own probe graph, the one `deploy` times) and its weights' megabytes."""
+    from slmops.convert.layouts import stack_graph
 
     bits_text, block_text, kind = layout.split("-")
-    bits, block = int(bits_text), int(block_text)
-    rng = np.random.default_rng(0)
-    nodes, weights, outputs = [], [], []
-    for layer in range(LAYERS):
-        for name, k, n in SHAPES:
-            blocks = -(-k // block)
-            prefix = f"layer{layer}.{name}"
-            codes = rng.integers(0, 256, (n, blocks, block * bits // 8), dtype=np.uint8)
-            weights += [numpy_helper.from_array(codes, f"{prefix}.codes")]
-            weights += [numpy_helper.from_array(rng.random(n * blocks, dtype=np.float32) * 0.01, f"{prefix}.scales")]
-            inputs = ["h" if name == "down" else "x", f"{prefix}.codes", f"{prefix}.scales"]
-            if kind == "asym":
-                zero_points = n * (-(-blocks * bits // 8))
-                weights += [
-                    numpy_helper.from_array(rng.integers(0, 256, zero_points, dtype=np.uint8), f"{prefix}.zeros")
-                ]
-                inputs.append(f"{prefix}.zeros")
-            attributes = {"K": k, "N": n, "bits": bits, "block_size": block, "accuracy_level": 4}
-            nodes.append(helper.make_node("MatMulNBits", inputs, [prefix], domain="com.microsoft", **attributes))
-            outputs.append(helper.make_tensor_value_info(prefix, TensorProto.FLOAT, [1, n]))
-    inputs = [
-        helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 576]),
-        helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 1536]),
-    ]
-    graph = helper.make_graph(nodes, "layers", inputs, outputs, weights)
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path), save_as_external_data=True)
-    return sum(len(item.raw_data) for item in weights) / 1e6
+    model = stack_graph(
+        [(k, n) for _, k, n in SHAPES] * LAYERS, int(bits_text), int(block_text), zero_points=kind == "asym"
+    )
+    return model, sum(len(tensor.raw_data) for tensor in model.graph.initializer) / 1e6
 
 
 def main() -> None:
@@ -77,26 +51,25 @@ def main() -> None:
 
     from slmops.machine import describe_cpu
 
-    feeds = {"x": np.ones((1, 576), dtype=np.float32), "h": np.ones((1, 1536), dtype=np.float32)}
+    feeds = {"x576": np.ones((1, 576), dtype=np.float32), "x1536": np.ones((1, 1536), dtype=np.float32)}
     threads = [int(item) for item in args.threads.split(",")]
-    with tempfile.TemporaryDirectory() as scratch:
-        sessions, sizes = {}, {}
-        for layout in args.layouts:
-            path = Path(scratch) / f"{layout}.onnx"
-            sizes[layout] = build(layout, path)
-            for count in threads:
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = count
-                sessions[layout, count] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        for session in sessions.values():
-            session.run(None, feeds)
-        times: dict[tuple[str, int], list[float]] = {key: [] for key in sessions}
-        for _ in range(args.rounds):
-            for key, session in sessions.items():
-                start = time.perf_counter()
-                for _ in range(STEPS):
-                    session.run(None, feeds)
-                times[key].append((time.perf_counter() - start) / STEPS * 1000)
+    sessions, sizes = {}, {}
+    for layout in args.layouts:
+        model, sizes[layout] = build(layout)
+        serialised = model.SerializeToString()
+        for count in threads:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = count
+            sessions[layout, count] = ort.InferenceSession(serialised, options, providers=["CPUExecutionProvider"])
+    for session in sessions.values():
+        session.run(None, feeds)
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in sessions}
+    for _ in range(args.rounds):
+        for key, session in sessions.items():
+            start = time.perf_counter()
+            for _ in range(STEPS):
+                session.run(None, feeds)
+            times[key].append((time.perf_counter() - start) / STEPS * 1000)
     cpu = describe_cpu().summary()
     print(cpu)
     rows = []

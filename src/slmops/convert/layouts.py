@@ -85,7 +85,9 @@ def time_kernels(shapes: list[tuple[int, int]], threads: int) -> dict[str, list[
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     sessions = {
-        name: ort.InferenceSession(_stack_graph(stack, bits, block), options, providers=["CPUExecutionProvider"])
+        name: ort.InferenceSession(
+            stack_graph(stack, bits, block).SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
         for name, (bits, block) in layouts.items()
     }
     feeds = {f"x{k}": np.ones((1, k), dtype=np.float32) for k, _ in stack}
@@ -109,7 +111,7 @@ def mix_ms(times: dict[str, float], layout: Layout) -> float:
 
 def slowdown(samples: dict[str, list[float]]) -> float:
     """FINE's layer time over COARSE's: the median of the rounds' ratios."""
-    rounds = [{name: values[index] for name, values in samples.items()} for index in range(len(samples["8-64"]))]
+    rounds = [dict(zip(samples, figures)) for figures in zip(*samples.values())]
     return statistics.median(mix_ms(times, FINE) / mix_ms(times, COARSE) for times in rounds)
 
 
@@ -125,12 +127,13 @@ def verdict(samples: dict[str, list[float]]) -> str:
     return (
         f"{chosen.describe()}: this CPU's kernels run the layers at blocks of {FINE.block_size} in "
         f"{slowdown(samples):.2f}x the time of blocks of {COARSE.block_size} (the median of "
-        f"{len(samples['8-64'])} interleaved rounds), {why}"
+        f"{len(next(iter(samples.values())))} interleaved rounds), {why}"
     )
 
 
-def _stack_graph(stack: list[tuple[int, int]], bits: int, block: int) -> bytes:
-    """An ONNX model of ``stack``'s MatMuls as MatMulNBits at ``bits`` and ``block``, serialised."""
+def stack_graph(stack: list[tuple[int, int]], bits: int, block: int, zero_points: bool = True):
+    """An ONNX model of ``stack``'s (K, N) MatMuls as MatMulNBits at ``bits`` and ``block``, random weights, one
+    input ``x{K}`` a width and every product an output; without ``zero_points``, the kernels' symmetric layout."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -139,17 +142,16 @@ def _stack_graph(stack: list[tuple[int, int]], bits: int, block: int) -> bytes:
         blocks, name = -(-k // block), f"m{index}"
         codes = rng.integers(0, 256, (n, blocks, block * bits // 8), dtype=np.uint8)
         scales = rng.random(n * blocks, dtype=np.float32) * 0.01
-        zero_points = rng.integers(0, 256, n * -(-blocks * bits // 8), dtype=np.uint8)
-        weights += [
-            numpy_helper.from_array(codes, f"{name}.codes"),
-            numpy_helper.from_array(scales, f"{name}.scales"),
-            numpy_helper.from_array(zero_points, f"{name}.zero_points"),
-        ]
+        weights += [numpy_helper.from_array(codes, f"{name}.codes"), numpy_helper.from_array(scales, f"{name}.scales")]
+        reads = [f"x{k}", f"{name}.codes", f"{name}.scales"]
+        if zero_points:
+            points = rng.integers(0, 256, n * -(-blocks * bits // 8), dtype=np.uint8)
+            weights.append(numpy_helper.from_array(points, f"{name}.zero_points"))
+            reads.append(f"{name}.zero_points")
         attributes: dict[str, Any] = {"K": k, "N": n, "bits": bits, "block_size": block, "accuracy_level": 4}
-        reads = [f"x{k}", f"{name}.codes", f"{name}.scales", f"{name}.zero_points"]
         nodes.append(helper.make_node("MatMulNBits", reads, [name], domain="com.microsoft", **attributes))
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, n]))
     inputs = [helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [1, k]) for k in sorted({k for k, _ in stack})]
     graph = helper.make_graph(nodes, "layers", inputs, outputs, weights)
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+    return helper.make_model(graph, opset_imports=opsets)
